@@ -1,0 +1,110 @@
+//! The command-line edge: flags in, exit codes out. Everything it does is a
+//! call into the library; `anyhow` lives here and in `main.rs` only.
+
+mod render;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::model::{self, Loaded};
+use crate::source::{GitSource, Snapshot, Source};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fermata",
+    version,
+    about = "A GitOps reconciler: stage on commit, apply in maintenance windows, report status in Git."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check every object of a revision; exit 1 with every error, one per line.
+    Validate(validate::ValidateArgs),
+    /// Print the rendered resources of each composition as a YAML stream.
+    Render(render::RenderArgs),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Which repository, revision and folder to read.
+#[derive(Debug, Args)]
+pub struct RepoArgs {
+    /// A local repository (working tree or bare, read in place without checkout) or a URL
+    /// (file://, https://, ssh://, git://) mirrored under the state directory.
+    #[arg(long)]
+    pub repo: String,
+    /// Branch, tag, commit or any rev-parse expression.
+    #[arg(long, default_value = "HEAD")]
+    pub rev: String,
+    /// Load objects only below this folder of the repository, like Flux's `path`.
+    #[arg(long, default_value = "")]
+    pub path: String,
+    /// Where mirrors (and later, staged state) are kept.
+    #[arg(long, env = "FERMATA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+impl RepoArgs {
+    /// `--state-dir`, else `$XDG_STATE_HOME/fermata`, else `~/.local/state/fermata`.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
+            return PathBuf::from(x).join("fermata");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+        PathBuf::from(home).join(".local/state/fermata")
+    }
+
+    /// Opens the source, resolves the revision and loads its fleet.
+    pub fn load(&self) -> anyhow::Result<(Snapshot, Loaded)> {
+        let source = GitSource::open(&self.repo, &self.state_dir())?;
+        let rev = source.resolve(&self.rev)?;
+        let snap = source.snapshot(rev)?;
+        let loaded = model::load(&snap, &self.path);
+        Ok((snap, loaded))
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(a) => validate::run(&a),
+        Command::Render(a) => render::run(&a),
+    }
+}
+
+/// `1 target`, `2 targets`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else if noun.ends_with('y') {
+        format!("{n} {}ies", &noun[..noun.len() - 1])
+    } else {
+        format!("{n} {noun}s")
+    }
+}

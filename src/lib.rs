@@ -1,0 +1,12 @@
+//! fermata: a GitOps reconciler for fleets of edge sites.
+//!
+//! The crate is organised by concept, in the order data flows through it:
+//! [`source`] reads a commit out of Git, [`model`] turns its YAML into typed,
+//! resolved objects, [`synth`] renders each composition, [`window`] decides when
+//! an apply may start, and [`cli`] is the command-line edge. See `DESIGN.md`.
+
+pub mod cli;
+pub mod model;
+pub mod source;
+pub mod synth;
+pub mod window;

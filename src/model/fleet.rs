@@ -1,0 +1,126 @@
+//! The resolved model: every reference checked, symphony-level defaults
+//! merged into each variation. What synthesis, planning and status consume.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::types::{KubernetesSpec, Rollout};
+use super::{CompositionId, Diagnostic, Digest, Origin};
+use crate::window::Window;
+
+/// Everything a commit declares, minus what failed to load.
+#[derive(Debug, Clone, Default)]
+pub struct Fleet {
+    pub symphonies: BTreeMap<String, Symphony>,
+    pub synthesizers: BTreeMap<String, Synthesizer>,
+    pub windows: BTreeMap<String, MaintenanceWindow>,
+    pub targets: BTreeMap<String, Target>,
+    /// Symphonies named in the repository that could not be loaded, with the
+    /// reasons: they keep their last applied state, and status says why.
+    pub failed: BTreeMap<String, Vec<Diagnostic>>,
+}
+
+impl Fleet {
+    pub fn compositions(&self) -> impl Iterator<Item = &Composition> {
+        self.symphonies.values().flat_map(|s| s.compositions.iter())
+    }
+
+    pub fn composition(&self, id: &CompositionId) -> Option<&Composition> {
+        self.symphonies
+            .get(&id.symphony)?
+            .compositions
+            .iter()
+            .find(|c| c.id.variation == id.variation)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Symphony {
+    pub name: String,
+    pub origin: Origin,
+    pub rollout: Rollout,
+    /// In the order the variations were written: `OrderedReady` follows it.
+    pub compositions: Vec<Composition>,
+}
+
+/// One variation of a symphony with symphony-level bindings and env merged in.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Composition {
+    pub id: CompositionId,
+    #[serde(skip)]
+    pub origin: Origin,
+    pub synthesizer: String,
+    pub env: BTreeMap<String, String>,
+    pub bindings: BTreeMap<String, Bound>,
+    /// As written: a `""` value asks for the key's removal (two-phase protocol).
+    pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub target: String,
+    pub window: Option<String>,
+    pub scheduling_gates: Vec<String>,
+    pub depends_on: Vec<CompositionId>,
+    pub optional: bool,
+}
+
+/// An input object a binding resolved to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bound {
+    #[serde(skip)]
+    pub origin: Origin,
+    pub object: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Synthesizer {
+    pub name: String,
+    pub origin: Origin,
+    /// Folder of the file that defines it: relative paths start here.
+    pub dir: String,
+    pub kind: SynthKind,
+    pub timeout: Duration,
+    pub artifacts: Vec<Artifact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SynthKind {
+    /// Every YAML file of this repository folder, in path order, with `${VAR}` substituted.
+    Manifests { dir: String },
+    /// A KRM function, run in a temp copy of the synthesizer's folder.
+    Command { argv: Vec<String> },
+}
+
+/// A large file staged before the window and verified by digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Artifact {
+    pub name: String,
+    /// As written: an http(s):// or file:// URL, or a repository path.
+    pub url: String,
+    /// Set when `url` is a path: the file of the repository it names. Small
+    /// artifacts (demos, tests, configuration bundles) can ship with the fleet.
+    pub repo_path: Option<String>,
+    pub sha256: Digest,
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MaintenanceWindow {
+    pub origin: Origin,
+    pub window: Window,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub origin: Origin,
+    pub kind: TargetKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TargetKind {
+    Directory { path: String },
+    Kubernetes(KubernetesSpec),
+}

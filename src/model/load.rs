@@ -1,0 +1,952 @@
+//! Loading a [`Fleet`] from a [`Snapshot`]: parse every YAML document under
+//! the configured path, type-check fermata's kinds, resolve references, merge
+//! symphony-level defaults, and report every problem of the pass at once.
+//!
+//! A broken object fails only itself and what depends on it (DESIGN.md
+//! invariant 6): the rest of the fleet is returned and goes on.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::fleet::*;
+use super::position::{self, LineIndex};
+use super::types::*;
+use super::{CompositionId, Diagnostic, Digest, Origin};
+use crate::source::{split, Entry, Snapshot};
+use crate::window::{parse_timezone, Schedule, Window};
+
+/// The outcome of loading one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// What loaded cleanly; `fleet.failed` names symphonies that did not.
+    pub fleet: Fleet,
+    /// Every error, in file order.
+    pub errors: Vec<Diagnostic>,
+    /// Things that load but probably do not mean what the user thinks.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Default synthesizer timeout, as in DESIGN.md.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One YAML document of the repository.
+struct Doc {
+    file: String,
+    lines: LineIndex,
+    value: Value,
+}
+
+impl Doc {
+    fn diag(&self, field: &str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::new(&self.file, self.lines.line(field), field, message)
+    }
+
+    fn origin(&self, field: &str) -> Origin {
+        Origin {
+            file: self.file.clone(),
+            line: self.lines.line(field).unwrap_or_else(|| self.lines.root()),
+        }
+    }
+
+    fn str_at(&self, path: &[&str]) -> Option<&str> {
+        let mut v = &self.value;
+        for p in path {
+            v = v.get(p)?;
+        }
+        v.as_str()
+    }
+}
+
+/// A fermata object before its spec is type-checked.
+struct Raw {
+    kind: String,
+    name: String,
+    doc: Doc,
+}
+
+/// Loads every object under `root` (a folder of the snapshot, `""` for all).
+pub fn load(snap: &Snapshot, root: &str) -> Loaded {
+    let mut l = Loader::default();
+    let root = match snap.resolve("", root) {
+        Ok(r) if snap.is_dir(&r) => r,
+        Ok(r) => {
+            l.errors.push(Diagnostic::new(
+                root,
+                None,
+                "",
+                format!("no folder {r:?} at revision {}", snap.revision.short()),
+            ));
+            return l.finish(Fleet::default());
+        }
+        Err(e) => {
+            l.errors
+                .push(Diagnostic::new(root, None, "", format!("--path: {e}")));
+            return l.finish(Fleet::default());
+        }
+    };
+    let (docs, syntax) = read_documents(snap, &root, &mut l.errors);
+    let (raws, inputs) = l.classify(docs);
+
+    // Type-check every object, then drop duplicates (which one is meant is
+    // unknowable, so neither is used).
+    let mut objs = Objects::default();
+    let mut seen: HashMap<(String, String), Origin> = HashMap::new();
+    let mut dups: BTreeSet<(String, String)> = BTreeSet::new();
+    for raw in raws {
+        let key = (raw.kind.clone(), raw.name.clone());
+        let origin = raw.doc.origin("metadata.name");
+        if let Some(first) = seen.get(&key) {
+            let d = raw.doc.diag(
+                "metadata.name",
+                format!(
+                    "duplicate {} {:?}: also defined at {first}",
+                    raw.kind, raw.name
+                ),
+            );
+            l.broken(&raw.kind, &raw.name, d.clone());
+            l.errors.push(d);
+            dups.insert(key);
+            continue;
+        }
+        seen.insert(key, origin);
+        l.type_check(raw, &mut objs);
+    }
+    for (kind, name) in dups {
+        objs.remove(&kind, &name);
+    }
+
+    let mut fleet = Fleet::default();
+    l.resolve_windows(objs.windows, &mut fleet);
+    l.resolve_targets(objs.targets, &mut fleet);
+    l.resolve_synthesizers(snap, objs.synthesizers, &mut fleet);
+
+    // Templates are not inputs, and they may only be valid YAML once rendered.
+    let template_dirs: Vec<String> = fleet
+        .synthesizers
+        .values()
+        .filter_map(|s| match &s.kind {
+            SynthKind::Manifests { dir } => Some(dir.clone()),
+            SynthKind::Command { .. } => None,
+        })
+        .collect();
+    let in_templates = |file: &str| {
+        template_dirs
+            .iter()
+            .any(|d| d.is_empty() || file.starts_with(&format!("{d}/")))
+    };
+    for d in syntax {
+        if !in_templates(&d.file) {
+            l.errors.push(d);
+        }
+    }
+    let inputs: Vec<Doc> = inputs
+        .into_iter()
+        .filter(|d| !in_templates(&d.file))
+        .collect();
+
+    l.resolve_symphonies(objs.symphonies, &inputs, &mut fleet);
+    l.check_dependencies(&mut fleet);
+    l.errors.sort();
+    l.finish(fleet)
+}
+
+/// Reads and parses every `*.yaml`/`*.yml` below `root`. Syntax errors are
+/// returned apart: those in template folders are not errors of the repository.
+fn read_documents(
+    snap: &Snapshot,
+    root: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> (Vec<Doc>, Vec<Diagnostic>) {
+    let mut docs = Vec::new();
+    let mut syntax = Vec::new();
+    for (path, entry) in snap.under(root) {
+        if !(path.ends_with(".yaml") || path.ends_with(".yml")) {
+            continue;
+        }
+        let data = match entry {
+            Entry::Oversize { size } => {
+                errors.push(Diagnostic::new(
+                    path,
+                    None,
+                    "",
+                    format!(
+                        "file is {size} bytes, over the {} MiB limit; large content belongs in an artifact",
+                        crate::source::MAX_FILE_SIZE / (1024 * 1024)
+                    ),
+                ));
+                continue;
+            }
+            Entry::Symlink { .. } => {
+                let (dir, name) = split(path);
+                if let Err(e) = snap.resolve(dir, name) {
+                    errors.push(Diagnostic::new(path, None, "", e.to_string()));
+                    continue;
+                }
+                match snap.read(path) {
+                    Some(d) => d,
+                    None => continue,
+                }
+            }
+            Entry::File { data, .. } => data,
+        };
+        let Ok(text) = std::str::from_utf8(data) else {
+            errors.push(Diagnostic::new(path, None, "", "file is not UTF-8"));
+            continue;
+        };
+        let mut values = Vec::new();
+        for de in serde_yaml::Deserializer::from_str(text) {
+            match Value::deserialize(de) {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    let line = e.location().map(|l| l.line());
+                    syntax.push(Diagnostic::new(path, line, "", e.to_string()));
+                    values.clear();
+                    break;
+                }
+            }
+        }
+        let mut lines = position::index_documents(text).unwrap_or_default();
+        lines.resize(values.len().max(lines.len()), LineIndex::default());
+        for (value, lines) in values.into_iter().zip(lines) {
+            if !value.is_mapping() {
+                continue;
+            }
+            docs.push(Doc {
+                file: path.to_string(),
+                lines,
+                value,
+            });
+        }
+    }
+    (docs, syntax)
+}
+
+#[derive(Default)]
+struct Objects {
+    symphonies: Vec<(Doc, Object<SymphonySpec>)>,
+    synthesizers: Vec<(Doc, Object<SynthesizerSpec>)>,
+    windows: Vec<(Doc, Object<MaintenanceWindowSpec>)>,
+    targets: Vec<(Doc, Object<TargetSpec>)>,
+}
+
+impl Objects {
+    fn remove(&mut self, kind: &str, name: &str) {
+        match kind {
+            "Symphony" => self.symphonies.retain(|(_, o)| o.metadata.name != name),
+            "Synthesizer" => self.synthesizers.retain(|(_, o)| o.metadata.name != name),
+            "MaintenanceWindow" => self.windows.retain(|(_, o)| o.metadata.name != name),
+            _ => self.targets.retain(|(_, o)| o.metadata.name != name),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Loader {
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+    /// Objects that failed, by (kind, name), with why: what refers to them fails too.
+    broken: HashMap<(String, String), Vec<Diagnostic>>,
+}
+
+impl Loader {
+    fn finish(self, fleet: Fleet) -> Loaded {
+        Loaded {
+            fleet,
+            errors: self.errors,
+            warnings: self.warnings,
+        }
+    }
+
+    fn broken(&mut self, kind: &str, name: &str, d: Diagnostic) {
+        self.broken
+            .entry((kind.to_string(), name.to_string()))
+            .or_default()
+            .push(d);
+    }
+
+    /// Splits documents into fermata objects and input objects for bindings.
+    fn classify(&mut self, docs: Vec<Doc>) -> (Vec<Raw>, Vec<Doc>) {
+        let mut raws = Vec::new();
+        let mut inputs = Vec::new();
+        for doc in docs {
+            let api = doc.str_at(&["apiVersion"]).unwrap_or_default().to_string();
+            if api != API_VERSION {
+                if api.starts_with("fermata.dev/") {
+                    self.errors.push(doc.diag(
+                        "apiVersion",
+                        format!("unsupported apiVersion {api:?}; this fermata reads {API_VERSION:?}"),
+                    ));
+                } else {
+                    inputs.push(doc);
+                }
+                continue;
+            }
+            let kind = doc.str_at(&["kind"]).unwrap_or_default().to_string();
+            if !KINDS.contains(&kind.as_str()) {
+                let msg = if kind.is_empty() {
+                    format!("missing kind; one of {}", KINDS.join(", "))
+                } else {
+                    format!(
+                        "unknown kind {kind:?}{}; one of {}",
+                        did_you_mean(&kind, KINDS),
+                        KINDS.join(", ")
+                    )
+                };
+                self.errors.push(doc.diag("kind", msg));
+                continue;
+            }
+            let Some(name) = doc.str_at(&["metadata", "name"]).map(str::to_string) else {
+                self.errors
+                    .push(doc.diag("metadata.name", "missing field `name`"));
+                continue;
+            };
+            if let Err(m) = check_name(&name) {
+                let d = doc.diag("metadata.name", m);
+                self.broken(&kind, &name, d.clone());
+                self.errors.push(d);
+                continue;
+            }
+            raws.push(Raw { kind, name, doc });
+        }
+        (raws, inputs)
+    }
+
+    fn type_check(&mut self, raw: Raw, objs: &mut Objects) {
+        let Raw { kind, name, doc } = raw;
+        let result = match kind.as_str() {
+            "Symphony" => typed(&doc).map(|o| objs.symphonies.push((doc, o))),
+            "Synthesizer" => typed(&doc).map(|o| objs.synthesizers.push((doc, o))),
+            "MaintenanceWindow" => typed(&doc).map(|o| objs.windows.push((doc, o))),
+            _ => typed(&doc).map(|o| objs.targets.push((doc, o))),
+        };
+        if let Err(d) = result {
+            self.broken(&kind, &name, d.clone());
+            self.errors.push(d);
+        }
+    }
+
+    fn fail_all(&mut self, kind: &str, name: &str, diags: Vec<Diagnostic>) -> bool {
+        if diags.is_empty() {
+            return false;
+        }
+        for d in diags {
+            self.broken(kind, name, d.clone());
+            self.errors.push(d);
+        }
+        true
+    }
+
+    fn resolve_windows(&mut self, windows: Vec<(Doc, Object<MaintenanceWindowSpec>)>, fleet: &mut Fleet) {
+        for (doc, o) in windows {
+            let mut errs = Vec::new();
+            let schedule = Schedule::parse(&o.spec.schedule)
+                .map_err(|e| errs.push(doc.diag("spec.schedule", e.to_string())))
+                .ok();
+            let duration = parse_duration(&o.spec.duration)
+                .map_err(|e| errs.push(doc.diag("spec.duration", e)))
+                .ok();
+            let tz = parse_timezone(o.spec.timezone.as_deref().unwrap_or("UTC"))
+                .map_err(|e| errs.push(doc.diag("spec.timezone", e.to_string())))
+                .ok();
+            let name = o.metadata.name;
+            if self.fail_all("MaintenanceWindow", &name, errs) {
+                continue;
+            }
+            let (Some(schedule), Some(duration), Some(tz)) = (schedule, duration, tz) else {
+                continue;
+            };
+            for w in schedule.warnings() {
+                self.warnings.push(doc.diag("spec.schedule", w.clone()));
+            }
+            fleet.windows.insert(
+                name.clone(),
+                MaintenanceWindow {
+                    origin: doc.origin(""),
+                    window: Window {
+                        name,
+                        schedule,
+                        duration,
+                        tz,
+                    },
+                },
+            );
+        }
+    }
+
+    fn resolve_targets(&mut self, targets: Vec<(Doc, Object<TargetSpec>)>, fleet: &mut Fleet) {
+        for (doc, o) in targets {
+            let kind = match (o.spec.directory, o.spec.kubernetes) {
+                (Some(d), None) if d.path.trim().is_empty() => {
+                    Err(doc.diag("spec.directory.path", "must not be empty"))
+                }
+                (Some(d), None) => Ok(TargetKind::Directory { path: d.path }),
+                (None, Some(k)) => Ok(TargetKind::Kubernetes(k)),
+                (Some(_), Some(_)) => Err(doc.diag(
+                    "spec",
+                    "set exactly one of `directory` and `kubernetes`, not both",
+                )),
+                (None, None) => Err(doc.diag("spec", "set one of `directory` or `kubernetes`")),
+            };
+            match kind {
+                Ok(kind) => {
+                    fleet.targets.insert(
+                        o.metadata.name.clone(),
+                        Target {
+                            name: o.metadata.name,
+                            origin: doc.origin(""),
+                            kind,
+                        },
+                    );
+                }
+                Err(d) => {
+                    self.fail_all("Target", &o.metadata.name, vec![d]);
+                }
+            }
+        }
+    }
+
+    fn resolve_synthesizers(
+        &mut self,
+        snap: &Snapshot,
+        synths: Vec<(Doc, Object<SynthesizerSpec>)>,
+        fleet: &mut Fleet,
+    ) {
+        for (doc, o) in synths {
+            let (dir, _) = split(&doc.file);
+            let dir = dir.to_string();
+            let mut errs = Vec::new();
+            let kind = match (&o.spec.manifests, &o.spec.command) {
+                (Some(m), None) => match snap.resolve(&dir, m) {
+                    Ok(p) if snap.is_dir(&p) => Some(SynthKind::Manifests { dir: p }),
+                    Ok(p) => {
+                        errs.push(doc.diag(
+                            "spec.manifests",
+                            format!("no folder {p:?} in the repository at this revision"),
+                        ));
+                        None
+                    }
+                    Err(e) => {
+                        errs.push(doc.diag("spec.manifests", e.to_string()));
+                        None
+                    }
+                },
+                (None, Some(argv)) => match check_command(snap, &dir, argv) {
+                    Ok(()) => Some(SynthKind::Command { argv: argv.clone() }),
+                    Err(m) => {
+                        errs.push(doc.diag("spec.command", m));
+                        None
+                    }
+                },
+                (Some(_), Some(_)) => {
+                    errs.push(doc.diag("spec", "set exactly one of `manifests` and `command`, not both"));
+                    None
+                }
+                (None, None) => {
+                    errs.push(doc.diag("spec", "set one of `manifests` or `command`"));
+                    None
+                }
+            };
+            let timeout = match &o.spec.timeout {
+                None => DEFAULT_TIMEOUT,
+                Some(t) => parse_duration(t)
+                    .map_err(|e| errs.push(doc.diag("spec.timeout", e)))
+                    .unwrap_or(DEFAULT_TIMEOUT),
+            };
+            let mut artifacts = Vec::new();
+            let mut names = BTreeSet::new();
+            for (i, a) in o.spec.artifacts.iter().enumerate() {
+                let at = |f: &str| format!("spec.artifacts[{i}].{f}");
+                if let Err(m) = check_file_name(&a.name) {
+                    errs.push(doc.diag(&at("name"), m));
+                } else if !names.insert(a.name.clone()) {
+                    errs.push(doc.diag(&at("name"), format!("duplicate artifact {:?}", a.name)));
+                }
+                let repo_path = if a.url.contains("://") {
+                    if !["http://", "https://", "file://"].iter().any(|s| a.url.starts_with(s)) {
+                        errs.push(doc.diag(&at("url"), format!("{:?}: only http://, https:// and file:// URLs, or a path in the repository, can be fetched", a.url)));
+                    }
+                    None
+                } else {
+                    match snap.resolve(&dir, &a.url) {
+                        Ok(p) if matches!(snap.entry(&p), Some(Entry::File { .. })) => Some(p),
+                        Ok(p) => {
+                            errs.push(doc.diag(&at("url"), format!("no file {p:?} in the repository at this revision")));
+                            None
+                        }
+                        Err(e) => {
+                            errs.push(doc.diag(&at("url"), e.to_string()));
+                            None
+                        }
+                    }
+                };
+                match a.sha256.parse::<Digest>() {
+                    Ok(sha256) => artifacts.push(Artifact {
+                        name: a.name.clone(),
+                        url: a.url.clone(),
+                        repo_path,
+                        sha256,
+                        size: a.size,
+                    }),
+                    Err(m) => errs.push(doc.diag(&at("sha256"), m)),
+                }
+            }
+            let name = o.metadata.name;
+            if self.fail_all("Synthesizer", &name, errs) {
+                continue;
+            }
+            let Some(kind) = kind else { continue };
+            fleet.synthesizers.insert(
+                name.clone(),
+                Synthesizer {
+                    name,
+                    origin: doc.origin(""),
+                    dir,
+                    kind,
+                    timeout,
+                    artifacts,
+                },
+            );
+        }
+    }
+
+    fn resolve_symphonies(
+        &mut self,
+        symphonies: Vec<(Doc, Object<SymphonySpec>)>,
+        inputs: &[Doc],
+        fleet: &mut Fleet,
+    ) {
+        for (doc, o) in symphonies {
+            let name = o.metadata.name.clone();
+            let mut s = SymphonyResolver {
+                doc: &doc,
+                fleet,
+                loader: self,
+                inputs,
+                errors: Vec::new(),
+                inherited: Vec::new(),
+            };
+            let compositions = s.compositions(&name, &o.spec);
+            let SymphonyResolver {
+                errors, inherited, ..
+            } = s;
+            if errors.is_empty() && inherited.is_empty() {
+                fleet.symphonies.insert(
+                    name.clone(),
+                    Symphony {
+                        name,
+                        origin: doc.origin(""),
+                        rollout: o.spec.rollout.clone(),
+                        compositions,
+                    },
+                );
+            } else {
+                self.errors.extend(errors.iter().cloned());
+                let all = fleet.failed.entry(name).or_default();
+                all.extend(errors);
+                all.extend(inherited);
+            }
+        }
+        for ((kind, name), diags) in &self.broken {
+            if kind == "Symphony" {
+                fleet.failed.entry(name.clone()).or_default().extend(diags.iter().cloned());
+            }
+        }
+    }
+
+    /// Resolves `dependsOn` across the fleet and refuses cycles, naming the cycle.
+    fn check_dependencies(&mut self, fleet: &mut Fleet) {
+        // Edges in the order written, each with where it was written.
+        let mut edges: BTreeMap<CompositionId, Vec<(CompositionId, Origin, String)>> = BTreeMap::new();
+        let mut bad: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
+        for sym in fleet.symphonies.values() {
+            for c in &sym.compositions {
+                let e = edges.entry(c.id.clone()).or_default();
+                for dep in &c.depends_on {
+                    e.push((dep.clone(), c.origin.clone(), String::new()));
+                }
+            }
+        }
+        let _ = &mut bad;
+        // Colour-marking DFS; a back edge closes a cycle.
+        let mut state: HashMap<CompositionId, u8> = HashMap::new();
+        let mut cycles: Vec<Vec<CompositionId>> = Vec::new();
+        for start in edges.keys() {
+            let mut stack: Vec<(CompositionId, usize)> = vec![(start.clone(), 0)];
+            if state.get(start).copied().unwrap_or(0) != 0 {
+                continue;
+            }
+            state.insert(start.clone(), 1);
+            while let Some((node, i)) = stack.pop() {
+                let next = edges.get(&node).and_then(|v| v.get(i)).map(|e| e.0.clone());
+                match next {
+                    None => {
+                        state.insert(node, 2);
+                    }
+                    Some(n) => {
+                        stack.push((node, i + 1));
+                        match state.get(&n).copied().unwrap_or(0) {
+                            0 if edges.contains_key(&n) => {
+                                state.insert(n.clone(), 1);
+                                stack.push((n, 0));
+                            }
+                            1 => {
+                                let from = stack.iter().position(|(id, _)| *id == n).unwrap_or(0);
+                                let mut cyc: Vec<_> = stack[from..].iter().map(|(id, _)| id.clone()).collect();
+                                cyc.push(n);
+                                cycles.push(cyc);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        for cyc in cycles {
+            let text = cyc.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" -> ");
+            let Some(first) = fleet.composition(&cyc[0]) else { continue };
+            let d = Diagnostic::new(
+                &first.origin.file,
+                Some(first.origin.line),
+                format!("{}.dependsOn", variation_field(fleet, &cyc[0])),
+                format!("dependsOn cycle: {text}"),
+            );
+            self.errors.push(d.clone());
+            let syms: BTreeSet<String> = cyc.iter().map(|c| c.symphony.clone()).collect();
+            for s in syms {
+                bad.entry(s).or_default().push(d.clone());
+            }
+        }
+        for (s, diags) in bad {
+            fleet.symphonies.remove(&s);
+            fleet.failed.entry(s).or_default().extend(diags);
+        }
+    }
+}
+
+/// The field path of a composition's variation, for messages about it.
+fn variation_field(fleet: &Fleet, id: &CompositionId) -> String {
+    fleet
+        .symphonies
+        .get(&id.symphony)
+        .and_then(|s| s.compositions.iter().position(|c| c.id == *id))
+        .map(|i| format!("spec.variations[{i}]"))
+        .unwrap_or_default()
+}
+
+/// Resolves one symphony's variations into compositions, collecting errors.
+struct SymphonyResolver<'a> {
+    doc: &'a Doc,
+    fleet: &'a Fleet,
+    loader: &'a Loader,
+    inputs: &'a [Doc],
+    /// Errors in this symphony's own file.
+    errors: Vec<Diagnostic>,
+    /// Errors of objects it refers to: they fail it, but are reported where they are.
+    inherited: Vec<Diagnostic>,
+}
+
+impl SymphonyResolver<'_> {
+    fn err(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(self.doc.diag(field, message));
+    }
+
+    /// Checks a reference to an object of `kind`; records why it cannot be used.
+    fn reference(&mut self, kind: &str, name: &str, field: &str, exists: bool, known: Vec<&str>) -> bool {
+        if exists {
+            return true;
+        }
+        if let Some(ds) = self.loader.broken.get(&(kind.to_string(), name.to_string())) {
+            let mut ds = ds.clone();
+            for d in &mut ds {
+                d.message = format!("{kind} {name:?} (used at {}:{}) is invalid: {}", self.doc.file, self.doc.lines.line(field).unwrap_or(0), d.message);
+            }
+            self.inherited.extend(ds);
+            return false;
+        }
+        self.err(field, format!("no {kind} named {name:?}{}", did_you_mean(name, known)));
+        false
+    }
+
+    fn compositions(&mut self, symphony: &str, spec: &SymphonySpec) -> Vec<Composition> {
+        let fleet = self.fleet;
+        let targets: Vec<&str> = fleet.targets.keys().map(String::as_str).collect();
+        let windows: Vec<&str> = fleet.windows.keys().map(String::as_str).collect();
+        let synths: Vec<&str> = fleet.synthesizers.keys().map(String::as_str).collect();
+        if let Some(t) = &spec.target {
+            self.reference("Target", t, "spec.target", fleet.targets.contains_key(t), targets.clone());
+        }
+        if let Some(w) = &spec.window {
+            self.reference("MaintenanceWindow", w, "spec.window", fleet.windows.contains_key(w), windows.clone());
+        }
+        let base_env = self.env(&spec.synthesis_env, "spec.synthesisEnv");
+        let base_bindings = self.bindings(&spec.bindings, "spec.bindings");
+
+        let mut out = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, v) in spec.variations.iter().enumerate() {
+            let at = format!("spec.variations[{i}]");
+            let f = |s: &str| position::join(&at, s);
+            let (name, name_field) = match &v.name {
+                Some(n) => (n.clone(), f("name")),
+                None => (v.synthesizer.name.clone(), f("synthesizer.name")),
+            };
+            if let Err(m) = check_name(&name) {
+                self.err(&name_field, m);
+            } else if let Some(first) = seen.get(&name) {
+                let line = self.doc.lines.line(&format!("spec.variations[{first}]")).unwrap_or(0);
+                self.err(&name_field, format!("duplicate variation name {name:?} (also at line {line})"));
+            }
+            seen.insert(name.clone(), i);
+            let sy = &v.synthesizer.name;
+            self.reference("Synthesizer", sy, &f("synthesizer.name"), fleet.synthesizers.contains_key(sy), synths.clone());
+
+            let target = match (&v.target, &spec.target) {
+                (Some(t), _) => {
+                    self.reference("Target", t, &f("target"), fleet.targets.contains_key(t), targets.clone());
+                    t.clone()
+                }
+                (None, Some(t)) => t.clone(),
+                (None, None) if fleet.targets.len() == 1 => targets[0].to_string(),
+                (None, None) => {
+                    self.err(&at, format!(
+                        "no target: set spec.target or {at}.target (the repository defines {} targets)",
+                        fleet.targets.len()
+                    ));
+                    String::new()
+                }
+            };
+            if let Some(w) = &v.window {
+                self.reference("MaintenanceWindow", w, &f("window"), fleet.windows.contains_key(w), windows.clone());
+            }
+            let mut env = base_env.clone();
+            env.extend(self.env(&v.synthesis_env, &f("synthesisEnv")));
+            let mut bindings = base_bindings.clone();
+            bindings.extend(self.bindings(&v.bindings, &f("bindings")));
+            let mut gates = Vec::new();
+            for (j, g) in v.scheduling_gates.iter().enumerate() {
+                if g.name.trim().is_empty() {
+                    self.err(&f(&format!("schedulingGates[{j}].name")), "must not be empty");
+                }
+                gates.push(g.name.clone());
+            }
+            let mut depends_on = Vec::new();
+            for (j, d) in v.depends_on.iter().enumerate() {
+                let field = f(&format!("dependsOn[{j}].variation"));
+                match self.dependency(symphony, &spec.variations, &d.variation, &field) {
+                    Some(id) => depends_on.push(id),
+                    None => continue,
+                }
+            }
+            out.push(Composition {
+                id: CompositionId::new(symphony, &name),
+                origin: self.doc.origin(&at),
+                synthesizer: sy.clone(),
+                env,
+                bindings,
+                annotations: v.annotations.clone(),
+                labels: v.labels.clone(),
+                target,
+                window: v.window.clone().or_else(|| spec.window.clone()),
+                scheduling_gates: gates,
+                depends_on,
+                optional: v.optional,
+            });
+        }
+        out
+    }
+
+    fn dependency(&mut self, symphony: &str, variations: &[Variation], dep: &str, field: &str) -> Option<CompositionId> {
+        let id = if dep.contains('/') {
+            match dep.parse::<CompositionId>() {
+                Ok(id) => id,
+                Err(m) => {
+                    self.err(field, m);
+                    return None;
+                }
+            }
+        } else {
+            CompositionId::new(symphony, dep)
+        };
+        if id.symphony == symphony {
+            let names: Vec<String> = variations
+                .iter()
+                .map(|v| v.name.clone().unwrap_or_else(|| v.synthesizer.name.clone()))
+                .collect();
+            if !names.contains(&id.variation) {
+                let known: Vec<&str> = names.iter().map(String::as_str).collect();
+                self.err(field, format!("no variation named {:?} in symphony {symphony:?}{}", id.variation, did_you_mean(&id.variation, known)));
+                return None;
+            }
+        } else if let Some(other) = self.fleet.symphonies.get(&id.symphony) {
+            if !other.compositions.iter().any(|c| c.id == id) {
+                let known: Vec<&str> = other.compositions.iter().map(|c| c.id.variation.as_str()).collect();
+                self.err(field, format!("no variation named {:?} in symphony {:?}{}", id.variation, id.symphony, did_you_mean(&id.variation, known)));
+                return None;
+            }
+        }
+        // A symphony not loaded yet (or failed) is checked when the plan runs:
+        // a dependency that never becomes Ready holds the dependent.
+        Some(id)
+    }
+
+    fn env(&mut self, vars: &[EnvVar], at: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (i, v) in vars.iter().enumerate() {
+            let field = format!("{at}[{i}].name");
+            if !is_identifier(&v.name) {
+                self.err(&field, format!("{:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)", v.name));
+            } else if out.insert(v.name.clone(), v.value.clone()).is_some() {
+                self.err(&field, format!("duplicate variable {:?}", v.name));
+            }
+        }
+        out
+    }
+
+    fn bindings(&mut self, bindings: &[Binding], at: &str) -> BTreeMap<String, Bound> {
+        let mut out = BTreeMap::new();
+        for (i, b) in bindings.iter().enumerate() {
+            let at = format!("{at}[{i}]");
+            if b.key.is_empty() || !b.key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                self.err(&format!("{at}.key"), format!("{:?} is not a binding key ([A-Za-z0-9_-]+)", b.key));
+                continue;
+            }
+            if out.contains_key(&b.key) {
+                self.err(&format!("{at}.key"), format!("duplicate binding {:?}", b.key));
+                continue;
+            }
+            let r = &b.resource;
+            let ns = r.namespace.as_deref().unwrap_or("default");
+            let matches: Vec<&Doc> = self
+                .inputs
+                .iter()
+                .filter(|d| {
+                    d.str_at(&["metadata", "name"]) == Some(r.name.as_str())
+                        && d.str_at(&["metadata", "namespace"]).unwrap_or("default") == ns
+                        && r.kind.as_deref().is_none_or(|k| d.str_at(&["kind"]) == Some(k))
+                        && r.api_version.as_deref().is_none_or(|a| d.str_at(&["apiVersion"]) == Some(a))
+                })
+                .collect();
+            match matches.as_slice() {
+                [d] => match serde_json::to_value(&d.value) {
+                    Ok(object) => {
+                        out.insert(b.key.clone(), Bound { origin: d.origin(""), object });
+                    }
+                    Err(e) => self.err(&format!("{at}.resource"), format!("bound object at {} cannot be used: {e}", d.origin(""))),
+                },
+                [] => self.err(
+                    &format!("{at}.resource.name"),
+                    format!("no object named {:?} in namespace {ns:?} in the repository", r.name),
+                ),
+                many => {
+                    let places: Vec<String> = many.iter().map(|d| d.origin("").to_string()).collect();
+                    self.err(
+                        &format!("{at}.resource"),
+                        format!("{:?} in namespace {ns:?} is ambiguous: {}; set resource.kind", r.name, places.join(", ")),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Deserializes a document into a typed object, locating any error.
+fn typed<S: DeserializeOwned>(doc: &Doc) -> Result<Object<S>, Diagnostic> {
+    serde_path_to_error::deserialize(doc.value.clone()).map_err(|e| {
+        let mut field = e.path().to_string();
+        if field == "." {
+            field.clear();
+        }
+        let message = e.inner().to_string();
+        // Point at the field itself, not at the mapping that holds (or lacks) it.
+        for prefix in ["unknown field `", "missing field `"] {
+            if let Some(rest) = message.strip_prefix(prefix) {
+                if let Some(name) = rest.split('`').next() {
+                    let last = field.rsplit(['.', ']']).next().unwrap_or_default();
+                    if last != name {
+                        field = position::join(&field, name);
+                    }
+                }
+            }
+        }
+        doc.diag(&field, message)
+    })
+}
+
+/// Object and variation names are DNS labels: they become directory names,
+/// Kubernetes label values and status file names.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+fn check_file_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid artifact name: letters, digits, '.', '_' and '-'"))
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A relative command (`./render.sh`) must lie in the synthesizer's folder,
+/// which is all the command gets to see; a bare name is looked up on PATH.
+fn check_command(snap: &Snapshot, dir: &str, argv: &[String]) -> Result<(), String> {
+    let Some(cmd) = argv.first().filter(|c| !c.is_empty()) else {
+        return Err("must name a program".to_string());
+    };
+    if !cmd.contains('/') {
+        return Ok(());
+    }
+    let path = snap.resolve(dir, cmd).map_err(|e| e.to_string())?;
+    if !(dir.is_empty() || path.starts_with(&format!("{dir}/"))) {
+        return Err(format!("{cmd:?} is outside the synthesizer's folder {dir:?}, which is all the command runs with"));
+    }
+    match snap.entry(&path) {
+        Some(Entry::File { .. }) => Ok(()),
+        _ => Err(format!("no file {path:?} in the repository at this revision")),
+    }
+}
+
+/// `30s`, `3h`, `1h30m`, `2d`: what users of Flux and Kubernetes write.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 30s, 3h or 1h30m: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// ` (did you mean "vision"?)` when a known name is close enough.
+fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    known
+        .into_iter()
+        .map(|k| (strsim::levenshtein(name, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default()
+}

@@ -1,0 +1,20 @@
+//! The object model of a watched repository: typed kinds ([`types`]), how
+//! they are read and cross-checked ([`load`]), and the resolved [`Fleet`]
+//! every later stage works on. No I/O beyond reading a [`Snapshot`].
+//!
+//! [`Snapshot`]: crate::source::Snapshot
+
+mod diag;
+mod fleet;
+mod ids;
+pub mod load;
+pub mod position;
+pub mod types;
+
+pub use diag::{Diagnostic, Origin};
+pub use fleet::{
+    Artifact, Bound, Composition, Fleet, MaintenanceWindow, SynthKind, Symphony, Synthesizer,
+    Target, TargetKind,
+};
+pub use ids::{CompositionId, Digest};
+pub use load::{load, Loaded};

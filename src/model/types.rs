@@ -1,0 +1,200 @@
+//! The declarative kinds of a watched repository, exactly as users write them
+//! (DESIGN.md section 1). Pure serde types: no I/O and no cross-references;
+//! [`super::load`] validates and resolves them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `apiVersion` of every fermata object; other YAML is input or rendered output.
+pub const API_VERSION: &str = "fermata.dev/v1alpha1";
+
+/// The kinds fermata reads, in the order they are resolved.
+pub const KINDS: [&str; 4] = ["Target", "MaintenanceWindow", "Synthesizer", "Symphony"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Object<S> {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: S,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SymphonySpec {
+    pub target: Option<String>,
+    pub window: Option<String>,
+    #[serde(default)]
+    pub rollout: Rollout,
+    #[serde(default)]
+    pub bindings: Vec<Binding>,
+    #[serde(default)]
+    pub synthesis_env: Vec<EnvVar>,
+    pub variations: Vec<Variation>,
+}
+
+/// How the compositions of a symphony are rolled out (Datum's instance control).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rollout {
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// At most this many compositions not Ready at once; StatefulSet's default of 1.
+    #[serde(default = "one")]
+    pub max_unavailable: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            strategy: Strategy::default(),
+            max_unavailable: 1,
+        }
+    }
+}
+
+/// `OrderedReady` is the default, as for a StatefulSet: the safe choice for a
+/// fleet is one composition at a time, in the order the user wrote.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Strategy {
+    #[default]
+    OrderedReady,
+    Parallel,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Variation {
+    /// Defaults to the synthesizer's name; unique within the symphony.
+    pub name: Option<String>,
+    pub synthesizer: SynthesizerRef,
+    #[serde(default)]
+    pub synthesis_env: Vec<EnvVar>,
+    #[serde(default)]
+    pub bindings: Vec<Binding>,
+    /// Additive merge onto the composition; `""` removes the key.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub window: Option<String>,
+    #[serde(default)]
+    pub scheduling_gates: Vec<SchedulingGate>,
+    #[serde(default)]
+    pub depends_on: Vec<Dependency>,
+    #[serde(default)]
+    pub optional: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthesizerRef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    pub key: String,
+    pub resource: ResourceRef,
+}
+
+/// An input object of the repository; `kind`/`apiVersion` only disambiguate.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceRef {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub kind: Option<String>,
+    pub api_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulingGate {
+    pub name: String,
+}
+
+/// `variation` names one in the same symphony, or `symphony/variation` another one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependency {
+    pub variation: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthesizerSpec {
+    /// A folder of YAML templates, relative to the file that defines the synthesizer.
+    pub manifests: Option<String>,
+    /// A KRM function: ResourceList on stdin, ResourceList on stdout.
+    pub command: Option<Vec<String>>,
+    /// `30s` when absent.
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactSpec {
+    pub name: String,
+    pub url: String,
+    pub sha256: String,
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindowSpec {
+    pub schedule: String,
+    pub duration: String,
+    /// An IANA zone; UTC when absent.
+    pub timezone: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    pub directory: Option<DirectorySpec>,
+    pub kubernetes: Option<KubernetesSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySpec {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSpec {
+    pub context: Option<String>,
+    pub namespace: Option<String>,
+    pub kubeconfig: Option<String>,
+}

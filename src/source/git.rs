@@ -1,0 +1,219 @@
+//! [`Source`] over git2: a local repository read in place, or a remote one
+//! mirrored (bare) under the state directory.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use git2::{Cred, CredentialType, FetchOptions, ObjectType, Oid, RemoteCallbacks, Repository};
+
+use super::{Entry, Revision, Snapshot, Source, SourceError, MAX_FILE_SIZE};
+use crate::model::Digest;
+
+/// A git repository fermata reads from.
+#[derive(Debug, Clone)]
+pub struct GitSource {
+    url: String,
+    /// The repository read from: the user's own, or our bare mirror.
+    git_dir: PathBuf,
+    /// Set when `git_dir` is a mirror that [`Source::fetch`] updates from `url`.
+    mirrored: bool,
+}
+
+/// Whether `repo` names a remote to mirror rather than a path to read in place.
+fn is_url(repo: &str) -> bool {
+    repo.contains("://") || (repo.contains('@') && repo.contains(':') && !Path::new(repo).exists())
+}
+
+impl GitSource {
+    /// Opens a local repository (working tree or bare) in place, or mirrors a
+    /// URL (file://, https://, ssh://, git://, scp-like `user@host:path`) into
+    /// `state_dir/mirrors/`, fetching it once.
+    pub fn open(repo: &str, state_dir: &Path) -> Result<GitSource, SourceError> {
+        if !is_url(repo) {
+            let r = Repository::open(repo).map_err(|source| SourceError::Open {
+                url: repo.to_string(),
+                source,
+            })?;
+            let git_dir = r.path().to_path_buf();
+            return Ok(GitSource {
+                url: repo.to_string(),
+                git_dir,
+                mirrored: false,
+            });
+        }
+        let dir = state_dir
+            .join("mirrors")
+            .join(format!("{}.git", &Digest::of(repo.as_bytes()).to_hex()[..16]));
+        let fresh = !dir.join("HEAD").exists();
+        if fresh {
+            std::fs::create_dir_all(&dir).map_err(|source| SourceError::Mirror {
+                url: repo.to_string(),
+                path: dir.display().to_string(),
+                source,
+            })?;
+            Repository::init_bare(&dir).map_err(|source| SourceError::Open {
+                url: repo.to_string(),
+                source,
+            })?;
+        }
+        let src = GitSource {
+            url: repo.to_string(),
+            git_dir: dir,
+            mirrored: true,
+        };
+        if fresh {
+            src.fetch()?;
+            src.adopt_remote_head()?;
+        }
+        Ok(src)
+    }
+
+    fn repo(&self) -> Result<Repository, SourceError> {
+        Repository::open_bare(&self.git_dir)
+            .or_else(|_| Repository::open(&self.git_dir))
+            .map_err(|source| SourceError::Open {
+                url: self.url.clone(),
+                source,
+            })
+    }
+
+    /// Points the mirror's HEAD at the remote's default branch, so `HEAD`
+    /// means the same in the mirror as in a clone.
+    fn adopt_remote_head(&self) -> Result<(), SourceError> {
+        let repo = self.repo()?;
+        let fetch_err = |source| SourceError::Fetch {
+            url: self.url.clone(),
+            source,
+        };
+        let mut remote = repo.remote_anonymous(&self.url).map_err(fetch_err)?;
+        let conn = remote
+            .connect_auth(git2::Direction::Fetch, Some(callbacks()), None)
+            .map_err(fetch_err)?;
+        let head = conn
+            .default_branch()
+            .ok()
+            .and_then(|b| b.as_str().ok().map(str::to_string));
+        drop(conn);
+        if let Some(head) = head {
+            if repo.find_reference(&head).is_ok() {
+                repo.set_head(&head).map_err(fetch_err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Credentials from the environment: an ssh agent or `FERMATA_SSH_KEY` for
+/// ssh, `FERMATA_GIT_TOKEN` for https. Each kind is tried once, so a wrong
+/// credential fails instead of looping inside libgit2.
+fn callbacks() -> RemoteCallbacks<'static> {
+    let mut cb = RemoteCallbacks::new();
+    let tries = Cell::new(0u8);
+    cb.credentials(move |_url, user, allowed| {
+        tries.set(tries.get() + 1);
+        if tries.get() > 3 {
+            return Err(git2::Error::from_str("authentication failed"));
+        }
+        let user = user.unwrap_or("git");
+        if allowed.contains(CredentialType::SSH_KEY) {
+            if let Ok(key) = std::env::var("FERMATA_SSH_KEY") {
+                return Cred::ssh_key(user, None, Path::new(&key), None);
+            }
+            return Cred::ssh_key_from_agent(user);
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            if let Ok(token) = std::env::var("FERMATA_GIT_TOKEN") {
+                return Cred::userpass_plaintext(user, token.trim());
+            }
+        }
+        Cred::default()
+    });
+    cb
+}
+
+impl Source for GitSource {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn fetch(&self) -> Result<(), SourceError> {
+        if !self.mirrored {
+            return Ok(());
+        }
+        let repo = self.repo()?;
+        let fetch_err = |source| SourceError::Fetch {
+            url: self.url.clone(),
+            source,
+        };
+        let mut remote = repo.remote_anonymous(&self.url).map_err(fetch_err)?;
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(callbacks())
+            .prune(git2::FetchPrune::On)
+            .download_tags(git2::AutotagOption::All);
+        remote
+            .fetch(
+                &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                Some(&mut opts),
+                None,
+            )
+            .map_err(fetch_err)
+    }
+
+    fn resolve(&self, rev: &str) -> Result<Revision, SourceError> {
+        let repo = self.repo()?;
+        let err = |source| SourceError::Resolve {
+            url: self.url.clone(),
+            rev: rev.to_string(),
+            source,
+        };
+        let obj = repo.revparse_single(rev).map_err(err)?;
+        let commit = obj.peel_to_commit().map_err(err)?;
+        Ok(Revision(commit.id()))
+    }
+
+    fn snapshot(&self, rev: Revision) -> Result<Snapshot, SourceError> {
+        let repo = self.repo()?;
+        let err = |source| SourceError::Read {
+            url: self.url.clone(),
+            rev,
+            source,
+        };
+        let tree = repo
+            .find_commit(rev.0)
+            .and_then(|c| c.tree())
+            .map_err(err)?;
+        let mut blobs: Vec<(String, Oid, i32)> = Vec::new();
+        tree.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
+            if e.kind() == Some(ObjectType::Blob) {
+                if let Ok(name) = e.name() {
+                    blobs.push((format!("{dir}{name}"), e.id(), e.filemode()));
+                }
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .map_err(err)?;
+        let odb = repo.odb().map_err(err)?;
+        let mut entries = BTreeMap::new();
+        for (path, oid, mode) in blobs {
+            let (size, _) = odb.read_header(oid).map_err(err)?;
+            let entry = if mode == 0o120000 {
+                let blob = repo.find_blob(oid).map_err(err)?;
+                Entry::Symlink {
+                    target: String::from_utf8_lossy(blob.content()).into_owned(),
+                }
+            } else if size as u64 > MAX_FILE_SIZE {
+                Entry::Oversize { size: size as u64 }
+            } else {
+                let blob = repo.find_blob(oid).map_err(err)?;
+                Entry::File {
+                    data: Arc::from(blob.content()),
+                    executable: mode == 0o100755,
+                }
+            };
+            entries.insert(path, entry);
+        }
+        Ok(Snapshot::new(rev, entries))
+    }
+}

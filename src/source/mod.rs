@@ -1,0 +1,86 @@
+//! Reading the watched repository out of Git.
+//!
+//! A [`Source`] fetches, resolves a revision and hands out a [`Snapshot`] of
+//! its tree. Nothing here checks files out: everything is read from the object
+//! database, so any commit can be loaded while the branch moves on.
+
+mod git;
+mod snapshot;
+
+use std::fmt;
+
+pub use git::GitSource;
+pub use snapshot::{split, Entry, PathError, Snapshot, MAX_FILE_SIZE};
+
+/// A commit of the watched repository.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Revision(pub git2::Oid);
+
+impl Revision {
+    /// Seven hex digits, as `git log --oneline` shows.
+    pub fn short(&self) -> String {
+        self.0.to_string()[..7].to_string()
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Revision({})", self.short())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot open repository {url}")]
+    Open {
+        url: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("cannot create mirror of {url} at {path}")]
+    Mirror {
+        url: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot fetch {url}")]
+    Fetch {
+        url: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("revision {rev:?} not found in {url}")]
+    Resolve {
+        url: String,
+        rev: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("cannot read the tree of {rev} in {url}")]
+    Read {
+        url: String,
+        rev: Revision,
+        #[source]
+        source: git2::Error,
+    },
+}
+
+/// Where the desired state comes from. Held as `Arc<dyn Source>` so the
+/// reconciler can be driven by fakes in tests.
+pub trait Source: Send + Sync {
+    /// The repository as the user named it (URL or path).
+    fn url(&self) -> &str;
+    /// Brings the local copy up to date with the remote; a no-op for a local repository.
+    fn fetch(&self) -> Result<(), SourceError>;
+    /// A branch, tag, commit id or any `git rev-parse` expression, to a commit.
+    fn resolve(&self, rev: &str) -> Result<Revision, SourceError>;
+    /// Every file of the commit's tree.
+    fn snapshot(&self, rev: Revision) -> Result<Snapshot, SourceError>;
+}

@@ -1,0 +1,210 @@
+//! Synthesis: turning one composition into its rendered resources.
+//!
+//! Two kinds of synthesizer (DESIGN.md section 1): a folder of YAML templates
+//! ([`manifests`]) or a KRM function ([`command`]). Both end in the same
+//! canonical, sorted resource list with a SHA-256 digest, so identical input
+//! always yields the identical digest and an unchanged composition costs no
+//! target write.
+
+mod command;
+mod manifests;
+pub mod subst;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::model::{Artifact, Composition, CompositionId, Diagnostic, Digest, Fleet, SynthKind};
+use crate::source::Snapshot;
+
+/// Annotation naming the composition a rendered resource belongs to.
+pub const COMPOSITION_ANNOTATION: &str = "fermata.dev/composition";
+/// Annotation carrying the digest of the composition's desired state.
+pub const DIGEST_ANNOTATION: &str = "fermata.dev/digest";
+
+/// What identifies a resource on a target.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceKey {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ResourceKey {
+    /// `apps/v1/Deployment/line/vision`, the component name status reports.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/", self.api_version, self.kind)?;
+        if let Some(ns) = &self.namespace {
+            write!(f, "{ns}/")?;
+        }
+        f.write_str(&self.name)
+    }
+}
+
+/// One rendered resource.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resource {
+    pub key: ResourceKey,
+    pub object: Value,
+}
+
+impl Resource {
+    /// Checks the fields every resource needs and derives its key.
+    fn new(object: Value) -> Result<Resource, String> {
+        let s = |v: Option<&Value>, f: &str| match v {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(_) => Err(format!("{f} must be a non-empty string")),
+            None => Err(format!("missing {f}")),
+        };
+        if !object.is_object() {
+            return Err("a resource must be a mapping".to_string());
+        }
+        let meta = object.get("metadata");
+        let key = ResourceKey {
+            api_version: s(object.get("apiVersion"), "apiVersion")?,
+            kind: s(object.get("kind"), "kind")?,
+            name: s(meta.and_then(|m| m.get("name")), "metadata.name")?,
+            namespace: match meta.and_then(|m| m.get("namespace")) {
+                None | Some(Value::Null) => None,
+                v => Some(s(v, "metadata.namespace")?),
+            },
+        };
+        Ok(Resource { key, object })
+    }
+}
+
+/// A composition's desired state: what is staged and applied as one unit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rendered {
+    pub id: CompositionId,
+    pub digest: Digest,
+    /// Sorted by key: the canonical order.
+    pub resources: Vec<Resource>,
+    pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub artifacts: Vec<Artifact>,
+}
+
+impl Rendered {
+    /// Sorts, checks for duplicates and computes the digest.
+    fn new(
+        comp: &Composition,
+        mut resources: Vec<Resource>,
+        artifacts: Vec<Artifact>,
+    ) -> Result<Rendered, SynthError> {
+        resources.sort_by(|a, b| a.key.cmp(&b.key));
+        if let Some(w) = resources.windows(2).find(|w| w[0].key == w[1].key) {
+            return Err(SynthError::Duplicate {
+                key: w[0].key.to_string(),
+            });
+        }
+        let mut artifacts = artifacts;
+        artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+        // serde_json maps are sorted by key, so this serialization is canonical.
+        let canonical = serde_json::json!({
+            "resources": resources.iter().map(|r| &r.object).collect::<Vec<_>>(),
+            "annotations": comp.annotations,
+            "labels": comp.labels,
+            "artifacts": artifacts.iter().map(|a| serde_json::json!({
+                "name": a.name, "sha256": a.sha256, "size": a.size,
+            })).collect::<Vec<_>>(),
+        });
+        let digest = Digest::of(canonical.to_string().as_bytes());
+        Ok(Rendered {
+            id: comp.id.clone(),
+            digest,
+            resources,
+            annotations: comp.annotations.clone(),
+            labels: comp.labels.clone(),
+            artifacts,
+        })
+    }
+
+    /// The resources as one YAML stream in canonical order.
+    pub fn manifest_yaml(&self) -> String {
+        let mut out = String::new();
+        for r in &self.resources {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(&r.object).unwrap_or_default());
+        }
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("no Synthesizer named {0:?}")]
+    UnknownSynthesizer(String),
+    #[error("{file}:{line}: {message}")]
+    Template {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("{origin}: {message}")]
+    Resource { origin: String, message: String },
+    #[error("two resources named {key}")]
+    Duplicate { key: String },
+    #[error("command {command:?} failed: {message}{}", tail(stderr))]
+    Command {
+        command: String,
+        message: String,
+        stderr: String,
+    },
+}
+
+fn tail(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {stderr}")
+    }
+}
+
+impl SynthError {
+    /// The error as a diagnostic, located in the template or at the synthesizer.
+    pub fn diagnostic(&self, fleet: &Fleet, comp: &Composition) -> Diagnostic {
+        let synth = fleet.synthesizers.get(&comp.synthesizer);
+        let (file, line) = synth
+            .map(|s| (s.origin.file.clone(), Some(s.origin.line)))
+            .unwrap_or_else(|| (comp.origin.file.clone(), Some(comp.origin.line)));
+        let prefix = format!("{}: ", comp.id);
+        match self {
+            SynthError::Template {
+                file,
+                line,
+                message,
+            } => Diagnostic::new(file, Some(*line), "", format!("{prefix}{message}")),
+            SynthError::File { file, message } => {
+                Diagnostic::new(file, None, "", format!("{prefix}{message}"))
+            }
+            SynthError::Command { .. } => {
+                Diagnostic::new(file, line, "spec.command", format!("{prefix}{self}"))
+            }
+            _ => Diagnostic::new(file, line, "spec", format!("{prefix}{self}")),
+        }
+    }
+}
+
+/// Renders one composition of `fleet` from the files of `snap`.
+pub fn render(
+    snap: &Snapshot,
+    fleet: &Fleet,
+    comp: &Composition,
+) -> Result<Rendered, SynthError> {
+    let synth = fleet
+        .synthesizers
+        .get(&comp.synthesizer)
+        .ok_or_else(|| SynthError::UnknownSynthesizer(comp.synthesizer.clone()))?;
+    let resources = match &synth.kind {
+        SynthKind::Manifests { dir } => manifests::render(snap, dir, comp)?,
+        SynthKind::Command { argv } => command::render(snap, synth, argv, comp)?,
+    };
+    Rendered::new(comp, resources, synth.artifacts.clone())
+}
