@@ -1,0 +1,175 @@
+//! Test harness: real git repositories in temp dirs, and the real binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A git repository with a working tree in its own temp dir.
+pub struct TestRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRepo {
+    pub fn new() -> TestRepo {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = TestRepo { dir };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+
+    /// A repository holding a copy of `examples/repo-layout`, committed.
+    pub fn example() -> TestRepo {
+        let repo = TestRepo::new();
+        copy_dir(&example_dir(), repo.path());
+        repo.commit("example fleet");
+        repo
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.path().display())
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> &Self {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, content).expect("write");
+        self
+    }
+
+    pub fn remove(&self, rel: &str) -> &Self {
+        let p = self.path().join(rel);
+        if p.is_dir() {
+            std::fs::remove_dir_all(p).expect("rm -r");
+        } else {
+            std::fs::remove_file(p).expect("rm");
+        }
+        self
+    }
+
+    /// Runs git in the repository; panics with its stderr on failure.
+    pub fn git(&self, args: &[&str]) -> String {
+        git(self.path(), args)
+    }
+
+    /// Commits everything; returns the commit id.
+    pub fn commit(&self, msg: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", msg]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=fermata-test", "-c", "user.email=test@fermata.invalid"])
+        .args(["-c", "commit.gpgsign=false", "-c", "core.symlinks=true"])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/repo-layout")
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let dest = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            std::fs::create_dir_all(&dest).expect("mkdir");
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).expect("copy");
+        }
+    }
+}
+
+/// The result of running the binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout lines, for comparing error lists.
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `fermata ARGS` with a private state dir.
+pub fn fermata(args: &[&str]) -> Run {
+    let state = tempfile::tempdir().expect("state dir");
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_fermata"))
+        .args(args)
+        .env("FERMATA_STATE_DIR", state.path())
+        .env_remove("FERMATA_LOG")
+        .output()
+        .expect("fermata runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A minimal valid fleet: one target, one manifests synthesizer, one symphony.
+pub const TARGET: &str = "apiVersion: fermata.dev/v1alpha1
+kind: Target
+metadata: {name: site}
+spec:
+  directory: {path: site}
+";
+
+pub const SYNTH: &str = "apiVersion: fermata.dev/v1alpha1
+kind: Synthesizer
+metadata: {name: app}
+spec:
+  manifests: ./manifests
+";
+
+pub const MANIFEST: &str = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: app, namespace: default}
+data: {tag: \"${TAG}\"}
+";
+
+pub const SYMPHONY: &str = "apiVersion: fermata.dev/v1alpha1
+kind: Symphony
+metadata: {name: shop}
+spec:
+  variations:
+    - synthesizer: {name: app}
+      synthesisEnv: [{name: TAG, value: v1}]
+";
+
+/// Writes the minimal fleet into `repo` (not committed).
+pub fn minimal(repo: &TestRepo) -> &TestRepo {
+    repo.write("target.yaml", TARGET)
+        .write("synth/app.yaml", SYNTH)
+        .write("synth/manifests/cm.yaml", MANIFEST)
+        .write("symphony.yaml", SYMPHONY)
+}
