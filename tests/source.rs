@@ -23,7 +23,13 @@ fn reads_working_tree_bare_repo_and_file_url_alike() {
     let bare = tempfile::tempdir().unwrap();
     util::git(
         bare.path(),
-        &["clone", "-q", "--bare", repo.path().to_str().unwrap(), "r.git"],
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            repo.path().to_str().unwrap(),
+            "r.git",
+        ],
     );
     let bare_path = bare.path().join("r.git");
     let bare_path = bare_path.to_str().unwrap();
@@ -45,13 +51,22 @@ fn reads_an_older_commit_without_checkout() {
     let repo = TestRepo::new();
     minimal(&repo);
     let old = repo.commit("v1");
-    repo.write("symphony.yaml", &util::SYMPHONY.replace("value: v1", "value: v2"));
+    repo.write(
+        "symphony.yaml",
+        &util::SYMPHONY.replace("value: v1", "value: v2"),
+    );
     repo.commit("v2");
     // A dirty working tree proves nothing is read from it.
     repo.write("symphony.yaml", "this: is: not: yaml");
 
     let at = |rev: &str| {
-        let run = fermata(&["render", "--repo", repo.path().to_str().unwrap(), "--rev", rev]);
+        let run = fermata(&[
+            "render",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--rev",
+            rev,
+        ]);
         assert_eq!(run.code, 0, "{run:?}");
         run.stdout
     };
@@ -76,9 +91,14 @@ fn mirrors_a_url_and_follows_new_commits_and_tags() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(render("main").contains("tag: v1"));
-    repo.write("symphony.yaml", &util::SYMPHONY.replace("value: v1", "value: v2"));
+    repo.write(
+        "symphony.yaml",
+        &util::SYMPHONY.replace("value: v1", "value: v2"),
+    );
     repo.commit("v2");
-    let mirrors: Vec<_> = std::fs::read_dir(state.path().join("mirrors")).unwrap().collect();
+    let mirrors: Vec<_> = std::fs::read_dir(state.path().join("mirrors"))
+        .unwrap()
+        .collect();
     assert_eq!(mirrors.len(), 1, "one bare mirror per URL");
     // The mirror exists already; `render` reads it as fetched on creation,
     // so a fresh state dir is needed to see the new commit until `run` fetches.
@@ -89,13 +109,19 @@ fn mirrors_a_url_and_follows_new_commits_and_tags() {
 fn path_limits_loading_to_a_folder() {
     let repo = TestRepo::new();
     minimal(&repo);
-    repo.write("other/broken.yaml", "apiVersion: fermata.dev/v1alpha1\nkind: Nope\n");
+    repo.write(
+        "other/broken.yaml",
+        "apiVersion: fermata.dev/v1alpha1\nkind: Nope\n",
+    );
     repo.commit("two folders");
     let p = repo.path().to_str().unwrap();
     assert_eq!(fermata(&["validate", "--repo", p]).code, 1);
     let run = fermata(&["validate", "--repo", p, "--path", "synth"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(run.stdout.trim(), "ok: 0 symphonies, 0 compositions, 0 windows, 0 targets");
+    assert_eq!(
+        run.stdout.trim(),
+        "ok: 0 symphonies, 0 compositions, 0 windows, 0 targets"
+    );
     let run = fermata(&["validate", "--repo", p, "--path", "nowhere"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.contains("no folder"), "{run:?}");
@@ -105,11 +131,24 @@ fn path_limits_loading_to_a_folder() {
 fn unknown_repository_or_revision_is_a_clear_error() {
     let run = fermata(&["validate", "--repo", "/nonexistent/repo"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("cannot open repository /nonexistent/repo"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("cannot open repository /nonexistent/repo"),
+        "{run:?}"
+    );
     let repo = TestRepo::new();
     minimal(&repo);
     repo.commit("one");
-    let run = fermata(&["validate", "--repo", repo.path().to_str().unwrap(), "--rev", "nope"]);
+    let run = fermata(&[
+        "validate",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--rev",
+        "nope",
+    ]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("revision \"nope\" not found"), "{run:?}");
+    assert!(
+        run.stderr.contains("revision \"nope\" not found"),
+        "{run:?}"
+    );
 }

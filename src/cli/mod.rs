@@ -102,8 +102,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn count(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("{n} {noun}")
-    } else if noun.ends_with('y') {
-        format!("{n} {}ies", &noun[..noun.len() - 1])
+    } else if let Some(stem) = noun.strip_suffix('y') {
+        format!("{n} {stem}ies")
     } else {
         format!("{n} {noun}s")
     }

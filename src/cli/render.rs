@@ -64,7 +64,10 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&json!({"compositions": out, "errors": errors}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"compositions": out, "errors": errors}))?
+            );
         }
     }
     if a.repo.output == Output::Text {

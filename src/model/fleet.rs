@@ -76,6 +76,7 @@ pub struct Bound {
 #[derive(Debug, Clone)]
 pub struct Synthesizer {
     pub name: String,
+    /// Where its `manifests` or `command` is written: synthesis errors point there.
     pub origin: Origin,
     /// Folder of the file that defines it: relative paths start here.
     pub dir: String,

@@ -278,7 +278,9 @@ impl Loader {
                 if api.starts_with("fermata.dev/") {
                     self.errors.push(doc.diag(
                         "apiVersion",
-                        format!("unsupported apiVersion {api:?}; this fermata reads {API_VERSION:?}"),
+                        format!(
+                            "unsupported apiVersion {api:?}; this fermata reads {API_VERSION:?}"
+                        ),
                     ));
                 } else {
                     inputs.push(doc);
@@ -340,7 +342,11 @@ impl Loader {
         true
     }
 
-    fn resolve_windows(&mut self, windows: Vec<(Doc, Object<MaintenanceWindowSpec>)>, fleet: &mut Fleet) {
+    fn resolve_windows(
+        &mut self,
+        windows: Vec<(Doc, Object<MaintenanceWindowSpec>)>,
+        fleet: &mut Fleet,
+    ) {
         for (doc, o) in windows {
             let mut errs = Vec::new();
             let schedule = Schedule::parse(&o.spec.schedule)
@@ -442,7 +448,10 @@ impl Loader {
                     }
                 },
                 (Some(_), Some(_)) => {
-                    errs.push(doc.diag("spec", "set exactly one of `manifests` and `command`, not both"));
+                    errs.push(doc.diag(
+                        "spec",
+                        "set exactly one of `manifests` and `command`, not both",
+                    ));
                     None
                 }
                 (None, None) => {
@@ -466,7 +475,10 @@ impl Loader {
                     errs.push(doc.diag(&at("name"), format!("duplicate artifact {:?}", a.name)));
                 }
                 let repo_path = if a.url.contains("://") {
-                    if !["http://", "https://", "file://"].iter().any(|s| a.url.starts_with(s)) {
+                    if !["http://", "https://", "file://"]
+                        .iter()
+                        .any(|s| a.url.starts_with(s))
+                    {
                         errs.push(doc.diag(&at("url"), format!("{:?}: only http://, https:// and file:// URLs, or a path in the repository, can be fetched", a.url)));
                     }
                     None
@@ -474,7 +486,10 @@ impl Loader {
                     match snap.resolve(&dir, &a.url) {
                         Ok(p) if matches!(snap.entry(&p), Some(Entry::File { .. })) => Some(p),
                         Ok(p) => {
-                            errs.push(doc.diag(&at("url"), format!("no file {p:?} in the repository at this revision")));
+                            errs.push(doc.diag(
+                                &at("url"),
+                                format!("no file {p:?} in the repository at this revision"),
+                            ));
                             None
                         }
                         Err(e) => {
@@ -503,7 +518,10 @@ impl Loader {
                 name.clone(),
                 Synthesizer {
                     name,
-                    origin: doc.origin(""),
+                    origin: doc.origin(match kind {
+                        SynthKind::Manifests { .. } => "spec.manifests",
+                        SynthKind::Command { .. } => "spec.command",
+                    }),
                     dir,
                     kind,
                     timeout,
@@ -552,7 +570,11 @@ impl Loader {
         }
         for ((kind, name), diags) in &self.broken {
             if kind == "Symphony" {
-                fleet.failed.entry(name.clone()).or_default().extend(diags.iter().cloned());
+                fleet
+                    .failed
+                    .entry(name.clone())
+                    .or_default()
+                    .extend(diags.iter().cloned());
             }
         }
     }
@@ -560,7 +582,8 @@ impl Loader {
     /// Resolves `dependsOn` across the fleet and refuses cycles, naming the cycle.
     fn check_dependencies(&mut self, fleet: &mut Fleet) {
         // Edges in the order written, each with where it was written.
-        let mut edges: BTreeMap<CompositionId, Vec<(CompositionId, Origin, String)>> = BTreeMap::new();
+        let mut edges: BTreeMap<CompositionId, Vec<(CompositionId, Origin, String)>> =
+            BTreeMap::new();
         let mut bad: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
         for sym in fleet.symphonies.values() {
             for c in &sym.compositions {
@@ -595,7 +618,8 @@ impl Loader {
                             }
                             1 => {
                                 let from = stack.iter().position(|(id, _)| *id == n).unwrap_or(0);
-                                let mut cyc: Vec<_> = stack[from..].iter().map(|(id, _)| id.clone()).collect();
+                                let mut cyc: Vec<_> =
+                                    stack[from..].iter().map(|(id, _)| id.clone()).collect();
                                 cyc.push(n);
                                 cycles.push(cyc);
                             }
@@ -606,8 +630,14 @@ impl Loader {
             }
         }
         for cyc in cycles {
-            let text = cyc.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" -> ");
-            let Some(first) = fleet.composition(&cyc[0]) else { continue };
+            let text = cyc
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(" -> ");
+            let Some(first) = fleet.composition(&cyc[0]) else {
+                continue;
+            };
             let d = Diagnostic::new(
                 &first.origin.file,
                 Some(first.origin.line),
@@ -655,19 +685,38 @@ impl SymphonyResolver<'_> {
     }
 
     /// Checks a reference to an object of `kind`; records why it cannot be used.
-    fn reference(&mut self, kind: &str, name: &str, field: &str, exists: bool, known: Vec<&str>) -> bool {
+    fn reference(
+        &mut self,
+        kind: &str,
+        name: &str,
+        field: &str,
+        exists: bool,
+        known: Vec<&str>,
+    ) -> bool {
         if exists {
             return true;
         }
-        if let Some(ds) = self.loader.broken.get(&(kind.to_string(), name.to_string())) {
+        if let Some(ds) = self
+            .loader
+            .broken
+            .get(&(kind.to_string(), name.to_string()))
+        {
             let mut ds = ds.clone();
             for d in &mut ds {
-                d.message = format!("{kind} {name:?} (used at {}:{}) is invalid: {}", self.doc.file, self.doc.lines.line(field).unwrap_or(0), d.message);
+                d.message = format!(
+                    "{kind} {name:?} (used at {}:{}) is invalid: {}",
+                    self.doc.file,
+                    self.doc.lines.line(field).unwrap_or(0),
+                    d.message
+                );
             }
             self.inherited.extend(ds);
             return false;
         }
-        self.err(field, format!("no {kind} named {name:?}{}", did_you_mean(name, known)));
+        self.err(
+            field,
+            format!("no {kind} named {name:?}{}", did_you_mean(name, known)),
+        );
         false
     }
 
@@ -677,10 +726,22 @@ impl SymphonyResolver<'_> {
         let windows: Vec<&str> = fleet.windows.keys().map(String::as_str).collect();
         let synths: Vec<&str> = fleet.synthesizers.keys().map(String::as_str).collect();
         if let Some(t) = &spec.target {
-            self.reference("Target", t, "spec.target", fleet.targets.contains_key(t), targets.clone());
+            self.reference(
+                "Target",
+                t,
+                "spec.target",
+                fleet.targets.contains_key(t),
+                targets.clone(),
+            );
         }
         if let Some(w) = &spec.window {
-            self.reference("MaintenanceWindow", w, "spec.window", fleet.windows.contains_key(w), windows.clone());
+            self.reference(
+                "MaintenanceWindow",
+                w,
+                "spec.window",
+                fleet.windows.contains_key(w),
+                windows.clone(),
+            );
         }
         let base_env = self.env(&spec.synthesis_env, "spec.synthesisEnv");
         let base_bindings = self.bindings(&spec.bindings, "spec.bindings");
@@ -697,16 +758,35 @@ impl SymphonyResolver<'_> {
             if let Err(m) = check_name(&name) {
                 self.err(&name_field, m);
             } else if let Some(first) = seen.get(&name) {
-                let line = self.doc.lines.line(&format!("spec.variations[{first}]")).unwrap_or(0);
-                self.err(&name_field, format!("duplicate variation name {name:?} (also at line {line})"));
+                let line = self
+                    .doc
+                    .lines
+                    .line(&format!("spec.variations[{first}]"))
+                    .unwrap_or(0);
+                self.err(
+                    &name_field,
+                    format!("duplicate variation name {name:?} (also at line {line})"),
+                );
             }
             seen.insert(name.clone(), i);
             let sy = &v.synthesizer.name;
-            self.reference("Synthesizer", sy, &f("synthesizer.name"), fleet.synthesizers.contains_key(sy), synths.clone());
+            self.reference(
+                "Synthesizer",
+                sy,
+                &f("synthesizer.name"),
+                fleet.synthesizers.contains_key(sy),
+                synths.clone(),
+            );
 
             let target = match (&v.target, &spec.target) {
                 (Some(t), _) => {
-                    self.reference("Target", t, &f("target"), fleet.targets.contains_key(t), targets.clone());
+                    self.reference(
+                        "Target",
+                        t,
+                        &f("target"),
+                        fleet.targets.contains_key(t),
+                        targets.clone(),
+                    );
                     t.clone()
                 }
                 (None, Some(t)) => t.clone(),
@@ -720,7 +800,13 @@ impl SymphonyResolver<'_> {
                 }
             };
             if let Some(w) = &v.window {
-                self.reference("MaintenanceWindow", w, &f("window"), fleet.windows.contains_key(w), windows.clone());
+                self.reference(
+                    "MaintenanceWindow",
+                    w,
+                    &f("window"),
+                    fleet.windows.contains_key(w),
+                    windows.clone(),
+                );
             }
             let mut env = base_env.clone();
             env.extend(self.env(&v.synthesis_env, &f("synthesisEnv")));
@@ -729,7 +815,10 @@ impl SymphonyResolver<'_> {
             let mut gates = Vec::new();
             for (j, g) in v.scheduling_gates.iter().enumerate() {
                 if g.name.trim().is_empty() {
-                    self.err(&f(&format!("schedulingGates[{j}].name")), "must not be empty");
+                    self.err(
+                        &f(&format!("schedulingGates[{j}].name")),
+                        "must not be empty",
+                    );
                 }
                 gates.push(g.name.clone());
             }
@@ -759,7 +848,13 @@ impl SymphonyResolver<'_> {
         out
     }
 
-    fn dependency(&mut self, symphony: &str, variations: &[Variation], dep: &str, field: &str) -> Option<CompositionId> {
+    fn dependency(
+        &mut self,
+        symphony: &str,
+        variations: &[Variation],
+        dep: &str,
+        field: &str,
+    ) -> Option<CompositionId> {
         let id = if dep.contains('/') {
             match dep.parse::<CompositionId>() {
                 Ok(id) => id,
@@ -778,13 +873,32 @@ impl SymphonyResolver<'_> {
                 .collect();
             if !names.contains(&id.variation) {
                 let known: Vec<&str> = names.iter().map(String::as_str).collect();
-                self.err(field, format!("no variation named {:?} in symphony {symphony:?}{}", id.variation, did_you_mean(&id.variation, known)));
+                self.err(
+                    field,
+                    format!(
+                        "no variation named {:?} in symphony {symphony:?}{}",
+                        id.variation,
+                        did_you_mean(&id.variation, known)
+                    ),
+                );
                 return None;
             }
         } else if let Some(other) = self.fleet.symphonies.get(&id.symphony) {
             if !other.compositions.iter().any(|c| c.id == id) {
-                let known: Vec<&str> = other.compositions.iter().map(|c| c.id.variation.as_str()).collect();
-                self.err(field, format!("no variation named {:?} in symphony {:?}{}", id.variation, id.symphony, did_you_mean(&id.variation, known)));
+                let known: Vec<&str> = other
+                    .compositions
+                    .iter()
+                    .map(|c| c.id.variation.as_str())
+                    .collect();
+                self.err(
+                    field,
+                    format!(
+                        "no variation named {:?} in symphony {:?}{}",
+                        id.variation,
+                        id.symphony,
+                        did_you_mean(&id.variation, known)
+                    ),
+                );
                 return None;
             }
         }
@@ -798,7 +912,13 @@ impl SymphonyResolver<'_> {
         for (i, v) in vars.iter().enumerate() {
             let field = format!("{at}[{i}].name");
             if !is_identifier(&v.name) {
-                self.err(&field, format!("{:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)", v.name));
+                self.err(
+                    &field,
+                    format!(
+                        "{:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                        v.name
+                    ),
+                );
             } else if out.insert(v.name.clone(), v.value.clone()).is_some() {
                 self.err(&field, format!("duplicate variable {:?}", v.name));
             }
@@ -810,12 +930,23 @@ impl SymphonyResolver<'_> {
         let mut out = BTreeMap::new();
         for (i, b) in bindings.iter().enumerate() {
             let at = format!("{at}[{i}]");
-            if b.key.is_empty() || !b.key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                self.err(&format!("{at}.key"), format!("{:?} is not a binding key ([A-Za-z0-9_-]+)", b.key));
+            if b.key.is_empty()
+                || !b
+                    .key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                self.err(
+                    &format!("{at}.key"),
+                    format!("{:?} is not a binding key ([A-Za-z0-9_-]+)", b.key),
+                );
                 continue;
             }
             if out.contains_key(&b.key) {
-                self.err(&format!("{at}.key"), format!("duplicate binding {:?}", b.key));
+                self.err(
+                    &format!("{at}.key"),
+                    format!("duplicate binding {:?}", b.key),
+                );
                 continue;
             }
             let r = &b.resource;
@@ -826,26 +957,47 @@ impl SymphonyResolver<'_> {
                 .filter(|d| {
                     d.str_at(&["metadata", "name"]) == Some(r.name.as_str())
                         && d.str_at(&["metadata", "namespace"]).unwrap_or("default") == ns
-                        && r.kind.as_deref().is_none_or(|k| d.str_at(&["kind"]) == Some(k))
-                        && r.api_version.as_deref().is_none_or(|a| d.str_at(&["apiVersion"]) == Some(a))
+                        && r.kind
+                            .as_deref()
+                            .is_none_or(|k| d.str_at(&["kind"]) == Some(k))
+                        && r.api_version
+                            .as_deref()
+                            .is_none_or(|a| d.str_at(&["apiVersion"]) == Some(a))
                 })
                 .collect();
             match matches.as_slice() {
                 [d] => match serde_json::to_value(&d.value) {
                     Ok(object) => {
-                        out.insert(b.key.clone(), Bound { origin: d.origin(""), object });
+                        out.insert(
+                            b.key.clone(),
+                            Bound {
+                                origin: d.origin(""),
+                                object,
+                            },
+                        );
                     }
-                    Err(e) => self.err(&format!("{at}.resource"), format!("bound object at {} cannot be used: {e}", d.origin(""))),
+                    Err(e) => self.err(
+                        &format!("{at}.resource"),
+                        format!("bound object at {} cannot be used: {e}", d.origin("")),
+                    ),
                 },
                 [] => self.err(
                     &format!("{at}.resource.name"),
-                    format!("no object named {:?} in namespace {ns:?} in the repository", r.name),
+                    format!(
+                        "no object named {:?} in namespace {ns:?} in the repository",
+                        r.name
+                    ),
                 ),
                 many => {
-                    let places: Vec<String> = many.iter().map(|d| d.origin("").to_string()).collect();
+                    let places: Vec<String> =
+                        many.iter().map(|d| d.origin("").to_string()).collect();
                     self.err(
                         &format!("{at}.resource"),
-                        format!("{:?} in namespace {ns:?} is ambiguous: {}; set resource.kind", r.name, places.join(", ")),
+                        format!(
+                            "{:?} in namespace {ns:?} is ambiguous: {}; set resource.kind",
+                            r.name,
+                            places.join(", ")
+                        ),
                     );
                 }
             }
@@ -882,7 +1034,9 @@ fn typed<S: DeserializeOwned>(doc: &Doc) -> Result<Object<S>, Diagnostic> {
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
@@ -898,11 +1052,15 @@ fn check_file_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(format!("{name:?} is not a valid artifact name: letters, digits, '.', '_' and '-'"))
+        Err(format!(
+            "{name:?} is not a valid artifact name: letters, digits, '.', '_' and '-'"
+        ))
     }
 }
 
@@ -927,13 +1085,16 @@ fn check_command(snap: &Snapshot, dir: &str, argv: &[String]) -> Result<(), Stri
     }
     match snap.entry(&path) {
         Some(Entry::File { .. }) => Ok(()),
-        _ => Err(format!("no file {path:?} in the repository at this revision")),
+        _ => Err(format!(
+            "no file {path:?} in the repository at this revision"
+        )),
     }
 }
 
 /// `30s`, `3h`, `1h30m`, `2d`: what users of Flux and Kubernetes write.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 30s, 3h or 1h30m: {e}"))?;
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 30s, 3h or 1h30m: {e}"))?;
     if d.is_zero() {
         return Err(format!("{s:?}: must be longer than zero"));
     }

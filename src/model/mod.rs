@@ -13,7 +13,7 @@ pub mod types;
 
 pub use diag::{Diagnostic, Origin};
 pub use fleet::{
-    Artifact, Bound, Composition, Fleet, MaintenanceWindow, SynthKind, Symphony, Synthesizer,
+    Artifact, Bound, Composition, Fleet, MaintenanceWindow, Symphony, SynthKind, Synthesizer,
     Target, TargetKind,
 };
 pub use ids::{CompositionId, Digest};

@@ -61,8 +61,14 @@ pub fn index(path: &str, i: usize) -> String {
 
 enum Frame {
     /// A mapping; `key` is set between a key and its value.
-    Map { path: String, key: Option<String> },
-    Seq { path: String, next: usize },
+    Map {
+        path: String,
+        key: Option<String>,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
     /// Inside a complex (non-scalar) mapping key, which has no field path.
     Skip,
 }

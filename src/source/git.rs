@@ -43,9 +43,10 @@ impl GitSource {
                 mirrored: false,
             });
         }
-        let dir = state_dir
-            .join("mirrors")
-            .join(format!("{}.git", &Digest::of(repo.as_bytes()).to_hex()[..16]));
+        let dir = state_dir.join("mirrors").join(format!(
+            "{}.git",
+            &Digest::of(repo.as_bytes()).to_hex()[..16]
+        ));
         let fresh = !dir.join("HEAD").exists();
         if fresh {
             std::fs::create_dir_all(&dir).map_err(|source| SourceError::Mirror {

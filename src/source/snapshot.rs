@@ -13,10 +13,17 @@ pub const MAX_FILE_SIZE: u64 = 4 * 1024 * 1024;
 /// One tree entry of a commit.
 #[derive(Debug, Clone)]
 pub enum Entry {
-    File { data: Arc<[u8]>, executable: bool },
+    File {
+        data: Arc<[u8]>,
+        executable: bool,
+    },
     /// A blob over [`MAX_FILE_SIZE`]: known, but not read.
-    Oversize { size: u64 },
-    Symlink { target: String },
+    Oversize {
+        size: u64,
+    },
+    Symlink {
+        target: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -178,7 +185,7 @@ mod tests {
 
     fn snap(entries: &[(&str, Entry)]) -> Snapshot {
         Snapshot::new(
-            Revision(git2::Oid::zero()),
+            Revision(git2::Oid::ZERO_SHA1),
             entries
                 .iter()
                 .map(|(p, e)| (p.to_string(), e.clone()))
@@ -235,7 +242,12 @@ mod tests {
 
     #[test]
     fn under_lists_only_the_folder() {
-        let s = snap(&[("a/x", file()), ("a/y/z", file()), ("ab", file()), ("b", file())]);
+        let s = snap(&[
+            ("a/x", file()),
+            ("a/y/z", file()),
+            ("ab", file()),
+            ("b", file()),
+        ]);
         let got: Vec<_> = s.under("a").map(|(p, _)| p).collect();
         assert_eq!(got, vec!["a/x", "a/y/z"]);
         assert_eq!(s.under("").count(), 4);

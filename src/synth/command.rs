@@ -50,7 +50,8 @@ pub(super) fn render(
         message,
         stderr: stderr.to_string(),
     };
-    let work = tempfile::tempdir().map_err(|e| fail(format!("cannot create a temp dir: {e}"), ""))?;
+    let work =
+        tempfile::tempdir().map_err(|e| fail(format!("cannot create a temp dir: {e}"), ""))?;
     copy_folder(snap, &synth.dir, work.path()).map_err(|e| fail(e, ""))?;
 
     let items: Vec<Value> = comp
@@ -84,7 +85,10 @@ pub(super) fn render(
     cmd.args(&argv[1..])
         .current_dir(work.path())
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
         .env("HOME", work.path())
         .env("FERMATA_COMPOSITION", comp.id.to_string())
         .envs(&comp.env)
@@ -141,7 +145,10 @@ pub(super) fn render(
 
     let Some(status) = status else {
         return Err(fail(
-            format!("killed after its timeout of {}", humantime::format_duration(synth.timeout)),
+            format!(
+                "killed after its timeout of {}",
+                humantime::format_duration(synth.timeout)
+            ),
             &stderr,
         ));
     };
@@ -163,14 +170,18 @@ pub(super) fn render(
         .map(|r| r.message.as_str())
         .collect();
     if !errors.is_empty() {
-        return Err(fail(format!("reported errors: {}", errors.join("; ")), &stderr));
+        return Err(fail(
+            format!("reported errors: {}", errors.join("; ")),
+            &stderr,
+        ));
     }
     list.items
         .into_iter()
         .enumerate()
         .filter(|(_, v)| !v.is_null())
         .map(|(i, v)| {
-            let object = serde_json::to_value(&v).map_err(|e| fail(format!("items[{i}]: {e}"), &stderr))?;
+            let object =
+                serde_json::to_value(&v).map_err(|e| fail(format!("items[{i}]: {e}"), &stderr))?;
             Resource::new(object).map_err(|m| fail(format!("items[{i}]: {m}"), &stderr))
         })
         .collect()
@@ -185,7 +196,11 @@ fn stderr_tail(bytes: &[u8]) -> String {
 /// executable bit; symlinks inside the repository become copies.
 fn copy_folder(snap: &Snapshot, dir: &str, to: &std::path::Path) -> Result<(), String> {
     for (path, entry) in snap.under(dir) {
-        let rel = if dir.is_empty() { path } else { &path[dir.len() + 1..] };
+        let rel = if dir.is_empty() {
+            path
+        } else {
+            &path[dir.len() + 1..]
+        };
         let dest = to.join(rel);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
@@ -201,7 +216,9 @@ fn copy_folder(snap: &Snapshot, dir: &str, to: &std::path::Path) -> Result<(), S
                 }
             }
             Entry::Oversize { size } => {
-                return Err(format!("{path}: file is {size} bytes, over the 4 MiB limit"))
+                return Err(format!(
+                    "{path}: file is {size} bytes, over the 4 MiB limit"
+                ))
             }
         };
         std::fs::write(&dest, data).map_err(|e| format!("{}: {e}", dest.display()))?;

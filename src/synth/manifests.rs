@@ -25,7 +25,9 @@ pub(super) fn render(
         };
         let data = match entry {
             Entry::Oversize { size } => {
-                return Err(file_err(format!("file is {size} bytes, over the 4 MiB limit")))
+                return Err(file_err(format!(
+                    "file is {size} bytes, over the 4 MiB limit"
+                )))
             }
             Entry::Symlink { .. } => {
                 let (d, n) = crate::source::split(path);
@@ -36,11 +38,12 @@ pub(super) fn render(
             Entry::File { data, .. } => data,
         };
         let text = std::str::from_utf8(data).map_err(|_| file_err("file is not UTF-8".into()))?;
-        let text = substitute(text, |name| lookup(comp, name)).map_err(|e| SynthError::Template {
-            file: path.to_string(),
-            line: e.line,
-            message: e.message,
-        })?;
+        let text =
+            substitute(text, |name| lookup(comp, name)).map_err(|e| SynthError::Template {
+                file: path.to_string(),
+                line: e.line,
+                message: e.message,
+            })?;
         for de in serde_yaml::Deserializer::from_str(&text) {
             let doc = serde_yaml::Value::deserialize(de).map_err(|e| SynthError::Template {
                 file: path.to_string(),
@@ -51,10 +54,12 @@ pub(super) fn render(
                 continue;
             }
             let object = serde_json::to_value(&doc).map_err(|e| file_err(e.to_string()))?;
-            out.push(Resource::new(object).map_err(|message| SynthError::Resource {
-                origin: path.to_string(),
-                message,
-            })?);
+            out.push(
+                Resource::new(object).map_err(|message| SynthError::Resource {
+                    origin: path.to_string(),
+                    message,
+                })?,
+            );
         }
     }
     Ok(out)

@@ -193,11 +193,7 @@ impl SynthError {
 }
 
 /// Renders one composition of `fleet` from the files of `snap`.
-pub fn render(
-    snap: &Snapshot,
-    fleet: &Fleet,
-    comp: &Composition,
-) -> Result<Rendered, SynthError> {
+pub fn render(snap: &Snapshot, fleet: &Fleet, comp: &Composition) -> Result<Rendered, SynthError> {
     let synth = fleet
         .synthesizers
         .get(&comp.synthesizer)

@@ -65,7 +65,11 @@ mod tests {
 
     #[test]
     fn substitutes_and_escapes() {
-        let got = substitute("image: app:${TAG}\nreplicas: ${ N }\ncost: $5 $${TAG}\n", env).unwrap();
+        let got = substitute(
+            "image: app:${TAG}\nreplicas: ${ N }\ncost: $5 $${TAG}\n",
+            env,
+        )
+        .unwrap();
         assert_eq!(got, "image: app:v3\nreplicas: 3\ncost: $5 ${TAG}\n");
     }
 

@@ -22,9 +22,14 @@ impl Schedule {
     pub fn parse(expr: &str) -> Result<Schedule, ScheduleError> {
         let n = expr.split_whitespace().count();
         if n != 5 && n != 6 && n != 7 {
-            return Err(ScheduleError::Invalid(format!("expected 5 fields, got {n}")));
+            return Err(ScheduleError::Invalid(format!(
+                "expected 5 fields, got {n}"
+            )));
         }
-        Ok(Schedule { expr: expr.to_string(), warnings: vec![] })
+        Ok(Schedule {
+            expr: expr.to_string(),
+            warnings: vec![],
+        })
     }
     pub fn expression(&self) -> &str {
         &self.expr
@@ -35,7 +40,8 @@ impl Schedule {
 }
 
 pub fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
-    name.parse::<Tz>().map_err(|e| ScheduleError::Invalid(e.to_string()))
+    name.parse::<Tz>()
+        .map_err(|e| ScheduleError::Invalid(e.to_string()))
 }
 
 #[derive(Debug, Clone)]

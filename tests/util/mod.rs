@@ -66,7 +66,12 @@ impl TestRepo {
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .current_dir(dir)
-        .args(["-c", "user.name=fermata-test", "-c", "user.email=test@fermata.invalid"])
+        .args([
+            "-c",
+            "user.name=fermata-test",
+            "-c",
+            "user.email=test@fermata.invalid",
+        ])
         .args(["-c", "commit.gpgsign=false", "-c", "core.symlinks=true"])
         .args(args)
         .output()
