@@ -17,7 +17,7 @@ use super::position::{self, LineIndex};
 use super::types::*;
 use super::{CompositionId, Diagnostic, Digest, Origin};
 use crate::source::{split, Entry, Snapshot};
-use crate::window::{parse_timezone, Schedule, Window};
+use crate::window::{parse_duration, parse_timezone, Schedule, Window};
 
 /// The outcome of loading one revision.
 #[derive(Debug, Clone, Default)]
@@ -353,6 +353,7 @@ impl Loader {
                 .map_err(|e| errs.push(doc.diag("spec.schedule", e.to_string())))
                 .ok();
             let duration = parse_duration(&o.spec.duration)
+                .map_err(|e| e.to_string())
                 .map_err(|e| errs.push(doc.diag("spec.duration", e)))
                 .ok();
             let tz = parse_timezone(o.spec.timezone.as_deref().unwrap_or("UTC"))
@@ -462,6 +463,7 @@ impl Loader {
             let timeout = match &o.spec.timeout {
                 None => DEFAULT_TIMEOUT,
                 Some(t) => parse_duration(t)
+                    .map_err(|e| e.to_string())
                     .map_err(|e| errs.push(doc.diag("spec.timeout", e)))
                     .unwrap_or(DEFAULT_TIMEOUT),
             };
@@ -1089,16 +1091,6 @@ fn check_command(snap: &Snapshot, dir: &str, argv: &[String]) -> Result<(), Stri
             "no file {path:?} in the repository at this revision"
         )),
     }
-}
-
-/// `30s`, `3h`, `1h30m`, `2d`: what users of Flux and Kubernetes write.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration like 30s, 3h or 1h30m: {e}"))?;
-    if d.is_zero() {
-        return Err(format!("{s:?}: must be longer than zero"));
-    }
-    Ok(d)
 }
 
 /// ` (did you mean "vision"?)` when a known name is close enough.
