@@ -71,6 +71,16 @@ impl GitSource {
         Ok(src)
     }
 
+    /// The git directory read from (the user's own, or our mirror).
+    pub fn git_dir(&self) -> &Path {
+        &self.git_dir
+    }
+
+    /// The URL the mirror fetches from; `None` for a repository read in place.
+    pub fn remote(&self) -> Option<&str> {
+        self.mirrored.then_some(self.url.as_str())
+    }
+
     fn repo(&self) -> Result<Repository, SourceError> {
         Repository::open_bare(&self.git_dir)
             .or_else(|_| Repository::open(&self.git_dir))

@@ -1,0 +1,191 @@
+//! Status in Git (DESIGN.md section 7): Margo's DeploymentStatus per
+//! composition, committed to a status branch, so `git log` of that branch is
+//! the deployment history.
+
+mod git;
+pub mod margo;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::target::SourceRef;
+
+pub use git::{StatusError, StatusRepo, StatusUpdate};
+
+/// A composition's (or component's) state: Margo's values plus `staging`/`staged`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Staging,
+    Staged,
+    Installing,
+    Installed,
+    Failed,
+    Removing,
+    Removed,
+}
+
+impl State {
+    /// failed > removing > installing > staging > staged > pending > installed > removed.
+    pub fn severity(self) -> u8 {
+        match self {
+            State::Failed => 7,
+            State::Removing => 6,
+            State::Installing => 5,
+            State::Staging => 4,
+            State::Staged => 3,
+            State::Pending => 2,
+            State::Installed => 1,
+            State::Removed => 0,
+        }
+    }
+
+    /// The overall state of several components: the most severe one.
+    pub fn most_severe(states: impl IntoIterator<Item = State>) -> Option<State> {
+        states.into_iter().max_by_key(|s| s.severity())
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Staging => "staging",
+            State::Staged => "staged",
+            State::Installing => "installing",
+            State::Installed => "installed",
+            State::Failed => "failed",
+            State::Removing => "removing",
+            State::Removed => "removed",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The status file of one composition, `<branch>/<symphony>/<variation>.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: StatusMetadata,
+    pub source: SourceRef,
+    pub status: StatusBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusMetadata {
+    /// `symphony/variation`.
+    pub deployment_id: String,
+    /// When this status was last changed; not part of the comparison that
+    /// decides whether to commit, or every pass would commit.
+    pub time_stamp: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusBody {
+    pub state: State,
+    /// Digest of the desired state this status is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Digest of what the target has applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowStatus>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StatusErrorInfo>,
+    /// A break-glass apply outside the window, with who and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#override: Option<Override>,
+    #[serde(default)]
+    pub components: Vec<ComponentStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowStatus {
+    pub name: String,
+    pub open: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_open: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    pub r#type: String,
+    /// `"True"`, `"False"` or `"Unknown"`, as Kubernetes conditions.
+    pub status: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusErrorInfo {
+    pub code: String,
+    pub source: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    pub who: String,
+    pub why: String,
+    pub at: DateTime<Utc>,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    pub state: State,
+}
+
+impl DeploymentStatus {
+    /// Equal but for the time stamp: what decides whether a commit is due.
+    pub fn same_as(&self, other: &DeploymentStatus) -> bool {
+        let mut a = self.clone();
+        a.metadata.time_stamp = other.metadata.time_stamp;
+        strip_times(&mut a);
+        let mut b = other.clone();
+        strip_times(&mut b);
+        a == b
+    }
+}
+
+fn strip_times(s: &mut DeploymentStatus) {
+    for c in &mut s.status.conditions {
+        c.last_transition_time = None;
+    }
+}
+
+/// Counts by state, least severe first: `12 installed, 3 staged, 1 failed`.
+pub fn summarize<'a>(statuses: impl IntoIterator<Item = &'a DeploymentStatus>) -> String {
+    let mut counts: BTreeMap<u8, (State, usize)> = BTreeMap::new();
+    for s in statuses {
+        let st = s.status.state;
+        counts.entry(st.severity()).or_insert((st, 0)).1 += 1;
+    }
+    if counts.is_empty() {
+        return "no compositions".to_string();
+    }
+    counts
+        .values()
+        .map(|(st, n)| format!("{n} {st}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

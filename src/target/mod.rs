@@ -1,0 +1,133 @@
+//! Targets: where compositions are applied (DESIGN.md section 2).
+//!
+//! Every call carries a [`StateGoal`] (Eclipse Symphony's staging proposal):
+//! `DryRun` only reports, `Stage` prepares everything beside what is applied
+//! and never changes it, `Apply` switches to the staged state. [`Target::get`]
+//! reports per component whether it is `Staged` or `Applied`.
+
+pub mod dir;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CompositionId, Digest};
+use crate::synth::Rendered;
+
+pub use dir::DirectoryTarget;
+
+/// What a target call should achieve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateGoal {
+    /// Compute what would change; no side effect anywhere.
+    DryRun,
+    /// Prepare the desired state beside the applied one; never change what is applied.
+    Stage,
+    /// Make the desired state the applied one.
+    Apply,
+}
+
+/// Whether a component is only staged or applied (current).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateFlag {
+    Staged,
+    Applied,
+}
+
+/// The commit a desired state was rendered from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRef {
+    pub branch: String,
+    /// Full hex commit id.
+    pub commit: String,
+}
+
+/// What a target is asked to hold for one composition.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub rendered: Arc<Rendered>,
+    pub source: SourceRef,
+    /// Verified artifact files in the store, by artifact name.
+    pub artifacts: BTreeMap<String, PathBuf>,
+}
+
+/// One resource of a composition as the target holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Component {
+    /// `apiVersion/kind/namespace/name`, as [`crate::synth::ResourceKey`] prints it.
+    pub name: String,
+    pub flag: StateFlag,
+}
+
+/// Whether what is applied runs as it should (the `Running` condition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    Healthy,
+    Unhealthy(String),
+    /// Nothing applied yet.
+    Unknown,
+}
+
+/// What a target holds for one composition.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// Digest of the applied state, if any.
+    pub applied: Option<Digest>,
+    /// Digest of the staged state, if any (it may equal `applied`).
+    pub staged: Option<Digest>,
+    /// Components of the applied state (`Applied`) and of a staged state that
+    /// is not applied yet (`Staged`), each once.
+    pub components: Vec<Component>,
+    pub health: Option<Health>,
+}
+
+/// What a call changed, or with `DryRun` would change.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// Whether the target was (or would be) written.
+    pub changed: bool,
+    /// A human-readable diff of applied against desired, for plans (`DryRun`).
+    pub diff: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{id}: state {digest} is not staged; stage it before applying")]
+    NotStaged { id: CompositionId, digest: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl TargetError {
+    pub fn io(path: impl fmt::Display, source: std::io::Error) -> Self {
+        TargetError::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+}
+
+/// A place compositions are applied to. Held as `Arc<dyn Target>`; calls for
+/// one composition are never concurrent, calls for different ones may be.
+#[async_trait]
+pub trait Target: Send + Sync + fmt::Debug {
+    /// `Stage` and `Apply` are idempotent: a state already staged (applied)
+    /// is not written again, and `Outcome::changed` says so.
+    async fn apply(&self, desired: &Desired, goal: StateGoal) -> Result<Outcome, TargetError>;
+    /// What the target holds for `id`.
+    async fn get(&self, id: &CompositionId) -> Result<Observed, TargetError>;
+    /// Removes everything of `id` from the target; done when it returns Ok.
+    async fn delete(&self, id: &CompositionId) -> Result<(), TargetError>;
+    /// Every composition the target holds anything of.
+    async fn list(&self) -> Result<Vec<CompositionId>, TargetError>;
+}
