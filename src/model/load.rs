@@ -250,6 +250,26 @@ struct Loader {
     warnings: Vec<Diagnostic>,
     /// Objects that failed, by (kind, name), with why: what refers to them fails too.
     broken: HashMap<(String, String), Vec<Diagnostic>>,
+    /// `dependsOn` of loaded symphonies, checked once all of them are loaded.
+    depends_on: BTreeMap<CompositionId, Vec<Edge>>,
+}
+
+/// One `dependsOn` entry, with where it is written: errors about it point there.
+struct Edge {
+    to: CompositionId,
+    origin: Origin,
+    field: String,
+}
+
+impl Edge {
+    fn diag(&self, message: String) -> Diagnostic {
+        Diagnostic::new(
+            &self.origin.file,
+            Some(self.origin.line),
+            &self.field,
+            message,
+        )
+    }
 }
 
 impl Loader {
@@ -546,12 +566,19 @@ impl Loader {
                 inputs,
                 errors: Vec::new(),
                 inherited: Vec::new(),
+                edges: Vec::new(),
             };
             let compositions = s.compositions(&name, &o.spec);
             let SymphonyResolver {
-                errors, inherited, ..
+                errors,
+                inherited,
+                edges,
+                ..
             } = s;
             if errors.is_empty() && inherited.is_empty() {
+                for (from, edge) in edges {
+                    self.depends_on.entry(from).or_default().push(edge);
+                }
                 fleet.symphonies.insert(
                     name.clone(),
                     Symphony {
@@ -579,21 +606,46 @@ impl Loader {
         }
     }
 
-    /// Resolves `dependsOn` across the fleet and refuses cycles, naming the cycle.
+    /// Checks `dependsOn` across symphonies and refuses cycles, naming the
+    /// cycle. Runs once every symphony is loaded, so file order does not matter.
     fn check_dependencies(&mut self, fleet: &mut Fleet) {
-        // Edges in the order written, each with where it was written.
-        let mut edges: BTreeMap<CompositionId, Vec<(CompositionId, Origin, String)>> =
-            BTreeMap::new();
+        let edges = std::mem::take(&mut self.depends_on);
         let mut bad: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
-        for sym in fleet.symphonies.values() {
-            for c in &sym.compositions {
-                let e = edges.entry(c.id.clone()).or_default();
-                for dep in &c.depends_on {
-                    e.push((dep.clone(), c.origin.clone(), String::new()));
-                }
+        // Within a symphony, dependencies were checked with its variations.
+        for (from, deps) in &edges {
+            for e in deps.iter().filter(|e| e.to.symphony != from.symphony) {
+                let message = match fleet.symphonies.get(&e.to.symphony) {
+                    Some(s) if s.compositions.iter().any(|c| c.id == e.to) => continue,
+                    Some(s) => format!(
+                        "no variation named {:?} in symphony {:?}{}",
+                        e.to.variation,
+                        e.to.symphony,
+                        did_you_mean(
+                            &e.to.variation,
+                            s.compositions.iter().map(|c| c.id.variation.as_str())
+                        )
+                    ),
+                    // A failed symphony keeps its last applied state: the
+                    // dependent waits for it to be Ready, as for any other.
+                    None if fleet.failed.contains_key(&e.to.symphony) => continue,
+                    None => format!(
+                        "no symphony named {:?}{}",
+                        e.to.symphony,
+                        did_you_mean(
+                            &e.to.symphony,
+                            fleet
+                                .symphonies
+                                .keys()
+                                .chain(fleet.failed.keys())
+                                .map(String::as_str)
+                        )
+                    ),
+                };
+                let d = e.diag(message);
+                self.errors.push(d.clone());
+                bad.entry(from.symphony.clone()).or_default().push(d);
             }
         }
-        let _ = &mut bad;
         // Colour-marking DFS; a back edge closes a cycle.
         let mut state: HashMap<CompositionId, u8> = HashMap::new();
         let mut cycles: Vec<Vec<CompositionId>> = Vec::new();
@@ -604,7 +656,10 @@ impl Loader {
             }
             state.insert(start.clone(), 1);
             while let Some((node, i)) = stack.pop() {
-                let next = edges.get(&node).and_then(|v| v.get(i)).map(|e| e.0.clone());
+                let next = edges
+                    .get(&node)
+                    .and_then(|v| v.get(i))
+                    .map(|e| e.to.clone());
                 match next {
                     None => {
                         state.insert(node, 2);
@@ -635,15 +690,14 @@ impl Loader {
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
                 .join(" -> ");
-            let Some(first) = fleet.composition(&cyc[0]) else {
+            // Point at the entry that starts the cycle, where it is written.
+            let Some(edge) = edges
+                .get(&cyc[0])
+                .and_then(|v| v.iter().find(|e| e.to == cyc[1]))
+            else {
                 continue;
             };
-            let d = Diagnostic::new(
-                &first.origin.file,
-                Some(first.origin.line),
-                format!("{}.dependsOn", variation_field(fleet, &cyc[0])),
-                format!("dependsOn cycle: {text}"),
-            );
+            let d = edge.diag(format!("dependsOn cycle: {text}"));
             self.errors.push(d.clone());
             let syms: BTreeSet<String> = cyc.iter().map(|c| c.symphony.clone()).collect();
             for s in syms {
@@ -657,16 +711,6 @@ impl Loader {
     }
 }
 
-/// The field path of a composition's variation, for messages about it.
-fn variation_field(fleet: &Fleet, id: &CompositionId) -> String {
-    fleet
-        .symphonies
-        .get(&id.symphony)
-        .and_then(|s| s.compositions.iter().position(|c| c.id == *id))
-        .map(|i| format!("spec.variations[{i}]"))
-        .unwrap_or_default()
-}
-
 /// Resolves one symphony's variations into compositions, collecting errors.
 struct SymphonyResolver<'a> {
     doc: &'a Doc,
@@ -677,6 +721,8 @@ struct SymphonyResolver<'a> {
     errors: Vec<Diagnostic>,
     /// Errors of objects it refers to: they fail it, but are reported where they are.
     inherited: Vec<Diagnostic>,
+    /// `dependsOn` entries by the composition that has them.
+    edges: Vec<(CompositionId, Edge)>,
 }
 
 impl SymphonyResolver<'_> {
@@ -825,9 +871,17 @@ impl SymphonyResolver<'_> {
             let mut depends_on = Vec::new();
             for (j, d) in v.depends_on.iter().enumerate() {
                 let field = f(&format!("dependsOn[{j}].variation"));
-                match self.dependency(symphony, &spec.variations, &d.variation, &field) {
-                    Some(id) => depends_on.push(id),
-                    None => continue,
+                if let Some(id) = self.dependency(symphony, &spec.variations, &d.variation, &field)
+                {
+                    self.edges.push((
+                        CompositionId::new(symphony, &name),
+                        Edge {
+                            to: id.clone(),
+                            origin: self.doc.origin(&field),
+                            field,
+                        },
+                    ));
+                    depends_on.push(id);
                 }
             }
             out.push(Composition {
@@ -883,27 +937,8 @@ impl SymphonyResolver<'_> {
                 );
                 return None;
             }
-        } else if let Some(other) = self.fleet.symphonies.get(&id.symphony) {
-            if !other.compositions.iter().any(|c| c.id == id) {
-                let known: Vec<&str> = other
-                    .compositions
-                    .iter()
-                    .map(|c| c.id.variation.as_str())
-                    .collect();
-                self.err(
-                    field,
-                    format!(
-                        "no variation named {:?} in symphony {:?}{}",
-                        id.variation,
-                        id.symphony,
-                        did_you_mean(&id.variation, known)
-                    ),
-                );
-                return None;
-            }
         }
-        // A symphony not loaded yet (or failed) is checked when the plan runs:
-        // a dependency that never becomes Ready holds the dependent.
+        // Other symphonies may not be loaded yet: see `Loader::check_dependencies`.
         Some(id)
     }
 
@@ -1110,4 +1145,73 @@ fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Str
         .min()
         .map(|(_, k)| format!(" (did you mean {k:?}?)"))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::source::Revision;
+
+    fn snap(files: &[(&str, &str)]) -> Snapshot {
+        let entries = files
+            .iter()
+            .map(|(p, c)| {
+                let data = Arc::from(c.as_bytes());
+                let e = Entry::File {
+                    data,
+                    executable: false,
+                };
+                (p.to_string(), e)
+            })
+            .collect();
+        Snapshot::new(Revision(git2::Oid::ZERO_SHA1), entries)
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        (
+            "t.yaml",
+            "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: t}\nspec: {directory: {path: t}}\n",
+        ),
+        (
+            "s/app.yaml",
+            "apiVersion: fermata.dev/v1alpha1\nkind: Synthesizer\nmetadata: {name: app}\nspec: {manifests: ./m}\n",
+        ),
+        ("s/m/cm.yaml", "kind: ConfigMap\n"),
+    ];
+
+    fn symphony(name: &str, depends_on: &str) -> String {
+        format!(
+            "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: {name}}}\nspec:\n  variations:\n    - synthesizer: {{name: app}}\n      dependsOn: [{{variation: {depends_on}}}]\n"
+        )
+    }
+
+    /// Errors as `file:line: field: message`.
+    fn errors(files: &[(&str, &str)]) -> Vec<String> {
+        let files: Vec<_> = BASE.iter().chain(files).copied().collect();
+        let loaded = load(&snap(&files), "");
+        loaded.errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn depends_on_errors_point_at_the_entry_whatever_the_file_order() {
+        let (a, b) = (symphony("a", "b/app"), symphony("b", "a/ap"));
+        let want = [
+            "2.yaml:7: spec.variations[0].dependsOn[0].variation: no variation named \"ap\" in symphony \"a\" (did you mean \"app\"?)",
+        ];
+        assert_eq!(errors(&[("1.yaml", &a), ("2.yaml", &b)]), want);
+        let want = want.map(|w| w.replace("2.yaml", "0.yaml"));
+        assert_eq!(errors(&[("1.yaml", &a), ("0.yaml", &b)]), want);
+
+        let b = symphony("b", "a/app");
+        assert_eq!(
+            errors(&[("1.yaml", &a), ("2.yaml", &b)]),
+            ["1.yaml:7: spec.variations[0].dependsOn[0].variation: dependsOn cycle: a/app -> b/app -> a/app"]
+        );
+        assert_eq!(
+            errors(&[("1.yaml", &symphony("a", "nope/app"))]),
+            ["1.yaml:7: spec.variations[0].dependsOn[0].variation: no symphony named \"nope\""]
+        );
+    }
 }
