@@ -321,10 +321,23 @@ impl Loader {
                 self.errors.push(doc.diag("kind", msg));
                 continue;
             }
-            let Some(name) = doc.str_at(&["metadata", "name"]).map(str::to_string) else {
-                self.errors
-                    .push(doc.diag("metadata.name", "missing field `name`"));
-                continue;
+            let name = match doc.value.get("metadata").and_then(|m| m.get("name")) {
+                Some(Value::String(name)) => name.clone(),
+                None | Some(Value::Null) => {
+                    self.errors
+                        .push(doc.diag("metadata.name", "missing field `name`"));
+                    continue;
+                }
+                // `name: 2024` is there, but YAML reads it as a number.
+                Some(v) => {
+                    let message = match v {
+                        Value::Number(n) => format!("must be a string; quote it: name: \"{n}\""),
+                        Value::Bool(b) => format!("must be a string; quote it: name: \"{b}\""),
+                        _ => "must be a string".to_string(),
+                    };
+                    self.errors.push(doc.diag("metadata.name", message));
+                    continue;
+                }
             };
             if let Err(m) = check_name(&name) {
                 let d = doc.diag("metadata.name", m);
@@ -1192,6 +1205,26 @@ mod tests {
         let files: Vec<_> = BASE.iter().chain(files).copied().collect();
         let loaded = load(&snap(&files), "");
         loaded.errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_name_yaml_reads_as_a_number_is_not_missing() {
+        let target = |name: &str| {
+            format!("apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {{name: {name}}}\nspec: {{directory: {{path: x}}}}\n")
+        };
+        let cases = [
+            ("2024", "must be a string; quote it: name: \"2024\""),
+            ("true", "must be a string; quote it: name: \"true\""),
+            ("[a]", "must be a string"),
+            ("~", "missing field `name`"),
+        ];
+        for (name, message) in cases {
+            assert_eq!(
+                errors(&[("x.yaml", &target(name))]),
+                [format!("x.yaml:3: metadata.name: {message}")],
+                "{name}"
+            );
+        }
     }
 
     #[test]
