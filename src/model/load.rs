@@ -822,9 +822,14 @@ impl SymphonyResolver<'_> {
                     .lines
                     .line(&format!("spec.variations[{first}]"))
                     .unwrap_or(0);
+                // The user may never have written a name: say where it comes from.
+                let hint = match v.name {
+                    Some(_) => "",
+                    None => "; without `name`, a variation is named after its synthesizer",
+                };
                 self.err(
                     &name_field,
-                    format!("duplicate variation name {name:?} (also at line {line})"),
+                    format!("duplicate variation name {name:?} (also at line {line}){hint}"),
                 );
             }
             seen.insert(name.clone(), i);
@@ -1225,6 +1230,15 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn duplicate_default_variation_name_says_where_the_name_comes_from() {
+        let s = "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {name: s}\nspec:\n  variations:\n    - synthesizer: {name: app}\n    - synthesizer: {name: app}\n";
+        assert_eq!(
+            errors(&[("s.yaml", s)]),
+            ["s.yaml:7: spec.variations[1].synthesizer.name: duplicate variation name \"app\" (also at line 6); without `name`, a variation is named after its synthesizer"]
+        );
     }
 
     #[test]
