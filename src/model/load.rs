@@ -250,6 +250,26 @@ struct Loader {
     warnings: Vec<Diagnostic>,
     /// Objects that failed, by (kind, name), with why: what refers to them fails too.
     broken: HashMap<(String, String), Vec<Diagnostic>>,
+    /// `dependsOn` of loaded symphonies, checked once all of them are loaded.
+    depends_on: BTreeMap<CompositionId, Vec<Edge>>,
+}
+
+/// One `dependsOn` entry, with where it is written: errors about it point there.
+struct Edge {
+    to: CompositionId,
+    origin: Origin,
+    field: String,
+}
+
+impl Edge {
+    fn diag(&self, message: String) -> Diagnostic {
+        Diagnostic::new(
+            &self.origin.file,
+            Some(self.origin.line),
+            &self.field,
+            message,
+        )
+    }
 }
 
 impl Loader {
@@ -301,10 +321,23 @@ impl Loader {
                 self.errors.push(doc.diag("kind", msg));
                 continue;
             }
-            let Some(name) = doc.str_at(&["metadata", "name"]).map(str::to_string) else {
-                self.errors
-                    .push(doc.diag("metadata.name", "missing field `name`"));
-                continue;
+            let name = match doc.value.get("metadata").and_then(|m| m.get("name")) {
+                Some(Value::String(name)) => name.clone(),
+                None | Some(Value::Null) => {
+                    self.errors
+                        .push(doc.diag("metadata.name", "missing field `name`"));
+                    continue;
+                }
+                // `name: 2024` is there, but YAML reads it as a number.
+                Some(v) => {
+                    let message = match v {
+                        Value::Number(n) => format!("must be a string; quote it: name: \"{n}\""),
+                        Value::Bool(b) => format!("must be a string; quote it: name: \"{b}\""),
+                        _ => "must be a string".to_string(),
+                    };
+                    self.errors.push(doc.diag("metadata.name", message));
+                    continue;
+                }
             };
             if let Err(m) = check_name(&name) {
                 let d = doc.diag("metadata.name", m);
@@ -548,12 +581,19 @@ impl Loader {
                 inputs,
                 errors: Vec::new(),
                 inherited: Vec::new(),
+                edges: Vec::new(),
             };
             let compositions = s.compositions(&name, &o.spec);
             let SymphonyResolver {
-                errors, inherited, ..
+                errors,
+                inherited,
+                edges,
+                ..
             } = s;
             if errors.is_empty() && inherited.is_empty() {
+                for (from, edge) in edges {
+                    self.depends_on.entry(from).or_default().push(edge);
+                }
                 fleet.symphonies.insert(
                     name.clone(),
                     Symphony {
@@ -581,21 +621,46 @@ impl Loader {
         }
     }
 
-    /// Resolves `dependsOn` across the fleet and refuses cycles, naming the cycle.
+    /// Checks `dependsOn` across symphonies and refuses cycles, naming the
+    /// cycle. Runs once every symphony is loaded, so file order does not matter.
     fn check_dependencies(&mut self, fleet: &mut Fleet) {
-        // Edges in the order written, each with where it was written.
-        let mut edges: BTreeMap<CompositionId, Vec<(CompositionId, Origin, String)>> =
-            BTreeMap::new();
+        let edges = std::mem::take(&mut self.depends_on);
         let mut bad: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
-        for sym in fleet.symphonies.values() {
-            for c in &sym.compositions {
-                let e = edges.entry(c.id.clone()).or_default();
-                for dep in &c.depends_on {
-                    e.push((dep.clone(), c.origin.clone(), String::new()));
-                }
+        // Within a symphony, dependencies were checked with its variations.
+        for (from, deps) in &edges {
+            for e in deps.iter().filter(|e| e.to.symphony != from.symphony) {
+                let message = match fleet.symphonies.get(&e.to.symphony) {
+                    Some(s) if s.compositions.iter().any(|c| c.id == e.to) => continue,
+                    Some(s) => format!(
+                        "no variation named {:?} in symphony {:?}{}",
+                        e.to.variation,
+                        e.to.symphony,
+                        did_you_mean(
+                            &e.to.variation,
+                            s.compositions.iter().map(|c| c.id.variation.as_str())
+                        )
+                    ),
+                    // A failed symphony keeps its last applied state: the
+                    // dependent waits for it to be Ready, as for any other.
+                    None if fleet.failed.contains_key(&e.to.symphony) => continue,
+                    None => format!(
+                        "no symphony named {:?}{}",
+                        e.to.symphony,
+                        did_you_mean(
+                            &e.to.symphony,
+                            fleet
+                                .symphonies
+                                .keys()
+                                .chain(fleet.failed.keys())
+                                .map(String::as_str)
+                        )
+                    ),
+                };
+                let d = e.diag(message);
+                self.errors.push(d.clone());
+                bad.entry(from.symphony.clone()).or_default().push(d);
             }
         }
-        let _ = &mut bad;
         // Colour-marking DFS; a back edge closes a cycle.
         let mut state: HashMap<CompositionId, u8> = HashMap::new();
         let mut cycles: Vec<Vec<CompositionId>> = Vec::new();
@@ -606,7 +671,10 @@ impl Loader {
             }
             state.insert(start.clone(), 1);
             while let Some((node, i)) = stack.pop() {
-                let next = edges.get(&node).and_then(|v| v.get(i)).map(|e| e.0.clone());
+                let next = edges
+                    .get(&node)
+                    .and_then(|v| v.get(i))
+                    .map(|e| e.to.clone());
                 match next {
                     None => {
                         state.insert(node, 2);
@@ -637,15 +705,14 @@ impl Loader {
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
                 .join(" -> ");
-            let Some(first) = fleet.composition(&cyc[0]) else {
+            // Point at the entry that starts the cycle, where it is written.
+            let Some(edge) = edges
+                .get(&cyc[0])
+                .and_then(|v| v.iter().find(|e| e.to == cyc[1]))
+            else {
                 continue;
             };
-            let d = Diagnostic::new(
-                &first.origin.file,
-                Some(first.origin.line),
-                format!("{}.dependsOn", variation_field(fleet, &cyc[0])),
-                format!("dependsOn cycle: {text}"),
-            );
+            let d = edge.diag(format!("dependsOn cycle: {text}"));
             self.errors.push(d.clone());
             let syms: BTreeSet<String> = cyc.iter().map(|c| c.symphony.clone()).collect();
             for s in syms {
@@ -659,16 +726,6 @@ impl Loader {
     }
 }
 
-/// The field path of a composition's variation, for messages about it.
-fn variation_field(fleet: &Fleet, id: &CompositionId) -> String {
-    fleet
-        .symphonies
-        .get(&id.symphony)
-        .and_then(|s| s.compositions.iter().position(|c| c.id == *id))
-        .map(|i| format!("spec.variations[{i}]"))
-        .unwrap_or_default()
-}
-
 /// Resolves one symphony's variations into compositions, collecting errors.
 struct SymphonyResolver<'a> {
     doc: &'a Doc,
@@ -679,6 +736,8 @@ struct SymphonyResolver<'a> {
     errors: Vec<Diagnostic>,
     /// Errors of objects it refers to: they fail it, but are reported where they are.
     inherited: Vec<Diagnostic>,
+    /// `dependsOn` entries by the composition that has them.
+    edges: Vec<(CompositionId, Edge)>,
 }
 
 impl SymphonyResolver<'_> {
@@ -765,9 +824,14 @@ impl SymphonyResolver<'_> {
                     .lines
                     .line(&format!("spec.variations[{first}]"))
                     .unwrap_or(0);
+                // The user may never have written a name: say where it comes from.
+                let hint = match v.name {
+                    Some(_) => "",
+                    None => "; without `name`, a variation is named after its synthesizer",
+                };
                 self.err(
                     &name_field,
-                    format!("duplicate variation name {name:?} (also at line {line})"),
+                    format!("duplicate variation name {name:?} (also at line {line}){hint}"),
                 );
             }
             seen.insert(name.clone(), i);
@@ -827,9 +891,17 @@ impl SymphonyResolver<'_> {
             let mut depends_on = Vec::new();
             for (j, d) in v.depends_on.iter().enumerate() {
                 let field = f(&format!("dependsOn[{j}].variation"));
-                match self.dependency(symphony, &spec.variations, &d.variation, &field) {
-                    Some(id) => depends_on.push(id),
-                    None => continue,
+                if let Some(id) = self.dependency(symphony, &spec.variations, &d.variation, &field)
+                {
+                    self.edges.push((
+                        CompositionId::new(symphony, &name),
+                        Edge {
+                            to: id.clone(),
+                            origin: self.doc.origin(&field),
+                            field,
+                        },
+                    ));
+                    depends_on.push(id);
                 }
             }
             out.push(Composition {
@@ -885,27 +957,8 @@ impl SymphonyResolver<'_> {
                 );
                 return None;
             }
-        } else if let Some(other) = self.fleet.symphonies.get(&id.symphony) {
-            if !other.compositions.iter().any(|c| c.id == id) {
-                let known: Vec<&str> = other
-                    .compositions
-                    .iter()
-                    .map(|c| c.id.variation.as_str())
-                    .collect();
-                self.err(
-                    field,
-                    format!(
-                        "no variation named {:?} in symphony {:?}{}",
-                        id.variation,
-                        id.symphony,
-                        did_you_mean(&id.variation, known)
-                    ),
-                );
-                return None;
-            }
         }
-        // A symphony not loaded yet (or failed) is checked when the plan runs:
-        // a dependency that never becomes Ready holds the dependent.
+        // Other symphonies may not be loaded yet: see `Loader::check_dependencies`.
         Some(id)
     }
 
@@ -1102,4 +1155,102 @@ fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Str
         .min()
         .map(|(_, k)| format!(" (did you mean {k:?}?)"))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::source::Revision;
+
+    fn snap(files: &[(&str, &str)]) -> Snapshot {
+        let entries = files
+            .iter()
+            .map(|(p, c)| {
+                let data = Arc::from(c.as_bytes());
+                let e = Entry::File {
+                    data,
+                    executable: false,
+                };
+                (p.to_string(), e)
+            })
+            .collect();
+        Snapshot::new(Revision(git2::Oid::ZERO_SHA1), entries)
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        (
+            "t.yaml",
+            "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: t}\nspec: {directory: {path: t}}\n",
+        ),
+        (
+            "s/app.yaml",
+            "apiVersion: fermata.dev/v1alpha1\nkind: Synthesizer\nmetadata: {name: app}\nspec: {manifests: ./m}\n",
+        ),
+        ("s/m/cm.yaml", "kind: ConfigMap\n"),
+    ];
+
+    fn symphony(name: &str, depends_on: &str) -> String {
+        format!(
+            "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: {name}}}\nspec:\n  variations:\n    - synthesizer: {{name: app}}\n      dependsOn: [{{variation: {depends_on}}}]\n"
+        )
+    }
+
+    /// Errors as `file:line: field: message`.
+    fn errors(files: &[(&str, &str)]) -> Vec<String> {
+        let files: Vec<_> = BASE.iter().chain(files).copied().collect();
+        let loaded = load(&snap(&files), "");
+        loaded.errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_name_yaml_reads_as_a_number_is_not_missing() {
+        let target = |name: &str| {
+            format!("apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {{name: {name}}}\nspec: {{directory: {{path: x}}}}\n")
+        };
+        let cases = [
+            ("2024", "must be a string; quote it: name: \"2024\""),
+            ("true", "must be a string; quote it: name: \"true\""),
+            ("[a]", "must be a string"),
+            ("~", "missing field `name`"),
+        ];
+        for (name, message) in cases {
+            assert_eq!(
+                errors(&[("x.yaml", &target(name))]),
+                [format!("x.yaml:3: metadata.name: {message}")],
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_default_variation_name_says_where_the_name_comes_from() {
+        let s = "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {name: s}\nspec:\n  variations:\n    - synthesizer: {name: app}\n    - synthesizer: {name: app}\n";
+        assert_eq!(
+            errors(&[("s.yaml", s)]),
+            ["s.yaml:7: spec.variations[1].synthesizer.name: duplicate variation name \"app\" (also at line 6); without `name`, a variation is named after its synthesizer"]
+        );
+    }
+
+    #[test]
+    fn depends_on_errors_point_at_the_entry_whatever_the_file_order() {
+        let (a, b) = (symphony("a", "b/app"), symphony("b", "a/ap"));
+        let want = [
+            "2.yaml:7: spec.variations[0].dependsOn[0].variation: no variation named \"ap\" in symphony \"a\" (did you mean \"app\"?)",
+        ];
+        assert_eq!(errors(&[("1.yaml", &a), ("2.yaml", &b)]), want);
+        let want = want.map(|w| w.replace("2.yaml", "0.yaml"));
+        assert_eq!(errors(&[("1.yaml", &a), ("0.yaml", &b)]), want);
+
+        let b = symphony("b", "a/app");
+        assert_eq!(
+            errors(&[("1.yaml", &a), ("2.yaml", &b)]),
+            ["1.yaml:7: spec.variations[0].dependsOn[0].variation: dependsOn cycle: a/app -> b/app -> a/app"]
+        );
+        assert_eq!(
+            errors(&[("1.yaml", &symphony("a", "nope/app"))]),
+            ["1.yaml:7: spec.variations[0].dependsOn[0].variation: no symphony named \"nope\""]
+        );
+    }
 }
