@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod model;
+pub mod reconcile;
 pub mod source;
 pub mod stage;
 pub mod status;

@@ -1,8 +1,13 @@
 //! The command-line edge: flags in, exit codes out. Everything it does is a
 //! call into the library; `anyhow` lives here and in `main.rs` only.
 
+mod apply_now;
+mod demo;
 mod render;
+mod run;
+mod status;
 mod validate;
+mod windows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +39,16 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Reconcile: poll branches, stage every new commit, apply in windows, write status to Git.
+    Run(run::RunArgs),
+    /// The example fleet end to end in a fresh demo repository (does not touch this one).
+    Demo(demo::DemoArgs),
+    /// Break glass: apply what is staged for SYM[/VAR] now, outside its window.
+    ApplyNow(apply_now::ApplyNowArgs),
+    /// List maintenance windows, whether each is open, and its next openings.
+    Windows(windows::WindowsArgs),
+    /// Print the latest status from the status branch.
+    Status(status::StatusArgs),
     /// Check every object of a revision; exit 1 with every error, one per line.
     Validate(validate::ValidateArgs),
     /// Print the rendered resources of each composition as a YAML stream.
@@ -68,16 +83,8 @@ pub struct RepoArgs {
 }
 
 impl RepoArgs {
-    /// `--state-dir`, else `$XDG_STATE_HOME/fermata`, else `~/.local/state/fermata`.
     pub fn state_dir(&self) -> PathBuf {
-        if let Some(d) = &self.state_dir {
-            return d.clone();
-        }
-        if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
-            return PathBuf::from(x).join("fermata");
-        }
-        let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
-        PathBuf::from(home).join(".local/state/fermata")
+        default_state_dir(self.state_dir.clone())
     }
 
     /// Opens the source, resolves the revision and loads its fleet.
@@ -90,9 +97,26 @@ impl RepoArgs {
     }
 }
 
+/// `--state-dir`, else `$XDG_STATE_HOME/fermata`, else `~/.local/state/fermata`.
+pub fn default_state_dir(given: Option<PathBuf>) -> PathBuf {
+    if let Some(d) = given {
+        return d;
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(x).join("fermata");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/state/fermata")
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(a) => run::run(&a),
+        Command::Demo(a) => demo::run(&a),
+        Command::ApplyNow(a) => apply_now::run(&a),
+        Command::Windows(a) => windows::run(&a),
+        Command::Status(a) => status::run(&a),
         Command::Validate(a) => validate::run(&a),
         Command::Render(a) => render::run(&a),
     }

@@ -81,6 +81,26 @@ impl GitSource {
         self.mirrored.then_some(self.url.as_str())
     }
 
+    /// The branch `HEAD` names (the remote's default branch for a mirror):
+    /// what `run` watches when no `--branch` is given.
+    pub fn default_branch(&self) -> Option<String> {
+        let repo = self.repo().ok()?;
+        let head = repo.find_reference("HEAD").ok()?;
+        let target = head.symbolic_target().ok()??.to_string();
+        target.strip_prefix("refs/heads/").map(str::to_string)
+    }
+
+    /// Whether `new` contains `old` (a fast-forward); `false` means history
+    /// was rewritten, e.g. by a force-push.
+    pub fn is_descendant(&self, new: Revision, old: Revision) -> bool {
+        new == old
+            || self
+                .repo()
+                .ok()
+                .and_then(|r| r.graph_descendant_of(new.0, old.0).ok())
+                .unwrap_or(false)
+    }
+
     fn repo(&self) -> Result<Repository, SourceError> {
         Repository::open_bare(&self.git_dir)
             .or_else(|_| Repository::open(&self.git_dir))

@@ -1,0 +1,79 @@
+//! `fermata apply-now`: break glass. Applies what is staged for a composition
+//! outside its window, once, and records who and why in its status.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Args;
+
+use super::run::{exit_code, print_reports, RunArgs};
+use crate::status::{Override, State};
+
+#[derive(Debug, Args)]
+pub struct ApplyNowArgs {
+    /// `SYMPHONY` (every composition of it) or `SYMPHONY/VARIATION`.
+    pub target: String,
+    /// Why the window is bypassed; recorded in status.
+    #[arg(long)]
+    pub reason: String,
+    /// Who asks; `$USER` by default.
+    #[arg(long)]
+    pub who: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
+    if a.reason.trim().is_empty() {
+        bail!("--reason must say why the window is bypassed");
+    }
+    let who = a
+        .who
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into());
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let mut r = a.run.reconciler()?;
+        if let Err(e) = r.fetch().await {
+            eprintln!("warning: {:#}", anyhow::Error::from(e));
+        }
+        // First a normal pass: it stages whatever is new, so the override is
+        // bound to the digest that is staged now and nothing later.
+        let reports = r.pass().await;
+        let now = r.clock.now();
+        let mut granted = Vec::new();
+        for row in reports.iter().flat_map(|b| &b.rows) {
+            let matches = match a.target.split_once('/') {
+                Some(_) => row.id.to_string() == a.target,
+                None => row.id.symphony == a.target,
+            };
+            if matches && row.state == State::Staged {
+                if let Some(d) = row.digest {
+                    r.persisted.overrides.insert(
+                        row.id.to_string(),
+                        Override {
+                            who: who.clone(),
+                            why: a.reason.clone(),
+                            at: now,
+                            digest: d.to_hex(),
+                        },
+                    );
+                    granted.push(row.id.to_string());
+                }
+            }
+        }
+        if granted.is_empty() {
+            print_reports(&reports, &r.settings.status_branch);
+            bail!(
+                "nothing staged and waiting for {}: no override recorded",
+                a.target
+            );
+        }
+        eprintln!("applying outside the window: {}", granted.join(", "));
+        r.unsettle();
+        let reports = r.pass().await;
+        print_reports(&reports, &r.settings.status_branch);
+        Ok(exit_code(&reports))
+    })
+}

@@ -1,0 +1,120 @@
+//! `fermata demo`: the example fleet end to end, without touching this
+//! repository: copy `examples/repo-layout` into a fresh Git repository under
+//! a demo directory, run one pass on it, and say where to look.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use super::run::{exit_code, print_reports, ClockArgs, RunArgs};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo repository, state and targets go (recreated).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The fleet to copy.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/repo-layout"))]
+    pub from: PathBuf,
+    #[command(flatten)]
+    pub clock: ClockArgs,
+}
+
+/// Marks a directory as ours, so recreating it never deletes someone's files.
+const MARKER: &str = ".fermata-demo";
+
+pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
+    let dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("fermata-demo"));
+    if dir.exists() {
+        if !dir.join(MARKER).exists() {
+            bail!(
+                "{} exists and is not a fermata demo directory; choose another --dir",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let repo_dir = dir.join("repo");
+    std::fs::create_dir_all(&repo_dir)?;
+    std::fs::write(dir.join(MARKER), "")?;
+    copy_tree(&a.from, &repo_dir).with_context(|| format!("copying {}", a.from.display()))?;
+    let commit = commit_all(&repo_dir, "Example fleet from examples/repo-layout")?;
+    println!(
+        "demo repository: {} (main @ {})",
+        repo_dir.display(),
+        &commit[..7]
+    );
+
+    let run = RunArgs {
+        repo: repo_dir.display().to_string(),
+        branches: vec!["main".into()],
+        path: String::new(),
+        interval: std::time::Duration::from_secs(30),
+        state_dir: Some(dir.join("state")),
+        target_root: Some(dir.join("targets")),
+        status_branch: "fermata/status".into(),
+        site: None,
+        once: true,
+        clock: a.clock.clone(),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let code = rt.block_on(async {
+        let mut r = run.reconciler()?;
+        let reports = r.pass().await;
+        print_reports(&reports, &r.settings.status_branch);
+        anyhow::Ok(exit_code(&reports))
+    })?;
+    let repo = repo_dir.display();
+    println!();
+    println!("Where to look:");
+    println!("  git -C {repo} log --oneline fermata/status        # the deployment history");
+    println!("  git -C {repo} log --notes=fermata -1 main        # the summary beside your commit");
+    println!("  git -C {repo} show fermata/status:main/summary.md");
+    println!(
+        "  ls -l {}/targets/*/*/                          # staged/ and current/ per composition",
+        dir.display()
+    );
+    println!(
+        "  cargo run -- windows --repo {repo}               # when the waiting ones will apply"
+    );
+    println!(
+        "  cargo run -- run --repo {repo} --state-dir {}/state --target-root {}/targets",
+        dir.display(),
+        dir.display()
+    );
+    Ok(code)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            std::fs::create_dir_all(&dest)?;
+            copy_tree(&entry.path(), &dest)?;
+        } else if ty.is_file() {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// `git init -b main && git add -A && git commit`, with git2.
+fn commit_all(dir: &Path, message: &str) -> anyhow::Result<String> {
+    let mut opts = git2::RepositoryInitOptions::new();
+    opts.initial_head("main");
+    let repo = git2::Repository::init_opts(dir, &opts)?;
+    let mut index = repo.index()?;
+    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
+    index.write()?;
+    let tree = repo.find_tree(index.write_tree()?)?;
+    let sig = git2::Signature::now("fermata demo", "demo@fermata.invalid")?;
+    let oid = repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[])?;
+    Ok(oid.to_string())
+}

@@ -1,0 +1,183 @@
+//! `fermata run`: the reconciler, the product's main job.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use chrono::{DateTime, Utc};
+use clap::Args;
+
+use super::default_state_dir;
+use crate::reconcile::{self, BranchReport, Reconciler, Settings};
+use crate::status::State;
+use crate::window::{Clock, FixedClock, SystemClock};
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// A local repository (read in place) or a URL (mirrored under the state directory).
+    #[arg(long)]
+    pub repo: String,
+    /// Branches to watch (repeatable); the repository's default branch when absent.
+    #[arg(long = "branch")]
+    pub branches: Vec<String>,
+    /// Load objects only below this folder of the repository.
+    #[arg(long, default_value = "")]
+    pub path: String,
+    /// How often each branch is fetched (plus up to 10% jitter).
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Mirrors, the artifact store, caches and relative directory targets live here.
+    #[arg(long, env = "FERMATA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Where relative `directory` targets are created; `<state-dir>/targets` by default.
+    #[arg(long)]
+    pub target_root: Option<PathBuf>,
+    /// The branch status is committed to; never one of the watched branches.
+    #[arg(long, default_value = "fermata/status")]
+    pub status_branch: String,
+    /// Puts status under `<site>/` so several sites can share one repository.
+    #[arg(long)]
+    pub site: Option<String>,
+    /// One pass, then exit: 1 if anything failed.
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub clock: ClockArgs,
+}
+
+/// A fixed "now" for tests and demos; the system clock otherwise.
+#[derive(Debug, Clone, Args)]
+pub struct ClockArgs {
+    /// Pretend it is this instant (RFC 3339), e.g. to see what a window would do.
+    #[arg(long, env = "FERMATA_NOW")]
+    pub now: Option<DateTime<Utc>>,
+}
+
+impl ClockArgs {
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        match self.now {
+            Some(t) => Arc::new(FixedClock::new(t)),
+            None => Arc::new(SystemClock),
+        }
+    }
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    crate::window::parse_duration(s).map_err(|e| e.to_string())
+}
+
+impl RunArgs {
+    /// Validated settings: the status branch is never a watched one.
+    pub fn reconciler(&self) -> anyhow::Result<Reconciler> {
+        let state_dir = default_state_dir(self.state_dir.clone());
+        let mut settings = Settings {
+            repo: self.repo.clone(),
+            branches: self.branches.clone(),
+            path: self.path.clone(),
+            interval: self.interval,
+            target_root: self
+                .target_root
+                .clone()
+                .unwrap_or_else(|| state_dir.join("targets")),
+            state_dir,
+            status_branch: self.status_branch.clone(),
+            site: self.site.clone(),
+        };
+        if let Some(site) = &settings.site {
+            crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;
+        }
+        let mut r = Reconciler::new(settings.clone(), self.clock.clock())?;
+        if settings.branches.is_empty() {
+            match r.source.default_branch() {
+                Some(b) => settings.branches.push(b),
+                None => bail!("{}: no default branch; name one with --branch", self.repo),
+            }
+        }
+        if settings.branches.contains(&settings.status_branch) {
+            bail!(
+                "--status-branch {} is also a watched --branch: status commits must never land on a watched branch",
+                settings.status_branch
+            );
+        }
+        r.settings = settings;
+        Ok(r)
+    }
+}
+
+pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let mut r = a.reconciler()?;
+        if a.once {
+            if let Err(e) = r.fetch().await {
+                eprintln!("warning: {:#}", anyhow::Error::from(e));
+            }
+            let reports = r.pass().await;
+            print_reports(&reports, &r.settings.status_branch);
+            return Ok(exit_code(&reports));
+        }
+        let clock = r.clock.clone();
+        let status_branch = r.settings.status_branch.clone();
+        reconcile::run(r, clock, |reports| {
+            for b in reports.iter().filter(|b| !b.unchanged) {
+                tracing::info!(branch = %b.branch, rev = ?b.revision, commit = ?b.status_commit, "pass done");
+                for e in &b.errors {
+                    tracing::warn!(branch = %b.branch, "{e}");
+                }
+            }
+            let _ = &status_branch;
+        })
+        .await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn exit_code(reports: &[BranchReport]) -> ExitCode {
+    let failed = reports
+        .iter()
+        .any(|b| !b.errors.is_empty() || b.rows.iter().any(|r| r.state == State::Failed));
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// A table a person can read, one line per composition.
+pub fn print_reports(reports: &[BranchReport], status_branch: &str) {
+    for b in reports {
+        let rev = b.revision.map(|r| r.short()).unwrap_or_else(|| "-".into());
+        println!(
+            "branch {} @ {rev}{}",
+            b.branch,
+            if b.unchanged { " (unchanged)" } else { "" }
+        );
+        if !b.rows.is_empty() {
+            println!(
+                "  {:<32} {:<10} {:<12} {:<16} NOTE",
+                "COMPOSITION", "STATE", "DIGEST", "WINDOW"
+            );
+        }
+        for r in &b.rows {
+            println!(
+                "  {:<32} {:<10} {:<12} {:<16} {}",
+                r.id.to_string(),
+                r.state.as_str(),
+                r.digest.map(|d| d.short()).unwrap_or_else(|| "-".into()),
+                r.window.as_deref().unwrap_or("-"),
+                r.note
+            );
+        }
+        for e in &b.errors {
+            println!("  error: {e}");
+        }
+        if let Some(c) = b.status_commit {
+            println!(
+                "  status: committed {} to {status_branch}",
+                &c.to_string()[..7]
+            );
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `fermata status`: the latest status from the status branch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use super::default_state_dir;
+use crate::source::{GitSource, Source};
+use crate::status::margo::DeploymentStatusManifest;
+use crate::status::StatusRepo;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Yaml,
+    Json,
+    /// Margo's DeploymentStatusManifest JSON, one per composition.
+    Margo,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub repo: String,
+    #[arg(long, default_value = "fermata/status")]
+    pub status_branch: String,
+    #[arg(long)]
+    pub site: Option<String>,
+    #[arg(long, env = "FERMATA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+pub fn run(a: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let source = GitSource::open(&a.repo, &default_state_dir(a.state_dir.clone()))?;
+    source.fetch()?;
+    let repo = StatusRepo::new(
+        source.git_dir().to_path_buf(),
+        source.remote().map(str::to_string),
+        a.status_branch.clone(),
+        a.site.clone(),
+    );
+    let statuses = repo.read()?;
+    match a.format {
+        Format::Table => {
+            println!(
+                "{:<10} {:<32} {:<10} {:<12} {:<9} NOTE",
+                "BRANCH", "COMPOSITION", "STATE", "COMMIT", "WINDOW"
+            );
+            for s in &statuses {
+                let note = s
+                    .status
+                    .error
+                    .as_ref()
+                    .map(|e| format!("{}: {}", e.code, e.message))
+                    .or_else(|| {
+                        s.status
+                            .conditions
+                            .iter()
+                            .find(|c| c.r#type == "Ready" && c.status != "True")
+                            .map(|c| c.reason.clone())
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{:<10} {:<32} {:<10} {:<12} {:<9} {}",
+                    s.source.branch,
+                    s.metadata.deployment_id,
+                    s.status.state.as_str(),
+                    &s.source.commit.get(..7).unwrap_or(&s.source.commit),
+                    s.status
+                        .window
+                        .as_ref()
+                        .map(|w| if w.open { "open" } else { "closed" })
+                        .unwrap_or("-"),
+                    note
+                );
+            }
+        }
+        Format::Yaml => {
+            for s in &statuses {
+                print!("---\n{}", serde_yaml::to_string(s)?);
+            }
+        }
+        Format::Json => println!("{}", serde_json::to_string_pretty(&statuses)?),
+        Format::Margo => {
+            let m: Vec<DeploymentStatusManifest> = statuses
+                .iter()
+                .map(DeploymentStatusManifest::from)
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&m)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

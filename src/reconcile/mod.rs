@@ -1,0 +1,155 @@
+//! The reconciler: `fermata run`. Polls branches (on an interval with jitter,
+//! at once when the refs of a local repository change, and on SIGHUP),
+//! stages every new commit, applies inside maintenance windows, and writes
+//! status back to Git.
+//!
+//! A pass is a plain async function of the current state; the loop here only
+//! decides when to run it, so every pass must be (and is) idempotent.
+
+mod pass;
+pub mod plan;
+pub mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+
+pub use pass::{BranchReport, Reconciler, Row};
+
+use crate::window::Clock;
+
+/// What `fermata run` was told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub repo: String,
+    pub branches: Vec<String>,
+    pub path: String,
+    pub interval: Duration,
+    pub state_dir: PathBuf,
+    /// Where relative directory targets live.
+    pub target_root: PathBuf,
+    pub status_branch: String,
+    pub site: Option<String>,
+}
+
+/// Longest wait after repeated fetch failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Runs passes until SIGINT/SIGTERM. `report` sees every pass's outcome.
+pub async fn run(
+    mut r: Reconciler,
+    clock: Arc<dyn Clock>,
+    mut report: impl FnMut(&[BranchReport]),
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<&'static str>(8);
+    let _watcher = watch_refs(&r, tx.clone());
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut failures: u32 = 0;
+    loop {
+        match r.fetch().await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), failures, "fetch failed; keeping the last good revision");
+            }
+        }
+        let reports = r.pass().await;
+        report(&reports);
+        let mut wait = if failures > 0 {
+            // 1x, 2x, 4x ... the interval, capped: a flapping remote is not hammered.
+            r.settings
+                .interval
+                .saturating_mul(1 << (failures - 1).min(10))
+                .min(MAX_BACKOFF.max(r.settings.interval))
+        } else {
+            jitter(r.settings.interval)
+        };
+        // Wake when a window some staged composition waits for opens.
+        if let Some(next) = reports.iter().filter_map(|b| b.next_window).min() {
+            let until =
+                (next - clock.now()).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(10);
+            wait = wait.min(until);
+        }
+        tracing::debug!(?wait, "sleeping");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            Some(why) = rx.recv() => {
+                tracing::info!(trigger = why, "woken");
+                // Coalesce a burst of ref updates into one pass.
+                while rx.try_recv().is_ok() {}
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: fetching now");
+                r.unsettle();
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    tracing::info!(at = %Utc::now(), "stopping");
+    Ok(())
+}
+
+/// Up to +10% of the interval, so a fleet started at once does not poll in step.
+fn jitter(interval: Duration) -> Duration {
+    let extra = interval.as_millis() as u64 / 10;
+    interval
+        + Duration::from_millis(if extra == 0 {
+            0
+        } else {
+            rand::random_range(0..extra)
+        })
+}
+
+/// Watches the refs of a local repository (read in place, or the path of a
+/// `file://` remote) so a push is reconciled without waiting for the interval.
+fn watch_refs(
+    r: &Reconciler,
+    tx: mpsc::Sender<&'static str>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let dir = match r.source.remote() {
+        None => r.source.git_dir().to_path_buf(),
+        Some(url) => {
+            let path = PathBuf::from(url.strip_prefix("file://")?);
+            let dotgit = path.join(".git");
+            if dotgit.is_dir() {
+                dotgit
+            } else {
+                path
+            }
+        }
+    };
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            let refs = ev.paths.iter().any(|p| {
+                let s = p.to_string_lossy();
+                (s.contains("/refs/heads/") || s.ends_with("packed-refs")) && !s.ends_with(".lock")
+            });
+            if refs {
+                let _ = tx.try_send("refs changed");
+            }
+        }
+    })
+    .ok()?;
+    let mut watching = false;
+    for p in [dir.join("refs"), dir.clone()] {
+        let mode = if p.ends_with("refs") {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        match w.watch(&p, mode) {
+            Ok(()) => watching = true,
+            Err(e) => tracing::debug!(path = %p.display(), error = %e, "cannot watch"),
+        }
+    }
+    if watching {
+        tracing::info!(path = %dir.display(), "watching refs for pushes");
+    }
+    watching.then_some(w)
+}

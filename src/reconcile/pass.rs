@@ -1,0 +1,954 @@
+//! One reconcile pass over one branch: load, render what changed, stage,
+//! apply what the plan allows, report. Ordered like Flux's reconcilers: each
+//! step only runs on what the previous one produced, and a failure stays
+//! with the composition it belongs to.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest as _, Sha256};
+
+use super::plan::{self, Apply, Facts, Reason};
+use super::state::{Persisted, RenderRecord};
+use super::Settings;
+use crate::model::types::Strategy;
+use crate::model::{self, Composition, CompositionId, Digest, Fleet, SynthKind, TargetKind};
+use crate::source::{Entry, GitSource, Revision, Snapshot, Source, SourceError};
+use crate::stage::ArtifactStore;
+use crate::status::{
+    summarize, ComponentStatus, Condition, DeploymentStatus, Override, State, StatusBody,
+    StatusErrorInfo, StatusMetadata, StatusRepo, StatusUpdate, WindowStatus,
+};
+use crate::synth::{self, Rendered};
+use crate::target::{Desired, DirectoryTarget, Health, Observed, SourceRef, StateGoal, Target};
+use crate::window::Clock;
+
+/// Everything one fermata instance needs across passes.
+pub struct Reconciler {
+    pub settings: Settings,
+    pub source: Arc<GitSource>,
+    pub clock: Arc<dyn Clock>,
+    store: ArtifactStore,
+    status: StatusRepo,
+    pub persisted: Persisted,
+    targets: HashMap<PathBuf, Arc<dyn Target>>,
+    /// The last fetch error, shown in every status until a fetch succeeds.
+    pub fetch_error: Option<String>,
+    /// Branches whose last pass left nothing to do, with that revision: an
+    /// unchanged commit then costs no load, no render, no target read.
+    settled: HashMap<String, (Revision, DateTime<Utc>)>,
+}
+
+/// What a pass did on one branch.
+#[derive(Debug, Clone, Default)]
+pub struct BranchReport {
+    pub branch: String,
+    pub revision: Option<Revision>,
+    /// Per composition: id, state, desired digest, and why it waits or failed.
+    pub rows: Vec<Row>,
+    /// Load errors of objects that are not compositions.
+    pub errors: Vec<String>,
+    pub status_commit: Option<git2::Oid>,
+    /// The earliest opening of a window some staged composition waits for.
+    pub next_window: Option<DateTime<Utc>>,
+    /// Nothing was done: the revision was reconciled already.
+    pub unchanged: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: CompositionId,
+    pub state: State,
+    pub digest: Option<Digest>,
+    pub window: Option<String>,
+    pub note: String,
+}
+
+/// The work on one composition during a pass.
+struct Work {
+    comp: Composition,
+    target: Option<Arc<dyn Target>>,
+    record_key: String,
+    digest: Option<Digest>,
+    components: Vec<String>,
+    rendered: Option<Arc<Rendered>>,
+    observed: Observed,
+    error: Option<StatusErrorInfo>,
+    waiting: Option<Reason>,
+    overridden: Option<Override>,
+}
+
+impl Work {
+    fn ready(&self) -> bool {
+        self.error.is_none()
+            && self.digest.is_some()
+            && self.observed.applied == self.digest
+            && !matches!(self.observed.health, Some(Health::Unhealthy(_)))
+    }
+
+    fn fail(&mut self, code: &str, source: impl Into<String>, message: impl Into<String>) {
+        self.error = Some(StatusErrorInfo {
+            code: code.to_string(),
+            source: source.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Full passes still run this often on a settled branch, so drift on a
+/// target (a deleted file, a changed symlink) does not stay forever.
+const RESYNC: chrono::Duration = chrono::Duration::minutes(10);
+
+impl Reconciler {
+    pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Reconciler> {
+        let source = Arc::new(GitSource::open(&settings.repo, &settings.state_dir)?);
+        let store = ArtifactStore::new(&settings.state_dir)?;
+        let status = StatusRepo::new(
+            source.git_dir().to_path_buf(),
+            source.remote().map(str::to_string),
+            settings.status_branch.clone(),
+            settings.site.clone(),
+        );
+        let persisted = Persisted::load(&settings.state_dir);
+        Ok(Reconciler {
+            settings,
+            source,
+            clock,
+            store,
+            status,
+            persisted,
+            targets: HashMap::new(),
+            fetch_error: None,
+            settled: HashMap::new(),
+        })
+    }
+
+    /// Fetches the remote; on failure the last good revisions stay in use.
+    pub async fn fetch(&mut self) -> Result<(), SourceError> {
+        let source = self.source.clone();
+        let result = tokio::task::spawn_blocking(move || source.fetch())
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)));
+        match &result {
+            Ok(()) => {
+                if self.fetch_error.take().is_some() {
+                    // Statuses carried the error: they must be rewritten.
+                    self.settled.clear();
+                }
+            }
+            Err(e) => {
+                let msg = format!(
+                    "{:#}",
+                    anyhow::Error::from(SourceErrorWrapper(e.to_string()))
+                );
+                if self.fetch_error.as_deref() != Some(msg.as_str()) {
+                    self.settled.clear();
+                }
+                self.fetch_error = Some(msg);
+            }
+        }
+        result
+    }
+
+    /// Forgets that branches are settled: the next pass is a full one.
+    pub fn unsettle(&mut self) {
+        self.settled.clear();
+    }
+
+    /// One pass over every branch.
+    pub async fn pass(&mut self) -> Vec<BranchReport> {
+        let mut out = Vec::new();
+        for branch in self.settings.branches.clone() {
+            out.push(self.pass_branch(&branch).await);
+        }
+        if let Err(e) = self.persisted.save(&self.settings.state_dir) {
+            tracing::error!(error = %e, "cannot save state");
+        }
+        out
+    }
+
+    #[tracing::instrument(skip_all, fields(branch = %branch))]
+    async fn pass_branch(&mut self, branch: &str) -> BranchReport {
+        let now = self.clock.now();
+        let mut report = BranchReport {
+            branch: branch.to_string(),
+            ..BranchReport::default()
+        };
+        let source = self.source.clone();
+        let refname = format!("refs/heads/{branch}");
+        let rev = match tokio::task::spawn_blocking(move || source.resolve(&refname))
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // A deleted branch applies nothing and deletes nothing.
+                tracing::warn!(error = %e, "branch not found: nothing applied, nothing deleted");
+                report.errors.push(format!(
+                    "branch {branch} not found: applying nothing, deleting nothing"
+                ));
+                return report;
+            }
+        };
+        report.revision = Some(rev);
+        if let Some((r, at)) = self.settled.get(branch) {
+            if *r == rev && now - *at < RESYNC {
+                report.unchanged = true;
+                return report;
+            }
+        }
+        let prev = self.persisted.revisions.get(branch).cloned();
+        let forced = prev
+            .as_ref()
+            .and_then(|p| git2::Oid::from_str(p).ok())
+            .map(Revision)
+            .filter(|old| *old != rev && !self.source.is_descendant(rev, *old));
+        if let Some(old) = forced {
+            tracing::warn!(from = %old, to = %rev, "branch was force-pushed");
+        }
+
+        let source = self.source.clone();
+        let path = self.settings.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            source.snapshot(rev).map(|snap| {
+                let loaded = model::load(&snap, &path);
+                (Arc::new(snap), loaded)
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(join_error(e)));
+        let (snap, loaded) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                report.errors.push(format!("{e:#}"));
+                return report;
+            }
+        };
+        for e in &loaded.errors {
+            tracing::warn!(error = %e, "invalid object");
+        }
+        let fleet = Arc::new(loaded.fleet);
+        let source_ref = SourceRef {
+            branch: branch.to_string(),
+            commit: rev.to_string(),
+        };
+
+        // A: what is desired and what the target holds.
+        let mut work = Vec::new();
+        let mut synth_keys: HashMap<String, String> = HashMap::new();
+        for comp in ordered(&fleet) {
+            let w = self
+                .prepare(branch, &snap, &fleet, comp, &mut synth_keys)
+                .await;
+            work.push(w);
+        }
+
+        // B: artifacts of everything that must be staged, each fetched once.
+        let mut needed = Vec::new();
+        for w in &mut work {
+            if w.error.is_none()
+                && w.digest.is_some()
+                && w.observed.applied != w.digest
+                && w.observed.staged != w.digest
+            {
+                if let Err(e) = self.ensure_rendered(w, &snap, &fleet).await {
+                    tracing::warn!(composition = %w.comp.id, error = %e, "render failed");
+                }
+                if let Some(r) = &w.rendered {
+                    needed.extend(r.artifacts.iter().cloned());
+                }
+            }
+        }
+        let fetched = if needed.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.store.fetch_all(&needed, &snap).await
+        };
+
+        // C: stage, then apply what the plan allows, dependencies first.
+        let mut ready: HashSet<CompositionId> = work
+            .iter()
+            .filter(|w| w.ready())
+            .map(|w| w.comp.id.clone())
+            .collect();
+        let mut blocked_symphonies: HashSet<String> = HashSet::new();
+        let mut unavailable: HashMap<String, u32> = HashMap::new();
+        for w in &mut work {
+            let sym = fleet.symphonies.get(&w.comp.id.symphony);
+            let strategy = sym.map(|s| s.rollout.strategy).unwrap_or_default();
+            let max_unavailable = sym.map(|s| s.rollout.max_unavailable).unwrap_or(1).max(1);
+            let window = w.comp.window.as_ref().and_then(|n| fleet.windows.get(n));
+            let facts = Facts {
+                desired: w.digest,
+                applied: w.observed.applied,
+                staged: w.observed.staged,
+                gated: !w.comp.scheduling_gates.is_empty(),
+                dependencies_ready: w.comp.depends_on.iter().all(|d| ready.contains(d)),
+                rollout_allows: match strategy {
+                    Strategy::OrderedReady => !blocked_symphonies.contains(&w.comp.id.symphony),
+                    Strategy::Parallel => {
+                        unavailable.get(&w.comp.id.symphony).copied().unwrap_or(0) < max_unavailable
+                    }
+                },
+                window_open: window.map(|mw| mw.window.is_open(now)),
+                override_digest: self
+                    .persisted
+                    .overrides
+                    .get(&w.comp.id.to_string())
+                    .and_then(|o| o.digest.parse().ok()),
+            };
+            if w.error.is_none() {
+                if let Some(decision) = plan::decide(&facts) {
+                    self.execute(w, decision, &snap, &fleet, &fetched, &source_ref)
+                        .await;
+                    if let Some(next) = window
+                        .filter(|_| w.waiting == Some(Reason::WindowClosed))
+                        .and_then(|mw| mw.window.state_at(now).next_open)
+                    {
+                        report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
+                    }
+                }
+            }
+            if w.ready() {
+                ready.insert(w.comp.id.clone());
+            } else {
+                blocked_symphonies.insert(w.comp.id.symphony.clone());
+                if w.observed.applied.is_some() {
+                    *unavailable.entry(w.comp.id.symphony.clone()).or_default() += 1;
+                }
+            }
+        }
+
+        // D: status, one commit if anything changed.
+        let mut statuses = Vec::new();
+        for w in &work {
+            let window = w
+                .comp
+                .window
+                .as_ref()
+                .and_then(|n| fleet.windows.get(n))
+                .map(|mw| {
+                    let st = mw.window.state_at(now);
+                    WindowStatus {
+                        name: mw.window.name.clone(),
+                        open: st.open,
+                        next_open: st.next_open,
+                    }
+                });
+            let st = self.status_of(w, &source_ref, now, window);
+            report.rows.push(Row {
+                id: w.comp.id.clone(),
+                state: st.status.state,
+                digest: w.digest,
+                window: w.comp.window.clone(),
+                note: row_note(w),
+            });
+            statuses.push(st);
+        }
+        // Symphonies that failed to load keep what they applied; status says why.
+        for (sym, diags) in &fleet.failed {
+            let reason = diags
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let prefix = format!("{branch}:{sym}/");
+            let known: Vec<(String, RenderRecord)> = self
+                .persisted
+                .renders
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect();
+            if known.is_empty() {
+                report.errors.push(reason.clone());
+            }
+            for (key, rec) in known {
+                let Ok(id) = key[branch.len() + 1..].parse::<CompositionId>() else {
+                    continue;
+                };
+                let mut w = Work {
+                    comp: Composition {
+                        id: id.clone(),
+                        origin: model::Origin {
+                            file: String::new(),
+                            line: 0,
+                        },
+                        synthesizer: String::new(),
+                        env: BTreeMap::new(),
+                        bindings: BTreeMap::new(),
+                        annotations: BTreeMap::new(),
+                        labels: BTreeMap::new(),
+                        target: rec.target.clone().unwrap_or_default(),
+                        window: None,
+                        scheduling_gates: vec![],
+                        depends_on: vec![],
+                        optional: false,
+                    },
+                    target: None,
+                    record_key: key.clone(),
+                    digest: Some(rec.digest),
+                    components: rec.components.clone(),
+                    rendered: None,
+                    observed: Observed::default(),
+                    error: None,
+                    waiting: None,
+                    overridden: None,
+                };
+                if let Some(t) = rec
+                    .target
+                    .as_ref()
+                    .and_then(|t| self.target_for(&fleet, t).ok())
+                {
+                    w.observed = t.get(&id).await.unwrap_or_default();
+                }
+                let first = diags.first();
+                w.fail(
+                    "InvalidObject",
+                    first
+                        .map(|d| format!("{}:{}", d.file, d.line.unwrap_or(0)))
+                        .unwrap_or_default(),
+                    reason.clone(),
+                );
+                statuses.push(self.status_of(&w, &source_ref, now, None));
+                report.rows.push(Row {
+                    id,
+                    state: State::Failed,
+                    digest: None,
+                    window: None,
+                    note: reason.clone(),
+                });
+            }
+        }
+        for e in &loaded.errors {
+            let belongs = fleet.failed.values().flatten().any(|d| d == e);
+            if !belongs {
+                report.errors.push(e.to_string());
+            }
+        }
+        // Compositions gone from the branch are no longer tracked (deletion semantics come with rollout control).
+        let live: HashSet<String> = statuses
+            .iter()
+            .map(|s| format!("{branch}:{}", s.metadata.deployment_id))
+            .collect();
+        self.persisted
+            .renders
+            .retain(|k, _| !k.starts_with(&format!("{branch}:")) || live.contains(k));
+
+        let mut summary = format!("{branch}@{}: {}", rev.short(), summarize(&statuses));
+        if let Some(old) = forced {
+            summary.push_str(&format!(" (force-pushed over {})", old.short()));
+        }
+        let update = StatusUpdate {
+            source: source_ref.clone(),
+            table: table(&report, &summary),
+            statuses,
+            summary,
+        };
+        let status = self.status.clone();
+        match tokio::task::spawn_blocking(move || status.publish(&update)).await {
+            Ok(Ok(commit)) => report.status_commit = commit,
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot write status");
+                report
+                    .errors
+                    .push("status could not be written (see logs)".to_string());
+            }
+            Err(e) => tracing::error!(error = %e, "status task failed"),
+        }
+        self.persisted
+            .revisions
+            .insert(branch.to_string(), rev.to_string());
+        let settled = work
+            .iter()
+            .all(|w| w.error.is_none() && (w.ready() || w.waiting == Some(Reason::GatePresent)))
+            && fleet.failed.is_empty()
+            && self.fetch_error.is_none()
+            && report.errors.is_empty();
+        if settled {
+            self.settled.insert(branch.to_string(), (rev, now));
+        } else {
+            self.settled.remove(branch);
+        }
+        report
+    }
+
+    /// Resolves the target, the digest (from cache or by rendering) and what the target holds.
+    async fn prepare(
+        &mut self,
+        branch: &str,
+        snap: &Arc<Snapshot>,
+        fleet: &Arc<Fleet>,
+        comp: &Composition,
+        synth_keys: &mut HashMap<String, String>,
+    ) -> Work {
+        let mut w = Work {
+            comp: comp.clone(),
+            target: None,
+            record_key: format!("{branch}:{}", comp.id),
+            digest: None,
+            components: Vec::new(),
+            rendered: None,
+            observed: Observed::default(),
+            error: None,
+            waiting: None,
+            overridden: None,
+        };
+        match self.target_for(fleet, &comp.target) {
+            Ok(t) => w.target = Some(t),
+            Err(m) => {
+                w.fail("TargetUnavailable", comp.target.clone(), m);
+                return w;
+            }
+        }
+        let key = input_key(snap, fleet, comp, synth_keys);
+        match self.persisted.renders.get(&w.record_key) {
+            Some(r) if r.input_key == key => {
+                w.digest = Some(r.digest);
+                w.components = r.components.clone();
+            }
+            _ => {
+                if self.render(&mut w, snap, fleet).await.is_ok() {
+                    if let Some(r) = &w.rendered {
+                        self.persisted.renders.insert(
+                            w.record_key.clone(),
+                            RenderRecord {
+                                input_key: key,
+                                digest: r.digest,
+                                components: w.components.clone(),
+                                target: Some(comp.target.clone()),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(t) = &w.target {
+            match t.get(&comp.id).await {
+                Ok(o) => w.observed = o,
+                Err(e) => w.fail("TargetUnavailable", comp.target.clone(), e.to_string()),
+            }
+        }
+        w
+    }
+
+    async fn render(
+        &self,
+        w: &mut Work,
+        snap: &Arc<Snapshot>,
+        fleet: &Arc<Fleet>,
+    ) -> Result<(), String> {
+        let (snap2, fleet2, comp) = (snap.clone(), fleet.clone(), w.comp.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            synth::render(&snap2, &fleet2, &comp).map_err(|e| e.diagnostic(&fleet2, &comp))
+        })
+        .await;
+        match result {
+            Ok(Ok(r)) => {
+                w.digest = Some(r.digest);
+                w.components = r.resources.iter().map(|res| res.key.to_string()).collect();
+                w.rendered = Some(Arc::new(r));
+                Ok(())
+            }
+            Ok(Err(d)) => {
+                let msg = d.to_string();
+                w.fail(
+                    "RenderFailed",
+                    format!("{}:{}", d.file, d.line.unwrap_or(0)),
+                    d.message,
+                );
+                Err(msg)
+            }
+            Err(e) => {
+                w.fail("RenderFailed", w.comp.synthesizer.clone(), e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// The rendered state is needed to stage; a cached digest alone does not carry it.
+    async fn ensure_rendered(
+        &self,
+        w: &mut Work,
+        snap: &Arc<Snapshot>,
+        fleet: &Arc<Fleet>,
+    ) -> Result<(), String> {
+        if w.rendered.is_some() {
+            return Ok(());
+        }
+        self.render(w, snap, fleet).await
+    }
+
+    async fn execute(
+        &mut self,
+        w: &mut Work,
+        decision: plan::Decision,
+        snap: &Arc<Snapshot>,
+        fleet: &Arc<Fleet>,
+        fetched: &BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>,
+        source: &SourceRef,
+    ) {
+        let Some(target) = w.target.clone() else {
+            return;
+        };
+        let needs_desired = decision.stage || matches!(decision.apply, Apply::Now { .. });
+        if !needs_desired {
+            if let Apply::Wait(r) = decision.apply {
+                w.waiting = Some(r);
+            }
+            return;
+        }
+        if self.ensure_rendered(w, snap, fleet).await.is_err() {
+            return;
+        }
+        let Some(rendered) = w.rendered.clone() else {
+            return;
+        };
+        let mut artifacts = BTreeMap::new();
+        for a in &rendered.artifacts {
+            match fetched.get(&a.sha256) {
+                Some(Ok(p)) => {
+                    artifacts.insert(a.name.clone(), p.clone());
+                }
+                Some(Err(e)) => {
+                    w.fail("ArtifactFailed", a.url.clone(), e.to_string());
+                    return;
+                }
+                None => {
+                    // Staged before, now applying: the store still has it.
+                    artifacts.insert(a.name.clone(), self.store.path_of(&a.sha256));
+                }
+            }
+        }
+        let desired = Desired {
+            rendered,
+            source: source.clone(),
+            artifacts,
+        };
+        if decision.stage {
+            if let Err(e) = target.apply(&desired, StateGoal::Stage).await {
+                w.fail("StagingFailed", w.comp.target.clone(), e.to_string());
+                return;
+            }
+            tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), "staged");
+        }
+        match decision.apply {
+            Apply::Now { overridden } => {
+                if let Err(e) = target.apply(&desired, StateGoal::Apply).await {
+                    w.fail("ApplyFailed", w.comp.target.clone(), e.to_string());
+                    return;
+                }
+                tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), overridden, "applied");
+                if overridden {
+                    w.overridden = self.persisted.overrides.remove(&w.comp.id.to_string());
+                }
+            }
+            Apply::Wait(r) => w.waiting = Some(r),
+            Apply::Done => {}
+        }
+        match target.get(&w.comp.id).await {
+            Ok(o) => w.observed = o,
+            Err(e) => w.fail("TargetUnavailable", w.comp.target.clone(), e.to_string()),
+        }
+    }
+
+    /// The target object named `name`, built once per root.
+    fn target_for(&mut self, fleet: &Fleet, name: &str) -> Result<Arc<dyn Target>, String> {
+        let t = fleet
+            .targets
+            .get(name)
+            .ok_or_else(|| format!("no Target named {name:?}"))?;
+        match &t.kind {
+            TargetKind::Directory { path } => {
+                let p = PathBuf::from(path);
+                let root = if p.is_absolute() {
+                    p
+                } else {
+                    self.settings.target_root.join(p)
+                };
+                Ok(self
+                    .targets
+                    .entry(root.clone())
+                    .or_insert_with(|| Arc::new(DirectoryTarget::new(root)))
+                    .clone())
+            }
+            TargetKind::Kubernetes(_) => Err(format!(
+                "target {name:?}: Kubernetes targets are not supported by this build yet"
+            )),
+        }
+    }
+
+    fn status_of(
+        &self,
+        w: &Work,
+        source: &SourceRef,
+        now: DateTime<Utc>,
+        window: Option<WindowStatus>,
+    ) -> DeploymentStatus {
+        let state = if w.error.is_some() {
+            State::Failed
+        } else if w.digest.is_some() && w.observed.applied == w.digest {
+            State::Installed
+        } else if w.digest.is_some() && w.observed.staged == w.digest {
+            State::Staged
+        } else {
+            State::Pending
+        };
+        let programmed = w.digest.is_some() && w.observed.applied == w.digest;
+        let running = match &w.observed.health {
+            Some(Health::Healthy) => Ok(()),
+            Some(Health::Unhealthy(m)) => Err(("Unhealthy", m.clone())),
+            _ => Err(("NotApplied", "nothing applied yet".to_string())),
+        };
+        let waiting = w.waiting.map(|r| r.as_str()).unwrap_or("Pending");
+        let cond = |t: &str, ok: bool, reason: &str, message: String| Condition {
+            r#type: t.to_string(),
+            status: if ok { "True" } else { "False" }.to_string(),
+            reason: reason.to_string(),
+            message,
+            last_transition_time: Some(now),
+        };
+        let mut conditions = vec![
+            cond(
+                "Staged",
+                w.digest.is_some() && (w.observed.staged == w.digest || programmed),
+                if w.error.is_some() {
+                    "Failed"
+                } else if w.digest.is_some() && (w.observed.staged == w.digest || programmed) {
+                    "Staged"
+                } else {
+                    "Pending"
+                },
+                String::new(),
+            ),
+            cond(
+                "Programmed",
+                programmed,
+                if programmed {
+                    "Applied"
+                } else if w.error.is_some() {
+                    "Failed"
+                } else {
+                    waiting
+                },
+                match (&w.waiting, &window) {
+                    (Some(Reason::WindowClosed), Some(ws)) => format!(
+                        "window {} is closed; next opening {}",
+                        ws.name,
+                        ws.next_open
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "never".into())
+                    ),
+                    (Some(Reason::GatePresent), _) => format!(
+                        "scheduling gates present: {}",
+                        w.comp.scheduling_gates.join(", ")
+                    ),
+                    _ => String::new(),
+                },
+            ),
+            match &running {
+                Ok(()) => cond("Running", true, "Healthy", String::new()),
+                Err((r, m)) => cond("Running", false, r, m.clone()),
+            },
+        ];
+        let ready = programmed && running.is_ok() && w.error.is_none();
+        let ready_reason = if ready {
+            "Ready".to_string()
+        } else if w.error.is_some() {
+            "Failed".to_string()
+        } else if !programmed {
+            conditions[1].reason.clone()
+        } else {
+            conditions[2].reason.clone()
+        };
+        conditions.insert(
+            0,
+            cond(
+                "Ready",
+                ready,
+                &ready_reason,
+                if ready {
+                    String::new()
+                } else {
+                    conditions[1].message.clone()
+                },
+            ),
+        );
+        if let Some(e) = &self.fetch_error {
+            conditions.push(cond("SourceAvailable", false, "FetchFailed", e.clone()));
+        }
+        let component_state = match state {
+            State::Installed => State::Installed,
+            State::Failed => State::Failed,
+            State::Staged => State::Staged,
+            _ => State::Pending,
+        };
+        DeploymentStatus {
+            api_version: model::types::API_VERSION.to_string(),
+            kind: "DeploymentStatus".to_string(),
+            metadata: StatusMetadata {
+                deployment_id: w.comp.id.to_string(),
+                time_stamp: now,
+            },
+            source: source.clone(),
+            status: StatusBody {
+                state,
+                digest: w.digest.map(|d| d.to_hex()),
+                applied: w.observed.applied.map(|d| d.to_hex()),
+                window,
+                conditions,
+                error: w.error.clone(),
+                r#override: w.overridden.clone(),
+                components: w
+                    .components
+                    .iter()
+                    .map(|name| ComponentStatus {
+                        name: name.clone(),
+                        state: component_state,
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SourceErrorWrapper(String);
+
+fn join_error(e: tokio::task::JoinError) -> SourceError {
+    SourceError::Open {
+        url: "(internal task)".into(),
+        source: git2::Error::from_str(&e.to_string()),
+    }
+}
+
+fn row_note(w: &Work) -> String {
+    if let Some(e) = &w.error {
+        return format!("{}: {}", e.code, e.message);
+    }
+    if w.overridden.is_some() {
+        return "applied outside its window (apply-now)".to_string();
+    }
+    match w.waiting {
+        Some(r) => r.as_str().to_string(),
+        None => String::new(),
+    }
+}
+
+/// Compositions with every dependency before its dependents, otherwise in
+/// symphony and variation order (the order `OrderedReady` follows).
+fn ordered(fleet: &Fleet) -> Vec<&Composition> {
+    let all: Vec<&Composition> = fleet.compositions().collect();
+    let mut done: HashSet<&CompositionId> = HashSet::new();
+    let mut out = Vec::with_capacity(all.len());
+    // Cycles were refused at load time; a dependency outside the fleet (a
+    // failed symphony) does not hold the order, only the apply.
+    while out.len() < all.len() {
+        let before = out.len();
+        for c in &all {
+            if done.contains(&c.id) {
+                continue;
+            }
+            let deps_done = c
+                .depends_on
+                .iter()
+                .all(|d| done.contains(d) || fleet.composition(d).is_none());
+            if deps_done {
+                done.insert(&c.id);
+                out.push(*c);
+            }
+        }
+        if out.len() == before {
+            out.extend(all.iter().filter(|c| !done.contains(&c.id)).copied());
+            break;
+        }
+    }
+    out
+}
+
+/// SHA-256 of everything synthesis reads for `comp`: its own inputs, the
+/// synthesizer's definition and the files it renders from. Equal keys mean
+/// equal renders, so an unchanged composition is never rendered again.
+fn input_key(
+    snap: &Snapshot,
+    fleet: &Fleet,
+    comp: &Composition,
+    cache: &mut HashMap<String, String>,
+) -> String {
+    let synth_key = cache
+        .entry(comp.synthesizer.clone())
+        .or_insert_with(|| {
+            let mut h = Sha256::new();
+            if let Some(s) = fleet.synthesizers.get(&comp.synthesizer) {
+                let dir = match &s.kind {
+                    SynthKind::Manifests { dir } => {
+                        h.update(b"manifests\0");
+                        dir.clone()
+                    }
+                    SynthKind::Command { argv } => {
+                        h.update(b"command\0");
+                        for a in argv {
+                            h.update(a.as_bytes());
+                            h.update([0]);
+                        }
+                        s.dir.clone()
+                    }
+                };
+                for a in &s.artifacts {
+                    h.update(format!("{}\0{}\0{:?}\0", a.name, a.sha256, a.size).as_bytes());
+                }
+                for (path, entry) in snap.under(&dir) {
+                    h.update(path.as_bytes());
+                    h.update([0]);
+                    match entry {
+                        Entry::File { data, executable } => {
+                            h.update([*executable as u8]);
+                            h.update(data);
+                        }
+                        Entry::Symlink { target } => h.update(target.as_bytes()),
+                        Entry::Oversize { size } => h.update(size.to_le_bytes()),
+                    }
+                    h.update([0]);
+                }
+            }
+            hex::encode(h.finalize())
+        })
+        .clone();
+    let mut h = Sha256::new();
+    h.update(synth_key.as_bytes());
+    h.update(
+        serde_json::to_vec(&(
+            &comp.env,
+            &comp.bindings,
+            &comp.annotations,
+            &comp.labels,
+            &comp.synthesizer,
+        ))
+        .unwrap_or_default(),
+    );
+    hex::encode(h.finalize())
+}
+
+/// `summary.md`: what a person reads on the forge.
+fn table(report: &BranchReport, summary: &str) -> String {
+    let mut t = format!(
+        "# {summary}\n\n| composition | state | digest | window | note |\n|---|---|---|---|---|\n"
+    );
+    for r in &report.rows {
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.id,
+            r.state,
+            r.digest.map(|d| d.short()).unwrap_or_default(),
+            r.window.clone().unwrap_or_default(),
+            r.note.replace('|', "\\|"),
+        ));
+    }
+    for e in &report.errors {
+        t.push_str(&format!("\n- error: {}", e.replace('|', "\\|")));
+    }
+    t
+}

@@ -1,0 +1,218 @@
+//! Deciding, per composition, what a pass does: pure, no I/O, no clock.
+//! The executor in [`super::pass`] only carries the decisions out.
+
+use serde::Serialize;
+
+use crate::model::Digest;
+
+/// Why an apply does not run yet (Datum's skipped actions carry one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Reason {
+    WindowClosed,
+    GatePresent,
+    WaitingOnDependency,
+    WaitingForReady,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::WindowClosed => "WindowClosed",
+            Reason::GatePresent => "SchedulingGatesPresent",
+            Reason::WaitingOnDependency => "WaitingOnDependency",
+            Reason::WaitingForReady => "WaitingForReady",
+        }
+    }
+}
+
+/// What is known about one composition when deciding.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub desired: Option<Digest>,
+    pub applied: Option<Digest>,
+    pub staged: Option<Digest>,
+    pub gated: bool,
+    /// Every `dependsOn` composition is Ready.
+    pub dependencies_ready: bool,
+    /// The rollout strategy lets this one go now (e.g. the previous one is Ready).
+    pub rollout_allows: bool,
+    /// `None`: no window, always open.
+    pub window_open: Option<bool>,
+    /// The digest a break-glass `apply-now` was given for, if any.
+    pub override_digest: Option<Digest>,
+}
+
+/// What to do about the apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// The desired state is applied already.
+    Done,
+    /// Apply now; `overridden` when only a break-glass override allows it.
+    Now {
+        overridden: bool,
+    },
+    Wait(Reason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Stage first: the target holds the desired state neither staged nor applied.
+    pub stage: bool,
+    pub apply: Apply,
+}
+
+/// Staging never waits (that is its point); applying waits for gates, then
+/// dependencies, then the rollout, then the window, in that order, so status
+/// names what a person can act on first.
+pub fn decide(f: &Facts) -> Option<Decision> {
+    let desired = f.desired?;
+    let stage = f.applied != Some(desired) && f.staged != Some(desired);
+    let apply = if f.applied == Some(desired) {
+        Apply::Done
+    } else if f.gated {
+        Apply::Wait(Reason::GatePresent)
+    } else if !f.dependencies_ready {
+        Apply::Wait(Reason::WaitingOnDependency)
+    } else if !f.rollout_allows {
+        Apply::Wait(Reason::WaitingForReady)
+    } else if f.window_open == Some(false) {
+        if f.override_digest == Some(desired) {
+            Apply::Now { overridden: true }
+        } else {
+            Apply::Wait(Reason::WindowClosed)
+        }
+    } else {
+        Apply::Now { overridden: false }
+    };
+    Some(Decision { stage, apply })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Option<Digest> {
+        Some(Digest([n; 32]))
+    }
+
+    fn open() -> Facts {
+        Facts {
+            desired: d(2),
+            applied: d(1),
+            dependencies_ready: true,
+            rollout_allows: true,
+            window_open: Some(true),
+            ..Facts::default()
+        }
+    }
+
+    #[test]
+    fn table() {
+        let now = Apply::Now { overridden: false };
+        let cases: Vec<(&str, Facts, bool, Apply)> = vec![
+            ("new state, window open", open(), true, now),
+            (
+                "already staged",
+                Facts {
+                    staged: d(2),
+                    ..open()
+                },
+                false,
+                now,
+            ),
+            (
+                "applied",
+                Facts {
+                    applied: d(2),
+                    ..open()
+                },
+                false,
+                Apply::Done,
+            ),
+            (
+                "no window",
+                Facts {
+                    window_open: None,
+                    ..open()
+                },
+                true,
+                now,
+            ),
+            (
+                "window closed: stage only",
+                Facts {
+                    window_open: Some(false),
+                    ..open()
+                },
+                true,
+                Apply::Wait(Reason::WindowClosed),
+            ),
+            (
+                "override for this digest",
+                Facts {
+                    window_open: Some(false),
+                    override_digest: d(2),
+                    staged: d(2),
+                    ..open()
+                },
+                false,
+                Apply::Now { overridden: true },
+            ),
+            (
+                "override for another digest does not count",
+                Facts {
+                    window_open: Some(false),
+                    override_digest: d(1),
+                    ..open()
+                },
+                true,
+                Apply::Wait(Reason::WindowClosed),
+            ),
+            (
+                "gate",
+                Facts {
+                    gated: true,
+                    ..open()
+                },
+                true,
+                Apply::Wait(Reason::GatePresent),
+            ),
+            (
+                "dependency",
+                Facts {
+                    dependencies_ready: false,
+                    ..open()
+                },
+                true,
+                Apply::Wait(Reason::WaitingOnDependency),
+            ),
+            (
+                "rollout",
+                Facts {
+                    rollout_allows: false,
+                    ..open()
+                },
+                true,
+                Apply::Wait(Reason::WaitingForReady),
+            ),
+            (
+                "gate is reported before a closed window",
+                Facts {
+                    gated: true,
+                    window_open: Some(false),
+                    ..open()
+                },
+                true,
+                Apply::Wait(Reason::GatePresent),
+            ),
+        ];
+        for (name, facts, stage, apply) in cases {
+            assert_eq!(decide(&facts), Some(Decision { stage, apply }), "{name}");
+        }
+        assert_eq!(
+            decide(&Facts::default()),
+            None,
+            "nothing rendered, nothing to decide"
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! What fermata remembers between passes and across restarts, in
+//! `<state-dir>/state.json`. Only caches and requests live here: what is
+//! applied is always read back from the targets, and what was reported from
+//! the status branch, so losing this file costs a re-render, never a wrong apply.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Digest;
+use crate::status::Override;
+
+/// The persisted state of one fermata instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Persisted {
+    /// Per `branch:symphony/variation`: the inputs last rendered and what they gave,
+    /// so an unchanged composition costs no synthesis, even after a restart.
+    #[serde(default)]
+    pub renders: BTreeMap<String, RenderRecord>,
+    /// Break-glass applies requested with `fermata apply-now`, by `symphony/variation`.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, Override>,
+    /// The last source revision reconciled, per branch.
+    #[serde(default)]
+    pub revisions: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RenderRecord {
+    /// SHA-256 of everything synthesis reads for this composition.
+    pub input_key: String,
+    pub digest: Digest,
+    /// Component names of the rendered state, for status.
+    pub components: Vec<String>,
+    /// The Target it was rendered for: where to look when its symphony later fails to load.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+impl Persisted {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("state.json")
+    }
+
+    /// Loads the state; a missing file is a fresh start, an unreadable one is
+    /// set aside (it is only a cache) rather than stopping the reconciler.
+    pub fn load(state_dir: &Path) -> Persisted {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "state file unreadable; starting afresh");
+                    let _ = std::fs::rename(&path, path.with_extension("json.bad"));
+                    Persisted::default()
+                }
+            },
+            Err(_) => Persisted::default(),
+        }
+    }
+
+    /// Writes atomically (temp file, fsync, rename): a kill -9 leaves the old or the new file.
+    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(state_dir)?;
+        let path = Self::path(state_dir);
+        let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_survives_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Persisted::load(dir.path()), Persisted::default());
+        let mut p = Persisted::default();
+        p.revisions.insert("main".into(), "abc".into());
+        p.save(dir.path()).unwrap();
+        assert_eq!(Persisted::load(dir.path()), p);
+        std::fs::write(Persisted::path(dir.path()), b"{not json").unwrap();
+        assert_eq!(Persisted::load(dir.path()), Persisted::default());
+        assert!(dir.path().join("state.json.bad").exists());
+    }
+}
