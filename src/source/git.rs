@@ -138,8 +138,9 @@ impl GitSource {
 
 /// Credentials from the environment: an ssh agent or `FERMATA_SSH_KEY` for
 /// ssh, `FERMATA_GIT_TOKEN` for https. Each kind is tried once, so a wrong
-/// credential fails instead of looping inside libgit2.
-fn callbacks() -> RemoteCallbacks<'static> {
+/// credential fails instead of looping inside libgit2. Shared with the status
+/// branch's push and fetch.
+pub(crate) fn callbacks() -> RemoteCallbacks<'static> {
     let mut cb = RemoteCallbacks::new();
     let tries = Cell::new(0u8);
     cb.credentials(move |_url, user, allowed| {

@@ -9,6 +9,7 @@ mod snapshot;
 
 use std::fmt;
 
+pub(crate) use git::callbacks;
 pub use git::GitSource;
 pub use snapshot::{split, Entry, PathError, Snapshot, MAX_FILE_SIZE};
 

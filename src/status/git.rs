@@ -1,14 +1,89 @@
-//! STUB: writing status to the status branch is being written.
+//! The status branch (DESIGN.md section 7): after a pass whose outcome
+//! changed, one commit holding a `DeploymentStatus` file per composition and a
+//! `summary.md`, plus a note on the source commit, so `git log --notes=fermata`
+//! shows the outcome beside the user's commit.
+//!
+//! Layout: `[<site>/]<source-branch>/<symphony>/<variation>.yaml` and
+//! `[<site>/]<source-branch>/summary.md`. A site only ever writes under its own
+//! `[<site>/]<source-branch>/`, so sites and branches never overwrite each
+//! other and two writers can always be merged file by file.
+//!
+//! Commits are built in memory (an [`Index`] that is never written to disk),
+//! so publishing works the same in a bare mirror and in the user's own
+//! repository, and never touches a working tree.
 
-use std::path::PathBuf;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use git2::{
+    AutotagOption, ErrorCode, FetchOptions, Index, IndexEntry, IndexTime, ObjectType, Oid,
+    PushOptions, Repository, Signature, Tree,
+};
 
 use super::DeploymentStatus;
 use crate::target::SourceRef;
 
+/// Where the per-commit summary notes live (`git log --notes=fermata`).
+pub const NOTES_REF: &str = "refs/notes/fermata";
+
+/// How many times a publish is rebuilt on a moved remote tip before giving up.
+/// Each retry fetches first, so only a remote moving on every attempt (or a
+/// hook rejecting us) exhausts it; the next pass tries again.
+const MAX_ATTEMPTS: usize = 5;
+
+/// Author and committer of status commits and notes. Always `fermata`, never
+/// the repository's `user.name`: the commits are the reconciler's report, and
+/// a person's name on them would say that person wrote them.
+const AUTHOR_NAME: &str = "fermata";
+const AUTHOR_EMAIL: &str = "fermata@localhost";
+
+const SUMMARY_FILE: &str = "summary.md";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("status branch {branch}: {message}")]
-    Git { branch: String, message: String },
+    /// A git operation failed; `context` says which one and on what.
+    #[error("status branch {branch}: {context}: {source}")]
+    Git {
+        branch: String,
+        context: String,
+        #[source]
+        source: git2::Error,
+    },
+    /// The remote (or, for a repository written in place, a concurrent
+    /// writer) kept moving the branch under us. Nothing is lost: the next
+    /// pass compares with the new tip and publishes again.
+    #[error("status branch {branch}: update of {target} still rejected after {attempts} attempts: {reason}")]
+    Rejected {
+        branch: String,
+        target: String,
+        attempts: usize,
+        reason: String,
+    },
+    /// The status branch is the branch the update is about: writing there
+    /// would make fermata reconcile its own reports.
+    #[error("status branch {branch} is also the watched source branch: refusing to write status to a branch fermata reconciles; choose another status branch")]
+    WatchedBranch { branch: String },
+    /// Moving a checked-out branch would leave the working tree and index
+    /// behind it (git refuses such a push for the same reason).
+    #[error("status branch {branch} is checked out in {workdir}: refusing to move it under a working tree; check out another branch there")]
+    CheckedOut { branch: String, workdir: String },
+    /// A `*.yaml` file on the status branch is not a `DeploymentStatus`.
+    #[error("status branch {branch}: {path}: not a DeploymentStatus: {message}")]
+    BadStatusFile {
+        branch: String,
+        path: String,
+        message: String,
+    },
+    /// A name that would become a path, ref or note prefix is unusable.
+    #[error("status branch {branch}: invalid {what} {value:?}: {why}")]
+    Invalid {
+        branch: String,
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
 }
 
 /// One pass's statuses for one source branch.
@@ -19,7 +94,8 @@ pub struct StatusUpdate {
     pub statuses: Vec<DeploymentStatus>,
     /// `main@3f2a1c0: 12 installed, 3 staged, 1 failed`: commit subject and note.
     pub summary: String,
-    /// `summary.md`: a table a person reads on the forge.
+    /// `summary.md`: a table a person reads on the forge. Compared byte for
+    /// byte, so it must not carry time stamps or every pass would commit.
     pub table: String,
 }
 
@@ -27,9 +103,30 @@ pub struct StatusUpdate {
 #[derive(Debug, Clone)]
 pub struct StatusRepo {
     git_dir: PathBuf,
+    /// Set when `git_dir` is fermata's bare mirror of this URL: publish then
+    /// pushes there. `None`: the user's own repository, written in place.
     remote: Option<String>,
     branch: String,
     site: Option<String>,
+}
+
+/// The file changes one publish makes under `[<site>/]<source-branch>/`,
+/// relative to a given tip. Only files whose content changes are listed.
+#[derive(Debug, Default)]
+struct Plan {
+    writes: BTreeMap<String, Vec<u8>>,
+    removes: BTreeSet<String>,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.removes.is_empty()
+    }
+}
+
+enum Pushed {
+    Done,
+    Rejected(String),
 }
 
 impl StatusRepo {
@@ -47,17 +144,659 @@ impl StatusRepo {
         }
     }
 
-    /// Commits the update if any status differs (time stamps aside); returns the new commit.
-    pub fn publish(&self, _update: &StatusUpdate) -> Result<Option<git2::Oid>, StatusError> {
-        let _ = (&self.git_dir, &self.remote, &self.site);
-        Err(StatusError::Git {
+    /// The status branch's short name, e.g. `fermata/status`.
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    /// Commits the update if any status differs (time stamps aside), notes
+    /// the summary on the source commit and, for a mirror, pushes both.
+    /// Returns the new commit, or `None` when nothing needed committing, in
+    /// which case nothing at all was written (invariant 5).
+    pub fn publish(&self, update: &StatusUpdate) -> Result<Option<Oid>, StatusError> {
+        let source_commit = self.validate(update)?;
+        let repo = self.open()?;
+        self.refuse_checked_out(&repo)?;
+        let base = self.base_dir(&update.source.branch);
+        let summary = one_line(&update.summary);
+        let message = self.commit_message(&summary, &update.source);
+        let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL).map_err(self.git("signature"))?;
+        let target = self
+            .remote
+            .clone()
+            .unwrap_or_else(|| self.git_dir.display().to_string());
+        let mut reason = String::new();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let before = (self.tip_id(&repo)?, ref_id(&repo, NOTES_REF));
+            let tip = match before.0 {
+                Some(id) => Some(repo.find_commit(id).map_err(self.git("read tip"))?),
+                None => None,
+            };
+            let tip_tree = match &tip {
+                Some(c) => Some(c.tree().map_err(self.git("read tip tree"))?),
+                None => None,
+            };
+            let plan = self.plan(&repo, tip_tree.as_ref(), &base, update)?;
+            if plan.is_empty() && attempt == 1 {
+                return Ok(None);
+            }
+            let commit = if plan.is_empty() {
+                // A retry found the remote already holding exactly our files
+                // (an earlier push half-succeeded): only the note may be due.
+                None
+            } else {
+                let tree = self.apply(&repo, tip_tree.as_ref(), &plan)?;
+                let parents: Vec<_> = tip.iter().collect();
+                let id = repo
+                    .commit(None, &sig, &sig, &message, &tree, &parents)
+                    .map_err(self.git("commit"))?;
+                match self.move_branch(&repo, id, before.0) {
+                    Ok(()) => Some(id),
+                    Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists) => {
+                        // Someone moved the branch since we read it: rebuild on theirs.
+                        reason = format!("{} moved during the update", self.branch_ref());
+                        continue;
+                    }
+                    Err(e) => return Err(self.git("update branch")(e)),
+                }
+            };
+            if let Err(e) = self.write_note(&repo, &sig, source_commit, &summary) {
+                if self.remote.is_some() {
+                    self.restore(&repo, before);
+                }
+                return Err(e);
+            }
+            let Some(url) = &self.remote else {
+                return Ok(commit);
+            };
+            match self.push(&repo, url) {
+                Ok(Pushed::Done) => return Ok(commit),
+                Ok(Pushed::Rejected(why)) => {
+                    tracing::info!(branch = %self.branch, attempt, %why, "status push rejected; rebuilding on the remote tip");
+                    reason = why;
+                    // The fetch replaces our unpushed commit and note with the
+                    // remote's; the next attempt re-plans on top of them.
+                    if let Err(e) = self.fetch(&repo, url) {
+                        self.restore(&repo, before);
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    // Leave the mirror as the remote last was, so the next
+                    // pass sees the change again instead of a tip that
+                    // already holds it and would never be pushed.
+                    self.restore(&repo, before);
+                    return Err(e);
+                }
+            }
+        }
+        Err(StatusError::Rejected {
             branch: self.branch.clone(),
-            message: "not implemented".into(),
+            target,
+            attempts: MAX_ATTEMPTS,
+            reason,
         })
     }
 
-    /// The latest statuses on the branch (of this site).
+    /// The latest statuses on the branch (of this site), all source
+    /// branches, sorted by (branch, deploymentId). A missing branch is no
+    /// status yet. Files of other sites (seen when reading without a site)
+    /// are skipped: a status file counts only at the path its content names.
     pub fn read(&self) -> Result<Vec<DeploymentStatus>, StatusError> {
-        Ok(Vec::new())
+        let repo = self.open()?;
+        let Some(tip) = self.tip_id(&repo)? else {
+            return Ok(Vec::new());
+        };
+        let tree = repo
+            .find_commit(tip)
+            .and_then(|c| c.tree())
+            .map_err(self.git("read tip tree"))?;
+        let root = match &self.site {
+            Some(site) => match subtree(&repo, &tree, site).map_err(self.git("read site"))? {
+                Some(t) => t,
+                None => return Ok(Vec::new()),
+            },
+            None => tree,
+        };
+        let mut files = Vec::new();
+        root.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
+            if e.kind() == Some(ObjectType::Blob) {
+                if let Ok(name) = e.name() {
+                    if name.ends_with(".yaml") {
+                        files.push((format!("{dir}{name}"), e.id()));
+                    }
+                }
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .map_err(self.git("walk tree"))?;
+        let mut out = Vec::new();
+        for (rel, id) in files {
+            let path = match &self.site {
+                Some(site) => format!("{site}/{rel}"),
+                None => rel.clone(),
+            };
+            let blob = repo
+                .find_blob(id)
+                .map_err(self.git(format!("read {path}")))?;
+            let status =
+                parse_status(blob.content()).map_err(|message| StatusError::BadStatusFile {
+                    branch: self.branch.clone(),
+                    path: path.clone(),
+                    message,
+                })?;
+            let expected = format!(
+                "{}/{}.yaml",
+                status.source.branch, status.metadata.deployment_id
+            );
+            if rel != expected {
+                tracing::debug!(%path, %expected, "skipping a status file outside this site's layout");
+                continue;
+            }
+            out.push(status);
+        }
+        out.sort_by(|a, b| {
+            (&a.source.branch, &a.metadata.deployment_id)
+                .cmp(&(&b.source.branch, &b.metadata.deployment_id))
+        });
+        Ok(out)
+    }
+
+    fn git(&self, context: impl Into<String>) -> impl FnOnce(git2::Error) -> StatusError {
+        let branch = self.branch.clone();
+        let context = context.into();
+        move |source| StatusError::Git {
+            branch,
+            context,
+            source,
+        }
+    }
+
+    fn invalid(&self, what: &'static str, value: &str, why: &'static str) -> StatusError {
+        StatusError::Invalid {
+            branch: self.branch.clone(),
+            what,
+            value: value.to_string(),
+            why,
+        }
+    }
+
+    fn branch_ref(&self) -> String {
+        format!("refs/heads/{}", self.branch)
+    }
+
+    /// `[<site>/]<source-branch>`: the only directory this update writes.
+    fn base_dir(&self, source_branch: &str) -> String {
+        match &self.site {
+            Some(site) => format!("{site}/{source_branch}"),
+            None => source_branch.to_string(),
+        }
+    }
+
+    /// Checks every name that becomes a ref, path or note prefix, before
+    /// anything is written; returns the source commit.
+    fn validate(&self, update: &StatusUpdate) -> Result<Oid, StatusError> {
+        if !git2::Reference::is_valid_name(&self.branch_ref()) {
+            return Err(self.invalid(
+                "status branch name",
+                &self.branch,
+                "not a valid git branch name",
+            ));
+        }
+        let src = &update.source;
+        if src.branch == self.branch {
+            return Err(StatusError::WatchedBranch {
+                branch: self.branch.clone(),
+            });
+        }
+        if !git2::Reference::is_valid_name(&format!("refs/heads/{}", src.branch)) {
+            return Err(self.invalid("source branch", &src.branch, "not a valid git branch name"));
+        }
+        if let Some(site) = &self.site {
+            if !is_label(site) {
+                return Err(self.invalid(
+                    "site",
+                    site,
+                    "use letters, digits, '-', '_' or '.', not starting with '.'",
+                ));
+            }
+        }
+        let commit = Oid::from_str(&src.commit)
+            .ok()
+            .filter(|id| id.to_string() == src.commit.to_ascii_lowercase())
+            .ok_or_else(|| {
+                self.invalid("source commit", &src.commit, "not a full hex commit id")
+            })?;
+        let mut seen = BTreeSet::new();
+        for s in &update.statuses {
+            let id = &s.metadata.deployment_id;
+            let ok = id
+                .split_once('/')
+                .is_some_and(|(sym, var)| is_label(sym) && is_label(var));
+            if !ok {
+                return Err(self.invalid("deploymentId", id, "expected symphony/variation"));
+            }
+            if !seen.insert(id.as_str()) {
+                return Err(self.invalid("deploymentId", id, "listed twice in one update"));
+            }
+            if s.source.branch != src.branch {
+                return Err(self.invalid(
+                    "status source branch",
+                    &s.source.branch,
+                    "differs from the update's branch; a status file lives under its own branch",
+                ));
+            }
+        }
+        Ok(commit)
+    }
+
+    fn open(&self) -> Result<Repository, StatusError> {
+        Repository::open(&self.git_dir)
+            .map_err(self.git(format!("open {}", self.git_dir.display())))
+    }
+
+    fn refuse_checked_out(&self, repo: &Repository) -> Result<(), StatusError> {
+        let Some(workdir) = repo.workdir() else {
+            return Ok(());
+        };
+        let head = repo.find_reference("HEAD").map_err(self.git("read HEAD"))?;
+        if head.symbolic_target().ok().flatten() == Some(self.branch_ref().as_str()) {
+            return Err(StatusError::CheckedOut {
+                branch: self.branch.clone(),
+                workdir: workdir.display().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn tip_id(&self, repo: &Repository) -> Result<Option<Oid>, StatusError> {
+        match repo.find_reference(&self.branch_ref()) {
+            Ok(r) => {
+                let id = r.resolve().map_err(self.git("resolve branch"))?.target();
+                Ok(id)
+            }
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(self.git("read branch")(e)),
+        }
+    }
+
+    /// What must change under `base` for the tip to hold `update`: a status
+    /// equal to the one on the tip (time stamps aside) keeps its old bytes.
+    fn plan(
+        &self,
+        repo: &Repository,
+        tip: Option<&Tree>,
+        base: &str,
+        update: &StatusUpdate,
+    ) -> Result<Plan, StatusError> {
+        let mut plan = Plan::default();
+        let dir = match tip {
+            Some(t) => subtree(repo, t, base).map_err(self.git(format!("read {base}")))?,
+            None => None,
+        };
+        let mut existing: BTreeMap<String, Oid> = BTreeMap::new();
+        let mut old_summary = None;
+        if let Some(dir) = &dir {
+            for e in dir.iter() {
+                let Ok(name) = e.name() else { continue };
+                match e.kind() {
+                    Some(ObjectType::Blob) if name == SUMMARY_FILE => old_summary = Some(e.id()),
+                    // Only `<symphony>/<variation>.yaml`, exactly two levels
+                    // down: deeper files belong to a branch `<branch>/x`.
+                    Some(ObjectType::Tree) => {
+                        let sym = repo
+                            .find_tree(e.id())
+                            .map_err(self.git(format!("read {base}/{name}")))?;
+                        for f in sym.iter() {
+                            if f.kind() != Some(ObjectType::Blob) {
+                                continue;
+                            }
+                            if let Some(var) = f.name().ok().and_then(|n| n.strip_suffix(".yaml")) {
+                                existing.insert(format!("{name}/{var}"), f.id());
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for s in &update.statuses {
+            let id = &s.metadata.deployment_id;
+            let path = format!("{base}/{id}.yaml");
+            if let Some(old) = existing.remove(id) {
+                let blob = repo
+                    .find_blob(old)
+                    .map_err(self.git(format!("read {path}")))?;
+                // An unreadable old file is simply replaced: it is ours to write.
+                if parse_status(blob.content()).is_ok_and(|old| s.same_as(&old)) {
+                    continue;
+                }
+            }
+            let yaml = serde_yaml::to_string(s).map_err(|e| StatusError::BadStatusFile {
+                branch: self.branch.clone(),
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            plan.writes.insert(path, yaml.into_bytes());
+        }
+        for id in existing.keys() {
+            plan.removes.insert(format!("{base}/{id}.yaml"));
+        }
+        let summary_same = match old_summary {
+            Some(id) => {
+                let blob = repo
+                    .find_blob(id)
+                    .map_err(self.git(format!("read {base}/{SUMMARY_FILE}")))?;
+                blob.content() == update.table.as_bytes()
+            }
+            None => false,
+        };
+        if !summary_same {
+            plan.writes.insert(
+                format!("{base}/{SUMMARY_FILE}"),
+                update.table.clone().into_bytes(),
+            );
+        }
+        Ok(plan)
+    }
+
+    /// The tip's tree with the plan overlaid, built in an in-memory index.
+    fn apply<'r>(
+        &self,
+        repo: &'r Repository,
+        tip: Option<&Tree>,
+        plan: &Plan,
+    ) -> Result<Tree<'r>, StatusError> {
+        let mut index = Index::new().map_err(self.git("new index"))?;
+        if let Some(t) = tip {
+            index.read_tree(t).map_err(self.git("read tip tree"))?;
+        }
+        for path in &plan.removes {
+            index
+                .remove_path(Path::new(path))
+                .map_err(self.git(format!("remove {path}")))?;
+        }
+        for (path, data) in &plan.writes {
+            let id = repo.blob(data).map_err(self.git(format!("write {path}")))?;
+            let entry = IndexEntry {
+                ctime: IndexTime::new(0, 0),
+                mtime: IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode: 0o100644,
+                uid: 0,
+                gid: 0,
+                file_size: u32::try_from(data.len()).unwrap_or(u32::MAX),
+                id,
+                flags: 0,
+                flags_extended: 0,
+                path: path.as_bytes().to_vec(),
+            };
+            index.add(&entry).map_err(self.git(format!("add {path}")))?;
+        }
+        let tree = index.write_tree_to(repo).map_err(self.git("write tree"))?;
+        repo.find_tree(tree).map_err(self.git("read new tree"))
+    }
+
+    /// Moves the branch from `old` to `new` only if it still is at `old`, so
+    /// a concurrent writer's commit is never dropped.
+    fn move_branch(
+        &self,
+        repo: &Repository,
+        new: Oid,
+        old: Option<Oid>,
+    ) -> Result<(), git2::Error> {
+        let name = self.branch_ref();
+        let msg = "fermata: status";
+        match old {
+            Some(old) => repo
+                .reference_matching(&name, new, true, old, msg)
+                .map(drop),
+            None => repo.reference(&name, new, false, msg).map(drop),
+        }
+    }
+
+    fn commit_message(&self, summary: &str, source: &SourceRef) -> String {
+        let mut msg = format!(
+            "{summary}\n\nFermata-Source: {}@{}\n",
+            source.branch,
+            source.commit.to_ascii_lowercase()
+        );
+        if let Some(site) = &self.site {
+            msg.push_str(&format!("Fermata-Site: {site}\n"));
+        }
+        msg
+    }
+
+    /// Sets this site's line of the note on the source commit, keeping the
+    /// other sites' lines; writes nothing when the note already says it.
+    fn write_note(
+        &self,
+        repo: &Repository,
+        sig: &Signature,
+        commit: Oid,
+        summary: &str,
+    ) -> Result<(), StatusError> {
+        let old = match repo.find_note(Some(NOTES_REF), commit) {
+            Ok(n) => Some(String::from_utf8_lossy(n.message_bytes()).into_owned()),
+            Err(e) if e.code() == ErrorCode::NotFound => None,
+            Err(e) => return Err(self.git(format!("read note on {commit}"))(e)),
+        };
+        let new = merge_note(old.as_deref(), self.site.as_deref(), summary);
+        if old.as_deref() == Some(new.as_str()) {
+            return Ok(());
+        }
+        repo.note(sig, sig, Some(NOTES_REF), commit, &new, true)
+            .map_err(self.git(format!("write note on {commit}")))?;
+        Ok(())
+    }
+
+    /// Pushes the branch and the notes, without force: a remote that moved
+    /// comes back as [`Pushed::Rejected`], detected either before sending
+    /// (libgit2 checks fast-forward itself) or from the server's report.
+    fn push(&self, repo: &Repository, url: &str) -> Result<Pushed, StatusError> {
+        let mut remote = repo
+            .remote_anonymous(url)
+            .map_err(self.git(format!("remote {url}")))?;
+        let rejected = Rc::new(RefCell::new(Vec::<String>::new()));
+        let mut cb = crate::source::callbacks();
+        let sink = Rc::clone(&rejected);
+        cb.push_update_reference(move |name, status| {
+            if let Some(why) = status {
+                sink.borrow_mut().push(format!("{name}: {why}"));
+            }
+            Ok(())
+        });
+        let mut opts = PushOptions::new();
+        opts.remote_callbacks(cb);
+        let branch = self.branch_ref();
+        let mut specs = vec![format!("{branch}:{branch}")];
+        if ref_id(repo, NOTES_REF).is_some() {
+            specs.push(format!("{NOTES_REF}:{NOTES_REF}"));
+        }
+        match remote.push(&specs, Some(&mut opts)) {
+            Ok(()) => {}
+            Err(e) if e.code() == ErrorCode::NotFastForward => {
+                return Ok(Pushed::Rejected(e.message().to_string()))
+            }
+            Err(e) => return Err(self.git(format!("push to {url}"))(e)),
+        }
+        let rejected = rejected.borrow();
+        if rejected.is_empty() {
+            Ok(Pushed::Done)
+        } else {
+            Ok(Pushed::Rejected(rejected.join("; ")))
+        }
+    }
+
+    /// Replaces the mirror's status branch and notes with the remote's.
+    fn fetch(&self, repo: &Repository, url: &str) -> Result<(), StatusError> {
+        let mut remote = repo
+            .remote_anonymous(url)
+            .map_err(self.git(format!("remote {url}")))?;
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(crate::source::callbacks())
+            .download_tags(AutotagOption::None);
+        let branch = self.branch_ref();
+        remote
+            .fetch(
+                &[
+                    format!("+{branch}:{branch}"),
+                    format!("+{NOTES_REF}:{NOTES_REF}"),
+                ],
+                Some(&mut opts),
+                None,
+            )
+            .map_err(self.git(format!("fetch from {url}")))
+    }
+
+    /// Best effort: puts the mirror's refs back to what they were before a
+    /// publish that failed, so the next pass publishes (and pushes) again.
+    fn restore(&self, repo: &Repository, before: (Option<Oid>, Option<Oid>)) {
+        for (name, id) in [
+            (self.branch_ref(), before.0),
+            (NOTES_REF.to_string(), before.1),
+        ] {
+            let res = match id {
+                Some(id) => repo
+                    .reference(&name, id, true, "fermata: restore after failed push")
+                    .map(drop),
+                None => match repo.find_reference(&name) {
+                    Ok(mut r) => r.delete(),
+                    Err(_) => Ok(()),
+                },
+            };
+            if let Err(e) = res {
+                tracing::warn!(%name, error = %e, "could not restore ref after a failed status push");
+            }
+        }
+    }
+}
+
+fn ref_id(repo: &Repository, name: &str) -> Option<Oid> {
+    repo.find_reference(name).ok().and_then(|r| r.target())
+}
+
+/// The tree at `path` (slash-separated) under `tree`, if there is one.
+fn subtree<'r>(
+    repo: &'r Repository,
+    tree: &Tree,
+    path: &str,
+) -> Result<Option<Tree<'r>>, git2::Error> {
+    match tree.get_path(Path::new(path)) {
+        Ok(e) if e.kind() == Some(ObjectType::Tree) => repo.find_tree(e.id()).map(Some),
+        Ok(_) => Ok(None),
+        Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse_status(data: &[u8]) -> Result<DeploymentStatus, String> {
+    let s: DeploymentStatus = serde_yaml::from_slice(data).map_err(|e| e.to_string())?;
+    if s.kind != "DeploymentStatus" {
+        return Err(format!("kind is {:?}", s.kind));
+    }
+    Ok(s)
+}
+
+/// A name used as one path component and as a note line prefix.
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A commit subject and note line are one line: newlines become spaces.
+fn one_line(s: &str) -> String {
+    let line = s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.is_empty() {
+        "fermata status".to_string()
+    } else {
+        line
+    }
+}
+
+/// The site a note line belongs to: `site-a: main@3f2a1c0: ...` is site-a's;
+/// a line without such a prefix (summaries start `<branch>@<commit>:`) is
+/// the site-less publisher's.
+fn note_site(line: &str) -> Option<&str> {
+    line.split_once(": ")
+        .map(|(prefix, _)| prefix)
+        .filter(|p| is_label(p))
+}
+
+/// One line per site: this site's line replaced (or added), the others kept;
+/// the site-less line first, then by site name, so the note does not depend
+/// on the order sites published in.
+fn merge_note(old: Option<&str>, site: Option<&str>, summary: &str) -> String {
+    let mut lines: Vec<String> = old
+        .unwrap_or("")
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty() && note_site(l) != site)
+        .map(str::to_string)
+        .collect();
+    lines.push(match site {
+        Some(site) => format!("{site}: {summary}"),
+        None => summary.to_string(),
+    });
+    lines.sort_by(|a, b| note_site(a).cmp(&note_site(b)));
+    let mut note = lines.join("\n");
+    note.push('\n');
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn note_lines_merge_by_site() {
+        let a = merge_note(None, Some("site-a"), "main@1234567: 1 installed");
+        assert_eq!(a, "site-a: main@1234567: 1 installed\n");
+        let ab = merge_note(Some(&a), Some("site-b"), "main@1234567: 1 failed");
+        assert_eq!(
+            ab,
+            "site-a: main@1234567: 1 installed\nsite-b: main@1234567: 1 failed\n"
+        );
+        let ab2 = merge_note(Some(&ab), Some("site-a"), "main@1234567: 1 staged");
+        assert_eq!(
+            ab2,
+            "site-a: main@1234567: 1 staged\nsite-b: main@1234567: 1 failed\n"
+        );
+        let all = merge_note(Some(&ab2), None, "main@1234567: 2 installed");
+        assert_eq!(
+            all.lines().collect::<Vec<_>>(),
+            [
+                "main@1234567: 2 installed",
+                "site-a: main@1234567: 1 staged",
+                "site-b: main@1234567: 1 failed"
+            ]
+        );
+        let again = merge_note(Some(&all), None, "main@1234567: 3 installed");
+        assert!(again.starts_with("main@1234567: 3 installed\nsite-a"));
+        assert_eq!(again.lines().count(), 3);
+    }
+
+    #[test]
+    fn subjects_are_one_line() {
+        assert_eq!(one_line("a\n b\r\n\nc"), "a b c");
+        assert_eq!(one_line("  \n"), "fermata status");
+    }
+
+    #[test]
+    fn labels() {
+        assert!(is_label("site-a"));
+        assert!(is_label("plant_1.x"));
+        assert!(!is_label(""));
+        assert!(!is_label(".."));
+        assert!(!is_label("a/b"));
+        assert!(!is_label("main@abc"));
     }
 }

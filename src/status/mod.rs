@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::target::SourceRef;
 
-pub use git::{StatusError, StatusRepo, StatusUpdate};
+pub use git::{StatusError, StatusRepo, StatusUpdate, NOTES_REF};
 
 /// A composition's (or component's) state: Margo's values plus `staging`/`staged`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,7 +68,7 @@ impl std::fmt::Display for State {
     }
 }
 
-/// The status file of one composition, `<branch>/<symphony>/<variation>.yaml`.
+/// The status file of one composition, `[<site>/]<branch>/<symphony>/<variation>.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentStatus {

@@ -1,0 +1,683 @@
+//! Status in Git (DESIGN.md section 7, invariant 5): the status branch, its
+//! notes, the push from a mirror, read back; inspected with the git CLI.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use fermata::status::margo::DeploymentStatusManifest;
+use fermata::status::{
+    summarize, ComponentStatus, Condition, DeploymentStatus, State, StatusBody, StatusError,
+    StatusErrorInfo, StatusMetadata, StatusRepo, StatusUpdate, WindowStatus,
+};
+use fermata::target::SourceRef;
+use util::{git, TestRepo};
+
+const BRANCH: &str = "fermata/status";
+
+fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + secs, 0).expect("valid time")
+}
+
+fn status(id: &str, source: &SourceRef, state: State, t: i64) -> DeploymentStatus {
+    DeploymentStatus {
+        api_version: "fermata.dev/v1alpha1".into(),
+        kind: "DeploymentStatus".into(),
+        metadata: StatusMetadata {
+            deployment_id: id.into(),
+            time_stamp: at(t),
+        },
+        source: source.clone(),
+        status: StatusBody {
+            state,
+            digest: Some("sha256:abc".into()),
+            applied: None,
+            window: Some(WindowStatus {
+                name: "weekend-night".into(),
+                open: false,
+                next_open: Some(at(86_400)),
+            }),
+            conditions: vec![Condition {
+                r#type: "Ready".into(),
+                status: "False".into(),
+                reason: "WindowClosed".into(),
+                message: "waiting for weekend-night".into(),
+                last_transition_time: Some(at(t)),
+            }],
+            error: None,
+            r#override: None,
+            components: vec![ComponentStatus {
+                name: format!("apps/v1/Deployment/line/{}", id.replace('/', "-")),
+                state,
+            }],
+        },
+    }
+}
+
+/// Every time stamp moved to `t`: what a later pass with the same outcome produces.
+fn restamp(mut s: DeploymentStatus, t: i64) -> DeploymentStatus {
+    s.metadata.time_stamp = at(t);
+    for c in &mut s.status.conditions {
+        c.last_transition_time = Some(at(t));
+    }
+    s
+}
+
+fn update(source: &SourceRef, statuses: Vec<DeploymentStatus>) -> StatusUpdate {
+    let summary = format!(
+        "{}@{}: {}",
+        source.branch,
+        &source.commit[..7],
+        summarize(&statuses)
+    );
+    let mut table = String::from("| composition | state |\n|---|---|\n");
+    for s in &statuses {
+        table.push_str(&format!(
+            "| {} | {} |\n",
+            s.metadata.deployment_id, s.status.state
+        ));
+    }
+    StatusUpdate {
+        source: source.clone(),
+        statuses,
+        summary,
+        table,
+    }
+}
+
+/// A repository with one commit on `main`; returns it and that commit.
+fn source_repo() -> (TestRepo, SourceRef) {
+    let repo = TestRepo::new();
+    repo.write("README.md", "fleet\n");
+    let commit = repo.commit("fleet");
+    (
+        repo,
+        SourceRef {
+            branch: "main".into(),
+            commit,
+        },
+    )
+}
+
+fn in_place(repo: &TestRepo, site: Option<&str>) -> StatusRepo {
+    StatusRepo::new(
+        repo.path().join(".git"),
+        None,
+        BRANCH,
+        site.map(str::to_string),
+    )
+}
+
+fn files(dir: &Path, rev: &str) -> Vec<String> {
+    git(dir, &["ls-tree", "-r", "--name-only", rev])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn show(dir: &Path, rev: &str, path: &str) -> String {
+    git(dir, &["show", &format!("{rev}:{path}")])
+}
+
+fn note(dir: &Path, commit: &str) -> String {
+    git(dir, &["notes", "--ref=fermata", "show", commit])
+}
+
+fn rev(dir: &Path, rev: &str) -> String {
+    git(dir, &["rev-parse", rev])
+}
+
+#[test]
+fn first_publish_creates_branch_tree_message_and_note() {
+    let (repo, src) = source_repo();
+    let statuses = vec![
+        status("line-control/vision", &src, State::Staged, 0),
+        status("line-control/db", &src, State::Installed, 0),
+    ];
+    let up = update(&src, statuses.clone());
+    let id = in_place(&repo, None)
+        .publish(&up)
+        .expect("publish")
+        .expect("a commit");
+    let dir = repo.path();
+    assert_eq!(rev(dir, BRANCH), id.to_string());
+    assert_eq!(
+        files(dir, BRANCH),
+        [
+            "main/line-control/db.yaml",
+            "main/line-control/vision.yaml",
+            "main/summary.md"
+        ]
+    );
+    let vision: DeploymentStatus =
+        serde_yaml::from_str(&show(dir, BRANCH, "main/line-control/vision.yaml")).unwrap();
+    assert_eq!(vision, statuses[0]);
+    assert_eq!(show(dir, BRANCH, "main/summary.md"), up.table.trim_end());
+    let short = &src.commit[..7];
+    assert_eq!(
+        git(dir, &["log", "-1", "--format=%B", BRANCH]),
+        format!(
+            "main@{short}: 1 installed, 1 staged\n\nFermata-Source: main@{}",
+            src.commit
+        )
+    );
+    assert_eq!(
+        git(dir, &["log", "-1", "--format=%an <%ae>|%cn <%ce>", BRANCH]),
+        "fermata <fermata@localhost>|fermata <fermata@localhost>"
+    );
+    assert_eq!(
+        git(
+            dir,
+            &[
+                "log",
+                "-1",
+                "--format=%(trailers:key=Fermata-Source,valueonly)",
+                BRANCH
+            ]
+        ),
+        format!("main@{}", src.commit)
+    );
+    assert_eq!(git(dir, &["rev-list", "--count", BRANCH]), "1");
+    let log = git(dir, &["log", "--notes=fermata", "-1", &src.commit]);
+    assert!(
+        log.contains(&format!(
+            "Notes (fermata):\n    main@{short}: 1 installed, 1 staged"
+        )),
+        "{log}"
+    );
+    // Built without a checkout: the user's branch, index and tree are untouched.
+    assert_eq!(git(dir, &["symbolic-ref", "HEAD"]), "refs/heads/main");
+    assert_eq!(git(dir, &["status", "--porcelain"]), "");
+}
+
+#[test]
+fn same_statuses_with_new_time_stamps_write_nothing() {
+    let (repo, src) = source_repo();
+    let sr = in_place(&repo, None);
+    let first = vec![
+        status("line-control/vision", &src, State::Staged, 0),
+        status("line-control/db", &src, State::Installed, 0),
+    ];
+    sr.publish(&update(&src, first.clone())).unwrap().unwrap();
+    let dir = repo.path();
+    let tip = rev(dir, BRANCH);
+    let notes = rev(dir, "refs/notes/fermata");
+    let later: Vec<_> = first.into_iter().map(|s| restamp(s, 600)).collect();
+    assert_eq!(sr.publish(&update(&src, later)).unwrap(), None);
+    assert_eq!(rev(dir, BRANCH), tip);
+    assert_eq!(rev(dir, "refs/notes/fermata"), notes);
+    assert_eq!(
+        git(dir, &["rev-list", "--count", "refs/notes/fermata"]),
+        "1"
+    );
+}
+
+#[test]
+fn one_changed_status_is_one_commit_touching_only_its_file() {
+    let (repo, src) = source_repo();
+    let sr = in_place(&repo, None);
+    let vision = status("line-control/vision", &src, State::Staged, 0);
+    let db = status("line-control/db", &src, State::Installed, 0);
+    sr.publish(&update(&src, vec![vision.clone(), db.clone()]))
+        .unwrap()
+        .unwrap();
+    let dir = repo.path();
+    let old = rev(dir, BRANCH);
+    let old_db = show(dir, &old, "main/line-control/db.yaml");
+
+    let mut vision2 = restamp(vision, 900);
+    vision2.status.state = State::Installed;
+    vision2.status.components[0].state = State::Installed;
+    let new = sr
+        .publish(&update(&src, vec![vision2, restamp(db, 900)]))
+        .unwrap()
+        .expect("a commit");
+    assert_eq!(rev(dir, &format!("{BRANCH}^")), old);
+    assert_eq!(new.to_string(), rev(dir, BRANCH));
+    assert_eq!(
+        git(dir, &["diff", "--name-only", &old, BRANCH]),
+        "main/line-control/vision.yaml\nmain/summary.md"
+    );
+    // The unchanged status keeps its bytes, old time stamp included.
+    assert_eq!(show(dir, BRANCH, "main/line-control/db.yaml"), old_db);
+    assert!(old_db.contains(&at(0).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    let changed = show(dir, BRANCH, "main/line-control/vision.yaml");
+    assert!(changed.contains(&at(900).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    assert_eq!(
+        git(dir, &["log", "-1", "--format=%s", BRANCH]),
+        format!("main@{}: 2 installed", &src.commit[..7])
+    );
+    // The note on the source commit is overwritten, not appended to.
+    assert_eq!(
+        note(dir, &src.commit),
+        format!("main@{}: 2 installed", &src.commit[..7])
+    );
+}
+
+#[test]
+fn removed_composition_loses_its_file_and_other_branches_stay() {
+    let (repo, src) = source_repo();
+    let sr = in_place(&repo, None);
+    let a = status("shop/web", &src, State::Installed, 0);
+    let b = status("shop/db", &src, State::Installed, 0);
+    sr.publish(&update(&src, vec![a.clone(), b]))
+        .unwrap()
+        .unwrap();
+    // A branch whose name contains a slash, and extends `main`'s directory.
+    let rel = SourceRef {
+        branch: "main/next".into(),
+        commit: src.commit.clone(),
+    };
+    let c = status("shop/web", &rel, State::Staged, 0);
+    sr.publish(&update(&rel, vec![c])).unwrap().unwrap();
+    let dir = repo.path();
+    let before = rev(dir, BRANCH);
+
+    sr.publish(&update(&src, vec![restamp(a, 60)]))
+        .unwrap()
+        .expect("a commit");
+    assert_eq!(
+        git(dir, &["diff", "--name-status", &before, BRANCH]),
+        "D\tmain/shop/db.yaml\nM\tmain/summary.md"
+    );
+    assert_eq!(
+        files(dir, BRANCH),
+        [
+            "main/next/shop/web.yaml",
+            "main/next/summary.md",
+            "main/shop/web.yaml",
+            "main/summary.md"
+        ]
+    );
+    // Removing every composition keeps the summary only.
+    sr.publish(&update(&src, vec![]))
+        .unwrap()
+        .expect("a commit");
+    assert_eq!(
+        files(dir, BRANCH),
+        [
+            "main/next/shop/web.yaml",
+            "main/next/summary.md",
+            "main/summary.md"
+        ]
+    );
+}
+
+#[test]
+fn two_sites_share_a_repository_without_overwriting_each_other() {
+    let (repo, src) = source_repo();
+    let dir = repo.path();
+    let site_a = in_place(&repo, Some("site-a"));
+    let site_b = in_place(&repo, Some("site-b"));
+    let a = status("line-control/vision", &src, State::Installed, 0);
+    let b = status("line-control/vision", &src, State::Failed, 0);
+    site_a
+        .publish(&update(&src, vec![a.clone()]))
+        .unwrap()
+        .unwrap();
+    site_b
+        .publish(&update(&src, vec![b.clone()]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        files(dir, BRANCH),
+        [
+            "site-a/main/line-control/vision.yaml",
+            "site-a/main/summary.md",
+            "site-b/main/line-control/vision.yaml",
+            "site-b/main/summary.md"
+        ]
+    );
+    assert_eq!(
+        git(
+            dir,
+            &[
+                "log",
+                "-1",
+                "--format=%(trailers:key=Fermata-Site,valueonly)",
+                BRANCH
+            ]
+        ),
+        "site-b"
+    );
+    let b_tree = rev(dir, &format!("{BRANCH}:site-b"));
+
+    let mut a2 = restamp(a, 60);
+    a2.status.state = State::Removing;
+    site_a
+        .publish(&update(&src, vec![a2.clone()]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(rev(dir, &format!("{BRANCH}:site-b")), b_tree);
+    assert_eq!(
+        git(dir, &["diff", "--name-only", &format!("{BRANCH}^"), BRANCH]),
+        "site-a/main/line-control/vision.yaml\nsite-a/main/summary.md"
+    );
+
+    let short = &src.commit[..7];
+    assert_eq!(
+        note(dir, &src.commit),
+        format!("site-a: main@{short}: 1 removing\nsite-b: main@{short}: 1 failed")
+    );
+    assert_eq!(site_a.read().unwrap(), vec![a2]);
+    assert_eq!(site_b.read().unwrap(), vec![b]);
+    // Read without a site, the sites' files are not mistaken for ours.
+    assert_eq!(in_place(&repo, None).read().unwrap(), vec![]);
+}
+
+/// A bare "remote", and a mirror of it as fermata keeps one.
+fn mirror_of(remote: &Path, into: &Path, name: &str) -> PathBuf {
+    git(
+        into,
+        &["clone", "-q", "--mirror", remote.to_str().unwrap(), name],
+    );
+    into.join(name)
+}
+
+#[test]
+fn mirror_pushes_and_rebases_on_a_moved_remote() {
+    let (upstream, src) = source_repo();
+    let tmp = tempfile::tempdir().unwrap();
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            upstream.path().to_str().unwrap(),
+            "remote.git",
+        ],
+    );
+    let remote = tmp.path().join("remote.git");
+    let url = format!("file://{}", remote.display());
+    let mirror_a = mirror_of(&remote, tmp.path(), "a.git");
+    let site_a = StatusRepo::new(
+        mirror_a.clone(),
+        Some(url.clone()),
+        BRANCH,
+        Some("site-a".into()),
+    );
+    let a = status("line-control/vision", &src, State::Staged, 0);
+    let first = site_a
+        .publish(&update(&src, vec![a.clone()]))
+        .unwrap()
+        .expect("a commit");
+    assert_eq!(rev(&remote, BRANCH), first.to_string());
+    let short = &src.commit[..7];
+    assert_eq!(
+        note(&remote, &src.commit),
+        format!("site-a: main@{short}: 1 staged")
+    );
+
+    // Another site, from its own mirror, moves the remote branch and notes.
+    let mirror_b = mirror_of(&remote, tmp.path(), "b.git");
+    let site_b = StatusRepo::new(mirror_b, Some(url.clone()), BRANCH, Some("site-b".into()));
+    let b = status("line-control/vision", &src, State::Installed, 0);
+    let second = site_b
+        .publish(&update(&src, vec![b.clone()]))
+        .unwrap()
+        .expect("a commit");
+    assert_eq!(rev(&remote, BRANCH), second.to_string());
+    let b_file = show(&remote, BRANCH, "site-b/main/line-control/vision.yaml");
+
+    // site-a's mirror is behind: its push is rejected, rebuilt on the
+    // remote tip and pushed again.
+    assert_eq!(rev(&mirror_a, BRANCH), first.to_string());
+    let mut a2 = restamp(a, 60);
+    a2.status.state = State::Installed;
+    a2.status.components[0].state = State::Installed;
+    let third = site_a
+        .publish(&update(&src, vec![a2.clone()]))
+        .unwrap()
+        .expect("a commit");
+    assert_eq!(rev(&remote, BRANCH), third.to_string());
+    assert_eq!(rev(&mirror_a, BRANCH), third.to_string());
+    assert_eq!(rev(&remote, &format!("{BRANCH}^")), second.to_string());
+    assert_eq!(git(&remote, &["rev-list", "--count", BRANCH]), "3");
+    assert_eq!(git(&remote, &["rev-list", "--merges", BRANCH]), "");
+    assert_eq!(
+        files(&remote, BRANCH),
+        [
+            "site-a/main/line-control/vision.yaml",
+            "site-a/main/summary.md",
+            "site-b/main/line-control/vision.yaml",
+            "site-b/main/summary.md"
+        ]
+    );
+    assert_eq!(
+        show(&remote, BRANCH, "site-b/main/line-control/vision.yaml"),
+        b_file
+    );
+    let a_file: DeploymentStatus = serde_yaml::from_str(&show(
+        &remote,
+        BRANCH,
+        "site-a/main/line-control/vision.yaml",
+    ))
+    .unwrap();
+    assert_eq!(a_file, a2);
+    assert_eq!(
+        note(&remote, &src.commit),
+        format!("site-a: main@{short}: 1 installed\nsite-b: main@{short}: 1 installed")
+    );
+    assert_eq!(
+        git(&remote, &["rev-list", "--merges", "refs/notes/fermata"]),
+        ""
+    );
+    // Nothing left unpushed in the mirror.
+    assert_eq!(
+        rev(&mirror_a, "refs/notes/fermata"),
+        rev(&remote, "refs/notes/fermata")
+    );
+    // The user's branch on the remote is untouched.
+    assert_eq!(rev(&remote, "main"), src.commit);
+}
+
+#[test]
+fn failed_push_leaves_the_mirror_as_it_was() {
+    let (upstream, src) = source_repo();
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = mirror_of(upstream.path(), tmp.path(), "m.git");
+    let gone = format!("file://{}", tmp.path().join("gone.git").display());
+    let sr = StatusRepo::new(mirror.clone(), Some(gone), BRANCH, None);
+    let up = update(&src, vec![status("shop/web", &src, State::Staged, 0)]);
+    let err = sr.publish(&up).unwrap_err();
+    assert!(matches!(err, StatusError::Git { .. }), "{err}");
+    // No local status commit or note that the next pass would take as pushed.
+    assert_eq!(
+        git(
+            &mirror,
+            &["for-each-ref", "refs/heads/fermata", "refs/notes"]
+        ),
+        ""
+    );
+}
+
+#[test]
+fn refuses_to_write_to_the_watched_branch() {
+    let (repo, src) = source_repo();
+    let sr = StatusRepo::new(repo.path().join(".git"), None, "main", None);
+    let up = update(&src, vec![status("shop/web", &src, State::Staged, 0)]);
+    let err = sr.publish(&up).unwrap_err();
+    assert!(matches!(err, StatusError::WatchedBranch { .. }), "{err}");
+    assert!(err.to_string().contains("refusing"), "{err}");
+    assert_eq!(rev(repo.path(), "main"), src.commit);
+    assert_eq!(git(repo.path(), &["for-each-ref", "refs/notes"]), "");
+}
+
+#[test]
+fn refuses_to_move_a_checked_out_status_branch() {
+    let (repo, src) = source_repo();
+    repo.git(&["checkout", "-q", "-b", BRANCH]);
+    let up = update(&src, vec![status("shop/web", &src, State::Staged, 0)]);
+    let err = in_place(&repo, None).publish(&up).unwrap_err();
+    assert!(matches!(err, StatusError::CheckedOut { .. }), "{err}");
+    assert_eq!(rev(repo.path(), BRANCH), src.commit);
+}
+
+#[test]
+fn read_returns_what_was_published_and_converts_to_margo() {
+    let (repo, src) = source_repo();
+    let sr = in_place(&repo, None);
+    assert_eq!(sr.read().unwrap(), vec![], "no branch yet");
+    let mut failed = status("line-control/db", &src, State::Failed, 0);
+    failed.status.error = Some(StatusErrorInfo {
+        code: "ApplyFailed".into(),
+        source: "target/plant-a".into(),
+        message: "disk full".into(),
+    });
+    let staged = status("line-control/vision", &src, State::Staged, 0);
+    let rel = SourceRef {
+        branch: "release".into(),
+        commit: src.commit.clone(),
+    };
+    let other = status("shop/web", &rel, State::Installed, 0);
+    sr.publish(&update(&src, vec![staged.clone(), failed.clone()]))
+        .unwrap()
+        .unwrap();
+    sr.publish(&update(&rel, vec![other.clone()]))
+        .unwrap()
+        .unwrap();
+    let read = sr.read().unwrap();
+    assert_eq!(read, vec![failed.clone(), staged.clone(), other]);
+
+    let margo = serde_json::to_value(DeploymentStatusManifest::from(&read[1])).unwrap();
+    assert_eq!(
+        margo,
+        serde_json::json!({
+            "apiVersion": "deployment.margo/v1",
+            "kind": "DeploymentStatusManifest",
+            "deploymentId": "line-control/vision",
+            "status": {"state": "pending"},
+            "components": [{"name": "apps/v1/Deployment/line/line-control-vision", "state": "pending"}],
+        })
+    );
+    let margo = serde_json::to_value(DeploymentStatusManifest::from(&read[0])).unwrap();
+    assert_eq!(margo["status"]["state"], "failed");
+    assert_eq!(
+        margo["status"]["error"],
+        serde_json::json!({"code": "ApplyFailed", "source": "target/plant-a", "message": "disk full"})
+    );
+    assert_eq!(margo["components"][0]["state"], "failed");
+}
+
+#[test]
+fn unparseable_status_file_is_an_error_naming_it() {
+    let (repo, src) = source_repo();
+    let sr = in_place(&repo, None);
+    sr.publish(&update(
+        &src,
+        vec![status("shop/web", &src, State::Staged, 0)],
+    ))
+    .unwrap()
+    .unwrap();
+    // Someone commits a broken file onto the status branch.
+    let dir = repo.path();
+    let blob = {
+        let tmp = dir.join("broken.tmp");
+        std::fs::write(&tmp, "state: [not, a, status").unwrap();
+        let id = git(dir, &["hash-object", "-w", tmp.to_str().unwrap()]);
+        std::fs::remove_file(tmp).unwrap();
+        id
+    };
+    let index = dir.join(".git/tmp-index");
+    let env_git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(dir)
+            .env("GIT_INDEX_FILE", &index)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    env_git(&["read-tree", BRANCH]);
+    env_git(&[
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("100644,{blob},main/shop/broken.yaml"),
+    ]);
+    let tree = env_git(&["write-tree"]);
+    let commit = env_git(&["commit-tree", &tree, "-p", BRANCH, "-m", "oops"]);
+    git(
+        dir,
+        &["update-ref", &format!("refs/heads/{BRANCH}"), &commit],
+    );
+
+    let err = sr.read().unwrap_err();
+    assert!(matches!(err, StatusError::BadStatusFile { .. }), "{err}");
+    assert!(err.to_string().contains("main/shop/broken.yaml"), "{err}");
+    // The next publish owns `main/`: the stray file goes, the status stays.
+    sr.publish(&update(
+        &src,
+        vec![status("shop/web", &src, State::Staged, 9)],
+    ))
+    .unwrap()
+    .expect("a commit");
+    assert_eq!(
+        files(dir, BRANCH),
+        ["main/shop/web.yaml", "main/summary.md"]
+    );
+    assert_eq!(sr.read().unwrap().len(), 1);
+}
+
+#[test]
+fn rebases_on_a_remote_branch_moved_without_notes() {
+    let (upstream, src) = source_repo();
+    let tmp = tempfile::tempdir().unwrap();
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            upstream.path().to_str().unwrap(),
+            "remote.git",
+        ],
+    );
+    let remote = tmp.path().join("remote.git");
+    let mirror = mirror_of(&remote, tmp.path(), "m.git");
+    // Someone pushes a status branch by hand: no notes ref on the remote.
+    upstream.git(&["checkout", "-q", "--orphan", "hand"]);
+    upstream.git(&["rm", "-q", "-r", "--cached", "."]);
+    upstream.write("site-x/NOTE.md", "hand-written\n");
+    upstream.git(&["add", "site-x/NOTE.md"]);
+    upstream.git(&["commit", "-q", "-m", "by hand"]);
+    upstream.git(&[
+        "push",
+        "-q",
+        remote.to_str().unwrap(),
+        &format!("hand:refs/heads/{BRANCH}"),
+    ]);
+    let hand = rev(&remote, BRANCH);
+
+    let sr = StatusRepo::new(
+        mirror,
+        Some(remote.to_str().unwrap().to_string()),
+        BRANCH,
+        Some("site-a".into()),
+    );
+    let id = sr
+        .publish(&update(
+            &src,
+            vec![status("shop/web", &src, State::Staged, 0)],
+        ))
+        .unwrap()
+        .expect("a commit");
+    assert_eq!(rev(&remote, BRANCH), id.to_string());
+    assert_eq!(rev(&remote, &format!("{BRANCH}^")), hand);
+    assert_eq!(
+        files(&remote, BRANCH),
+        [
+            "site-a/main/shop/web.yaml",
+            "site-a/main/summary.md",
+            "site-x/NOTE.md"
+        ]
+    );
+    assert_eq!(
+        note(&remote, &src.commit),
+        format!("site-a: main@{}: 1 staged", &src.commit[..7])
+    );
+}
