@@ -102,26 +102,61 @@ impl Rendered {
                 key: w[0].key.to_string(),
             });
         }
-        let mut artifacts = artifacts;
+        Ok(Rendered::assemble(
+            comp.id.clone(),
+            resources,
+            comp.annotations.clone(),
+            comp.labels.clone(),
+            artifacts,
+        ))
+    }
+
+    /// Sorts the artifacts and computes the digest of already sorted resources.
+    fn assemble(
+        id: CompositionId,
+        resources: Vec<Resource>,
+        annotations: BTreeMap<String, String>,
+        labels: BTreeMap<String, String>,
+        mut artifacts: Vec<Artifact>,
+    ) -> Rendered {
         artifacts.sort_by(|a, b| a.name.cmp(&b.name));
         // serde_json maps are sorted by key, so this serialization is canonical.
         let canonical = serde_json::json!({
             "resources": resources.iter().map(|r| &r.object).collect::<Vec<_>>(),
-            "annotations": comp.annotations,
-            "labels": comp.labels,
+            "annotations": annotations,
+            "labels": labels,
             "artifacts": artifacts.iter().map(|a| serde_json::json!({
                 "name": a.name, "sha256": a.sha256, "size": a.size,
             })).collect::<Vec<_>>(),
         });
         let digest = Digest::of(canonical.to_string().as_bytes());
-        Ok(Rendered {
-            id: comp.id.clone(),
+        Rendered {
+            id,
             digest,
             resources,
-            annotations: comp.annotations.clone(),
-            labels: comp.labels.clone(),
+            annotations,
+            labels,
             artifacts,
-        })
+        }
+    }
+
+    /// A rendered state built from resource objects, for tests of the stages
+    /// after synthesis (a real render needs a snapshot and a fleet). Same
+    /// sorting and digest as [`render`]; panics on an invalid resource.
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        id: CompositionId,
+        objects: Vec<Value>,
+        annotations: BTreeMap<String, String>,
+        labels: BTreeMap<String, String>,
+        artifacts: Vec<Artifact>,
+    ) -> Rendered {
+        let mut resources: Vec<Resource> = objects
+            .into_iter()
+            .map(|o| Resource::new(o).expect("valid test resource"))
+            .collect();
+        resources.sort_by(|a, b| a.key.cmp(&b.key));
+        Rendered::assemble(id, resources, annotations, labels, artifacts)
     }
 
     /// The resources as one YAML stream in canonical order.

@@ -1,39 +1,1034 @@
-//! STUB: the directory target is being written; see the Target trait.
+//! The directory target: each composition is a directory tree, staged beside
+//! what is applied and applied by one atomic symlink rename (DESIGN.md
+//! section 2; invariants 1, 4 and 7).
+//!
+//! Under the root, per composition `<symphony>/<variation>/`:
+//!
+//! ```text
+//! current -> .fermata/states/<digest>          the applied state (absent: nothing applied)
+//! staged  -> .fermata/states/<digest>          the last staged state (may equal current)
+//! .fermata/states/<digest>/manifest.yaml       the resources, one YAML stream, canonical order
+//! .fermata/states/<digest>/composition.yaml    id, digest, source, annotations, labels,
+//!                                              artifacts, components, manifest checksum
+//! .fermata/states/<digest>/artifacts/<name>    hard link into the artifact store
+//! .fermata/applied                             last applied digests, oldest first
+//! .fermata/tmp/                                work in progress: anything here is a leftover
+//! ```
+//!
+//! Crash safety rests on one rule: every change becomes visible through a
+//! single `rename` (a state dir built under `tmp/`, a symlink created under
+//! `tmp/`, the history file), and everything not yet renamed lives under
+//! `tmp/`. So a state dir exists complete or not at all, `current` always
+//! names one complete state, and after a kill -9 the only debris is under
+//! `tmp/`, which every `Stage`/`Apply`/`delete` clears first. Error paths do
+//! no cleanup of their own: a failed call leaves what a crash at that point
+//! would, and the next call recovers the same way.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, Write as _};
+use std::path::{Component as PathPart, Path, PathBuf};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
-use super::{Desired, Observed, Outcome, StateGoal, Target, TargetError};
-use crate::model::CompositionId;
+use super::{
+    Component, Desired, Health, Observed, Outcome, SourceRef, StateFlag, StateGoal, Target,
+    TargetError,
+};
+use crate::model::{CompositionId, Digest};
+use crate::synth::Rendered;
+
+/// How many applied states are kept (the current one included), for rollback.
+pub const KEEP_APPLIED: usize = 3;
+
+const META: &str = ".fermata";
+const STATES: &str = "states";
+const TMP: &str = "tmp";
+const HISTORY: &str = "applied";
+const CURRENT: &str = "current";
+const STAGED: &str = "staged";
+const MANIFEST: &str = "manifest.yaml";
+const RECORD: &str = "composition.yaml";
+const ARTIFACTS: &str = "artifacts";
 
 /// The embedded default target: a directory tree per composition.
+///
+/// One process owns a root: calls for one composition must not overlap
+/// (the [`Target`] contract), calls for different compositions may.
 #[derive(Debug, Clone)]
 pub struct DirectoryTarget {
     root: PathBuf,
+    faults: Faults,
 }
 
 impl DirectoryTarget {
+    /// Nothing is touched until the first call; crash leftovers of a
+    /// composition are cleared by its first `Stage`, `Apply` or `delete`
+    /// (reads and `DryRun` never write, not even to clean up).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DirectoryTarget { root: root.into() }
+        DirectoryTarget {
+            root: root.into(),
+            faults: Faults::default(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The composition's directory, once its id is known to be one path
+    /// component each: ids are DNS labels upstream, this keeps a bad one from
+    /// ever naming a path outside the root.
+    fn site(&self, id: &CompositionId) -> Result<Site, TargetError> {
+        for part in [&id.symphony, &id.variation] {
+            if part.is_empty() || part.starts_with('.') || part.contains(['/', '\\', '\0']) {
+                return Err(TargetError::Invalid(format!(
+                    "composition id {:?}/{:?}: each part must be a non-empty name, \
+                     not starting with '.' and without '/'",
+                    id.symphony, id.variation
+                )));
+            }
+        }
+        Ok(Site {
+            id: id.clone(),
+            dir: self.root.join(&id.symphony).join(&id.variation),
+            faults: self.faults.clone(),
+        })
+    }
+
+    /// A handle on the same root whose calls stop dead after `steps` mutating
+    /// file-system steps, as a kill -9 there would (tests of invariant 7).
+    #[cfg(test)]
+    pub(crate) fn crashing_after(&self, steps: usize) -> DirectoryTarget {
+        DirectoryTarget {
+            root: self.root.clone(),
+            faults: Faults {
+                left: Some(std::sync::Arc::new(steps.into())),
+            },
+        }
     }
 }
 
 #[async_trait]
 impl Target for DirectoryTarget {
-    async fn apply(&self, _desired: &Desired, _goal: StateGoal) -> Result<Outcome, TargetError> {
-        Err(TargetError::Invalid(format!(
-            "{}: not implemented",
-            self.root.display()
-        )))
+    /// `Apply` stages implicitly (same call) when the state is not staged
+    /// yet, so a crash between a stage and its apply still converges; after
+    /// `Apply`, `staged` and `current` name the same state.
+    async fn apply(&self, desired: &Desired, goal: StateGoal) -> Result<Outcome, TargetError> {
+        let site = self.site(&desired.rendered.id)?;
+        let desired = desired.clone();
+        blocking(move || site.run(&desired, goal)).await
     }
-    async fn get(&self, _id: &CompositionId) -> Result<Observed, TargetError> {
-        Ok(Observed::default())
+
+    async fn get(&self, id: &CompositionId) -> Result<Observed, TargetError> {
+        let site = self.site(id)?;
+        blocking(move || site.observe()).await
     }
-    async fn delete(&self, _id: &CompositionId) -> Result<(), TargetError> {
-        Ok(())
+
+    async fn delete(&self, id: &CompositionId) -> Result<(), TargetError> {
+        let site = self.site(id)?;
+        blocking(move || site.delete()).await
     }
+
     async fn list(&self) -> Result<Vec<CompositionId>, TargetError> {
-        Ok(Vec::new())
+        let root = self.root.clone();
+        blocking(move || list(&root)).await
     }
 }
+
+/// Runs file work off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TargetError> + Send + 'static,
+) -> Result<T, TargetError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TargetError::io("directory target task", io::Error::other(e)))?
+}
+
+/// Test-only crash simulation: once the armed number of mutating steps has
+/// run, every further step fails, so nothing after that point happens.
+#[derive(Debug, Clone, Default)]
+struct Faults {
+    #[cfg(test)]
+    left: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+impl Faults {
+    /// Called before every mutating file-system step.
+    fn step(&self) -> Result<(), TargetError> {
+        #[cfg(test)]
+        if let Some(left) = &self.left {
+            use std::sync::atomic::Ordering::SeqCst;
+            if left
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            {
+                return Err(TargetError::Invalid("simulated crash".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `composition.yaml`: what a state dir holds, so that it can be checked
+/// for completeness and compared without parsing the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    id: CompositionId,
+    digest: Digest,
+    /// The commit that first staged this state; an identical render from a
+    /// later commit has the same digest and reuses the dir (no write).
+    source: SourceRef,
+    annotations: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    artifacts: Vec<ArtifactRecord>,
+    manifest_sha256: Digest,
+    /// Each resource's name and the SHA-256 of its canonical JSON, in
+    /// manifest order: lets `get` and plans tell changed resources apart.
+    components: Vec<ComponentRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ArtifactRecord {
+    name: String,
+    sha256: Digest,
+    size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ComponentRecord {
+    name: String,
+    sha256: Digest,
+}
+
+fn component_records(r: &Rendered) -> Vec<ComponentRecord> {
+    r.resources
+        .iter()
+        .map(|res| ComponentRecord {
+            name: res.key.to_string(),
+            sha256: Digest::of(res.object.to_string().as_bytes()),
+        })
+        .collect()
+}
+
+/// What `current` or `staged` is.
+enum Pointer {
+    Absent,
+    State(Digest),
+    /// Not a symlink into `states/` (changed by hand): described.
+    Foreign(String),
+}
+
+/// What `states/<digest>` is.
+enum StateCheck {
+    Missing,
+    Complete(Box<Record>),
+    Broken(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TargetError + '_ {
+    move |e| TargetError::io(path.display(), e)
+}
+
+/// Tolerates the entry being gone already: removal is idempotent.
+fn gone(r: io::Result<()>, path: &Path) -> Result<(), TargetError> {
+    match r {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(TargetError::io(path.display(), e)),
+        _ => Ok(()),
+    }
+}
+
+/// Makes a rename or unlink in `dir` durable (power loss, not only kill -9).
+fn sync_dir(dir: &Path) -> Result<(), TargetError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// The digest a pointer target names, if it is exactly `.fermata/states/<hex>`.
+fn parse_pointer(target: &Path) -> Option<Digest> {
+    let parts: Vec<_> = target.components().collect();
+    match parts.as_slice() {
+        [PathPart::Normal(m), PathPart::Normal(s), PathPart::Normal(d)]
+            if *m == META && *s == STATES =>
+        {
+            let hex = d.to_str()?;
+            hex.parse::<Digest>().ok().filter(|d| d.to_hex() == hex)
+        }
+        _ => None,
+    }
+}
+
+/// One composition's directory and the file work on it; all blocking.
+struct Site {
+    id: CompositionId,
+    dir: PathBuf,
+    faults: Faults,
+}
+
+impl Site {
+    fn meta(&self) -> PathBuf {
+        self.dir.join(META)
+    }
+
+    fn states(&self) -> PathBuf {
+        self.meta().join(STATES)
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.meta().join(TMP)
+    }
+
+    fn state(&self, digest: &Digest) -> PathBuf {
+        self.states().join(digest.to_hex())
+    }
+
+    /// A fresh name under `tmp/`, where everything is work in progress.
+    fn tmp_path(&self, what: &str) -> PathBuf {
+        self.tmp()
+            .join(format!("{what}.{:016x}", rand::random::<u64>()))
+    }
+
+    fn step(&self) -> Result<(), TargetError> {
+        self.faults.step()
+    }
+
+    fn run(&self, desired: &Desired, goal: StateGoal) -> Result<Outcome, TargetError> {
+        if goal == StateGoal::DryRun {
+            return self.dry_run(&desired.rendered);
+        }
+        self.recover()?;
+        let changed = match goal {
+            StateGoal::Apply => self.apply(desired)?,
+            _ => self.stage(desired, goal)?,
+        };
+        // Also after a no-op: only then does a restart after a crash inside
+        // the collection converge. It writes only when there is garbage, so
+        // an unchanged state still costs no write. Like `recover`, it is
+        // housekeeping and does not count as `changed`; a failure is logged,
+        // not returned: the call did what it was asked, and the next one
+        // collects again.
+        if let Err(e) = self.gc() {
+            tracing::warn!(composition = %self.id, error = %e, "state garbage collection failed");
+        }
+        Ok(Outcome {
+            changed,
+            diff: None,
+        })
+    }
+
+    /// Clears what an interrupted call left under `tmp/`: half-built state
+    /// dirs, temp symlinks and history files, states being discarded.
+    fn recover(&self) -> Result<(), TargetError> {
+        let tmp = self.tmp();
+        let entries = match fs::read_dir(&tmp) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(TargetError::io(tmp.display(), e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&tmp))?;
+            let path = entry.path();
+            let is_dir = entry.file_type().map_err(io_err(&path))?.is_dir();
+            tracing::info!(path = %path.display(), "removing the leftover of an interrupted write");
+            self.step()?;
+            if is_dir {
+                gone(fs::remove_dir_all(&path), &path)?;
+            } else {
+                gone(fs::remove_file(&path), &path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_dirs(&self) -> Result<(), TargetError> {
+        self.step()?;
+        for dir in [self.states(), self.tmp()] {
+            // A concurrent delete of the last sibling variation may remove
+            // the (then empty) symphony dir between mkdirs: try again.
+            let mut tries = 0;
+            loop {
+                match fs::create_dir_all(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                    Err(e) => return Err(TargetError::io(dir.display(), e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pointer(&self, name: &str) -> Result<Pointer, TargetError> {
+        let path = self.dir.join(name);
+        let target = match fs::read_link(&path) {
+            Ok(target) => target,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Pointer::Absent),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                return Ok(Pointer::Foreign(format!(
+                    "{} is not a symlink",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(TargetError::io(path.display(), e)),
+        };
+        Ok(match parse_pointer(&target) {
+            Some(digest) => Pointer::State(digest),
+            None => Pointer::Foreign(format!(
+                "{} points to {}, not to a state",
+                path.display(),
+                target.display()
+            )),
+        })
+    }
+
+    fn points_to(&self, name: &str, digest: &Digest) -> Result<bool, TargetError> {
+        Ok(matches!(self.pointer(name)?, Pointer::State(d) if d == *digest))
+    }
+
+    fn check_state(&self, digest: &Digest) -> Result<StateCheck, TargetError> {
+        let dir = self.state(digest);
+        match fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(StateCheck::Missing),
+            Err(e) => Err(TargetError::io(dir.display(), e)),
+            Ok(m) if !m.is_dir() => Ok(StateCheck::Broken(format!(
+                "{} is not a directory",
+                dir.display()
+            ))),
+            Ok(_) => Ok(match self.verify(&dir, digest) {
+                Ok(record) => StateCheck::Complete(Box::new(record)),
+                Err(reason) => StateCheck::Broken(reason),
+            }),
+        }
+    }
+
+    fn read_record(&self, dir: &Path) -> Result<Record, String> {
+        let path = dir.join(RECORD);
+        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Checks a state dir against its own record: right id and digest,
+    /// manifest checksum, every artifact present with its recorded size.
+    fn verify(&self, dir: &Path, digest: &Digest) -> Result<Record, String> {
+        let record = self.read_record(dir)?;
+        if record.digest != *digest || record.id != self.id {
+            return Err(format!(
+                "{}: records {} of {}, expected {} of {}",
+                dir.join(RECORD).display(),
+                record.digest.short(),
+                record.id,
+                digest.short(),
+                self.id
+            ));
+        }
+        let path = dir.join(MANIFEST);
+        let manifest = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if Digest::of(&manifest) != record.manifest_sha256 {
+            return Err(format!(
+                "{}: content differs from its recorded SHA-256",
+                path.display()
+            ));
+        }
+        for a in &record.artifacts {
+            check_artifact_name(&a.name)?;
+            let path = dir.join(ARTIFACTS).join(&a.name);
+            match fs::metadata(&path) {
+                Ok(m) if m.is_file() && m.len() == a.size => {}
+                Ok(m) if m.is_file() => {
+                    return Err(format!(
+                        "{}: {} bytes, recorded {}",
+                        path.display(),
+                        m.len(),
+                        a.size
+                    ))
+                }
+                Ok(_) => return Err(format!("{}: not a file", path.display())),
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+        Ok(record)
+    }
+
+    /// Makes `states/<digest>` exist complete and points `staged` at it;
+    /// whether anything was written. Never changes `current` (invariant 1):
+    /// not the pointer, and not the dir it names.
+    fn stage(&self, desired: &Desired, goal: StateGoal) -> Result<bool, TargetError> {
+        let digest = desired.rendered.digest;
+        let mut changed = false;
+        match self.check_state(&digest)? {
+            StateCheck::Complete(_) => {}
+            StateCheck::Missing => {
+                let built = self.build_state(desired)?;
+                self.install(&built, &digest)?;
+                changed = true;
+            }
+            StateCheck::Broken(reason) => {
+                if goal == StateGoal::Stage && self.points_to(CURRENT, &digest)? {
+                    return Err(TargetError::Invalid(format!(
+                        "{}: applied state {} is damaged ({reason}); staging never changes \
+                         what is applied: apply it again to repair it",
+                        self.id,
+                        digest.short()
+                    )));
+                }
+                tracing::warn!(composition = %self.id, digest = %digest.short(), %reason,
+                    "replacing a damaged state");
+                // Build first: the damaged dir is gone only for one rename.
+                let built = self.build_state(desired)?;
+                self.discard(&self.state(&digest))?;
+                self.install(&built, &digest)?;
+                changed = true;
+            }
+        }
+        if !self.points_to(STAGED, &digest)? {
+            self.switch(STAGED, &digest)?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Stages (if needed) and switches `current` by one rename, then records
+    /// the apply; whether anything was written.
+    fn apply(&self, desired: &Desired) -> Result<bool, TargetError> {
+        let digest = desired.rendered.digest;
+        let mut changed = self.stage(desired, StateGoal::Apply)?;
+        let previous = match self.pointer(CURRENT)? {
+            Pointer::State(d) => Some(d),
+            _ => None,
+        };
+        if previous != Some(digest) {
+            self.switch(CURRENT, &digest)?;
+            tracing::info!(composition = %self.id, digest = %digest.short(), "applied");
+            changed = true;
+        }
+        // A crash between a switch and its history write leaves the history
+        // behind `current`: the previous state is caught up with this one.
+        let mut history = self.history()?;
+        let mut behind = false;
+        if let Some(p) = previous.filter(|p| *p != digest) {
+            behind |= catch_up(&mut history, p, || self.history_line(&p, None));
+        }
+        behind |= catch_up(&mut history, digest, || {
+            self.history_line(&digest, Some(&desired.source))
+        });
+        if behind {
+            self.write_history(&history)?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Writes a complete state dir under `tmp/` and returns its path. Input
+    /// is checked before anything is written.
+    fn build_state(&self, desired: &Desired) -> Result<PathBuf, TargetError> {
+        let r = &desired.rendered;
+        let mut sources = Vec::new();
+        for a in &r.artifacts {
+            check_artifact_name(&a.name)
+                .map_err(|e| TargetError::Invalid(format!("{}: {e}", self.id)))?;
+            let src = desired.artifacts.get(&a.name).ok_or_else(|| {
+                TargetError::Invalid(format!(
+                    "{}: artifact {:?} is not in the store",
+                    self.id, a.name
+                ))
+            })?;
+            let meta = fs::metadata(src).map_err(io_err(src))?;
+            if !meta.is_file() || a.size.is_some_and(|size| size != meta.len()) {
+                return Err(TargetError::Invalid(format!(
+                    "{}: artifact {:?}: {} is not a file of the expected size",
+                    self.id,
+                    a.name,
+                    src.display()
+                )));
+            }
+            sources.push((
+                src,
+                ArtifactRecord {
+                    name: a.name.clone(),
+                    sha256: a.sha256,
+                    size: meta.len(),
+                },
+            ));
+        }
+        let manifest = r.manifest_yaml();
+        let record = Record {
+            id: r.id.clone(),
+            digest: r.digest,
+            source: desired.source.clone(),
+            annotations: r.annotations.clone(),
+            labels: r.labels.clone(),
+            artifacts: sources.iter().map(|(_, a)| a.clone()).collect(),
+            manifest_sha256: Digest::of(manifest.as_bytes()),
+            components: component_records(r),
+        };
+        let record = serde_yaml::to_string(&record).map_err(|e| {
+            TargetError::Invalid(format!("{}: cannot write {RECORD}: {e}", self.id))
+        })?;
+
+        self.ensure_dirs()?;
+        let dir = self.tmp_path("state");
+        self.step()?;
+        fs::create_dir(&dir).map_err(io_err(&dir))?;
+        self.write_file(&dir.join(MANIFEST), manifest.as_bytes())?;
+        if !sources.is_empty() {
+            let artifacts = dir.join(ARTIFACTS);
+            self.step()?;
+            fs::create_dir(&artifacts).map_err(io_err(&artifacts))?;
+            for (src, a) in &sources {
+                self.link_or_copy(src, &artifacts.join(&a.name))?;
+            }
+            sync_dir(&artifacts)?;
+        }
+        self.write_file(&dir.join(RECORD), record.as_bytes())?;
+        sync_dir(&dir)?;
+        Ok(dir)
+    }
+
+    /// Renames a built state dir into place: the moment it exists.
+    fn install(&self, built: &Path, digest: &Digest) -> Result<(), TargetError> {
+        let dest = self.state(digest);
+        self.step()?;
+        fs::rename(built, &dest).map_err(io_err(&dest))?;
+        sync_dir(&self.states())
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<(), TargetError> {
+        self.step()?;
+        File::create(path)
+            .and_then(|mut f| {
+                f.write_all(bytes)?;
+                f.sync_all()
+            })
+            .map_err(io_err(path))
+    }
+
+    /// A hard link shares the store's verified bytes at no cost; across
+    /// filesystems (or where links are refused) a copy does the same job.
+    fn link_or_copy(&self, src: &Path, dest: &Path) -> Result<(), TargetError> {
+        self.step()?;
+        if let Err(e) = fs::hard_link(src, dest) {
+            tracing::debug!(src = %src.display(), error = %e, "cannot hard-link the artifact, copying it");
+            fs::copy(src, dest).map_err(io_err(src))?;
+            File::open(dest)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(dest))?;
+        }
+        Ok(())
+    }
+
+    /// Points `name` at a state by one rename of a fresh symlink over it, so
+    /// a reader sees the old state or the new one, never neither or a mix.
+    fn switch(&self, name: &str, digest: &Digest) -> Result<(), TargetError> {
+        self.ensure_dirs()?;
+        let tmp = self.tmp_path(name);
+        let target = Path::new(META).join(STATES).join(digest.to_hex());
+        self.step()?;
+        std::os::unix::fs::symlink(&target, &tmp).map_err(io_err(&tmp))?;
+        let dest = self.dir.join(name);
+        self.step()?;
+        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Removes a state dir without it ever being seen half-deleted: renamed
+    /// into `tmp/` first, so a crash leaves only a leftover there.
+    fn discard(&self, path: &Path) -> Result<(), TargetError> {
+        let trash = self.tmp_path("discard");
+        self.step()?;
+        fs::rename(path, &trash).map_err(io_err(path))?;
+        let is_dir = fs::symlink_metadata(&trash)
+            .map_err(io_err(&trash))?
+            .is_dir();
+        self.step()?;
+        if is_dir {
+            gone(fs::remove_dir_all(&trash), &trash)
+        } else {
+            gone(fs::remove_file(&trash), &trash)
+        }
+    }
+
+    /// The applied history, oldest first: each digest with its line (which
+    /// also says when and from which commit, for people).
+    fn history(&self) -> Result<Vec<(Digest, String)>, TargetError> {
+        let path = self.meta().join(HISTORY);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(TargetError::io(path.display(), e)),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let digest = line.split_whitespace().next()?.parse().ok()?;
+                Some((digest, line.to_string()))
+            })
+            .collect())
+    }
+
+    /// `<digest> <branch>@<commit> <recorded at>`: the digest is what
+    /// counts, the rest is for people. The source is read from the state's
+    /// record when not given (a late catch-up).
+    fn history_line(&self, digest: &Digest, source: Option<&SourceRef>) -> String {
+        let recorded = source
+            .cloned()
+            .or_else(|| self.read_record(&self.state(digest)).ok().map(|r| r.source));
+        let from = recorded.map_or("unknown".to_string(), |s| {
+            format!("{}@{}", s.branch, s.commit)
+        });
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        format!("{digest} {from} {now}")
+    }
+
+    /// Rewrites the history by one rename, keeping the last [`KEEP_APPLIED`].
+    fn write_history(&self, history: &[(Digest, String)]) -> Result<(), TargetError> {
+        let skip = history.len().saturating_sub(KEEP_APPLIED);
+        let mut text = String::new();
+        for (_, line) in &history[skip..] {
+            text.push_str(line);
+            text.push('\n');
+        }
+        self.ensure_dirs()?;
+        let tmp = self.tmp_path(HISTORY);
+        self.write_file(&tmp, text.as_bytes())?;
+        let dest = self.meta().join(HISTORY);
+        self.step()?;
+        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        sync_dir(&self.meta())
+    }
+
+    /// Removes every state except the last [`KEEP_APPLIED`] applied and the
+    /// ones `current` and `staged` name. A pointer it cannot read stops it:
+    /// it never guesses what is in use.
+    fn gc(&self) -> Result<(), TargetError> {
+        let mut pointers = Vec::new();
+        for name in [CURRENT, STAGED] {
+            match self.pointer(name)? {
+                Pointer::Absent => pointers.push(None),
+                Pointer::State(d) => pointers.push(Some(d)),
+                Pointer::Foreign(why) => {
+                    tracing::warn!(composition = %self.id, "not collecting old states: {why}");
+                    return Ok(());
+                }
+            }
+        }
+        // `current` is the newest applied state even where a crash kept it
+        // out of the history file.
+        let mut history = self.history()?;
+        if let Some(current) = pointers[0] {
+            catch_up(&mut history, current, String::new);
+        }
+        let mut keep: BTreeSet<String> = history
+            .iter()
+            .rev()
+            .take(KEEP_APPLIED)
+            .map(|(d, _)| d.to_hex())
+            .collect();
+        keep.extend(pointers.iter().flatten().map(Digest::to_hex));
+        let states = self.states();
+        for entry in fs::read_dir(&states).map_err(io_err(&states))? {
+            let entry = entry.map_err(io_err(&states))?;
+            if entry.file_name().to_str().is_some_and(|n| keep.contains(n)) {
+                continue;
+            }
+            self.discard(&entry.path())?;
+        }
+        Ok(())
+    }
+
+    /// The plan for `desired`: whether `current` differs, and how.
+    fn dry_run(&self, desired: &Rendered) -> Result<Outcome, TargetError> {
+        let mut notes = Vec::new();
+        let applied = match self.pointer(CURRENT)? {
+            Pointer::State(d) => Some(d),
+            Pointer::Absent => None,
+            Pointer::Foreign(why) => {
+                notes.push(why);
+                None
+            }
+        };
+        if applied == Some(desired.digest) {
+            return Ok(Outcome {
+                changed: false,
+                diff: None,
+            });
+        }
+        let (record, manifest) = match applied {
+            None => (None, String::new()),
+            Some(d) => {
+                let dir = self.state(&d);
+                let record = self
+                    .read_record(&dir)
+                    .map_err(|e| notes.push(format!("applied state unreadable: {e}")))
+                    .ok();
+                let path = dir.join(MANIFEST);
+                let manifest = fs::read_to_string(&path)
+                    .map_err(|e| notes.push(format!("{}: {e}", path.display())))
+                    .unwrap_or_default();
+                (record, manifest)
+            }
+        };
+        let diff = plan_diff(
+            &self.id,
+            applied,
+            record.as_ref(),
+            &manifest,
+            desired,
+            &notes,
+        );
+        Ok(Outcome {
+            changed: true,
+            diff: Some(diff),
+        })
+    }
+
+    /// What is applied and staged. Components: those of the applied state
+    /// are `Applied`, except that a staged state (other than the applied)
+    /// flags its new and changed components `Staged`; each name once,
+    /// sorted. Components the staged state drops stay `Applied` until the
+    /// apply removes them.
+    fn observe(&self) -> Result<Observed, TargetError> {
+        let mut problems = Vec::new();
+        let applied = match self.pointer(CURRENT)? {
+            Pointer::State(d) => Some(d),
+            Pointer::Absent => None,
+            Pointer::Foreign(why) => {
+                problems.push(why);
+                None
+            }
+        };
+        let staged = match self.pointer(STAGED)? {
+            Pointer::State(d) => Some(d),
+            Pointer::Absent => None,
+            Pointer::Foreign(why) => {
+                tracing::warn!(composition = %self.id, "{why}");
+                None
+            }
+        };
+        let mut flags: BTreeMap<String, StateFlag> = BTreeMap::new();
+        let mut applied_components = BTreeMap::new();
+        if let Some(d) = applied {
+            match self.check_state(&d)? {
+                StateCheck::Complete(record) => {
+                    for c in record.components {
+                        flags.insert(c.name.clone(), StateFlag::Applied);
+                        applied_components.insert(c.name, c.sha256);
+                    }
+                }
+                StateCheck::Missing => {
+                    problems.push(format!("applied state {} is missing", d.short()))
+                }
+                StateCheck::Broken(why) => problems.push(why),
+            }
+        }
+        if let Some(d) = staged.filter(|d| Some(*d) != applied) {
+            if let Ok(record) = self.read_record(&self.state(&d)) {
+                for c in record.components {
+                    if applied_components.get(&c.name) != Some(&c.sha256) {
+                        flags.insert(c.name, StateFlag::Staged);
+                    }
+                }
+            }
+        }
+        let health = if !problems.is_empty() {
+            Health::Unhealthy(problems.join("; "))
+        } else if applied.is_some() {
+            Health::Healthy
+        } else {
+            Health::Unknown
+        };
+        Ok(Observed {
+            applied,
+            staged,
+            components: flags
+                .into_iter()
+                .map(|(name, flag)| Component { name, flag })
+                .collect(),
+            health: Some(health),
+        })
+    }
+
+    /// Unlinks `current` first (what is applied disappears at once), then
+    /// removes the whole dir, then the symphony dir if that left it empty.
+    fn delete(&self) -> Result<(), TargetError> {
+        let current = self.dir.join(CURRENT);
+        if fs::symlink_metadata(&current).is_ok_and(|m| !m.is_dir()) {
+            self.step()?;
+            gone(fs::remove_file(&current), &current)?;
+            sync_dir(&self.dir)?;
+        }
+        self.step()?;
+        gone(fs::remove_dir_all(&self.dir), &self.dir)?;
+        if let Some(symphony) = self.dir.parent() {
+            self.step()?;
+            match fs::remove_dir(symphony) {
+                Err(e)
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                    ) =>
+                {
+                    return Err(TargetError::io(symphony.display(), e));
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(composition = %self.id, "deleted");
+        Ok(())
+    }
+}
+
+/// Makes `digest` the newest history entry (once) unless it is already;
+/// whether the history changed.
+fn catch_up(
+    history: &mut Vec<(Digest, String)>,
+    digest: Digest,
+    line: impl FnOnce() -> String,
+) -> bool {
+    if history.last().map(|(d, _)| *d) == Some(digest) {
+        return false;
+    }
+    history.retain(|(d, _)| *d != digest);
+    history.push((digest, line()));
+    true
+}
+
+fn check_artifact_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(format!("artifact name {name:?} is not a file name"));
+    }
+    Ok(())
+}
+
+/// Every `<symphony>/<variation>` with a `.fermata` dir, sorted.
+fn list(root: &Path) -> Result<Vec<CompositionId>, TargetError> {
+    let mut out = Vec::new();
+    for (symphony, sym_path) in subdirs(root)? {
+        for (variation, var_path) in subdirs(&sym_path)? {
+            if fs::symlink_metadata(var_path.join(META)).is_ok_and(|m| m.is_dir()) {
+                out.push(CompositionId::new(symphony.clone(), variation));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The subdirectories of `dir` that can be id parts (UTF-8, not hidden).
+fn subdirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, TargetError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TargetError::io(dir.display(), e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let is_dir = entry.file_type().map_err(io_err(dir))?.is_dir();
+        if let (true, Ok(name)) = (is_dir, entry.file_name().into_string()) {
+            if !name.starts_with('.') {
+                out.push((name, entry.path()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A plan: a resource-level summary (`+` added, `~` changed, `-` removed),
+/// annotation, label and artifact changes, then a unified diff of the
+/// applied `manifest.yaml` against the desired one.
+fn plan_diff(
+    id: &CompositionId,
+    applied: Option<Digest>,
+    record: Option<&Record>,
+    applied_manifest: &str,
+    desired: &Rendered,
+    notes: &[String],
+) -> String {
+    let mut out = String::new();
+    let from = applied.map_or("nothing applied".to_string(), |d| {
+        format!("applied {}", d.short())
+    });
+    let _ = writeln!(out, "{id}: {from} -> desired {}", desired.digest.short());
+    for note in notes {
+        let _ = writeln!(out, "  note: {note}");
+    }
+    let old: BTreeMap<&str, &Digest> = record
+        .map(|r| {
+            r.components
+                .iter()
+                .map(|c| (c.name.as_str(), &c.sha256))
+                .collect()
+        })
+        .unwrap_or_default();
+    let new_components = component_records(desired);
+    let new: BTreeMap<&str, &Digest> = new_components
+        .iter()
+        .map(|c| (c.name.as_str(), &c.sha256))
+        .collect();
+    let names: BTreeSet<&str> = old.keys().chain(new.keys()).copied().collect();
+    for name in names {
+        let mark = match (old.get(name), new.get(name)) {
+            (None, Some(_)) => '+',
+            (Some(_), None) => '-',
+            (Some(a), Some(b)) if a != b => '~',
+            _ => continue,
+        };
+        let _ = writeln!(out, "  {mark} {name}");
+    }
+    let empty = BTreeMap::new();
+    let (old_ann, old_lab) = record.map_or((&empty, &empty), |r| (&r.annotations, &r.labels));
+    map_diff(&mut out, "annotations", old_ann, &desired.annotations);
+    map_diff(&mut out, "labels", old_lab, &desired.labels);
+    let old_art: BTreeMap<String, String> = record
+        .map(|r| {
+            r.artifacts
+                .iter()
+                .map(|a| (a.name.clone(), a.sha256.short()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let new_art: BTreeMap<String, String> = desired
+        .artifacts
+        .iter()
+        .map(|a| (a.name.clone(), a.sha256.short()))
+        .collect();
+    map_diff(&mut out, "artifacts", &old_art, &new_art);
+    let manifest = desired.manifest_yaml();
+    let text = similar::TextDiff::from_lines(applied_manifest, manifest.as_str());
+    let _ = write!(
+        out,
+        "{}",
+        text.unified_diff()
+            .context_radius(3)
+            .header("applied/manifest.yaml", "desired/manifest.yaml")
+    );
+    out
+}
+
+/// `  annotations: + k=v, ~ k=v, - k`, or nothing when equal.
+fn map_diff(
+    out: &mut String,
+    what: &str,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) {
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let changes: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| match (old.get(k), new.get(k)) {
+            (None, Some(v)) => Some(format!("+ {k}={v}")),
+            (Some(_), None) => Some(format!("- {k}")),
+            (Some(a), Some(b)) if a != b => Some(format!("~ {k}={b}")),
+            _ => None,
+        })
+        .collect();
+    if !changes.is_empty() {
+        let _ = writeln!(out, "  {what}: {}", changes.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests;
