@@ -21,14 +21,12 @@ spec: {schedule: \"0 2 * * SAT\", duration: 3h, timezone: UTC}
 
 /// The minimal fleet with its symphony in the `sat` window.
 fn windowed(repo: &TestRepo, tag: &str) {
-    util::minimal(repo)
-        .write("window.yaml", WINDOW)
-        .write(
-            "symphony.yaml",
-            &util::SYMPHONY
-                .replace("value: v1", &format!("value: {tag}"))
-                .replace("spec:\n", "spec:\n  window: sat\n"),
-        );
+    util::minimal(repo).write("window.yaml", WINDOW).write(
+        "symphony.yaml",
+        &util::SYMPHONY
+            .replace("value: v1", &format!("value: {tag}"))
+            .replace("spec:\n", "spec:\n  window: sat\n"),
+    );
 }
 
 /// A state dir and target root shared by the passes of one test.
@@ -74,7 +72,17 @@ impl Site {
     }
 
     fn once(&self, repo: &TestRepo, now: &str) -> util::Run {
-        self.fermata(&["run", "--once", "--repo", repo.path().to_str().unwrap(), "--branch", "main"], now)
+        self.fermata(
+            &[
+                "run",
+                "--once",
+                "--repo",
+                repo.path().to_str().unwrap(),
+                "--branch",
+                "main",
+            ],
+            now,
+        )
     }
 }
 
@@ -84,7 +92,10 @@ fn status_commits(repo: &Path) -> Vec<String> {
         .args(["log", "--format=%s", "fermata/status"])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn status_file(repo: &TestRepo) -> String {
@@ -107,7 +118,10 @@ fn stage_on_commit_apply_in_window_status_in_git() {
     let run = site.once(&repo, CLOSED);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(site.staged().unwrap().contains("tag: b"), "B is staged");
-    assert!(site.current().unwrap().contains("tag: a"), "A stays applied while closed");
+    assert!(
+        site.current().unwrap().contains("tag: a"),
+        "A stays applied while closed"
+    );
     let st = status_file(&repo);
     assert!(st.contains("state: staged"), "{st}");
     assert!(st.contains("reason: WindowClosed"), "{st}");
@@ -121,14 +135,35 @@ fn stage_on_commit_apply_in_window_status_in_git() {
 
     let log = status_commits(repo.path());
     assert_eq!(log.len(), 3, "one status commit per changed pass: {log:?}");
-    assert!(log[0].starts_with(&format!("main@{}: 1 installed", &b[..7])), "{log:?}");
-    assert!(log[1].starts_with(&format!("main@{}: 1 staged", &b[..7])), "{log:?}");
-    assert!(log[2].starts_with(&format!("main@{}: 1 installed", &a[..7])), "{log:?}");
+    assert!(
+        log[0].starts_with(&format!("main@{}: 1 installed", &b[..7])),
+        "{log:?}"
+    );
+    assert!(
+        log[1].starts_with(&format!("main@{}: 1 staged", &b[..7])),
+        "{log:?}"
+    );
+    assert!(
+        log[2].starts_with(&format!("main@{}: 1 installed", &a[..7])),
+        "{log:?}"
+    );
     let trailer = git(repo.path(), &["log", "-1", "--format=%B", "fermata/status"]);
-    assert!(trailer.contains(&format!("Fermata-Source: main@{b}")), "{trailer}");
-    let notes = git(repo.path(), &["log", "--notes=fermata", "--format=%H %N", "main"]);
-    assert!(notes.contains(&format!("{a} main@{}: 1 installed", &a[..7])), "{notes}");
-    assert!(notes.contains(&format!("main@{}: 1 installed", &b[..7])), "{notes}");
+    assert!(
+        trailer.contains(&format!("Fermata-Source: main@{b}")),
+        "{trailer}"
+    );
+    let notes = git(
+        repo.path(),
+        &["log", "--notes=fermata", "--format=%H %N", "main"],
+    );
+    assert!(
+        notes.contains(&format!("{a} main@{}: 1 installed", &a[..7])),
+        "{notes}"
+    );
+    assert!(
+        notes.contains(&format!("main@{}: 1 installed", &b[..7])),
+        "{notes}"
+    );
 }
 
 #[test]
@@ -140,7 +175,10 @@ fn an_unchanged_commit_writes_nothing() {
     assert_eq!(site.once(&repo, OPEN).code, 0);
     let tip = git(repo.path(), &["rev-parse", "fermata/status"]);
     let listing = |p: &Path| {
-        let mut v: Vec<_> = walk(p).into_iter().map(|(p, m)| format!("{} {m:?}", p.display())).collect();
+        let mut v: Vec<_> = walk(p)
+            .into_iter()
+            .map(|(p, m)| format!("{} {m:?}", p.display()))
+            .collect();
         v.sort();
         v
     };
@@ -150,7 +188,11 @@ fn an_unchanged_commit_writes_nothing() {
         assert_eq!(run.code, 0, "{run:?}");
         assert!(!run.stdout.contains("status: committed"), "{run:?}");
     }
-    assert_eq!(git(repo.path(), &["rev-parse", "fermata/status"]), tip, "no status commit");
+    assert_eq!(
+        git(repo.path(), &["rev-parse", "fermata/status"]),
+        tip,
+        "no status commit"
+    );
     assert_eq!(listing(&site.targets()), before, "no target write");
 }
 
@@ -186,7 +228,8 @@ fn only_the_newest_of_several_commits_is_applied_at_opening() {
     }
     assert_eq!(site.once(&repo, NEXT_OPEN).code, 0);
     assert!(site.current().unwrap().contains("tag: c"));
-    let applied = std::fs::read_to_string(site.targets().join("site/shop/app/.fermata/applied")).unwrap_or_default();
+    let applied = std::fs::read_to_string(site.targets().join("site/shop/app/.fermata/applied"))
+        .unwrap_or_default();
     assert!(!applied.is_empty(), "apply history kept");
 }
 
@@ -216,7 +259,16 @@ fn apply_now_breaks_glass_and_is_recorded() {
     assert!(site.current().is_none(), "closed: nothing applied");
     let p = repo.path().to_str().unwrap();
     let run = site.fermata(
-        &["apply-now", "shop/app", "--reason", "line down, hotfix", "--repo", p, "--branch", "main"],
+        &[
+            "apply-now",
+            "shop/app",
+            "--reason",
+            "line down, hotfix",
+            "--repo",
+            p,
+            "--branch",
+            "main",
+        ],
         CLOSED,
     );
     assert_eq!(run.code, 0, "{run:?}");
@@ -230,7 +282,19 @@ fn apply_now_breaks_glass_and_is_recorded() {
     assert_eq!(site.once(&repo, CLOSED).code, 0);
     assert!(site.current().unwrap().contains("tag: a"));
     // Nothing staged for an unknown composition: refused.
-    let run = site.fermata(&["apply-now", "nope/x", "--reason", "r", "--repo", p, "--branch", "main"], CLOSED);
+    let run = site.fermata(
+        &[
+            "apply-now",
+            "nope/x",
+            "--reason",
+            "r",
+            "--repo",
+            p,
+            "--branch",
+            "main",
+        ],
+        CLOSED,
+    );
     assert_ne!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("nothing staged"), "{run:?}");
 }
@@ -241,24 +305,46 @@ fn a_broken_symphony_fails_alone_and_keeps_what_it_applied() {
     let site = Site::new();
     util::minimal(&repo).write(
         "other.yaml",
-        &util::SYMPHONY.replace("name: shop", "name: other").replace("value: v1", "value: o1"),
+        &util::SYMPHONY
+            .replace("name: shop", "name: other")
+            .replace("value: v1", "value: o1"),
     );
     repo.commit("two symphonies");
     let run = site.once(&repo, OPEN);
     assert_eq!(run.code, 0, "{run:?}");
     // Break `other`, change `shop`.
-    repo.write("other.yaml", &util::SYMPHONY.replace("name: shop", "name: other").replace("synthesizer: {name: app}", "synthesizer: {name: nope}"));
-    repo.write("symphony.yaml", &util::SYMPHONY.replace("value: v1", "value: v2"));
+    repo.write(
+        "other.yaml",
+        &util::SYMPHONY
+            .replace("name: shop", "name: other")
+            .replace("synthesizer: {name: app}", "synthesizer: {name: nope}"),
+    );
+    repo.write(
+        "symphony.yaml",
+        &util::SYMPHONY.replace("value: v1", "value: v2"),
+    );
     repo.commit("break other");
     let run = site.once(&repo, OPEN);
     assert_eq!(run.code, 1, "a failure is an exit 1 for --once: {run:?}");
     assert!(site.current().unwrap().contains("tag: v2"), "shop goes on");
-    let other = std::fs::read_to_string(site.targets().join("site/other/app/current/manifest.yaml")).unwrap();
-    assert!(other.contains("tag: o1"), "other keeps its last applied state");
+    let other =
+        std::fs::read_to_string(site.targets().join("site/other/app/current/manifest.yaml"))
+            .unwrap();
+    assert!(
+        other.contains("tag: o1"),
+        "other keeps its last applied state"
+    );
     let st = git(repo.path(), &["show", "fermata/status:main/other/app.yaml"]);
     assert!(st.contains("state: failed"), "{st}");
-    assert!(st.contains("other.yaml:7"), "status says where: {st}");
-    assert!(st.contains("no Synthesizer named \\\"nope\\\"") || st.contains("no Synthesizer named \"nope\""), "{st}");
+    assert!(
+        st.contains("source: other.yaml:6"),
+        "status says where: {st}"
+    );
+    assert!(
+        st.contains("no Synthesizer named \\\"nope\\\"")
+            || st.contains("no Synthesizer named \"nope\""),
+        "{st}"
+    );
 }
 
 #[test]
@@ -268,9 +354,24 @@ fn the_status_branch_is_never_a_watched_branch() {
     repo.commit("one");
     let site = Site::new();
     let p = repo.path().to_str().unwrap();
-    let run = site.fermata(&["run", "--once", "--repo", p, "--branch", "main", "--status-branch", "main"], OPEN);
+    let run = site.fermata(
+        &[
+            "run",
+            "--once",
+            "--repo",
+            p,
+            "--branch",
+            "main",
+            "--status-branch",
+            "main",
+        ],
+        OPEN,
+    );
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.stderr.contains("never land on a watched branch"), "{run:?}");
+    assert!(
+        run.stderr.contains("never land on a watched branch"),
+        "{run:?}"
+    );
 }
 
 #[test]
@@ -297,16 +398,25 @@ fn a_force_push_is_reported() {
     let site = Site::new();
     util::minimal(&repo);
     repo.commit("one");
-    repo.write("symphony.yaml", &util::SYMPHONY.replace("value: v1", "value: v2"));
+    repo.write(
+        "symphony.yaml",
+        &util::SYMPHONY.replace("value: v1", "value: v2"),
+    );
     let two = repo.commit("two");
     assert_eq!(site.once(&repo, OPEN).code, 0);
     repo.git(&["reset", "-q", "--hard", "HEAD~1"]);
-    repo.write("symphony.yaml", &util::SYMPHONY.replace("value: v1", "value: v3"));
+    repo.write(
+        "symphony.yaml",
+        &util::SYMPHONY.replace("value: v1", "value: v3"),
+    );
     repo.commit("rewritten");
     assert_eq!(site.once(&repo, OPEN).code, 0);
     assert!(site.current().unwrap().contains("tag: v3"));
     let log = status_commits(repo.path());
-    assert!(log[0].contains(&format!("force-pushed over {}", &two[..7])), "{log:?}");
+    assert!(
+        log[0].contains(&format!("force-pushed over {}", &two[..7])),
+        "{log:?}"
+    );
 }
 
 #[test]
@@ -315,7 +425,16 @@ fn a_fetch_failure_keeps_the_last_good_revision_and_shows_in_status() {
     util::minimal(&origin);
     origin.commit("one");
     let bare = tempfile::tempdir().unwrap();
-    git(bare.path(), &["clone", "-q", "--bare", origin.path().to_str().unwrap(), "r.git"]);
+    git(
+        bare.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            origin.path().to_str().unwrap(),
+            "r.git",
+        ],
+    );
     let url = format!("file://{}/r.git", bare.path().display());
     let site = Site::new();
     let run = site.fermata(&["run", "--once", "--repo", &url, "--branch", "main"], OPEN);
@@ -324,12 +443,29 @@ fn a_fetch_failure_keeps_the_last_good_revision_and_shows_in_status() {
     let moved = bare.path().join("gone.git");
     std::fs::rename(bare.path().join("r.git"), &moved).unwrap();
     let run = site.fermata(&["run", "--once", "--repo", &url, "--branch", "main"], OPEN);
+    assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("cannot fetch"), "{run:?}");
-    assert!(site.current().unwrap().contains("tag: v1"), "last good revision stays applied");
-    // The status (in the mirror, since the remote is gone) carries the error.
-    let mirror = std::fs::read_dir(site.state.path().join("mirrors")).unwrap().next().unwrap().unwrap().path();
-    let st = git(&mirror, &["show", "fermata/status:main/shop/app.yaml"]);
-    assert!(st.contains("FetchFailed"), "{st}");
+    assert!(
+        run.stdout
+            .contains("error: fetch failed; reconciling the last good revision"),
+        "{run:?}"
+    );
+    assert!(
+        site.current().unwrap().contains("tag: v1"),
+        "last good revision stays applied"
+    );
+    // The remote is back: its status carries the last outcome, without a fetch error.
+    std::fs::rename(&moved, bare.path().join("r.git")).unwrap();
+    let run = site.fermata(&["run", "--once", "--repo", &url, "--branch", "main"], OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    let st = git(
+        &bare.path().join("r.git"),
+        &["show", "fermata/status:main/shop/app.yaml"],
+    );
+    assert!(
+        st.contains("state: installed") && !st.contains("FetchFailed"),
+        "{st}"
+    );
 }
 
 #[test]
@@ -340,7 +476,13 @@ fn windows_lists_openings_in_utc_and_local_time() {
         "apiVersion: fermata.dev/v1alpha1\nkind: MaintenanceWindow\nmetadata: {name: night}\nspec: {schedule: \"0 2 * * SAT\", duration: 3h, timezone: Europe/Berlin}\n",
     );
     repo.commit("window");
-    let run = util::fermata(&["windows", "--repo", repo.path().to_str().unwrap(), "--now", "2026-11-20T12:00:00Z"]);
+    let run = util::fermata(&[
+        "windows",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--now",
+        "2026-11-20T12:00:00Z",
+    ]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(
         run.stdout,
@@ -368,7 +510,10 @@ fn status_prints_table_yaml_json_and_margo() {
     let v: serde_json::Value = serde_json::from_str(&margo.stdout).unwrap();
     assert_eq!(v[0]["kind"], "DeploymentStatusManifest");
     assert_eq!(v[0]["deploymentId"], "shop/app");
-    assert_eq!(v[0]["status"]["state"], "pending", "Margo has no staged: {v}");
+    assert_eq!(
+        v[0]["status"]["state"], "pending",
+        "Margo has no staged: {v}"
+    );
     assert_eq!(v[0]["components"][0]["name"], "v1/ConfigMap/default/app");
     let json = site.fermata(&["status", "--repo", p, "--format", "json"], CLOSED);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
@@ -384,9 +529,26 @@ fn sites_sharing_a_repository_do_not_overwrite_each_other() {
     repo.commit("one");
     let p = repo.path().to_str().unwrap();
     let (a, b) = (Site::new(), Site::new());
-    assert_eq!(a.fermata(&["run", "--once", "--repo", p, "--branch", "main", "--site", "plant-a"], OPEN).code, 0);
-    assert_eq!(b.fermata(&["run", "--once", "--repo", p, "--branch", "main", "--site", "plant-b"], OPEN).code, 0);
-    let tree = git(repo.path(), &["ls-tree", "-r", "--name-only", "fermata/status"]);
+    assert_eq!(
+        a.fermata(
+            &["run", "--once", "--repo", p, "--branch", "main", "--site", "plant-a"],
+            OPEN
+        )
+        .code,
+        0
+    );
+    assert_eq!(
+        b.fermata(
+            &["run", "--once", "--repo", p, "--branch", "main", "--site", "plant-b"],
+            OPEN
+        )
+        .code,
+        0
+    );
+    let tree = git(
+        repo.path(),
+        &["ls-tree", "-r", "--name-only", "fermata/status"],
+    );
     assert!(tree.contains("plant-a/main/shop/app.yaml"), "{tree}");
     assert!(tree.contains("plant-b/main/shop/app.yaml"), "{tree}");
 }

@@ -23,7 +23,16 @@ impl Drop for Running {
 
 fn spawn_run(repo: &str, state: &Path) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_fermata"))
-        .args(["run", "--repo", repo, "--branch", "main", "--interval", "1h", "--state-dir"])
+        .args([
+            "run",
+            "--repo",
+            repo,
+            "--branch",
+            "main",
+            "--interval",
+            "1h",
+            "--state-dir",
+        ])
         .arg(state)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -50,14 +59,26 @@ fn bare_with_clone() -> (tempfile::TempDir, PathBuf, TestRepo) {
     util::minimal(&work);
     work.commit("v1");
     let dir = tempfile::tempdir().unwrap();
-    git(dir.path(), &["clone", "-q", "--bare", work.path().to_str().unwrap(), "r.git"]);
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.path().to_str().unwrap(),
+            "r.git",
+        ],
+    );
     let bare = dir.path().join("r.git");
     work.git(&["remote", "add", "origin", bare.to_str().unwrap()]);
     (dir, bare, work)
 }
 
 fn push_v2(work: &TestRepo) {
-    work.write("symphony.yaml", &util::SYMPHONY.replace("value: v1", "value: v2"));
+    work.write(
+        "symphony.yaml",
+        &util::SYMPHONY.replace("value: v1", "value: v2"),
+    );
     work.commit("v2");
     work.git(&["push", "-q", "origin", "main"]);
 }
@@ -67,7 +88,9 @@ fn a_push_to_a_local_repository_is_applied_without_waiting_for_the_interval() {
     let (_dir, bare, work) = bare_with_clone();
     let state = tempfile::tempdir().unwrap();
     let _run = spawn_run(bare.to_str().unwrap(), state.path());
-    let manifest = state.path().join("targets/site/shop/app/current/manifest.yaml");
+    let manifest = state
+        .path()
+        .join("targets/site/shop/app/current/manifest.yaml");
     wait_for(&manifest, "tag: v1");
     push_v2(&work);
     // The interval is an hour: only the ref watcher can apply it in time.
@@ -77,9 +100,18 @@ fn a_push_to_a_local_repository_is_applied_without_waiting_for_the_interval() {
 #[test]
 fn sighup_fetches_at_once_over_git_daemon() {
     let (dir, _bare, work) = bare_with_clone();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let daemon = Command::new("git")
-        .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+        ])
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", dir.path().display()))
         .arg(dir.path())
@@ -97,7 +129,9 @@ fn sighup_fetches_at_once_over_git_daemon() {
     }
     let state = tempfile::tempdir().unwrap();
     let run = spawn_run(&url, state.path());
-    let manifest = state.path().join("targets/site/shop/app/current/manifest.yaml");
+    let manifest = state
+        .path()
+        .join("targets/site/shop/app/current/manifest.yaml");
     wait_for(&manifest, "tag: v1");
     push_v2(&work);
     nix::sys::signal::kill(

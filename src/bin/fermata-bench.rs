@@ -42,7 +42,16 @@ fn main() -> anyhow::Result<()> {
     let work = root.join("work");
     let t = Instant::now();
     generate(&work, &a)?;
-    git(&root, &["clone", "-q", "--bare", work.to_str().unwrap_or_default(), "remote.git"])?;
+    git(
+        &root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap_or_default(),
+            "remote.git",
+        ],
+    )?;
     let remote = root.join("remote.git");
     let url = format!("file://{}", remote.display());
     println!(
@@ -105,9 +114,15 @@ fn main() -> anyhow::Result<()> {
     // One variation changes.
     let file = work.join("symphonies/sym-0000.yaml");
     let text = std::fs::read_to_string(&file)?;
-    std::fs::write(&file, text.replacen("value: tag-0", "value: tag-changed", 1))?;
+    std::fs::write(
+        &file,
+        text.replacen("value: tag-0", "value: tag-changed", 1),
+    )?;
     git(&work, &["commit", "-qam", "change one variation"])?;
-    git(&work, &["push", "-q", remote.to_str().unwrap_or_default(), "main"])?;
+    git(
+        &work,
+        &["push", "-q", remote.to_str().unwrap_or_default(), "main"],
+    )?;
     let one = rt.block_on(async {
         let t = Instant::now();
         r.fetch().await?;
@@ -147,7 +162,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("git")
         .current_dir(dir)
-        .args(["-c", "user.name=bench", "-c", "user.email=bench@fermata.invalid"])
+        .args([
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@fermata.invalid",
+        ])
         .args(args)
         .output()
         .with_context(|| format!("git {args:?}"))?;
@@ -171,7 +191,16 @@ fn generate(dir: &Path, a: &Args) -> anyhow::Result<()> {
             sd.join("synth.yaml"),
             format!("apiVersion: fermata.dev/v1alpha1\nkind: Synthesizer\nmetadata: {{name: s{s}}}\nspec:\n  manifests: ./manifests\n"),
         )?;
-        for (i, kind) in ["ConfigMap", "Service", "ServiceAccount", "Secret", "ConfigMap"].iter().enumerate() {
+        for (i, kind) in [
+            "ConfigMap",
+            "Service",
+            "ServiceAccount",
+            "Secret",
+            "ConfigMap",
+        ]
+        .iter()
+        .enumerate()
+        {
             std::fs::write(
                 sd.join(format!("manifests/{i}.yaml")),
                 format!(

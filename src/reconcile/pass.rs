@@ -193,6 +193,12 @@ impl Reconciler {
             }
         };
         report.revision = Some(rev);
+        if let Some(e) = &self.fetch_error {
+            report.errors.push(format!(
+                "fetch failed; reconciling the last good revision {}: {e}",
+                rev.short()
+            ));
+        }
         if let Some((r, at)) = self.settled.get(branch) {
             if *r == rev && now - *at < RESYNC {
                 report.unchanged = true;
@@ -710,14 +716,15 @@ impl Reconciler {
             message,
             last_transition_time: Some(now),
         };
+        let staged = w.digest.is_some() && (w.observed.staged == w.digest || programmed);
         let mut conditions = vec![
             cond(
                 "Staged",
-                w.digest.is_some() && (w.observed.staged == w.digest || programmed),
-                if w.error.is_some() {
-                    "Failed"
-                } else if w.digest.is_some() && (w.observed.staged == w.digest || programmed) {
+                staged,
+                if staged {
                     "Staged"
+                } else if w.error.is_some() {
+                    "Failed"
                 } else {
                     "Pending"
                 },
