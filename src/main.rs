@@ -8,8 +8,14 @@ use fermata::cli::{self, Cli, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo prints its own table; its logs would only bury it.
+    let default = if matches!(cli.command, cli::Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERMATA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -552,3 +552,65 @@ fn sites_sharing_a_repository_do_not_overwrite_each_other() {
     assert!(tree.contains("plant-a/main/shop/app.yaml"), "{tree}");
     assert!(tree.contains("plant-b/main/shop/app.yaml"), "{tree}");
 }
+
+#[test]
+fn an_unchanged_composition_costs_no_synthesis() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    let counter = tempfile::NamedTempFile::new().unwrap();
+    util::minimal(&repo)
+        .write(
+            "synth/app.yaml",
+            "apiVersion: fermata.dev/v1alpha1\nkind: Synthesizer\nmetadata: {name: app}\nspec:\n  command: [\"sh\", \"-c\", \"echo run >> \\\"$COUNTER\\\"; printf 'kind: ResourceList\\\\nitems: [{apiVersion: v1, kind: ConfigMap, metadata: {name: c}}]\\\\n'\"]\n",
+        )
+        .write(
+            "symphony.yaml",
+            &util::SYMPHONY.replace(
+                "synthesisEnv: [{name: TAG, value: v1}]",
+                &format!("synthesisEnv: [{{name: COUNTER, value: \"{}\"}}]", counter.path().display()),
+            ),
+        );
+    repo.commit("command synthesizer");
+    let runs = || {
+        std::fs::read_to_string(counter.path())
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let run = site.once(&repo, OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(runs(), 1);
+    // A commit that changes nothing the composition reads, then a restart.
+    repo.write("README.md", "unrelated\n");
+    repo.commit("docs");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    assert_eq!(runs(), 1, "no synthesis for an unchanged composition");
+    // Its synthesizer's folder changes: rendered again.
+    repo.write("synth/notes.txt", "changed\n");
+    repo.commit("synth folder");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    assert_eq!(runs(), 2);
+}
+
+#[test]
+fn a_gated_composition_is_staged_but_not_applied_until_the_gate_is_gone() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    util::minimal(&repo).write(
+        "symphony.yaml",
+        &format!(
+            "{}      schedulingGates: [{{name: approval}}]\n",
+            util::SYMPHONY
+        ),
+    );
+    repo.commit("gated");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    assert!(site.staged().is_some() && site.current().is_none());
+    let st = status_file(&repo);
+    assert!(st.contains("reason: SchedulingGatesPresent"), "{st}");
+    repo.write("symphony.yaml", util::SYMPHONY);
+    repo.commit("approved");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    assert!(site.current().unwrap().contains("tag: v1"));
+}

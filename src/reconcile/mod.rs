@@ -60,11 +60,7 @@ pub async fn run(
         let reports = r.pass().await;
         report(&reports);
         let mut wait = if failures > 0 {
-            // 1x, 2x, 4x ... the interval, capped: a flapping remote is not hammered.
-            r.settings
-                .interval
-                .saturating_mul(1 << (failures - 1).min(10))
-                .min(MAX_BACKOFF.max(r.settings.interval))
+            backoff(r.settings.interval, failures)
         } else {
             jitter(r.settings.interval)
         };
@@ -92,6 +88,15 @@ pub async fn run(
     }
     tracing::info!(at = %Utc::now(), "stopping");
     Ok(())
+}
+
+/// 1x, 2x, 4x ... the interval after repeated fetch failures, capped (at the
+/// interval itself when that is longer): a flapping remote is not hammered,
+/// and a recovered one is seen soon.
+fn backoff(interval: Duration, failures: u32) -> Duration {
+    interval
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF.max(interval))
 }
 
 /// Up to +10% of the interval, so a fleet started at once does not poll in step.
@@ -152,4 +157,31 @@ fn watch_refs(
         tracing::info!(path = %dir.display(), "watching refs for pushes");
     }
     watching.then_some(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let s = Duration::from_secs;
+        let waits: Vec<_> = (1..=6).map(|f| backoff(s(30), f)).collect();
+        assert_eq!(waits, [s(30), s(60), s(120), s(240), s(300), s(300)]);
+        assert_eq!(
+            backoff(s(600), 3),
+            s(600),
+            "never shorter than the interval"
+        );
+        assert_eq!(backoff(s(30), 1000), s(300), "no overflow");
+    }
+
+    #[test]
+    fn jitter_adds_at_most_a_tenth() {
+        let i = Duration::from_secs(30);
+        for _ in 0..100 {
+            let j = jitter(i);
+            assert!(j >= i && j < i + Duration::from_secs(3), "{j:?}");
+        }
+    }
 }
