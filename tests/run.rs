@@ -570,7 +570,7 @@ fn an_unchanged_composition_costs_no_synthesis() {
                 &format!("synthesisEnv: [{{name: COUNTER, value: \"{}\"}}]", counter.path().display()),
             ),
         );
-    repo.commit("command synthesizer");
+    let first = repo.commit("command synthesizer");
     let runs = || {
         std::fs::read_to_string(counter.path())
             .unwrap()
@@ -586,6 +586,16 @@ fn an_unchanged_composition_costs_no_synthesis() {
     assert_eq!(site.once(&repo, OPEN).code, 0);
     assert_eq!(site.once(&repo, OPEN).code, 0);
     assert_eq!(runs(), 1, "no synthesis for an unchanged composition");
+    // Its status names the commit that last changed it, so a commit rewrites
+    // only the statuses it changed; summary.md and the note name the new one.
+    let st = status_file(&repo);
+    assert!(st.contains(&format!("commit: {first}")), "{st}");
+    let summary = git(repo.path(), &["show", "fermata/status:main/summary.md"]);
+    let head = repo.git(&["rev-parse", "--short=7", "HEAD"]);
+    assert!(
+        summary.starts_with(&format!("# main@{head}: 1 installed")),
+        "{summary}"
+    );
     // Its synthesizer's folder changes: rendered again.
     repo.write("synth/notes.txt", "changed\n");
     repo.commit("synth folder");

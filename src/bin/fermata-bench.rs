@@ -36,6 +36,12 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("FERMATA_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let tmp = tempfile::tempdir()?;
     let root = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
@@ -126,7 +132,12 @@ fn main() -> anyhow::Result<()> {
     let one = rt.block_on(async {
         let t = Instant::now();
         r.fetch().await?;
+        let fetched = t.elapsed();
         let reports = r.pass().await;
+        println!(
+            "  (of which fetch: {fetched:.2?}, pass: {:.2?})",
+            t.elapsed() - fetched
+        );
         if !reports.iter().any(|b| b.status_commit.is_some()) {
             bail!("the change did not produce a status commit");
         }

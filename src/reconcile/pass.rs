@@ -38,7 +38,12 @@ pub struct Reconciler {
     pub fetch_error: Option<String>,
     /// Branches whose last pass left nothing to do, with that revision: an
     /// unchanged commit then costs no load, no render, no target read.
-    settled: HashMap<String, (Revision, DateTime<Utc>)>,
+    settled: HashMap<String, (Revision, std::time::Instant)>,
+    /// What each composition's target held after the last pass, while it was
+    /// Ready: an unchanged one is not read again until the next resync.
+    observed: HashMap<String, Observed>,
+    /// When each branch last read every target in full.
+    resynced: HashMap<String, std::time::Instant>,
 }
 
 /// What a pass did on one branch.
@@ -74,6 +79,8 @@ struct Work {
     digest: Option<Digest>,
     components: Vec<String>,
     rendered: Option<Arc<Rendered>>,
+    /// The commit that last changed this composition's desired state.
+    since: Option<String>,
     observed: Observed,
     error: Option<StatusErrorInfo>,
     waiting: Option<Reason>,
@@ -97,9 +104,10 @@ impl Work {
     }
 }
 
-/// Full passes still run this often on a settled branch, so drift on a
-/// target (a deleted file, a changed symlink) does not stay forever.
-const RESYNC: chrono::Duration = chrono::Duration::minutes(10);
+/// Targets are read in full at least this often, even on a settled branch,
+/// so drift on a target (a deleted file, a changed symlink) does not stay.
+/// Measured on the monotonic clock: a fixed `--now` must not stop it.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Reconciler {
     pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Reconciler> {
@@ -122,6 +130,8 @@ impl Reconciler {
             targets: HashMap::new(),
             fetch_error: None,
             settled: HashMap::new(),
+            observed: HashMap::new(),
+            resynced: HashMap::new(),
         })
     }
 
@@ -172,6 +182,7 @@ impl Reconciler {
     #[tracing::instrument(skip_all, fields(branch = %branch))]
     async fn pass_branch(&mut self, branch: &str) -> BranchReport {
         let now = self.clock.now();
+        let started = std::time::Instant::now();
         let mut report = BranchReport {
             branch: branch.to_string(),
             ..BranchReport::default()
@@ -200,10 +211,18 @@ impl Reconciler {
             ));
         }
         if let Some((r, at)) = self.settled.get(branch) {
-            if *r == rev && now - *at < RESYNC {
+            if *r == rev && at.elapsed() < RESYNC {
                 report.unchanged = true;
                 return report;
             }
+        }
+        let resync = self
+            .resynced
+            .get(branch)
+            .is_none_or(|at| at.elapsed() >= RESYNC);
+        if resync {
+            self.resynced
+                .insert(branch.to_string(), std::time::Instant::now());
         }
         let prev = self.persisted.revisions.get(branch).cloned();
         let forced = prev
@@ -236,6 +255,7 @@ impl Reconciler {
             tracing::warn!(error = %e, "invalid object");
         }
         let fleet = Arc::new(loaded.fleet);
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "loaded");
         let source_ref = SourceRef {
             branch: branch.to_string(),
             commit: rev.to_string(),
@@ -246,11 +266,12 @@ impl Reconciler {
         let mut synth_keys: HashMap<String, String> = HashMap::new();
         for comp in ordered(&fleet) {
             let w = self
-                .prepare(branch, &snap, &fleet, comp, &mut synth_keys)
+                .prepare(&source_ref, &snap, &fleet, comp, &mut synth_keys, resync)
                 .await;
             work.push(w);
         }
 
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "observed");
         // B: artifacts of everything that must be staged, each fetched once.
         let mut needed = Vec::new();
         for w in &mut work {
@@ -319,7 +340,10 @@ impl Reconciler {
             }
             if w.ready() {
                 ready.insert(w.comp.id.clone());
+                self.observed
+                    .insert(w.record_key.clone(), w.observed.clone());
             } else {
+                self.observed.remove(&w.record_key);
                 blocked_symphonies.insert(w.comp.id.symphony.clone());
                 if w.observed.applied.is_some() {
                     *unavailable.entry(w.comp.id.symphony.clone()).or_default() += 1;
@@ -327,6 +351,7 @@ impl Reconciler {
             }
         }
 
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "executed");
         // D: status, one commit if anything changed.
         let mut statuses = Vec::new();
         for w in &work {
@@ -398,6 +423,7 @@ impl Reconciler {
                     digest: Some(rec.digest),
                     components: rec.components.clone(),
                     rendered: None,
+                    since: rec.commit.clone(),
                     observed: Observed::default(),
                     error: None,
                     waiting: None,
@@ -464,6 +490,7 @@ impl Reconciler {
             }
             Err(e) => tracing::error!(error = %e, "status task failed"),
         }
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "status written");
         self.persisted
             .revisions
             .insert(branch.to_string(), rev.to_string());
@@ -474,7 +501,8 @@ impl Reconciler {
             && self.fetch_error.is_none()
             && report.errors.is_empty();
         if settled {
-            self.settled.insert(branch.to_string(), (rev, now));
+            self.settled
+                .insert(branch.to_string(), (rev, std::time::Instant::now()));
         } else {
             self.settled.remove(branch);
         }
@@ -484,19 +512,21 @@ impl Reconciler {
     /// Resolves the target, the digest (from cache or by rendering) and what the target holds.
     async fn prepare(
         &mut self,
-        branch: &str,
+        source: &SourceRef,
         snap: &Arc<Snapshot>,
         fleet: &Arc<Fleet>,
         comp: &Composition,
         synth_keys: &mut HashMap<String, String>,
+        resync: bool,
     ) -> Work {
         let mut w = Work {
             comp: comp.clone(),
             target: None,
-            record_key: format!("{branch}:{}", comp.id),
+            record_key: format!("{}:{}", source.branch, comp.id),
             digest: None,
             components: Vec::new(),
             rendered: None,
+            since: None,
             observed: Observed::default(),
             error: None,
             waiting: None,
@@ -514,8 +544,10 @@ impl Reconciler {
             Some(r) if r.input_key == key => {
                 w.digest = Some(r.digest);
                 w.components = r.components.clone();
+                w.since = r.commit.clone();
             }
             _ => {
+                w.since = Some(source.commit.clone());
                 if self.render(&mut w, snap, fleet).await.is_ok() {
                     if let Some(r) = &w.rendered {
                         self.persisted.renders.insert(
@@ -525,13 +557,20 @@ impl Reconciler {
                                 digest: r.digest,
                                 components: w.components.clone(),
                                 target: Some(comp.target.clone()),
+                                commit: Some(source.commit.clone()),
                             },
                         );
                     }
                 }
             }
         }
-        if let Some(t) = &w.target {
+        if let Some(memo) = self
+            .observed
+            .get(&w.record_key)
+            .filter(|o| !resync && o.applied == w.digest)
+        {
+            w.observed = memo.clone();
+        } else if let Some(t) = &w.target {
             match t.get(&comp.id).await {
                 Ok(o) => w.observed = o,
                 Err(e) => w.fail("TargetUnavailable", comp.target.clone(), e.to_string()),
@@ -799,7 +838,10 @@ impl Reconciler {
                 deployment_id: w.comp.id.to_string(),
                 time_stamp: now,
             },
-            source: source.clone(),
+            source: SourceRef {
+                branch: source.branch.clone(),
+                commit: w.since.clone().unwrap_or_else(|| source.commit.clone()),
+            },
             status: StatusBody {
                 state,
                 digest: w.digest.map(|d| d.to_hex()),

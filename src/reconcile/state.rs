@@ -36,6 +36,10 @@ pub struct RenderRecord {
     /// The Target it was rendered for: where to look when its symphony later fails to load.
     #[serde(default)]
     pub target: Option<String>,
+    /// The commit whose change produced this desired state: what its status
+    /// names as source, so a commit rewrites only the statuses it changed.
+    #[serde(default)]
+    pub commit: Option<String>,
 }
 
 impl Persisted {

@@ -13,9 +13,10 @@
 //! repository, and never touches a working tree.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use git2::{
     AutotagOption, ErrorCode, FetchOptions, Index, IndexEntry, IndexTime, ObjectType, Oid,
@@ -23,6 +24,7 @@ use git2::{
 };
 
 use super::DeploymentStatus;
+use crate::model::Digest;
 use crate::target::SourceRef;
 
 /// Where the per-commit summary notes live (`git log --notes=fermata`).
@@ -102,6 +104,10 @@ pub struct StatusUpdate {
 /// The status branch of a repository.
 #[derive(Debug, Clone)]
 pub struct StatusRepo {
+    /// Fingerprints of status blobs already read or written, by blob id: a
+    /// blob id names its content, so an entry never goes stale, and a pass
+    /// that changes one status of thousands parses none of the others.
+    seen: Arc<Mutex<HashMap<Oid, Digest>>>,
     git_dir: PathBuf,
     /// Set when `git_dir` is fermata's bare mirror of this URL: publish then
     /// pushes there. `None`: the user's own repository, written in place.
@@ -137,6 +143,7 @@ impl StatusRepo {
         site: Option<String>,
     ) -> Self {
         StatusRepo {
+            seen: Arc::default(),
             git_dir,
             remote,
             branch: branch.into(),
@@ -166,6 +173,7 @@ impl StatusRepo {
             .clone()
             .unwrap_or_else(|| self.git_dir.display().to_string());
         let mut reason = String::new();
+        let started = std::time::Instant::now();
         for attempt in 1..=MAX_ATTEMPTS {
             let before = (self.tip_id(&repo)?, ref_id(&repo, NOTES_REF));
             let tip = match before.0 {
@@ -177,6 +185,11 @@ impl StatusRepo {
                 None => None,
             };
             let plan = self.plan(&repo, tip_tree.as_ref(), &base, update)?;
+            tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                writes = plan.writes.len(),
+                "status planned"
+            );
             if plan.is_empty() && attempt == 1 {
                 return Ok(None);
             }
@@ -206,6 +219,10 @@ impl StatusRepo {
                 }
                 return Err(e);
             }
+            tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                "status committed"
+            );
             let Some(url) = &self.remote else {
                 return Ok(commit);
             };
@@ -463,13 +480,20 @@ impl StatusRepo {
         for s in &update.statuses {
             let id = &s.metadata.deployment_id;
             let path = format!("{base}/{id}.yaml");
+            let fingerprint = s.fingerprint();
             if let Some(old) = existing.remove(id) {
+                if self.seen_fingerprint(old) == Some(fingerprint) {
+                    continue;
+                }
                 let blob = repo
                     .find_blob(old)
                     .map_err(self.git(format!("read {path}")))?;
                 // An unreadable old file is simply replaced: it is ours to write.
-                if parse_status(blob.content()).is_ok_and(|old| s.same_as(&old)) {
-                    continue;
+                if let Ok(old_status) = parse_status(blob.content()) {
+                    self.remember(old, old_status.fingerprint());
+                    if s.same_as(&old_status) {
+                        continue;
+                    }
                 }
             }
             let yaml = serde_yaml::to_string(s).map_err(|e| StatusError::BadStatusFile {
@@ -477,6 +501,9 @@ impl StatusRepo {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
+            if let Ok(oid) = Oid::hash_object(ObjectType::Blob, yaml.as_bytes()) {
+                self.remember(oid, fingerprint);
+            }
             plan.writes.insert(path, yaml.into_bytes());
         }
         for id in existing.keys() {
@@ -498,6 +525,16 @@ impl StatusRepo {
             );
         }
         Ok(plan)
+    }
+
+    fn seen_fingerprint(&self, blob: Oid) -> Option<Digest> {
+        self.seen.lock().ok()?.get(&blob).copied()
+    }
+
+    fn remember(&self, blob: Oid, fingerprint: Digest) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(blob, fingerprint);
+        }
     }
 
     /// The tip's tree with the plan overlaid, built in an in-memory index.

@@ -167,6 +167,17 @@ impl DeploymentStatus {
     }
 }
 
+impl DeploymentStatus {
+    /// A digest of the status without its times: equal fingerprints mean
+    /// [`same_as`](Self::same_as), without parsing the other side again.
+    pub fn fingerprint(&self) -> crate::model::Digest {
+        let mut s = self.clone();
+        s.metadata.time_stamp = DateTime::<Utc>::UNIX_EPOCH;
+        strip_times(&mut s);
+        crate::model::Digest::of(&serde_json::to_vec(&s).unwrap_or_default())
+    }
+}
+
 fn strip_times(s: &mut DeploymentStatus) {
     for c in &mut s.status.conditions {
         c.last_transition_time = None;
