@@ -130,26 +130,20 @@ fn kill_minus_nine_at_any_point_then_restart_converges() {
     fleet(&repo, &url);
     repo.commit("fleet with an artifact");
     let state = tempfile::tempdir().unwrap();
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_fermata"))
-            .args([
-                "run",
-                "--once",
-                "--repo",
-                repo.path().to_str().unwrap(),
-                "--branch",
-                "main",
-                "--state-dir",
-            ])
-            .arg(state.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("fermata runs")
+    let command = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fermata"));
+        c.args(["run", "--once", "--repo", repo.path().to_str().unwrap()])
+            .args(["--branch", "main", "--state-dir"])
+            .arg(state.path());
+        c
     };
     let mut interrupted = 0;
     for i in 0..12u64 {
-        let mut child = run();
+        let mut child = command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fermata runs");
         std::thread::sleep(Duration::from_millis(40 + 35 * i));
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
@@ -163,19 +157,7 @@ fn kill_minus_nine_at_any_point_then_restart_converges() {
         interrupted >= 3,
         "only {interrupted} runs were killed before finishing"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
-        .args([
-            "run",
-            "--once",
-            "--repo",
-            repo.path().to_str().unwrap(),
-            "--branch",
-            "main",
-            "--state-dir",
-        ])
-        .arg(state.path())
-        .output()
-        .unwrap();
+    let out = command().output().unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -261,48 +261,38 @@ impl Reconciler {
             commit: rev.to_string(),
         };
 
-        // A: what is desired and what the target holds.
-        let mut work = Vec::new();
-        let mut synth_keys: HashMap<String, String> = HashMap::new();
-        for comp in ordered(&fleet) {
-            let w = self
-                .prepare(&source_ref, &snap, &fleet, comp, &mut synth_keys, resync)
-                .await;
-            work.push(w);
-        }
-
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "observed");
-        // B: artifacts of everything that must be staged, each fetched once.
-        let mut needed = Vec::new();
-        for w in &mut work {
-            if w.error.is_none()
-                && w.digest.is_some()
-                && w.observed.applied != w.digest
-                && w.observed.staged != w.digest
-            {
-                if let Err(e) = self.ensure_rendered(w, &snap, &fleet).await {
-                    tracing::warn!(composition = %w.comp.id, error = %e, "render failed");
-                }
-                if let Some(r) = &w.rendered {
-                    needed.extend(r.artifacts.iter().cloned());
+        // Artifacts first: they come from the synthesizers' definitions, and
+        // the store fetches only digests it lacks (one request per digest),
+        // so the compositions below can be rendered, staged and dropped one
+        // at a time instead of all held in memory at once.
+        let mut needed: BTreeMap<Digest, model::Artifact> = BTreeMap::new();
+        for comp in fleet.compositions() {
+            if let Some(s) = fleet.synthesizers.get(&comp.synthesizer) {
+                for a in &s.artifacts {
+                    needed.entry(a.sha256).or_insert_with(|| a.clone());
                 }
             }
         }
+        let needed: Vec<model::Artifact> = needed.into_values().collect();
         let fetched = if needed.is_empty() {
             BTreeMap::new()
         } else {
             self.store.fetch_all(&needed, &snap).await
         };
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "artifacts");
 
-        // C: stage, then apply what the plan allows, dependencies first.
-        let mut ready: HashSet<CompositionId> = work
-            .iter()
-            .filter(|w| w.ready())
-            .map(|w| w.comp.id.clone())
-            .collect();
+        // Per composition, dependencies first: what is desired, what the
+        // target holds, then stage and apply what the plan allows.
+        let mut work: Vec<Work> = Vec::new();
+        let mut synth_keys: HashMap<String, String> = HashMap::new();
+        let mut ready: HashSet<CompositionId> = HashSet::new();
         let mut blocked_symphonies: HashSet<String> = HashSet::new();
         let mut unavailable: HashMap<String, u32> = HashMap::new();
-        for w in &mut work {
+        for comp in ordered(&fleet) {
+            let mut item = self
+                .prepare(&source_ref, &snap, &fleet, comp, &mut synth_keys, resync)
+                .await;
+            let w = &mut item;
             let sym = fleet.symphonies.get(&w.comp.id.symphony);
             let strategy = sym.map(|s| s.rollout.strategy).unwrap_or_default();
             let max_unavailable = sym.map(|s| s.rollout.max_unavailable).unwrap_or(1).max(1);
@@ -330,6 +320,7 @@ impl Reconciler {
                 if let Some(decision) = plan::decide(&facts) {
                     self.execute(w, decision, &snap, &fleet, &fetched, &source_ref)
                         .await;
+                    w.rendered = None;
                     if let Some(next) = window
                         .filter(|_| w.waiting == Some(Reason::WindowClosed))
                         .and_then(|mw| mw.window.state_at(now).next_open)
@@ -349,6 +340,7 @@ impl Reconciler {
                     *unavailable.entry(w.comp.id.symphony.clone()).or_default() += 1;
                 }
             }
+            work.push(item);
         }
 
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "executed");

@@ -136,6 +136,21 @@ impl GitSource {
     }
 }
 
+/// The refs a mirror keeps: branches and tags, not peeled `^{}` entries.
+fn mirrored_ref(name: &str) -> bool {
+    (name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) && !name.ends_with("^{}")
+}
+
+fn local_refs(repo: &Repository) -> BTreeMap<String, Oid> {
+    let Ok(refs) = repo.references() else {
+        return BTreeMap::new();
+    };
+    refs.flatten()
+        .filter_map(|r| Some((r.name().ok()?.to_string(), r.target()?)))
+        .filter(|(n, _)| mirrored_ref(n))
+        .collect()
+}
+
 /// Credentials from the environment: an ssh agent or `FERMATA_SSH_KEY` for
 /// ssh, `FERMATA_GIT_TOKEN` for https. Each kind is tried once, so a wrong
 /// credential fails instead of looping inside libgit2. Shared with the status
@@ -180,6 +195,23 @@ impl Source for GitSource {
             source,
         };
         let mut remote = repo.remote_anonymous(&self.url).map_err(fetch_err)?;
+        // Most polls find nothing new: compare the advertised refs with ours
+        // first and stop there, as `git fetch` does, without a negotiation.
+        {
+            let conn = remote
+                .connect_auth(git2::Direction::Fetch, Some(callbacks()), None)
+                .map_err(fetch_err)?;
+            let theirs: BTreeMap<String, Oid> = conn
+                .list()
+                .map_err(fetch_err)?
+                .iter()
+                .filter(|h| mirrored_ref(h.name()))
+                .map(|h| (h.name().to_string(), h.oid()))
+                .collect();
+            if theirs == local_refs(&repo) {
+                return Ok(());
+            }
+        }
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(callbacks())
             .prune(git2::FetchPrune::On)
