@@ -33,6 +33,8 @@ pub struct Reconciler {
     store: ArtifactStore,
     status: StatusRepo,
     pub persisted: Persisted,
+    /// What `state.json` holds now, to write it only when it changes.
+    saved: Option<Persisted>,
     targets: HashMap<PathBuf, Arc<dyn Target>>,
     /// The last fetch error, shown in every status until a fetch succeeds.
     pub fetch_error: Option<String>,
@@ -126,6 +128,7 @@ impl Reconciler {
             clock,
             store,
             status,
+            saved: Some(persisted.clone()),
             persisted,
             targets: HashMap::new(),
             fetch_error: None,
@@ -173,8 +176,12 @@ impl Reconciler {
         for branch in self.settings.branches.clone() {
             out.push(self.pass_branch(&branch).await);
         }
-        if let Err(e) = self.persisted.save(&self.settings.state_dir) {
-            tracing::error!(error = %e, "cannot save state");
+        // A pass that changed nothing must write nothing, not even its cache.
+        if self.saved.as_ref() != Some(&self.persisted) {
+            match self.persisted.save(&self.settings.state_dir) {
+                Ok(()) => self.saved = Some(self.persisted.clone()),
+                Err(e) => tracing::error!(error = %e, "cannot save state"),
+            }
         }
         out
     }
@@ -331,8 +338,12 @@ impl Reconciler {
             }
             if w.ready() {
                 ready.insert(w.comp.id.clone());
-                self.observed
-                    .insert(w.record_key.clone(), w.observed.clone());
+                // Decisions need only the digests and health, not the components.
+                let memo = Observed {
+                    components: Vec::new(),
+                    ..w.observed.clone()
+                };
+                self.observed.insert(w.record_key.clone(), memo);
             } else {
                 self.observed.remove(&w.record_key);
                 blocked_symphonies.insert(w.comp.id.symphony.clone());
@@ -346,7 +357,12 @@ impl Reconciler {
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "executed");
         // D: status, one commit if anything changed.
         let mut statuses = Vec::new();
-        for w in &work {
+        let work_settled = work
+            .iter()
+            .all(|w| w.error.is_none() && (w.ready() || w.waiting == Some(Reason::GatePresent)));
+        // Consumed: each composition's work is dropped once its status exists.
+        for w in work {
+            let w = &w;
             let window = w
                 .comp
                 .window
@@ -486,9 +502,7 @@ impl Reconciler {
         self.persisted
             .revisions
             .insert(branch.to_string(), rev.to_string());
-        let settled = work
-            .iter()
-            .all(|w| w.error.is_none() && (w.ready() || w.waiting == Some(Reason::GatePresent)))
+        let settled = work_settled
             && fleet.failed.is_empty()
             && self.fetch_error.is_none()
             && report.errors.is_empty();
