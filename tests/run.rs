@@ -425,16 +425,7 @@ fn a_fetch_failure_keeps_the_last_good_revision_and_shows_in_status() {
     util::minimal(&origin);
     origin.commit("one");
     let bare = tempfile::tempdir().unwrap();
-    git(
-        bare.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            origin.path().to_str().unwrap(),
-            "r.git",
-        ],
-    );
+    util::bare_clone(origin.path(), bare.path(), "r.git");
     let url = format!("file://{}/r.git", bare.path().display());
     let site = Site::new();
     let run = site.fermata(&["run", "--once", "--repo", &url, "--branch", "main"], OPEN);

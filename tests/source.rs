@@ -21,17 +21,7 @@ fn reads_working_tree_bare_repo_and_file_url_alike() {
     minimal(&repo);
     repo.commit("one");
     let bare = tempfile::tempdir().unwrap();
-    util::git(
-        bare.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            repo.path().to_str().unwrap(),
-            "r.git",
-        ],
-    );
-    let bare_path = bare.path().join("r.git");
+    let bare_path = util::bare_clone(repo.path(), bare.path(), "r.git");
     let bare_path = bare_path.to_str().unwrap();
     let file_url = format!("file://{bare_path}");
     let mut digests = Vec::new();

@@ -379,17 +379,7 @@ fn mirror_of(remote: &Path, into: &Path, name: &str) -> PathBuf {
 fn mirror_pushes_and_rebases_on_a_moved_remote() {
     let (upstream, src) = source_repo();
     let tmp = tempfile::tempdir().unwrap();
-    git(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            upstream.path().to_str().unwrap(),
-            "remote.git",
-        ],
-    );
-    let remote = tmp.path().join("remote.git");
+    let remote = util::bare_clone(upstream.path(), tmp.path(), "remote.git");
     let url = format!("file://{}", remote.display());
     let mirror_a = mirror_of(&remote, tmp.path(), "a.git");
     let site_a = StatusRepo::new(
@@ -627,17 +617,7 @@ fn unparseable_status_file_is_an_error_naming_it() {
 fn rebases_on_a_remote_branch_moved_without_notes() {
     let (upstream, src) = source_repo();
     let tmp = tempfile::tempdir().unwrap();
-    git(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            upstream.path().to_str().unwrap(),
-            "remote.git",
-        ],
-    );
-    let remote = tmp.path().join("remote.git");
+    let remote = util::bare_clone(upstream.path(), tmp.path(), "remote.git");
     let mirror = mirror_of(&remote, tmp.path(), "m.git");
     // Someone pushes a status branch by hand: no notes ref on the remote.
     upstream.git(&["checkout", "-q", "--orphan", "hand"]);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{git, TestRepo};
+use util::TestRepo;
 
 /// Kills the process when the test ends, however it ends.
 struct Running(Child);
@@ -59,17 +59,7 @@ fn bare_with_clone() -> (tempfile::TempDir, PathBuf, TestRepo) {
     util::minimal(&work);
     work.commit("v1");
     let dir = tempfile::tempdir().unwrap();
-    git(
-        dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.path().to_str().unwrap(),
-            "r.git",
-        ],
-    );
-    let bare = dir.path().join("r.git");
+    let bare = util::bare_clone(work.path(), dir.path(), "r.git");
     work.git(&["remote", "add", "origin", bare.to_str().unwrap()]);
     (dir, bare, work)
 }

@@ -84,6 +84,21 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `git clone --bare FROM INTO/NAME`; returns the new repository's path.
+pub fn bare_clone(from: &Path, into: &Path, name: &str) -> PathBuf {
+    git(
+        into,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            from.to_str().expect("utf-8 path"),
+            name,
+        ],
+    );
+    into.join(name)
+}
+
 pub fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/repo-layout")
 }
