@@ -90,6 +90,40 @@ struct Work {
 }
 
 impl Work {
+    /// A composition known only from what was last rendered for it: one whose
+    /// symphony failed to load, or that was removed from the branch.
+    fn from_record(id: CompositionId, key: String, rec: &RenderRecord) -> Work {
+        Work {
+            comp: Composition {
+                id,
+                origin: model::Origin {
+                    file: String::new(),
+                    line: 0,
+                },
+                synthesizer: String::new(),
+                env: BTreeMap::new(),
+                bindings: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+                labels: BTreeMap::new(),
+                target: rec.target.clone().unwrap_or_default(),
+                window: rec.window.clone(),
+                scheduling_gates: vec![],
+                depends_on: vec![],
+                optional: false,
+            },
+            target: None,
+            record_key: key,
+            digest: Some(rec.digest),
+            components: rec.components.clone(),
+            rendered: None,
+            since: rec.commit.clone(),
+            observed: Observed::default(),
+            error: None,
+            waiting: None,
+            overridden: None,
+        }
+    }
+
     fn ready(&self) -> bool {
         self.error.is_none()
             && self.digest.is_some()
@@ -408,35 +442,7 @@ impl Reconciler {
                 let Ok(id) = key[branch.len() + 1..].parse::<CompositionId>() else {
                     continue;
                 };
-                let mut w = Work {
-                    comp: Composition {
-                        id: id.clone(),
-                        origin: model::Origin {
-                            file: String::new(),
-                            line: 0,
-                        },
-                        synthesizer: String::new(),
-                        env: BTreeMap::new(),
-                        bindings: BTreeMap::new(),
-                        annotations: BTreeMap::new(),
-                        labels: BTreeMap::new(),
-                        target: rec.target.clone().unwrap_or_default(),
-                        window: None,
-                        scheduling_gates: vec![],
-                        depends_on: vec![],
-                        optional: false,
-                    },
-                    target: None,
-                    record_key: key.clone(),
-                    digest: Some(rec.digest),
-                    components: rec.components.clone(),
-                    rendered: None,
-                    since: rec.commit.clone(),
-                    observed: Observed::default(),
-                    error: None,
-                    waiting: None,
-                    overridden: None,
-                };
+                let mut w = Work::from_record(id.clone(), key.clone(), &rec);
                 if let Some(t) = rec
                     .target
                     .as_ref()
@@ -468,14 +474,8 @@ impl Reconciler {
                 report.errors.push(e.to_string());
             }
         }
-        // Compositions gone from the branch are no longer tracked (deletion semantics come with rollout control).
-        let live: HashSet<String> = statuses
-            .iter()
-            .map(|s| format!("{branch}:{}", s.metadata.deployment_id))
-            .collect();
-        self.persisted
-            .renders
-            .retain(|k, _| !k.starts_with(&format!("{branch}:")) || live.contains(k));
+        self.removals(branch, &fleet, &source_ref, now, &mut statuses, &mut report)
+            .await;
 
         let mut summary = format!("{branch}@{}: {}", rev.short(), summarize(&statuses));
         if let Some(old) = forced {
@@ -503,6 +503,7 @@ impl Reconciler {
             .revisions
             .insert(branch.to_string(), rev.to_string());
         let settled = work_settled
+            && !report.rows.iter().any(|r| r.state == State::Removing)
             && fleet.failed.is_empty()
             && self.fetch_error.is_none()
             && report.errors.is_empty();
@@ -564,6 +565,8 @@ impl Reconciler {
                                 components: w.components.clone(),
                                 target: Some(comp.target.clone()),
                                 commit: Some(source.commit.clone()),
+                                window: comp.window.clone(),
+                                depends_on: comp.depends_on.iter().map(|d| d.to_string()).collect(),
                             },
                         );
                     }
@@ -731,6 +734,221 @@ impl Reconciler {
         }
     }
 
+    /// Compositions rendered on this branch before and gone from it now
+    /// (DESIGN.md section 5). A removed variation is `removing` until its
+    /// target confirms the delete, which waits for its window and for every
+    /// composition that depends on it; then its record and status go. A
+    /// removed symphony's compositions are dropped at once and their
+    /// resources orphaned: left in place, annotated `fermata.dev/orphaned-from`.
+    async fn removals(
+        &mut self,
+        branch: &str,
+        fleet: &Arc<Fleet>,
+        source: &SourceRef,
+        now: DateTime<Utc>,
+        statuses: &mut Vec<DeploymentStatus>,
+        report: &mut BranchReport,
+    ) {
+        let prefix = format!("{branch}:");
+        let live: HashSet<String> = statuses
+            .iter()
+            .map(|s| format!("{prefix}{}", s.metadata.deployment_id))
+            .collect();
+        let gone: Vec<(String, RenderRecord)> = self
+            .persisted
+            .renders
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && !live.contains(*k))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        self.persisted.orphaned.retain(|k, _| !live.contains(k));
+        for (key, rec) in gone {
+            let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
+                self.persisted.renders.remove(&key);
+                continue;
+            };
+            let target = rec
+                .target
+                .as_ref()
+                .and_then(|t| self.target_for(fleet, t).ok());
+            if !fleet.symphonies.contains_key(&id.symphony) {
+                if let Some(t) = &target {
+                    if let Err(e) = self.orphan(t.as_ref(), &id).await {
+                        tracing::warn!(composition = %id, error = %e, "cannot annotate orphaned resources");
+                    }
+                }
+                tracing::info!(composition = %id, "symphony removed: resources orphaned");
+                self.persisted.renders.remove(&key);
+                self.observed.remove(&key);
+                self.persisted.orphaned.insert(key, id.symphony.clone());
+                continue;
+            }
+            let mut w = Work::from_record(id.clone(), key.clone(), &rec);
+            // Dependents in the fleet, and those of symphonies that failed to
+            // load (a dangling dependsOn fails them): both still run on it.
+            let mut held_by: Vec<String> = fleet
+                .compositions()
+                .filter(|c| c.depends_on.contains(&id))
+                .map(|c| c.id.to_string())
+                .collect();
+            held_by.extend(
+                self.persisted
+                    .renders
+                    .iter()
+                    .filter(|(k, r)| {
+                        k.strip_prefix(&prefix)
+                            .and_then(|rest| rest.split_once('/'))
+                            .is_some_and(|(sym, _)| fleet.failed.contains_key(sym))
+                            && r.depends_on.contains(&id.to_string())
+                    })
+                    .map(|(k, _)| k[prefix.len()..].to_string()),
+            );
+            let window = rec.window.as_ref().and_then(|n| fleet.windows.get(n));
+            let window_status = window.map(|mw| {
+                let st = mw.window.state_at(now);
+                WindowStatus {
+                    name: mw.window.name.clone(),
+                    open: st.open,
+                    next_open: st.next_open,
+                }
+            });
+            let (reason, message) = if !held_by.is_empty() {
+                (
+                    "WaitingOnDependency",
+                    format!("held by {}", held_by.join(", ")),
+                )
+            } else if let Some(ws) = window_status.as_ref().filter(|w| !w.open) {
+                if let Some(next) = ws.next_open {
+                    report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
+                }
+                (
+                    "WindowClosed",
+                    "the removal waits for the window".to_string(),
+                )
+            } else {
+                let result = match &target {
+                    Some(t) => t.delete(&id).await.map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(composition = %id, "removed");
+                        self.persisted.renders.remove(&key);
+                        self.observed.remove(&key);
+                        continue;
+                    }
+                    Err(e) => {
+                        w.fail("DeleteFailed", rec.target.clone().unwrap_or_default(), e);
+                        ("Failed", String::new())
+                    }
+                }
+            };
+            if let Some(t) = &target {
+                w.observed = t.get(&id).await.unwrap_or_default();
+            }
+            let mut st = self.status_of(&w, source, now, window_status);
+            if w.error.is_none() {
+                st.status.state = State::Removing;
+                for c in &mut st.status.components {
+                    c.state = State::Removing;
+                }
+                if let Some(ready) = st
+                    .status
+                    .conditions
+                    .iter_mut()
+                    .find(|c| c.r#type == "Ready")
+                {
+                    ready.reason = reason.to_string();
+                    ready.message = message.clone();
+                }
+            }
+            report.rows.push(Row {
+                id,
+                state: st.status.state,
+                digest: w.digest,
+                window: rec.window.clone(),
+                note: if w.error.is_some() {
+                    row_note(&w)
+                } else {
+                    format!("removing: {reason}")
+                },
+            });
+            statuses.push(st);
+        }
+        for (key, symphony) in self
+            .persisted
+            .orphaned
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+        {
+            let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
+                continue;
+            };
+            statuses.push(orphaned_status(&id, symphony, source, now));
+            report.rows.push(Row {
+                id,
+                state: State::Removed,
+                digest: None,
+                window: None,
+                note: "removed (orphaned)".to_string(),
+            });
+        }
+    }
+
+    /// Leaves the applied resources in place, annotated with the symphony
+    /// they came from, as one more applied state (so it is atomic too).
+    async fn orphan(&self, target: &dyn Target, id: &CompositionId) -> Result<(), String> {
+        let Some(applied) = target.applied(id).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let resources = applied
+            .resources
+            .iter()
+            .map(|r| {
+                let mut o = r.object.clone();
+                if let Some(meta) = o
+                    .get_mut("metadata")
+                    .and_then(serde_json::Value::as_object_mut)
+                {
+                    let ann = meta
+                        .entry("annotations")
+                        .or_insert_with(|| serde_json::json!({}));
+                    if let Some(ann) = ann.as_object_mut() {
+                        ann.insert(ORPHANED_FROM.into(), serde_json::json!(id.symphony));
+                    }
+                }
+                synth::Resource::new(o)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut annotations = applied.annotations.clone();
+        annotations.insert(ORPHANED_FROM.to_string(), id.symphony.clone());
+        let artifacts = applied
+            .artifacts
+            .iter()
+            .map(|a| (a.name.clone(), self.store.path_of(&a.sha256)))
+            .collect();
+        let rendered = Rendered::from_parts(
+            id.clone(),
+            resources,
+            annotations,
+            applied.labels.clone(),
+            applied.artifacts.clone(),
+        );
+        let desired = Desired {
+            rendered: Arc::new(rendered),
+            source: SourceRef {
+                branch: String::new(),
+                commit: String::new(),
+            },
+            artifacts,
+        };
+        target
+            .apply(&desired, StateGoal::Apply)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     fn status_of(
         &self,
         w: &Work,
@@ -866,6 +1084,45 @@ impl Reconciler {
                     .collect(),
             },
         }
+    }
+}
+
+/// Marks resources left in place when their symphony was removed.
+pub const ORPHANED_FROM: &str = "fermata.dev/orphaned-from";
+
+/// The status of a composition whose symphony was removed: `removed (orphaned)`.
+fn orphaned_status(
+    id: &CompositionId,
+    symphony: &str,
+    source: &SourceRef,
+    now: DateTime<Utc>,
+) -> DeploymentStatus {
+    DeploymentStatus {
+        api_version: model::types::API_VERSION.to_string(),
+        kind: "DeploymentStatus".to_string(),
+        metadata: StatusMetadata {
+            deployment_id: id.to_string(),
+            time_stamp: now,
+        },
+        source: source.clone(),
+        status: StatusBody {
+            state: State::Removed,
+            digest: None,
+            applied: None,
+            window: None,
+            conditions: vec![Condition {
+                r#type: "Ready".to_string(),
+                status: "False".to_string(),
+                reason: "Orphaned".to_string(),
+                message: format!(
+                    "removed (orphaned): symphony {symphony} is gone from the repository; its resources are left in place, annotated {ORPHANED_FROM}: {symphony}"
+                ),
+                last_transition_time: Some(now),
+            }],
+            error: None,
+            r#override: None,
+            components: Vec::new(),
+        },
     }
 }
 

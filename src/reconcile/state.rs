@@ -24,6 +24,10 @@ pub struct Persisted {
     /// The last source revision reconciled, per branch.
     #[serde(default)]
     pub revisions: BTreeMap<String, String>,
+    /// `branch:symphony/variation` of compositions whose symphony was removed,
+    /// with that symphony: their status stays `removed (orphaned)`.
+    #[serde(default)]
+    pub orphaned: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -40,6 +44,13 @@ pub struct RenderRecord {
     /// names as source, so a commit rewrites only the statuses it changed.
     #[serde(default)]
     pub commit: Option<String>,
+    /// Its window: a removal waits for it too.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// What it depends on (`symphony/variation`): while it is still applied,
+    /// even with its symphony failing to load, those are not deleted.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
 }
 
 impl Persisted {

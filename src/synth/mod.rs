@@ -54,7 +54,7 @@ pub struct Resource {
 
 impl Resource {
     /// Checks the fields every resource needs and derives its key.
-    fn new(object: Value) -> Result<Resource, String> {
+    pub fn new(object: Value) -> Result<Resource, String> {
         let s = |v: Option<&Value>, f: &str| match v {
             Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
             Some(_) => Err(format!("{f} must be a non-empty string")),
@@ -138,6 +138,19 @@ impl Rendered {
             labels,
             artifacts,
         }
+    }
+
+    /// A state rebuilt from its parts (e.g. what a target holds), sorted and
+    /// digested exactly as a render is, so equal parts give an equal digest.
+    pub fn from_parts(
+        id: CompositionId,
+        mut resources: Vec<Resource>,
+        annotations: BTreeMap<String, String>,
+        labels: BTreeMap<String, String>,
+        artifacts: Vec<Artifact>,
+    ) -> Rendered {
+        resources.sort_by(|a, b| a.key.cmp(&b.key));
+        Rendered::assemble(id, resources, annotations, labels, artifacts)
     }
 
     /// A rendered state built from resource objects, for tests of the stages

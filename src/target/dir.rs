@@ -37,8 +37,8 @@ use super::{
     Component, Desired, Health, Observed, Outcome, SourceRef, StateFlag, StateGoal, Target,
     TargetError,
 };
-use crate::model::{CompositionId, Digest};
-use crate::synth::Rendered;
+use crate::model::{Artifact, CompositionId, Digest};
+use crate::synth::{Rendered, Resource};
 
 /// How many applied states are kept (the current one included), for rollback.
 pub const KEEP_APPLIED: usize = 3;
@@ -130,6 +130,11 @@ impl Target for DirectoryTarget {
     async fn delete(&self, id: &CompositionId) -> Result<(), TargetError> {
         let site = self.site(id)?;
         blocking(move || site.delete()).await
+    }
+
+    async fn applied(&self, id: &CompositionId) -> Result<Option<Rendered>, TargetError> {
+        let site = self.site(id)?;
+        blocking(move || site.applied()).await
     }
 
     async fn list(&self) -> Result<Vec<CompositionId>, TargetError> {
@@ -848,6 +853,49 @@ impl Site {
                 .collect(),
             health: Some(health),
         })
+    }
+
+    /// The applied state rebuilt from `composition.yaml` and `manifest.yaml`.
+    fn applied(&self) -> Result<Option<Rendered>, TargetError> {
+        let Pointer::State(digest) = self.pointer(CURRENT)? else {
+            return Ok(None);
+        };
+        let dir = self.state(&digest);
+        let record = self.read_record(&dir).map_err(TargetError::Invalid)?;
+        let path = dir.join(MANIFEST);
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let mut resources = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc)
+                .map_err(|e| TargetError::Invalid(format!("{}: {e}", path.display())))?;
+            if value.is_null() {
+                continue;
+            }
+            let object = serde_json::to_value(&value)
+                .map_err(|e| TargetError::Invalid(format!("{}: {e}", path.display())))?;
+            resources.push(
+                Resource::new(object)
+                    .map_err(|e| TargetError::Invalid(format!("{}: {e}", path.display())))?,
+            );
+        }
+        let artifacts = record
+            .artifacts
+            .iter()
+            .map(|a| Artifact {
+                name: a.name.clone(),
+                url: String::new(),
+                repo_path: None,
+                sha256: a.sha256,
+                size: Some(a.size),
+            })
+            .collect();
+        Ok(Some(Rendered::from_parts(
+            record.id,
+            resources,
+            record.annotations,
+            record.labels,
+            artifacts,
+        )))
     }
 
     /// Unlinks `current` first (what is applied disappears at once), then

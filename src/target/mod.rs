@@ -130,4 +130,8 @@ pub trait Target: Send + Sync + fmt::Debug {
     async fn delete(&self, id: &CompositionId) -> Result<(), TargetError>;
     /// Every composition the target holds anything of.
     async fn list(&self) -> Result<Vec<CompositionId>, TargetError>;
+    /// The applied state of `id` as the target holds it (artifacts by name,
+    /// sha256 and size only): what is left in place when a symphony is
+    /// deleted and its resources are orphaned.
+    async fn applied(&self, id: &CompositionId) -> Result<Option<Rendered>, TargetError>;
 }
