@@ -50,6 +50,7 @@ fn status(id: &str, source: &SourceRef, state: State, t: i64) -> DeploymentStatu
             components: vec![ComponentStatus {
                 name: format!("apps/v1/Deployment/line/{}", id.replace('/', "-")),
                 state,
+                skipped: None,
             }],
         },
     }

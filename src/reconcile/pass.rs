@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
+use super::annotations;
 use super::plan::{self, Apply, Facts, Reason};
 use super::state::{Persisted, RenderRecord};
 use super::Settings;
@@ -46,6 +47,8 @@ pub struct Reconciler {
     observed: HashMap<String, Observed>,
     /// When each branch last read every target in full.
     resynced: HashMap<String, std::time::Instant>,
+    /// `FERMATA_TEST_WRITE_HOOK`: a command run after every target write.
+    write_hook: Option<String>,
 }
 
 /// What a pass did on one branch.
@@ -86,7 +89,14 @@ struct Work {
     observed: Observed,
     error: Option<StatusErrorInfo>,
     waiting: Option<Reason>,
+    /// Why it waits, in words, where the reason alone does not say it.
+    waiting_message: String,
     overridden: Option<Override>,
+    /// Cache key of everything the desired state depends on (set when it
+    /// must be rendered, to record the result under it).
+    key: Option<(String, String)>,
+    /// Components left alone by `reconcile-when`.
+    skipped: Vec<String>,
 }
 
 impl Work {
@@ -120,7 +130,10 @@ impl Work {
             observed: Observed::default(),
             error: None,
             waiting: None,
+            waiting_message: String::new(),
             overridden: None,
+            key: None,
+            skipped: rec.skipped.clone(),
         }
     }
 
@@ -169,6 +182,9 @@ impl Reconciler {
             settled: HashMap::new(),
             observed: HashMap::new(),
             resynced: HashMap::new(),
+            write_hook: std::env::var("FERMATA_TEST_WRITE_HOOK")
+                .ok()
+                .filter(|h| !h.is_empty()),
         })
     }
 
@@ -322,18 +338,26 @@ impl Reconciler {
         };
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "artifacts");
 
-        // Per composition, dependencies first: what is desired, what the
-        // target holds, then stage and apply what the plan allows.
+        // What is desired and what each target holds, dependencies first.
         let mut work: Vec<Work> = Vec::new();
         let mut synth_keys: HashMap<String, String> = HashMap::new();
+        for comp in ordered(&fleet) {
+            let w = self
+                .prepare(&source_ref, &snap, &fleet, comp, &mut synth_keys, resync)
+                .await;
+            work.push(w);
+        }
+        // Phase 1 of the annotation protocol: prunes, before any set.
+        let held = self.prune_phase(&mut work, &fleet, now, &mut report).await;
+
+        // Per composition: stage, then apply what the plan allows.
         let mut ready: HashSet<CompositionId> = HashSet::new();
         let mut blocked_symphonies: HashSet<String> = HashSet::new();
         let mut unavailable: HashMap<String, u32> = HashMap::new();
-        for comp in ordered(&fleet) {
-            let mut item = self
-                .prepare(&source_ref, &snap, &fleet, comp, &mut synth_keys, resync)
-                .await;
-            let w = &mut item;
+        for w in work.iter_mut() {
+            if w.error.is_none() && w.digest.is_none() {
+                let _ = self.render(w, &snap, &fleet, &source_ref).await;
+            }
             let sym = fleet.symphonies.get(&w.comp.id.symphony);
             let strategy = sym.map(|s| s.rollout.strategy).unwrap_or_default();
             let max_unavailable = sym.map(|s| s.rollout.max_unavailable).unwrap_or(1).max(1);
@@ -343,6 +367,7 @@ impl Reconciler {
                 applied: w.observed.applied,
                 staged: w.observed.staged,
                 gated: !w.comp.scheduling_gates.is_empty(),
+                pruning: held.contains_key(&w.comp.id.symphony),
                 dependencies_ready: w.comp.depends_on.iter().all(|d| ready.contains(d)),
                 rollout_allows: match strategy {
                     Strategy::OrderedReady => !blocked_symphonies.contains(&w.comp.id.symphony),
@@ -361,6 +386,10 @@ impl Reconciler {
                 if let Some(decision) = plan::decide(&facts) {
                     self.execute(w, decision, &snap, &fleet, &fetched, &source_ref)
                         .await;
+                    if w.waiting == Some(Reason::PrunePending) {
+                        w.waiting_message =
+                            held.get(&w.comp.id.symphony).cloned().unwrap_or_default();
+                    }
                     w.rendered = None;
                     if let Some(next) = window
                         .filter(|_| w.waiting == Some(Reason::WindowClosed))
@@ -385,7 +414,6 @@ impl Reconciler {
                     *unavailable.entry(w.comp.id.symphony.clone()).or_default() += 1;
                 }
             }
-            work.push(item);
         }
 
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "executed");
@@ -517,6 +545,9 @@ impl Reconciler {
     }
 
     /// Resolves the target, the digest (from cache or by rendering) and what the target holds.
+    /// The target, what it holds, and the desired digest if nothing it
+    /// depends on changed since it was last rendered (else it is rendered
+    /// when needed, one at a time).
     async fn prepare(
         &mut self,
         source: &SourceRef,
@@ -526,10 +557,11 @@ impl Reconciler {
         synth_keys: &mut HashMap<String, String>,
         resync: bool,
     ) -> Work {
+        let record_key = format!("{}:{}", source.branch, comp.id);
         let mut w = Work {
             comp: comp.clone(),
             target: None,
-            record_key: format!("{}:{}", source.branch, comp.id),
+            record_key,
             digest: None,
             components: Vec::new(),
             rendered: None,
@@ -537,7 +569,10 @@ impl Reconciler {
             observed: Observed::default(),
             error: None,
             waiting: None,
+            waiting_message: String::new(),
             overridden: None,
+            key: None,
+            skipped: Vec::new(),
         };
         match self.target_for(fleet, &comp.target) {
             Ok(t) => w.target = Some(t),
@@ -546,66 +581,71 @@ impl Reconciler {
                 return w;
             }
         }
-        let key = input_key(snap, fleet, comp, synth_keys);
-        match self.persisted.renders.get(&w.record_key) {
-            Some(r) if r.input_key == key => {
-                w.digest = Some(r.digest);
-                w.components = r.components.clone();
-                w.since = r.commit.clone();
-            }
-            _ => {
-                w.since = Some(source.commit.clone());
-                if self.render(&mut w, snap, fleet).await.is_ok() {
-                    if let Some(r) = &w.rendered {
-                        self.persisted.renders.insert(
-                            w.record_key.clone(),
-                            RenderRecord {
-                                input_key: key,
-                                digest: r.digest,
-                                components: w.components.clone(),
-                                target: Some(comp.target.clone()),
-                                commit: Some(source.commit.clone()),
-                                window: comp.window.clone(),
-                                depends_on: comp.depends_on.iter().map(|d| d.to_string()).collect(),
-                            },
-                        );
-                    }
-                }
-            }
-        }
+        let base = input_key(snap, fleet, comp, synth_keys);
+        let record = self.persisted.renders.get(&w.record_key).cloned();
+        let unchanged = record.as_ref().filter(|r| r.base_key == base);
         if let Some(memo) = self
             .observed
             .get(&w.record_key)
-            .filter(|o| !resync && o.applied == w.digest)
+            .filter(|o| !resync && unchanged.is_some_and(|r| o.applied == Some(r.digest)))
         {
             w.observed = memo.clone();
         } else if let Some(t) = &w.target {
             match t.get(&comp.id).await {
                 Ok(o) => w.observed = o,
-                Err(e) => w.fail("TargetUnavailable", comp.target.clone(), e.to_string()),
+                Err(e) => {
+                    w.fail("TargetUnavailable", comp.target.clone(), e.to_string());
+                    return w;
+                }
+            }
+        }
+        // The desired state also depends on what the composition will carry,
+        // and, where reconcile-when leaves resources alone, on what is applied.
+        let mut h = Sha256::new();
+        h.update(base.as_bytes());
+        h.update(
+            serde_json::to_vec(&(
+                annotations::effective(&w.observed.annotations, &comp.annotations),
+                annotations::effective(&w.observed.labels, &comp.labels),
+            ))
+            .unwrap_or_default(),
+        );
+        if record.as_ref().is_some_and(|r| !r.skipped.is_empty()) {
+            h.update(w.observed.applied.map(|d| d.to_hex()).unwrap_or_default());
+        }
+        let key = hex::encode(h.finalize());
+        match record {
+            Some(r) if r.input_key == key => {
+                w.digest = Some(r.digest);
+                w.components = r.components.clone();
+                w.since = r.commit.clone();
+                w.skipped = r.skipped.clone();
+            }
+            _ => {
+                w.since = Some(source.commit.clone());
+                w.key = Some((base, key));
             }
         }
         w
     }
 
+    /// Renders, then settles what the composition will hold: its annotations
+    /// and labels once this write completes, and resources left alone by
+    /// `reconcile-when`. Records the result so it is not rendered again.
     async fn render(
-        &self,
+        &mut self,
         w: &mut Work,
         snap: &Arc<Snapshot>,
         fleet: &Arc<Fleet>,
+        source: &SourceRef,
     ) -> Result<(), String> {
         let (snap2, fleet2, comp) = (snap.clone(), fleet.clone(), w.comp.clone());
         let result = tokio::task::spawn_blocking(move || {
             synth::render(&snap2, &fleet2, &comp).map_err(|e| e.diagnostic(&fleet2, &comp))
         })
         .await;
-        match result {
-            Ok(Ok(r)) => {
-                w.digest = Some(r.digest);
-                w.components = r.resources.iter().map(|res| res.key.to_string()).collect();
-                w.rendered = Some(Arc::new(r));
-                Ok(())
-            }
+        let rendered = match result {
+            Ok(Ok(r)) => r,
             Ok(Err(d)) => {
                 let msg = d.to_string();
                 w.fail(
@@ -613,26 +653,190 @@ impl Reconciler {
                     format!("{}:{}", d.file, d.line.unwrap_or(0)),
                     d.message,
                 );
-                Err(msg)
+                return Err(msg);
             }
             Err(e) => {
                 w.fail("RenderFailed", w.comp.synthesizer.clone(), e.to_string());
-                Err(e.to_string())
+                return Err(e.to_string());
+            }
+        };
+        let ann = annotations::effective(&w.observed.annotations, &w.comp.annotations);
+        let labels = annotations::effective(&w.observed.labels, &w.comp.labels);
+        let needs_applied = rendered.resources.iter().any(|r| {
+            r.object
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(annotations::RECONCILE_WHEN))
+                .and_then(|v| v.as_str())
+                .is_some_and(|c| !annotations::reconcile_when_matches(c, &ann))
+        });
+        let applied = match (&w.target, needs_applied) {
+            (Some(t), true) => match t.applied(&w.comp.id).await {
+                Ok(a) => a,
+                Err(e) => {
+                    w.fail("TargetUnavailable", w.comp.target.clone(), e.to_string());
+                    return Err(e.to_string());
+                }
+            },
+            _ => None,
+        };
+        let (state, skipped) = annotations::finalize(&rendered, ann, labels, applied.as_ref());
+        w.digest = Some(state.digest);
+        w.components = rendered
+            .resources
+            .iter()
+            .map(|r| r.key.to_string())
+            .collect();
+        w.skipped = skipped;
+        if let Some((base, key)) = w.key.take() {
+            self.persisted.renders.insert(
+                w.record_key.clone(),
+                RenderRecord {
+                    input_key: key,
+                    base_key: base,
+                    digest: state.digest,
+                    components: w.components.clone(),
+                    target: Some(w.comp.target.clone()),
+                    commit: Some(source.commit.clone()),
+                    window: w.comp.window.clone(),
+                    depends_on: w.comp.depends_on.iter().map(|d| d.to_string()).collect(),
+                    skipped: w.skipped.clone(),
+                },
+            );
+        }
+        w.rendered = Some(Arc::new(state));
+        Ok(())
+    }
+
+    /// Phase 1 of the annotation protocol (DESIGN.md section 4), per
+    /// symphony: remove, from every composition that carries them, the
+    /// annotations its variation now sets to `""`, each as a write of its
+    /// applied state with nothing else changed. Returns, per symphony, what
+    /// holds its phase 2: a prune whose window is closed, or one that failed.
+    async fn prune_phase(
+        &mut self,
+        work: &mut [Work],
+        fleet: &Fleet,
+        now: DateTime<Utc>,
+        report: &mut BranchReport,
+    ) -> HashMap<String, String> {
+        let mut held: HashMap<String, String> = HashMap::new();
+        for w in work.iter_mut() {
+            let keys = annotations::prunes(&w.observed.annotations, &w.comp.annotations);
+            let Some(target) = w
+                .target
+                .clone()
+                .filter(|_| !keys.is_empty() && w.error.is_none())
+            else {
+                continue;
+            };
+            let sym = w.comp.id.symphony.clone();
+            let window = w.comp.window.as_ref().and_then(|n| fleet.windows.get(n));
+            if let Some(mw) = window.filter(|mw| !mw.window.is_open(now)) {
+                let next = mw.window.state_at(now).next_open;
+                if let Some(n) = next {
+                    report.next_window = Some(report.next_window.map_or(n, |m| m.min(n)));
+                }
+                held.entry(sym).or_insert_with(|| {
+                    format!(
+                        "{} must first remove {} in its window {} (next opening {})",
+                        w.comp.id,
+                        keys.join(", "),
+                        mw.window.name,
+                        next.map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "never".into())
+                    )
+                });
+                continue;
+            }
+            let pruned = annotations::pruned(&w.observed.annotations, &keys);
+            let result = self
+                .rewrite_applied(target.as_ref(), &w.comp.id, |mut r| {
+                    r.annotations = pruned;
+                    Ok(r)
+                })
+                .await;
+            match result {
+                Ok(()) => {
+                    tracing::info!(composition = %w.comp.id, keys = %keys.join(","), "pruned annotations");
+                    match target.get(&w.comp.id).await {
+                        Ok(o) => w.observed = o,
+                        Err(e) => w.fail("TargetUnavailable", w.comp.target.clone(), e.to_string()),
+                    }
+                }
+                Err(e) => {
+                    held.entry(sym).or_insert_with(|| {
+                        format!(
+                            "removing {} from {} failed: {e}",
+                            keys.join(", "),
+                            w.comp.id
+                        )
+                    });
+                }
+            }
+        }
+        held
+    }
+
+    /// Writes the applied state of `id` again, changed by `edit`, as one
+    /// more applied state: atomic like any apply. Nothing applied: nothing done.
+    async fn rewrite_applied(
+        &self,
+        target: &dyn Target,
+        id: &CompositionId,
+        edit: impl FnOnce(Rendered) -> Result<Rendered, String>,
+    ) -> Result<(), String> {
+        let Some(applied) = target.applied(id).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let edited = edit(applied)?;
+        let artifacts = edited
+            .artifacts
+            .iter()
+            .map(|a| (a.name.clone(), self.store.path_of(&a.sha256)))
+            .collect();
+        let rendered = Rendered::from_parts(
+            id.clone(),
+            edited.resources,
+            edited.annotations,
+            edited.labels,
+            edited.artifacts,
+        );
+        let desired = Desired {
+            rendered: Arc::new(rendered),
+            source: SourceRef {
+                branch: String::new(),
+                commit: String::new(),
+            },
+            artifacts,
+        };
+        let result = target.apply(&desired, StateGoal::Apply).await;
+        self.after_write();
+        result.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Runs `FERMATA_TEST_WRITE_HOOK` after every target write: a test hook
+    /// that inspects the target between writes (the Eno migration test).
+    fn after_write(&self) {
+        if let Some(hook) = &self.write_hook {
+            let status = std::process::Command::new("sh").args(["-c", hook]).status();
+            if !status.is_ok_and(|s| s.success()) {
+                tracing::error!(hook, "write hook failed");
             }
         }
     }
 
     /// The rendered state is needed to stage; a cached digest alone does not carry it.
     async fn ensure_rendered(
-        &self,
+        &mut self,
         w: &mut Work,
         snap: &Arc<Snapshot>,
         fleet: &Arc<Fleet>,
+        source: &SourceRef,
     ) -> Result<(), String> {
         if w.rendered.is_some() {
             return Ok(());
         }
-        self.render(w, snap, fleet).await
+        self.render(w, snap, fleet, source).await
     }
 
     async fn execute(
@@ -654,7 +858,7 @@ impl Reconciler {
             }
             return;
         }
-        if self.ensure_rendered(w, snap, fleet).await.is_err() {
+        if self.ensure_rendered(w, snap, fleet, source).await.is_err() {
             return;
         }
         let Some(rendered) = w.rendered.clone() else {
@@ -682,7 +886,9 @@ impl Reconciler {
             artifacts,
         };
         if decision.stage {
-            if let Err(e) = target.apply(&desired, StateGoal::Stage).await {
+            let staged = target.apply(&desired, StateGoal::Stage).await;
+            self.after_write();
+            if let Err(e) = staged {
                 w.fail("StagingFailed", w.comp.target.clone(), e.to_string());
                 return;
             }
@@ -690,7 +896,9 @@ impl Reconciler {
         }
         match decision.apply {
             Apply::Now { overridden } => {
-                if let Err(e) = target.apply(&desired, StateGoal::Apply).await {
+                let applied = target.apply(&desired, StateGoal::Apply).await;
+                self.after_write();
+                if let Err(e) = applied {
                     w.fail("ApplyFailed", w.comp.target.clone(), e.to_string());
                     return;
                 }
@@ -827,7 +1035,11 @@ impl Reconciler {
                 )
             } else {
                 let result = match &target {
-                    Some(t) => t.delete(&id).await.map_err(|e| e.to_string()),
+                    Some(t) => {
+                        let r = t.delete(&id).await.map_err(|e| e.to_string());
+                        self.after_write();
+                        r
+                    }
                     None => Ok(()),
                 };
                 match result {
@@ -898,14 +1110,10 @@ impl Reconciler {
     /// Leaves the applied resources in place, annotated with the symphony
     /// they came from, as one more applied state (so it is atomic too).
     async fn orphan(&self, target: &dyn Target, id: &CompositionId) -> Result<(), String> {
-        let Some(applied) = target.applied(id).await.map_err(|e| e.to_string())? else {
-            return Ok(());
-        };
-        let resources = applied
-            .resources
-            .iter()
-            .map(|r| {
-                let mut o = r.object.clone();
+        self.rewrite_applied(target, id, |mut r| {
+            let mut resources = Vec::with_capacity(r.resources.len());
+            for res in &r.resources {
+                let mut o = res.object.clone();
                 if let Some(meta) = o
                     .get_mut("metadata")
                     .and_then(serde_json::Value::as_object_mut)
@@ -917,36 +1125,14 @@ impl Reconciler {
                         ann.insert(ORPHANED_FROM.into(), serde_json::json!(id.symphony));
                     }
                 }
-                synth::Resource::new(o)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut annotations = applied.annotations.clone();
-        annotations.insert(ORPHANED_FROM.to_string(), id.symphony.clone());
-        let artifacts = applied
-            .artifacts
-            .iter()
-            .map(|a| (a.name.clone(), self.store.path_of(&a.sha256)))
-            .collect();
-        let rendered = Rendered::from_parts(
-            id.clone(),
-            resources,
-            annotations,
-            applied.labels.clone(),
-            applied.artifacts.clone(),
-        );
-        let desired = Desired {
-            rendered: Arc::new(rendered),
-            source: SourceRef {
-                branch: String::new(),
-                commit: String::new(),
-            },
-            artifacts,
-        };
-        target
-            .apply(&desired, StateGoal::Apply)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+                resources.push(synth::Resource::new(o)?);
+            }
+            r.resources = resources;
+            r.annotations
+                .insert(ORPHANED_FROM.to_string(), id.symphony.clone());
+            Ok(r)
+        })
+        .await
     }
 
     fn status_of(
@@ -1004,6 +1190,7 @@ impl Reconciler {
                     waiting
                 },
                 match (&w.waiting, &window) {
+                    _ if !w.waiting_message.is_empty() => w.waiting_message.clone(),
                     (Some(Reason::WindowClosed), Some(ws)) => format!(
                         "window {} is closed; next opening {}",
                         ws.name,
@@ -1080,6 +1267,10 @@ impl Reconciler {
                     .map(|name| ComponentStatus {
                         name: name.clone(),
                         state: component_state,
+                        skipped: w
+                            .skipped
+                            .contains(name)
+                            .then(|| "reconcile-when".to_string()),
                     })
                     .collect(),
             },

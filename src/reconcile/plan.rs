@@ -12,6 +12,8 @@ pub enum Reason {
     GatePresent,
     WaitingOnDependency,
     WaitingForReady,
+    /// Phase 1 of the annotation protocol is not complete in the symphony.
+    PrunePending,
 }
 
 impl Reason {
@@ -21,6 +23,7 @@ impl Reason {
             Reason::GatePresent => "SchedulingGatesPresent",
             Reason::WaitingOnDependency => "WaitingOnDependency",
             Reason::WaitingForReady => "WaitingForReady",
+            Reason::PrunePending => "WaitingForPrune",
         }
     }
 }
@@ -32,6 +35,9 @@ pub struct Facts {
     pub applied: Option<Digest>,
     pub staged: Option<Digest>,
     pub gated: bool,
+    /// Annotations still to be removed somewhere in the symphony (phase 1):
+    /// no composition of it may set any yet.
+    pub pruning: bool,
     /// Every `dependsOn` composition is Ready.
     pub dependencies_ready: bool,
     /// The rollout strategy lets this one go now (e.g. the previous one is Ready).
@@ -71,6 +77,8 @@ pub fn decide(f: &Facts) -> Option<Decision> {
         Apply::Done
     } else if f.gated {
         Apply::Wait(Reason::GatePresent)
+    } else if f.pruning {
+        Apply::Wait(Reason::PrunePending)
     } else if !f.dependencies_ready {
         Apply::Wait(Reason::WaitingOnDependency)
     } else if !f.rollout_allows {

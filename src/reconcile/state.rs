@@ -32,8 +32,13 @@ pub struct Persisted {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RenderRecord {
-    /// SHA-256 of everything synthesis reads for this composition.
+    /// SHA-256 of everything the desired state depends on: what synthesis
+    /// reads, and what the composition carries once written.
     pub input_key: String,
+    /// SHA-256 of what synthesis reads alone: unchanged, the composition
+    /// need not be read from its target again until a resync.
+    #[serde(default)]
+    pub base_key: String,
     pub digest: Digest,
     /// Component names of the rendered state, for status.
     pub components: Vec<String>,
@@ -51,6 +56,9 @@ pub struct RenderRecord {
     /// even with its symphony failing to load, those are not deleted.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Components left alone by `reconcile-when` in this state.
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 impl Persisted {

@@ -153,6 +153,9 @@ pub struct Override {
 pub struct ComponentStatus {
     pub name: String,
     pub state: State,
+    /// Why fermata leaves it alone, e.g. `reconcile-when`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl DeploymentStatus {

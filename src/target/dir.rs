@@ -814,9 +814,11 @@ impl Site {
         };
         let mut flags: BTreeMap<String, StateFlag> = BTreeMap::new();
         let mut applied_components = BTreeMap::new();
+        let mut carried = (BTreeMap::new(), BTreeMap::new());
         if let Some(d) = applied {
             match self.check_state(&d)? {
                 StateCheck::Complete(record) => {
+                    carried = (record.annotations.clone(), record.labels.clone());
                     for c in record.components {
                         flags.insert(c.name.clone(), StateFlag::Applied);
                         applied_components.insert(c.name, c.sha256);
@@ -852,6 +854,8 @@ impl Site {
                 .map(|(name, flag)| Component { name, flag })
                 .collect(),
             health: Some(health),
+            annotations: carried.0,
+            labels: carried.1,
         })
     }
 

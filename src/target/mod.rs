@@ -83,6 +83,10 @@ pub struct Observed {
     /// is not applied yet (`Staged`), each once.
     pub components: Vec<Component>,
     pub health: Option<Health>,
+    /// Annotations the applied state carries (the two-phase protocol reads them).
+    pub annotations: BTreeMap<String, String>,
+    /// Labels the applied state carries.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a call changed, or with `DryRun` would change.

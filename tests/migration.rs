@@ -1,0 +1,260 @@
+//! Eno's migration example end to end through `fermata run` on real commits
+//! (DESIGN.md section 4): a resource moves from composition A to composition
+//! B by flipping one annotation in one commit. A test hook inspects the
+//! target after every single target write: never do A and B both carry the
+//! annotation, and once applied the resource is never absent.
+
+mod util;
+
+use std::path::Path;
+use std::process::Command;
+
+use util::{git, TestRepo};
+
+const OPEN: &str = "2026-11-21T02:30:00Z";
+const CLOSED: &str = "2026-11-21T06:00:00Z";
+const OWNER: &str = "migrate.example/owner";
+
+/// Two synthesizers that both render the `shared` ConfigMap, each only while
+/// its composition carries `owner=true`, plus one resource of their own.
+fn fleet(repo: &TestRepo, a_owner: &str, b_owner: &str, a_window: bool) {
+    fleet_ordered(repo, a_owner, b_owner, a_window, false)
+}
+
+/// `b_first`: the new owner is listed (and so processed) before the old one.
+fn fleet_ordered(repo: &TestRepo, a_owner: &str, b_owner: &str, a_window: bool, b_first: bool) {
+    repo.write("target.yaml", util::TARGET).write(
+        "window.yaml",
+        "apiVersion: fermata.dev/v1alpha1\nkind: MaintenanceWindow\nmetadata: {name: sat}\nspec: {schedule: \"0 2 * * SAT\", duration: 3h, timezone: UTC}\n",
+    );
+    for s in ["old", "new"] {
+        repo.write(
+            &format!("synth/{s}/synth.yaml"),
+            &format!("apiVersion: fermata.dev/v1alpha1\nkind: Synthesizer\nmetadata: {{name: {s}}}\nspec:\n  manifests: ./manifests\n"),
+        )
+        .write(
+            &format!("synth/{s}/manifests/shared.yaml"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  namespace: default\n  annotations: {{fermata.dev/reconcile-when: \"{OWNER}=true\"}}\ndata: {{from: {s}}}\n"),
+        )
+        .write(
+            &format!("synth/{s}/manifests/own.yaml"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {s}, namespace: default}}\ndata: {{x: \"1\"}}\n"),
+        );
+    }
+    let window = if a_window { ", window: sat" } else { "" };
+    let a = format!("    - {{name: a, synthesizer: {{name: old}}, annotations: {{{OWNER}: \"{a_owner}\"}}{window}}}\n");
+    let b = format!(
+        "    - {{name: b, synthesizer: {{name: new}}, annotations: {{{OWNER}: \"{b_owner}\"}}}}\n"
+    );
+    let variations = if b_first {
+        format!("{b}{a}")
+    } else {
+        format!("{a}{b}")
+    };
+    repo.write(
+        "symphony.yaml",
+        &format!(
+            "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: migrate}}\nspec:\n  rollout: {{strategy: Parallel, maxUnavailable: 2}}\n  variations:\n{variations}"
+        ),
+    );
+}
+
+struct Site {
+    state: tempfile::TempDir,
+    log: tempfile::NamedTempFile,
+}
+
+impl Site {
+    fn new() -> Site {
+        Site {
+            state: tempfile::tempdir().unwrap(),
+            log: tempfile::NamedTempFile::new().unwrap(),
+        }
+    }
+
+    fn comp(&self, var: &str) -> std::path::PathBuf {
+        self.state.path().join("targets/site/migrate").join(var)
+    }
+
+    /// After every target write: how many compositions carry owner=true, and
+    /// how many applied states hold the shared resource.
+    fn hook(&self) -> String {
+        let root = self.state.path().join("targets/site/migrate");
+        format!(
+            "c=$(grep -lE \"{OWNER}: ['\\\"]?true\" {r}/*/current/composition.yaml 2>/dev/null | wc -l); p=$(grep -l 'name: shared' {r}/*/current/manifest.yaml 2>/dev/null | wc -l); echo \"$c $p\" >> {log}",
+            r = root.display(),
+            log = self.log.path().display()
+        )
+    }
+
+    fn once(&self, repo: &TestRepo, now: &str) -> util::Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
+            .args(["run", "--once", "--repo", repo.path().to_str().unwrap()])
+            .args(["--branch", "main", "--state-dir"])
+            .arg(self.state.path())
+            .env("FERMATA_NOW", now)
+            .env("FERMATA_TEST_WRITE_HOOK", self.hook())
+            .output()
+            .expect("fermata runs");
+        util::Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Every observation of the hook, as (carriers, holders of the resource).
+    fn observations(&self) -> Vec<(usize, usize)> {
+        std::fs::read_to_string(self.log.path())
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut it = l.split_whitespace().map(|n| n.parse::<usize>().unwrap());
+                (it.next().unwrap(), it.next().unwrap())
+            })
+            .collect()
+    }
+
+    fn manifest(&self, var: &str) -> String {
+        std::fs::read_to_string(self.comp(var).join("current/manifest.yaml")).unwrap_or_default()
+    }
+}
+
+fn carries(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("current/composition.yaml"))
+        .unwrap_or_default()
+        .contains(&format!("{OWNER}: 'true'"))
+}
+
+fn assert_protocol(site: &Site) {
+    let obs = site.observations();
+    assert!(!obs.is_empty());
+    assert!(
+        obs.iter().all(|(c, _)| *c <= 1),
+        "two carriers at once: {obs:?}"
+    );
+    let first = obs
+        .iter()
+        .position(|(_, p)| *p > 0)
+        .expect("the resource was applied");
+    assert!(
+        obs[first..].iter().all(|(_, p)| *p > 0),
+        "the resource went missing: {obs:?}"
+    );
+}
+
+#[test]
+fn eno_migration_hands_a_resource_over_without_overlap() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    fleet(&repo, "true", "", false);
+    repo.commit("a owns shared");
+    let run = site.once(&repo, OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(carries(&site.comp("a")) && !carries(&site.comp("b")));
+    assert!(site.manifest("a").contains("from: old"));
+    assert!(
+        !site.manifest("b").contains("name: shared"),
+        "b leaves it alone"
+    );
+    let st = git(repo.path(), &["show", "fermata/status:main/migrate/b.yaml"]);
+    assert!(
+        st.contains(
+            "name: v1/ConfigMap/default/shared\n    state: installed\n    skipped: reconcile-when"
+        ),
+        "{st}"
+    );
+
+    // The flip, in one commit.
+    fleet(&repo, "", "true", false);
+    repo.commit("hand shared over to b");
+    let run = site.once(&repo, OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!carries(&site.comp("a")) && carries(&site.comp("b")));
+    assert!(
+        site.manifest("b").contains("from: new"),
+        "b reconciles it now"
+    );
+    assert!(
+        site.manifest("a").contains("from: old"),
+        "a left it exactly as it was"
+    );
+    let st = git(repo.path(), &["show", "fermata/status:main/migrate/a.yaml"]);
+    assert!(st.contains("skipped: reconcile-when"), "{st}");
+    assert_protocol(&site);
+    // Unchanged afterwards: nothing is written again.
+    let before = site.observations().len();
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    assert_eq!(
+        site.observations().len(),
+        before,
+        "a settled migration writes nothing"
+    );
+}
+
+#[test]
+fn the_prune_comes_first_whatever_the_order_of_the_variations() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    fleet_ordered(&repo, "true", "", false, true);
+    repo.commit("a owns shared; b listed first");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    fleet_ordered(&repo, "", "true", false, true);
+    repo.commit("flip");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    assert!(!carries(&site.comp("a")) && carries(&site.comp("b")));
+    assert_protocol(&site);
+}
+
+#[test]
+fn the_set_waits_for_the_window_of_the_prune() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    fleet(&repo, "true", "", true);
+    repo.commit("a owns shared");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    fleet(&repo, "", "true", true);
+    repo.commit("flip while a's window is closed");
+    let run = site.once(&repo, CLOSED);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        carries(&site.comp("a")) && !carries(&site.comp("b")),
+        "nothing moved"
+    );
+    let st = git(repo.path(), &["show", "fermata/status:main/migrate/b.yaml"]);
+    assert!(st.contains("reason: WaitingForPrune"), "{st}");
+    assert!(st.contains("migrate/a must first remove migrate.example/owner in its window sat (next opening 2026-11-28T02:00:00+00:00)"), "{st}");
+    assert_eq!(site.once(&repo, "2026-11-28T02:30:00Z").code, 0);
+    assert!(!carries(&site.comp("a")) && carries(&site.comp("b")));
+    assert_protocol(&site);
+}
+
+#[test]
+fn a_failed_prune_holds_every_set_of_the_symphony() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    fleet(&repo, "true", "", false);
+    repo.commit("a owns shared");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    // a's target cannot be written: its scratch folder is a file.
+    let tmp = site.comp("a").join(".fermata/tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::write(&tmp, "in the way").unwrap();
+    fleet(&repo, "", "true", false);
+    repo.commit("flip");
+    let run = site.once(&repo, OPEN);
+    assert!(
+        carries(&site.comp("a")) && !carries(&site.comp("b")),
+        "{run:?}"
+    );
+    let st = git(repo.path(), &["show", "fermata/status:main/migrate/b.yaml"]);
+    assert!(st.contains("reason: WaitingForPrune"), "{st}");
+    assert!(
+        st.contains("from migrate/a failed"),
+        "status names the composition: {st}"
+    );
+    std::fs::remove_file(&tmp).unwrap();
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    assert!(!carries(&site.comp("a")) && carries(&site.comp("b")));
+    assert_protocol(&site);
+}
