@@ -615,3 +615,54 @@ fn a_gated_composition_is_staged_but_not_applied_until_the_gate_is_gone() {
     assert_eq!(site.once(&repo, OPEN).code, 0);
     assert!(site.current().unwrap().contains("tag: v1"));
 }
+
+#[test]
+fn ungate_lifts_a_gate_without_a_commit_and_says_who() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    util::minimal(&repo).write(
+        "symphony.yaml",
+        &format!(
+            "{}      schedulingGates: [{{name: approval}}, {{name: network}}]\n",
+            util::SYMPHONY
+        ),
+    );
+    repo.commit("two gates");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    let p = repo.path().to_str().unwrap();
+    let lift = |gate: &str| {
+        site.fermata(
+            &[
+                "ungate",
+                "shop/app",
+                gate,
+                "--reason",
+                "change board said yes",
+                "--repo",
+                p,
+                "--branch",
+                "main",
+            ],
+            OPEN,
+        )
+    };
+    let run = lift("approval");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(site.current().is_none(), "one gate is still there");
+    let st = status_file(&repo);
+    assert!(
+        st.contains("gate: approval") && st.contains("who: tester"),
+        "{st}"
+    );
+    assert!(st.contains("scheduling gates present: network"), "{st}");
+    let run = lift("network");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(site.current().unwrap().contains("tag: v1"));
+    let run = lift("nope");
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("shop/app has no scheduling gate \"nope\""),
+        "{run:?}"
+    );
+}

@@ -6,6 +6,7 @@ mod demo;
 mod render;
 mod run;
 mod status;
+mod ungate;
 mod validate;
 mod windows;
 
@@ -45,6 +46,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Break glass: apply what is staged for SYM[/VAR] now, outside its window.
     ApplyNow(apply_now::ApplyNowArgs),
+    /// Lift a scheduling gate of SYM/VAR without a commit, recorded in its status.
+    Ungate(ungate::UngateArgs),
     /// List maintenance windows, whether each is open, and its next openings.
     Windows(windows::WindowsArgs),
     /// Print the latest status from the status branch.
@@ -115,6 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(&a),
         Command::Demo(a) => demo::run(&a),
         Command::ApplyNow(a) => apply_now::run(&a),
+        Command::Ungate(a) => ungate::run(&a),
         Command::Windows(a) => windows::run(&a),
         Command::Status(a) => status::run(&a),
         Command::Validate(a) => validate::run(&a),

@@ -97,6 +97,8 @@ struct Work {
     key: Option<(String, String)>,
     /// Components left alone by `reconcile-when`.
     skipped: Vec<String>,
+    /// Gates lifted by `fermata ungate` (no longer in `comp.scheduling_gates`).
+    ungated: Vec<crate::status::Ungate>,
 }
 
 impl Work {
@@ -134,6 +136,7 @@ impl Work {
             overridden: None,
             key: None,
             skipped: rec.skipped.clone(),
+            ungated: Vec::new(),
         }
     }
 
@@ -573,7 +576,21 @@ impl Reconciler {
             overridden: None,
             key: None,
             skipped: Vec::new(),
+            ungated: Vec::new(),
         };
+        // Gates lifted by `fermata ungate` hold no more; a lift whose gate a
+        // commit has removed is done with.
+        let id = comp.id.to_string();
+        if let Some(lifted) = self.persisted.ungated.get_mut(&id) {
+            lifted.retain(|u| comp.scheduling_gates.contains(&u.gate));
+            w.comp
+                .scheduling_gates
+                .retain(|g| !lifted.iter().any(|u| &u.gate == g));
+            w.ungated = lifted.clone();
+            if lifted.is_empty() {
+                self.persisted.ungated.remove(&id);
+            }
+        }
         match self.target_for(fleet, &comp.target) {
             Ok(t) => w.target = Some(t),
             Err(m) => {
@@ -1261,6 +1278,7 @@ impl Reconciler {
                 conditions,
                 error: w.error.clone(),
                 r#override: w.overridden.clone(),
+                ungated: w.ungated.clone(),
                 components: w
                     .components
                     .iter()
@@ -1312,6 +1330,7 @@ fn orphaned_status(
             }],
             error: None,
             r#override: None,
+            ungated: Vec::new(),
             components: Vec::new(),
         },
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Digest;
-use crate::status::Override;
+use crate::status::{Override, Ungate};
 
 /// The persisted state of one fermata instance.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -24,6 +24,10 @@ pub struct Persisted {
     /// The last source revision reconciled, per branch.
     #[serde(default)]
     pub revisions: BTreeMap<String, String>,
+    /// Scheduling gates lifted with `fermata ungate`, by `symphony/variation`;
+    /// dropped once a commit no longer lists the gate.
+    #[serde(default)]
+    pub ungated: BTreeMap<String, Vec<Ungate>>,
     /// `branch:symphony/variation` of compositions whose symphony was removed,
     /// with that symphony: their status stays `removed (orphaned)`.
     #[serde(default)]

@@ -108,6 +108,9 @@ pub struct StatusBody {
     /// A break-glass apply outside the window, with who and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#override: Option<Override>,
+    /// Scheduling gates lifted with `fermata ungate`, with who and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ungated: Vec<Ungate>,
     #[serde(default)]
     pub components: Vec<ComponentStatus>,
 }
@@ -147,6 +150,15 @@ pub struct Override {
     pub why: String,
     pub at: DateTime<Utc>,
     pub digest: String,
+}
+
+/// A scheduling gate lifted outside Git (`fermata ungate`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ungate {
+    pub gate: String,
+    pub who: String,
+    pub why: String,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,81 @@
+//! `fermata ungate`: lift one scheduling gate of a composition without a
+//! commit (an approval given elsewhere), recorded with who and why in its
+//! status; then reconcile, so it applies if nothing else holds it.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Args;
+
+use super::run::{exit_code, print_reports, RunArgs};
+use crate::model::{self, CompositionId};
+use crate::source::Source;
+use crate::status::Ungate;
+
+#[derive(Debug, Args)]
+pub struct UngateArgs {
+    /// `SYMPHONY/VARIATION`.
+    pub composition: CompositionId,
+    /// The gate to lift, as named in `schedulingGates`.
+    pub gate: String,
+    /// Why it may go ahead; recorded in status.
+    #[arg(long)]
+    pub reason: String,
+    /// Who lifts it; `$USER` by default.
+    #[arg(long)]
+    pub who: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
+    if a.reason.trim().is_empty() {
+        bail!("--reason must say why the gate is lifted");
+    }
+    let who = a
+        .who
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into());
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let mut r = a.run.reconciler()?;
+        if let Err(e) = r.fetch().await {
+            eprintln!("warning: {:#}", anyhow::Error::from(e));
+        }
+        let mut found = false;
+        for branch in &r.settings.branches {
+            let rev = r.source.resolve(&format!("refs/heads/{branch}"))?;
+            let snap = r.source.snapshot(rev)?;
+            let loaded = model::load(&snap, &r.settings.path);
+            if let Some(c) = loaded.fleet.composition(&a.composition) {
+                found |= c.scheduling_gates.contains(&a.gate);
+            }
+        }
+        if !found {
+            bail!(
+                "{} has no scheduling gate {:?} on {}",
+                a.composition,
+                a.gate,
+                r.settings.branches.join(", ")
+            );
+        }
+        let now = r.clock.now();
+        let lifted = r
+            .persisted
+            .ungated
+            .entry(a.composition.to_string())
+            .or_default();
+        lifted.retain(|u| u.gate != a.gate);
+        lifted.push(Ungate {
+            gate: a.gate.clone(),
+            who,
+            why: a.reason.clone(),
+            at: now,
+        });
+        r.unsettle();
+        let reports = r.pass().await;
+        print_reports(&reports, &r.settings.status_branch);
+        Ok(exit_code(&reports))
+    })
+}
