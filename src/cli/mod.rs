@@ -3,6 +3,7 @@
 
 mod apply_now;
 mod demo;
+mod plan;
 mod render;
 mod run;
 mod status;
@@ -44,6 +45,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// The example fleet end to end in a fresh demo repository (does not touch this one).
     Demo(demo::DemoArgs),
+    /// The actions a pass would take now, and why those that wait do; writes nothing.
+    Plan(plan::PlanArgs),
     /// Break glass: apply what is staged for SYM[/VAR] now, outside its window.
     ApplyNow(apply_now::ApplyNowArgs),
     /// Lift a scheduling gate of SYM/VAR without a commit, recorded in its status.
@@ -117,6 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => run::run(&a),
         Command::Demo(a) => demo::run(&a),
+        Command::Plan(a) => plan::run(&a),
         Command::ApplyNow(a) => apply_now::run(&a),
         Command::Ungate(a) => ungate::run(&a),
         Command::Windows(a) => windows::run(&a),

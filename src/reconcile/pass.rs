@@ -49,6 +49,10 @@ pub struct Reconciler {
     resynced: HashMap<String, std::time::Instant>,
     /// `FERMATA_TEST_WRITE_HOOK`: a command run after every target write.
     write_hook: Option<String>,
+    /// Plan only (`fermata plan`): decide everything, write nothing, anywhere.
+    pub dry_run: bool,
+    /// Reconcile this revision instead of the branch head (`plan --rev`).
+    pub revision: Option<String>,
 }
 
 /// What a pass did on one branch.
@@ -74,6 +78,18 @@ pub struct Row {
     pub digest: Option<Digest>,
     pub window: Option<String>,
     pub note: String,
+    /// The action this pass took, or would take, about it.
+    pub action: Option<ActionKind>,
+    /// Why that action did not run (yet).
+    pub skipped: Option<String>,
+}
+
+/// Datum's instance-control actions: what a pass does to a composition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ActionKind {
+    Create,
+    Update,
+    Delete,
 }
 
 /// The work on one composition during a pass.
@@ -99,6 +115,8 @@ struct Work {
     skipped: Vec<String>,
     /// Gates lifted by `fermata ungate` (no longer in `comp.scheduling_gates`).
     ungated: Vec<crate::status::Ungate>,
+    /// What the plan does about it this pass (Datum's actions).
+    action: Option<ActionKind>,
 }
 
 impl Work {
@@ -137,6 +155,7 @@ impl Work {
             key: None,
             skipped: rec.skipped.clone(),
             ungated: Vec::new(),
+            action: None,
         }
     }
 
@@ -188,6 +207,8 @@ impl Reconciler {
             write_hook: std::env::var("FERMATA_TEST_WRITE_HOOK")
                 .ok()
                 .filter(|h| !h.is_empty()),
+            dry_run: false,
+            revision: None,
         })
     }
 
@@ -230,7 +251,7 @@ impl Reconciler {
             out.push(self.pass_branch(&branch).await);
         }
         // A pass that changed nothing must write nothing, not even its cache.
-        if self.saved.as_ref() != Some(&self.persisted) {
+        if !self.dry_run && self.saved.as_ref() != Some(&self.persisted) {
             match self.persisted.save(&self.settings.state_dir) {
                 Ok(()) => self.saved = Some(self.persisted.clone()),
                 Err(e) => tracing::error!(error = %e, "cannot save state"),
@@ -248,7 +269,10 @@ impl Reconciler {
             ..BranchReport::default()
         };
         let source = self.source.clone();
-        let refname = format!("refs/heads/{branch}");
+        let refname = self
+            .revision
+            .clone()
+            .unwrap_or_else(|| format!("refs/heads/{branch}"));
         let rev = match tokio::task::spawn_blocking(move || source.resolve(&refname))
             .await
             .unwrap_or_else(|e| Err(join_error(e)))
@@ -372,10 +396,14 @@ impl Reconciler {
                 gated: !w.comp.scheduling_gates.is_empty(),
                 pruning: held.contains_key(&w.comp.id.symphony),
                 dependencies_ready: w.comp.depends_on.iter().all(|d| ready.contains(d)),
-                rollout_allows: match strategy {
-                    Strategy::OrderedReady => !blocked_symphonies.contains(&w.comp.id.symphony),
+                rollout_wait: match strategy {
+                    Strategy::OrderedReady => blocked_symphonies
+                        .contains(&w.comp.id.symphony)
+                        .then_some(Reason::WaitingForReady),
                     Strategy::Parallel => {
-                        unavailable.get(&w.comp.id.symphony).copied().unwrap_or(0) < max_unavailable
+                        (unavailable.get(&w.comp.id.symphony).copied().unwrap_or(0)
+                            >= max_unavailable)
+                            .then_some(Reason::MaxUnavailable)
                     }
                 },
                 window_open: window.map(|mw| mw.window.is_open(now)),
@@ -387,6 +415,13 @@ impl Reconciler {
             };
             if w.error.is_none() {
                 if let Some(decision) = plan::decide(&facts) {
+                    if !matches!(decision.apply, Apply::Done) {
+                        w.action = Some(if w.observed.applied.is_none() {
+                            ActionKind::Create
+                        } else {
+                            ActionKind::Update
+                        });
+                    }
                     self.execute(w, decision, &snap, &fleet, &fetched, &source_ref)
                         .await;
                     if w.waiting == Some(Reason::PrunePending) {
@@ -413,7 +448,12 @@ impl Reconciler {
             } else {
                 self.observed.remove(&w.record_key);
                 blocked_symphonies.insert(w.comp.id.symphony.clone());
-                if w.observed.applied.is_some() {
+                // Unavailable: applied but not Ready, or being applied now
+                // (in a plan, where nothing is applied, that is every action
+                // that would run).
+                let in_flight = w.observed.applied.is_some()
+                    || (w.action.is_some() && w.waiting.is_none() && w.error.is_none());
+                if in_flight {
                     *unavailable.entry(w.comp.id.symphony.clone()).or_default() += 1;
                 }
             }
@@ -448,6 +488,8 @@ impl Reconciler {
                 digest: w.digest,
                 window: w.comp.window.clone(),
                 note: row_note(w),
+                action: w.action,
+                skipped: w.action.and(w.waiting).map(|r| r.as_str().to_string()),
             });
             statuses.push(st);
         }
@@ -496,6 +538,8 @@ impl Reconciler {
                     digest: None,
                     window: None,
                     note: reason.clone(),
+                    action: None,
+                    skipped: None,
                 });
             }
         }
@@ -519,7 +563,16 @@ impl Reconciler {
             summary,
         };
         let status = self.status.clone();
-        match tokio::task::spawn_blocking(move || status.publish(&update)).await {
+        let dry = self.dry_run;
+        match tokio::task::spawn_blocking(move || {
+            if dry {
+                Ok(None)
+            } else {
+                status.publish(&update)
+            }
+        })
+        .await
+        {
             Ok(Ok(commit)) => report.status_commit = commit,
             Ok(Err(e)) => {
                 tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot write status");
@@ -577,6 +630,7 @@ impl Reconciler {
             key: None,
             skipped: Vec::new(),
             ungated: Vec::new(),
+            action: None,
         };
         // Gates lifted by `fermata ungate` hold no more; a lift whose gate a
         // commit has removed is done with.
@@ -717,6 +771,11 @@ impl Reconciler {
                     window: w.comp.window.clone(),
                     depends_on: w.comp.depends_on.iter().map(|d| d.to_string()).collect(),
                     skipped: w.skipped.clone(),
+                    position: fleet
+                        .symphonies
+                        .get(&w.comp.id.symphony)
+                        .and_then(|s| s.compositions.iter().position(|c| c.id == w.comp.id))
+                        .unwrap_or(0),
                 },
             );
         }
@@ -763,6 +822,12 @@ impl Reconciler {
                             .unwrap_or_else(|| "never".into())
                     )
                 });
+                continue;
+            }
+            if self.dry_run {
+                held.entry(sym)
+                    .or_insert_with(|| format!("{} removes {} first", w.comp.id, keys.join(", ")));
+                w.action = Some(ActionKind::Update);
                 continue;
             }
             let pruned = annotations::pruned(&w.observed.annotations, &keys);
@@ -869,7 +934,7 @@ impl Reconciler {
             return;
         };
         let needs_desired = decision.stage || matches!(decision.apply, Apply::Now { .. });
-        if !needs_desired {
+        if !needs_desired || self.dry_run {
             if let Apply::Wait(r) = decision.apply {
                 w.waiting = Some(r);
             }
@@ -979,13 +1044,20 @@ impl Reconciler {
             .iter()
             .map(|s| format!("{prefix}{}", s.metadata.deployment_id))
             .collect();
-        let gone: Vec<(String, RenderRecord)> = self
+        let mut gone: Vec<(String, RenderRecord)> = self
             .persisted
             .renders
             .iter()
             .filter(|(k, _)| k.starts_with(&prefix) && !live.contains(*k))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
+        // Deletes in reverse variation order: the last one written goes first.
+        gone.sort_by(|(ka, a), (kb, b)| {
+            let sym = |k: &str| k.split('/').next().unwrap_or_default().to_string();
+            sym(ka).cmp(&sym(kb)).then(b.position.cmp(&a.position))
+        });
+        // OrderedReady: the next delete only when the previous one is done.
+        let mut deletes_blocked: HashSet<String> = HashSet::new();
         self.persisted.orphaned.retain(|k, _| !live.contains(k));
         for (key, rec) in gone {
             let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
@@ -1037,7 +1109,16 @@ impl Reconciler {
                     next_open: st.next_open,
                 }
             });
-            let (reason, message) = if !held_by.is_empty() {
+            let ordered = fleet
+                .symphonies
+                .get(&id.symphony)
+                .is_some_and(|s| s.rollout.strategy == Strategy::OrderedReady);
+            let (reason, message) = if ordered && deletes_blocked.contains(&id.symphony) {
+                (
+                    "WaitingForReady",
+                    "a later variation is removed first".to_string(),
+                )
+            } else if !held_by.is_empty() {
                 (
                     "WaitingOnDependency",
                     format!("held by {}", held_by.join(", ")),
@@ -1050,6 +1131,8 @@ impl Reconciler {
                     "WindowClosed",
                     "the removal waits for the window".to_string(),
                 )
+            } else if self.dry_run {
+                ("Delete", "would be deleted now".to_string())
             } else {
                 let result = match &target {
                     Some(t) => {
@@ -1074,6 +1157,10 @@ impl Reconciler {
             };
             if let Some(t) = &target {
                 w.observed = t.get(&id).await.unwrap_or_default();
+            }
+            // Not gone yet (in a plan, nothing is): the next delete waits.
+            if reason != "Delete" || self.dry_run {
+                deletes_blocked.insert(id.symphony.clone());
             }
             let mut st = self.status_of(&w, source, now, window_status);
             if w.error.is_none() {
@@ -1101,6 +1188,8 @@ impl Reconciler {
                 } else {
                     format!("removing: {reason}")
                 },
+                action: Some(ActionKind::Delete),
+                skipped: (w.error.is_none() && reason != "Delete").then(|| reason.to_string()),
             });
             statuses.push(st);
         }
@@ -1120,6 +1209,8 @@ impl Reconciler {
                 digest: None,
                 window: None,
                 note: "removed (orphaned)".to_string(),
+                action: None,
+                skipped: None,
             });
         }
     }

@@ -14,6 +14,8 @@ pub enum Reason {
     WaitingForReady,
     /// Phase 1 of the annotation protocol is not complete in the symphony.
     PrunePending,
+    /// `Parallel`: as many compositions as `maxUnavailable` are not Ready.
+    MaxUnavailable,
 }
 
 impl Reason {
@@ -24,6 +26,7 @@ impl Reason {
             Reason::WaitingOnDependency => "WaitingOnDependency",
             Reason::WaitingForReady => "WaitingForReady",
             Reason::PrunePending => "WaitingForPrune",
+            Reason::MaxUnavailable => "MaxUnavailable",
         }
     }
 }
@@ -40,8 +43,9 @@ pub struct Facts {
     pub pruning: bool,
     /// Every `dependsOn` composition is Ready.
     pub dependencies_ready: bool,
-    /// The rollout strategy lets this one go now (e.g. the previous one is Ready).
-    pub rollout_allows: bool,
+    /// Why the rollout strategy holds this one (`WaitingForReady` for
+    /// `OrderedReady`, `MaxUnavailable` for `Parallel`), if it does.
+    pub rollout_wait: Option<Reason>,
     /// `None`: no window, always open.
     pub window_open: Option<bool>,
     /// The digest a break-glass `apply-now` was given for, if any.
@@ -81,8 +85,8 @@ pub fn decide(f: &Facts) -> Option<Decision> {
         Apply::Wait(Reason::PrunePending)
     } else if !f.dependencies_ready {
         Apply::Wait(Reason::WaitingOnDependency)
-    } else if !f.rollout_allows {
-        Apply::Wait(Reason::WaitingForReady)
+    } else if let Some(r) = f.rollout_wait {
+        Apply::Wait(r)
     } else if f.window_open == Some(false) {
         if f.override_digest == Some(desired) {
             Apply::Now { overridden: true }
@@ -108,7 +112,6 @@ mod tests {
             desired: d(2),
             applied: d(1),
             dependencies_ready: true,
-            rollout_allows: true,
             window_open: Some(true),
             ..Facts::default()
         }
@@ -195,13 +198,22 @@ mod tests {
                 Apply::Wait(Reason::WaitingOnDependency),
             ),
             (
-                "rollout",
+                "rollout: ordered",
                 Facts {
-                    rollout_allows: false,
+                    rollout_wait: Some(Reason::WaitingForReady),
                     ..open()
                 },
                 true,
                 Apply::Wait(Reason::WaitingForReady),
+            ),
+            (
+                "rollout: parallel, max unavailable",
+                Facts {
+                    rollout_wait: Some(Reason::MaxUnavailable),
+                    ..open()
+                },
+                true,
+                Apply::Wait(Reason::MaxUnavailable),
             ),
             (
                 "gate is reported before a closed window",

@@ -63,6 +63,9 @@ pub struct RenderRecord {
     /// Components left alone by `reconcile-when` in this state.
     #[serde(default)]
     pub skipped: Vec<String>,
+    /// Its place among the variations: `OrderedReady` deletes in reverse.
+    #[serde(default)]
+    pub position: usize,
 }
 
 impl Persisted {
