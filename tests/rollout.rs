@@ -214,3 +214,31 @@ fn a_dependency_must_be_ready_first() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(state.path().join("targets/site/shop/web/current").exists());
 }
+
+#[test]
+fn an_applied_composition_that_is_not_healthy_is_waited_for() {
+    let repo = TestRepo::new();
+    fleet(&repo, "{strategy: OrderedReady}", &["a", "b"]);
+    repo.commit("two");
+    let state = tempfile::tempdir().unwrap();
+    let p = repo.path().to_str().unwrap();
+    assert_eq!(
+        fermata(
+            state.path(),
+            &["run", "--once", "--repo", p, "--branch", "main"],
+            OPEN
+        )
+        .code,
+        0
+    );
+    // Someone edits what is applied: the target reports a's state unhealthy.
+    let manifest = state
+        .path()
+        .join("targets/site/shop/a/current/manifest.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("tag: a", "tag: edited")).unwrap();
+    assert_eq!(
+        plan(&repo, state.path(), OPEN, &[]),
+        vec![row("shop/a", "Wait", "WaitingForReady")]
+    );
+}

@@ -47,6 +47,7 @@ fn status(id: &str, source: &SourceRef, state: State, t: i64) -> DeploymentStatu
             }],
             error: None,
             r#override: None,
+            symphony: None,
             ungated: Vec::new(),
             components: vec![ComponentStatus {
                 name: format!("apps/v1/Deployment/line/{}", id.replace('/', "-")),

@@ -67,6 +67,8 @@ pub struct BranchReport {
     pub status_commit: Option<git2::Oid>,
     /// The earliest opening of a window some staged composition waits for.
     pub next_window: Option<DateTime<Utc>>,
+    /// Per symphony: Ready non-optional compositions, and how many there are.
+    pub symphonies: Vec<(String, usize, usize)>,
     /// Nothing was done: the revision was reconciled already.
     pub unchanged: bool,
 }
@@ -90,6 +92,8 @@ pub enum ActionKind {
     Create,
     Update,
     Delete,
+    /// Applied but not Ready: the rollout waits for it.
+    Wait,
 }
 
 /// The work on one composition during a pass.
@@ -415,13 +419,13 @@ impl Reconciler {
             };
             if w.error.is_none() {
                 if let Some(decision) = plan::decide(&facts) {
-                    if !matches!(decision.apply, Apply::Done) {
-                        w.action = Some(if w.observed.applied.is_none() {
-                            ActionKind::Create
-                        } else {
-                            ActionKind::Update
-                        });
-                    }
+                    w.action = match decision.apply {
+                        Apply::Done if w.ready() => None,
+                        // Applied, not Ready yet (not healthy): nothing to do but wait.
+                        Apply::Done => Some(ActionKind::Wait),
+                        _ if w.observed.applied.is_none() => Some(ActionKind::Create),
+                        _ => Some(ActionKind::Update),
+                    };
                     self.execute(w, decision, &snap, &fleet, &fetched, &source_ref)
                         .await;
                     if w.waiting == Some(Reason::PrunePending) {
@@ -489,7 +493,11 @@ impl Reconciler {
                 window: w.comp.window.clone(),
                 note: row_note(w),
                 action: w.action,
-                skipped: w.action.and(w.waiting).map(|r| r.as_str().to_string()),
+                skipped: match w.action {
+                    Some(ActionKind::Wait) => Some(Reason::WaitingForReady.as_str().to_string()),
+                    Some(_) => w.waiting.map(|r| r.as_str().to_string()),
+                    None => None,
+                },
             });
             statuses.push(st);
         }
@@ -551,6 +559,19 @@ impl Reconciler {
         }
         self.removals(branch, &fleet, &source_ref, now, &mut statuses, &mut report)
             .await;
+        self.symphony_readiness(&fleet, &mut statuses, &mut report);
+        let prefix = format!("{branch}:");
+        let live: HashSet<String> = statuses
+            .iter()
+            .map(|s| format!("{prefix}{}", s.metadata.deployment_id))
+            .collect();
+        for st in &mut statuses {
+            let key = format!("{prefix}{}", st.metadata.deployment_id);
+            self.stamp_transitions(&key, st, now);
+        }
+        self.persisted
+            .conditions
+            .retain(|k, _| !k.starts_with(&prefix) || live.contains(k));
 
         let mut summary = format!("{branch}@{}: {}", rev.short(), summarize(&statuses));
         if let Some(old) = forced {
@@ -1024,6 +1045,76 @@ impl Reconciler {
         }
     }
 
+    /// Eno's rule: a symphony is Ready when every non-optional composition is
+    /// Ready at the current source commit; each status carries the count.
+    fn symphony_readiness(
+        &self,
+        fleet: &Fleet,
+        statuses: &mut [DeploymentStatus],
+        report: &mut BranchReport,
+    ) {
+        let ready_of = |st: &DeploymentStatus| {
+            st.status
+                .conditions
+                .iter()
+                .any(|c| c.r#type == "Ready" && c.status == "True")
+        };
+        let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for st in statuses.iter() {
+            let Ok(id) = st.metadata.deployment_id.parse::<CompositionId>() else {
+                continue;
+            };
+            let Some(comp) = fleet.composition(&id) else {
+                continue;
+            };
+            if comp.optional {
+                continue;
+            }
+            let e = counts.entry(id.symphony).or_default();
+            e.1 += 1;
+            if ready_of(st) {
+                e.0 += 1;
+            }
+        }
+        for st in statuses.iter_mut() {
+            let Some(sym) = st.metadata.deployment_id.split('/').next() else {
+                continue;
+            };
+            if let Some((ready, desired)) = counts.get(sym) {
+                st.status.symphony = Some(crate::status::SymphonyReadiness {
+                    name: sym.to_string(),
+                    ready: ready == desired,
+                    ready_compositions: *ready,
+                    desired: *desired,
+                });
+            }
+        }
+        report.symphonies = counts
+            .into_iter()
+            .map(|(name, (ready, desired))| (name, ready, desired))
+            .collect();
+    }
+
+    /// Keeps a condition's `lastTransitionTime` while its status stays the same.
+    fn stamp_transitions(&mut self, key: &str, st: &mut DeploymentStatus, now: DateTime<Utc>) {
+        let seen = self
+            .persisted
+            .conditions
+            .entry(key.to_string())
+            .or_default();
+        for c in &mut st.status.conditions {
+            match seen.get(&c.r#type) {
+                Some((status, since)) if *status == c.status => {
+                    c.last_transition_time = Some(*since);
+                }
+                _ => {
+                    seen.insert(c.r#type.clone(), (c.status.clone(), now));
+                    c.last_transition_time = Some(now);
+                }
+            }
+        }
+    }
+
     /// Compositions rendered on this branch before and gone from it now
     /// (DESIGN.md section 5). A removed variation is `removing` until its
     /// target confirms the delete, which waits for its window and for every
@@ -1369,6 +1460,7 @@ impl Reconciler {
                 conditions,
                 error: w.error.clone(),
                 r#override: w.overridden.clone(),
+                symphony: None,
                 ungated: w.ungated.clone(),
                 components: w
                     .components
@@ -1421,6 +1513,7 @@ fn orphaned_status(
             }],
             error: None,
             r#override: None,
+            symphony: None,
             ungated: Vec::new(),
             components: Vec::new(),
         },
@@ -1559,6 +1652,15 @@ fn table(report: &BranchReport, summary: &str) -> String {
             r.window.clone().unwrap_or_default(),
             r.note.replace('|', "\\|"),
         ));
+    }
+    if !report.symphonies.is_empty() {
+        t.push_str("\n| symphony | ready | ready compositions |\n|---|---|---|\n");
+        for (name, ready, desired) in &report.symphonies {
+            t.push_str(&format!(
+                "| {name} | {} | {ready}/{desired} |\n",
+                if ready == desired { "yes" } else { "no" }
+            ));
+        }
     }
     for e in &report.errors {
         t.push_str(&format!("\n- error: {}", e.replace('|', "\\|")));

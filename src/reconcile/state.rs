@@ -28,6 +28,10 @@ pub struct Persisted {
     /// dropped once a commit no longer lists the gate.
     #[serde(default)]
     pub ungated: BTreeMap<String, Vec<Ungate>>,
+    /// Per `branch:symphony/variation` and condition type: its status and
+    /// since when, so `lastTransitionTime` says when it last changed.
+    #[serde(default)]
+    pub conditions: BTreeMap<String, BTreeMap<String, (String, chrono::DateTime<chrono::Utc>)>>,
     /// `branch:symphony/variation` of compositions whose symphony was removed,
     /// with that symphony: their status stays `removed (orphaned)`.
     #[serde(default)]

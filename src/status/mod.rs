@@ -108,6 +108,10 @@ pub struct StatusBody {
     /// A break-glass apply outside the window, with who and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#override: Option<Override>,
+    /// Its symphony's readiness (Eno's rule): Ready when every non-optional
+    /// composition is Ready at the current source commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symphony: Option<SymphonyReadiness>,
     /// Scheduling gates lifted with `fermata ungate`, with who and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ungated: Vec<Ungate>,
@@ -150,6 +154,17 @@ pub struct Override {
     pub why: String,
     pub at: DateTime<Utc>,
     pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SymphonyReadiness {
+    pub name: String,
+    pub ready: bool,
+    /// Non-optional compositions that are Ready.
+    pub ready_compositions: usize,
+    /// Non-optional compositions.
+    pub desired: usize,
 }
 
 /// A scheduling gate lifted outside Git (`fermata ungate`).
