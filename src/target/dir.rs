@@ -61,7 +61,15 @@ const ARTIFACTS: &str = "artifacts";
 pub struct DirectoryTarget {
     root: PathBuf,
     faults: Faults,
+    verified: Verified,
 }
+
+/// Artifact files already hashed, by what `stat` says of them (device, inode,
+/// size, modification time): like git's index, a file is hashed again only
+/// when it may have changed, so `Running` checks every artifact's content
+/// without reading gigabytes on every pass.
+type Verified =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(u64, u64, u64, i64, i64), Digest>>>;
 
 impl DirectoryTarget {
     /// Nothing is touched until the first call; crash leftovers of a
@@ -71,6 +79,7 @@ impl DirectoryTarget {
         DirectoryTarget {
             root: root.into(),
             faults: Faults::default(),
+            verified: Verified::default(),
         }
     }
 
@@ -95,6 +104,7 @@ impl DirectoryTarget {
             id: id.clone(),
             dir: self.root.join(&id.symphony).join(&id.variation),
             faults: self.faults.clone(),
+            verified: self.verified.clone(),
         })
     }
 
@@ -107,6 +117,7 @@ impl DirectoryTarget {
             faults: Faults {
                 left: Some(std::sync::Arc::new(steps.into())),
             },
+            verified: self.verified.clone(),
         }
     }
 }
@@ -272,6 +283,7 @@ struct Site {
     id: CompositionId,
     dir: PathBuf,
     faults: Faults,
+    verified: Verified,
 }
 
 impl Site {
@@ -417,6 +429,46 @@ impl Site {
 
     /// Checks a state dir against its own record: right id and digest,
     /// manifest checksum, every artifact present with its recorded size.
+    /// Whether an artifact file hashes to its digest (cached by `stat`).
+    fn verify_content(
+        &self,
+        path: &Path,
+        meta: &fs::Metadata,
+        want: &Digest,
+    ) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let key = (
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        );
+        let known = self.verified.lock().ok().and_then(|v| v.get(&key).copied());
+        let got = match known {
+            Some(d) => d,
+            None => {
+                use sha2::Digest as _;
+                let mut hasher = sha2::Sha256::new();
+                let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                io::copy(&mut file, &mut hasher).map_err(|e| format!("{}: {e}", path.display()))?;
+                let d = Digest(hasher.finalize().into());
+                if let Ok(mut v) = self.verified.lock() {
+                    v.insert(key, d);
+                }
+                d
+            }
+        };
+        if got != *want {
+            return Err(format!(
+                "{}: content does not hash to its sha256 {}",
+                path.display(),
+                want.short()
+            ));
+        }
+        Ok(())
+    }
+
     fn verify(&self, dir: &Path, digest: &Digest) -> Result<Record, String> {
         let record = self.read_record(dir)?;
         if record.digest != *digest || record.id != self.id {
@@ -441,7 +493,9 @@ impl Site {
             check_artifact_name(&a.name)?;
             let path = dir.join(ARTIFACTS).join(&a.name);
             match fs::metadata(&path) {
-                Ok(m) if m.is_file() && m.len() == a.size => {}
+                Ok(m) if m.is_file() && m.len() == a.size => {
+                    self.verify_content(&path, &m, &a.sha256)?
+                }
                 Ok(m) if m.is_file() => {
                     return Err(format!(
                         "{}: {} bytes, recorded {}",

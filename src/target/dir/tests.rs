@@ -438,6 +438,13 @@ async fn health_checks_the_applied_tree_and_apply_repairs_it() {
     assert_eq!(t.get(&id()).await.unwrap().health, Some(Health::Healthy));
     assert_eq!(fs::read(&artifact).unwrap(), b"weights");
 
+    // Same size, other content: caught by its hash, not only by its size.
+    fs::write(&artifact, b"WEIGHTS").unwrap();
+    let Some(Health::Unhealthy(why)) = t.get(&id()).await.unwrap().health else {
+        panic!("a corrupted artifact is unhealthy")
+    };
+    assert!(why.contains("does not hash to its sha256"), "{why}");
+
     fs::write(comp_dir(&t).join("current/manifest.yaml"), "edited").unwrap();
     let Some(Health::Unhealthy(why)) = t.get(&id()).await.unwrap().health else {
         panic!("an edited manifest is unhealthy")
