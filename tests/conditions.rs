@@ -3,34 +3,19 @@
 
 mod util;
 
-use std::process::Command;
-
 use util::{git, TestRepo};
 
 const T1: &str = "2026-11-21T06:00:00Z"; // closed
 const T2: &str = "2026-11-21T07:00:00Z"; // still closed
 const OPEN: &str = "2026-11-28T02:30:00Z";
 
-fn once(state: &std::path::Path, repo: &TestRepo, now: &str) -> util::Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
-        .args(["run", "--once", "--repo", repo.path().to_str().unwrap()])
-        .args(["--branch", "main", "--state-dir"])
-        .arg(state)
-        .env("FERMATA_NOW", now)
-        .output()
-        .expect("fermata runs");
-    util::Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use util::run_once as once;
 
 fn fleet(repo: &TestRepo, tag: &str, c_optional: bool) {
     util::minimal(repo)
         .write(
             "window.yaml",
-            "apiVersion: fermata.dev/v1alpha1\nkind: MaintenanceWindow\nmetadata: {name: sat}\nspec: {schedule: \"0 2 * * SAT\", duration: 3h, timezone: UTC}\n",
+            util::SAT_WINDOW,
         )
         .write(
             "symphony.yaml",

@@ -5,7 +5,6 @@
 mod util;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use util::{git, TestRepo};
 
@@ -28,18 +27,7 @@ impl Site {
     }
 
     fn once(&self, repo: &TestRepo, now: &str) -> util::Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
-            .args(["run", "--once", "--repo", repo.path().to_str().unwrap()])
-            .args(["--branch", "main", "--state-dir"])
-            .arg(self.state.path())
-            .env("FERMATA_NOW", now)
-            .output()
-            .expect("fermata runs");
-        util::Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        util::run_once(self.state.path(), repo, now)
     }
 }
 
@@ -48,7 +36,7 @@ fn shop(repo: &TestRepo, variations: &str) {
     util::minimal(repo)
         .write(
             "window.yaml",
-            "apiVersion: fermata.dev/v1alpha1\nkind: MaintenanceWindow\nmetadata: {name: sat}\nspec: {schedule: \"0 2 * * SAT\", duration: 3h, timezone: UTC}\n",
+            util::SAT_WINDOW,
         )
         .write(
             "symphony.yaml",

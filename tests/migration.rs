@@ -7,7 +7,6 @@
 mod util;
 
 use std::path::Path;
-use std::process::Command;
 
 use util::{git, TestRepo};
 
@@ -23,10 +22,8 @@ fn fleet(repo: &TestRepo, a_owner: &str, b_owner: &str, a_window: bool) {
 
 /// `b_first`: the new owner is listed (and so processed) before the old one.
 fn fleet_ordered(repo: &TestRepo, a_owner: &str, b_owner: &str, a_window: bool, b_first: bool) {
-    repo.write("target.yaml", util::TARGET).write(
-        "window.yaml",
-        "apiVersion: fermata.dev/v1alpha1\nkind: MaintenanceWindow\nmetadata: {name: sat}\nspec: {schedule: \"0 2 * * SAT\", duration: 3h, timezone: UTC}\n",
-    );
+    repo.write("target.yaml", util::TARGET)
+        .write("window.yaml", util::SAT_WINDOW);
     for s in ["old", "new"] {
         repo.write(
             &format!("synth/{s}/synth.yaml"),
@@ -88,19 +85,14 @@ impl Site {
     }
 
     fn once(&self, repo: &TestRepo, now: &str) -> util::Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
-            .args(["run", "--once", "--repo", repo.path().to_str().unwrap()])
-            .args(["--branch", "main", "--state-dir"])
-            .arg(self.state.path())
-            .env("FERMATA_NOW", now)
-            .env("FERMATA_TEST_WRITE_HOOK", self.hook())
-            .output()
-            .expect("fermata runs");
-        util::Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        let p = repo.path().to_str().unwrap();
+        let hook = self.hook();
+        util::fermata_at(
+            self.state.path(),
+            &["run", "--once", "--repo", p, "--branch", "main"],
+            now,
+            &[("FERMATA_TEST_WRITE_HOOK", hook.as_str())],
+        )
     }
 
     /// Every observation of the hook, as (carriers, holders of the resource).

@@ -5,8 +5,6 @@
 
 mod util;
 
-use std::process::Command;
-
 use serde_json::Value;
 use util::{git, TestRepo};
 
@@ -26,7 +24,7 @@ fn fleet_in(repo: &TestRepo, rollout: &str, window: &str, variations: &[&str]) {
     util::minimal(repo)
         .write(
             "window.yaml",
-            "apiVersion: fermata.dev/v1alpha1\nkind: MaintenanceWindow\nmetadata: {name: sat}\nspec: {schedule: \"0 2 * * SAT\", duration: 3h, timezone: UTC}\n",
+            util::SAT_WINDOW,
         )
         .write(
             "symphony.yaml",
@@ -35,18 +33,7 @@ fn fleet_in(repo: &TestRepo, rollout: &str, window: &str, variations: &[&str]) {
 }
 
 fn fermata(state: &std::path::Path, args: &[&str], now: &str) -> util::Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
-        .args(args)
-        .arg("--state-dir")
-        .arg(state)
-        .env("FERMATA_NOW", now)
-        .output()
-        .expect("fermata runs");
-    util::Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    util::fermata_at(state, args, now, &[])
 }
 
 /// `(composition, action, reason or "now")` of a JSON plan.
@@ -186,7 +173,7 @@ fn a_dependency_must_be_ready_first() {
     util::minimal(&repo)
         .write(
             "window.yaml",
-            "apiVersion: fermata.dev/v1alpha1\nkind: MaintenanceWindow\nmetadata: {name: sat}\nspec: {schedule: \"0 2 * * SAT\", duration: 3h, timezone: UTC}\n",
+            util::SAT_WINDOW,
         )
         .write(
             "symphony.yaml",

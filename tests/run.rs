@@ -13,11 +13,7 @@ const OPEN: &str = "2026-11-21T02:30:00Z";
 const CLOSED: &str = "2026-11-21T06:00:00Z";
 const NEXT_OPEN: &str = "2026-11-28T02:10:00Z";
 
-const WINDOW: &str = "apiVersion: fermata.dev/v1alpha1
-kind: MaintenanceWindow
-metadata: {name: sat}
-spec: {schedule: \"0 2 * * SAT\", duration: 3h, timezone: UTC}
-";
+const WINDOW: &str = util::SAT_WINDOW;
 
 /// The minimal fleet with its symphony in the `sat` window.
 fn windowed(repo: &TestRepo, tag: &str) {
@@ -54,35 +50,13 @@ impl Site {
         std::fs::read_to_string(self.targets().join("site/shop/app/staged/manifest.yaml")).ok()
     }
 
-    /// `fermata ARGS --state-dir <state>` at `now`.
+    /// `fermata ARGS --state-dir <state>` at `now`, as user `tester`.
     fn fermata(&self, args: &[&str], now: &str) -> util::Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
-            .args(args)
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .env("FERMATA_NOW", now)
-            .env("USER", "tester")
-            .output()
-            .expect("fermata runs");
-        util::Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        util::fermata_at(self.state.path(), args, now, &[("USER", "tester")])
     }
 
     fn once(&self, repo: &TestRepo, now: &str) -> util::Run {
-        self.fermata(
-            &[
-                "run",
-                "--once",
-                "--repo",
-                repo.path().to_str().unwrap(),
-                "--branch",
-                "main",
-            ],
-            now,
-        )
+        util::run_once(self.state.path(), repo, now)
     }
 }
 

@@ -7,31 +7,22 @@ use anyhow::bail;
 use clap::Args;
 
 use super::run::{exit_code, print_reports, RunArgs};
+use super::Accountable;
 use crate::status::{Override, State};
 
 #[derive(Debug, Args)]
 pub struct ApplyNowArgs {
     /// `SYMPHONY` (every composition of it) or `SYMPHONY/VARIATION`.
     pub target: String,
-    /// Why the window is bypassed; recorded in status.
-    #[arg(long)]
-    pub reason: String,
-    /// Who asks; `$USER` by default.
-    #[arg(long)]
-    pub who: Option<String>,
+    /// Why the window is bypassed, and who asks.
+    #[command(flatten)]
+    pub by: Accountable,
     #[command(flatten)]
     pub run: RunArgs,
 }
 
 pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
-    if a.reason.trim().is_empty() {
-        bail!("--reason must say why the window is bypassed");
-    }
-    let who = a
-        .who
-        .clone()
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".into());
+    let who = a.by.who()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.run.reconciler()?;
@@ -54,7 +45,7 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
                         row.id.to_string(),
                         Override {
                             who: who.clone(),
-                            why: a.reason.clone(),
+                            why: a.by.reason.clone(),
                             at: now,
                             digest: d.to_hex(),
                         },

@@ -130,6 +130,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Who does something outside Git, and why: recorded in status.
+#[derive(Debug, Clone, Args)]
+pub struct Accountable {
+    /// Why; recorded in status.
+    #[arg(long)]
+    pub reason: String,
+    /// Who; `$USER` by default.
+    #[arg(long)]
+    pub who: Option<String>,
+}
+
+impl Accountable {
+    /// The person, or an error when no reason is given: an action outside
+    /// Git must say why in the status it leaves.
+    pub fn who(&self) -> anyhow::Result<String> {
+        if self.reason.trim().is_empty() {
+            anyhow::bail!("--reason must say why");
+        }
+        Ok(self
+            .who
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unknown".into()))
+    }
+}
+
 /// `1 target`, `2 targets`.
 fn count(n: usize, noun: &str) -> String {
     if n == 1 {

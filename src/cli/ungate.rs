@@ -8,6 +8,7 @@ use anyhow::bail;
 use clap::Args;
 
 use super::run::{exit_code, print_reports, RunArgs};
+use super::Accountable;
 use crate::model::{self, CompositionId};
 use crate::source::Source;
 use crate::status::Ungate;
@@ -18,25 +19,15 @@ pub struct UngateArgs {
     pub composition: CompositionId,
     /// The gate to lift, as named in `schedulingGates`.
     pub gate: String,
-    /// Why it may go ahead; recorded in status.
-    #[arg(long)]
-    pub reason: String,
-    /// Who lifts it; `$USER` by default.
-    #[arg(long)]
-    pub who: Option<String>,
+    /// Why it may go ahead, and who lifts it.
+    #[command(flatten)]
+    pub by: Accountable,
     #[command(flatten)]
     pub run: RunArgs,
 }
 
 pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
-    if a.reason.trim().is_empty() {
-        bail!("--reason must say why the gate is lifted");
-    }
-    let who = a
-        .who
-        .clone()
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".into());
+    let who = a.by.who()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.run.reconciler()?;
@@ -70,7 +61,7 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
         lifted.push(Ungate {
             gate: a.gate.clone(),
             who,
-            why: a.reason.clone(),
+            why: a.by.reason.clone(),
             at: now,
         });
         r.unsettle();

@@ -472,19 +472,7 @@ impl Reconciler {
         // Consumed: each composition's work is dropped once its status exists.
         for w in work {
             let w = &w;
-            let window = w
-                .comp
-                .window
-                .as_ref()
-                .and_then(|n| fleet.windows.get(n))
-                .map(|mw| {
-                    let st = mw.window.state_at(now);
-                    WindowStatus {
-                        name: mw.window.name.clone(),
-                        open: st.open,
-                        next_open: st.next_open,
-                    }
-                });
+            let window = window_status(&fleet, w.comp.window.as_deref(), now);
             let st = self.status_of(w, &source_ref, now, window);
             report.rows.push(Row {
                 id: w.comp.id.clone(),
@@ -928,20 +916,6 @@ impl Reconciler {
         }
     }
 
-    /// The rendered state is needed to stage; a cached digest alone does not carry it.
-    async fn ensure_rendered(
-        &mut self,
-        w: &mut Work,
-        snap: &Arc<Snapshot>,
-        fleet: &Arc<Fleet>,
-        source: &SourceRef,
-    ) -> Result<(), String> {
-        if w.rendered.is_some() {
-            return Ok(());
-        }
-        self.render(w, snap, fleet, source).await
-    }
-
     async fn execute(
         &mut self,
         w: &mut Work,
@@ -961,7 +935,8 @@ impl Reconciler {
             }
             return;
         }
-        if self.ensure_rendered(w, snap, fleet, source).await.is_err() {
+        // A cached digest alone does not carry the state to stage: render it.
+        if w.rendered.is_none() && self.render(w, snap, fleet, source).await.is_err() {
             return;
         }
         let Some(rendered) = w.rendered.clone() else {
@@ -1191,15 +1166,7 @@ impl Reconciler {
                     })
                     .map(|(k, _)| k[prefix.len()..].to_string()),
             );
-            let window = rec.window.as_ref().and_then(|n| fleet.windows.get(n));
-            let window_status = window.map(|mw| {
-                let st = mw.window.state_at(now);
-                WindowStatus {
-                    name: mw.window.name.clone(),
-                    open: st.open,
-                    next_open: st.next_open,
-                }
-            });
+            let window_status = window_status(fleet, rec.window.as_deref(), now);
             let ordered = fleet
                 .symphonies
                 .get(&id.symphony)
@@ -1477,6 +1444,17 @@ impl Reconciler {
             },
         }
     }
+}
+
+/// What status says of the window `name` (if any) at `now`.
+fn window_status(fleet: &Fleet, name: Option<&str>, now: DateTime<Utc>) -> Option<WindowStatus> {
+    let mw = fleet.windows.get(name?)?;
+    let st = mw.window.state_at(now);
+    Some(WindowStatus {
+        name: mw.window.name.clone(),
+        open: st.open,
+        next_open: st.next_open,
+    })
 }
 
 /// Marks resources left in place when their symphony was removed.

@@ -156,6 +156,41 @@ pub fn fermata(args: &[&str]) -> Run {
     }
 }
 
+/// `fermata ARGS --state-dir STATE` at the fixed instant `now`, with `env`.
+pub fn fermata_at(state: &Path, args: &[&str], now: &str, env: &[(&str, &str)]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .env("FERMATA_NOW", now)
+        .envs(env.iter().copied())
+        .output()
+        .expect("fermata runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// One pass of `fermata run` on branch `main` of `repo` at `now`.
+pub fn run_once(state: &Path, repo: &TestRepo, now: &str) -> Run {
+    let p = repo.path().to_str().expect("utf-8 path");
+    fermata_at(
+        state,
+        &["run", "--once", "--repo", p, "--branch", "main"],
+        now,
+        &[],
+    )
+}
+
+/// A window open on Saturdays 02:00-05:00 UTC (2026-11-21 is a Saturday).
+pub const SAT_WINDOW: &str = "apiVersion: fermata.dev/v1alpha1
+kind: MaintenanceWindow
+metadata: {name: sat}
+spec: {schedule: \"0 2 * * SAT\", duration: 3h, timezone: UTC}
+";
+
 /// A minimal valid fleet: one target, one manifests synthesizer, one symphony.
 pub const TARGET: &str = "apiVersion: fermata.dev/v1alpha1
 kind: Target
