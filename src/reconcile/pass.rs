@@ -35,7 +35,7 @@ pub struct Reconciler {
     status: StatusRepo,
     pub persisted: Persisted,
     /// What `state.json` holds now, to write it only when it changes.
-    saved: Option<Persisted>,
+    saved: Option<Digest>,
     targets: HashMap<PathBuf, Arc<dyn Target>>,
     /// The last fetch error, shown in every status until a fetch succeeds.
     pub fetch_error: Option<String>,
@@ -201,7 +201,7 @@ impl Reconciler {
             clock,
             store,
             status,
-            saved: Some(persisted.clone()),
+            saved: persisted.serialized().ok().map(|(_, d)| d),
             persisted,
             targets: HashMap::new(),
             fetch_error: None,
@@ -254,10 +254,15 @@ impl Reconciler {
         for branch in self.settings.branches.clone() {
             out.push(self.pass_branch(&branch).await);
         }
-        // A pass that changed nothing must write nothing, not even its cache.
-        if !self.dry_run && self.saved.as_ref() != Some(&self.persisted) {
-            match self.persisted.save(&self.settings.state_dir) {
-                Ok(()) => self.saved = Some(self.persisted.clone()),
+        // A pass that changed nothing must write nothing, not even its cache;
+        // one that did nothing at all need not even look.
+        if !self.dry_run && !out.iter().all(|b| b.unchanged) {
+            match self.persisted.serialized() {
+                Ok((_, digest)) if self.saved == Some(digest) => {}
+                Ok((bytes, digest)) => match Persisted::save(&self.settings.state_dir, &bytes) {
+                    Ok(()) => self.saved = Some(digest),
+                    Err(e) => tracing::error!(error = %e, "cannot save state"),
+                },
                 Err(e) => tracing::error!(error = %e, "cannot save state"),
             }
         }
@@ -672,7 +677,14 @@ impl Reconciler {
             w.observed = memo.clone();
         } else if let Some(t) = &w.target {
             match t.get(&comp.id).await {
-                Ok(o) => w.observed = o,
+                // Status lists components from the render; only the
+                // digests, health and carried metadata matter here.
+                Ok(o) => {
+                    w.observed = Observed {
+                        components: Vec::new(),
+                        ..o
+                    }
+                }
                 Err(e) => {
                     w.fail("TargetUnavailable", comp.target.clone(), e.to_string());
                     return w;

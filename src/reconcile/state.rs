@@ -94,14 +94,22 @@ impl Persisted {
         }
     }
 
-    /// Writes atomically (temp file, fsync, rename): a kill -9 leaves the old or the new file.
-    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+    /// The file's content, and its digest: what decides whether to write.
+    pub fn serialized(&self) -> std::io::Result<(Vec<u8>, Digest)> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        let digest = Digest::of(&bytes);
+        Ok((bytes, digest))
+    }
+
+    /// Writes `bytes` (from [`serialized`](Self::serialized)) atomically:
+    /// temp file, fsync, rename, so a kill -9 leaves the old or the new file.
+    pub fn save(state_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         std::fs::create_dir_all(state_dir)?;
         let path = Self::path(state_dir);
         let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)
     }
@@ -117,7 +125,7 @@ mod tests {
         assert_eq!(Persisted::load(dir.path()), Persisted::default());
         let mut p = Persisted::default();
         p.revisions.insert("main".into(), "abc".into());
-        p.save(dir.path()).unwrap();
+        Persisted::save(dir.path(), &p.serialized().unwrap().0).unwrap();
         assert_eq!(Persisted::load(dir.path()), p);
         std::fs::write(Persisted::path(dir.path()), b"{not json").unwrap();
         assert_eq!(Persisted::load(dir.path()), Persisted::default());
