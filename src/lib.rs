@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod model;
 pub mod reconcile;
+pub mod serve;
 pub mod source;
 pub mod stage;
 pub mod status;

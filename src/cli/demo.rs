@@ -60,6 +60,8 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
         status_branch: "fermata/status".into(),
         site: None,
         once: true,
+        listen: None,
+        webhook_secret_file: None,
         clock: a.clock.clone(),
     };
     let rt = tokio::runtime::Runtime::new()?;

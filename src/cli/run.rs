@@ -1,16 +1,18 @@
 //! `fermata run`: the reconciler, the product's main job.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::default_state_dir;
-use crate::reconcile::{self, BranchReport, Reconciler, Settings};
+use crate::reconcile::{self, BranchReport, PassOutcome, Reconciler, Settings, Triggers};
+use crate::serve::{self, ServeState};
 use crate::status::State;
 use crate::window::{Clock, FixedClock, SystemClock};
 
@@ -43,6 +45,12 @@ pub struct RunArgs {
     /// One pass, then exit: 1 if anything failed.
     #[arg(long)]
     pub once: bool,
+    /// Serve /healthz, /readyz, /metrics and /hooks/git on this address (e.g. 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR", conflicts_with = "once")]
+    pub listen: Option<SocketAddr>,
+    /// Enables /hooks/git: pushes signed (HMAC-SHA256) with the key in this file trigger a fetch.
+    #[arg(long, value_name = "PATH", requires = "listen")]
+    pub webhook_secret_file: Option<PathBuf>,
     #[command(flatten)]
     pub clock: ClockArgs,
 }
@@ -119,17 +127,51 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(exit_code(&reports));
         }
         let clock = r.clock.clone();
-        let status_branch = r.settings.status_branch.clone();
-        reconcile::run(r, clock, |reports| {
-            for b in reports.iter().filter(|b| !b.unchanged) {
+        let triggers = Triggers::new();
+        // Bound before the first pass, so a taken port fails at once.
+        let server = match a.listen {
+            None => None,
+            Some(addr) => {
+                let secret = a
+                    .webhook_secret_file
+                    .as_deref()
+                    .map(serve::read_secret)
+                    .transpose()?;
+                let state = Arc::new(ServeState::new(
+                    r.settings.branches.clone(),
+                    secret,
+                    triggers.sender(),
+                ));
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("--listen {addr}"))?;
+                tracing::info!(%addr, "serving /healthz, /readyz, /metrics, /hooks/git");
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let task = tokio::spawn(serve::serve(listener, state.clone(), async {
+                    let _ = stopped.await;
+                }));
+                Some((state, stop, task))
+            }
+        };
+        let observer = server.as_ref().map(|(state, _, _)| state.clone());
+        let result = reconcile::run(r, clock, triggers, |outcome: &PassOutcome<'_>| {
+            for b in outcome.reports.iter().filter(|b| !b.unchanged) {
                 tracing::info!(branch = %b.branch, rev = ?b.revision, commit = ?b.status_commit, "pass done");
                 for e in &b.errors {
                     tracing::warn!(branch = %b.branch, "{e}");
                 }
             }
-            let _ = &status_branch;
+            if let Some(state) = &observer {
+                state.observe(outcome);
+            }
         })
-        .await?;
+        .await;
+        // The server lives exactly as long as the loop.
+        if let Some((_, stop, task)) = server {
+            let _ = stop.send(());
+            task.await??;
+        }
+        result?;
         Ok(ExitCode::SUCCESS)
     })
 }

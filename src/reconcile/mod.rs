@@ -39,19 +39,61 @@ pub struct Settings {
 /// Longest wait after repeated fetch failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Runs passes until SIGINT/SIGTERM. `report` sees every pass's outcome.
+/// The run loop's wake-up channel, made before the loop so that other
+/// sources of "fetch now" (the webhook) can hold a sender. A message names
+/// why the loop woke; a burst of them is coalesced into one fetch and pass.
+pub struct Triggers {
+    tx: mpsc::Sender<&'static str>,
+    rx: mpsc::Receiver<&'static str>,
+}
+
+impl Triggers {
+    pub fn new() -> Triggers {
+        // Small: one pending message is enough to wake the loop.
+        let (tx, rx) = mpsc::channel(8);
+        Triggers { tx, rx }
+    }
+
+    /// Sending on it wakes the loop for an immediate fetch and pass.
+    pub fn sender(&self) -> mpsc::Sender<&'static str> {
+        self.tx.clone()
+    }
+}
+
+impl Default for Triggers {
+    fn default() -> Triggers {
+        Triggers::new()
+    }
+}
+
+/// What one iteration of the loop did, for logs and metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct PassOutcome<'a> {
+    pub reports: &'a [BranchReport],
+    /// Fetch and pass together: what a user waits for after a push.
+    pub elapsed: Duration,
+    /// The fetch before this pass failed (the last good revision was used).
+    pub fetch_failed: bool,
+}
+
+/// Runs passes until SIGINT/SIGTERM, waking early on any message sent to
+/// `triggers`. `report` sees every pass's outcome.
 pub async fn run(
     mut r: Reconciler,
     clock: Arc<dyn Clock>,
-    mut report: impl FnMut(&[BranchReport]),
+    triggers: Triggers,
+    mut report: impl FnMut(&PassOutcome<'_>),
 ) -> anyhow::Result<()> {
-    let (tx, mut rx) = mpsc::channel::<&'static str>(8);
-    let _watcher = watch_refs(&r, tx.clone());
+    let Triggers { tx, mut rx } = triggers;
+    let _watcher = watch_refs(&r, tx);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut failures: u32 = 0;
     loop {
-        match r.fetch().await {
+        let started = std::time::Instant::now();
+        let fetched = r.fetch().await;
+        let fetch_failed = fetched.is_err();
+        match fetched {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
@@ -59,7 +101,11 @@ pub async fn run(
             }
         }
         let reports = r.pass().await;
-        report(&reports);
+        report(&PassOutcome {
+            reports: &reports,
+            elapsed: started.elapsed(),
+            fetch_failed,
+        });
         let mut wait = if failures > 0 {
             backoff(r.settings.interval, failures)
         } else {

@@ -69,6 +69,9 @@ pub struct BranchReport {
     pub next_window: Option<DateTime<Utc>>,
     /// Per symphony: Ready non-optional compositions, and how many there are.
     pub symphonies: Vec<(String, usize, usize)>,
+    /// The windows of this pass's compositions, and whether each was open
+    /// at the pass's instant (for `fermata_window_open`).
+    pub windows: BTreeMap<String, bool>,
     /// Nothing was done: the revision was reconciled already.
     pub unchanged: bool,
 }
@@ -478,6 +481,9 @@ impl Reconciler {
         for w in work {
             let w = &w;
             let window = window_status(&fleet, w.comp.window.as_deref(), now);
+            if let Some(ws) = &window {
+                report.windows.insert(ws.name.clone(), ws.open);
+            }
             let st = self.status_of(w, &source_ref, now, window);
             report.rows.push(Row {
                 id: w.comp.id.clone(),
@@ -1179,6 +1185,9 @@ impl Reconciler {
                     .map(|(k, _)| k[prefix.len()..].to_string()),
             );
             let window_status = window_status(fleet, rec.window.as_deref(), now);
+            if let Some(ws) = &window_status {
+                report.windows.insert(ws.name.clone(), ws.open);
+            }
             let ordered = fleet
                 .symphonies
                 .get(&id.symphony)

@@ -1,0 +1,228 @@
+//! The router, driven without a socket (`oneshot`), and the trigger channel
+//! read directly: a webhook either puts exactly one message on it or none.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+use super::*;
+use crate::model::CompositionId;
+use crate::reconcile::{BranchReport, Row};
+use crate::status::State;
+
+const SECRET: &[u8] = b"It's a Secret to Everybody";
+const PUSH_MAIN: &str = r#"{"ref":"refs/heads/main","after":"3f2a"}"#;
+
+fn state(secret: Option<&[u8]>) -> (Arc<ServeState>, mpsc::Receiver<&'static str>) {
+    let (tx, rx) = mpsc::channel(8);
+    let st = ServeState::new(vec!["main".into()], secret.map(<[u8]>::to_vec), tx);
+    (Arc::new(st), rx)
+}
+
+async fn call(st: &Arc<ServeState>, req: Request<Body>) -> (StatusCode, String) {
+    let resp = app(st.clone()).oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).expect("request")
+}
+
+fn hook(body: &str, headers: &[(&str, String)]) -> Request<Body> {
+    let mut req = Request::post("/hooks/git").header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    req.body(Body::from(body.to_string())).expect("request")
+}
+
+fn hex_hmac(key: &[u8], body: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(body.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn github_sig(key: &[u8], body: &str) -> (&'static str, String) {
+    (
+        "x-hub-signature-256",
+        format!("sha256={}", hex_hmac(key, body)),
+    )
+}
+
+fn outcome_row(name: &str, state: State, window: Option<&str>) -> Row {
+    Row {
+        id: CompositionId::new("shop", name),
+        state,
+        digest: None,
+        window: window.map(str::to_string),
+        note: String::new(),
+        action: None,
+        skipped: None,
+    }
+}
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let (st, _rx) = state(None);
+    assert_eq!(
+        call(&st, get("/healthz")).await,
+        (StatusCode::OK, "ok".into())
+    );
+}
+
+#[tokio::test]
+async fn readyz_is_503_until_the_first_pass_then_200() {
+    let (st, _rx) = state(None);
+    assert_eq!(
+        call(&st, get("/readyz")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    st.observe(&PassOutcome {
+        reports: &[],
+        elapsed: Duration::from_millis(5),
+        fetch_failed: false,
+    });
+    assert_eq!(call(&st, get("/readyz")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_reflect_the_last_full_pass_of_each_branch() {
+    let (st, _rx) = state(None);
+    let full = BranchReport {
+        branch: "main".into(),
+        rows: vec![
+            outcome_row("a", State::Installed, None),
+            outcome_row("b", State::Staged, Some("sat")),
+            outcome_row("c", State::Staged, Some("sat")),
+            outcome_row("d", State::Failed, Some("night")),
+        ],
+        windows: [("sat".to_string(), false), ("night".to_string(), true)].into(),
+        ..BranchReport::default()
+    };
+    st.observe(&PassOutcome {
+        reports: std::slice::from_ref(&full),
+        elapsed: Duration::from_millis(250),
+        fetch_failed: true,
+    });
+    // A settled branch reports no rows: the gauges keep the last full pass.
+    let settled = BranchReport {
+        branch: "main".into(),
+        unchanged: true,
+        ..BranchReport::default()
+    };
+    st.observe(&PassOutcome {
+        reports: std::slice::from_ref(&settled),
+        elapsed: Duration::from_millis(1),
+        fetch_failed: false,
+    });
+
+    let (status, text) = call(&st, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        "fermata_passes_total 2",
+        "fermata_fetch_errors_total 1",
+        "fermata_pass_duration_seconds_count 2",
+        "fermata_compositions{state=\"installed\"} 1",
+        "fermata_compositions{state=\"staged\"} 2",
+        "fermata_compositions{state=\"failed\"} 1",
+        "fermata_compositions{state=\"removing\"} 0",
+        "fermata_window_open{window=\"sat\"} 0",
+        "fermata_window_open{window=\"night\"} 1",
+        "# EOF",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing in\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn signed_push_to_a_watched_branch_triggers_exactly_one_pass() {
+    let (st, mut rx) = state(Some(SECRET));
+    let (status, body) = call(&st, hook(PUSH_MAIN, &[github_sig(SECRET, PUSH_MAIN)])).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(rx.try_recv(), Ok("webhook"));
+    assert!(rx.try_recv().is_err(), "exactly one trigger");
+}
+
+#[tokio::test]
+async fn gitea_signature_is_accepted() {
+    let (st, mut rx) = state(Some(SECRET));
+    let sig = ("x-gitea-signature", hex_hmac(SECRET, PUSH_MAIN));
+    let (status, body) = call(&st, hook(PUSH_MAIN, &[sig])).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(rx.try_recv(), Ok("webhook"));
+}
+
+#[tokio::test]
+async fn wrong_or_missing_signature_is_401_and_triggers_nothing() {
+    let (st, mut rx) = state(Some(SECRET));
+    let wrong_key = github_sig(b"guess", PUSH_MAIN);
+    let other_body = github_sig(SECRET, r#"{"ref":"refs/heads/dev"}"#);
+    let not_hex = ("x-hub-signature-256", "sha256=zz".to_string());
+    let no_prefix = ("x-hub-signature-256", hex_hmac(SECRET, PUSH_MAIN));
+    for headers in [
+        vec![wrong_key],
+        vec![other_body],
+        vec![not_hex],
+        vec![no_prefix],
+        vec![],
+    ] {
+        let (status, _) = call(&st, hook(PUSH_MAIN, &headers)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{headers:?}");
+    }
+    assert!(rx.try_recv().is_err(), "nothing triggered");
+}
+
+#[tokio::test]
+async fn unwatched_branch_is_accepted_and_ignored() {
+    let (st, mut rx) = state(Some(SECRET));
+    let body = r#"{"ref":"refs/heads/feature"}"#;
+    let (status, text) = call(&st, hook(body, &[github_sig(SECRET, body)])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(text.contains("ignored"), "{text}");
+    assert!(rx.try_recv().is_err(), "nothing triggered");
+}
+
+#[tokio::test]
+async fn signed_body_that_is_not_a_push_is_400() {
+    let (st, mut rx) = state(Some(SECRET));
+    for body in ["not json", r#"{"zen":"no ref"}"#] {
+        let (status, _) = call(&st, hook(body, &[github_sig(SECRET, body)])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    assert!(rx.try_recv().is_err(), "nothing triggered");
+}
+
+#[tokio::test]
+async fn no_secret_configured_means_no_webhook() {
+    let (st, mut rx) = state(None);
+    let (status, _) = call(&st, hook(PUSH_MAIN, &[github_sig(SECRET, PUSH_MAIN)])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(rx.try_recv().is_err(), "nothing triggered");
+}
+
+#[test]
+fn secret_file_is_trimmed_and_never_empty() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = dir.path().join("secret");
+    std::fs::write(&p, "  s3cret\n").expect("write");
+    assert_eq!(read_secret(&p).expect("read"), b"s3cret");
+    std::fs::write(&p, "\n").expect("write");
+    assert!(matches!(
+        read_secret(&p),
+        Err(ServeError::SecretEmpty { .. })
+    ));
+    assert!(matches!(
+        read_secret(&dir.path().join("absent")),
+        Err(ServeError::SecretRead { .. })
+    ));
+}
