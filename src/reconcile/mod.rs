@@ -177,14 +177,8 @@ fn watch_refs(
         }
     };
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            let refs = ev.paths.iter().any(|p| {
-                let s = p.to_string_lossy();
-                (s.contains("/refs/heads/") || s.ends_with("packed-refs")) && !s.ends_with(".lock")
-            });
-            if refs {
-                let _ = tx.try_send("refs changed");
-            }
+        if ev.is_ok_and(|ev| is_ref_update(&ev)) {
+            let _ = tx.try_send("refs changed");
         }
     })
     .ok()?;
@@ -206,6 +200,17 @@ fn watch_refs(
     watching.then_some(w)
 }
 
+/// A branch ref was created, changed or deleted. Reads are not: inotify
+/// reports every open, and each pass opens the refs it resolves, so counting
+/// them woke the loop after every pass, forever.
+fn is_ref_update(ev: &notify::Event) -> bool {
+    !ev.kind.is_access()
+        && ev.paths.iter().any(|p| {
+            let s = p.to_string_lossy();
+            (s.contains("/refs/heads/") || s.ends_with("packed-refs")) && !s.ends_with(".lock")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +226,31 @@ mod tests {
             "never shorter than the interval"
         );
         assert_eq!(backoff(s(30), 1000), s(300), "no overflow");
+    }
+
+    #[test]
+    fn only_writes_to_branch_refs_wake_the_loop() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        use notify::{Event, EventKind};
+        let ev = |kind, path: &str| Event::new(kind).add_path(PathBuf::from(path));
+        let main = "/r.git/refs/heads/main";
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(is_ref_update(&ev(renamed, main)), "a push renames the lock");
+        assert!(is_ref_update(&ev(
+            EventKind::Create(CreateKind::File),
+            main
+        )));
+        assert!(is_ref_update(&ev(renamed, "/r.git/packed-refs")));
+        assert!(!is_ref_update(&ev(
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            main
+        )));
+        assert!(!is_ref_update(&ev(
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            main
+        )));
+        assert!(!is_ref_update(&ev(renamed, "/r.git/refs/heads/main.lock")));
+        assert!(!is_ref_update(&ev(renamed, "/r.git/refs/tags/v1")));
     }
 
     #[test]
