@@ -120,7 +120,10 @@ pub struct StatusRepo {
 /// relative to a given tip. Only files whose content changes are listed.
 #[derive(Debug, Default)]
 struct Plan {
-    writes: BTreeMap<String, Vec<u8>>,
+    /// Path -> the blob already written (and its size): written while
+    /// planning, so thousands of status files are never all held in memory.
+    /// An unused blob (the branch moved, a retry) is harmless garbage.
+    writes: BTreeMap<String, (Oid, usize)>,
     removes: BTreeSet<String>,
 }
 
@@ -501,10 +504,11 @@ impl StatusRepo {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-            if let Ok(oid) = Oid::hash_object(ObjectType::Blob, yaml.as_bytes()) {
-                self.remember(oid, fingerprint);
-            }
-            plan.writes.insert(path, yaml.into_bytes());
+            let oid = repo
+                .blob(yaml.as_bytes())
+                .map_err(self.git(format!("write {path}")))?;
+            self.remember(oid, fingerprint);
+            plan.writes.insert(path, (oid, yaml.len()));
         }
         for id in existing.keys() {
             plan.removes.insert(format!("{base}/{id}.yaml"));
@@ -519,10 +523,11 @@ impl StatusRepo {
             None => false,
         };
         if !summary_same {
-            plan.writes.insert(
-                format!("{base}/{SUMMARY_FILE}"),
-                update.table.clone().into_bytes(),
-            );
+            let path = format!("{base}/{SUMMARY_FILE}");
+            let oid = repo
+                .blob(update.table.as_bytes())
+                .map_err(self.git(format!("write {path}")))?;
+            plan.writes.insert(path, (oid, update.table.len()));
         }
         Ok(plan)
     }
@@ -553,8 +558,7 @@ impl StatusRepo {
                 .remove_path(Path::new(path))
                 .map_err(self.git(format!("remove {path}")))?;
         }
-        for (path, data) in &plan.writes {
-            let id = repo.blob(data).map_err(self.git(format!("write {path}")))?;
+        for (path, &(id, len)) in &plan.writes {
             let entry = IndexEntry {
                 ctime: IndexTime::new(0, 0),
                 mtime: IndexTime::new(0, 0),
@@ -563,7 +567,7 @@ impl StatusRepo {
                 mode: 0o100644,
                 uid: 0,
                 gid: 0,
-                file_size: u32::try_from(data.len()).unwrap_or(u32::MAX),
+                file_size: u32::try_from(len).unwrap_or(u32::MAX),
                 id,
                 flags: 0,
                 flags_extended: 0,
