@@ -142,3 +142,33 @@ fn unknown_repository_or_revision_is_a_clear_error() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_mirror_whose_first_fetch_failed_is_completed_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/r.git", dir.path().display());
+    let state = tempfile::tempdir().unwrap();
+    let p = state.path();
+    let run = util::fermata_at(
+        p,
+        &["validate", "--repo", &url],
+        "2026-11-21T02:30:00Z",
+        &[],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("cannot fetch"), "{run:?}");
+    // The remote appears: the half-made mirror fetches it and adopts its
+    // default branch, so `run` without --branch finds `main`.
+    let repo = TestRepo::new();
+    minimal(&repo);
+    repo.commit("one");
+    util::bare_clone(repo.path(), dir.path(), "r.git");
+    let run = util::fermata_at(
+        p,
+        &["run", "--once", "--repo", &url],
+        "2026-11-21T02:30:00Z",
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("branch main @"), "{run:?}");
+}

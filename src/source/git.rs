@@ -47,8 +47,7 @@ impl GitSource {
             "{}.git",
             &Digest::of(repo.as_bytes()).to_hex()[..16]
         ));
-        let fresh = !dir.join("HEAD").exists();
-        if fresh {
+        if !dir.join("HEAD").exists() {
             std::fs::create_dir_all(&dir).map_err(|source| SourceError::Mirror {
                 url: repo.to_string(),
                 path: dir.display().to_string(),
@@ -64,7 +63,10 @@ impl GitSource {
             git_dir: dir,
             mirrored: true,
         };
-        if fresh {
+        // Until a first fetch has brought any ref, the mirror is new: a
+        // fetch that failed last time is retried and the remote's default
+        // branch adopted then, not never.
+        if local_refs(&src.repo()?).is_empty() {
             src.fetch()?;
             src.adopt_remote_head()?;
         }
