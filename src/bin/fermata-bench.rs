@@ -87,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         state_dir: state,
         status_branch: "fermata/status".into(),
         site: None,
+        signatures: fermata::source::SignaturePolicy::None,
     };
     let mut r = Reconciler::new(settings, Arc::new(SystemClock))?;
 

@@ -62,6 +62,8 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
         once: true,
         listen: None,
         webhook_secret_file: None,
+        verify_signatures: None,
+        trusted_keys: None,
         clock: a.clock.clone(),
     };
     let rt = tokio::runtime::Runtime::new()?;

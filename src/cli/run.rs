@@ -13,6 +13,7 @@ use clap::Args;
 use super::default_state_dir;
 use crate::reconcile::{self, BranchReport, PassOutcome, Reconciler, Settings, Triggers};
 use crate::serve::{self, ServeState};
+use crate::source::SignaturePolicy;
 use crate::status::State;
 use crate::window::{Clock, FixedClock, SystemClock};
 
@@ -51,8 +52,21 @@ pub struct RunArgs {
     /// Enables /hooks/git: pushes signed (HMAC-SHA256) with the key in this file trigger a fetch.
     #[arg(long, value_name = "PATH", requires = "listen")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Stage and apply only commits signed this way (`ssh`), by a key of --trusted-keys.
+    #[arg(long, value_enum, value_name = "FORMAT", requires = "trusted_keys")]
+    pub verify_signatures: Option<SignatureFormat>,
+    /// The OpenSSH `allowed_signers` file of the keys that may sign commits.
+    #[arg(long, value_name = "FILE", requires = "verify_signatures")]
+    pub trusted_keys: Option<PathBuf>,
     #[command(flatten)]
     pub clock: ClockArgs,
+}
+
+/// The commit signatures `--verify-signatures` can check (OpenPGP is not supported yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignatureFormat {
+    /// `gpg.format=ssh` signatures, checked against an `allowed_signers` file.
+    Ssh,
 }
 
 /// A fixed "now" for tests and demos; the system clock otherwise.
@@ -80,6 +94,13 @@ impl RunArgs {
     /// Validated settings: the status branch is never a watched one.
     pub fn reconciler(&self) -> anyhow::Result<Reconciler> {
         let state_dir = default_state_dir(self.state_dir.clone());
+        let signatures = match (self.verify_signatures, &self.trusted_keys) {
+            (Some(SignatureFormat::Ssh), Some(file)) => {
+                SignaturePolicy::ssh_from_file(file).context("--trusted-keys")?
+            }
+            (Some(_), None) => bail!("--verify-signatures needs --trusted-keys FILE"),
+            (None, _) => SignaturePolicy::None,
+        };
         let mut settings = Settings {
             repo: self.repo.clone(),
             branches: self.branches.clone(),
@@ -92,6 +113,7 @@ impl RunArgs {
             state_dir,
             status_branch: self.status_branch.clone(),
             site: self.site.clone(),
+            signatures,
         };
         if let Some(site) = &settings.site {
             crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;

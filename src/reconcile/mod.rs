@@ -34,6 +34,8 @@ pub struct Settings {
     pub target_root: PathBuf,
     pub status_branch: String,
     pub site: Option<String>,
+    /// Which commits may be loaded at all (`--verify-signatures`).
+    pub signatures: crate::source::SignaturePolicy,
 }
 
 /// Longest wait after repeated fetch failures.

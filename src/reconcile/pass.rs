@@ -16,7 +16,10 @@ use super::state::{Persisted, RenderRecord};
 use super::Settings;
 use crate::model::types::Strategy;
 use crate::model::{self, Composition, CompositionId, Digest, Fleet, SynthKind, TargetKind};
-use crate::source::{Entry, GitSource, Revision, Snapshot, Source, SourceError};
+use crate::source::{
+    Entry, GitSource, Revision, SignaturePolicy, Signer, Snapshot, Source, SourceError,
+    UntrustedCommit,
+};
 use crate::stage::ArtifactStore;
 use crate::status::{
     summarize, ComponentStatus, Condition, DeploymentStatus, Override, State, StatusBody,
@@ -312,6 +315,11 @@ impl Reconciler {
                 return report;
             }
         }
+        // Invariant 8, before anything of the commit is read. A settled
+        // revision passed it already: the policy is fixed for the process.
+        if let Err(why) = self.verify(rev).await {
+            return self.refuse_untrusted(branch, rev, why, now, report).await;
+        }
         let resync = self
             .resynced
             .get(branch)
@@ -582,6 +590,27 @@ impl Reconciler {
             statuses,
             summary,
         };
+        self.publish(update, &mut report).await;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "status written");
+        self.persisted
+            .revisions
+            .insert(branch.to_string(), rev.to_string());
+        let settled = work_settled
+            && !report.rows.iter().any(|r| r.state == State::Removing)
+            && fleet.failed.is_empty()
+            && self.fetch_error.is_none()
+            && report.errors.is_empty();
+        if settled {
+            self.settled
+                .insert(branch.to_string(), (rev, std::time::Instant::now()));
+        } else {
+            self.settled.remove(branch);
+        }
+        report
+    }
+
+    /// Commits the statuses (not in a plan); a failure is a report error.
+    async fn publish(&self, update: StatusUpdate, report: &mut BranchReport) {
         let status = self.status.clone();
         let dry = self.dry_run;
         match tokio::task::spawn_blocking(move || {
@@ -602,21 +631,128 @@ impl Reconciler {
             }
             Err(e) => tracing::error!(error = %e, "status task failed"),
         }
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "status written");
-        self.persisted
-            .revisions
-            .insert(branch.to_string(), rev.to_string());
-        let settled = work_settled
-            && !report.rows.iter().any(|r| r.state == State::Removing)
-            && fleet.failed.is_empty()
-            && self.fetch_error.is_none()
-            && report.errors.is_empty();
-        if settled {
-            self.settled
-                .insert(branch.to_string(), (rev, std::time::Instant::now()));
-        } else {
-            self.settled.remove(branch);
+    }
+
+    /// Whether the commit passes the signature policy (invariant 8).
+    async fn verify(&self, rev: Revision) -> Result<Signer, UntrustedCommit> {
+        if matches!(self.settings.signatures, SignaturePolicy::None) {
+            return Ok(Signer::Unchecked);
         }
+        let source = self.source.clone();
+        let policy = self.settings.signatures.clone();
+        tokio::task::spawn_blocking(move || source.verify(rev, &policy))
+            .await
+            .unwrap_or_else(|e| {
+                Err(UntrustedCommit::Unreadable {
+                    commit: rev.0,
+                    reason: e.to_string(),
+                })
+            })
+    }
+
+    /// The objects of an already reconciled commit (empty if it is gone).
+    async fn last_fleet(&self, rev: &str) -> Fleet {
+        let Ok(oid) = git2::Oid::from_str(rev) else {
+            return Fleet::default();
+        };
+        let source = self.source.clone();
+        let path = self.settings.path.clone();
+        tokio::task::spawn_blocking(move || {
+            source
+                .snapshot(Revision(oid))
+                .map(|snap| model::load(&snap, &path).fleet)
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// A commit that fails the signature policy: nothing of it is loaded,
+    /// so nothing is staged, applied or deleted. Every composition known on
+    /// the branch keeps what it applied and is reported `failed`, with
+    /// `UntrustedCommit` naming the commit and the signer seen.
+    async fn refuse_untrusted(
+        &mut self,
+        branch: &str,
+        rev: Revision,
+        why: UntrustedCommit,
+        now: DateTime<Utc>,
+        mut report: BranchReport,
+    ) -> BranchReport {
+        tracing::warn!(error = %why, "untrusted commit: nothing staged or applied");
+        let message = why.to_string();
+        report
+            .errors
+            .push(format!("{message}: nothing staged or applied"));
+        let source_ref = SourceRef {
+            branch: branch.to_string(),
+            commit: rev.to_string(),
+        };
+        let prefix = format!("{branch}:");
+        let known: Vec<(String, RenderRecord)> = self
+            .persisted
+            .renders
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        // Targets are defined in the repository: status reads what they hold
+        // through the last reconciled commit's definitions, never this one's.
+        let last = match self.persisted.revisions.get(branch) {
+            Some(r) => self.last_fleet(r).await,
+            None => Fleet::default(),
+        };
+        let mut statuses = Vec::new();
+        for (key, rec) in known {
+            let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
+                continue;
+            };
+            let mut w = Work::from_record(id.clone(), key.clone(), &rec);
+            if let Some(t) = rec
+                .target
+                .as_ref()
+                .and_then(|t| self.target_for(&last, t).ok())
+            {
+                w.observed = t.get(&id).await.unwrap_or_default();
+            }
+            w.fail("UntrustedCommit", rev.to_string(), message.clone());
+            let mut st = self.status_of(&w, &source_ref, now, None);
+            self.stamp_transitions(&key, &mut st, now);
+            statuses.push(st);
+            report.rows.push(Row {
+                id,
+                state: State::Failed,
+                digest: None,
+                window: rec.window.clone(),
+                note: row_note(&w),
+                action: None,
+                skipped: None,
+            });
+        }
+        // Orphaned statuses stay: status files not written are removed.
+        for (key, symphony) in self
+            .persisted
+            .orphaned
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+        {
+            if let Ok(id) = key[prefix.len()..].parse::<CompositionId>() {
+                statuses.push(orphaned_status(&id, symphony, &source_ref, now));
+            }
+        }
+        let summary = format!(
+            "{branch}@{}: {} (untrusted commit)",
+            rev.short(),
+            summarize(&statuses)
+        );
+        let update = StatusUpdate {
+            source: source_ref,
+            table: table(&report, &summary),
+            statuses,
+            summary,
+        };
+        self.publish(update, &mut report).await;
+        self.settled.remove(branch);
         report
     }
 

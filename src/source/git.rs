@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use git2::{Cred, CredentialType, FetchOptions, ObjectType, Oid, RemoteCallbacks, Repository};
 
-use super::{Entry, Revision, Snapshot, Source, SourceError, MAX_FILE_SIZE};
+use super::{
+    Entry, Revision, SignaturePolicy, Signer, Snapshot, Source, SourceError, UntrustedCommit,
+    MAX_FILE_SIZE,
+};
 use crate::model::Digest;
 
 /// A git repository fermata reads from.
@@ -281,5 +284,16 @@ impl Source for GitSource {
             entries.insert(path, entry);
         }
         Ok(Snapshot::new(rev, entries))
+    }
+
+    fn verify(&self, rev: Revision, policy: &SignaturePolicy) -> Result<Signer, UntrustedCommit> {
+        if matches!(policy, SignaturePolicy::None) {
+            return Ok(Signer::Unchecked);
+        }
+        let repo = self.repo().map_err(|e| UntrustedCommit::Unreadable {
+            commit: rev.0,
+            reason: format!("{:#}", anyhow::Error::from(e)),
+        })?;
+        policy.verify(&repo, rev.0)
     }
 }

@@ -6,12 +6,17 @@
 
 mod git;
 mod snapshot;
+mod trust;
 
 use std::fmt;
 
 pub(crate) use git::callbacks;
 pub use git::GitSource;
 pub use snapshot::{split, Entry, PathError, Snapshot, MAX_FILE_SIZE};
+pub use trust::{
+    parse_allowed_signers, AllowedSigner, SignaturePolicy, Signer, SignerSeen, TrustError,
+    UntrustedCommit,
+};
 
 /// A commit of the watched repository.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,4 +89,6 @@ pub trait Source: Send + Sync {
     fn resolve(&self, rev: &str) -> Result<Revision, SourceError>;
     /// Every file of the commit's tree.
     fn snapshot(&self, rev: Revision) -> Result<Snapshot, SourceError>;
+    /// Whether the commit passes `policy`; checked before anything of it is loaded.
+    fn verify(&self, rev: Revision, policy: &SignaturePolicy) -> Result<Signer, UntrustedCommit>;
 }
