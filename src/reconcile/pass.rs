@@ -527,17 +527,10 @@ impl Reconciler {
                 report.errors.push(reason.clone());
             }
             for (key, rec) in known {
-                let Ok(id) = key[branch.len() + 1..].parse::<CompositionId>() else {
+                let Some(mut w) = self.recorded_work(&fleet, branch, &key, &rec).await else {
                     continue;
                 };
-                let mut w = Work::from_record(id.clone(), key.clone(), &rec);
-                if let Some(t) = rec
-                    .target
-                    .as_ref()
-                    .and_then(|t| self.target_for(&fleet, t).ok())
-                {
-                    w.observed = t.get(&id).await.unwrap_or_default();
-                }
+                let id = w.comp.id.clone();
                 let first = diags.first();
                 w.fail(
                     "InvalidObject",
@@ -704,23 +697,15 @@ impl Reconciler {
         };
         let mut statuses = Vec::new();
         for (key, rec) in known {
-            let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
+            let Some(mut w) = self.recorded_work(&last, branch, &key, &rec).await else {
                 continue;
             };
-            let mut w = Work::from_record(id.clone(), key.clone(), &rec);
-            if let Some(t) = rec
-                .target
-                .as_ref()
-                .and_then(|t| self.target_for(&last, t).ok())
-            {
-                w.observed = t.get(&id).await.unwrap_or_default();
-            }
             w.fail("UntrustedCommit", rev.to_string(), message.clone());
             let mut st = self.status_of(&w, &source_ref, now, None);
             self.stamp_transitions(&key, &mut st, now);
             statuses.push(st);
             report.rows.push(Row {
-                id,
+                id: w.comp.id.clone(),
                 state: State::Failed,
                 digest: None,
                 window: rec.window.clone(),
@@ -1172,6 +1157,27 @@ impl Reconciler {
                 "target {name:?}: Kubernetes targets are not supported by this build yet"
             )),
         }
+    }
+
+    /// A composition known only from its last render, with what its target
+    /// (as `fleet` defines it) holds now.
+    async fn recorded_work(
+        &mut self,
+        fleet: &Fleet,
+        branch: &str,
+        key: &str,
+        rec: &RenderRecord,
+    ) -> Option<Work> {
+        let id = key.get(branch.len() + 1..)?.parse::<CompositionId>().ok()?;
+        let mut w = Work::from_record(id.clone(), key.to_string(), rec);
+        if let Some(t) = rec
+            .target
+            .as_ref()
+            .and_then(|t| self.target_for(fleet, t).ok())
+        {
+            w.observed = t.get(&id).await.unwrap_or_default();
+        }
+        Some(w)
     }
 
     /// Eno's rule: a symphony is Ready when every non-optional composition is
