@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
-use super::run::{exit_code, print_reports, RunArgs};
+use super::run::{exit_code, fetch_or_warn, print_reports, RunArgs};
 use super::Accountable;
 use crate::status::{Override, State};
 
@@ -26,9 +26,7 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.run.reconciler()?;
-        if let Err(e) = r.fetch().await {
-            eprintln!("warning: {:#}", anyhow::Error::from(e));
-        }
+        fetch_or_warn(&mut r).await;
         // First a normal pass: it stages whatever is new, so the override is
         // bound to the digest that is staged now and nothing later.
         let reports = r.pass().await;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::json;
 
-use super::run::RunArgs;
+use super::run::{fetch_or_warn, RunArgs};
 use super::Output;
 
 #[derive(Debug, Args)]
@@ -28,9 +28,7 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
         let mut r = a.run.reconciler()?;
         r.dry_run = true;
         r.revision = a.rev.clone();
-        if let Err(e) = r.fetch().await {
-            eprintln!("warning: {:#}", anyhow::Error::from(e));
-        }
+        fetch_or_warn(&mut r).await;
         let reports = r.pass().await;
         match a.output {
             Output::Text => {

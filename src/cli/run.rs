@@ -141,9 +141,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async {
         let mut r = a.reconciler()?;
         if a.once {
-            if let Err(e) = r.fetch().await {
-                eprintln!("warning: {:#}", anyhow::Error::from(e));
-            }
+            fetch_or_warn(&mut r).await;
             let reports = r.pass().await;
             print_reports(&reports, &r.settings.status_branch);
             return Ok(exit_code(&reports));
@@ -196,6 +194,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         result?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Fetches for a one-shot command; a failure is a warning, since the last
+/// good revision in the mirror is still reconciled.
+pub async fn fetch_or_warn(r: &mut Reconciler) {
+    if let Err(e) = r.fetch().await {
+        eprintln!("warning: {:#}", anyhow::Error::from(e));
+    }
 }
 
 pub fn exit_code(reports: &[BranchReport]) -> ExitCode {

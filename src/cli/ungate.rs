@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
-use super::run::{exit_code, print_reports, RunArgs};
+use super::run::{exit_code, fetch_or_warn, print_reports, RunArgs};
 use super::Accountable;
 use crate::model::{self, CompositionId};
 use crate::source::Source;
@@ -31,9 +31,7 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.run.reconciler()?;
-        if let Err(e) = r.fetch().await {
-            eprintln!("warning: {:#}", anyhow::Error::from(e));
-        }
+        fetch_or_warn(&mut r).await;
         let mut found = false;
         for branch in &r.settings.branches {
             let rev = r.source.resolve(&format!("refs/heads/{branch}"))?;

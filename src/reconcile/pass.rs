@@ -516,13 +516,7 @@ impl Reconciler {
                 .collect::<Vec<_>>()
                 .join("; ");
             let prefix = format!("{branch}:{sym}/");
-            let known: Vec<(String, RenderRecord)> = self
-                .persisted
-                .renders
-                .iter()
-                .filter(|(k, _)| k.starts_with(&prefix))
-                .map(|(k, r)| (k.clone(), r.clone()))
-                .collect();
+            let known = self.records_under(&prefix);
             if known.is_empty() {
                 report.errors.push(reason.clone());
             }
@@ -682,13 +676,7 @@ impl Reconciler {
             commit: rev.to_string(),
         };
         let prefix = format!("{branch}:");
-        let known: Vec<(String, RenderRecord)> = self
-            .persisted
-            .renders
-            .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, r)| (k.clone(), r.clone()))
-            .collect();
+        let known = self.records_under(&prefix);
         // Targets are defined in the repository: status reads what they hold
         // through the last reconciled commit's definitions, never this one's.
         let last = match self.persisted.revisions.get(branch) {
@@ -1159,6 +1147,17 @@ impl Reconciler {
         }
     }
 
+    /// The render records whose `branch:symphony/variation` key starts with
+    /// `prefix`: compositions known from earlier passes.
+    fn records_under(&self, prefix: &str) -> Vec<(String, RenderRecord)> {
+        self.persisted
+            .renders
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+
     /// A composition known only from its last render, with what its target
     /// (as `fleet` defines it) holds now.
     async fn recorded_work(
@@ -1270,13 +1269,8 @@ impl Reconciler {
             .iter()
             .map(|s| format!("{prefix}{}", s.metadata.deployment_id))
             .collect();
-        let mut gone: Vec<(String, RenderRecord)> = self
-            .persisted
-            .renders
-            .iter()
-            .filter(|(k, _)| k.starts_with(&prefix) && !live.contains(*k))
-            .map(|(k, r)| (k.clone(), r.clone()))
-            .collect();
+        let mut gone = self.records_under(&prefix);
+        gone.retain(|(k, _)| !live.contains(k));
         // Deletes in reverse variation order: the last one written goes first.
         gone.sort_by(|(ka, a), (kb, b)| {
             let sym = |k: &str| k.split('/').next().unwrap_or_default().to_string();
