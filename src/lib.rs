@@ -8,6 +8,7 @@
 //! command-line edge. See `DESIGN.md`.
 
 pub mod cli;
+pub mod forge;
 pub mod model;
 pub mod reconcile;
 pub mod serve;
