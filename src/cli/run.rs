@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::default_state_dir;
+use crate::reconcile::pulls::PullSettings;
 use crate::reconcile::{self, BranchReport, PassOutcome, Reconciler, Settings, Triggers};
 use crate::serve::{self, ServeState};
 use crate::source::SignaturePolicy;
@@ -58,8 +59,22 @@ pub struct RunArgs {
     /// The OpenSSH `allowed_signers` file of the keys that may sign commits.
     #[arg(long, value_name = "FILE", requires = "verify_signatures")]
     pub trusted_keys: Option<PathBuf>,
+    /// Branches matching this glob (e.g. `preview/*`) get a plan of their
+    /// head against the first watched branch, as a note under
+    /// `refs/notes/fermata-plan` (pushed): plans for hosts without a forge API.
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+    pub plan_branches: Option<glob::Pattern>,
+    /// Run `command:` synthesizers when planning commits that are not on a
+    /// watched branch (pull request heads, forks included). Off by default:
+    /// a plan must not execute code nobody merged.
+    #[arg(long)]
+    pub trust_pr_commands: bool,
     #[command(flatten)]
     pub clock: ClockArgs,
+}
+
+fn parse_glob(s: &str) -> Result<glob::Pattern, String> {
+    glob::Pattern::new(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// The commit signatures `--verify-signatures` can check (OpenPGP is not supported yet).
@@ -132,6 +147,13 @@ impl RunArgs {
             );
         }
         r.settings = settings;
+        if self.plan_branches.is_some() {
+            r.pulls = Some(Arc::new(PullSettings {
+                forge: None,
+                plan_branches: self.plan_branches.clone(),
+                trust_pr_commands: self.trust_pr_commands,
+            }));
+        }
         Ok(r)
     }
 }

@@ -9,6 +9,7 @@
 pub mod annotations;
 mod pass;
 pub mod plan;
+pub mod pulls;
 pub mod state;
 
 use std::path::PathBuf;
@@ -18,7 +19,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::mpsc;
 
-pub use pass::{BranchReport, Reconciler, Row};
+pub use pass::{
+    ActionKind, BranchReport, PlanDetail, PlannedArtifact, Reconciler, Row, WindowInfo,
+};
 
 use crate::window::Clock;
 

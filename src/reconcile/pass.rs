@@ -56,6 +56,12 @@ pub struct Reconciler {
     pub dry_run: bool,
     /// Reconcile this revision instead of the branch head (`plan --rev`).
     pub revision: Option<String>,
+    /// Whether `command:` synthesizers may run. Off for commits that are
+    /// not on a watched branch (pull request heads) unless
+    /// `--trust-pr-commands`: a plan must not run code nobody merged.
+    pub allow_commands: bool,
+    /// Commit statuses, pull request plans and plan notes (`None`: off).
+    pub pulls: Option<Arc<super::pulls::PullSettings>>,
 }
 
 /// What a pass did on one branch.
@@ -77,6 +83,39 @@ pub struct BranchReport {
     pub windows: BTreeMap<String, bool>,
     /// Nothing was done: the revision was reconciled already.
     pub unchanged: bool,
+    /// The windows of this pass's compositions in full (for plans).
+    pub window_info: BTreeMap<String, WindowInfo>,
+    /// Plans only: per composition with an action, the target's diff and
+    /// the artifacts its state needs.
+    pub plans: BTreeMap<CompositionId, PlanDetail>,
+}
+
+/// A maintenance window as a plan shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowInfo {
+    /// IANA zone name, e.g. `Europe/Berlin`.
+    pub zone: String,
+    pub open: bool,
+    pub next_open: Option<DateTime<Utc>>,
+}
+
+/// What a plan (a dry run) found out about one composition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanDetail {
+    /// The target's diff of what it holds against the desired state.
+    pub diff: Option<String>,
+    pub artifacts: Vec<PlannedArtifact>,
+    /// Why it failed, as `file:line: message` where there is a place.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedArtifact {
+    pub name: String,
+    pub url: String,
+    pub size: Option<u64>,
+    /// Already in the artifact store: nothing to download.
+    pub stored: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +166,8 @@ struct Work {
     ungated: Vec<crate::status::Ungate>,
     /// What the plan does about it this pass (Datum's actions).
     action: Option<ActionKind>,
+    /// Plans only: the target's diff and the artifacts needed.
+    plan: Option<PlanDetail>,
 }
 
 impl Work {
@@ -166,6 +207,7 @@ impl Work {
             skipped: rec.skipped.clone(),
             ungated: Vec::new(),
             action: None,
+            plan: None,
         }
     }
 
@@ -219,6 +261,8 @@ impl Reconciler {
                 .filter(|h| !h.is_empty()),
             dry_run: false,
             revision: None,
+            allow_commands: true,
+            pulls: None,
         })
     }
 
@@ -249,6 +293,41 @@ impl Reconciler {
         result
     }
 
+    /// A reconciler that plans `revision` (a pull request or branch head)
+    /// against what this one's targets hold: a dry run sharing the source,
+    /// store and targets, with a copy of the render cache, writing nothing.
+    pub fn planner(&self, revision: &str, allow_commands: bool) -> Reconciler {
+        Reconciler {
+            settings: self.settings.clone(),
+            source: self.source.clone(),
+            clock: self.clock.clone(),
+            store: self.store.clone(),
+            status: self.status.clone(),
+            persisted: self.persisted.clone(),
+            saved: None,
+            targets: self.targets.clone(),
+            fetch_error: None,
+            settled: HashMap::new(),
+            observed: HashMap::new(),
+            resynced: HashMap::new(),
+            write_hook: None,
+            dry_run: true,
+            revision: Some(revision.to_string()),
+            allow_commands,
+            pulls: None,
+        }
+    }
+
+    /// One dry-run pass of `base` (at `revision`): what a plan shows.
+    pub async fn plan_branch(&mut self, base: &str) -> BranchReport {
+        self.pass_branch(base).await
+    }
+
+    /// The status branch writer (plan notes share its push logic).
+    pub(super) fn status_repo(&self) -> StatusRepo {
+        self.status.clone()
+    }
+
     /// Forgets that branches are settled: the next pass is a full one.
     pub fn unsettle(&mut self) {
         self.settled.clear();
@@ -259,6 +338,9 @@ impl Reconciler {
         let mut out = Vec::new();
         for branch in self.settings.branches.clone() {
             out.push(self.pass_branch(&branch).await);
+        }
+        if !self.dry_run {
+            self.report_back(&out).await;
         }
         // A pass that changed nothing must write nothing, not even its cache;
         // one that did nothing at all need not even look.
@@ -378,7 +460,8 @@ impl Reconciler {
             }
         }
         let needed: Vec<model::Artifact> = needed.into_values().collect();
-        let fetched = if needed.is_empty() {
+        // A plan lists artifacts, it does not download them.
+        let fetched = if needed.is_empty() || self.dry_run {
             BTreeMap::new()
         } else {
             self.store.fetch_all(&needed, &snap).await
@@ -491,6 +574,28 @@ impl Reconciler {
             let window = window_status(&fleet, w.comp.window.as_deref(), now);
             if let Some(ws) = &window {
                 report.windows.insert(ws.name.clone(), ws.open);
+                if let Some(mw) = fleet.windows.get(&ws.name) {
+                    report.window_info.insert(
+                        ws.name.clone(),
+                        WindowInfo {
+                            zone: mw.window.tz.name().to_string(),
+                            open: ws.open,
+                            next_open: ws.next_open,
+                        },
+                    );
+                }
+            }
+            if let Some(p) = &w.plan {
+                report.plans.insert(w.comp.id.clone(), p.clone());
+            }
+            if let (true, Some(e)) = (self.dry_run, &w.error) {
+                let at = if e.source.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", e.source)
+                };
+                report.plans.entry(w.comp.id.clone()).or_default().error =
+                    Some(format!("{at}{}: {}", e.code, e.message));
             }
             let st = self.status_of(w, &source_ref, now, window);
             report.rows.push(Row {
@@ -760,6 +865,7 @@ impl Reconciler {
             skipped: Vec::new(),
             ungated: Vec::new(),
             action: None,
+            plan: None,
         };
         // Gates lifted by `fermata ungate` hold no more; a lift whose gate a
         // commit has removed is done with.
@@ -846,6 +952,24 @@ impl Reconciler {
         fleet: &Arc<Fleet>,
         source: &SourceRef,
     ) -> Result<(), String> {
+        if !self.allow_commands {
+            if let Some(s) = fleet
+                .synthesizers
+                .get(&w.comp.synthesizer)
+                .filter(|s| matches!(s.kind, SynthKind::Command { .. }))
+            {
+                let msg = format!(
+                    "synthesizer {}: command not run: this commit is not on a watched branch (a pull request head); --trust-pr-commands runs it",
+                    s.name
+                );
+                w.fail(
+                    "CommandNotRun",
+                    format!("{}:{}", s.origin.file, s.origin.line),
+                    msg.clone(),
+                );
+                return Err(msg);
+            }
+        }
         let (snap2, fleet2, comp) = (snap.clone(), fleet.clone(), w.comp.clone());
         let result = tokio::task::spawn_blocking(move || {
             synth::render(&snap2, &fleet2, &comp).map_err(|e| e.diagnostic(&fleet2, &comp))
@@ -1060,6 +1184,10 @@ impl Reconciler {
             if let Apply::Wait(r) = decision.apply {
                 w.waiting = Some(r);
             }
+            if needs_desired && self.dry_run {
+                self.plan_detail(w, target.as_ref(), snap, fleet, source)
+                    .await;
+            }
             return;
         }
         // A cached digest alone does not carry the state to stage: render it.
@@ -1119,6 +1247,52 @@ impl Reconciler {
             Ok(o) => w.observed = o,
             Err(e) => w.fail("TargetUnavailable", w.comp.target.clone(), e.to_string()),
         }
+    }
+
+    /// Plans only: what the target would change (its `DryRun` diff) and the
+    /// artifacts the state needs. Writes nothing anywhere.
+    async fn plan_detail(
+        &mut self,
+        w: &mut Work,
+        target: &dyn Target,
+        snap: &Arc<Snapshot>,
+        fleet: &Arc<Fleet>,
+        source: &SourceRef,
+    ) {
+        if w.rendered.is_none() && self.render(w, snap, fleet, source).await.is_err() {
+            return;
+        }
+        let Some(rendered) = w.rendered.clone() else {
+            return;
+        };
+        let artifacts = rendered
+            .artifacts
+            .iter()
+            .map(|a| PlannedArtifact {
+                name: a.name.clone(),
+                url: a.url.clone(),
+                size: a.size,
+                stored: self.store.contains(&a.sha256),
+            })
+            .collect();
+        let desired = Desired {
+            artifacts: rendered
+                .artifacts
+                .iter()
+                .map(|a| (a.name.clone(), self.store.path_of(&a.sha256)))
+                .collect(),
+            rendered,
+            source: source.clone(),
+        };
+        let diff = match target.apply(&desired, StateGoal::DryRun).await {
+            Ok(outcome) => outcome.diff,
+            Err(e) => Some(format!("(the target could not compute a diff: {e})")),
+        };
+        w.plan = Some(PlanDetail {
+            diff,
+            artifacts,
+            error: None,
+        });
     }
 
     /// The target object named `name`, built once per root.
