@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::default_state_dir;
+use crate::leader::{Elector, LeaseSettings};
 use crate::reconcile::pulls::PullSettings;
 use crate::reconcile::{self, BranchReport, PassOutcome, Reconciler, Settings, Triggers};
 use crate::serve::{self, ServeState};
@@ -69,6 +70,23 @@ pub struct RunArgs {
     /// a plan must not execute code nobody merged.
     #[arg(long)]
     pub trust_pr_commands: bool,
+    /// Reconcile only while holding a coordination.k8s.io/v1 Lease, so 2+
+    /// replicas are safe (Kubernetes config from KUBECONFIG or in-cluster).
+    #[arg(long, conflicts_with = "once")]
+    pub leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, default_value = "fermata")]
+    pub lease_name: String,
+    /// The Lease's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// How long a lease holds without renewal; the leader gives up after 2/3
+    /// of it without a successful renewal and renews every 2/15 of it.
+    #[arg(long, default_value = "15s", value_parser = parse_interval)]
+    pub lease_duration: Duration,
+    /// This replica's identity in the Lease: the pod name, or host name and pid.
+    #[arg(long, env = "POD_NAME")]
+    pub lease_identity: Option<String>,
     #[command(flatten)]
     pub clock: ClockArgs,
 }
@@ -170,6 +188,11 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         let clock = r.clock.clone();
         let triggers = Triggers::new();
+        let elector = if a.leader_elect {
+            Some(a.elector(&mut r, &triggers).await?)
+        } else {
+            None
+        };
         // Bound before the first pass, so a taken port fails at once.
         let server = match a.listen {
             None => None,
@@ -208,14 +231,59 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .await;
-        // The server lives exactly as long as the loop.
+        // The server and the elector live exactly as long as the loop.
         if let Some((_, stop, task)) = server {
             let _ = stop.send(());
             task.await??;
         }
+        if let Some((stop, task)) = elector {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         result?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+impl RunArgs {
+    /// Starts campaigning for the Lease; `r` writes only while it leads.
+    async fn elector(
+        &self,
+        r: &mut Reconciler,
+        triggers: &Triggers,
+    ) -> anyhow::Result<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )> {
+        let client = kube::Client::try_default()
+            .await
+            .context("--leader-elect needs a Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+        let identity = match &self.lease_identity {
+            Some(id) => id.clone(),
+            None => format!(
+                "{}-{}",
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| "fermata".into()),
+                std::process::id()
+            ),
+        };
+        let settings = LeaseSettings::new(
+            self.lease_namespace.clone(),
+            self.lease_name.clone(),
+            identity,
+            self.lease_duration,
+        );
+        tracing::info!(lease = %format!("{}/{}", settings.namespace, settings.name), identity = %settings.identity, "campaigning for leadership");
+        let elector = Elector::new(client, settings).waking(triggers.sender());
+        r.leadership = elector.leadership();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(elector.run(async {
+            let _ = stopped.await;
+        }));
+        Ok((stop, task))
+    }
 }
 
 /// Fetches for a one-shot command; a failure is a warning, since the last

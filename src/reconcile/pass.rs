@@ -62,6 +62,8 @@ pub struct Reconciler {
     pub allow_commands: bool,
     /// Commit statuses, pull request plans and plan notes (`None`: off).
     pub pulls: Option<Arc<super::pulls::PullSettings>>,
+    /// Whether this replica may write (`--leader-elect`); always, without election.
+    pub leadership: crate::leader::Leadership,
 }
 
 /// What a pass did on one branch.
@@ -263,6 +265,7 @@ impl Reconciler {
             revision: None,
             allow_commands: true,
             pulls: None,
+            leadership: crate::leader::Leadership::always(),
         })
     }
 
@@ -315,6 +318,7 @@ impl Reconciler {
             revision: Some(revision.to_string()),
             allow_commands,
             pulls: None,
+            leadership: crate::leader::Leadership::always(),
         }
     }
 
@@ -337,6 +341,11 @@ impl Reconciler {
     pub async fn pass(&mut self) -> Vec<BranchReport> {
         let mut out = Vec::new();
         for branch in self.settings.branches.clone() {
+            // A replica that does not lead (or no longer does) writes nothing.
+            if !self.dry_run && !self.leadership.is_leader() {
+                tracing::debug!("not leading: standing by");
+                break;
+            }
             out.push(self.pass_branch(&branch).await);
         }
         if !self.dry_run {
@@ -704,7 +713,8 @@ impl Reconciler {
     /// Commits the statuses (not in a plan); a failure is a report error.
     async fn publish(&self, update: StatusUpdate, report: &mut BranchReport) {
         let status = self.status.clone();
-        let dry = self.dry_run;
+        // Not leading (any more): the new leader reports.
+        let dry = self.dry_run || !self.leadership.is_leader();
         match tokio::task::spawn_blocking(move || {
             if dry {
                 Ok(None)
@@ -1179,6 +1189,10 @@ impl Reconciler {
         let Some(target) = w.target.clone() else {
             return;
         };
+        if !self.dry_run && !self.leadership.is_leader() {
+            w.fail("NotLeader", "", "leadership lost during the pass: nothing written");
+            return;
+        }
         let needs_desired = decision.stage || matches!(decision.apply, Apply::Now { .. });
         if !needs_desired || self.dry_run {
             if let Apply::Wait(r) = decision.apply {

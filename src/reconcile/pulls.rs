@@ -136,6 +136,9 @@ impl Reconciler {
         let Some(pulls) = self.pulls.clone() else {
             return;
         };
+        if !self.leadership.is_leader() {
+            return;
+        }
         let context = context(self.settings.site.as_deref());
         if let Some(forge) = &pulls.forge {
             for report in reports {
