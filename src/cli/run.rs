@@ -255,9 +255,9 @@ impl RunArgs {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<()>,
     )> {
-        let client = kube::Client::try_default()
-            .await
-            .context("--leader-elect needs a Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+        let client = kube::Client::try_default().await.context(
+            "--leader-elect needs a Kubernetes configuration (KUBECONFIG or in-cluster)",
+        )?;
         let identity = match &self.lease_identity {
             Some(id) => id.clone(),
             None => format!(

@@ -1190,7 +1190,11 @@ impl Reconciler {
             return;
         };
         if !self.dry_run && !self.leadership.is_leader() {
-            w.fail("NotLeader", "", "leadership lost during the pass: nothing written");
+            w.fail(
+                "NotLeader",
+                "",
+                "leadership lost during the pass: nothing written",
+            );
             return;
         }
         let needs_desired = decision.stage || matches!(decision.apply, Apply::Now { .. });
