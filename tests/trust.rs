@@ -610,17 +610,31 @@ fn gpg_revoked_and_expired_keys_are_refused() {
     std::fs::write(&file, cert).expect("write");
     s.gpg("gone", &["--import", file.to_str().expect("utf-8 path")]);
     let after = s.keyring("after.gpg", &["alice", "old", "gone"], false);
-    s.fleet("v3").gpg_commit("alice", &alice, "v3");
-    s.repo.git(&["reset", "-q", "--hard", "HEAD~1"]);
-    // HEAD is the commit by the now revoked key again: refused.
+    // The same commit, checked anew (a new process) against the keyring
+    // that knows: refused, and what it applied stays.
     let r = s.run_with("gpg", &after);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stdout.contains(&format!(
-            "is signed by {revoked} (Gone Key <gone@fermata.invalid>), which is revoked"
-        )),
-        "{r:?}"
+    let why = format!("is signed by {revoked} (Gone Key <gone@fermata.invalid>), which is revoked");
+    assert!(r.stdout.contains(&why), "{r:?}");
+    assert!(s.status().contains("code: UntrustedCommit"));
+    assert!(s.current().is_some_and(|c| c.contains("tag: v2")));
+}
+
+#[test]
+fn gpg_sha1_signature_is_refused() {
+    let s = Setup::new();
+    let alice = s.gpg_key("alice", ALICE, ["ed25519", "sign", "never"]);
+    s.gnupg_home("sha1", "digest-algo SHA1\n");
+    let old = s.gpg_key(
+        "sha1",
+        "Old Habits <old@fermata.invalid>",
+        ["rsa2048", "sign", "never"],
     );
+    let keyring = s.keyring("trusted.gpg", &["alice", "sha1"], false);
+    s.gpg_applied_v1("alice", &alice, &keyring);
+    s.fleet("v2").gpg_commit("sha1", &old, "v2, SHA-1");
+    let r = s.run_with("gpg", &keyring);
+    s.assert_refused(&r, "has a bad signature: made with the weak digest SHA1");
 }
 
 #[test]

@@ -317,8 +317,10 @@ impl Reconciler {
         }
         // Invariant 8, before anything of the commit is read. A settled
         // revision passed it already: the policy is fixed for the process.
-        if let Err(why) = self.verify(rev, now).await {
-            return self.refuse_untrusted(branch, rev, why, now, report).await;
+        match self.verify(rev, now).await {
+            Ok(Signer::Unchecked) => {}
+            Ok(signer) => tracing::debug!(%rev, ?signer, "commit trusted"),
+            Err(why) => return self.refuse_untrusted(branch, rev, why, now, report).await,
         }
         let resync = self
             .resynced

@@ -224,9 +224,11 @@ impl SignaturePolicy {
         commit: Oid,
         now: DateTime<Utc>,
     ) -> Result<Signer, UntrustedCommit> {
-        if matches!(self, SignaturePolicy::None) {
-            return Ok(Signer::Unchecked);
-        }
+        let expected = match self {
+            SignaturePolicy::None => return Ok(Signer::Unchecked),
+            SignaturePolicy::Ssh { .. } => "SSH",
+            SignaturePolicy::Gpg { .. } => "OpenPGP",
+        };
         let (signature, signed) = match repo.extract_signature(&commit, None) {
             Ok(x) => x,
             Err(e) if e.code() == git2::ErrorCode::NotFound && repo.find_commit(commit).is_ok() => {
@@ -249,11 +251,6 @@ impl SignaturePolicy {
             "X.509"
         } else {
             "unknown"
-        };
-        let expected = match self {
-            SignaturePolicy::None => return Ok(Signer::Unchecked),
-            SignaturePolicy::Ssh { .. } => "SSH",
-            SignaturePolicy::Gpg { .. } => "OpenPGP",
         };
         if kind != expected {
             return Err(UntrustedCommit::WrongFormat {

@@ -11,8 +11,9 @@
 use chrono::{DateTime, Utc};
 use git2::Oid;
 use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey, SignedPublicSubKey};
-use pgp::packet::{self, Signature, SignatureType, SubpacketData};
-use pgp::types::{KeyDetails, Tag, Timestamp};
+use pgp::crypto::hash::HashAlgorithm;
+use pgp::packet::{Signature, SignatureType, SubpacketData};
+use pgp::types::{Fingerprint, KeyDetails, KeyId, SignedUser, Tag, Timestamp};
 
 use super::{Signer, SignerSeen, UntrustedCommit};
 
@@ -71,47 +72,23 @@ impl Keyring {
     fn candidates<'a>(&'a self, sig: &Signature) -> Vec<(&'a SignedPublicKey, Component<'a>)> {
         let fingerprints = sig.issuer_fingerprint();
         let key_ids = sig.issuer_key_id();
-        let named = |k: &dyn KeyDetailsRef| {
+        let named = |fpr: Fingerprint, id: KeyId| {
             (fingerprints.is_empty() && key_ids.is_empty())
-                || fingerprints.iter().any(|f| **f == k.fpr())
-                || key_ids.iter().any(|id| **id == k.key_id())
+                || fingerprints.iter().any(|f| **f == fpr)
+                || key_ids.iter().any(|k| **k == id)
         };
         let mut out = Vec::new();
         for cert in &self.keys {
-            if named(&cert.primary_key) {
+            if named(cert.fingerprint(), cert.legacy_key_id()) {
                 out.push((cert, Component::Primary));
             }
             for sub in &cert.public_subkeys {
-                if named(sub) {
+                if named(sub.fingerprint(), sub.legacy_key_id()) {
                     out.push((cert, Component::Subkey(sub)));
                 }
             }
         }
         out
-    }
-}
-
-/// `KeyDetails` is not object safe; this is the part `candidates` needs.
-trait KeyDetailsRef {
-    fn fpr(&self) -> pgp::types::Fingerprint;
-    fn key_id(&self) -> pgp::types::KeyId;
-}
-
-impl KeyDetailsRef for packet::PublicKey {
-    fn fpr(&self) -> pgp::types::Fingerprint {
-        self.fingerprint()
-    }
-    fn key_id(&self) -> pgp::types::KeyId {
-        self.legacy_key_id()
-    }
-}
-
-impl KeyDetailsRef for SignedPublicSubKey {
-    fn fpr(&self) -> pgp::types::Fingerprint {
-        self.fingerprint()
-    }
-    fn key_id(&self) -> pgp::types::KeyId {
-        self.legacy_key_id()
     }
 }
 
@@ -159,10 +136,18 @@ fn check(
 ) -> Result<Signer, UntrustedCommit> {
     let bad = |reason: String| UntrustedCommit::BadSignature { commit, reason };
     if !matches!(sig.typ(), Some(SignatureType::Binary | SignatureType::Text)) {
+        let typ = sig.typ().map(|t| format!("{t:?}"));
         return Err(bad(format!(
-            "a {:?} signature, not one over data",
-            sig.typ()
+            "a {} signature, not one over data",
+            typ.as_deref().unwrap_or("unknown")
         )));
+    }
+    // rPGP verifies these; collisions make them forgeable (as Sequoia's
+    // standard policy and gpg's `weak-digest` say).
+    if let Some(weak @ (HashAlgorithm::Md5 | HashAlgorithm::Sha1 | HashAlgorithm::Ripemd160)) =
+        sig.hash_alg()
+    {
+        return Err(bad(format!("made with the weak digest {weak}")));
     }
     let candidates = keyring.candidates(sig);
     if candidates.is_empty() {
@@ -256,7 +241,7 @@ fn may_sign(
     let certifications = cert.details.users.iter().flat_map(|u| {
         u.signatures
             .iter()
-            .filter(move |s| s.verify_certification(primary, Tag::UserId, &u.id).is_ok())
+            .filter(move |s| self_certifies(primary, u, s))
     });
     let Some(self_sig) = newest(direct.chain(certifications)) else {
         return Err("has no valid self-signature in the keyring".to_string());
@@ -326,7 +311,7 @@ fn has_key_flags(sig: &Signature) -> bool {
     })
 }
 
-/// `: reason` of a revocation, when it gives one.
+/// ` (reason)` of a revocation, when it gives one.
 fn reason(revocation: &Signature) -> String {
     let text = revocation
         .revocation_reason_string()
@@ -347,17 +332,22 @@ fn user_id(cert: &SignedPublicKey) -> Option<String> {
         .details
         .users
         .iter()
-        .filter(|u| {
-            u.signatures
-                .iter()
-                .any(|s| s.verify_certification(primary, Tag::UserId, &u.id).is_ok())
-        })
+        .filter(|u| u.signatures.iter().any(|s| self_certifies(primary, u, s)))
         .collect();
     valid
         .iter()
         .find(|u| u.is_primary())
         .or(valid.first())
         .map(|u| String::from_utf8_lossy(u.id.id()).into_owned())
+}
+
+/// Whether `sig` is a valid self-certification of user id `u` (a
+/// certification revocation, which rPGP keeps beside them, is not).
+fn self_certifies(primary: &pgp::packet::PublicKey, u: &SignedUser, sig: &Signature) -> bool {
+    sig.typ() != Some(SignatureType::CertRevocation)
+        && sig
+            .verify_certification(primary, Tag::UserId, &u.id)
+            .is_ok()
 }
 
 /// The issuer a signature names: its fingerprint, or its key ID.
@@ -383,7 +373,7 @@ fn brief(e: pgp::errors::Error) -> String {
     }
 }
 
-fn hex_of(f: &pgp::types::Fingerprint) -> String {
+fn hex_of(f: &Fingerprint) -> String {
     hex::encode_upper(f.as_bytes())
 }
 
