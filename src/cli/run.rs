@@ -54,10 +54,11 @@ pub struct RunArgs {
     /// Enables /hooks/git: pushes signed (HMAC-SHA256) with the key in this file trigger a fetch.
     #[arg(long, value_name = "PATH", requires = "listen")]
     pub webhook_secret_file: Option<PathBuf>,
-    /// Stage and apply only commits signed this way (`ssh`), by a key of --trusted-keys.
+    /// Stage and apply only commits signed this way (`ssh` or `gpg`), by a key of --trusted-keys.
     #[arg(long, value_enum, value_name = "FORMAT", requires = "trusted_keys")]
     pub verify_signatures: Option<SignatureFormat>,
-    /// The OpenSSH `allowed_signers` file of the keys that may sign commits.
+    /// The keys that may sign commits: an OpenSSH `allowed_signers` file (`ssh`), or an
+    /// OpenPGP keyring exported by `gpg --export` or `gpg --armor --export` (`gpg`).
     #[arg(long, value_name = "FILE", requires = "verify_signatures")]
     pub trusted_keys: Option<PathBuf>,
     /// Branches matching this glob (e.g. `preview/*`) get a plan of their
@@ -95,11 +96,14 @@ fn parse_glob(s: &str) -> Result<glob::Pattern, String> {
     glob::Pattern::new(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
-/// The commit signatures `--verify-signatures` can check (OpenPGP is not supported yet).
+/// The commit signatures `--verify-signatures` can check (X.509 is not supported).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SignatureFormat {
     /// `gpg.format=ssh` signatures, checked against an `allowed_signers` file.
     Ssh,
+    /// OpenPGP signatures (git's default, `gpg.format=openpgp`), checked against a keyring.
+    #[value(alias = "openpgp")]
+    Gpg,
 }
 
 /// A fixed "now" for tests and demos; the system clock otherwise.
@@ -130,6 +134,9 @@ impl RunArgs {
         let signatures = match (self.verify_signatures, &self.trusted_keys) {
             (Some(SignatureFormat::Ssh), Some(file)) => {
                 SignaturePolicy::ssh_from_file(file).context("--trusted-keys")?
+            }
+            (Some(SignatureFormat::Gpg), Some(file)) => {
+                SignaturePolicy::gpg_from_file(file).context("--trusted-keys")?
             }
             (Some(_), None) => bail!("--verify-signatures needs --trusted-keys FILE"),
             (None, _) => SignaturePolicy::None,

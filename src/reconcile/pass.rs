@@ -408,8 +408,10 @@ impl Reconciler {
         }
         // Invariant 8, before anything of the commit is read. A settled
         // revision passed it already: the policy is fixed for the process.
-        if let Err(why) = self.verify(rev).await {
-            return self.refuse_untrusted(branch, rev, why, now, report).await;
+        match self.verify(rev, now).await {
+            Ok(Signer::Unchecked) => {}
+            Ok(signer) => tracing::debug!(%rev, ?signer, "commit trusted"),
+            Err(why) => return self.refuse_untrusted(branch, rev, why, now, report).await,
         }
         let resync = self
             .resynced
@@ -735,14 +737,15 @@ impl Reconciler {
         }
     }
 
-    /// Whether the commit passes the signature policy (invariant 8).
-    async fn verify(&self, rev: Revision) -> Result<Signer, UntrustedCommit> {
+    /// Whether the commit passes the signature policy (invariant 8) at
+    /// `now`, the pass's clock, so `--now` also decides key expiry.
+    async fn verify(&self, rev: Revision, now: DateTime<Utc>) -> Result<Signer, UntrustedCommit> {
         if matches!(self.settings.signatures, SignaturePolicy::None) {
             return Ok(Signer::Unchecked);
         }
         let source = self.source.clone();
         let policy = self.settings.signatures.clone();
-        tokio::task::spawn_blocking(move || source.verify(rev, &policy))
+        tokio::task::spawn_blocking(move || source.verify(rev, &policy, now))
             .await
             .unwrap_or_else(|e| {
                 Err(UntrustedCommit::Unreadable {

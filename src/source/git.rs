@@ -336,7 +336,12 @@ impl Source for GitSource {
         Ok(Snapshot::new(rev, entries))
     }
 
-    fn verify(&self, rev: Revision, policy: &SignaturePolicy) -> Result<Signer, UntrustedCommit> {
+    fn verify(
+        &self,
+        rev: Revision,
+        policy: &SignaturePolicy,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Signer, UntrustedCommit> {
         if matches!(policy, SignaturePolicy::None) {
             return Ok(Signer::Unchecked);
         }
@@ -344,6 +349,6 @@ impl Source for GitSource {
             commit: rev.0,
             reason: format!("{:#}", anyhow::Error::from(e)),
         })?;
-        policy.verify(&repo, rev.0)
+        policy.verify(&repo, rev.0, now)
     }
 }
