@@ -70,10 +70,7 @@ impl ForgeArgs {
     }
 
     /// [`ForgeArgs::build`] with other timeouts, retries and rate-limit waits.
-    pub fn build_with(
-        &self,
-        settings: HttpSettings,
-    ) -> Result<Option<Arc<dyn Forge>>, ForgeError> {
+    pub fn build_with(&self, settings: HttpSettings) -> Result<Option<Arc<dyn Forge>>, ForgeError> {
         let Some(kind) = self.forge else {
             let stray = [
                 ("--forge-url", self.forge_url.is_some()),
@@ -131,7 +128,11 @@ impl ForgeArgs {
             ForgeKind::GitLab => Arc::new(GitLab::new(url, repo, token, settings)?),
         };
         if url_is_plain_http {
-            tracing::warn!(forge = name, url, "the forge API is plain http: the token crosses the network unencrypted");
+            tracing::warn!(
+                forge = name,
+                url,
+                "the forge API is plain http: the token crosses the network unencrypted"
+            );
         }
         Ok(Some(forge))
     }
@@ -169,9 +170,23 @@ mod tests {
 
     #[test]
     fn missing_pieces_are_named() {
-        let e = build_err(&["--forge", "gitlab", "--forge-repo", "a/b", "--forge-token-env", "X"]);
+        let e = build_err(&[
+            "--forge",
+            "gitlab",
+            "--forge-repo",
+            "a/b",
+            "--forge-token-env",
+            "X",
+        ]);
         assert!(e.contains("--forge gitlab needs --forge-url"), "{e}");
-        let e = build_err(&["--forge", "gitea", "--forge-repo", "a/b", "--forge-token-env", "X"]);
+        let e = build_err(&[
+            "--forge",
+            "gitea",
+            "--forge-repo",
+            "a/b",
+            "--forge-token-env",
+            "X",
+        ]);
         assert!(e.contains("--forge gitea needs --forge-url"), "{e}");
         let e = build_err(&["--forge", "github", "--forge-repo", "a/b"]);
         assert!(
@@ -179,7 +194,10 @@ mod tests {
             "{e}"
         );
         let e = build_err(&["--forge", "github", "--forge-token-env", "X"]);
-        assert!(e.contains("--forge github needs --forge-repo OWNER/NAME"), "{e}");
+        assert!(
+            e.contains("--forge github needs --forge-repo OWNER/NAME"),
+            "{e}"
+        );
         let e = build_err(&[
             "--forge",
             "github",
@@ -188,13 +206,19 @@ mod tests {
             "--forge-token-env",
             "FERMATA_TEST_SURELY_UNSET_VARIABLE",
         ]);
-        assert!(e.contains("FERMATA_TEST_SURELY_UNSET_VARIABLE is not set"), "{e}");
+        assert!(
+            e.contains("FERMATA_TEST_SURELY_UNSET_VARIABLE is not set"),
+            "{e}"
+        );
     }
 
     #[test]
     fn clap_refuses_contradictions() {
         assert!(parse(&["--forge", "bitbucket"]).is_err());
-        assert!(parse(&["--forge-url", "https://x"]).is_err(), "--forge-url alone");
+        assert!(
+            parse(&["--forge-url", "https://x"]).is_err(),
+            "--forge-url alone"
+        );
         assert!(parse(&[
             "--forge",
             "github",
@@ -242,9 +266,27 @@ mod tests {
         let file = dir.path().join("token");
         std::fs::write(&file, "tok").unwrap();
         let f = file.to_str().unwrap();
-        let e = build_err(&["--forge", "gitea", "--forge-url", "https://g", "--forge-repo", "nope", "--forge-token-file", f]);
+        let e = build_err(&[
+            "--forge",
+            "gitea",
+            "--forge-url",
+            "https://g",
+            "--forge-repo",
+            "nope",
+            "--forge-token-file",
+            f,
+        ]);
         assert!(e.contains("OWNER/NAME"), "{e}");
-        let e = build_err(&["--forge", "gitlab", "--forge-url", "gitlab.example.com", "--forge-repo", "a/b", "--forge-token-file", f]);
+        let e = build_err(&[
+            "--forge",
+            "gitlab",
+            "--forge-url",
+            "gitlab.example.com",
+            "--forge-repo",
+            "a/b",
+            "--forge-token-file",
+            f,
+        ]);
         assert!(e.contains("API URL"), "{e}");
     }
 }

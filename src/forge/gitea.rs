@@ -20,9 +20,7 @@ use serde_json::json;
 use super::github::split_owner_name;
 use super::http::{self, Auth, Client, HttpSettings, Pager, Replay};
 use super::token::Token;
-use super::{
-    truncate_chars, CommitState, CommitStatus, Forge, ForgeError, PrState, PullRequest,
-};
+use super::{truncate_chars, CommitState, CommitStatus, Forge, ForgeError, PrState, PullRequest};
 
 /// Gitea documents no limit (the body is a database text column), so the
 /// same figure as GitHub's: a plan that fits one forge fits the other, and
@@ -260,7 +258,12 @@ impl super::Comments for Gitea {
     async fn update_comment(&self, _number: u64, id: u64, body: &str) -> Result<(), ForgeError> {
         let url = self.repo_url(&["issues", "comments", &id.to_string()]);
         self.client
-            .send(Method::PATCH, &url, Some(&json!({ "body": body })), Replay::Safe)
+            .send(
+                Method::PATCH,
+                &url,
+                Some(&json!({ "body": body })),
+                Replay::Safe,
+            )
             .await?;
         Ok(())
     }
@@ -293,6 +296,11 @@ mod tests {
         let p = p.into_pull_request();
         assert!(p.from_fork);
         assert_eq!(p.head_ref, "refs/pull/3/head");
-        assert_eq!(p.state, PrState::Merged { merge_commit: Some("m".into()) });
+        assert_eq!(
+            p.state,
+            PrState::Merged {
+                merge_commit: Some("m".into())
+            }
+        );
     }
 }

@@ -18,9 +18,7 @@ use serde_json::json;
 
 use super::http::{self, Auth, Client, HttpSettings, Pager, Replay};
 use super::token::Token;
-use super::{
-    truncate_chars, CommitState, CommitStatus, Forge, ForgeError, PrState, PullRequest,
-};
+use super::{truncate_chars, CommitState, CommitStatus, Forge, ForgeError, PrState, PullRequest};
 
 /// GitHub.com's API; GitHub Enterprise Server's is `https://HOST/api/v3`.
 pub const DEFAULT_API: &str = "https://api.github.com";
@@ -59,7 +57,10 @@ impl GitHub {
         }
         let (owner, name) = split_owner_name("github", repo)?;
         let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static("application/vnd.github+json"));
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.github+json"),
+        );
         headers.insert(
             "x-github-api-version",
             HeaderValue::from_static("2022-11-28"),
@@ -259,7 +260,12 @@ impl super::Comments for GitHub {
     async fn update_comment(&self, _number: u64, id: u64, body: &str) -> Result<(), ForgeError> {
         let url = self.repo_url(&["issues", "comments", &id.to_string()]);
         self.client
-            .send(Method::PATCH, &url, Some(&json!({ "body": body })), Replay::Safe)
+            .send(
+                Method::PATCH,
+                &url,
+                Some(&json!({ "body": body })),
+                Replay::Safe,
+            )
             .await?;
         Ok(())
     }
@@ -275,8 +281,13 @@ mod tests {
 
     #[test]
     fn enterprise_bases_get_api_v3() {
-        let gh = GitHub::new("https://ghe.example.com", "a/b", token(), HttpSettings::default())
-            .unwrap();
+        let gh = GitHub::new(
+            "https://ghe.example.com",
+            "a/b",
+            token(),
+            HttpSettings::default(),
+        )
+        .unwrap();
         assert_eq!(
             gh.repo_url(&["pulls"]).as_str(),
             "https://ghe.example.com/api/v3/repos/a/b/pulls"
@@ -304,9 +315,15 @@ mod tests {
                 "head":{{"ref":"f","sha":"1","repo":null}},"base":{{"ref":"main","sha":"2","repo":{{"full_name":"a/b"}}}}}}"#
             )
         };
-        let p: Pull = serde_json::from_str(&raw("closed", "", r#""2026-01-01T00:00:00Z""#)).unwrap();
+        let p: Pull =
+            serde_json::from_str(&raw("closed", "", r#""2026-01-01T00:00:00Z""#)).unwrap();
         let p = p.into_pull_request();
-        assert_eq!(p.state, PrState::Merged { merge_commit: Some("abc".into()) });
+        assert_eq!(
+            p.state,
+            PrState::Merged {
+                merge_commit: Some("abc".into())
+            }
+        );
         assert!(p.from_fork, "a deleted fork is a fork");
         let p: Pull = serde_json::from_str(&raw("closed", r#""merged":false,"#, "null")).unwrap();
         assert_eq!(p.into_pull_request().state, PrState::Closed);

@@ -20,9 +20,7 @@ use serde_json::json;
 
 use super::http::{self, Auth, Client, HttpSettings, Pager, Replay};
 use super::token::Token;
-use super::{
-    truncate_chars, CommitState, CommitStatus, Forge, ForgeError, PrState, PullRequest,
-};
+use super::{truncate_chars, CommitState, CommitStatus, Forge, ForgeError, PrState, PullRequest};
 
 /// GitLab refuses longer notes ("Note is too long (maximum is 1000000 characters)").
 pub const COMMENT_LIMIT: usize = 1_000_000;
@@ -164,7 +162,11 @@ impl Forge for GitLab {
             match mr.into_pull_request() {
                 Some(p) if p.base == base && p.state == PrState::Open => out.push(p),
                 Some(_) => {}
-                None => tracing::debug!(forge = "gitlab", iid, "merge request without commits: skipped"),
+                None => tracing::debug!(
+                    forge = "gitlab",
+                    iid,
+                    "merge request without commits: skipped"
+                ),
             }
         }
         Ok(out)
@@ -259,7 +261,12 @@ impl super::Comments for GitLab {
             &id.to_string(),
         ]);
         self.client
-            .send(Method::PUT, &url, Some(&json!({ "body": body })), Replay::Safe)
+            .send(
+                Method::PUT,
+                &url,
+                Some(&json!({ "body": body })),
+                Replay::Safe,
+            )
             .await?;
         Ok(())
     }
@@ -282,8 +289,13 @@ mod tests {
             g.project_url(&["merge_requests"]).as_str(),
             "https://gitlab.example.com/api/v4/projects/acme%2Fplatform%2Ffleet/merge_requests"
         );
-        let e = GitLab::new("https://g", "fleet", Token::new("t").unwrap(), HttpSettings::default())
-            .unwrap_err();
+        let e = GitLab::new(
+            "https://g",
+            "fleet",
+            Token::new("t").unwrap(),
+            HttpSettings::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("GROUP/NAME"), "{e}");
     }
 

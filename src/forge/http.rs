@@ -87,16 +87,15 @@ pub(crate) enum Replay {
     Once,
 }
 
-/// How a listing tells where its next page is, beyond a `Link: rel="next"`
-/// header (which every flavour may send and which always wins).
+/// How a listing tells where its next page is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pager {
-    /// Only `Link` (GitHub).
+    /// `Link: rel="next"` (GitHub).
     Link,
-    /// `X-Total-Count` against what came so far; without it, a full page
-    /// (`limit` items) means there may be another.
+    /// `Link`, else `X-Total-Count` against what came so far, else a full
+    /// page (`limit` items) means there may be another.
     Gitea { limit: usize },
-    /// `X-Next-Page`, empty on the last page.
+    /// `X-Next-Page`, empty on the last page; `Link` when it is absent.
     GitLab,
 }
 
@@ -298,8 +297,7 @@ impl Client {
                 });
             }
             if let Some(limit) = rate_limit(status, &headers, &bytes, SystemTime::now()) {
-                if limit.wait <= self.settings.max_rate_limit_wait && waits < MAX_RATE_LIMIT_WAITS
-                {
+                if limit.wait <= self.settings.max_rate_limit_wait && waits < MAX_RATE_LIMIT_WAITS {
                     waits += 1;
                     tracing::warn!(forge = kind, %method, %url, wait_ms = limit.wait.as_millis() as u64,
                         resets_at = %limit.resets_at.to_rfc3339(), "forge rate limit reached; waiting for it to reset");
@@ -323,7 +321,9 @@ impl Client {
                     message: format!("{said} ({why})"),
                 });
             }
-            if status.is_server_error() && replay == Replay::Safe && failures < self.settings.retries
+            if status.is_server_error()
+                && replay == Replay::Safe
+                && failures < self.settings.retries
             {
                 failures += 1;
                 let wait = self.backoff(failures);
@@ -436,20 +436,26 @@ impl Client {
             let items: Vec<T> = self.decode(&url, &answer.body)?;
             let got = items.len();
             all.extend(items);
-            let next = match link_next(&answer.headers) {
-                Some(link) => Some(self.follow_link(&url, &link)?),
-                None => match pager {
-                    Pager::Link => None,
-                    Pager::Gitea { limit } => {
-                        let more = match header_u64(&answer.headers, "x-total-count") {
-                            Some(total) => got > 0 && (all.len() as u64) < total,
-                            None => got > 0 && got >= limit,
-                        };
-                        more.then(|| with_page(&url, page as u64 + 1))
-                    }
-                    Pager::GitLab => header_u64(&answer.headers, "x-next-page")
+            let next = match pager {
+                // GitLab's offset pagination always says `X-Next-Page` (empty
+                // on the last page); its keyset pagination only sends `Link`.
+                Pager::GitLab if answer.headers.contains_key("x-next-page") => {
+                    header_u64(&answer.headers, "x-next-page")
                         .filter(|_| got > 0)
-                        .map(|n| with_page(&url, n)),
+                        .map(|n| with_page(&url, n))
+                }
+                _ => match link_next(&answer.headers) {
+                    Some(link) => Some(self.follow_link(&url, &link)?),
+                    None => match pager {
+                        Pager::Link | Pager::GitLab => None,
+                        Pager::Gitea { limit } => {
+                            let more = match header_u64(&answer.headers, "x-total-count") {
+                                Some(total) => got > 0 && (all.len() as u64) < total,
+                                None => got > 0 && got >= limit,
+                            };
+                            more.then(|| with_page(&url, page as u64 + 1))
+                        }
+                    },
                 },
             };
             match next {
@@ -722,7 +728,10 @@ mod tests {
             parse_link_next("<http://g/x?page=2>; rel=\"prev next\"").as_deref(),
             Some("http://g/x?page=2")
         );
-        let h = headers(&[("link", r#"<http://g/x?page=1>; rel="first""#), ("link", r#"<http://g/x?page=9>; rel=next"#)]);
+        let h = headers(&[
+            ("link", r#"<http://g/x?page=1>; rel="first""#),
+            ("link", r#"<http://g/x?page=9>; rel=next"#),
+        ]);
         assert_eq!(link_next(&h).as_deref(), Some("http://g/x?page=9"));
     }
 
@@ -749,31 +758,41 @@ mod tests {
         // GitHub secondary: retry-after wins.
         let sec = headers(&[("retry-after", "7"), ("x-ratelimit-remaining", "12")]);
         assert_eq!(
-            rate_limit(StatusCode::FORBIDDEN, &sec, b"", now).unwrap().wait,
+            rate_limit(StatusCode::FORBIDDEN, &sec, b"", now)
+                .unwrap()
+                .wait,
             Duration::from_secs(7)
         );
         // GitHub secondary without headers: a minute.
         let body = br#"{"message":"You have exceeded a secondary rate limit."}"#;
         assert_eq!(
-            rate_limit(StatusCode::FORBIDDEN, &HeaderMap::new(), body, now).unwrap().wait,
+            rate_limit(StatusCode::FORBIDDEN, &HeaderMap::new(), body, now)
+                .unwrap()
+                .wait,
             Duration::from_secs(60)
         );
         // GitLab: 429 with RateLimit-Reset.
         let gl = headers(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "1000005")]);
         assert_eq!(
-            rate_limit(StatusCode::TOO_MANY_REQUESTS, &gl, b"Retry later", now).unwrap().wait,
+            rate_limit(StatusCode::TOO_MANY_REQUESTS, &gl, b"Retry later", now)
+                .unwrap()
+                .wait,
             Duration::from_secs(5)
         );
         // An HTTP-date Retry-After.
         let date = headers(&[("retry-after", "Mon, 12 Jan 1970 13:46:50 GMT")]);
         assert_eq!(
-            rate_limit(StatusCode::TOO_MANY_REQUESTS, &date, b"", now).unwrap().wait,
+            rate_limit(StatusCode::TOO_MANY_REQUESTS, &date, b"", now)
+                .unwrap()
+                .wait,
             Duration::from_secs(10)
         );
         // A reset in the past: no wait at all.
         let past = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "5")]);
         assert_eq!(
-            rate_limit(StatusCode::FORBIDDEN, &past, b"", now).unwrap().wait,
+            rate_limit(StatusCode::FORBIDDEN, &past, b"", now)
+                .unwrap()
+                .wait,
             Duration::ZERO
         );
         // A plain 403 is a permission problem.
@@ -816,7 +835,10 @@ mod tests {
             extract_message(br#"{"error":"state does not have a valid value"}"#),
             "state does not have a valid value"
         );
-        assert_eq!(extract_message(b"<html><body>502 Bad Gateway</body></html>"), "");
+        assert_eq!(
+            extract_message(b"<html><body>502 Bad Gateway</body></html>"),
+            ""
+        );
         assert_eq!(extract_message(b"Retry later\n"), "Retry later");
         assert!(extract_message(&[b'x'; 2000]).len() < 500);
     }
@@ -827,9 +849,15 @@ mod tests {
         assert!(parse_base("gitea", "ftp://git.example.com").is_err());
         assert!(parse_base("gitea", "not a url").is_err());
         let b = parse_base("gitea", "https://git.example.com").unwrap();
-        assert_eq!(with_api_path(b, "/api/v1").as_str(), "https://git.example.com/api/v1");
+        assert_eq!(
+            with_api_path(b, "/api/v1").as_str(),
+            "https://git.example.com/api/v1"
+        );
         let b = parse_base("gitea", "https://git.example.com/sub/api/v1/").unwrap();
-        assert_eq!(with_api_path(b, "/api/v1").as_str(), "https://git.example.com/sub/api/v1");
+        assert_eq!(
+            with_api_path(b, "/api/v1").as_str(),
+            "https://git.example.com/sub/api/v1"
+        );
     }
 
     #[test]
@@ -844,10 +872,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.url(&["projects", "acme/platform/fleet", "merge_requests"]).as_str(),
+            c.url(&["projects", "acme/platform/fleet", "merge_requests"])
+                .as_str(),
             "https://gl.example.com/api/v4/projects/acme%2Fplatform%2Ffleet/merge_requests"
         );
         assert!(!format!("{c:?}").contains("t0ken-value"));
+        let here = Url::parse("https://gl.example.com/api/v4/projects/1/notes").unwrap();
+        assert!(c
+            .follow_link(&here, "/api/v4/projects/1/notes?page=2")
+            .is_ok());
+        let e = c
+            .follow_link(&here, "https://evil.example.net/steal?page=2")
+            .unwrap_err();
+        assert!(e.to_string().contains("another host"), "{e}");
         assert_eq!(c.redact("echo t0ken-value back"), "echo *** back");
     }
 }

@@ -50,7 +50,9 @@ pub struct PullRequest {
 pub enum PrState {
     Open,
     /// Merged; the commit the merge produced on the base branch, when known.
-    Merged { merge_commit: Option<String> },
+    Merged {
+        merge_commit: Option<String>,
+    },
     Closed,
 }
 
@@ -143,8 +145,12 @@ pub trait Forge: Send + Sync + fmt::Debug {
     /// Updates the comment of pull request `number` whose body contains
     /// `marker`, or creates it when there is none: never a second comment.
     /// Returns the comment's id.
-    async fn upsert_comment(&self, number: u64, marker: &str, body: &str)
-        -> Result<u64, ForgeError>;
+    async fn upsert_comment(
+        &self,
+        number: u64,
+        marker: &str,
+        body: &str,
+    ) -> Result<u64, ForgeError>;
     /// Sets the status `status.context` of commit `sha`.
     async fn set_status(&self, sha: &str, status: &CommitStatus) -> Result<(), ForgeError>;
 }

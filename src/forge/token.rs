@@ -108,7 +108,9 @@ mod tests {
         let e = Token::from_file(&p).unwrap_err().to_string();
         assert!(e.contains("is empty") && e.contains("token"), "{e}");
 
-        let e = Token::from_file(&dir.path().join("missing")).unwrap_err().to_string();
+        let e = Token::from_file(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot read"), "{e}");
     }
 
