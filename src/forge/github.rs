@@ -41,8 +41,9 @@ pub struct GitHub {
 }
 
 impl GitHub {
-    /// `api_base`: [`DEFAULT_API`], or for GitHub Enterprise Server
-    /// `https://HOST/api/v3` (a bare `https://HOST` gets `/api/v3` appended).
+    /// `api_base`: [`DEFAULT_API`] (`https://github.com` means it too), or for
+    /// GitHub Enterprise Server `https://HOST/api/v3` (a bare `https://HOST`
+    /// gets `/api/v3` appended).
     /// `repo`: `OWNER/NAME`.
     pub fn new(
         api_base: &str,
@@ -51,9 +52,15 @@ impl GitHub {
         settings: HttpSettings,
     ) -> Result<GitHub, ForgeError> {
         let mut base = http::parse_base("github", api_base)?;
-        let is_dotcom = base.host_str() == Some("api.github.com");
-        if !is_dotcom && base.path().trim_end_matches('/').is_empty() {
-            base = http::with_api_path(base, "/api/v3");
+        let bare = base.path().trim_end_matches('/').is_empty();
+        match base.host_str() {
+            Some("api.github.com") => {}
+            // The web address given for the API one.
+            Some("github.com" | "www.github.com") if bare => {
+                base = http::parse_base("github", DEFAULT_API)?;
+            }
+            _ if bare => base = http::with_api_path(base, "/api/v3"),
+            _ => {}
         }
         let (owner, name) = split_owner_name("github", repo)?;
         let mut headers = HeaderMap::new();
@@ -292,11 +299,13 @@ mod tests {
             gh.repo_url(&["pulls"]).as_str(),
             "https://ghe.example.com/api/v3/repos/a/b/pulls"
         );
-        let gh = GitHub::new(DEFAULT_API, "a/b", token(), HttpSettings::default()).unwrap();
-        assert_eq!(
-            gh.repo_url(&["pulls"]).as_str(),
-            "https://api.github.com/repos/a/b/pulls"
-        );
+        for url in [DEFAULT_API, "https://github.com/"] {
+            let gh = GitHub::new(url, "a/b", token(), HttpSettings::default()).unwrap();
+            assert_eq!(
+                gh.repo_url(&["pulls"]).as_str(),
+                "https://api.github.com/repos/a/b/pulls"
+            );
+        }
     }
 
     #[test]

@@ -43,9 +43,10 @@ pub struct HttpSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
-            timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(10),
-            retries: 4,
+            // A dead forge costs a pass at most 4 timeouts plus 3.5 s of backoff.
+            retries: 3,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             // GitHub asks for at least a minute after a secondary limit.
@@ -280,11 +281,16 @@ impl Client {
                         tokio::time::sleep(wait).await;
                         continue;
                     }
+                    let attempts = if failures > 0 {
+                        format!(" (after {} attempts)", failures + 1)
+                    } else {
+                        String::new()
+                    };
                     return Err(ForgeError::Transport {
                         forge: kind,
                         method: method.to_string(),
                         url: url.to_string(),
-                        message,
+                        message: format!("{message}{attempts}"),
                     });
                 }
             };
@@ -332,7 +338,10 @@ impl Client {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let message = self.error_message(status, &bytes);
+            let mut message = self.error_message(status, &bytes);
+            if failures > 0 {
+                message.push_str(&format!(" (after {} attempts)", failures + 1));
+            }
             tracing::debug!(forge = kind, %method, %url, status = status.as_u16(), error = %message,
                 "forge request refused");
             return Err(ForgeError::Http {

@@ -105,7 +105,8 @@ pub enum ForgeError {
     },
     /// The forge's rate limit is exhausted and resets later than fermata
     /// waits ([`HttpSettings::max_rate_limit_wait`]): try again after `resets_at`.
-    #[error("{forge}: {method} {url}: rate limited until {resets_at}: {message}")]
+    #[error("{forge}: {method} {url}: rate limited until {}: {message}",
+        resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))]
     RateLimited {
         forge: &'static str,
         method: String,

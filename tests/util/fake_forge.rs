@@ -114,7 +114,7 @@ impl FakePr {
             fate: Fate::Open,
         }
     }
-    pub fn from_fork(mut self, full_name: &str) -> Self {
+    pub fn by_fork(mut self, full_name: &str) -> Self {
         self.fork = Some(full_name.into());
         self
     }
@@ -698,6 +698,9 @@ impl Store {
                 vec![],
                 json!({"message": "not found", "url": self.swagger()}),
             ),
+            Flavour::GitLab if what.is_empty() => {
+                respond(404, vec![], json!({"message": "404 Not found"}))
+            }
             Flavour::GitLab => respond(
                 404,
                 vec![],
