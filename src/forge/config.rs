@@ -41,8 +41,8 @@ pub struct ForgeArgs {
     /// Report to this forge: plan comments on pull requests, commit statuses.
     #[arg(long, value_enum, value_name = "KIND")]
     pub forge: Option<ForgeKind>,
-    /// The forge's API (GitHub: https://api.github.com by default, or
-    /// https://HOST/api/v3; Gitea and GitLab: the server, e.g. https://git.example.com).
+    /// The forge's API (GitHub: `https://api.github.com` by default, or
+    /// `https://HOST/api/v3`; Gitea and GitLab: the server, e.g. `https://git.example.com`).
     #[arg(long, value_name = "URL", requires = "forge")]
     pub forge_url: Option<String>,
     /// The repository: OWNER/NAME (GitLab: the project path, GROUP[/SUBGROUP]/NAME).

@@ -246,7 +246,8 @@ impl Client {
         backoff(&self.settings, attempt, rand::random_range(0.5..=1.0))
     }
 
-    /// Text from the server, made safe to show: without the token, bounded.
+    /// Text from the server (or a transport error), made safe to show: the
+    /// token, should a server echo it, becomes `***`.
     pub(crate) fn redact(&self, text: &str) -> String {
         redact(text, self.token.secret())
     }
