@@ -89,6 +89,8 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     pub lease_identity: Option<String>,
     #[command(flatten)]
+    pub forge: crate::forge::ForgeArgs,
+    #[command(flatten)]
     pub clock: ClockArgs,
 }
 
@@ -172,9 +174,10 @@ impl RunArgs {
             );
         }
         r.settings = settings;
-        if self.plan_branches.is_some() {
+        let forge = self.forge.build().context("--forge")?;
+        if self.plan_branches.is_some() || forge.is_some() {
             r.pulls = Some(Arc::new(PullSettings {
-                forge: None,
+                forge,
                 plan_branches: self.plan_branches.clone(),
                 trust_pr_commands: self.trust_pr_commands,
             }));

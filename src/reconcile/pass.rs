@@ -348,12 +348,10 @@ impl Reconciler {
             }
             out.push(self.pass_branch(&branch).await);
         }
-        if !self.dry_run {
-            self.report_back(&out).await;
-        }
+        let reported = !self.dry_run && self.report_back(&out).await;
         // A pass that changed nothing must write nothing, not even its cache;
         // one that did nothing at all need not even look.
-        if !self.dry_run && !out.iter().all(|b| b.unchanged) {
+        if !self.dry_run && (reported || !out.iter().all(|b| b.unchanged)) {
             match self.persisted.serialized() {
                 Ok((_, digest)) if self.saved == Some(digest) => {}
                 Ok((bytes, digest)) => match Persisted::save(&self.settings.state_dir, &bytes) {

@@ -132,13 +132,20 @@ pub fn commit_status(report: &BranchReport, context: &str) -> Option<(String, Co
 impl Reconciler {
     /// After the branch passes: statuses, pull request plans, plan notes.
     /// Failures are logged and retried next pass; they never fail the pass.
-    pub(super) async fn report_back(&mut self, reports: &[BranchReport]) {
+    /// Returns whether what is remembered about them changed.
+    pub(super) async fn report_back(&mut self, reports: &[BranchReport]) -> bool {
         let Some(pulls) = self.pulls.clone() else {
-            return;
+            return false;
         };
         if !self.leadership.is_leader() {
-            return;
+            return false;
         }
+        let before = self.persisted.pulls.clone();
+        self.report_to(&pulls, reports).await;
+        self.persisted.pulls != before
+    }
+
+    async fn report_to(&mut self, pulls: &PullSettings, reports: &[BranchReport]) {
         let context = context(self.settings.site.as_deref());
         if let Some(forge) = &pulls.forge {
             for report in reports {
@@ -148,14 +155,14 @@ impl Reconciler {
                 }
             }
             for base in self.settings.branches.clone() {
-                if let Err(e) = self.plan_pulls(forge.as_ref(), &pulls, &base).await {
+                if let Err(e) = self.plan_pulls(forge.as_ref(), pulls, &base).await {
                     tracing::warn!(branch = %base, error = %e, "cannot plan pull requests");
                 }
             }
             self.follow_merged(forge.as_ref(), reports).await;
         }
         if let Some(pattern) = &pulls.plan_branches {
-            self.plan_notes(pattern, &pulls).await;
+            self.plan_notes(pattern, pulls).await;
         }
     }
 
@@ -261,8 +268,15 @@ impl Reconciler {
             },
         );
         // The head's own status: what merging it would do.
-        let failed =
-            report.rows.iter().any(|r| r.state == State::Failed) || !report.errors.is_empty();
+        // A command not run is the policy working, not a broken change.
+        let failed = report.rows.iter().any(|r| {
+            r.state == State::Failed
+                && !report
+                    .plans
+                    .get(&r.id)
+                    .and_then(|p| p.error.as_deref())
+                    .is_some_and(|e| e.contains("CommandNotRun"))
+        }) || !report.errors.is_empty();
         let status = CommitStatus {
             context: context(self.settings.site.as_deref()),
             state: if failed {
@@ -270,10 +284,10 @@ impl Reconciler {
             } else {
                 CommitState::Success
             },
-            description: if failed {
-                "plan: errors (see the plan comment)".to_string()
-            } else {
-                "plan posted".to_string()
+            description: match (failed, header.commands_blocked) {
+                (true, _) => "plan: errors (see the plan comment)".to_string(),
+                (false, true) => "plan posted (command synthesizers not run)".to_string(),
+                (false, false) => "plan posted".to_string(),
             },
             target_url: None,
         };

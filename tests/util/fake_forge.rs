@@ -280,6 +280,13 @@ impl FakeForge {
         self.store().prs.push(pr);
     }
 
+    /// Changes pull request `number` as a push to its head or a merge would.
+    pub fn update_pr(&self, number: u64, change: impl FnOnce(&mut FakePr)) {
+        if let Some(pr) = self.store().prs.iter_mut().find(|p| p.number == number) {
+            change(pr);
+        }
+    }
+
     /// A comment by `author` on pull request `number`; returns its id.
     pub fn add_comment(&self, number: u64, author: &str, body: &str) -> u64 {
         self.store().add_comment(number, author, body, false)
