@@ -5,6 +5,8 @@
 
 mod util;
 
+use sha2::Digest as _;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,6 +58,15 @@ fn stderr_of(state: &Path) -> String {
 async fn run_with_listen_serves_readiness_metrics_and_the_webhook() {
     let work = TestRepo::new();
     util::minimal(&work);
+    // A 1000-byte artifact shipped in the repository: fermata_artifact_bytes_total counts it.
+    let model = vec![b'm'; 1000];
+    let sha = hex::encode(sha2::Sha256::digest(&model));
+    std::fs::create_dir_all(work.path().join("synth")).unwrap();
+    std::fs::write(work.path().join("synth/model.bin"), &model).unwrap();
+    work.write(
+        "synth/app.yaml",
+        &format!("{}  artifacts:\n    - {{name: model.bin, url: model.bin, sha256: {sha}, size: 1000}}\n", util::SYNTH),
+    );
     work.commit("v1");
     let dir = tempfile::tempdir().unwrap();
     let bare = util::bare_clone(work.path(), dir.path(), "r.git");
@@ -98,6 +109,8 @@ async fn run_with_listen_serves_readiness_metrics_and_the_webhook() {
         text.contains("fermata_compositions{state=\"installed\"} 1"),
         "{text}"
     );
+    assert!(text.contains("fermata_artifact_bytes_total 1000"), "{text}");
+    assert!(text.contains("fermata_leader 1"), "{text}");
 
     let body = r#"{"ref":"refs/heads/main"}"#;
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();

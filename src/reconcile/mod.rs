@@ -79,6 +79,10 @@ pub struct PassOutcome<'a> {
     pub elapsed: Duration,
     /// The fetch before this pass failed (the last good revision was used).
     pub fetch_failed: bool,
+    /// Artifact bytes downloaded by this process so far (a running total).
+    pub artifact_bytes: u64,
+    /// Whether this replica leads (always, without `--leader-elect`).
+    pub leading: bool,
 }
 
 /// Runs passes until SIGINT/SIGTERM, waking early on any message sent to
@@ -110,6 +114,8 @@ pub async fn run(
             reports: &reports,
             elapsed: started.elapsed(),
             fetch_failed,
+            artifact_bytes: r.artifact_bytes(),
+            leading: r.leadership.is_leader(),
         });
         let mut wait = if failures > 0 {
             backoff(r.settings.interval, failures)

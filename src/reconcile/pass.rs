@@ -332,6 +332,11 @@ impl Reconciler {
         self.status.clone()
     }
 
+    /// Bytes of artifacts downloaded into the store by this process.
+    pub fn artifact_bytes(&self) -> u64 {
+        self.store.bytes_written()
+    }
+
     /// Forgets that branches are settled: the next pass is a full one.
     pub fn unsettle(&mut self) {
         self.settled.clear();

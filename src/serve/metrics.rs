@@ -38,6 +38,8 @@ pub struct Metrics {
     fetch_errors: Counter,
     compositions: Family<Label, Gauge>,
     windows: Family<Label, Gauge>,
+    artifact_bytes: Counter,
+    leader: Gauge,
     /// Per branch, the last pass that looked at it: an unchanged (settled)
     /// branch reports no rows, and must not read as "no compositions".
     /// Held while encoding, so a scrape never sees half an update.
@@ -86,6 +88,19 @@ impl Metrics {
             "1 if the maintenance window was open at the last full pass that used it",
             windows.clone(),
         );
+        let artifact_bytes = Counter::default();
+        registry.register_with_unit(
+            "fermata_artifact",
+            "Artifact bytes written into the store (downloaded, copied, or read from the repository)",
+            Unit::Bytes,
+            artifact_bytes.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "fermata_leader",
+            "1 while this replica holds the lease and reconciles (always 1 without --leader-elect)",
+            leader.clone(),
+        );
         for s in STATES {
             compositions
                 .get_or_create(&[("state", s.as_str().to_string())])
@@ -98,6 +113,8 @@ impl Metrics {
             fetch_errors,
             compositions,
             windows,
+            artifact_bytes,
+            leader,
             last: Mutex::new(BTreeMap::new()),
         }
     }
@@ -109,6 +126,12 @@ impl Metrics {
         if outcome.fetch_failed {
             self.fetch_errors.inc();
         }
+        // The outcome carries a running total; the counter follows it.
+        let total = self.artifact_bytes.get();
+        if outcome.artifact_bytes > total {
+            self.artifact_bytes.inc_by(outcome.artifact_bytes - total);
+        }
+        self.leader.set(i64::from(outcome.leading));
         let watched: Vec<&str> = outcome.reports.iter().map(|b| b.branch.as_str()).collect();
         last.retain(|b, _| watched.contains(&b.as_str()));
         for b in outcome.reports.iter().filter(|b| !b.unchanged) {

@@ -88,6 +88,8 @@ async fn readyz_is_503_until_the_first_pass_then_200() {
         reports: &[],
         elapsed: Duration::from_millis(5),
         fetch_failed: false,
+        artifact_bytes: 0,
+        leading: true,
     });
     assert_eq!(call(&st, get("/readyz")).await.0, StatusCode::OK);
 }
@@ -110,6 +112,8 @@ async fn metrics_reflect_the_last_full_pass_of_each_branch() {
         reports: std::slice::from_ref(&full),
         elapsed: Duration::from_millis(250),
         fetch_failed: true,
+        artifact_bytes: 3000,
+        leading: true,
     });
     // A settled branch reports no rows: the gauges keep the last full pass.
     let settled = BranchReport {
@@ -121,6 +125,8 @@ async fn metrics_reflect_the_last_full_pass_of_each_branch() {
         reports: std::slice::from_ref(&settled),
         elapsed: Duration::from_millis(1),
         fetch_failed: false,
+        artifact_bytes: 4096,
+        leading: false,
     });
 
     let (status, text) = call(&st, get("/metrics")).await;
@@ -135,6 +141,8 @@ async fn metrics_reflect_the_last_full_pass_of_each_branch() {
         "fermata_compositions{state=\"removing\"} 0",
         "fermata_window_open{window=\"sat\"} 0",
         "fermata_window_open{window=\"night\"} 1",
+        "fermata_artifact_bytes_total 4096",
+        "fermata_leader 0",
         "# EOF",
     ] {
         assert!(

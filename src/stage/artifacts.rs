@@ -96,6 +96,8 @@ pub struct ArtifactStore {
     locks: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
     /// Progress bars when stderr is a terminal; otherwise progress goes to the log.
     bars: Option<MultiProgress>,
+    /// Bytes written into the store since start (`fermata_artifact_bytes_total`).
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ArtifactStore {
@@ -124,7 +126,13 @@ impl ArtifactStore {
             client,
             locks: Arc::default(),
             bars: io::stderr().is_terminal().then(MultiProgress::new),
+            written: Arc::default(),
         })
+    }
+
+    /// Bytes downloaded (or copied) into the store by this process so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where the verified file of `digest` lives (whether or not it is there yet).
@@ -302,6 +310,8 @@ impl ArtifactStore {
         check_size(a, data.len() as u64)?;
         check_digest(a, Digest::of(data))?;
         let data = data.to_vec();
+        self.written
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let partial = self.partial_of(&a.sha256);
         let dest = self.path_of(&a.sha256);
         let a2 = a.clone();
@@ -320,6 +330,7 @@ impl ArtifactStore {
         let partial = self.partial_of(&a.sha256);
         let dest = self.path_of(&a.sha256);
         let mut progress = Progress::new(self.bars.as_ref(), &a.name, a.size, 0);
+        progress.count_into(self.written.clone());
         let a2 = a.clone();
         blocking(a, move || {
             let a = &a2;
@@ -478,6 +489,7 @@ impl ArtifactStore {
             .await
             .map_err(|e| Failed::Fatal(io_err(a, "cannot open", &partial, e)))?;
         let mut progress = Progress::new(self.bars.as_ref(), &a.name, a.size, have);
+        progress.count_into(self.written.clone());
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
@@ -733,6 +745,8 @@ struct Progress {
     bar: Option<ProgressBar>,
     logged_tenths: u64,
     logged_at: Instant,
+    /// The store's running total of bytes written.
+    counter: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 const LOG_EVERY: Duration = Duration::from_secs(5);
@@ -764,11 +778,19 @@ impl Progress {
             bar,
             logged_tenths: tenths(done, total),
             logged_at: Instant::now(),
+            counter: None,
         }
+    }
+
+    fn count_into(&mut self, counter: Arc<std::sync::atomic::AtomicU64>) {
+        self.counter = Some(counter);
     }
 
     fn advance(&mut self, n: u64) {
         self.done += n;
+        if let Some(c) = &self.counter {
+            c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(bar) = &self.bar {
             bar.set_position(self.done);
             return;
