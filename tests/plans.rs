@@ -141,3 +141,28 @@ fn plan_notes_are_pushed_to_a_mirrored_remote_per_site() {
     assert!(a < b, "sections sorted by site: {note}");
     assert_eq!(note.matches("fermata plan for site").count(), 2, "{note}");
 }
+
+#[test]
+fn plan_lists_every_validation_error_with_file_and_line() {
+    let repo = TestRepo::new();
+    util::minimal(&repo);
+    repo.commit("fleet");
+    repo.git(&["checkout", "-q", "-b", "preview/broken"]);
+    repo.write(
+        "broken.yaml",
+        "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {name: broken}\nspec:\n  window: nightly\n  variations:\n    - synthesizer: {name: app}\n",
+    );
+    let head = repo.commit("broken symphony");
+    repo.git(&["checkout", "-q", "main"]);
+    let state = tempfile::tempdir().unwrap();
+    let path = repo.path().to_str().unwrap().to_string();
+    let out = run(state.path(), &path, &[]);
+    assert_eq!(out.code, 0, "the plan's errors are not main's: {out:?}");
+    let note = repo.git(&["notes", "--ref=fermata-plan", "show", &head]);
+    assert!(note.contains("#### Errors"), "{note}");
+    let line = note
+        .lines()
+        .find(|l| l.starts_with("broken.yaml:5: spec.window:"))
+        .unwrap_or_else(|| panic!("no file:line: field error in\n{note}"));
+    assert!(line.contains("nightly"), "{line}");
+}
