@@ -20,7 +20,7 @@ use serde_json::json;
 use super::github::split_owner_name;
 use super::http::{self, Auth, Client, HttpSettings, Pager, Replay};
 use super::token::Token;
-use super::{truncate_chars, CommitState, CommitStatus, Forge, ForgeError, PrState, PullRequest};
+use super::{CommitState, CommitStatus, Forge, ForgeError, PrState, PullRequest};
 
 /// Gitea documents no limit (the body is a database text column), so the
 /// same figure as GitHub's: a plan that fits one forge fits the other, and
@@ -210,14 +210,7 @@ impl Forge for Gitea {
 
     async fn set_status(&self, sha: &str, status: &CommitStatus) -> Result<(), ForgeError> {
         let url = self.repo_url(&["statuses", sha]);
-        let mut body = json!({
-            "state": state_name(status.state),
-            "context": status.context,
-            "description": truncate_chars(&status.description, DESCRIPTION_LIMIT),
-        });
-        if let Some(target) = &status.target_url {
-            body["target_url"] = json!(target);
-        }
+        let body = super::status_body(status, state_name(status.state), DESCRIPTION_LIMIT);
         self.client
             .send(Method::POST, &url, Some(&body), Replay::Safe)
             .await?;

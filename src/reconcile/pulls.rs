@@ -223,21 +223,8 @@ impl Reconciler {
         let source = self.source.clone();
         let (head_ref, sha) = (pr.head_ref.clone(), pr.head_sha.clone());
         let rev = tokio::task::spawn_blocking(move || source.fetch_ref(&head_ref, &sha)).await??;
-        let site = self
-            .settings
-            .site
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let allow = pulls.trust_pr_commands || self.on_watched_branch(rev);
-        let report = self.planner(&pr.head_sha, allow).plan_branch(base).await;
-        let header = PlanHeader {
-            site: &site,
-            head: &pr.head_sha,
-            base,
-            commands_blocked: !allow && blocked_commands(&report),
-            result: None,
-        };
-        let body = comment::plan_markdown(&header, &report);
+        let site = self.site_name();
+        let (report, body, blocked) = self.plan_of(base, rev, pulls).await;
         let posted = comment::truncate(&body, forge.comment_limit());
         forge
             .upsert_comment(pr.number, &comment::marker(&site), &posted)
@@ -284,7 +271,7 @@ impl Reconciler {
             } else {
                 CommitState::Success
             },
-            description: match (failed, header.commands_blocked) {
+            description: match (failed, blocked) {
                 (true, _) => "plan: errors (see the plan comment)".to_string(),
                 (false, true) => "plan posted (command synthesizers not run)".to_string(),
                 (false, false) => "plan posted".to_string(),
@@ -333,12 +320,7 @@ impl Reconciler {
             let Some(result) = self.landed(&tracked, reports, now) else {
                 continue;
             };
-            let site = self
-                .settings
-                .site
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let marker = comment::marker(&site);
+            let marker = comment::marker(&self.site_name());
             let body = tracked
                 .body
                 .replacen(&marker, &format!("{marker}\n**{result}**\n"), 1);
@@ -393,6 +375,38 @@ impl Reconciler {
         Some(format!("installed at {at}"))
     }
 
+    /// This site's name in markers and status contexts.
+    fn site_name(&self) -> String {
+        self.settings
+            .site
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    }
+
+    /// Plans `head` against what `base` has applied: the report, its
+    /// Markdown, and whether `command:` synthesizers were held back.
+    async fn plan_of(
+        &self,
+        base: &str,
+        head: Revision,
+        pulls: &PullSettings,
+    ) -> (BranchReport, String, bool) {
+        let allow = pulls.trust_pr_commands || self.on_watched_branch(head);
+        let hex = head.to_string();
+        let report = self.planner(&hex, allow).plan_branch(base).await;
+        let site = self.site_name();
+        let blocked = !allow && blocked_commands(&report);
+        let header = PlanHeader {
+            site: &site,
+            head: &hex,
+            base,
+            commands_blocked: blocked,
+            result: None,
+        };
+        let body = comment::plan_markdown(&header, &report);
+        (report, body, blocked)
+    }
+
     /// Whether `rev` is on a watched branch (merged there by someone): its
     /// `command:` synthesizers run there anyway.
     fn on_watched_branch(&self, rev: Revision) -> bool {
@@ -415,11 +429,7 @@ impl Reconciler {
         let Some(base) = self.settings.branches.first().cloned() else {
             return;
         };
-        let site = self
-            .settings
-            .site
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let site = self.site_name();
         for (branch, head) in branches {
             if !pattern.matches(&branch)
                 || self.settings.branches.contains(&branch)
@@ -430,20 +440,8 @@ impl Reconciler {
             if self.persisted.pulls.noted.get(&branch) == Some(&head.to_string()) {
                 continue;
             }
-            let allow = pulls.trust_pr_commands || self.on_watched_branch(head);
-            let report = self
-                .planner(&head.to_string(), allow)
-                .plan_branch(&base)
-                .await;
             let head_hex = head.to_string();
-            let header = PlanHeader {
-                site: &site,
-                head: &head_hex,
-                base: &base,
-                commands_blocked: !allow && blocked_commands(&report),
-                result: None,
-            };
-            let body = comment::plan_markdown(&header, &report);
+            let (_, body, _) = self.plan_of(&base, head, pulls).await;
             let status = self.status_repo();
             let marker = comment::marker(&site);
             let written = tokio::task::spawn_blocking(move || {

@@ -717,19 +717,7 @@ impl StatusRepo {
                 Ok(Pushed::Done) => return Ok(true),
                 Ok(Pushed::Rejected(why)) => {
                     reason = why;
-                    let mut remote = repo
-                        .remote_anonymous(url)
-                        .map_err(self.git(format!("remote {url}")))?;
-                    let mut opts = FetchOptions::new();
-                    opts.remote_callbacks(crate::source::callbacks())
-                        .download_tags(AutotagOption::None);
-                    remote
-                        .fetch(
-                            &[format!("+{PLAN_NOTES_REF}:{PLAN_NOTES_REF}")],
-                            Some(&mut opts),
-                            None,
-                        )
-                        .map_err(self.git(format!("fetch from {url}")))?;
+                    self.fetch_specs(&repo, url, &[format!("+{PLAN_NOTES_REF}:{PLAN_NOTES_REF}")])?;
                 }
                 Err(e) => {
                     let _ = match before {
@@ -754,22 +742,31 @@ impl StatusRepo {
 
     /// Replaces the mirror's status branch and notes with the remote's.
     fn fetch(&self, repo: &Repository, url: &str) -> Result<(), StatusError> {
+        let branch = self.branch_ref();
+        self.fetch_specs(
+            repo,
+            url,
+            &[
+                format!("+{branch}:{branch}"),
+                format!("+{NOTES_REF}:{NOTES_REF}"),
+            ],
+        )
+    }
+
+    fn fetch_specs(
+        &self,
+        repo: &Repository,
+        url: &str,
+        specs: &[String],
+    ) -> Result<(), StatusError> {
         let mut remote = repo
             .remote_anonymous(url)
             .map_err(self.git(format!("remote {url}")))?;
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(crate::source::callbacks())
             .download_tags(AutotagOption::None);
-        let branch = self.branch_ref();
         remote
-            .fetch(
-                &[
-                    format!("+{branch}:{branch}"),
-                    format!("+{NOTES_REF}:{NOTES_REF}"),
-                ],
-                Some(&mut opts),
-                None,
-            )
+            .fetch(specs, Some(&mut opts), None)
             .map_err(self.git(format!("fetch from {url}")))
     }
 
