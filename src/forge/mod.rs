@@ -238,6 +238,20 @@ pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
     }
 }
 
+/// The body of a commit status as GitHub takes it (Gitea copied the shape):
+/// the forge's state word, the context, the description cut to `limit`.
+fn status_body(status: &CommitStatus, state: &str, limit: usize) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "state": state,
+        "context": status.context,
+        "description": truncate_chars(&status.description, limit),
+    });
+    if let Some(target) = &status.target_url {
+        body["target_url"] = serde_json::json!(target);
+    }
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,18 +265,4 @@ mod tests {
         assert!(cut.ends_with('\u{2026}'));
         assert_eq!(truncate_chars(&"a".repeat(140), 140), "a".repeat(140));
     }
-}
-
-/// The body of a commit status as GitHub takes it (Gitea copied the shape):
-/// the forge's state word, the context, the description cut to `limit`.
-fn status_body(status: &CommitStatus, state: &str, limit: usize) -> serde_json::Value {
-    let mut body = serde_json::json!({
-        "state": state,
-        "context": status.context,
-        "description": truncate_chars(&status.description, limit),
-    });
-    if let Some(target) = &status.target_url {
-        body["target_url"] = serde_json::json!(target);
-    }
-    body
 }
