@@ -64,6 +64,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
         webhook_secret_file: None,
         verify_signatures: None,
         trusted_keys: None,
+        health_timeout: std::time::Duration::from_secs(600),
         clock: a.clock.clone(),
     };
     let rt = tokio::runtime::Runtime::new()?;

@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// The OpenSSH `allowed_signers` file of the keys that may sign commits.
     #[arg(long, value_name = "FILE", requires = "verify_signatures")]
     pub trusted_keys: Option<PathBuf>,
+    /// How long a Kubernetes target's resources may stay unhealthy after an
+    /// apply before the composition is failed (`HealthTimeout`).
+    #[arg(long, default_value = "10m", value_parser = parse_humantime)]
+    pub health_timeout: Duration,
     #[command(flatten)]
     pub clock: ClockArgs,
 }
@@ -84,6 +88,10 @@ impl ClockArgs {
             None => Arc::new(SystemClock),
         }
     }
+}
+
+fn parse_humantime(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -114,6 +122,7 @@ impl RunArgs {
             status_branch: self.status_branch.clone(),
             site: self.site.clone(),
             signatures,
+            health_timeout: self.health_timeout,
         };
         if let Some(site) = &settings.site {
             crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;

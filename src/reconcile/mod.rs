@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::mpsc;
 
-pub use pass::{BranchReport, Reconciler, Row};
+pub use pass::{BranchReport, Reconciler, Row, ORPHANED_FROM};
 
 use crate::window::Clock;
 
@@ -36,6 +36,9 @@ pub struct Settings {
     pub site: Option<String>,
     /// Which commits may be loaded at all (`--verify-signatures`).
     pub signatures: crate::source::SignaturePolicy,
+    /// How long a Kubernetes target's resources may stay unhealthy after an
+    /// apply before the composition is failed (`--health-timeout`).
+    pub health_timeout: Duration,
 }
 
 /// Longest wait after repeated fetch failures.
