@@ -48,9 +48,13 @@ impl Cluster {
     }
 
     fn target(&self, force: bool) -> KubernetesTarget {
+        self.target_in("default", force)
+    }
+
+    fn target_in(&self, namespace: &str, force: bool) -> KubernetesTarget {
         let spec = KubernetesSpec {
             context: Some("fake".into()),
-            namespace: Some("default".into()),
+            namespace: Some(namespace.into()),
             kubeconfig: Some(self.kubeconfig().display().to_string()),
             force_conflicts: force,
         };
@@ -297,6 +301,31 @@ async fn a_stage_validation_error_names_the_resource_and_the_api_message() {
         .object("apps/v1", "Deployment", Some("default"), "web")
         .is_none());
     assert_eq!(c.fake.writes(), 0, "a failed stage writes nothing");
+}
+
+#[tokio::test]
+async fn a_missing_target_namespace_is_refused_before_any_write() {
+    let c = Cluster::new();
+    let t = c.target_in("line", false);
+    let d = state(vec![cm("a", json!({}))], &[]);
+    for goal in [StateGoal::Stage, StateGoal::Apply] {
+        let err = t.apply(&d, goal).await.expect_err("no namespace");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("v1/Namespace/line: the target namespace does not exist"),
+            "{msg}"
+        );
+    }
+    assert_eq!(c.fake.writes(), 0);
+    // Rendered with the state, it is created first.
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "line"}});
+    t.apply(&state(vec![cm("a", json!({})), ns], &[]), StateGoal::Apply)
+        .await
+        .expect("applied");
+    assert!(c
+        .fake
+        .object("v1", "ConfigMap", Some("line"), "a")
+        .is_some());
 }
 
 #[tokio::test]

@@ -687,37 +687,11 @@ impl KubernetesTarget {
                 data.get("composition").cloned().unwrap_or_default()
             )));
         }
-        let parse = |key: &str| -> Result<Option<Value>, TargetError> {
-            data.get(key)
-                .map(|text| {
-                    serde_json::from_str(text)
-                        .map_err(|e| TargetError::Invalid(format!("{}: {key}: {e}", where_())))
-                })
-                .transpose()
-        };
-        let applied =
-            match parse("applied.json")? {
-                Some(v) => Some(serde_json::from_value(v).map_err(|e| {
-                    TargetError::Invalid(format!("{}: applied.json: {e}", where_()))
-                })?),
-                None => None,
-            };
-        let staged = match parse("staged.json")? {
-            Some(v) => Some(
-                serde_json::from_value(v)
-                    .map_err(|e| TargetError::Invalid(format!("{}: staged.json: {e}", where_())))?,
-            ),
-            None => None,
-        };
-        let pending = match parse("pending.json")? {
-            Some(v) => serde_json::from_value(v)
-                .map_err(|e| TargetError::Invalid(format!("{}: pending.json: {e}", where_())))?,
-            None => Vec::new(),
-        };
+        let at = where_();
         Ok(Some(Record {
-            applied,
-            staged,
-            pending,
+            applied: parse_field(&data, "applied.json", &at)?,
+            staged: parse_field(&data, "staged.json", &at)?,
+            pending: parse_field(&data, "pending.json", &at)?.unwrap_or_default(),
         }))
     }
 
@@ -788,6 +762,36 @@ impl KubernetesTarget {
         self.try_write_record(id, record)
             .await?
             .map_err(|e| kube_err(format!("inventory record of {id}"), &e))
+    }
+
+    /// The target namespace holds the inventory records: it must exist, or
+    /// come with the state, before anything is written.
+    async fn check_namespace(&self, planned: &[Planned<'_>]) -> Result<(), TargetError> {
+        let conn = self.conn().await?;
+        let ns = Ref {
+            api_version: "v1".into(),
+            kind: "Namespace".into(),
+            namespace: None,
+            name: conn.namespace.clone(),
+        };
+        if planned.iter().any(|p| p.live == ns) {
+            return Ok(());
+        }
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(conn.client.clone());
+        match namespaces.get_opt(&ns.name).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            // Namespaces are cluster-scoped: a namespaced Role cannot read
+            // them. The record's own write says it if the namespace is missing.
+            Err(e) if is_status(&e, 403) => return Ok(()),
+            Err(e) => return Err(kube_err(&ns, &e)),
+        }
+        Err(TargetError::Kubernetes {
+            resource: ns.to_string(),
+            message: "the target namespace does not exist; it holds the inventory record of \
+                      each composition: create it, or render it in the composition"
+                .into(),
+        })
     }
 
     /// The Namespaces `planned` creates that do not exist yet: what is in
@@ -1052,7 +1056,9 @@ impl KubernetesTarget {
 
     async fn stage(&self, desired: &Desired) -> Result<Outcome, TargetError> {
         let r = &desired.rendered;
-        let record = self.read_record(&r.id).await?.unwrap_or_default();
+        let existing = self.read_record(&r.id).await?;
+        let first = existing.is_none();
+        let record = existing.unwrap_or_default();
         let staged = match &record.staged {
             Some(s) => Some(s.digest),
             None => self.lock_staged().get(&r.id).map(|s| s.digest),
@@ -1061,6 +1067,9 @@ impl KubernetesTarget {
             return Ok(Outcome::default());
         }
         let planned = self.plan(r).await?;
+        if first {
+            self.check_namespace(&planned).await?;
+        }
         let previous = record.applied.as_ref();
         // The record an apply would write must fit: refuse now, not in the window.
         let conn = self.conn().await?;
@@ -1116,7 +1125,9 @@ impl KubernetesTarget {
     async fn apply_now(&self, desired: &Desired) -> Result<Outcome, TargetError> {
         let r = &desired.rendered;
         let id = &r.id;
-        let record = self.read_record(id).await?.unwrap_or_default();
+        let existing = self.read_record(id).await?;
+        let first = existing.is_none();
+        let record = existing.unwrap_or_default();
         let prev = record.applied.as_ref();
         if prev.is_some_and(|a| a.digest == r.digest) && record.pending.is_empty() {
             if record.staged.as_ref().is_some_and(|s| s.digest == r.digest) {
@@ -1133,6 +1144,9 @@ impl KubernetesTarget {
             });
         }
         let mut planned = self.plan(r).await?;
+        if first {
+            self.check_namespace(&planned).await?;
+        }
         let find_prev = |p: &Planned<'_>| {
             prev.and_then(|a| {
                 a.resources
@@ -1551,6 +1565,19 @@ fn map_diff(
     }
     let _ = writeln!(out, "  {what}: {}", changes.join(", "));
     true
+}
+
+fn parse_field<T: serde::de::DeserializeOwned>(
+    data: &BTreeMap<String, String>,
+    key: &str,
+    at: &str,
+) -> Result<Option<T>, TargetError> {
+    data.get(key)
+        .map(|text| {
+            serde_json::from_str(text)
+                .map_err(|e| TargetError::Invalid(format!("{at}: {key}: {e}")))
+        })
+        .transpose()
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String, TargetError> {
