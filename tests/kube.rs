@@ -85,7 +85,7 @@ impl Cluster {
     /// Every object but the inventory records.
     fn workload(&self) -> BTreeMap<String, Value> {
         let mut all = self.fake.objects();
-        all.retain(|k, _| !k.starts_with("/configmaps/default/fermata-"));
+        all.retain(|k, _| !k.starts_with("/secrets/default/fermata-"));
         all
     }
 }
@@ -151,8 +151,24 @@ fn managers(obj: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn record(c: &Cluster) -> Value {
-    c.cm("fermata-shop.app").expect("inventory record")
+/// The inventory record Secret and its data, decoded.
+fn record(c: &Cluster) -> (Value, BTreeMap<String, String>) {
+    let secret = c
+        .fake
+        .object("v1", "Secret", Some("default"), "fermata-shop.app")
+        .expect("inventory record");
+    (secret.clone(), decoded(&secret))
+}
+
+fn decoded(secret: &Value) -> BTreeMap<String, String> {
+    let typed: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(secret.clone()).expect("a Secret");
+    typed
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf-8")))
+        .collect()
 }
 
 #[tokio::test]
@@ -202,12 +218,14 @@ async fn apply_is_server_side_with_inventory_label_and_annotations() {
         .iter()
         .any(|r| r.query.get("fieldManager").map(String::as_str) == Some("fermata")));
 
-    let rec = record(&c);
+    let (rec, data) = record(&c);
     assert_eq!(
         rec["metadata"]["labels"]["fermata.dev/inventory"],
         json!("shop.app")
     );
-    assert_eq!(rec["data"]["applied"], json!(d.rendered.digest.to_hex()));
+    assert_eq!(rec["type"], json!("fermata.dev/inventory"));
+    assert_eq!(data["applied"], d.rendered.digest.to_hex());
+    assert_eq!(data["composition"], "shop/app");
     let o = t.get(&id()).await.expect("get");
     assert_eq!(o.applied, Some(d.rendered.digest));
     assert_eq!(o.staged, Some(d.rendered.digest));
@@ -236,7 +254,7 @@ async fn stage_is_a_dry_run_that_changes_nothing_applied() {
     );
     t.apply(&v1, StateGoal::Apply).await.expect("v1");
     let before = c.workload();
-    let rec_before = record(&c);
+    let (_, rec_before) = record(&c);
     let writes = c.fake.writes();
     let requests = c.fake.requests().len();
 
@@ -251,12 +269,12 @@ async fn stage_is_a_dry_run_that_changes_nothing_applied() {
         before,
         "every applied object byte-for-byte unchanged"
     );
-    let rec = record(&c);
+    let (_, rec) = record(&c);
     assert_eq!(
-        rec["data"]["applied.json"], rec_before["data"]["applied.json"],
+        rec["applied.json"], rec_before["applied.json"],
         "the record's applied state is unchanged"
     );
-    assert_eq!(rec["data"]["staged"], json!(v2.rendered.digest.to_hex()));
+    assert_eq!(rec["staged"], v2.rendered.digest.to_hex());
     assert_eq!(
         c.fake.writes(),
         writes + 1,
@@ -403,9 +421,8 @@ async fn orphaned_resources_lose_the_label_and_are_never_pruned_or_deleted() {
         json!("shop")
     );
     assert_eq!(live["data"]["k"], json!("v"));
-    let rec = record(&c);
-    let applied: Value =
-        serde_json::from_str(rec["data"]["applied.json"].as_str().expect("json")).expect("parse");
+    let (_, rec) = record(&c);
+    let applied: Value = serde_json::from_str(&rec["applied.json"]).expect("parse");
     assert_eq!(
         applied["inventory"],
         json!([]),
@@ -418,7 +435,12 @@ async fn orphaned_resources_lose_the_label_and_are_never_pruned_or_deleted() {
     assert!(c.cm("a").is_some(), "orphaned: not pruned");
     t.delete(&id()).await.expect("delete");
     assert!(c.cm("a").is_some(), "orphaned: not deleted");
-    assert!(c.cm("fermata-shop.app").is_none(), "the record is gone");
+    assert!(
+        c.fake
+            .object("v1", "Secret", Some("default"), "fermata-shop.app")
+            .is_none(),
+        "the record is gone"
+    );
     t.delete(&id())
         .await
         .expect("deleting what is gone is fine");
@@ -445,7 +467,10 @@ async fn delete_removes_the_resources_and_the_record() {
         .fake
         .object("apps/v1", "Deployment", Some("default"), "web")
         .is_none());
-    assert!(c.cm("fermata-shop.app").is_none());
+    assert!(c
+        .fake
+        .object("v1", "Secret", Some("default"), "fermata-shop.app")
+        .is_none());
     assert!(t.list().await.expect("list").is_empty());
     assert_eq!(t.get(&id()).await.expect("get").applied, None);
 }
@@ -852,7 +877,7 @@ fn run_once_installs_on_kubernetes() {
     assert!(c.fake.object("v1", "Namespace", None, "line").is_some());
     assert!(c
         .fake
-        .object("v1", "ConfigMap", Some("line"), "fermata-shop.app")
+        .object("v1", "Secret", Some("line"), "fermata-shop.app")
         .is_some());
 
     // Invariant 5 across processes: an unchanged commit writes nothing.
@@ -879,11 +904,11 @@ spec:
     assert_eq!(run.code, 0, "{run:?}");
     assert!(c
         .fake
-        .object("v1", "ConfigMap", Some("line"), "fermata-shop.app")
+        .object("v1", "Secret", Some("line"), "fermata-shop.app")
         .is_none());
     assert!(c
         .fake
-        .object("v1", "ConfigMap", Some("line"), "fermata-shop.other")
+        .object("v1", "Secret", Some("line"), "fermata-shop.other")
         .is_some());
     // What both render was handed over, not deleted with the old one.
     let cm = c

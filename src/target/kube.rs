@@ -13,10 +13,13 @@
 //!   `metadata.labels` (the composition's labels): the two-phase protocol's
 //!   writes, where removing a key really removes it.
 //!
-//! Per composition a ConfigMap `fermata-<label>` in the target namespace
-//! (labelled `fermata.dev/inventory`) records the applied state (digest,
-//! time, the `Rendered` as JSON, the inventory of resources it manages) and
-//! the staged digest: it is what `get`, `applied`, `list` and prune read.
+//! Per composition a Secret `fermata-<label>` (type `fermata.dev/inventory`,
+//! labelled `fermata.dev/inventory`) in the target namespace records the
+//! applied state (digest, time, the `Rendered` as JSON, the inventory of
+//! resources it manages) and the staged digest: it is what `get`,
+//! `applied`, `list` and prune read. A Secret, not a ConfigMap, because it
+//! holds every applied object, Secrets included (Helm keeps releases in
+//! Secrets for the same reason); both are limited to 1 MiB.
 //! Prune never deletes a resource the composition's `reconcile-when` leaves
 //! alone, one annotated `fermata.dev/orphaned-from`, or one another
 //! composition has taken over (its `fermata.dev/composition` annotation).
@@ -28,7 +31,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiResource, Scope};
@@ -48,13 +52,15 @@ use crate::window::Clock;
 
 /// Label on every resource a composition manages: [`composition_label`].
 pub const COMPOSITION_LABEL: &str = "fermata.dev/composition";
+/// Type of the inventory record Secrets.
+pub const RECORD_TYPE: &str = "fermata.dev/inventory";
 /// Label of the inventory records; its value is the composition's label.
 pub const INVENTORY_LABEL: &str = "fermata.dev/inventory";
 /// Field manager of the rendered objects.
 pub const FIELD_MANAGER: &str = "fermata";
 /// Field manager of the composition's annotations and labels.
 pub const METADATA_MANAGER: &str = "fermata-metadata";
-/// What a ConfigMap may hold (keys and values together).
+/// What a Secret may hold (keys and decoded values together).
 const RECORD_LIMIT: usize = 1024 * 1024;
 /// How long an apply waits for a kind its own CRD just defined to be served.
 const CRD_WAIT: Duration = Duration::from_secs(10);
@@ -155,7 +161,7 @@ fn rank(api_version: &str, kind: &str) -> u8 {
     }
 }
 
-/// The inventory record, as the ConfigMap's data holds it.
+/// The inventory record, as the Secret's data holds it.
 #[derive(Debug, Clone, Default)]
 struct Record {
     applied: Option<AppliedState>,
@@ -660,7 +666,7 @@ impl KubernetesTarget {
         }
     }
 
-    fn records(&self, conn: &Conn) -> Api<ConfigMap> {
+    fn records(&self, conn: &Conn) -> Api<Secret> {
         Api::namespaced(conn.client.clone(), &conn.namespace)
     }
 
@@ -671,15 +677,15 @@ impl KubernetesTarget {
     async fn read_record(&self, id: &CompositionId) -> Result<Option<Record>, TargetError> {
         let conn = self.conn().await?;
         let name = Self::record_name(id);
-        let where_ = || format!("inventory record ConfigMap {}/{name}", conn.namespace);
-        let cm = match self.records(conn).get_opt(&name).await {
-            Ok(cm) => cm,
+        let where_ = || format!("inventory record Secret {}/{name}", conn.namespace);
+        let secret = match self.records(conn).get_opt(&name).await {
+            Ok(secret) => secret,
             Err(e) => return Err(kube_err(where_(), &e)),
         };
-        let Some(cm) = cm else {
+        let Some(secret) = secret else {
             return Ok(None);
         };
-        let data = cm.data.unwrap_or_default();
+        let data = record_data(&secret);
         if data.get("composition") != Some(&id.to_string()) {
             return Err(TargetError::Invalid(format!(
                 "{}: records composition {:?}, not {id}",
@@ -695,7 +701,7 @@ impl KubernetesTarget {
         }))
     }
 
-    /// The record as a ConfigMap; refused over the ConfigMap size limit.
+    /// The record as a Secret; refused over the Secret size limit.
     fn record_object(
         &self,
         id: &CompositionId,
@@ -722,21 +728,27 @@ impl KubernetesTarget {
         let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
         if size > RECORD_LIMIT {
             return Err(TargetError::Invalid(format!(
-                "{id}: the inventory record (ConfigMap {namespace}/{}) would hold {size} bytes, \
-                 over the 1 MiB (1048576 bytes) limit of a ConfigMap: split the composition",
+                "{id}: the inventory record (Secret {namespace}/{}) would hold {size} bytes, \
+                 over the 1 MiB (1048576 bytes) limit of a Secret: split the composition",
                 Self::record_name(id)
             )));
         }
         let label = composition_label(id);
+        let data: BTreeMap<String, ByteString> = data
+            .into_iter()
+            .map(|(k, v)| (k, ByteString(v.into_bytes())))
+            .collect();
         Ok(json!({
             "apiVersion": "v1",
-            "kind": "ConfigMap",
+            "kind": "Secret",
+            "type": RECORD_TYPE,
             "metadata": {
                 "name": Self::record_name(id),
                 "namespace": namespace,
                 "labels": {INVENTORY_LABEL: label},
                 "annotations": {COMPOSITION_ANNOTATION: id.to_string()},
             },
+            // Base64, as ByteString serializes.
             "data": data,
         }))
     }
@@ -1567,6 +1579,16 @@ fn map_diff(
     true
 }
 
+/// A record's data as text (what is not UTF-8 is not ours: left out).
+fn record_data(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+        .collect()
+}
+
 fn parse_field<T: serde::de::DeserializeOwned>(
     data: &BTreeMap<String, String>,
     key: &str,
@@ -1617,7 +1639,7 @@ impl Target for KubernetesTarget {
         let mut out: Vec<CompositionId> = list
             .items
             .iter()
-            .filter_map(|cm| cm.data.as_ref()?.get("composition")?.parse().ok())
+            .filter_map(|secret| record_data(secret).get("composition")?.parse().ok())
             .collect();
         out.sort();
         out.dedup();

@@ -35,7 +35,8 @@
 //!   and status, for apps, batch and custom resources), `status` of
 //!   resources with a status subresource ignored on the main resource;
 //! - a namespaced object in a missing namespace: 404; invalid objects
-//!   (name, label and annotation syntax, ConfigMap keys and size, workload
+//!   (name, label and annotation syntax, ConfigMap and Secret keys and size
+//!   (Secret `data` is base64: decoded for the size, refused if not), workload
 //!   selectors and containers, Job restartPolicy, CRD names): 422 Invalid;
 //!   a ConfigMap data value that is not a string: 400, as the decoder says;
 //! - every error is a `kind: Status` body with `reason`, `code`, `message`.
@@ -1841,7 +1842,12 @@ fn validate(t: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
                     if !key_ok {
                         bad(&format!("{field}[{k}]"), format!("Invalid value: \"{k}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
                     }
+                    let binary = field == "binaryData" || (t.kind == "Secret" && field == "data");
                     match v.as_str() {
+                        Some(v) if binary => match base64_len(v) {
+                            Ok(n) => total += k.len() + n,
+                            Err(at) => return Err(ApiError::bad_request(format!("illegal base64 data at input byte {at}"))),
+                        },
                         Some(v) => total += k.len() + v.len(),
                         None => return Err(ApiError::bad_request(format!("json: cannot unmarshal {} into Go struct field {}.{field} of type string", json_type(v), t.kind))),
                     }
@@ -1964,6 +1970,26 @@ fn validate(t: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
     } else {
         Err(ApiError::invalid(t, name, causes))
     }
+}
+
+/// The decoded length of standard base64 text, or the offset of the first
+/// byte that is not base64.
+fn base64_len(s: &str) -> Result<usize, usize> {
+    let b = s.as_bytes();
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return Err(b.len() - pad);
+    }
+    if let Some(at) = b[..b.len() - pad]
+        .iter()
+        .position(|c| !(c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/'))
+    {
+        return Err(at);
+    }
+    if b.len() % 4 != 0 {
+        return Err(b.len());
+    }
+    Ok(b.len() / 4 * 3 - pad)
 }
 
 fn json_type(v: &Value) -> &'static str {
