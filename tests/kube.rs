@@ -362,6 +362,41 @@ async fn prune_deletes_what_the_rendering_dropped() {
 }
 
 #[tokio::test]
+async fn an_apply_interrupted_before_its_record_still_prunes_later() {
+    let c = Cluster::new();
+    let t = c.target(false);
+    t.apply(&state(vec![cm("a", json!({}))], &[]), StateGoal::Apply)
+        .await
+        .expect("v1");
+    // The pending record goes through, the final one does not: as a crash
+    // after `b` was created but before the apply was recorded.
+    c.fake.fail_writes("/secrets/fermata-shop.app", 1, 1);
+    let v2 = state(vec![cm("a", json!({})), cm("b", json!({}))], &[]);
+    let err = t
+        .apply(&v2, StateGoal::Apply)
+        .await
+        .expect_err("interrupted");
+    assert!(err.to_string().contains("injected fault"), "{err}");
+    assert!(c.cm("b").is_some(), "created before the interruption");
+    let o = t.get(&id()).await.expect("get");
+    assert_ne!(
+        o.applied,
+        Some(v2.rendered.digest),
+        "not recorded as applied"
+    );
+    // The next state drops `b`: it is pruned although never recorded applied.
+    t.apply(
+        &state(vec![cm("a", json!({"x": "1"}))], &[]),
+        StateGoal::Apply,
+    )
+    .await
+    .expect("v3");
+    assert!(c.cm("b").is_none(), "pending resources are pruned too");
+    let (_, rec) = record(&c);
+    assert!(!rec.contains_key("pending.json"), "cleared once recorded");
+}
+
+#[tokio::test]
 async fn reconcile_when_leaves_resources_alone() {
     let c = Cluster::new();
     let t = c.target(false);

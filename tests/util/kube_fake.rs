@@ -41,6 +41,12 @@
 //!   a ConfigMap data value that is not a string: 400, as the decoder says;
 //! - every error is a `kind: Status` body with `reason`, `code`, `message`.
 //!
+//! The test's handle ([`FakeKube`]) reads and changes the store directly
+//! (`object`, `objects` for byte-for-byte snapshots, `update`, `set_status`
+//! as a controller would), counts writes that were not dry runs
+//! (`writes`), logs every request (`requests`) and injects failures
+//! (`fail_writes`).
+//!
 //! Not implemented (fermata does not send them): watch, strategic merge
 //! patch and JSON patch (415), `deletecollection`, `generateName`,
 //! finalizers and graceful deletion (deletes are immediate), controllers
@@ -231,6 +237,24 @@ current-context: {context}
     pub fn revision(&self) -> u64 {
         self.lock().revision
     }
+
+    /// Makes writes (not dry runs) to paths containing `path` fail with a
+    /// 500 after `skip` of them went through, `count` times: a crash of the
+    /// client between two writes, as the server sees it.
+    pub fn fail_writes(&self, path: &str, skip: usize, count: usize) {
+        self.lock().faults.push(Fault {
+            path: path.to_string(),
+            skip,
+            count,
+        });
+    }
+}
+
+#[derive(Debug)]
+struct Fault {
+    path: String,
+    skip: usize,
+    count: usize,
 }
 
 impl Drop for FakeKube {
@@ -320,6 +344,7 @@ struct Store {
     revision: u64,
     uids: u64,
     log: Vec<Logged>,
+    faults: Vec<Fault>,
 }
 
 impl Store {
@@ -352,6 +377,7 @@ impl Store {
             revision: 0,
             uids: 0,
             log: Vec::new(),
+            faults: Vec::new(),
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let t = s.types[0].clone();
@@ -635,6 +661,21 @@ async fn handle(
         query: query.clone(),
         content_type: content_type.clone(),
     });
+    let logged = s.log.last().cloned();
+    if let Some(l) = logged.filter(|l| l.is_write() && !l.dry_run()) {
+        if let Some(f) = s
+            .faults
+            .iter_mut()
+            .find(|f| f.count > 0 && l.path.contains(&f.path))
+        {
+            if f.skip > 0 {
+                f.skip -= 1;
+            } else {
+                f.count -= 1;
+                return ApiError::new(500, "InternalError", "injected fault").into_response();
+            }
+        }
+    }
     let answer = route(
         &mut s,
         &method,
