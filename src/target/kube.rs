@@ -72,21 +72,13 @@ const CRD_WAIT: Duration = Duration::from_secs(10);
 /// two forms never collide).
 pub fn composition_label(id: &CompositionId) -> String {
     let readable = format!("{}.{}", id.symphony, id.variation);
-    if readable.len() <= 63 && is_dns_label(&id.symphony) && is_dns_label(&id.variation) {
+    let dns_label = |s: &str| crate::model::load::check_name(s).is_ok();
+    if readable.len() <= 63 && dns_label(&id.symphony) && dns_label(&id.variation) {
         readable
     } else {
         let hex = Digest::of(id.to_string().as_bytes()).to_hex();
         format!("h-{}", &hex[..40])
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// A composition's resources on one cluster, in one default namespace.
@@ -272,7 +264,7 @@ fn left_alone(object: &Value, annotations: &BTreeMap<String, String>) -> bool {
     annotation(object, RECONCILE_WHEN).is_some_and(|c| !reconcile_when_matches(c, annotations))
 }
 
-fn string_map(m: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
+fn take_map(m: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
     match m.remove(key) {
         Some(Value::Object(o)) => o,
         _ => Map::new(),
@@ -308,7 +300,7 @@ fn full_body(
                 meta.remove("namespace");
             }
         }
-        let mut l = string_map(meta, "labels");
+        let mut l = take_map(meta, "labels");
         for k in labels.keys() {
             l.remove(k);
         }
@@ -317,7 +309,7 @@ fn full_body(
             l.insert(COMPOSITION_LABEL.into(), json!(composition_label(id)));
         }
         put_map(meta, "labels", l);
-        let mut a = string_map(meta, "annotations");
+        let mut a = take_map(meta, "annotations");
         for k in annotations.keys() {
             a.remove(k);
         }
@@ -364,7 +356,7 @@ fn combined(body: &Value, meta: &Value) -> Value {
     for field in ["annotations", "labels"] {
         if let Some(extra) = meta["metadata"][field].as_object() {
             if let Some(m) = out.get_mut("metadata").and_then(Value::as_object_mut) {
-                let mut merged = string_map(m, field);
+                let mut merged = take_map(m, field);
                 for (k, v) in extra {
                     merged.insert(k.clone(), v.clone());
                 }
@@ -1535,7 +1527,7 @@ fn overlay_metadata(mut o: Value, prev: Option<&AppliedState>, meta: &Value) -> 
             ("annotations", prev.map(|a| &a.annotations)),
             ("labels", prev.map(|a| &a.labels)),
         ] {
-            let mut map = string_map(m, field);
+            let mut map = take_map(m, field);
             for k in old.into_iter().flat_map(|o| o.keys()) {
                 map.remove(k);
             }
