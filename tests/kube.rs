@@ -893,6 +893,40 @@ fn status(repo: &TestRepo) -> serde_yaml::Value {
 }
 
 #[test]
+fn a_kubernetes_target_spec_is_checked_field_by_field() {
+    let repo = TestRepo::new();
+    repo.write(
+        "target.yaml",
+        "apiVersion: fermata.dev/v1alpha1
+kind: Target
+metadata: {name: a}
+spec:
+  kubernetes: {context: c, namespace: n, kubeconfig: /k, forceConflicts: true}
+---
+apiVersion: fermata.dev/v1alpha1
+kind: Target
+metadata: {name: b}
+spec:
+  kubernetes: {forceConflict: true}
+",
+    );
+    repo.commit("targets");
+    let run = util::fermata(&[
+        "validate",
+        "--repo",
+        repo.path().to_str().expect("utf-8"),
+        "--no-render",
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.lines().len(), 1, "only b is wrong: {run:?}");
+    assert!(
+        run.stdout.contains("unknown field `forceConflict`")
+            && run.stdout.contains("`forceConflicts`"),
+        "{run:?}"
+    );
+}
+
+#[test]
 fn run_once_installs_on_kubernetes() {
     let c = Cluster::new();
     let repo = TestRepo::new();
