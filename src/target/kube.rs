@@ -321,7 +321,8 @@ fn full_body(
 }
 
 /// What [`METADATA_MANAGER`] applies: the composition's annotations (with
-/// the digest) and labels, nothing else.
+/// the digest) and labels, nothing else. Never the keys the body sets (the
+/// composition annotation and label): the two managers must not disagree.
 fn metadata_body(
     object: &Value,
     namespace: Option<&str>,
@@ -331,6 +332,7 @@ fn metadata_body(
 ) -> Value {
     let mut a: Map<String, Value> = annotations
         .iter()
+        .filter(|(k, _)| k.as_str() != COMPOSITION_ANNOTATION)
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
     a.insert(DIGEST_ANNOTATION.into(), json!(digest.to_hex()));
@@ -340,7 +342,11 @@ fn metadata_body(
         meta.insert("namespace".into(), json!(ns));
     }
     meta.insert("annotations".into(), Value::Object(a));
-    let l: Map<String, Value> = labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let l: Map<String, Value> = labels
+        .iter()
+        .filter(|(k, _)| k.as_str() != COMPOSITION_LABEL)
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     put_map(&mut meta, "labels", l);
     json!({
         "apiVersion": object["apiVersion"],
