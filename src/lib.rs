@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod forge;
+pub mod leader;
 pub mod model;
 pub mod reconcile;
 pub mod serve;

@@ -14,11 +14,13 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own table; its logs would only bury it.
+    // The demo prints its own table; its logs would only bury it. rPGP
+    // warns of every packet it skips (in a keyring, in a signature): what
+    // matters reaches our own errors, so only its errors are logged.
     let default = if matches!(cli.command, cli::Command::Demo(_)) {
-        "warn"
+        "warn,pgp=error"
     } else {
-        "info"
+        "info,pgp=error"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERMATA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

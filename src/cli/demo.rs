@@ -50,23 +50,32 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
         &commit[..7]
     );
 
-    let run = RunArgs {
-        repo: repo_dir.display().to_string(),
-        branches: vec!["main".into()],
-        path: String::new(),
-        interval: std::time::Duration::from_secs(30),
-        state_dir: Some(dir.join("state")),
-        target_root: Some(dir.join("targets")),
-        status_branch: "fermata/status".into(),
-        site: None,
-        once: true,
-        listen: None,
-        webhook_secret_file: None,
-        verify_signatures: None,
-        trusted_keys: None,
-        health_timeout: std::time::Duration::from_secs(600),
-        clock: a.clock.clone(),
-    };
+    // Parsed like a command line, so the demo gets every flag's default.
+    #[derive(clap::Parser)]
+    struct Demo {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+    let repo = repo_dir.display().to_string();
+    let state = dir.join("state").display().to_string();
+    let targets = dir.join("targets").display().to_string();
+    let mut argv = vec![
+        "demo",
+        "--repo",
+        &repo,
+        "--branch",
+        "main",
+        "--state-dir",
+        &state,
+        "--target-root",
+        &targets,
+        "--once",
+    ];
+    let now = a.clock.now.map(|t| t.to_rfc3339());
+    if let Some(now) = &now {
+        argv.extend(["--now", now]);
+    }
+    let run = <Demo as clap::Parser>::try_parse_from(argv)?.run;
     let rt = tokio::runtime::Runtime::new()?;
     let code = rt.block_on(async {
         let mut r = run.reconciler()?;

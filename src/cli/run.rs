@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::default_state_dir;
+use crate::leader::{Elector, LeaseSettings};
+use crate::reconcile::pulls::PullSettings;
 use crate::reconcile::{self, BranchReport, PassOutcome, Reconciler, Settings, Triggers};
 use crate::serve::{self, ServeState};
 use crate::source::SignaturePolicy;
@@ -52,25 +54,62 @@ pub struct RunArgs {
     /// Enables /hooks/git: pushes signed (HMAC-SHA256) with the key in this file trigger a fetch.
     #[arg(long, value_name = "PATH", requires = "listen")]
     pub webhook_secret_file: Option<PathBuf>,
-    /// Stage and apply only commits signed this way (`ssh`), by a key of --trusted-keys.
+    /// Stage and apply only commits signed this way (`ssh` or `gpg`), by a key of --trusted-keys.
     #[arg(long, value_enum, value_name = "FORMAT", requires = "trusted_keys")]
     pub verify_signatures: Option<SignatureFormat>,
-    /// The OpenSSH `allowed_signers` file of the keys that may sign commits.
+    /// The keys that may sign commits: an OpenSSH `allowed_signers` file (`ssh`), or an
+    /// OpenPGP keyring exported by `gpg --export` or `gpg --armor --export` (`gpg`).
     #[arg(long, value_name = "FILE", requires = "verify_signatures")]
     pub trusted_keys: Option<PathBuf>,
     /// How long a Kubernetes target's resources may stay unhealthy after an
     /// apply before the composition is failed (`HealthTimeout`).
     #[arg(long, default_value = "10m", value_parser = parse_humantime)]
     pub health_timeout: Duration,
+    /// Branches matching this glob (e.g. `preview/*`) get a plan of their
+    /// head against the first watched branch, as a note under
+    /// `refs/notes/fermata-plan` (pushed): plans for hosts without a forge API.
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+    pub plan_branches: Option<glob::Pattern>,
+    /// Run `command:` synthesizers when planning commits that are not on a
+    /// watched branch (pull request heads, forks included). Off by default:
+    /// a plan must not execute code nobody merged.
+    #[arg(long)]
+    pub trust_pr_commands: bool,
+    /// Reconcile only while holding a coordination.k8s.io/v1 Lease, so 2+
+    /// replicas are safe (Kubernetes config from KUBECONFIG or in-cluster).
+    #[arg(long, conflicts_with = "once")]
+    pub leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, default_value = "fermata")]
+    pub lease_name: String,
+    /// The Lease's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// How long a lease holds without renewal; the leader gives up after 2/3
+    /// of it without a successful renewal and renews every 2/15 of it.
+    #[arg(long, default_value = "15s", value_parser = parse_interval)]
+    pub lease_duration: Duration,
+    /// This replica's identity in the Lease: the pod name, or host name and pid.
+    #[arg(long, env = "POD_NAME")]
+    pub lease_identity: Option<String>,
+    #[command(flatten)]
+    pub forge: crate::forge::ForgeArgs,
     #[command(flatten)]
     pub clock: ClockArgs,
 }
 
-/// The commit signatures `--verify-signatures` can check (OpenPGP is not supported yet).
+fn parse_glob(s: &str) -> Result<glob::Pattern, String> {
+    glob::Pattern::new(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// The commit signatures `--verify-signatures` can check (X.509 is not supported).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SignatureFormat {
     /// `gpg.format=ssh` signatures, checked against an `allowed_signers` file.
     Ssh,
+    /// OpenPGP signatures (git's default, `gpg.format=openpgp`), checked against a keyring.
+    #[value(alias = "openpgp")]
+    Gpg,
 }
 
 /// A fixed "now" for tests and demos; the system clock otherwise.
@@ -105,6 +144,9 @@ impl RunArgs {
         let signatures = match (self.verify_signatures, &self.trusted_keys) {
             (Some(SignatureFormat::Ssh), Some(file)) => {
                 SignaturePolicy::ssh_from_file(file).context("--trusted-keys")?
+            }
+            (Some(SignatureFormat::Gpg), Some(file)) => {
+                SignaturePolicy::gpg_from_file(file).context("--trusted-keys")?
             }
             (Some(_), None) => bail!("--verify-signatures needs --trusted-keys FILE"),
             (None, _) => SignaturePolicy::None,
@@ -141,6 +183,14 @@ impl RunArgs {
             );
         }
         r.settings = settings;
+        let forge = self.forge.build().context("--forge")?;
+        if self.plan_branches.is_some() || forge.is_some() {
+            r.pulls = Some(Arc::new(PullSettings {
+                forge,
+                plan_branches: self.plan_branches.clone(),
+                trust_pr_commands: self.trust_pr_commands,
+            }));
+        }
         Ok(r)
     }
 }
@@ -157,6 +207,11 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         let clock = r.clock.clone();
         let triggers = Triggers::new();
+        let elector = if a.leader_elect {
+            Some(a.elector(&mut r, &triggers).await?)
+        } else {
+            None
+        };
         // Bound before the first pass, so a taken port fails at once.
         let server = match a.listen {
             None => None,
@@ -195,14 +250,59 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .await;
-        // The server lives exactly as long as the loop.
+        // The server and the elector live exactly as long as the loop.
         if let Some((_, stop, task)) = server {
             let _ = stop.send(());
             task.await??;
         }
+        if let Some((stop, task)) = elector {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         result?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+impl RunArgs {
+    /// Starts campaigning for the Lease; `r` writes only while it leads.
+    async fn elector(
+        &self,
+        r: &mut Reconciler,
+        triggers: &Triggers,
+    ) -> anyhow::Result<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )> {
+        let client = kube::Client::try_default().await.context(
+            "--leader-elect needs a Kubernetes configuration (KUBECONFIG or in-cluster)",
+        )?;
+        let identity = match &self.lease_identity {
+            Some(id) => id.clone(),
+            None => format!(
+                "{}-{}",
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| "fermata".into()),
+                std::process::id()
+            ),
+        };
+        let settings = LeaseSettings::new(
+            self.lease_namespace.clone(),
+            self.lease_name.clone(),
+            identity,
+            self.lease_duration,
+        );
+        tracing::info!(lease = %format!("{}/{}", settings.namespace, settings.name), identity = %settings.identity, "campaigning for leadership");
+        let elector = Elector::new(client, settings).waking(triggers.sender());
+        r.leadership = elector.leadership();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(elector.run(async {
+            let _ = stopped.await;
+        }));
+        Ok((stop, task))
+    }
 }
 
 /// Fetches for a one-shot command; a failure is a warning, since the last

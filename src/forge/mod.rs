@@ -4,10 +4,27 @@
 //! request and site up to date, and posting commit statuses. Everything else
 //! it learns from Git itself.
 
+pub mod comment;
+
 use std::fmt;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+pub mod config;
+pub mod gitea;
+pub mod github;
+pub mod gitlab;
+pub mod http;
+pub mod token;
+
+pub use config::{ForgeArgs, ForgeKind};
+pub use gitea::Gitea;
+pub use github::GitHub;
+pub use gitlab::GitLab;
+pub use http::HttpSettings;
+pub use token::Token;
 
 /// A pull request (GitLab: merge request) as fermata needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +52,9 @@ pub struct PullRequest {
 pub enum PrState {
     Open,
     /// Merged; the commit the merge produced on the base branch, when known.
-    Merged { merge_commit: Option<String> },
+    Merged {
+        merge_commit: Option<String>,
+    },
     Closed,
 }
 
@@ -86,8 +105,31 @@ pub enum ForgeError {
         url: String,
         message: String,
     },
+    /// The forge's rate limit is exhausted and resets later than fermata
+    /// waits ([`HttpSettings::max_rate_limit_wait`]): try again after `resets_at`.
+    #[error("{forge}: {method} {url}: rate limited until {}: {message}",
+        resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))]
+    RateLimited {
+        forge: &'static str,
+        method: String,
+        url: String,
+        resets_at: DateTime<Utc>,
+        message: String,
+    },
     #[error("forge configuration: {0}")]
     Config(String),
+}
+
+impl ForgeError {
+    /// Whether the forge may have acted on the request although it failed
+    /// (a 5xx answer, a lost connection): worth checking, then trying again.
+    fn may_have_landed(&self) -> bool {
+        match self {
+            ForgeError::Http { status, .. } => *status >= 500,
+            ForgeError::Transport { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// A forge's REST API, as much of it as fermata uses. One value serves one
@@ -106,8 +148,107 @@ pub trait Forge: Send + Sync + fmt::Debug {
     /// Updates the comment of pull request `number` whose body contains
     /// `marker`, or creates it when there is none: never a second comment.
     /// Returns the comment's id.
-    async fn upsert_comment(&self, number: u64, marker: &str, body: &str)
-        -> Result<u64, ForgeError>;
+    async fn upsert_comment(
+        &self,
+        number: u64,
+        marker: &str,
+        body: &str,
+    ) -> Result<u64, ForgeError>;
     /// Sets the status `status.context` of commit `sha`.
     async fn set_status(&self, sha: &str, status: &CommitStatus) -> Result<(), ForgeError>;
+}
+
+/// One comment, as [`upsert`] needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct Comment {
+    pub id: u64,
+    pub body: String,
+}
+
+/// The three comment calls every provider has, for the shared [`upsert`].
+#[async_trait]
+pub(crate) trait Comments: Sync {
+    fn client(&self) -> &http::Client;
+    /// Every comment of pull request `number` written by people (not the
+    /// forge's own system notes), oldest first.
+    async fn list_comments(&self, number: u64) -> Result<Vec<Comment>, ForgeError>;
+    /// Creates a comment, sent once ([`http::Replay::Once`]); returns its id.
+    async fn create_comment(&self, number: u64, body: &str) -> Result<u64, ForgeError>;
+    async fn update_comment(&self, number: u64, id: u64, body: &str) -> Result<(), ForgeError>;
+}
+
+/// [`Forge::upsert_comment`] for every provider. The oldest comment holding
+/// the marker is the one kept: later ones may be people quoting it. A body
+/// without the marker gets it appended, or the next upsert would not find it
+/// and add a second comment. An unchanged body costs no write (no "edited"
+/// mark, no notification). When creating fails in a way that may have
+/// created it anyway (a 5xx from a proxy that timed out, a dropped
+/// connection), the comments are listed again before the next try, so a lost
+/// answer never becomes a duplicate comment.
+pub(crate) async fn upsert<C: Comments + ?Sized>(
+    api: &C,
+    number: u64,
+    marker: &str,
+    body: &str,
+) -> Result<u64, ForgeError> {
+    let kind = api.client().kind();
+    if marker.trim().is_empty() {
+        return Err(ForgeError::Config(format!(
+            "{kind}: upsert_comment needs a non-empty marker: an empty one matches every comment"
+        )));
+    }
+    let body = if body.contains(marker) {
+        body.to_string()
+    } else {
+        format!("{body}\n\n{marker}")
+    };
+    let mut failures = 0;
+    loop {
+        let comments = api.list_comments(number).await?;
+        if let Some(found) = comments.iter().find(|c| c.body.contains(marker)) {
+            if found.body != body {
+                api.update_comment(number, found.id, &body).await?;
+            }
+            return Ok(found.id);
+        }
+        match api.create_comment(number, &body).await {
+            Ok(id) => return Ok(id),
+            Err(e) if e.may_have_landed() && failures < api.client().settings().retries => {
+                failures += 1;
+                let wait = api.client().backoff(failures);
+                tracing::warn!(forge = kind, number, error = %e, retry = failures,
+                    "creating the comment may have failed; looking for it before trying again");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `text` cut to at most `max` characters (not bytes), for forges that refuse
+/// longer status descriptions.
+pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) if max > 0 => {
+            let keep = text[..i].char_indices().nth(max - 1).map_or(i, |(j, _)| j);
+            format!("{}\u{2026}", &text[..keep])
+        }
+        Some(_) => String::new(),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_counts_characters_and_marks_the_cut() {
+        assert_eq!(truncate_chars("short", 140), "short");
+        let long = "é".repeat(200);
+        let cut = truncate_chars(&long, 140);
+        assert_eq!(cut.chars().count(), 140);
+        assert!(cut.ends_with('\u{2026}'));
+        assert_eq!(truncate_chars(&"a".repeat(140), 140), "a".repeat(140));
+    }
 }

@@ -9,6 +9,7 @@
 pub mod annotations;
 mod pass;
 pub mod plan;
+pub mod pulls;
 pub mod state;
 
 use std::path::PathBuf;
@@ -18,7 +19,10 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::mpsc;
 
-pub use pass::{BranchReport, Reconciler, Row, ORPHANED_FROM};
+pub use pass::{
+    ActionKind, BranchReport, PlanDetail, PlannedArtifact, Reconciler, Row, WindowInfo,
+    ORPHANED_FROM,
+};
 
 use crate::window::Clock;
 

@@ -59,6 +59,14 @@ pub struct Reconciler {
     pub dry_run: bool,
     /// Reconcile this revision instead of the branch head (`plan --rev`).
     pub revision: Option<String>,
+    /// Whether `command:` synthesizers may run. Off for commits that are
+    /// not on a watched branch (pull request heads) unless
+    /// `--trust-pr-commands`: a plan must not run code nobody merged.
+    pub allow_commands: bool,
+    /// Commit statuses, pull request plans and plan notes (`None`: off).
+    pub pulls: Option<Arc<super::pulls::PullSettings>>,
+    /// Whether this replica may write (`--leader-elect`); always, without election.
+    pub leadership: crate::leader::Leadership,
 }
 
 /// What a pass did on one branch.
@@ -80,6 +88,39 @@ pub struct BranchReport {
     pub windows: BTreeMap<String, bool>,
     /// Nothing was done: the revision was reconciled already.
     pub unchanged: bool,
+    /// The windows of this pass's compositions in full (for plans).
+    pub window_info: BTreeMap<String, WindowInfo>,
+    /// Plans only: per composition with an action, the target's diff and
+    /// the artifacts its state needs.
+    pub plans: BTreeMap<CompositionId, PlanDetail>,
+}
+
+/// A maintenance window as a plan shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowInfo {
+    /// IANA zone name, e.g. `Europe/Berlin`.
+    pub zone: String,
+    pub open: bool,
+    pub next_open: Option<DateTime<Utc>>,
+}
+
+/// What a plan (a dry run) found out about one composition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanDetail {
+    /// The target's diff of what it holds against the desired state.
+    pub diff: Option<String>,
+    pub artifacts: Vec<PlannedArtifact>,
+    /// Why it failed, as `file:line: message` where there is a place.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedArtifact {
+    pub name: String,
+    pub url: String,
+    pub size: Option<u64>,
+    /// Already in the artifact store: nothing to download.
+    pub stored: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +171,8 @@ struct Work {
     ungated: Vec<crate::status::Ungate>,
     /// What the plan does about it this pass (Datum's actions).
     action: Option<ActionKind>,
+    /// Plans only: the target's diff and the artifacts needed.
+    plan: Option<PlanDetail>,
 }
 
 impl Work {
@@ -169,6 +212,7 @@ impl Work {
             skipped: rec.skipped.clone(),
             ungated: Vec::new(),
             action: None,
+            plan: None,
         }
     }
 
@@ -222,6 +266,9 @@ impl Reconciler {
                 .filter(|h| !h.is_empty()),
             dry_run: false,
             revision: None,
+            allow_commands: true,
+            pulls: None,
+            leadership: crate::leader::Leadership::always(),
         })
     }
 
@@ -252,6 +299,42 @@ impl Reconciler {
         result
     }
 
+    /// A reconciler that plans `revision` (a pull request or branch head)
+    /// against what this one's targets hold: a dry run sharing the source,
+    /// store and targets, with a copy of the render cache, writing nothing.
+    pub fn planner(&self, revision: &str, allow_commands: bool) -> Reconciler {
+        Reconciler {
+            settings: self.settings.clone(),
+            source: self.source.clone(),
+            clock: self.clock.clone(),
+            store: self.store.clone(),
+            status: self.status.clone(),
+            persisted: self.persisted.clone(),
+            saved: None,
+            targets: self.targets.clone(),
+            fetch_error: None,
+            settled: HashMap::new(),
+            observed: HashMap::new(),
+            resynced: HashMap::new(),
+            write_hook: None,
+            dry_run: true,
+            revision: Some(revision.to_string()),
+            allow_commands,
+            pulls: None,
+            leadership: crate::leader::Leadership::always(),
+        }
+    }
+
+    /// One dry-run pass of `base` (at `revision`): what a plan shows.
+    pub async fn plan_branch(&mut self, base: &str) -> BranchReport {
+        self.pass_branch(base).await
+    }
+
+    /// The status branch writer (plan notes share its push logic).
+    pub(super) fn status_repo(&self) -> StatusRepo {
+        self.status.clone()
+    }
+
     /// Forgets that branches are settled: the next pass is a full one.
     pub fn unsettle(&mut self) {
         self.settled.clear();
@@ -261,11 +344,17 @@ impl Reconciler {
     pub async fn pass(&mut self) -> Vec<BranchReport> {
         let mut out = Vec::new();
         for branch in self.settings.branches.clone() {
+            // A replica that does not lead (or no longer does) writes nothing.
+            if !self.dry_run && !self.leadership.is_leader() {
+                tracing::debug!("not leading: standing by");
+                break;
+            }
             out.push(self.pass_branch(&branch).await);
         }
+        let reported = !self.dry_run && self.report_back(&out).await;
         // A pass that changed nothing must write nothing, not even its cache;
         // one that did nothing at all need not even look.
-        if !self.dry_run && !out.iter().all(|b| b.unchanged) {
+        if !self.dry_run && (reported || !out.iter().all(|b| b.unchanged)) {
             match self.persisted.serialized() {
                 Ok((_, digest)) if self.saved == Some(digest) => {}
                 Ok((bytes, digest)) => match Persisted::save(&self.settings.state_dir, &bytes) {
@@ -320,8 +409,10 @@ impl Reconciler {
         }
         // Invariant 8, before anything of the commit is read. A settled
         // revision passed it already: the policy is fixed for the process.
-        if let Err(why) = self.verify(rev).await {
-            return self.refuse_untrusted(branch, rev, why, now, report).await;
+        match self.verify(rev, now).await {
+            Ok(Signer::Unchecked) => {}
+            Ok(signer) => tracing::debug!(%rev, ?signer, "commit trusted"),
+            Err(why) => return self.refuse_untrusted(branch, rev, why, now, report).await,
         }
         let resync = self
             .resynced
@@ -381,7 +472,8 @@ impl Reconciler {
             }
         }
         let needed: Vec<model::Artifact> = needed.into_values().collect();
-        let fetched = if needed.is_empty() {
+        // A plan lists artifacts, it does not download them.
+        let fetched = if needed.is_empty() || self.dry_run {
             BTreeMap::new()
         } else {
             self.store.fetch_all(&needed, &snap).await
@@ -498,6 +590,28 @@ impl Reconciler {
             let window = window_status(&fleet, w.comp.window.as_deref(), now);
             if let Some(ws) = &window {
                 report.windows.insert(ws.name.clone(), ws.open);
+                if let Some(mw) = fleet.windows.get(&ws.name) {
+                    report.window_info.insert(
+                        ws.name.clone(),
+                        WindowInfo {
+                            zone: mw.window.tz.name().to_string(),
+                            open: ws.open,
+                            next_open: ws.next_open,
+                        },
+                    );
+                }
+            }
+            if let Some(p) = &w.plan {
+                report.plans.insert(w.comp.id.clone(), p.clone());
+            }
+            if let (true, Some(e)) = (self.dry_run, &w.error) {
+                let at = if e.source.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", e.source)
+                };
+                report.plans.entry(w.comp.id.clone()).or_default().error =
+                    Some(format!("{at}{}: {}", e.code, e.message));
             }
             let st = self.status_of(w, &source_ref, now, window);
             report.rows.push(Row {
@@ -606,7 +720,8 @@ impl Reconciler {
     /// Commits the statuses (not in a plan); a failure is a report error.
     async fn publish(&self, update: StatusUpdate, report: &mut BranchReport) {
         let status = self.status.clone();
-        let dry = self.dry_run;
+        // Not leading (any more): the new leader reports.
+        let dry = self.dry_run || !self.leadership.is_leader();
         match tokio::task::spawn_blocking(move || {
             if dry {
                 Ok(None)
@@ -627,14 +742,15 @@ impl Reconciler {
         }
     }
 
-    /// Whether the commit passes the signature policy (invariant 8).
-    async fn verify(&self, rev: Revision) -> Result<Signer, UntrustedCommit> {
+    /// Whether the commit passes the signature policy (invariant 8) at
+    /// `now`, the pass's clock, so `--now` also decides key expiry.
+    async fn verify(&self, rev: Revision, now: DateTime<Utc>) -> Result<Signer, UntrustedCommit> {
         if matches!(self.settings.signatures, SignaturePolicy::None) {
             return Ok(Signer::Unchecked);
         }
         let source = self.source.clone();
         let policy = self.settings.signatures.clone();
-        tokio::task::spawn_blocking(move || source.verify(rev, &policy))
+        tokio::task::spawn_blocking(move || source.verify(rev, &policy, now))
             .await
             .unwrap_or_else(|e| {
                 Err(UntrustedCommit::Unreadable {
@@ -767,6 +883,7 @@ impl Reconciler {
             skipped: Vec::new(),
             ungated: Vec::new(),
             action: None,
+            plan: None,
         };
         // Gates lifted by `fermata ungate` hold no more; a lift whose gate a
         // commit has removed is done with.
@@ -853,6 +970,24 @@ impl Reconciler {
         fleet: &Arc<Fleet>,
         source: &SourceRef,
     ) -> Result<(), String> {
+        if !self.allow_commands {
+            if let Some(s) = fleet
+                .synthesizers
+                .get(&w.comp.synthesizer)
+                .filter(|s| matches!(s.kind, SynthKind::Command { .. }))
+            {
+                let msg = format!(
+                    "synthesizer {}: command not run: this commit is not on a watched branch (a pull request head); --trust-pr-commands runs it",
+                    s.name
+                );
+                w.fail(
+                    "CommandNotRun",
+                    format!("{}:{}", s.origin.file, s.origin.line),
+                    msg.clone(),
+                );
+                return Err(msg);
+            }
+        }
         let (snap2, fleet2, comp) = (snap.clone(), fleet.clone(), w.comp.clone());
         let result = tokio::task::spawn_blocking(move || {
             synth::render(&snap2, &fleet2, &comp).map_err(|e| e.diagnostic(&fleet2, &comp))
@@ -1062,10 +1197,22 @@ impl Reconciler {
         let Some(target) = w.target.clone() else {
             return;
         };
+        if !self.dry_run && !self.leadership.is_leader() {
+            w.fail(
+                "NotLeader",
+                "",
+                "leadership lost during the pass: nothing written",
+            );
+            return;
+        }
         let needs_desired = decision.stage || matches!(decision.apply, Apply::Now { .. });
         if !needs_desired || self.dry_run {
             if let Apply::Wait(r) = decision.apply {
                 w.waiting = Some(r);
+            }
+            if needs_desired && self.dry_run {
+                self.plan_detail(w, target.as_ref(), snap, fleet, source)
+                    .await;
             }
             return;
         }
@@ -1126,6 +1273,52 @@ impl Reconciler {
             Ok(o) => w.observed = o,
             Err(e) => w.fail("TargetUnavailable", w.comp.target.clone(), e.to_string()),
         }
+    }
+
+    /// Plans only: what the target would change (its `DryRun` diff) and the
+    /// artifacts the state needs. Writes nothing anywhere.
+    async fn plan_detail(
+        &mut self,
+        w: &mut Work,
+        target: &dyn Target,
+        snap: &Arc<Snapshot>,
+        fleet: &Arc<Fleet>,
+        source: &SourceRef,
+    ) {
+        if w.rendered.is_none() && self.render(w, snap, fleet, source).await.is_err() {
+            return;
+        }
+        let Some(rendered) = w.rendered.clone() else {
+            return;
+        };
+        let artifacts = rendered
+            .artifacts
+            .iter()
+            .map(|a| PlannedArtifact {
+                name: a.name.clone(),
+                url: a.url.clone(),
+                size: a.size,
+                stored: self.store.contains(&a.sha256),
+            })
+            .collect();
+        let desired = Desired {
+            artifacts: rendered
+                .artifacts
+                .iter()
+                .map(|a| (a.name.clone(), self.store.path_of(&a.sha256)))
+                .collect(),
+            rendered,
+            source: source.clone(),
+        };
+        let diff = match target.apply(&desired, StateGoal::DryRun).await {
+            Ok(outcome) => outcome.diff,
+            Err(e) => Some(format!("(the target could not compute a diff: {e})")),
+        };
+        w.plan = Some(PlanDetail {
+            diff,
+            artifacts,
+            error: None,
+        });
     }
 
     /// The target object named `name`, built once per root.

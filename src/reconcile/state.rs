@@ -36,6 +36,9 @@ pub struct Persisted {
     /// with that symphony: their status stays `removed (orphaned)`.
     #[serde(default)]
     pub orphaned: BTreeMap<String, String>,
+    /// Pull requests planned, commit statuses posted, plan notes written.
+    #[serde(default)]
+    pub pulls: super::pulls::PullState,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

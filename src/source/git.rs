@@ -106,6 +106,56 @@ impl GitSource {
                 .unwrap_or(false)
     }
 
+    /// Makes commit `sha` available, fetching `refname` of the remote (a pull
+    /// request's `refs/pull/N/head`) into `refs/fermata/...` of the mirror
+    /// when it is not here yet. Never touches the mirrored branches.
+    pub fn fetch_ref(&self, refname: &str, sha: &str) -> Result<Revision, SourceError> {
+        let repo = self.repo()?;
+        let have = |repo: &Repository| {
+            Oid::from_str(sha)
+                .ok()
+                .filter(|id| repo.find_commit(*id).is_ok())
+        };
+        if let Some(id) = have(&repo) {
+            return Ok(Revision(id));
+        }
+        if self.mirrored {
+            let fetch_err = |source| SourceError::Fetch {
+                url: self.url.clone(),
+                source,
+            };
+            let local = format!(
+                "refs/fermata/{}",
+                refname.strip_prefix("refs/").unwrap_or(refname)
+            );
+            let mut remote = repo.remote_anonymous(&self.url).map_err(fetch_err)?;
+            let mut opts = FetchOptions::new();
+            opts.remote_callbacks(callbacks())
+                .download_tags(git2::AutotagOption::None);
+            remote
+                .fetch(&[format!("+{refname}:{local}")], Some(&mut opts), None)
+                .map_err(fetch_err)?;
+        }
+        have(&repo)
+            .map(Revision)
+            .ok_or_else(|| SourceError::Resolve {
+                url: self.url.clone(),
+                rev: format!("{sha} ({refname})"),
+                source: git2::Error::from_str("commit not found after fetching the ref"),
+            })
+    }
+
+    /// Every branch and its head commit.
+    pub fn branches(&self) -> Result<Vec<(String, Revision)>, SourceError> {
+        let repo = self.repo()?;
+        Ok(local_refs(&repo)
+            .into_iter()
+            .filter_map(|(name, id)| {
+                Some((name.strip_prefix("refs/heads/")?.to_string(), Revision(id)))
+            })
+            .collect())
+    }
+
     fn repo(&self) -> Result<Repository, SourceError> {
         Repository::open_bare(&self.git_dir)
             .or_else(|_| Repository::open(&self.git_dir))
@@ -286,7 +336,12 @@ impl Source for GitSource {
         Ok(Snapshot::new(rev, entries))
     }
 
-    fn verify(&self, rev: Revision, policy: &SignaturePolicy) -> Result<Signer, UntrustedCommit> {
+    fn verify(
+        &self,
+        rev: Revision,
+        policy: &SignaturePolicy,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Signer, UntrustedCommit> {
         if matches!(policy, SignaturePolicy::None) {
             return Ok(Signer::Unchecked);
         }
@@ -294,6 +349,6 @@ impl Source for GitSource {
             commit: rev.0,
             reason: format!("{:#}", anyhow::Error::from(e)),
         })?;
-        policy.verify(&repo, rev.0)
+        policy.verify(&repo, rev.0, now)
     }
 }

@@ -14,7 +14,7 @@ pub(crate) use git::callbacks;
 pub use git::GitSource;
 pub use snapshot::{split, Entry, PathError, Snapshot, MAX_FILE_SIZE};
 pub use trust::{
-    parse_allowed_signers, AllowedSigner, SignaturePolicy, Signer, SignerSeen, TrustError,
+    parse_allowed_signers, AllowedSigner, Keyring, SignaturePolicy, Signer, SignerSeen, TrustError,
     UntrustedCommit,
 };
 
@@ -89,6 +89,12 @@ pub trait Source: Send + Sync {
     fn resolve(&self, rev: &str) -> Result<Revision, SourceError>;
     /// Every file of the commit's tree.
     fn snapshot(&self, rev: Revision) -> Result<Snapshot, SourceError>;
-    /// Whether the commit passes `policy`; checked before anything of it is loaded.
-    fn verify(&self, rev: Revision, policy: &SignaturePolicy) -> Result<Signer, UntrustedCommit>;
+    /// Whether the commit passes `policy` at `now` (keys expire); checked
+    /// before anything of it is loaded.
+    fn verify(
+        &self,
+        rev: Revision,
+        policy: &SignaturePolicy,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Signer, UntrustedCommit>;
 }

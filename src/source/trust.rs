@@ -1,16 +1,24 @@
 //! Which commits may be staged or applied (DESIGN.md invariant 8): a commit
-//! must carry an SSH signature, in the `git` namespace, by a key of an
+//! must carry either an SSH signature, in the `git` namespace, by a key of an
 //! OpenSSH `allowed_signers` file, as `git verify-commit` with
-//! `gpg.format=ssh` and `gpg.ssh.allowedSignersFile` would require.
+//! `gpg.format=ssh` and `gpg.ssh.allowedSignersFile` would require, or an
+//! OpenPGP signature by a key of a keyring (see [`gpg`]).
 //!
-//! Verification is done here, in process, with the `ssh-key` crate: no
-//! `ssh-keygen` or `git` binary is needed on the host that applies.
+//! Verification is done here, in process, with the `ssh-key` and `pgp`
+//! crates: no `ssh-keygen`, `gpg` or `git` binary is needed on the host that
+//! applies.
+
+mod gpg;
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use git2::{Oid, Repository};
 use ssh_key::{HashAlg, PublicKey, SshSig};
+
+pub use gpg::Keyring;
 
 /// The namespace git signs commits in (`ssh-keygen -Y sign -n git`).
 const GIT_NAMESPACE: &str = "git";
@@ -23,6 +31,9 @@ pub enum SignaturePolicy {
     None,
     /// An SSH signature by one of these keys, for namespace `git`.
     Ssh { allowed_signers: Vec<AllowedSigner> },
+    /// An OpenPGP signature by a key of this keyring (shared: the policy is
+    /// cloned for every check).
+    Gpg { keyring: Arc<Keyring> },
 }
 
 /// One line of an `allowed_signers` file.
@@ -54,26 +65,62 @@ pub enum Signer {
         principals: Vec<String>,
         fingerprint: String,
     },
+    /// A key of the OpenPGP keyring.
+    Gpg {
+        /// The primary key's fingerprint (upper-case hex, as gpg shows it).
+        fingerprint: String,
+        /// Its primary user id (`Name <mail>`), when it has one.
+        user_id: Option<String>,
+        /// The subkey's fingerprint, when a subkey signed.
+        subkey: Option<String>,
+    },
 }
 
 /// The key that signed a refused commit, as far as the signature tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignerSeen {
-    /// `SHA256:...`, as `ssh-keygen -l` prints it.
-    pub fingerprint: String,
-    /// Set when the key is listed, but not for namespace `git`.
-    pub principal: Option<String>,
+pub enum SignerSeen {
+    Ssh {
+        /// `SHA256:...`, as `ssh-keygen -l` prints it.
+        fingerprint: String,
+        /// Set when the key is listed, but not for namespace `git`.
+        principal: Option<String>,
+    },
+    Gpg {
+        /// The issuer's fingerprint (upper-case hex; a v4 fingerprint ends
+        /// with the key ID), or `key ID ...` when the signature names no
+        /// fingerprint.
+        key: String,
+        /// The user id of its certificate, when the key is in the keyring.
+        user_id: Option<String>,
+        in_keyring: bool,
+    },
 }
 
 impl fmt::Display for SignerSeen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.principal {
-            Some(p) => write!(
+        match self {
+            SignerSeen::Ssh {
+                fingerprint,
+                principal: Some(p),
+            } => write!(
                 f,
-                "{} ({p}, not allowed for namespace {GIT_NAMESPACE:?})",
-                self.fingerprint
+                "{fingerprint} ({p}, not allowed for namespace {GIT_NAMESPACE:?})"
             ),
-            None => write!(f, "{} (not in the allowed signers)", self.fingerprint),
+            SignerSeen::Ssh {
+                fingerprint,
+                principal: None,
+            } => write!(f, "{fingerprint} (not in the allowed signers)"),
+            SignerSeen::Gpg {
+                key,
+                in_keyring: false,
+                ..
+            } => write!(f, "{key} (not in the trusted keys)"),
+            SignerSeen::Gpg {
+                key,
+                user_id: Some(u),
+                ..
+            } => write!(f, "{key} ({u})"),
+            SignerSeen::Gpg { key, .. } => write!(f, "{key}"),
         }
     }
 }
@@ -83,18 +130,31 @@ impl fmt::Display for SignerSeen {
 pub enum UntrustedCommit {
     #[error("commit {commit} is unsigned")]
     Unsigned { commit: Oid },
-    #[error("commit {commit} carries an {kind} signature, not an SSH one")]
-    NotSsh { commit: Oid, kind: &'static str },
+    /// E.g. an SSH signature under `--verify-signatures gpg`.
+    #[error("commit {commit} carries an {kind} signature, not an {expected} one")]
+    WrongFormat {
+        commit: Oid,
+        kind: &'static str,
+        expected: &'static str,
+    },
     #[error("commit {commit} has a bad signature: {reason}")]
     BadSignature { commit: Oid, reason: String },
     #[error("commit {commit} is signed by an unknown key: signer seen {signer}")]
     UnknownSigner { commit: Oid, signer: SignerSeen },
+    /// The key is trusted, but may not sign now: revoked, expired, or not
+    /// a signing key.
+    #[error("commit {commit} is signed by {signer}, which {reason}")]
+    UnusableKey {
+        commit: Oid,
+        signer: SignerSeen,
+        reason: String,
+    },
     /// The commit or its repository cannot be read: it cannot be trusted either.
     #[error("cannot check the signature of commit {commit}: {reason}")]
     Unreadable { commit: Oid, reason: String },
 }
 
-/// An `allowed_signers` file that cannot be used.
+/// An `allowed_signers` file or a keyring that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     #[error("cannot read {file}")]
@@ -109,8 +169,10 @@ pub enum TrustError {
         line: usize,
         message: String,
     },
-    #[error("{file}: no allowed signers (every commit would be refused)")]
-    Empty { file: String },
+    #[error("{file}: not an OpenPGP public keyring ({message}); export one with `gpg --export KEYID` or `gpg --armor --export KEYID`")]
+    Keyring { file: String, message: String },
+    #[error("{file}: no {what} (every commit would be refused)")]
+    Empty { file: String, what: &'static str },
 }
 
 impl SignaturePolicy {
@@ -123,15 +185,49 @@ impl SignaturePolicy {
         })?;
         let allowed_signers = parse_allowed_signers(&text, &file)?;
         if allowed_signers.is_empty() {
-            return Err(TrustError::Empty { file });
+            return Err(TrustError::Empty {
+                file,
+                what: "allowed signers",
+            });
         }
         Ok(SignaturePolicy::Ssh { allowed_signers })
     }
 
+    /// The OpenPGP policy of a keyring file: `gpg --export`, binary or
+    /// armored, one key or several.
+    pub fn gpg_from_file(path: &Path) -> Result<SignaturePolicy, TrustError> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| TrustError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let keyring = Keyring::parse(&bytes).map_err(|message| TrustError::Keyring {
+            file: file.clone(),
+            message,
+        })?;
+        if keyring.is_empty() {
+            return Err(TrustError::Empty {
+                file,
+                what: "OpenPGP public keys",
+            });
+        }
+        Ok(SignaturePolicy::Gpg {
+            keyring: Arc::new(keyring),
+        })
+    }
+
     /// Checks `commit` against the policy; `Ok` means it may be loaded.
-    pub fn verify(&self, repo: &Repository, commit: Oid) -> Result<Signer, UntrustedCommit> {
-        let SignaturePolicy::Ssh { allowed_signers } = self else {
-            return Ok(Signer::Unchecked);
+    /// `now` is when key expiry is judged, as `git verify-commit` judges it.
+    pub fn verify(
+        &self,
+        repo: &Repository,
+        commit: Oid,
+        now: DateTime<Utc>,
+    ) -> Result<Signer, UntrustedCommit> {
+        let expected = match self {
+            SignaturePolicy::None => return Ok(Signer::Unchecked),
+            SignaturePolicy::Ssh { .. } => "SSH",
+            SignaturePolicy::Gpg { .. } => "OpenPGP",
         };
         let (signature, signed) = match repo.extract_signature(&commit, None) {
             Ok(x) => x,
@@ -147,46 +243,68 @@ impl SignaturePolicy {
         };
         let armor = String::from_utf8_lossy(&signature);
         let armor = armor.trim_start();
-        if !armor.starts_with("-----BEGIN SSH SIGNATURE-----") {
-            let kind = if armor.starts_with("-----BEGIN PGP SIGNATURE-----") {
-                "OpenPGP"
-            } else if armor.starts_with("-----BEGIN SIGNED MESSAGE-----") {
-                "X.509"
-            } else {
-                "unknown"
-            };
-            return Err(UntrustedCommit::NotSsh { commit, kind });
-        }
-        let bad = |reason: String| UntrustedCommit::BadSignature { commit, reason };
-        let sig = SshSig::from_pem(armor.as_bytes()).map_err(|e| bad(e.to_string()))?;
-        if sig.namespace() != GIT_NAMESPACE {
-            return Err(bad(format!(
-                "made for namespace {:?}, not {GIT_NAMESPACE:?}",
-                sig.namespace()
-            )));
-        }
-        let key = PublicKey::from(sig.public_key().clone());
-        // Checked before trust: an unverified signature proves no signer.
-        key.verify(GIT_NAMESPACE, &signed, &sig)
-            .map_err(|e| bad(format!("does not match the commit ({e})")))?;
-        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        let listed: Vec<&AllowedSigner> = allowed_signers
-            .iter()
-            .filter(|a| a.key.key_data() == key.key_data())
-            .collect();
-        match listed.iter().find(|a| a.allows(GIT_NAMESPACE)) {
-            Some(a) => Ok(Signer::Ssh {
-                principals: a.principals.clone(),
-                fingerprint,
-            }),
-            None => Err(UntrustedCommit::UnknownSigner {
+        let kind = if armor.starts_with("-----BEGIN SSH SIGNATURE-----") {
+            "SSH"
+        } else if armor.starts_with("-----BEGIN PGP SIGNATURE-----") {
+            "OpenPGP"
+        } else if armor.starts_with("-----BEGIN SIGNED MESSAGE-----") {
+            "X.509"
+        } else {
+            "unknown"
+        };
+        if kind != expected {
+            return Err(UntrustedCommit::WrongFormat {
                 commit,
-                signer: SignerSeen {
-                    fingerprint,
-                    principal: listed.first().map(|a| a.principals.join(",")),
-                },
-            }),
+                kind,
+                expected,
+            });
         }
+        match self {
+            SignaturePolicy::None => Ok(Signer::Unchecked),
+            SignaturePolicy::Ssh { allowed_signers } => {
+                verify_ssh(allowed_signers, commit, armor, &signed)
+            }
+            SignaturePolicy::Gpg { keyring } => gpg::verify(keyring, commit, armor, &signed, now),
+        }
+    }
+}
+
+/// An SSH signature (`ssh-keygen -Y sign -n git`) by one of `allowed_signers`.
+fn verify_ssh(
+    allowed_signers: &[AllowedSigner],
+    commit: Oid,
+    armor: &str,
+    signed: &[u8],
+) -> Result<Signer, UntrustedCommit> {
+    let bad = |reason: String| UntrustedCommit::BadSignature { commit, reason };
+    let sig = SshSig::from_pem(armor.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    if sig.namespace() != GIT_NAMESPACE {
+        return Err(bad(format!(
+            "made for namespace {:?}, not {GIT_NAMESPACE:?}",
+            sig.namespace()
+        )));
+    }
+    let key = PublicKey::from(sig.public_key().clone());
+    // Checked before trust: an unverified signature proves no signer.
+    key.verify(GIT_NAMESPACE, signed, &sig)
+        .map_err(|e| bad(format!("does not match the commit ({e})")))?;
+    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+    let listed: Vec<&AllowedSigner> = allowed_signers
+        .iter()
+        .filter(|a| a.key.key_data() == key.key_data())
+        .collect();
+    match listed.iter().find(|a| a.allows(GIT_NAMESPACE)) {
+        Some(a) => Ok(Signer::Ssh {
+            principals: a.principals.clone(),
+            fingerprint,
+        }),
+        None => Err(UntrustedCommit::UnknownSigner {
+            commit,
+            signer: SignerSeen::Ssh {
+                fingerprint,
+                principal: listed.first().map(|a| a.principals.join(",")),
+            },
+        }),
     }
 }
 
@@ -433,5 +551,61 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("no allowed signers")));
+    }
+
+    #[test]
+    fn keyring_files_name_themselves_in_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = |name: &str, content: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, content).expect("write");
+            SignaturePolicy::gpg_from_file(&p)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let e = error("empty.gpg", b"");
+        assert!(
+            e.ends_with("empty.gpg: no OpenPGP public keys (every commit would be refused)"),
+            "{e}"
+        );
+        let e = error("signers", b"dev@x ssh-ed25519 AAAA\n");
+        assert!(
+            e.contains("signers: not an OpenPGP public keyring ("),
+            "{e}"
+        );
+        assert!(e.contains("gpg --export"), "{e}");
+        let e = SignaturePolicy::gpg_from_file(&dir.path().join("missing.gpg"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("cannot read") && e.contains("missing.gpg"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn signers_seen_say_what_is_known() {
+        let unknown = SignerSeen::Gpg {
+            key: "ABCD".to_string(),
+            user_id: None,
+            in_keyring: false,
+        };
+        assert_eq!(unknown.to_string(), "ABCD (not in the trusted keys)");
+        let known = SignerSeen::Gpg {
+            key: "ABCD".to_string(),
+            user_id: Some("Dev <dev@x>".to_string()),
+            in_keyring: true,
+        };
+        assert_eq!(known.to_string(), "ABCD (Dev <dev@x>)");
+        let wrong = UntrustedCommit::WrongFormat {
+            commit: Oid::ZERO_SHA1,
+            kind: "SSH",
+            expected: "OpenPGP",
+        };
+        assert!(wrong
+            .to_string()
+            .ends_with("carries an SSH signature, not an OpenPGP one"));
     }
 }

@@ -30,6 +30,10 @@ use crate::target::SourceRef;
 /// Where the per-commit summary notes live (`git log --notes=fermata`).
 pub const NOTES_REF: &str = "refs/notes/fermata";
 
+/// Where plans of branches matching `--plan-branches` live, on their head
+/// commits (`git log --notes=fermata-plan`): the plan for hosts without a forge API.
+pub const PLAN_NOTES_REF: &str = "refs/notes/fermata-plan";
+
 /// How many times a publish is rebuilt on a moved remote tip before giving up.
 /// Each retry fetches first, so only a remote moving on every attempt (or a
 /// hook rejecting us) exhausts it; the next pass tries again.
@@ -636,6 +640,20 @@ impl StatusRepo {
     /// comes back as [`Pushed::Rejected`], detected either before sending
     /// (libgit2 checks fast-forward itself) or from the server's report.
     fn push(&self, repo: &Repository, url: &str) -> Result<Pushed, StatusError> {
+        let branch = self.branch_ref();
+        let mut specs = vec![format!("{branch}:{branch}")];
+        if ref_id(repo, NOTES_REF).is_some() {
+            specs.push(format!("{NOTES_REF}:{NOTES_REF}"));
+        }
+        self.push_specs(repo, url, &specs)
+    }
+
+    fn push_specs(
+        &self,
+        repo: &Repository,
+        url: &str,
+        specs: &[String],
+    ) -> Result<Pushed, StatusError> {
         let mut remote = repo
             .remote_anonymous(url)
             .map_err(self.git(format!("remote {url}")))?;
@@ -650,12 +668,7 @@ impl StatusRepo {
         });
         let mut opts = PushOptions::new();
         opts.remote_callbacks(cb);
-        let branch = self.branch_ref();
-        let mut specs = vec![format!("{branch}:{branch}")];
-        if ref_id(repo, NOTES_REF).is_some() {
-            specs.push(format!("{NOTES_REF}:{NOTES_REF}"));
-        }
-        match remote.push(&specs, Some(&mut opts)) {
+        match remote.push(specs, Some(&mut opts)) {
             Ok(()) => {}
             Err(e) if e.code() == ErrorCode::NotFastForward => {
                 return Ok(Pushed::Rejected(e.message().to_string()))
@@ -668,6 +681,75 @@ impl StatusRepo {
         } else {
             Ok(Pushed::Rejected(rejected.join("; ")))
         }
+    }
+
+    /// Sets this site's section (which starts with its plan marker line) of
+    /// the plan note on `commit`, keeping other sites' sections, and pushes
+    /// the notes ref for a mirror, rebuilding on the remote's notes when it
+    /// moved. Returns whether anything was written.
+    pub fn publish_plan_note(
+        &self,
+        commit: Oid,
+        marker: &str,
+        section: &str,
+    ) -> Result<bool, StatusError> {
+        let repo = self.open()?;
+        let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL).map_err(self.git("signature"))?;
+        let mut reason = String::new();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let before = ref_id(&repo, PLAN_NOTES_REF);
+            let old = match repo.find_note(Some(PLAN_NOTES_REF), commit) {
+                Ok(n) => Some(String::from_utf8_lossy(n.message_bytes()).into_owned()),
+                Err(e) if e.code() == ErrorCode::NotFound => None,
+                Err(e) => return Err(self.git(format!("read plan note on {commit}"))(e)),
+            };
+            let new = merge_sections(old.as_deref(), marker, section);
+            if old.as_deref() == Some(new.as_str()) && attempt == 1 {
+                return Ok(false);
+            }
+            repo.note(&sig, &sig, Some(PLAN_NOTES_REF), commit, &new, true)
+                .map_err(self.git(format!("write plan note on {commit}")))?;
+            let Some(url) = &self.remote else {
+                return Ok(true);
+            };
+            let spec = format!("{PLAN_NOTES_REF}:{PLAN_NOTES_REF}");
+            match self.push_specs(&repo, url, &[spec]) {
+                Ok(Pushed::Done) => return Ok(true),
+                Ok(Pushed::Rejected(why)) => {
+                    reason = why;
+                    let mut remote = repo
+                        .remote_anonymous(url)
+                        .map_err(self.git(format!("remote {url}")))?;
+                    let mut opts = FetchOptions::new();
+                    opts.remote_callbacks(crate::source::callbacks())
+                        .download_tags(AutotagOption::None);
+                    remote
+                        .fetch(
+                            &[format!("+{PLAN_NOTES_REF}:{PLAN_NOTES_REF}")],
+                            Some(&mut opts),
+                            None,
+                        )
+                        .map_err(self.git(format!("fetch from {url}")))?;
+                }
+                Err(e) => {
+                    let _ = match before {
+                        Some(id) => repo
+                            .reference(PLAN_NOTES_REF, id, true, "fermata: restore")
+                            .map(drop),
+                        None => repo
+                            .find_reference(PLAN_NOTES_REF)
+                            .and_then(|mut r| r.delete()),
+                    };
+                    return Err(e);
+                }
+            }
+        }
+        Err(StatusError::Rejected {
+            branch: PLAN_NOTES_REF.to_string(),
+            target: self.remote.clone().unwrap_or_default(),
+            attempts: MAX_ATTEMPTS,
+            reason,
+        })
     }
 
     /// Replaces the mirror's status branch and notes with the remote's.
@@ -793,9 +875,56 @@ fn merge_note(old: Option<&str>, site: Option<&str>, summary: &str) -> String {
     note
 }
 
+/// A note made of sections, each starting with its marker line: `marker`'s
+/// section replaced (or added), the others kept, sorted by marker so the
+/// note does not depend on the order sites wrote in.
+fn merge_sections(old: Option<&str>, marker: &str, section: &str) -> String {
+    let mut sections: Vec<(String, String)> = Vec::new();
+    for line in old.unwrap_or("").lines() {
+        if line.starts_with("<!-- fermata:plan:") {
+            sections.push((line.to_string(), String::new()));
+        } else if let Some((_, body)) = sections.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    sections.retain(|(m, _)| m != marker);
+    let body = section
+        .strip_prefix(marker)
+        .unwrap_or(section)
+        .trim_start_matches('\n');
+    sections.push((marker.to_string(), body.to_string()));
+    sections.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::new();
+    for (m, body) in sections {
+        out.push_str(&m);
+        out.push('\n');
+        out.push_str(body.trim_end());
+        out.push_str("\n\n");
+    }
+    out.truncate(out.trim_end().len());
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_note_sections_merge_by_marker() {
+        let a = "<!-- fermata:plan:a -->";
+        let b = "<!-- fermata:plan:b -->";
+        let one = merge_sections(None, b, &format!("{b}\nplan b1\n"));
+        let two = merge_sections(Some(&one), a, &format!("{a}\nplan a1\n"));
+        assert_eq!(two, format!("{a}\nplan a1\n\n{b}\nplan b1\n"));
+        let three = merge_sections(Some(&two), b, &format!("{b}\nplan b2\n"));
+        assert_eq!(three, format!("{a}\nplan a1\n\n{b}\nplan b2\n"));
+        assert_eq!(
+            merge_sections(Some(&three), b, &format!("{b}\nplan b2")),
+            three
+        );
+    }
 
     #[test]
     fn note_lines_merge_by_site() {

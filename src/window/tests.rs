@@ -613,7 +613,7 @@ mod oracle {
                             || self.items.iter().any(|item| match *item {
                                 Item::Value(x) | Item::Name(x) => v == x,
                                 Item::Range(a, b) => a <= v && v <= b,
-                                Item::Step(None, k) => (v - min) % k == 0,
+                                Item::Step(None, k) => (v - min).is_multiple_of(k),
                                 Item::Step(Some((a, b)), k) => a <= v && v <= b && (v - a) % k == 0,
                             }))
                 })

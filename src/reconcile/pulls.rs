@@ -1,0 +1,479 @@
+//! Reporting back where people review changes: commit statuses on every
+//! reconciled commit, a plan comment on every open pull request (updated in
+//! place, and once more when the merged commit landed), and plan notes on
+//! branches matching `--plan-branches` for hosts without a forge API.
+//!
+//! Plans are dry-run passes of the head commit against what the base branch
+//! has applied; they write nothing to any target or status branch. A head
+//! that is not on a watched branch never runs `command:` synthesizers
+//! unless `--trust-pr-commands`: a plan must not execute code nobody merged.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::pass::{BranchReport, Reconciler};
+use crate::forge::comment::{self, PlanHeader};
+use crate::forge::{CommitState, CommitStatus, Forge, PrState, PullRequest};
+use crate::source::{Revision, Source};
+use crate::status::State;
+
+/// What `fermata run` was told about pull requests and plans.
+#[derive(Debug, Clone, Default)]
+pub struct PullSettings {
+    pub forge: Option<Arc<dyn Forge>>,
+    /// Branches whose heads get a plan note under `refs/notes/fermata-plan`.
+    pub plan_branches: Option<glob::Pattern>,
+    /// Run `command:` synthesizers for heads that are not on a watched branch.
+    pub trust_pr_commands: bool,
+}
+
+/// What is remembered across passes (in `state.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PullState {
+    /// Pull requests planned, by number.
+    #[serde(default)]
+    pub plans: BTreeMap<u64, TrackedPull>,
+    /// The last commit status posted, per branch (`pr/N` for pull request
+    /// heads): a pass that changes nothing posts nothing.
+    #[serde(default)]
+    pub statuses: BTreeMap<String, PostedStatus>,
+    /// The head planned into a note, per `--plan-branches` branch.
+    #[serde(default)]
+    pub noted: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrackedPull {
+    pub base: String,
+    pub head_sha: String,
+    /// The comment as last posted, without a result line.
+    pub body: String,
+    /// Compositions the plan changes: what must land before "installed".
+    pub changes: Vec<String>,
+    /// The zone of the windows those wait for (the result's time is shown in it).
+    pub zone: Option<String>,
+    /// Set once merged: the commit that has to be reconciled.
+    pub merged: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PostedStatus {
+    pub sha: String,
+    pub state: CommitState,
+    pub description: String,
+}
+
+/// The status context of this site: `fermata/SITE` (`fermata/default` without `--site`).
+pub fn context(site: Option<&str>) -> String {
+    format!("fermata/{}", site.unwrap_or("default"))
+}
+
+/// The commit status a branch's pass amounts to: failure with the first
+/// error, success once everything is installed, pending otherwise. `None`
+/// when the pass looked at nothing (an unchanged branch).
+pub fn commit_status(report: &BranchReport, context: &str) -> Option<(String, CommitStatus)> {
+    let rev = report.revision?;
+    if report.unchanged {
+        return None;
+    }
+    let failed = report
+        .rows
+        .iter()
+        .find(|r| r.state == State::Failed)
+        .map(|r| format!("{}: {}", r.id, r.note))
+        .or_else(|| {
+            report
+                .errors
+                .iter()
+                .find(|e| !e.starts_with("fetch failed;"))
+                .cloned()
+        });
+    let count = |s: State| report.rows.iter().filter(|r| r.state == s).count();
+    let (state, description) = if let Some(e) = failed {
+        (CommitState::Failure, e)
+    } else if report
+        .rows
+        .iter()
+        .all(|r| matches!(r.state, State::Installed | State::Removed))
+    {
+        (
+            CommitState::Success,
+            format!("{} installed", count(State::Installed)),
+        )
+    } else {
+        let mut d = format!(
+            "{} installed, {} staged, {} pending",
+            count(State::Installed),
+            count(State::Staged),
+            report.rows.len() - count(State::Installed) - count(State::Staged),
+        );
+        if let Some(next) = report.next_window {
+            d.push_str(&format!(
+                "; next window opens {}",
+                next.format("%Y-%m-%d %H:%M UTC")
+            ));
+        }
+        (CommitState::Pending, d)
+    };
+    Some((
+        rev.to_string(),
+        CommitStatus {
+            context: context.to_string(),
+            state,
+            description,
+            target_url: None,
+        },
+    ))
+}
+
+impl Reconciler {
+    /// After the branch passes: statuses, pull request plans, plan notes.
+    /// Failures are logged and retried next pass; they never fail the pass.
+    /// Returns whether what is remembered about them changed.
+    pub(super) async fn report_back(&mut self, reports: &[BranchReport]) -> bool {
+        let Some(pulls) = self.pulls.clone() else {
+            return false;
+        };
+        if !self.leadership.is_leader() {
+            return false;
+        }
+        let before = self.persisted.pulls.clone();
+        self.report_to(&pulls, reports).await;
+        self.persisted.pulls != before
+    }
+
+    async fn report_to(&mut self, pulls: &PullSettings, reports: &[BranchReport]) {
+        let context = context(self.settings.site.as_deref());
+        if let Some(forge) = &pulls.forge {
+            for report in reports {
+                if let Some((sha, status)) = commit_status(report, &context) {
+                    self.post_status(forge.as_ref(), &report.branch, &sha, status)
+                        .await;
+                }
+            }
+            for base in self.settings.branches.clone() {
+                if let Err(e) = self.plan_pulls(forge.as_ref(), pulls, &base).await {
+                    tracing::warn!(branch = %base, error = %e, "cannot plan pull requests");
+                }
+            }
+            self.follow_merged(forge.as_ref(), reports).await;
+        }
+        if let Some(pattern) = &pulls.plan_branches {
+            self.plan_notes(pattern, pulls).await;
+        }
+    }
+
+    async fn post_status(&mut self, forge: &dyn Forge, key: &str, sha: &str, status: CommitStatus) {
+        let posted = PostedStatus {
+            sha: sha.to_string(),
+            state: status.state,
+            description: status.description.clone(),
+        };
+        if self.persisted.pulls.statuses.get(key) == Some(&posted) {
+            return;
+        }
+        match forge.set_status(sha, &status).await {
+            Ok(()) => {
+                tracing::info!(commit = %sha, state = ?status.state, context = %status.context, "commit status posted");
+                self.persisted
+                    .pulls
+                    .statuses
+                    .insert(key.to_string(), posted);
+            }
+            // Not remembered: the next pass posts it again.
+            Err(e) => tracing::warn!(commit = %sha, error = %e, "cannot post commit status"),
+        }
+    }
+
+    /// Plans every open pull request against `base` whose head is new.
+    async fn plan_pulls(
+        &mut self,
+        forge: &dyn Forge,
+        pulls: &PullSettings,
+        base: &str,
+    ) -> Result<(), crate::forge::ForgeError> {
+        let open = forge.open_pull_requests(base).await?;
+        for pr in open {
+            let fresh = self
+                .persisted
+                .pulls
+                .plans
+                .get(&pr.number)
+                .is_some_and(|t| t.head_sha == pr.head_sha && t.merged.is_none());
+            if fresh {
+                continue;
+            }
+            if let Err(e) = self.plan_pull(forge, pulls, base, &pr).await {
+                tracing::warn!(pr = pr.number, error = %e, "cannot plan pull request");
+            }
+        }
+        Ok(())
+    }
+
+    async fn plan_pull(
+        &mut self,
+        forge: &dyn Forge,
+        pulls: &PullSettings,
+        base: &str,
+        pr: &PullRequest,
+    ) -> anyhow::Result<()> {
+        let source = self.source.clone();
+        let (head_ref, sha) = (pr.head_ref.clone(), pr.head_sha.clone());
+        let rev = tokio::task::spawn_blocking(move || source.fetch_ref(&head_ref, &sha)).await??;
+        let site = self
+            .settings
+            .site
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let allow = pulls.trust_pr_commands || self.on_watched_branch(rev);
+        let report = self.planner(&pr.head_sha, allow).plan_branch(base).await;
+        let header = PlanHeader {
+            site: &site,
+            head: &pr.head_sha,
+            base,
+            commands_blocked: !allow && blocked_commands(&report),
+            result: None,
+        };
+        let body = comment::plan_markdown(&header, &report);
+        let posted = comment::truncate(&body, forge.comment_limit());
+        forge
+            .upsert_comment(pr.number, &comment::marker(&site), &posted)
+            .await?;
+        tracing::info!(pr = pr.number, head = %pr.head_sha, "plan posted");
+        let changes = report
+            .rows
+            .iter()
+            .filter(|r| comment::action_word(r) != "unchanged")
+            .map(|r| r.id.to_string())
+            .collect();
+        let zone = report
+            .rows
+            .iter()
+            .filter_map(|r| r.window.as_ref())
+            .filter_map(|w| report.window_info.get(w))
+            .map(|w| w.zone.clone())
+            .next();
+        self.persisted.pulls.plans.insert(
+            pr.number,
+            TrackedPull {
+                base: base.to_string(),
+                head_sha: pr.head_sha.clone(),
+                body: posted,
+                changes,
+                zone,
+                merged: None,
+            },
+        );
+        // The head's own status: what merging it would do.
+        // A command not run is the policy working, not a broken change.
+        let failed = report.rows.iter().any(|r| {
+            r.state == State::Failed
+                && !report
+                    .plans
+                    .get(&r.id)
+                    .and_then(|p| p.error.as_deref())
+                    .is_some_and(|e| e.contains("CommandNotRun"))
+        }) || !report.errors.is_empty();
+        let status = CommitStatus {
+            context: context(self.settings.site.as_deref()),
+            state: if failed {
+                CommitState::Failure
+            } else {
+                CommitState::Success
+            },
+            description: match (failed, header.commands_blocked) {
+                (true, _) => "plan: errors (see the plan comment)".to_string(),
+                (false, true) => "plan posted (command synthesizers not run)".to_string(),
+                (false, false) => "plan posted".to_string(),
+            },
+            target_url: None,
+        };
+        let key = format!("pr/{}", pr.number);
+        self.post_status(forge, &key, &pr.head_sha, status).await;
+        Ok(())
+    }
+
+    /// Pull requests planned earlier that are no longer open: merged ones
+    /// are followed until their commit landed, then the comment says so.
+    async fn follow_merged(&mut self, forge: &dyn Forge, reports: &[BranchReport]) {
+        let numbers: Vec<u64> = self.persisted.pulls.plans.keys().copied().collect();
+        let now = self.clock.now();
+        for number in numbers {
+            let Some(tracked) = self.persisted.pulls.plans.get(&number).cloned() else {
+                continue;
+            };
+            if tracked.merged.is_none() {
+                let pr = match forge.pull_request(number).await {
+                    Ok(pr) => pr,
+                    Err(e) => {
+                        tracing::warn!(pr = number, error = %e, "cannot read pull request");
+                        continue;
+                    }
+                };
+                match pr.state {
+                    PrState::Open => continue,
+                    PrState::Closed => {
+                        self.persisted.pulls.plans.remove(&number);
+                        continue;
+                    }
+                    PrState::Merged { merge_commit } => {
+                        let merged = merge_commit.unwrap_or(pr.head_sha);
+                        if let Some(t) = self.persisted.pulls.plans.get_mut(&number) {
+                            t.merged = Some(merged);
+                        }
+                    }
+                }
+            }
+            let Some(tracked) = self.persisted.pulls.plans.get(&number).cloned() else {
+                continue;
+            };
+            let Some(result) = self.landed(&tracked, reports, now) else {
+                continue;
+            };
+            let site = self
+                .settings
+                .site
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let marker = comment::marker(&site);
+            let body = tracked
+                .body
+                .replacen(&marker, &format!("{marker}\n**{result}**\n"), 1);
+            match forge.upsert_comment(number, &marker, &body).await {
+                Ok(_) => {
+                    tracing::info!(pr = number, %result, "plan comment updated after merge");
+                    self.persisted.pulls.plans.remove(&number);
+                }
+                Err(e) => tracing::warn!(pr = number, error = %e, "cannot update plan comment"),
+            }
+        }
+    }
+
+    /// `installed at …` or `failed: …` once the merged commit was reconciled
+    /// on the base branch and the planned changes landed; `None` until then.
+    fn landed(
+        &self,
+        t: &TrackedPull,
+        reports: &[BranchReport],
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let merged = git2::Oid::from_str(t.merged.as_deref()?).ok()?;
+        let report = reports.iter().find(|r| r.branch == t.base)?;
+        let rev = report.revision?;
+        if !self.source.is_descendant(rev, Revision(merged)) {
+            return None;
+        }
+        if let Some(failed) = report
+            .rows
+            .iter()
+            .find(|r| r.state == State::Failed && t.changes.contains(&r.id.to_string()))
+        {
+            return Some(format!("failed: {}: {}", failed.id, failed.note));
+        }
+        // An unchanged branch was settled before: everything on it is Ready.
+        let done = report.unchanged
+            || t.changes.iter().all(|c| {
+                report.rows.iter().any(|r| {
+                    r.id.to_string() == *c && matches!(r.state, State::Installed | State::Removed)
+                }) || !report.rows.iter().any(|r| r.id.to_string() == *c)
+            });
+        if !done {
+            return None;
+        }
+        let at = match &t.zone {
+            Some(zone) => match crate::window::parse_timezone(zone) {
+                Ok(tz) => format!("{} {zone}", now.with_timezone(&tz).format("%Y-%m-%d %H:%M")),
+                Err(_) => format!("{} UTC", now.format("%Y-%m-%d %H:%M")),
+            },
+            None => format!("{} UTC", now.format("%Y-%m-%d %H:%M")),
+        };
+        Some(format!("installed at {at}"))
+    }
+
+    /// Whether `rev` is on a watched branch (merged there by someone): its
+    /// `command:` synthesizers run there anyway.
+    fn on_watched_branch(&self, rev: Revision) -> bool {
+        self.settings.branches.iter().any(|b| {
+            self.source
+                .resolve(&format!("refs/heads/{b}"))
+                .is_ok_and(|head| self.source.is_descendant(head, rev))
+        })
+    }
+
+    /// Plan notes on the heads of branches matching `--plan-branches`.
+    async fn plan_notes(&mut self, pattern: &glob::Pattern, pulls: &PullSettings) {
+        let branches = match self.source.branches() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list branches for plan notes");
+                return;
+            }
+        };
+        let Some(base) = self.settings.branches.first().cloned() else {
+            return;
+        };
+        let site = self
+            .settings
+            .site
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        for (branch, head) in branches {
+            if !pattern.matches(&branch)
+                || self.settings.branches.contains(&branch)
+                || branch == self.settings.status_branch
+            {
+                continue;
+            }
+            if self.persisted.pulls.noted.get(&branch) == Some(&head.to_string()) {
+                continue;
+            }
+            let allow = pulls.trust_pr_commands || self.on_watched_branch(head);
+            let report = self
+                .planner(&head.to_string(), allow)
+                .plan_branch(&base)
+                .await;
+            let head_hex = head.to_string();
+            let header = PlanHeader {
+                site: &site,
+                head: &head_hex,
+                base: &base,
+                commands_blocked: !allow && blocked_commands(&report),
+                result: None,
+            };
+            let body = comment::plan_markdown(&header, &report);
+            let status = self.status_repo();
+            let marker = comment::marker(&site);
+            let written = tokio::task::spawn_blocking(move || {
+                status.publish_plan_note(head.0, &marker, &body)
+            })
+            .await;
+            match written {
+                Ok(Ok(_)) => {
+                    tracing::info!(%branch, head = %head.short(), "plan note written");
+                    self.persisted.pulls.noted.insert(branch, head_hex);
+                }
+                Ok(Err(e)) => tracing::warn!(%branch, error = %e, "cannot write plan note"),
+                Err(e) => tracing::warn!(%branch, error = %e, "cannot write plan note"),
+            }
+        }
+        // Branches that are gone need no memory.
+        if let Ok(branches) = self.source.branches() {
+            self.persisted
+                .pulls
+                .noted
+                .retain(|b, _| branches.iter().any(|(n, _)| n == b));
+        }
+    }
+}
+
+/// Whether a plan refused to run some `command:` synthesizer.
+fn blocked_commands(report: &BranchReport) -> bool {
+    report.plans.values().any(|p| {
+        p.error
+            .as_deref()
+            .is_some_and(|e| e.contains("CommandNotRun"))
+    })
+}
