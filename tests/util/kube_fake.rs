@@ -2027,7 +2027,7 @@ fn base64_len(s: &str) -> Result<usize, usize> {
     {
         return Err(at);
     }
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(b.len());
     }
     Ok(b.len() / 4 * 3 - pad)
