@@ -88,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         status_branch: "fermata/status".into(),
         site: None,
         signatures: fermata::source::SignaturePolicy::None,
+        health_timeout: Duration::from_secs(600),
     };
     let mut r = Reconciler::new(settings, Arc::new(SystemClock))?;
 

@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// OpenPGP keyring exported by `gpg --export` or `gpg --armor --export` (`gpg`).
     #[arg(long, value_name = "FILE", requires = "verify_signatures")]
     pub trusted_keys: Option<PathBuf>,
+    /// How long a Kubernetes target's resources may stay unhealthy after an
+    /// apply before the composition is failed (`HealthTimeout`).
+    #[arg(long, default_value = "10m", value_parser = parse_humantime)]
+    pub health_timeout: Duration,
     /// Branches matching this glob (e.g. `preview/*`) get a plan of their
     /// head against the first watched branch, as a note under
     /// `refs/notes/fermata-plan` (pushed): plans for hosts without a forge API.
@@ -125,6 +129,10 @@ impl ClockArgs {
     }
 }
 
+fn parse_humantime(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn parse_interval(s: &str) -> Result<Duration, String> {
     crate::window::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -156,6 +164,7 @@ impl RunArgs {
             status_branch: self.status_branch.clone(),
             site: self.site.clone(),
             signatures,
+            health_timeout: self.health_timeout,
         };
         if let Some(site) = &settings.site {
             crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;

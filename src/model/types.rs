@@ -191,10 +191,18 @@ pub struct DirectorySpec {
     pub path: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KubernetesSpec {
+    /// A context of the kubeconfig; its current context when absent.
     pub context: Option<String>,
+    /// Where namespaced resources without a namespace, and the inventory
+    /// records, go; the context's namespace (or `default`) when absent.
     pub namespace: Option<String>,
+    /// A kubeconfig file; `KUBECONFIG` or in-cluster when absent.
     pub kubeconfig: Option<String>,
+    /// Server-side apply with `force`: take over fields another field
+    /// manager owns instead of failing with a conflict.
+    #[serde(default)]
+    pub force_conflicts: bool,
 }

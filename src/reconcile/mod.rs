@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 pub use pass::{
     ActionKind, BranchReport, PlanDetail, PlannedArtifact, Reconciler, Row, WindowInfo,
+    ORPHANED_FROM,
 };
 
 use crate::window::Clock;
@@ -39,6 +40,9 @@ pub struct Settings {
     pub site: Option<String>,
     /// Which commits may be loaded at all (`--verify-signatures`).
     pub signatures: crate::source::SignaturePolicy,
+    /// How long a Kubernetes target's resources may stay unhealthy after an
+    /// apply before the composition is failed (`--health-timeout`).
+    pub health_timeout: Duration,
 }
 
 /// Longest wait after repeated fetch failures.

@@ -26,7 +26,9 @@ use crate::status::{
     StatusErrorInfo, StatusMetadata, StatusRepo, StatusUpdate, WindowStatus,
 };
 use crate::synth::{self, Rendered};
-use crate::target::{Desired, DirectoryTarget, Health, Observed, SourceRef, StateGoal, Target};
+use crate::target::{
+    Desired, DirectoryTarget, Health, KubernetesTarget, Observed, SourceRef, StateGoal, Target,
+};
 use crate::window::Clock;
 
 /// Everything one fermata instance needs across passes.
@@ -39,7 +41,8 @@ pub struct Reconciler {
     pub persisted: Persisted,
     /// What `state.json` holds now, to write it only when it changes.
     saved: Option<Digest>,
-    targets: HashMap<PathBuf, Arc<dyn Target>>,
+    /// By directory root, or by Kubernetes spec (`kubernetes:` and its JSON).
+    targets: HashMap<String, Arc<dyn Target>>,
     /// The last fetch error, shown in every status until a fetch succeeds.
     pub fetch_error: Option<String>,
     /// Branches whose last pass left nothing to do, with that revision: an
@@ -553,6 +556,10 @@ impl Reconciler {
                         report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
                     }
                 }
+            }
+            if let (Some(Health::Failed(why)), None) = (&w.observed.health, &w.error) {
+                let why = why.clone();
+                w.fail("HealthTimeout", w.comp.target.clone(), why);
             }
             if w.ready() {
                 ready.insert(w.comp.id.clone());
@@ -1335,13 +1342,21 @@ impl Reconciler {
                 };
                 Ok(self
                     .targets
-                    .entry(root.clone())
+                    .entry(format!("directory:{}", root.display()))
                     .or_insert_with(|| Arc::new(DirectoryTarget::new(root)))
                     .clone())
             }
-            TargetKind::Kubernetes(_) => Err(format!(
-                "target {name:?}: Kubernetes targets are not supported by this build yet"
-            )),
+            TargetKind::Kubernetes(spec) => {
+                let key = format!("kubernetes:{}", serde_json::json!(spec));
+                let (timeout, clock) = (self.settings.health_timeout, self.clock.clone());
+                Ok(self
+                    .targets
+                    .entry(key)
+                    .or_insert_with(|| {
+                        Arc::new(KubernetesTarget::new(spec.clone(), timeout, clock))
+                    })
+                    .clone())
+            }
         }
     }
 
@@ -1676,6 +1691,7 @@ impl Reconciler {
         let running = match &w.observed.health {
             Some(Health::Healthy) => Ok(()),
             Some(Health::Unhealthy(m)) => Err(("Unhealthy", m.clone())),
+            Some(Health::Failed(m)) => Err(("HealthTimeout", m.clone())),
             _ => Err(("NotApplied", "nothing applied yet".to_string())),
         };
         let waiting = w.waiting.map(|r| r.as_str()).unwrap_or("Pending");

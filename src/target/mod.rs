@@ -6,6 +6,7 @@
 //! reports per component whether it is `Staged` or `Applied`.
 
 pub mod dir;
+pub mod kube;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,6 +20,7 @@ use crate::model::{CompositionId, Digest};
 use crate::synth::Rendered;
 
 pub use dir::DirectoryTarget;
+pub use kube::KubernetesTarget;
 
 /// What a target call should achieve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +70,10 @@ pub struct Component {
 pub enum Health {
     Healthy,
     Unhealthy(String),
+    /// Still not healthy when the target's health timeout after the apply
+    /// ran out: the composition has failed (status code `HealthTimeout`),
+    /// until a later reading finds it healthy.
+    Failed(String),
     /// Nothing applied yet.
     Unknown,
 }
@@ -110,6 +116,9 @@ pub enum TargetError {
     NotStaged { id: CompositionId, digest: String },
     #[error("{0}")]
     Invalid(String),
+    /// A Kubernetes API request failed: the resource and the API's message.
+    #[error("{resource}: {message}")]
+    Kubernetes { resource: String, message: String },
 }
 
 impl TargetError {

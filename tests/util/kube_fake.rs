@@ -35,10 +35,17 @@
 //!   and status, for apps, batch and custom resources), `status` of
 //!   resources with a status subresource ignored on the main resource;
 //! - a namespaced object in a missing namespace: 404; invalid objects
-//!   (name, label and annotation syntax, ConfigMap keys and size, workload
+//!   (name, label and annotation syntax, ConfigMap and Secret keys and size
+//!   (Secret `data` is base64: decoded for the size, refused if not), workload
 //!   selectors and containers, Job restartPolicy, CRD names): 422 Invalid;
 //!   a ConfigMap data value that is not a string: 400, as the decoder says;
 //! - every error is a `kind: Status` body with `reason`, `code`, `message`.
+//!
+//! The test's handle ([`FakeKube`]) reads and changes the store directly
+//! (`object`, `objects` for byte-for-byte snapshots, `update`, `set_status`
+//! as a controller would), counts writes that were not dry runs
+//! (`writes`), logs every request (`requests`) and injects failures
+//! (`fail_writes`).
 //!
 //! Not implemented (fermata does not send them): watch, strategic merge
 //! patch and JSON patch (415), `deletecollection`, `generateName`,
@@ -230,6 +237,24 @@ current-context: {context}
     pub fn revision(&self) -> u64 {
         self.lock().revision
     }
+
+    /// Makes writes (not dry runs) to paths containing `path` fail with a
+    /// 500 after `skip` of them went through, `count` times: a crash of the
+    /// client between two writes, as the server sees it.
+    pub fn fail_writes(&self, path: &str, skip: usize, count: usize) {
+        self.lock().faults.push(Fault {
+            path: path.to_string(),
+            skip,
+            count,
+        });
+    }
+}
+
+#[derive(Debug)]
+struct Fault {
+    path: String,
+    skip: usize,
+    count: usize,
 }
 
 impl Drop for FakeKube {
@@ -319,6 +344,7 @@ struct Store {
     revision: u64,
     uids: u64,
     log: Vec<Logged>,
+    faults: Vec<Fault>,
 }
 
 impl Store {
@@ -351,6 +377,7 @@ impl Store {
             revision: 0,
             uids: 0,
             log: Vec::new(),
+            faults: Vec::new(),
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let t = s.types[0].clone();
@@ -634,6 +661,21 @@ async fn handle(
         query: query.clone(),
         content_type: content_type.clone(),
     });
+    let logged = s.log.last().cloned();
+    if let Some(l) = logged.filter(|l| l.is_write() && !l.dry_run()) {
+        if let Some(f) = s
+            .faults
+            .iter_mut()
+            .find(|f| f.count > 0 && l.path.contains(&f.path))
+        {
+            if f.skip > 0 {
+                f.skip -= 1;
+            } else {
+                f.count -= 1;
+                return ApiError::new(500, "InternalError", "injected fault").into_response();
+            }
+        }
+    }
     let answer = route(
         &mut s,
         &method,
@@ -1841,7 +1883,12 @@ fn validate(t: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
                     if !key_ok {
                         bad(&format!("{field}[{k}]"), format!("Invalid value: \"{k}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
                     }
+                    let binary = field == "binaryData" || (t.kind == "Secret" && field == "data");
                     match v.as_str() {
+                        Some(v) if binary => match base64_len(v) {
+                            Ok(n) => total += k.len() + n,
+                            Err(at) => return Err(ApiError::bad_request(format!("illegal base64 data at input byte {at}"))),
+                        },
                         Some(v) => total += k.len() + v.len(),
                         None => return Err(ApiError::bad_request(format!("json: cannot unmarshal {} into Go struct field {}.{field} of type string", json_type(v), t.kind))),
                     }
@@ -1964,6 +2011,26 @@ fn validate(t: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
     } else {
         Err(ApiError::invalid(t, name, causes))
     }
+}
+
+/// The decoded length of standard base64 text, or the offset of the first
+/// byte that is not base64.
+fn base64_len(s: &str) -> Result<usize, usize> {
+    let b = s.as_bytes();
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return Err(b.len() - pad);
+    }
+    if let Some(at) = b[..b.len() - pad]
+        .iter()
+        .position(|c| !(c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/'))
+    {
+        return Err(at);
+    }
+    if !b.len().is_multiple_of(4) {
+        return Err(b.len());
+    }
+    Ok(b.len() / 4 * 3 - pad)
 }
 
 fn json_type(v: &Value) -> &'static str {
