@@ -3,7 +3,8 @@
 //! dies, a leader that cannot renew stops leading, and two real `fermata
 //! run --leader-elect` processes on one repository where only the leader
 //! applies. Lease expiry runs on real time (it is the point of a lease), so
-//! these wait with deadlines, using short leases.
+//! these wait with deadlines, using short leases (long enough that a loaded
+//! machine does not starve a healthy leader past its renew deadline).
 
 #[path = "util/kube_fake.rs"]
 mod kube_fake;
@@ -171,7 +172,7 @@ fn spawn(repo: &Path, state: &Path, targets: &Path, kubeconfig: &Path, id: &str)
             "1h",
             "--leader-elect",
         ])
-        .args(["--lease-duration", "2s", "--lease-identity", id, "--repo"])
+        .args(["--lease-duration", "6s", "--lease-identity", id, "--repo"])
         .arg(repo)
         .arg("--state-dir")
         .arg(state)
