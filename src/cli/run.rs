@@ -22,44 +22,65 @@ use crate::window::{Clock, FixedClock, SystemClock};
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// A local repository (read in place) or a URL (mirrored under the state directory).
-    #[arg(long)]
+    #[arg(long, env = "FERMATA_REPO")]
     pub repo: String,
-    /// Branches to watch (repeatable); the repository's default branch when absent.
-    #[arg(long = "branch")]
+    /// Branches to watch (repeatable, or comma-separated); the repository's default branch when absent.
+    #[arg(long = "branch", env = "FERMATA_BRANCHES", value_delimiter = ',')]
     pub branches: Vec<String>,
     /// Load objects only below this folder of the repository.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "FERMATA_PATH", default_value = "")]
     pub path: String,
     /// How often each branch is fetched (plus up to 10% jitter).
-    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    #[arg(long, env = "FERMATA_INTERVAL", default_value = "30s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Mirrors, the artifact store, caches and relative directory targets live here.
     #[arg(long, env = "FERMATA_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Where relative `directory` targets are created; `<state-dir>/targets` by default.
-    #[arg(long)]
+    #[arg(long, env = "FERMATA_TARGET_ROOT")]
     pub target_root: Option<PathBuf>,
     /// The branch status is committed to; never one of the watched branches.
-    #[arg(long, default_value = "fermata/status")]
+    #[arg(long, env = "FERMATA_STATUS_BRANCH", default_value = "fermata/status")]
     pub status_branch: String,
     /// Puts status under `<site>/` so several sites can share one repository.
-    #[arg(long)]
+    #[arg(long, env = "FERMATA_SITE")]
     pub site: Option<String>,
     /// One pass, then exit: 1 if anything failed.
     #[arg(long)]
     pub once: bool,
     /// Serve /healthz, /readyz, /metrics and /hooks/git on this address (e.g. 127.0.0.1:8080).
-    #[arg(long, value_name = "ADDR", conflicts_with = "once")]
+    #[arg(
+        long,
+        env = "FERMATA_LISTEN",
+        value_name = "ADDR",
+        conflicts_with = "once"
+    )]
     pub listen: Option<SocketAddr>,
     /// Enables /hooks/git: pushes signed (HMAC-SHA256) with the key in this file trigger a fetch.
-    #[arg(long, value_name = "PATH", requires = "listen")]
+    #[arg(
+        long,
+        env = "FERMATA_WEBHOOK_SECRET_FILE",
+        value_name = "PATH",
+        requires = "listen"
+    )]
     pub webhook_secret_file: Option<PathBuf>,
     /// Stage and apply only commits signed this way (`ssh` or `gpg`), by a key of --trusted-keys.
-    #[arg(long, value_enum, value_name = "FORMAT", requires = "trusted_keys")]
+    #[arg(
+        long,
+        env = "FERMATA_VERIFY_SIGNATURES",
+        value_enum,
+        value_name = "FORMAT",
+        requires = "trusted_keys"
+    )]
     pub verify_signatures: Option<SignatureFormat>,
     /// The keys that may sign commits: an OpenSSH `allowed_signers` file (`ssh`), or an
     /// OpenPGP keyring exported by `gpg --export` or `gpg --armor --export` (`gpg`).
-    #[arg(long, value_name = "FILE", requires = "verify_signatures")]
+    #[arg(
+        long,
+        env = "FERMATA_TRUSTED_KEYS",
+        value_name = "FILE",
+        requires = "verify_signatures"
+    )]
     pub trusted_keys: Option<PathBuf>,
     /// How long a Kubernetes target's resources may stay unhealthy after an
     /// apply before the composition is failed (`HealthTimeout`).
@@ -68,7 +89,7 @@ pub struct RunArgs {
     /// Branches matching this glob (e.g. `preview/*`) get a plan of their
     /// head against the first watched branch, as a note under
     /// `refs/notes/fermata-plan` (pushed): plans for hosts without a forge API.
-    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+    #[arg(long, env = "FERMATA_PLAN_BRANCHES", value_name = "GLOB", value_parser = parse_glob)]
     pub plan_branches: Option<glob::Pattern>,
     /// Run `command:` synthesizers when planning commits that are not on a
     /// watched branch (pull request heads, forks included). Off by default:
@@ -80,14 +101,14 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "once")]
     pub leader_elect: bool,
     /// The Lease's name.
-    #[arg(long, default_value = "fermata")]
+    #[arg(long, env = "FERMATA_LEASE_NAME", default_value = "fermata")]
     pub lease_name: String,
     /// The Lease's namespace.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
     /// How long a lease holds without renewal; the leader gives up after 2/3
     /// of it without a successful renewal and renews every 2/15 of it.
-    #[arg(long, default_value = "15s", value_parser = parse_interval)]
+    #[arg(long, env = "FERMATA_LEASE_DURATION", default_value = "15s", value_parser = parse_interval)]
     pub lease_duration: Duration,
     /// This replica's identity in the Lease: the pod name, or host name and pid.
     #[arg(long, env = "POD_NAME")]

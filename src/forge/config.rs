@@ -39,25 +39,41 @@ impl ForgeKind {
 #[derive(Debug, Clone, Default, Args)]
 pub struct ForgeArgs {
     /// Report to this forge: plan comments on pull requests, commit statuses.
-    #[arg(long, value_enum, value_name = "KIND")]
+    #[arg(long, env = "FERMATA_FORGE", value_enum, value_name = "KIND")]
     pub forge: Option<ForgeKind>,
     /// The forge's API (GitHub: `https://api.github.com` by default, or
     /// `https://HOST/api/v3`; Gitea and GitLab: the server, e.g. `https://git.example.com`).
-    #[arg(long, value_name = "URL", requires = "forge")]
+    #[arg(
+        long,
+        env = "FERMATA_FORGE_URL",
+        value_name = "URL",
+        requires = "forge"
+    )]
     pub forge_url: Option<String>,
     /// The repository: OWNER/NAME (GitLab: the project path, GROUP[/SUBGROUP]/NAME).
-    #[arg(long, value_name = "OWNER/NAME", requires = "forge")]
+    #[arg(
+        long,
+        env = "FERMATA_FORGE_REPO",
+        value_name = "OWNER/NAME",
+        requires = "forge"
+    )]
     pub forge_repo: Option<String>,
     /// A file holding the API token (surrounding whitespace trimmed).
     #[arg(
         long,
+        env = "FERMATA_FORGE_TOKEN_FILE",
         value_name = "PATH",
         requires = "forge",
         conflicts_with = "forge_token_env"
     )]
     pub forge_token_file: Option<PathBuf>,
     /// An environment variable holding the API token.
-    #[arg(long, value_name = "VAR", requires = "forge")]
+    #[arg(
+        long,
+        env = "FERMATA_FORGE_TOKEN_ENV",
+        value_name = "VAR",
+        requires = "forge"
+    )]
     pub forge_token_env: Option<String>,
 }
 
