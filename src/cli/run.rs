@@ -84,7 +84,12 @@ pub struct RunArgs {
     pub trusted_keys: Option<PathBuf>,
     /// How long a Kubernetes target's resources may stay unhealthy after an
     /// apply before the composition is failed (`HealthTimeout`).
-    #[arg(long, default_value = "10m", value_parser = parse_humantime)]
+    #[arg(
+        long,
+        env = "FERMATA_HEALTH_TIMEOUT",
+        default_value = "10m",
+        value_parser = parse_interval
+    )]
     pub health_timeout: Duration,
     /// Branches matching this glob (e.g. `preview/*`) get a plan of their
     /// head against the first watched branch, as a note under
@@ -148,10 +153,6 @@ impl ClockArgs {
             None => Arc::new(SystemClock),
         }
     }
-}
-
-fn parse_humantime(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
