@@ -1086,8 +1086,8 @@ fn plan_diff(
     }
     let empty = BTreeMap::new();
     let (old_ann, old_lab) = record.map_or((&empty, &empty), |r| (&r.annotations, &r.labels));
-    map_diff(&mut out, "annotations", old_ann, &desired.annotations);
-    map_diff(&mut out, "labels", old_lab, &desired.labels);
+    let _ = map_diff(&mut out, "annotations", old_ann, &desired.annotations);
+    let _ = map_diff(&mut out, "labels", old_lab, &desired.labels);
     let old_art: BTreeMap<String, String> = record
         .map(|r| {
             r.artifacts
@@ -1101,7 +1101,7 @@ fn plan_diff(
         .iter()
         .map(|a| (a.name.clone(), a.sha256.short()))
         .collect();
-    map_diff(&mut out, "artifacts", &old_art, &new_art);
+    let _ = map_diff(&mut out, "artifacts", &old_art, &new_art);
     let manifest = desired.manifest_yaml();
     let text = similar::TextDiff::from_lines(applied_manifest, manifest.as_str());
     let _ = write!(
@@ -1114,13 +1114,14 @@ fn plan_diff(
     out
 }
 
-/// `  annotations: + k=v, ~ k=v, - k`, or nothing when equal.
-fn map_diff(
+/// `  annotations: + k=v, ~ k=v, - k`, or nothing when equal; whether
+/// anything differs. Both targets' plans print metadata this way.
+pub(super) fn map_diff(
     out: &mut String,
     what: &str,
     old: &BTreeMap<String, String>,
     new: &BTreeMap<String, String>,
-) {
+) -> bool {
     let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     let changes: Vec<String> = keys
         .into_iter()
@@ -1131,9 +1132,11 @@ fn map_diff(
             _ => None,
         })
         .collect();
-    if !changes.is_empty() {
-        let _ = writeln!(out, "  {what}: {}", changes.join(", "));
+    if changes.is_empty() {
+        return false;
     }
+    let _ = writeln!(out, "  {what}: {}", changes.join(", "));
+    true
 }
 
 #[cfg(test)]

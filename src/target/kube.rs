@@ -39,6 +39,7 @@ use kube::discovery::{ApiResource, Scope};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::dir::map_diff;
 use super::{
     Component, Desired, Health, Observed, Outcome, SourceRef, StateFlag, StateGoal, Target,
     TargetError,
@@ -178,6 +179,16 @@ struct AppliedState {
     artifacts: Vec<ArtifactRecord>,
     /// What prune and delete may remove: applied, not orphaned.
     inventory: Vec<Ref>,
+}
+
+impl AppliedState {
+    /// The object as applied of the live resource `live`.
+    fn object_of(&self, live: &Ref) -> Option<&Value> {
+        self.resources
+            .iter()
+            .find(|x| x.live.as_ref() == Some(live))
+            .map(|x| &x.object)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1221,12 +1232,7 @@ impl KubernetesTarget {
         gone.sort_by_key(|x| std::cmp::Reverse(x.rank()));
         let mut retained: Vec<Ref> = Vec::new();
         for old in gone {
-            let object = prev.and_then(|a| {
-                a.resources
-                    .iter()
-                    .find(|x| x.live.as_ref() == Some(old))
-                    .map(|x| &x.object)
-            });
+            let object = prev.and_then(|a| a.object_of(old));
             if object.is_some_and(|o| left_alone(o, &r.annotations)) {
                 retained.push(old.clone());
                 continue;
@@ -1374,12 +1380,7 @@ impl KubernetesTarget {
             if keep.contains(old) {
                 continue;
             }
-            let object = prev.and_then(|a| {
-                a.resources
-                    .iter()
-                    .find(|x| x.live.as_ref() == Some(old))
-                    .map(|x| &x.object)
-            });
+            let object = prev.and_then(|a| a.object_of(old));
             if object.is_some_and(|o| left_alone(o, &r.annotations)) {
                 let _ = writeln!(out, "  = {old} (left alone: reconcile-when)");
             } else if self.deletable(old, &r.id).await? {
@@ -1551,30 +1552,6 @@ fn overlay_metadata(mut o: Value, prev: Option<&AppliedState>, meta: &Value) -> 
 
 fn to_value(o: &DynamicObject) -> Value {
     serde_json::to_value(o).unwrap_or(Value::Null)
-}
-
-/// `  annotations: + k=v, ~ k=v, - k`; whether anything differs.
-fn map_diff(
-    out: &mut String,
-    what: &str,
-    old: &BTreeMap<String, String>,
-    new: &BTreeMap<String, String>,
-) -> bool {
-    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    let changes: Vec<String> = keys
-        .into_iter()
-        .filter_map(|k| match (old.get(k), new.get(k)) {
-            (None, Some(v)) => Some(format!("+ {k}={v}")),
-            (Some(_), None) => Some(format!("- {k}")),
-            (Some(a), Some(b)) if a != b => Some(format!("~ {k}={b}")),
-            _ => None,
-        })
-        .collect();
-    if changes.is_empty() {
-        return false;
-    }
-    let _ = writeln!(out, "  {what}: {}", changes.join(", "));
-    true
 }
 
 /// A record's data as text (what is not UTF-8 is not ours: left out).
