@@ -189,6 +189,16 @@ async fn pull_request_lifecycle(flavour: Flavour, head_ref: impl Fn(u64) -> Stri
         .filter(|r| r.method != "GET")
         .collect();
     assert!(writes.is_empty(), "{writes:#?}");
+    // An open pull request is known open from the list: not asked for again.
+    let asked: Vec<_> = forge
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            let path = r.path.split('?').next().unwrap_or("");
+            path.ends_with("/pulls/7") || path.ends_with("/merge_requests/7")
+        })
+        .collect();
+    assert!(asked.is_empty(), "{asked:#?}");
 
     // A new head: the same comment, updated in place.
     let head2 = fleet.pull_request(&head_ref(7), "v3");

@@ -154,12 +154,24 @@ impl Reconciler {
                         .await;
                 }
             }
+            // The numbers of every open pull request, when every list worked:
+            // those need no question whether they were merged.
+            let mut open = Some(std::collections::HashSet::new());
             for base in self.settings.branches.clone() {
-                if let Err(e) = self.plan_pulls(forge.as_ref(), pulls, &base).await {
-                    tracing::warn!(branch = %base, error = %e, "cannot plan pull requests");
+                match self.plan_pulls(forge.as_ref(), pulls, &base).await {
+                    Ok(numbers) => {
+                        if let Some(open) = open.as_mut() {
+                            open.extend(numbers);
+                        }
+                    }
+                    Err(e) => {
+                        open = None;
+                        tracing::warn!(branch = %base, error = %e, "cannot plan pull requests");
+                    }
                 }
             }
-            self.follow_merged(forge.as_ref(), reports).await;
+            self.follow_merged(forge.as_ref(), reports, open.as_ref())
+                .await;
         }
         if let Some(pattern) = &pulls.plan_branches {
             self.plan_notes(pattern, pulls).await;
@@ -188,14 +200,16 @@ impl Reconciler {
         }
     }
 
-    /// Plans every open pull request against `base` whose head is new.
+    /// Plans every open pull request against `base` whose head is new;
+    /// returns the numbers of all open ones.
     async fn plan_pulls(
         &mut self,
         forge: &dyn Forge,
         pulls: &PullSettings,
         base: &str,
-    ) -> Result<(), crate::forge::ForgeError> {
+    ) -> Result<Vec<u64>, crate::forge::ForgeError> {
         let open = forge.open_pull_requests(base).await?;
+        let numbers = open.iter().map(|pr| pr.number).collect();
         for pr in open {
             let fresh = self
                 .persisted
@@ -210,7 +224,7 @@ impl Reconciler {
                 tracing::warn!(pr = pr.number, error = %e, "cannot plan pull request");
             }
         }
-        Ok(())
+        Ok(numbers)
     }
 
     async fn plan_pull(
@@ -285,7 +299,12 @@ impl Reconciler {
 
     /// Pull requests planned earlier that are no longer open: merged ones
     /// are followed until their commit landed, then the comment says so.
-    async fn follow_merged(&mut self, forge: &dyn Forge, reports: &[BranchReport]) {
+    async fn follow_merged(
+        &mut self,
+        forge: &dyn Forge,
+        reports: &[BranchReport],
+        open: Option<&std::collections::HashSet<u64>>,
+    ) {
         let numbers: Vec<u64> = self.persisted.pulls.plans.keys().copied().collect();
         let now = self.clock.now();
         for number in numbers {
@@ -293,6 +312,9 @@ impl Reconciler {
                 continue;
             };
             if tracked.merged.is_none() {
+                if open.is_some_and(|o| o.contains(&number)) {
+                    continue;
+                }
                 let pr = match forge.pull_request(number).await {
                     Ok(pr) => pr,
                     Err(e) => {
