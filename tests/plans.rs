@@ -166,3 +166,46 @@ fn plan_lists_every_validation_error_with_file_and_line() {
         .unwrap_or_else(|| panic!("no file:line: field error in\n{note}"));
     assert!(line.contains("nightly"), "{line}");
 }
+
+#[test]
+fn fermata_plan_shows_diffs_and_the_comment_markdown() {
+    let repo = TestRepo::new();
+    util::minimal(&repo);
+    repo.commit("fleet");
+    let state = tempfile::tempdir().unwrap();
+    let path = repo.path().to_str().unwrap().to_string();
+    assert_eq!(run(state.path(), &path, &[]).code, 0);
+    repo.write(
+        "symphony.yaml",
+        &util::SYMPHONY.replace("value: v1", "value: v2"),
+    );
+    repo.commit("v2");
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "--repo", &path, "--branch", "main"];
+        args.extend_from_slice(extra);
+        fermata_at(state.path(), &args, NOW, &[])
+    };
+    let text = plan(&["--diff"]);
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(text.stdout.contains("--- shop/app"), "{text:?}");
+    assert!(
+        text.stdout.contains("-  tag: v1") && text.stdout.contains("+  tag: v2"),
+        "{text:?}"
+    );
+    let json = plan(&["--output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let diff = v[0]["actions"][0]["diff"].as_str().unwrap_or_default();
+    assert!(diff.contains("+  tag: v2"), "{v}");
+    let md = plan(&["--markdown"]);
+    assert_eq!(md.code, 0, "{md:?}");
+    assert!(
+        md.stdout.starts_with("<!-- fermata:plan:default -->"),
+        "{md:?}"
+    );
+    assert!(md.stdout.contains("| `shop/app` | update |"), "{md:?}");
+    // Planning wrote nothing: the target still holds v1.
+    let current = state
+        .path()
+        .join("targets/site/shop/app/current/manifest.yaml");
+    assert!(std::fs::read_to_string(current).unwrap().contains("v1"));
+}

@@ -9,6 +9,8 @@ use serde_json::json;
 
 use super::run::{fetch_or_warn, RunArgs};
 use super::Output;
+use crate::forge::comment::{plan_markdown, PlanHeader};
+use crate::reconcile::BranchReport;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -20,6 +22,15 @@ pub struct PlanArgs {
     pub rev: Option<String>,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// After the table, what each action would change on its target (the
+    /// target's dry-run diff); JSON output always carries it.
+    #[arg(long)]
+    pub diff: bool,
+    /// Print the plan as the Markdown a pull request comment gets (the
+    /// marker, actions, windows, artifacts, diffs, errors), e.g. for a CI
+    /// job that posts it itself.
+    #[arg(long, conflicts_with_all = ["output", "diff"])]
+    pub markdown: bool,
 }
 
 pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
@@ -30,6 +41,21 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
         r.revision = a.rev.clone();
         fetch_or_warn(&mut r).await;
         let reports = r.pass().await;
+        if a.markdown {
+            let site = r.settings.site.clone().unwrap_or_else(|| "default".into());
+            for b in &reports {
+                let head = b.revision.map(|r| r.to_string()).unwrap_or_default();
+                let header = PlanHeader {
+                    site: &site,
+                    head: &head,
+                    base: &b.branch,
+                    commands_blocked: false,
+                    result: None,
+                };
+                println!("{}", plan_markdown(&header, b));
+            }
+            return Ok(exit(&reports));
+        }
         match a.output {
             Output::Text => {
                 for b in &reports {
@@ -60,6 +86,13 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
                     for e in &b.errors {
                         println!("  error: {e}");
                     }
+                    if a.diff {
+                        for (id, p) in &b.plans {
+                            if let Some(d) = &p.diff {
+                                println!("\n--- {id}\n{}", d.trim_end());
+                            }
+                        }
+                    }
                 }
             }
             Output::Json => {
@@ -77,6 +110,13 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
                                 "digest": r.digest,
                                 "window": r.window,
                                 "state": r.state,
+                                "diff": b.plans.get(&r.id).and_then(|p| p.diff.clone()),
+                                "artifacts": b.plans.get(&r.id).map(|p| p.artifacts.iter().map(|x| json!({
+                                    "name": x.name,
+                                    "url": x.url,
+                                    "size": x.size,
+                                    "stored": x.stored,
+                                })).collect::<Vec<_>>()).unwrap_or_default(),
                             })).collect::<Vec<_>>(),
                             "errors": b.errors,
                         })
@@ -85,11 +125,14 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             }
         }
-        let failed = reports.iter().any(|b| !b.errors.is_empty());
-        Ok(if failed {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        })
+        Ok(exit(&reports))
     })
+}
+
+fn exit(reports: &[BranchReport]) -> ExitCode {
+    if reports.iter().any(|b| !b.errors.is_empty()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
