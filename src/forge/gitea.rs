@@ -15,12 +15,11 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::github::split_owner_name;
-use super::http::{self, Auth, Client, HttpSettings, Pager, Replay};
+use super::http::{self, Auth, Client, HttpSettings, Pager};
 use super::token::Token;
-use super::{CommitState, CommitStatus, Forge, ForgeError, PrState, PullRequest};
+use super::{CommitStatus, Forge, ForgeError, PrState, PullRequest};
 
 /// Gitea documents no limit (the body is a database text column), so the
 /// same figure as GitHub's: a plan that fits one forge fits the other, and
@@ -156,15 +155,6 @@ struct IssueComment {
     body: String,
 }
 
-fn state_name(state: CommitState) -> &'static str {
-    match state {
-        CommitState::Pending => "pending",
-        CommitState::Success => "success",
-        CommitState::Failure => "failure",
-        CommitState::Error => "error",
-    }
-}
-
 #[async_trait]
 impl Forge for Gitea {
     fn kind(&self) -> &'static str {
@@ -210,11 +200,7 @@ impl Forge for Gitea {
 
     async fn set_status(&self, sha: &str, status: &CommitStatus) -> Result<(), ForgeError> {
         let url = self.repo_url(&["statuses", sha]);
-        let body = super::status_body(status, state_name(status.state), DESCRIPTION_LIMIT);
-        self.client
-            .send(Method::POST, &url, Some(&body), Replay::Safe)
-            .await?;
-        Ok(())
+        super::post_github_status(&self.client, &url, status, DESCRIPTION_LIMIT).await
     }
 }
 
@@ -224,8 +210,19 @@ impl super::Comments for Gitea {
         &self.client
     }
 
+    fn comments_url(&self, number: u64) -> reqwest::Url {
+        self.repo_url(&["issues", &number.to_string(), "comments"])
+    }
+
+    fn comment_url(&self, _number: u64, id: u64) -> (Method, reqwest::Url) {
+        (
+            Method::PATCH,
+            self.repo_url(&["issues", "comments", &id.to_string()]),
+        )
+    }
+
     async fn list_comments(&self, number: u64) -> Result<Vec<super::Comment>, ForgeError> {
-        let url = self.repo_url(&["issues", &number.to_string(), "comments"]);
+        let url = self.comments_url(number);
         // No page parameters: Gitea ignores them here and answers everything;
         // `Pager::Link` so that an answer of exactly `limit` items is not
         // mistaken for a full page of more.
@@ -237,28 +234,6 @@ impl super::Comments for Gitea {
                 body: c.body,
             })
             .collect())
-    }
-
-    async fn create_comment(&self, number: u64, body: &str) -> Result<u64, ForgeError> {
-        let url = self.repo_url(&["issues", &number.to_string(), "comments"]);
-        let created: IssueComment = self
-            .client
-            .send_json(Method::POST, &url, &json!({ "body": body }), Replay::Once)
-            .await?;
-        Ok(created.id)
-    }
-
-    async fn update_comment(&self, _number: u64, id: u64, body: &str) -> Result<(), ForgeError> {
-        let url = self.repo_url(&["issues", "comments", &id.to_string()]);
-        self.client
-            .send(
-                Method::PATCH,
-                &url,
-                Some(&json!({ "body": body })),
-                Replay::Safe,
-            )
-            .await?;
-        Ok(())
     }
 }
 

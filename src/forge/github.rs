@@ -14,11 +14,10 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::http::{self, Auth, Client, HttpSettings, Pager, Replay};
+use super::http::{self, Auth, Client, HttpSettings, Pager};
 use super::token::Token;
-use super::{CommitState, CommitStatus, Forge, ForgeError, PrState, PullRequest};
+use super::{CommitStatus, Forge, ForgeError, PrState, PullRequest};
 
 /// GitHub.com's API; GitHub Enterprise Server's is `https://HOST/api/v3`.
 pub const DEFAULT_API: &str = "https://api.github.com";
@@ -171,15 +170,6 @@ struct IssueComment {
     body: Option<String>,
 }
 
-fn state_name(state: CommitState) -> &'static str {
-    match state {
-        CommitState::Pending => "pending",
-        CommitState::Success => "success",
-        CommitState::Failure => "failure",
-        CommitState::Error => "error",
-    }
-}
-
 #[async_trait]
 impl Forge for GitHub {
     fn kind(&self) -> &'static str {
@@ -221,11 +211,7 @@ impl Forge for GitHub {
 
     async fn set_status(&self, sha: &str, status: &CommitStatus) -> Result<(), ForgeError> {
         let url = self.repo_url(&["statuses", sha]);
-        let body = super::status_body(status, state_name(status.state), DESCRIPTION_LIMIT);
-        self.client
-            .send(Method::POST, &url, Some(&body), Replay::Safe)
-            .await?;
-        Ok(())
+        super::post_github_status(&self.client, &url, status, DESCRIPTION_LIMIT).await
     }
 }
 
@@ -235,8 +221,19 @@ impl super::Comments for GitHub {
         &self.client
     }
 
+    fn comments_url(&self, number: u64) -> reqwest::Url {
+        self.repo_url(&["issues", &number.to_string(), "comments"])
+    }
+
+    fn comment_url(&self, _number: u64, id: u64) -> (Method, reqwest::Url) {
+        (
+            Method::PATCH,
+            self.repo_url(&["issues", "comments", &id.to_string()]),
+        )
+    }
+
     async fn list_comments(&self, number: u64) -> Result<Vec<super::Comment>, ForgeError> {
-        let mut url = self.repo_url(&["issues", &number.to_string(), "comments"]);
+        let mut url = self.comments_url(number);
         url.query_pairs_mut().append_pair("per_page", PER_PAGE);
         let comments: Vec<IssueComment> = self.client.get_pages(url, Pager::Link).await?;
         Ok(comments
@@ -246,28 +243,6 @@ impl super::Comments for GitHub {
                 body: c.body.unwrap_or_default(),
             })
             .collect())
-    }
-
-    async fn create_comment(&self, number: u64, body: &str) -> Result<u64, ForgeError> {
-        let url = self.repo_url(&["issues", &number.to_string(), "comments"]);
-        let created: IssueComment = self
-            .client
-            .send_json(Method::POST, &url, &json!({ "body": body }), Replay::Once)
-            .await?;
-        Ok(created.id)
-    }
-
-    async fn update_comment(&self, _number: u64, id: u64, body: &str) -> Result<(), ForgeError> {
-        let url = self.repo_url(&["issues", "comments", &id.to_string()]);
-        self.client
-            .send(
-                Method::PATCH,
-                &url,
-                Some(&json!({ "body": body })),
-                Replay::Safe,
-            )
-            .await?;
-        Ok(())
     }
 }
 

@@ -227,8 +227,22 @@ impl super::Comments for GitLab {
         &self.client
     }
 
+    fn comments_url(&self, number: u64) -> reqwest::Url {
+        self.project_url(&["merge_requests", &number.to_string(), "notes"])
+    }
+
+    fn comment_url(&self, number: u64, id: u64) -> (Method, reqwest::Url) {
+        let url = self.project_url(&[
+            "merge_requests",
+            &number.to_string(),
+            "notes",
+            &id.to_string(),
+        ]);
+        (Method::PUT, url)
+    }
+
     async fn list_comments(&self, number: u64) -> Result<Vec<super::Comment>, ForgeError> {
-        let mut url = self.project_url(&["merge_requests", &number.to_string(), "notes"]);
+        let mut url = self.comments_url(number);
         url.query_pairs_mut()
             .append_pair("sort", "asc")
             .append_pair("order_by", "created_at")
@@ -242,33 +256,6 @@ impl super::Comments for GitLab {
                 body: n.body,
             })
             .collect())
-    }
-
-    async fn create_comment(&self, number: u64, body: &str) -> Result<u64, ForgeError> {
-        let url = self.project_url(&["merge_requests", &number.to_string(), "notes"]);
-        let created: Note = self
-            .client
-            .send_json(Method::POST, &url, &json!({ "body": body }), Replay::Once)
-            .await?;
-        Ok(created.id)
-    }
-
-    async fn update_comment(&self, number: u64, id: u64, body: &str) -> Result<(), ForgeError> {
-        let url = self.project_url(&[
-            "merge_requests",
-            &number.to_string(),
-            "notes",
-            &id.to_string(),
-        ]);
-        self.client
-            .send(
-                Method::PUT,
-                &url,
-                Some(&json!({ "body": body })),
-                Replay::Safe,
-            )
-            .await?;
-        Ok(())
     }
 }
 

@@ -166,15 +166,49 @@ pub(crate) struct Comment {
 }
 
 /// The three comment calls every provider has, for the shared [`upsert`].
+/// Creating and editing are the same `{"body": …}` request on every forge;
+/// only where it goes (and GitLab's PUT for GitHub's PATCH) differs.
 #[async_trait]
 pub(crate) trait Comments: Sync {
     fn client(&self) -> &http::Client;
+    /// Where the comments of pull request `number` are listed and created.
+    fn comments_url(&self, number: u64) -> reqwest::Url;
+    /// How and where comment `id` of pull request `number` is edited.
+    fn comment_url(&self, number: u64, id: u64) -> (reqwest::Method, reqwest::Url);
     /// Every comment of pull request `number` written by people (not the
     /// forge's own system notes), oldest first.
     async fn list_comments(&self, number: u64) -> Result<Vec<Comment>, ForgeError>;
+
     /// Creates a comment, sent once ([`http::Replay::Once`]); returns its id.
-    async fn create_comment(&self, number: u64, body: &str) -> Result<u64, ForgeError>;
-    async fn update_comment(&self, number: u64, id: u64, body: &str) -> Result<(), ForgeError>;
+    async fn create_comment(&self, number: u64, body: &str) -> Result<u64, ForgeError> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            id: u64,
+        }
+        let created: Created = self
+            .client()
+            .send_json(
+                reqwest::Method::POST,
+                &self.comments_url(number),
+                &serde_json::json!({ "body": body }),
+                http::Replay::Once,
+            )
+            .await?;
+        Ok(created.id)
+    }
+
+    async fn update_comment(&self, number: u64, id: u64, body: &str) -> Result<(), ForgeError> {
+        let (method, url) = self.comment_url(number, id);
+        self.client()
+            .send(
+                method,
+                &url,
+                Some(&serde_json::json!({ "body": body })),
+                http::Replay::Safe,
+            )
+            .await?;
+        Ok(())
+    }
 }
 
 /// [`Forge::upsert_comment`] for every provider. The oldest comment holding
@@ -238,9 +272,20 @@ pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
     }
 }
 
-/// The body of a commit status as GitHub takes it (Gitea copied the shape):
-/// the forge's state word, the context, the description cut to `limit`.
-fn status_body(status: &CommitStatus, state: &str, limit: usize) -> serde_json::Value {
+/// A commit status as GitHub takes it, and Gitea, which copied the shape
+/// and the state words: POSTed to `url` with the description cut to `limit`.
+async fn post_github_status(
+    client: &http::Client,
+    url: &reqwest::Url,
+    status: &CommitStatus,
+    limit: usize,
+) -> Result<(), ForgeError> {
+    let state = match status.state {
+        CommitState::Pending => "pending",
+        CommitState::Success => "success",
+        CommitState::Failure => "failure",
+        CommitState::Error => "error",
+    };
     let mut body = serde_json::json!({
         "state": state,
         "context": status.context,
@@ -249,7 +294,10 @@ fn status_body(status: &CommitStatus, state: &str, limit: usize) -> serde_json::
     if let Some(target) = &status.target_url {
         body["target_url"] = serde_json::json!(target);
     }
-    body
+    client
+        .send(reqwest::Method::POST, url, Some(&body), http::Replay::Safe)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]
