@@ -156,13 +156,19 @@ fn applies(row: &Row, report: &BranchReport) -> String {
 
 /// `2026-11-28 02:00 Europe/Berlin (01:00 UTC)`.
 pub fn opening(at: &DateTime<Utc>, zone: &str) -> String {
-    match crate::window::parse_timezone(zone) {
-        Ok(tz) => format!(
-            "{} {zone} ({} UTC)",
-            at.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
-            at.format("%H:%M")
-        ),
-        Err(_) => format!("{} UTC", at.format("%Y-%m-%d %H:%M")),
+    let local = local_time(at, Some(zone));
+    if crate::window::parse_timezone(zone).is_ok() {
+        format!("{local} ({} UTC)", at.format("%H:%M"))
+    } else {
+        local
+    }
+}
+
+/// `2026-11-28 02:00 Europe/Berlin`; in UTC without a (known) zone.
+pub fn local_time(at: &DateTime<Utc>, zone: Option<&str>) -> String {
+    match zone.map(|z| (z, crate::window::parse_timezone(z))) {
+        Some((z, Ok(tz))) => format!("{} {z}", at.with_timezone(&tz).format("%Y-%m-%d %H:%M")),
+        _ => format!("{} UTC", at.format("%Y-%m-%d %H:%M")),
     }
 }
 
@@ -283,6 +289,7 @@ mod tests {
                     stored: false,
                 }],
                 error: None,
+                error_code: None,
             },
         );
         r.errors

@@ -112,7 +112,20 @@ pub struct PlanDetail {
     pub artifacts: Vec<PlannedArtifact>,
     /// Why it failed, as `file:line: message` where there is a place.
     pub error: Option<String>,
+    /// The status error code of that failure (`RenderFailed`, `CommandNotRun`…).
+    pub error_code: Option<String>,
 }
+
+impl PlanDetail {
+    /// Whether the plan held back a `command:` synthesizer (the trust
+    /// policy working, not a broken change).
+    pub fn command_not_run(&self) -> bool {
+        self.error_code.as_deref() == Some(COMMAND_NOT_RUN)
+    }
+}
+
+/// The error code of a `command:` synthesizer not run for an untrusted head.
+pub const COMMAND_NOT_RUN: &str = "CommandNotRun";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedArtifact {
@@ -615,8 +628,9 @@ impl Reconciler {
                 } else {
                     format!("{}: ", e.source)
                 };
-                report.plans.entry(w.comp.id.clone()).or_default().error =
-                    Some(format!("{at}{}: {}", e.code, e.message));
+                let plan = report.plans.entry(w.comp.id.clone()).or_default();
+                plan.error = Some(format!("{at}{}: {}", e.code, e.message));
+                plan.error_code = Some(e.code.clone());
             }
             let st = self.status_of(w, &source_ref, now, window);
             report.rows.push(Row {
@@ -986,7 +1000,7 @@ impl Reconciler {
                     s.name
                 );
                 w.fail(
-                    "CommandNotRun",
+                    COMMAND_NOT_RUN,
                     format!("{}:{}", s.origin.file, s.origin.line),
                     msg.clone(),
                 );
@@ -1323,6 +1337,7 @@ impl Reconciler {
             diff,
             artifacts,
             error: None,
+            error_code: None,
         });
     }
 

@@ -66,9 +66,9 @@ pub struct PostedStatus {
     pub description: String,
 }
 
-/// The status context of this site: `fermata/SITE` (`fermata/default` without `--site`).
-pub fn context(site: Option<&str>) -> String {
-    format!("fermata/{}", site.unwrap_or("default"))
+/// The status context of site `site`: `fermata/SITE`.
+pub fn context(site: &str) -> String {
+    format!("fermata/{site}")
 }
 
 /// The commit status a branch's pass amounts to: failure with the first
@@ -146,7 +146,7 @@ impl Reconciler {
     }
 
     async fn report_to(&mut self, pulls: &PullSettings, reports: &[BranchReport]) {
-        let context = context(self.settings.site.as_deref());
+        let context = context(&self.site_name());
         if let Some(forge) = &pulls.forge {
             for report in reports {
                 if let Some((sha, status)) = commit_status(report, &context) {
@@ -272,14 +272,10 @@ impl Reconciler {
         // A command not run is the policy working, not a broken change.
         let failed = report.rows.iter().any(|r| {
             r.state == State::Failed
-                && !report
-                    .plans
-                    .get(&r.id)
-                    .and_then(|p| p.error.as_deref())
-                    .is_some_and(|e| e.contains("CommandNotRun"))
+                && !report.plans.get(&r.id).is_some_and(|p| p.command_not_run())
         }) || !report.errors.is_empty();
         let status = CommitStatus {
-            context: context(self.settings.site.as_deref()),
+            context: context(&self.site_name()),
             state: if failed {
                 CommitState::Failure
             } else {
@@ -387,17 +383,13 @@ impl Reconciler {
         if !done {
             return None;
         }
-        let at = match &t.zone {
-            Some(zone) => match crate::window::parse_timezone(zone) {
-                Ok(tz) => format!("{} {zone}", now.with_timezone(&tz).format("%Y-%m-%d %H:%M")),
-                Err(_) => format!("{} UTC", now.format("%Y-%m-%d %H:%M")),
-            },
-            None => format!("{} UTC", now.format("%Y-%m-%d %H:%M")),
-        };
-        Some(format!("installed at {at}"))
+        Some(format!(
+            "installed at {}",
+            comment::local_time(&now, t.zone.as_deref())
+        ))
     }
 
-    /// This site's name in markers and status contexts.
+    /// This site's name in markers and status contexts (`default` without `--site`).
     fn site_name(&self) -> String {
         self.settings
             .site
@@ -491,9 +483,5 @@ impl Reconciler {
 
 /// Whether a plan refused to run some `command:` synthesizer.
 fn blocked_commands(report: &BranchReport) -> bool {
-    report.plans.values().any(|p| {
-        p.error
-            .as_deref()
-            .is_some_and(|e| e.contains("CommandNotRun"))
-    })
+    report.plans.values().any(|p| p.command_not_run())
 }
