@@ -237,7 +237,7 @@ impl Elector {
     }
 
     fn won(&self, at: Instant) {
-        let was = self.leadership.leading.swap(true, Ordering::SeqCst);
+        let was = self.leadership.leading.load(Ordering::SeqCst);
         self.leadership.set(true, Some(at));
         if !was {
             tracing::info!(identity = %self.settings.identity, "leading");

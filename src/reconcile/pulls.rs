@@ -443,21 +443,22 @@ impl Reconciler {
         let Some(base) = self.settings.branches.first().cloned() else {
             return;
         };
-        let site = self.site_name();
-        for (branch, head) in branches {
+        let marker = comment::marker(&self.site_name());
+        for (branch, head) in &branches {
+            let (branch, head) = (branch.clone(), *head);
             if !pattern.matches(&branch)
                 || self.settings.branches.contains(&branch)
                 || branch == self.settings.status_branch
             {
                 continue;
             }
-            if self.persisted.pulls.noted.get(&branch) == Some(&head.to_string()) {
+            let head_hex = head.to_string();
+            if self.persisted.pulls.noted.get(&branch) == Some(&head_hex) {
                 continue;
             }
-            let head_hex = head.to_string();
             let (_, body, _) = self.plan_of(&base, head, pulls).await;
             let status = self.status_repo();
-            let marker = comment::marker(&site);
+            let marker = marker.clone();
             let written = tokio::task::spawn_blocking(move || {
                 status.publish_plan_note(head.0, &marker, &body)
             })
@@ -472,12 +473,10 @@ impl Reconciler {
             }
         }
         // Branches that are gone need no memory.
-        if let Ok(branches) = self.source.branches() {
-            self.persisted
-                .pulls
-                .noted
-                .retain(|b, _| branches.iter().any(|(n, _)| n == b));
-        }
+        self.persisted
+            .pulls
+            .noted
+            .retain(|b, _| branches.iter().any(|(n, _)| n == b));
     }
 }
 

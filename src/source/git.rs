@@ -120,10 +120,7 @@ impl GitSource {
             return Ok(Revision(id));
         }
         if self.mirrored {
-            let fetch_err = |source| SourceError::Fetch {
-                url: self.url.clone(),
-                source,
-            };
+            let fetch_err = self.fetch_err();
             let local = format!(
                 "refs/fermata/{}",
                 refname.strip_prefix("refs/").unwrap_or(refname)
@@ -156,6 +153,14 @@ impl GitSource {
             .collect())
     }
 
+    /// A git error while talking to the remote, as a [`SourceError`].
+    fn fetch_err(&self) -> impl Fn(git2::Error) -> SourceError + Copy + '_ {
+        |source| SourceError::Fetch {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
     fn repo(&self) -> Result<Repository, SourceError> {
         Repository::open_bare(&self.git_dir)
             .or_else(|_| Repository::open(&self.git_dir))
@@ -169,10 +174,7 @@ impl GitSource {
     /// means the same in the mirror as in a clone.
     fn adopt_remote_head(&self) -> Result<(), SourceError> {
         let repo = self.repo()?;
-        let fetch_err = |source| SourceError::Fetch {
-            url: self.url.clone(),
-            source,
-        };
+        let fetch_err = self.fetch_err();
         let mut remote = repo.remote_anonymous(&self.url).map_err(fetch_err)?;
         let conn = remote
             .connect_auth(git2::Direction::Fetch, Some(callbacks()), None)
@@ -245,10 +247,7 @@ impl Source for GitSource {
             return Ok(());
         }
         let repo = self.repo()?;
-        let fetch_err = |source| SourceError::Fetch {
-            url: self.url.clone(),
-            source,
-        };
+        let fetch_err = self.fetch_err();
         let mut remote = repo.remote_anonymous(&self.url).map_err(fetch_err)?;
         // Most polls find nothing new: compare the advertised refs with ours
         // first and stop there, as `git fetch` does, without a negotiation.
