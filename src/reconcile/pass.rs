@@ -1168,11 +1168,7 @@ impl Reconciler {
             return Ok(());
         };
         let edited = edit(applied)?;
-        let artifacts = edited
-            .artifacts
-            .iter()
-            .map(|a| (a.name.clone(), self.store.path_of(&a.sha256)))
-            .collect();
+        let artifacts = self.stored_artifacts(&edited.artifacts);
         let rendered = Rendered::from_parts(
             id.clone(),
             edited.resources,
@@ -1191,6 +1187,15 @@ impl Reconciler {
         let result = target.apply(&desired, StateGoal::Apply).await;
         self.after_write();
         result.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Where the store keeps each of `artifacts`, by name: what a state
+    /// staged before needs to be written again.
+    fn stored_artifacts(&self, artifacts: &[model::Artifact]) -> BTreeMap<String, PathBuf> {
+        artifacts
+            .iter()
+            .map(|a| (a.name.clone(), self.store.path_of(&a.sha256)))
+            .collect()
     }
 
     /// Runs `FERMATA_TEST_WRITE_HOOK` after every target write: a test hook
@@ -1321,11 +1326,7 @@ impl Reconciler {
             })
             .collect();
         let desired = Desired {
-            artifacts: rendered
-                .artifacts
-                .iter()
-                .map(|a| (a.name.clone(), self.store.path_of(&a.sha256)))
-                .collect(),
+            artifacts: self.stored_artifacts(&rendered.artifacts),
             rendered,
             source: source.clone(),
         };
