@@ -172,3 +172,54 @@ fn a_mirror_whose_first_fetch_failed_is_completed_later() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("branch main @"), "{run:?}");
 }
+
+#[test]
+fn ref_locks_a_killed_fetch_left_in_the_mirror_do_not_stop_the_next_fetch() {
+    let work = TestRepo::new();
+    minimal(&work);
+    work.commit("v1");
+    let remotes = tempfile::tempdir().unwrap();
+    let bare = util::bare_clone(work.path(), remotes.path(), "fleet.git");
+    work.git(&["remote", "add", "origin", bare.to_str().unwrap()]);
+    let url = format!("file://{}", bare.display());
+    let state = tempfile::tempdir().unwrap();
+    let run = || {
+        util::fermata_at(
+            state.path(),
+            &["run", "--once", "--repo", &url, "--branch", "main"],
+            "2026-11-21T03:00:00Z",
+            &[],
+        )
+    };
+    let first = run();
+    assert_eq!(first.code, 0, "{first:?}");
+    // What a kill -9 between git's lock and rename leaves in the mirror.
+    let mirror = std::fs::read_dir(state.path().join("mirrors"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let stale = [
+        mirror.join("refs/heads/main.lock"),
+        mirror.join("packed-refs.lock"),
+    ];
+    for lock in &stale {
+        std::fs::write(lock, "0000000000000000000000000000000000000000\n").unwrap();
+    }
+    work.write(
+        "symphony.yaml",
+        &util::SYMPHONY.replace("value: v1", "value: v2"),
+    );
+    work.commit("v2");
+    work.git(&["push", "-q", "origin", "main"]);
+    let out = run();
+    assert_eq!(out.code, 0, "{out:?}");
+    let current = state
+        .path()
+        .join("targets/site/shop/app/current/manifest.yaml");
+    assert!(std::fs::read_to_string(current).unwrap().contains("v2"));
+    for lock in &stale {
+        assert!(!lock.exists(), "{} left", lock.display());
+    }
+}

@@ -664,3 +664,33 @@ fn rebases_on_a_remote_branch_moved_without_notes() {
         format!("site-a: main@{}: 1 staged", &src.commit[..7])
     );
 }
+
+#[test]
+fn ref_locks_left_by_a_killed_fermata_do_not_block_the_next_publish() {
+    let (repo, src) = source_repo();
+    let sr = in_place(&repo, None);
+    sr.publish(&update(&src, vec![status("a/x", &src, State::Staged, 0)]))
+        .unwrap()
+        .expect("a commit");
+    // What a kill -9 between git's lock and rename leaves behind.
+    let git_dir = repo.path().join(".git");
+    let stale = [
+        git_dir.join("refs/heads/fermata/status.lock"),
+        git_dir.join("refs/notes/fermata.lock"),
+    ];
+    for lock in &stale {
+        std::fs::write(lock, "0000000000000000000000000000000000000000\n").unwrap();
+    }
+    let id = sr
+        .publish(&update(
+            &src,
+            vec![status("a/x", &src, State::Installed, 1)],
+        ))
+        .expect("publish after a crash")
+        .expect("a commit");
+    assert_eq!(rev(repo.path(), BRANCH), id.to_string());
+    assert!(note(repo.path(), &src.commit).contains("installed"));
+    for lock in &stale {
+        assert!(!lock.exists(), "{} left", lock.display());
+    }
+}

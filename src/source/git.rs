@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use nix::fcntl::{Flock, FlockArg};
+
 use git2::{Cred, CredentialType, FetchOptions, ObjectType, Oid, RemoteCallbacks, Repository};
 
 use super::{
@@ -126,6 +128,7 @@ impl GitSource {
                 refname.strip_prefix("refs/").unwrap_or(refname)
             );
             let mut remote = repo.remote_anonymous(&self.url).map_err(fetch_err)?;
+            let _writing = self.lock_mirror()?;
             let mut opts = FetchOptions::new();
             opts.remote_callbacks(callbacks())
                 .download_tags(git2::AutotagOption::None);
@@ -151,6 +154,18 @@ impl GitSource {
                 Some((name.strip_prefix("refs/heads/")?.to_string(), Revision(id)))
             })
             .collect())
+    }
+
+    /// The mirror's [`writer_lock`], clearing every ref lock a killed
+    /// fermata left: only fermata writes a mirror's refs.
+    fn lock_mirror(&self) -> Result<Flock<std::fs::File>, SourceError> {
+        writer_lock(&self.git_dir, || ref_locks(&self.git_dir)).map_err(|source| {
+            SourceError::Lock {
+                url: self.url.clone(),
+                path: self.git_dir.display().to_string(),
+                source,
+            }
+        })
     }
 
     /// A git error while talking to the remote, as a [`SourceError`].
@@ -191,6 +206,60 @@ impl GitSource {
         }
         Ok(())
     }
+}
+
+/// The file of a git directory that [`writer_lock`] locks.
+const WRITER_LOCK: &str = "fermata-writer.flock";
+
+/// Taken by fermata before it writes refs of a git directory, held until the
+/// write is done. The kernel releases it when the process dies, so while it
+/// is held, a `.lock` file among `stale()` (refs only fermata writes) was
+/// left by a fermata killed between git's lock and rename (a kill -9), and
+/// is removed: without that, git refuses those refs forever and a restart
+/// could never converge (invariant 7). Fermata processes sharing a
+/// repository (sites) take turns through it.
+pub(crate) fn writer_lock(
+    git_dir: &Path,
+    stale: impl FnOnce() -> Vec<PathBuf>,
+) -> std::io::Result<Flock<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(git_dir.join(WRITER_LOCK))?;
+    let lock = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| std::io::Error::from(errno))?;
+    for path in stale() {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::warn!(path = %path.display(), "removed a ref lock left by an interrupted fermata")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(lock)
+}
+
+/// Every `*.lock` file of a mirror's refs (and `packed-refs.lock`): a
+/// mirror's refs are written by fermata alone.
+fn ref_locks(git_dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|x| x == "lock") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = vec![git_dir.join("packed-refs.lock"), git_dir.join("HEAD.lock")];
+    walk(&git_dir.join("refs"), &mut out);
+    out
 }
 
 /// The refs a mirror keeps: branches and tags, not peeled `^{}` entries.
@@ -266,6 +335,7 @@ impl Source for GitSource {
                 return Ok(());
             }
         }
+        let _writing = self.lock_mirror()?;
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(callbacks())
             .prune(git2::FetchPrune::On)

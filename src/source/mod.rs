@@ -10,8 +10,8 @@ mod trust;
 
 use std::fmt;
 
-pub(crate) use git::callbacks;
 pub use git::GitSource;
+pub(crate) use git::{callbacks, writer_lock};
 pub use snapshot::{split, Entry, PathError, Snapshot, MAX_FILE_SIZE};
 pub use trust::{
     parse_allowed_signers, AllowedSigner, Keyring, SignaturePolicy, Signer, SignerSeen, TrustError,
@@ -51,6 +51,13 @@ pub enum SourceError {
     },
     #[error("cannot create mirror of {url} at {path}")]
     Mirror {
+        url: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock the mirror of {url} at {path}")]
+    Lock {
         url: String,
         path: String,
         #[source]

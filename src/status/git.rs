@@ -23,6 +23,8 @@ use git2::{
     PushOptions, Repository, Signature, Tree,
 };
 
+use nix::fcntl::Flock;
+
 use super::DeploymentStatus;
 use crate::model::Digest;
 use crate::target::SourceRef;
@@ -89,6 +91,13 @@ pub enum StatusError {
         what: &'static str,
         value: String,
         why: &'static str,
+    },
+    #[error("status branch {branch}: {path}: {source}")]
+    Lock {
+        branch: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -181,6 +190,7 @@ impl StatusRepo {
             .unwrap_or_else(|| self.git_dir.display().to_string());
         let mut reason = String::new();
         let started = std::time::Instant::now();
+        let mut writing = None;
         for attempt in 1..=MAX_ATTEMPTS {
             let before = (self.tip_id(&repo)?, ref_id(&repo, NOTES_REF));
             let tip = match before.0 {
@@ -199,6 +209,9 @@ impl StatusRepo {
             );
             if plan.is_empty() && attempt == 1 {
                 return Ok(None);
+            }
+            if writing.is_none() {
+                writing = Some(self.writer_lock()?);
             }
             let commit = if plan.is_empty() {
                 // A retry found the remote already holding exactly our files
@@ -412,6 +425,22 @@ impl StatusRepo {
             }
         }
         Ok(commit)
+    }
+
+    /// Taken before fermata writes its refs here (the status branch, the
+    /// notes) and held until the write is done: see
+    /// [`crate::source::writer_lock`]. Nobody but fermata writes those refs,
+    /// so their `.lock` files found while holding it are stale.
+    fn writer_lock(&self) -> Result<Flock<std::fs::File>, StatusError> {
+        let stale = [self.branch_ref(), NOTES_REF.into(), PLAN_NOTES_REF.into()]
+            .map(|name| self.git_dir.join(format!("{name}.lock")));
+        crate::source::writer_lock(&self.git_dir, || stale.to_vec()).map_err(|source| {
+            StatusError::Lock {
+                branch: self.branch.clone(),
+                path: self.git_dir.display().to_string(),
+                source,
+            }
+        })
     }
 
     fn open(&self) -> Result<Repository, StatusError> {
@@ -696,6 +725,7 @@ impl StatusRepo {
         let repo = self.open()?;
         let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL).map_err(self.git("signature"))?;
         let mut reason = String::new();
+        let mut writing = None;
         for attempt in 1..=MAX_ATTEMPTS {
             let before = ref_id(&repo, PLAN_NOTES_REF);
             let old = match repo.find_note(Some(PLAN_NOTES_REF), commit) {
@@ -706,6 +736,9 @@ impl StatusRepo {
             let new = merge_sections(old.as_deref(), marker, section);
             if old.as_deref() == Some(new.as_str()) && attempt == 1 {
                 return Ok(false);
+            }
+            if writing.is_none() {
+                writing = Some(self.writer_lock()?);
             }
             repo.note(&sig, &sig, Some(PLAN_NOTES_REF), commit, &new, true)
                 .map_err(self.git(format!("write plan note on {commit}")))?;
