@@ -1,6 +1,7 @@
 //! Deletion (DESIGN.md section 5) through `fermata run` on real commits: a
 //! removed variation is `removing` until its target confirms, in its window
-//! and after its dependents; a removed symphony is orphaned at once.
+//! and after its dependents; a removed symphony is orphaned at once (its
+//! mark on the target written in its window).
 
 mod util;
 
@@ -154,10 +155,12 @@ fn a_removed_symphony_is_orphaned_at_once() {
 
     repo.remove("symphony.yaml");
     repo.commit("shop removed");
-    // Even with its window closed: a symphony's deletion does not wait.
+    // Even with its window closed, status drops it at once; the mark on the
+    // target is a write and waits for the window (nothing_lost.rs).
     let run = site.once(&repo, CLOSED);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("removed (orphaned)"), "{run:?}");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
     let manifest = std::fs::read_to_string(site.dir("shop/a/current/manifest.yaml")).unwrap();
     assert!(
         manifest.contains("fermata.dev/orphaned-from: shop"),

@@ -28,6 +28,12 @@ pub struct Loaded {
     pub errors: Vec<Diagnostic>,
     /// Things that load but probably do not mean what the user thinks.
     pub warnings: Vec<Diagnostic>,
+    /// Files (or the `--path` folder itself) that could not be read as far as
+    /// knowing which objects they define: a YAML syntax error, bytes that are
+    /// not UTF-8, an unknown kind, a name that is missing or invalid. Such a
+    /// file may still define any symphony, so while one exists no symphony
+    /// counts as removed (DESIGN.md invariant 10). First problem per file.
+    pub unreadable: BTreeMap<String, Diagnostic>,
 }
 
 /// Default synthesizer timeout, as in DESIGN.md.
@@ -74,7 +80,7 @@ pub fn load(snap: &Snapshot, root: &str) -> Loaded {
     let root = match snap.resolve("", root) {
         Ok(r) if snap.is_dir(&r) => r,
         Ok(r) => {
-            l.errors.push(Diagnostic::new(
+            l.unreadable_error(Diagnostic::new(
                 root,
                 None,
                 "",
@@ -83,12 +89,11 @@ pub fn load(snap: &Snapshot, root: &str) -> Loaded {
             return l.finish(Fleet::default());
         }
         Err(e) => {
-            l.errors
-                .push(Diagnostic::new(root, None, "", format!("--path: {e}")));
+            l.unreadable_error(Diagnostic::new(root, None, "", format!("--path: {e}")));
             return l.finish(Fleet::default());
         }
     };
-    let (docs, syntax) = read_documents(snap, &root, &mut l.errors);
+    let (docs, syntax) = read_documents(snap, &root, &mut l);
     let (raws, inputs) = l.classify(docs);
 
     // Type-check every object, then drop duplicates (which one is meant is
@@ -140,7 +145,7 @@ pub fn load(snap: &Snapshot, root: &str) -> Loaded {
     };
     for d in syntax {
         if !in_templates(&d.file) {
-            l.errors.push(d);
+            l.unreadable_error(d);
         }
     }
     let inputs: Vec<Doc> = inputs
@@ -156,11 +161,7 @@ pub fn load(snap: &Snapshot, root: &str) -> Loaded {
 
 /// Reads and parses every `*.yaml`/`*.yml` below `root`. Syntax errors are
 /// returned apart: those in template folders are not errors of the repository.
-fn read_documents(
-    snap: &Snapshot,
-    root: &str,
-    errors: &mut Vec<Diagnostic>,
-) -> (Vec<Doc>, Vec<Diagnostic>) {
+fn read_documents(snap: &Snapshot, root: &str, l: &mut Loader) -> (Vec<Doc>, Vec<Diagnostic>) {
     let mut docs = Vec::new();
     let mut syntax = Vec::new();
     for (path, entry) in snap.under(root) {
@@ -169,7 +170,7 @@ fn read_documents(
         }
         let data = match entry {
             Entry::Oversize { size } => {
-                errors.push(Diagnostic::new(
+                l.unreadable_error(Diagnostic::new(
                     path,
                     None,
                     "",
@@ -183,7 +184,7 @@ fn read_documents(
             Entry::Symlink { .. } => {
                 let (dir, name) = split(path);
                 if let Err(e) = snap.resolve(dir, name) {
-                    errors.push(Diagnostic::new(path, None, "", e.to_string()));
+                    l.unreadable_error(Diagnostic::new(path, None, "", e.to_string()));
                     continue;
                 }
                 match snap.read(path) {
@@ -193,9 +194,21 @@ fn read_documents(
             }
             Entry::File { data, .. } => data,
         };
-        let Ok(text) = std::str::from_utf8(data) else {
-            errors.push(Diagnostic::new(path, None, "", "file is not UTF-8"));
-            continue;
+        let text = match std::str::from_utf8(data) {
+            Ok(text) => text,
+            Err(e) => {
+                // The line of the first byte that is not UTF-8.
+                let valid = &data[..e.valid_up_to()];
+                let line = 1 + valid.iter().filter(|b| **b == b'\n').count();
+                let col = 1 + valid.iter().rev().take_while(|b| **b != b'\n').count();
+                l.unreadable_error(Diagnostic::new(
+                    path,
+                    Some(line),
+                    "",
+                    format!("file is not UTF-8 (column {col})"),
+                ));
+                continue;
+            }
         };
         let mut values = Vec::new();
         for de in serde_yaml::Deserializer::from_str(text) {
@@ -252,6 +265,8 @@ struct Loader {
     broken: HashMap<(String, String), Vec<Diagnostic>>,
     /// `dependsOn` of loaded symphonies, checked once all of them are loaded.
     depends_on: BTreeMap<CompositionId, Vec<Edge>>,
+    /// See [`Loaded::unreadable`].
+    unreadable: BTreeMap<String, Diagnostic>,
 }
 
 /// One `dependsOn` entry, with where it is written: errors about it point there.
@@ -278,7 +293,16 @@ impl Loader {
             fleet,
             errors: self.errors,
             warnings: self.warnings,
+            unreadable: self.unreadable,
         }
+    }
+
+    /// An error that leaves unknown which objects its file defines.
+    fn unreadable_error(&mut self, d: Diagnostic) {
+        self.unreadable
+            .entry(d.file.clone())
+            .or_insert_with(|| d.clone());
+        self.errors.push(d);
     }
 
     fn broken(&mut self, kind: &str, name: &str, d: Diagnostic) {
@@ -296,7 +320,7 @@ impl Loader {
             let api = doc.str_at(&["apiVersion"]).unwrap_or_default().to_string();
             if api != API_VERSION {
                 if api.starts_with("fermata.dev/") {
-                    self.errors.push(doc.diag(
+                    self.unreadable_error(doc.diag(
                         "apiVersion",
                         format!(
                             "unsupported apiVersion {api:?}; this fermata reads {API_VERSION:?}"
@@ -318,14 +342,13 @@ impl Loader {
                         KINDS.join(", ")
                     )
                 };
-                self.errors.push(doc.diag("kind", msg));
+                self.unreadable_error(doc.diag("kind", msg));
                 continue;
             }
             let name = match doc.value.get("metadata").and_then(|m| m.get("name")) {
                 Some(Value::String(name)) => name.clone(),
                 None | Some(Value::Null) => {
-                    self.errors
-                        .push(doc.diag("metadata.name", "missing field `name`"));
+                    self.unreadable_error(doc.diag("metadata.name", "missing field `name`"));
                     continue;
                 }
                 // `name: 2024` is there, but YAML reads it as a number.
@@ -335,14 +358,14 @@ impl Loader {
                         Value::Bool(b) => format!("must be a string; quote it: name: \"{b}\""),
                         _ => "must be a string".to_string(),
                     };
-                    self.errors.push(doc.diag("metadata.name", message));
+                    self.unreadable_error(doc.diag("metadata.name", message));
                     continue;
                 }
             };
             if let Err(m) = check_name(&name) {
                 let d = doc.diag("metadata.name", m);
                 self.broken(&kind, &name, d.clone());
-                self.errors.push(d);
+                self.unreadable_error(d);
                 continue;
             }
             raws.push(Raw { kind, name, doc });

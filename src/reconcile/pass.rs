@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::annotations;
 use super::plan::{self, Apply, Facts, Reason};
-use super::state::{Persisted, RenderRecord};
+use super::state::{PendingWrite, Persisted, RenderRecord};
 use super::Settings;
 use crate::model::types::Strategy;
 use crate::model::{self, Composition, CompositionId, Digest, Fleet, SynthKind, TargetKind};
@@ -508,7 +508,7 @@ impl Reconciler {
             work.push(w);
         }
         // Phase 1 of the annotation protocol: prunes, before any set.
-        let held = self.prune_phase(&mut work, &fleet, now, &mut report).await;
+        let held = self.prune_phase(&mut work, &fleet, &mut report).await;
 
         // Per composition: stage, then apply what the plan allows.
         let mut ready: HashSet<CompositionId> = HashSet::new();
@@ -539,7 +539,9 @@ impl Reconciler {
                             .then_some(Reason::MaxUnavailable)
                     }
                 },
-                window_open: window.map(|mw| mw.window.is_open(now)),
+                // The clock is read per composition, not once per pass: a
+                // long pass must not start applies after the window closed.
+                window_open: window.map(|mw| mw.window.is_open(self.clock.now())),
                 override_digest: self
                     .persisted
                     .overrides
@@ -555,7 +557,8 @@ impl Reconciler {
                         _ if w.observed.applied.is_none() => Some(ActionKind::Create),
                         _ => Some(ActionKind::Update),
                     };
-                    self.execute(w, decision, &snap, &fleet, &fetched, &source_ref)
+                    let win = window.map(|mw| &mw.window);
+                    self.execute(w, decision, win, &snap, &fleet, &fetched, &source_ref)
                         .await;
                     if w.waiting == Some(Reason::PrunePending) {
                         w.waiting_message =
@@ -564,7 +567,7 @@ impl Reconciler {
                     w.rendered = None;
                     if let Some(next) = window
                         .filter(|_| w.waiting == Some(Reason::WindowClosed))
-                        .and_then(|mw| mw.window.state_at(now).next_open)
+                        .and_then(|mw| mw.window.state_at(self.clock.now()).next_open)
                     {
                         report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
                     }
@@ -648,38 +651,37 @@ impl Reconciler {
             });
             statuses.push(st);
         }
-        // Symphonies that failed to load keep what they applied; status says why.
-        for (sym, diags) in &fleet.failed {
-            let reason = diags
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("; ");
+        // Symphonies that failed to load keep what they applied; status says
+        // why. So do those that may be defined in a file that cannot be read
+        // (invariant 10): absent from the fleet is not removed while any
+        // file's objects are unknown.
+        let held = held_symphonies(
+            &fleet,
+            &loaded.unreadable,
+            &self.records_under(&format!("{branch}:")),
+        );
+        for (sym, why) in &held {
             let prefix = format!("{branch}:{sym}/");
             let known = self.records_under(&prefix);
             if known.is_empty() {
-                report.errors.push(reason.clone());
+                if let Held::Invalid(_) = why {
+                    report.errors.push(why.error(sym, None).message);
+                }
             }
             for (key, rec) in known {
                 let Some(mut w) = self.recorded_work(&fleet, branch, &key, &rec).await else {
                     continue;
                 };
                 let id = w.comp.id.clone();
-                let first = diags.first();
-                w.fail(
-                    "InvalidObject",
-                    first
-                        .map(|d| format!("{}:{}", d.file, d.line.unwrap_or(0)))
-                        .unwrap_or_default(),
-                    reason.clone(),
-                );
+                let e = why.error(sym, rec.file.as_deref());
+                w.error = Some(e.clone());
                 statuses.push(self.status_of(&w, &source_ref, now, None));
                 report.rows.push(Row {
                     id,
                     state: State::Failed,
                     digest: None,
                     window: None,
-                    note: reason.clone(),
+                    note: e.message,
                     action: None,
                     skipped: None,
                 });
@@ -691,8 +693,17 @@ impl Reconciler {
                 report.errors.push(e.to_string());
             }
         }
-        self.removals(branch, &fleet, &source_ref, now, &mut statuses, &mut report)
-            .await;
+        let held_names: HashSet<String> = held.keys().cloned().collect();
+        self.removals(
+            branch,
+            &fleet,
+            &held_names,
+            &source_ref,
+            now,
+            &mut statuses,
+            &mut report,
+        )
+        .await;
         self.symphony_readiness(&fleet, &mut statuses, &mut report);
         let prefix = format!("{branch}:");
         let live: HashSet<String> = statuses
@@ -724,7 +735,12 @@ impl Reconciler {
             .insert(branch.to_string(), rev.to_string());
         let settled = work_settled
             && !report.rows.iter().any(|r| r.state == State::Removing)
-            && fleet.failed.is_empty()
+            && held_names.is_empty()
+            && !self
+                .persisted
+                .orphan_writes
+                .keys()
+                .any(|k| k.starts_with(&prefix))
             && self.fetch_error.is_none()
             && report.errors.is_empty();
         if settled {
@@ -852,7 +868,12 @@ impl Reconciler {
             .filter(|(k, _)| k.starts_with(&prefix))
         {
             if let Ok(id) = key[prefix.len()..].parse::<CompositionId>() {
-                statuses.push(orphaned_status(&id, symphony, &source_ref, now));
+                let waits = self
+                    .persisted
+                    .orphan_writes
+                    .get(key)
+                    .and_then(|p| window_status(&last, p.window.as_deref(), now));
+                statuses.push(orphaned_status(&id, symphony, &source_ref, now, waits));
             }
         }
         let summary = format!(
@@ -1073,6 +1094,7 @@ impl Reconciler {
                         .get(&w.comp.id.symphony)
                         .and_then(|s| s.compositions.iter().position(|c| c.id == w.comp.id))
                         .unwrap_or(0),
+                    file: Some(w.comp.origin.file.clone()).filter(|f| !f.is_empty()),
                 },
             );
         }
@@ -1089,7 +1111,6 @@ impl Reconciler {
         &mut self,
         work: &mut [Work],
         fleet: &Fleet,
-        now: DateTime<Utc>,
         report: &mut BranchReport,
     ) -> HashMap<String, String> {
         let mut held: HashMap<String, String> = HashMap::new();
@@ -1104,6 +1125,7 @@ impl Reconciler {
             };
             let sym = w.comp.id.symphony.clone();
             let window = w.comp.window.as_ref().and_then(|n| fleet.windows.get(n));
+            let now = self.clock.now();
             if let Some(mw) = window.filter(|mw| !mw.window.is_open(now)) {
                 let next = mw.window.state_at(now).next_open;
                 if let Some(n) = next {
@@ -1213,6 +1235,7 @@ impl Reconciler {
         &mut self,
         w: &mut Work,
         decision: plan::Decision,
+        window: Option<&crate::window::Window>,
         snap: &Arc<Snapshot>,
         fleet: &Arc<Fleet>,
         fetched: &BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>,
@@ -1278,6 +1301,13 @@ impl Reconciler {
             tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), "staged");
         }
         match decision.apply {
+            // Staging may have taken a while: the window is judged again
+            // right before the apply starts (invariant 2).
+            Apply::Now { overridden: false }
+                if window.is_some_and(|mw| !mw.is_open(self.clock.now())) =>
+            {
+                w.waiting = Some(Reason::WindowClosed);
+            }
             Apply::Now { overridden } => {
                 let applied = target.apply(&desired, StateGoal::Apply).await;
                 self.after_write();
@@ -1488,6 +1518,7 @@ impl Reconciler {
         &mut self,
         branch: &str,
         fleet: &Arc<Fleet>,
+        held: &HashSet<String>,
         source: &SourceRef,
         now: DateTime<Utc>,
         statuses: &mut Vec<DeploymentStatus>,
@@ -1518,14 +1549,18 @@ impl Reconciler {
                 .as_ref()
                 .and_then(|t| self.target_for(fleet, t).ok());
             if !fleet.symphonies.contains_key(&id.symphony) {
-                if let Some(t) = &target {
-                    if let Err(e) = self.orphan(t.as_ref(), &id).await {
-                        tracing::warn!(composition = %id, error = %e, "cannot annotate orphaned resources");
-                    }
-                }
+                // Dropped from status at once; the mark on the target is a
+                // write like any other and waits for the window (below).
                 tracing::info!(composition = %id, "symphony removed: resources orphaned");
                 self.persisted.renders.remove(&key);
                 self.observed.remove(&key);
+                self.persisted.orphan_writes.insert(
+                    key.clone(),
+                    PendingWrite {
+                        target: rec.target.clone(),
+                        window: rec.window.clone(),
+                    },
+                );
                 self.persisted.orphaned.insert(key, id.symphony.clone());
                 continue;
             }
@@ -1544,12 +1579,13 @@ impl Reconciler {
                     .filter(|(k, r)| {
                         k.strip_prefix(&prefix)
                             .and_then(|rest| rest.split_once('/'))
-                            .is_some_and(|(sym, _)| fleet.failed.contains_key(sym))
+                            .is_some_and(|(sym, _)| held.contains(sym))
                             && r.depends_on.contains(&id.to_string())
                     })
                     .map(|(k, _)| k[prefix.len()..].to_string()),
             );
-            let window_status = window_status(fleet, rec.window.as_deref(), now);
+            // Judged now, at the write, not at the pass's start (invariant 2).
+            let window_status = window_status(fleet, rec.window.as_deref(), self.clock.now());
             if let Some(ws) = &window_status {
                 report.windows.insert(ws.name.clone(), ws.open);
             }
@@ -1637,6 +1673,10 @@ impl Reconciler {
             });
             statuses.push(st);
         }
+        self.persisted
+            .orphan_writes
+            .retain(|k, _| !live.contains(k));
+        self.orphan_writes(&prefix, fleet, report).await;
         for (key, symphony) in self
             .persisted
             .orphaned
@@ -1646,7 +1686,12 @@ impl Reconciler {
             let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
                 continue;
             };
-            statuses.push(orphaned_status(&id, symphony, source, now));
+            let waits = self
+                .persisted
+                .orphan_writes
+                .get(key)
+                .and_then(|p| window_status(fleet, p.window.as_deref(), now));
+            statuses.push(orphaned_status(&id, symphony, source, now, waits));
             report.rows.push(Row {
                 id,
                 state: State::Removed,
@@ -1656,6 +1701,54 @@ impl Reconciler {
                 action: None,
                 skipped: None,
             });
+        }
+    }
+
+    /// Writes the orphan marks of `prefix`'s branch whose window is open
+    /// (checked at the write, not at the pass's start). A failed write is
+    /// tried again next pass; a target no longer defined cannot be written.
+    async fn orphan_writes(&mut self, prefix: &str, fleet: &Fleet, report: &mut BranchReport) {
+        let pending: Vec<(String, PendingWrite)> = self
+            .persisted
+            .orphan_writes
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        for (key, p) in pending {
+            let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
+                self.persisted.orphan_writes.remove(&key);
+                continue;
+            };
+            if let Some(ws) = window_status(fleet, p.window.as_deref(), self.clock.now()) {
+                if !ws.open {
+                    if let Some(next) = ws.next_open {
+                        report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
+                    }
+                    continue;
+                }
+            }
+            if self.dry_run || !self.leadership.is_leader() {
+                continue;
+            }
+            let Some(target) = p
+                .target
+                .as_ref()
+                .and_then(|t| self.target_for(fleet, t).ok())
+            else {
+                tracing::warn!(composition = %id, target = ?p.target, "target no longer defined: orphaned resources cannot be marked");
+                self.persisted.orphan_writes.remove(&key);
+                continue;
+            };
+            match self.orphan(target.as_ref(), &id).await {
+                Ok(()) => {
+                    tracing::info!(composition = %id, "orphaned resources marked");
+                    self.persisted.orphan_writes.remove(&key);
+                }
+                Err(e) => {
+                    tracing::warn!(composition = %id, error = %e, "cannot annotate orphaned resources; trying again next pass")
+                }
+            }
         }
     }
 
@@ -1833,6 +1926,82 @@ impl Reconciler {
     }
 }
 
+/// Why a symphony that is not in the loaded fleet keeps its applied state.
+enum Held<'a> {
+    /// It is named in the repository but failed to load.
+    Invalid(&'a [model::Diagnostic]),
+    /// It is gone from what could be read, but some file could not be read
+    /// at all and may still define it.
+    Unreadable(&'a BTreeMap<String, model::Diagnostic>),
+}
+
+impl Held<'_> {
+    /// The error its compositions report; `file` is where the symphony was
+    /// defined when it was last rendered, if known.
+    fn error(&self, symphony: &str, file: Option<&str>) -> StatusErrorInfo {
+        let at = |d: &model::Diagnostic| format!("{}:{}", d.file, d.line.unwrap_or(0));
+        match self {
+            Held::Invalid(diags) => StatusErrorInfo {
+                code: "InvalidObject".to_string(),
+                source: diags.first().map(at).unwrap_or_default(),
+                message: diags
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+            Held::Unreadable(files) => match file.and_then(|f| files.get(f)) {
+                Some(d) => StatusErrorInfo {
+                    code: "UnreadableFile".to_string(),
+                    source: at(d),
+                    message: format!(
+                        "{d}; symphony {symphony} was defined in this file: it keeps its applied state until the file can be read"
+                    ),
+                },
+                None => {
+                    let d = files.values().next();
+                    StatusErrorInfo {
+                        code: "UnreadableFile".to_string(),
+                        source: d.map(at).unwrap_or_default(),
+                        message: format!(
+                            "symphony {symphony} is not in what could be read, but {} cannot be read and may define it ({}): nothing is removed until it can be read",
+                            files.keys().cloned().collect::<Vec<_>>().join(", "),
+                            d.map(|d| d.to_string()).unwrap_or_default()
+                        ),
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The symphonies of this branch that keep their applied state although
+/// they are not in the loaded fleet: those that failed to load, and, while a
+/// file cannot be read, every one known from earlier passes that is absent.
+fn held_symphonies<'a>(
+    fleet: &'a Fleet,
+    unreadable: &'a BTreeMap<String, model::Diagnostic>,
+    records: &[(String, RenderRecord)],
+) -> BTreeMap<String, Held<'a>> {
+    let mut held: BTreeMap<String, Held<'a>> = fleet
+        .failed
+        .iter()
+        .map(|(s, d)| (s.clone(), Held::Invalid(d)))
+        .collect();
+    if !unreadable.is_empty() {
+        for (key, _) in records {
+            let Some(sym) = key.split_once(':').and_then(|(_, id)| id.split_once('/')) else {
+                continue;
+            };
+            if !fleet.symphonies.contains_key(sym.0) {
+                held.entry(sym.0.to_string())
+                    .or_insert(Held::Unreadable(unreadable));
+            }
+        }
+    }
+    held
+}
+
 /// What status says of the window `name` (if any) at `now`.
 fn window_status(fleet: &Fleet, name: Option<&str>, now: DateTime<Utc>) -> Option<WindowStatus> {
     let mw = fleet.windows.get(name?)?;
@@ -1853,7 +2022,18 @@ fn orphaned_status(
     symphony: &str,
     source: &SourceRef,
     now: DateTime<Utc>,
+    waits: Option<WindowStatus>,
 ) -> DeploymentStatus {
+    let message = match &waits {
+        None => format!(
+            "removed (orphaned): symphony {symphony} is gone from the repository; its resources are left in place, annotated {ORPHANED_FROM}: {symphony}"
+        ),
+        Some(ws) => format!(
+            "removed (orphaned): symphony {symphony} is gone from the repository; its resources are left in place and get the annotation {ORPHANED_FROM}: {symphony} in window {} (next opening {})",
+            ws.name,
+            ws.next_open.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into())
+        ),
+    };
     DeploymentStatus {
         api_version: model::types::API_VERSION.to_string(),
         kind: "DeploymentStatus".to_string(),
@@ -1871,9 +2051,7 @@ fn orphaned_status(
                 r#type: "Ready".to_string(),
                 status: "False".to_string(),
                 reason: "Orphaned".to_string(),
-                message: format!(
-                    "removed (orphaned): symphony {symphony} is gone from the repository; its resources are left in place, annotated {ORPHANED_FROM}: {symphony}"
-                ),
+                message,
                 last_transition_time: Some(now),
             }],
             error: None,

@@ -36,9 +36,23 @@ pub struct Persisted {
     /// with that symphony: their status stays `removed (orphaned)`.
     #[serde(default)]
     pub orphaned: BTreeMap<String, String>,
+    /// `branch:symphony/variation` of orphaned compositions whose mark
+    /// (`fermata.dev/orphaned-from`) is not written yet: a write to the
+    /// applied state like any other, it waits for the composition's window.
+    #[serde(default)]
+    pub orphan_writes: BTreeMap<String, PendingWrite>,
     /// Pull requests planned, commit statuses posted, plan notes written.
     #[serde(default)]
     pub pulls: super::pulls::PullState,
+}
+
+/// A write to a composition's target that waits for its window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingWrite {
+    /// The Target (by name) that holds the composition.
+    pub target: Option<String>,
+    /// The window the write waits for; none: at once.
+    pub window: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,6 +87,10 @@ pub struct RenderRecord {
     /// Its place among the variations: `OrderedReady` deletes in reverse.
     #[serde(default)]
     pub position: usize,
+    /// The file that defined it: if that file later cannot be read, its
+    /// status points there (and it keeps its applied state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 impl Persisted {

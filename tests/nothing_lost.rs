@@ -1,0 +1,350 @@
+//! Nothing lost, nothing misapplied (DESIGN.md invariants 2, 5, 9 and 10),
+//! through `fermata run` on real commits: a file that cannot be read is
+//! never a removal, removals wait for their window, an operator's records
+//! survive a running daemon, one writer per state directory, two branches
+//! never fight over one target, and a retarget removes from the old target.
+
+mod util;
+
+use std::path::PathBuf;
+
+use util::{git, TestRepo};
+
+const OPEN: &str = "2026-11-21T02:30:00Z";
+const CLOSED: &str = "2026-11-21T06:00:00Z";
+const NEXT_OPEN: &str = "2026-11-28T02:30:00Z";
+
+struct Site {
+    state: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        Site {
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn dir(&self, comp: &str) -> PathBuf {
+        self.state.path().join("targets/site").join(comp)
+    }
+
+    fn once(&self, repo: &TestRepo, now: &str) -> util::Run {
+        util::run_once(self.state.path(), repo, now)
+    }
+
+    /// What `current` points to and the manifest it holds.
+    fn applied(&self, comp: &str) -> (PathBuf, String) {
+        let current = self.dir(comp).join("current");
+        let link = std::fs::read_link(&current).unwrap_or_default();
+        let manifest = std::fs::read_to_string(current.join("manifest.yaml")).unwrap_or_default();
+        (link, manifest)
+    }
+}
+
+const SHOP: &str = "apiVersion: fermata.dev/v1alpha1
+kind: Symphony
+metadata:
+  name: shop
+spec:
+  window: sat
+  variations:
+    - name: a
+      synthesizer: {name: app}
+      synthesisEnv: [{name: TAG, value: a}]
+";
+
+/// `shop` (in window `sat`, in `symphony.yaml`) and `other` (no window).
+fn fleet(repo: &TestRepo) {
+    util::minimal(repo)
+        .write("window.yaml", util::SAT_WINDOW)
+        .write("symphony.yaml", SHOP)
+        .write(
+            "other.yaml",
+            &util::SYMPHONY.replace("name: shop", "name: other"),
+        );
+}
+
+fn status(repo: &TestRepo, file: &str) -> String {
+    git(repo.path(), &["show", &format!("fermata/status:{file}")])
+}
+
+/// Applies the fleet, then commits `breaker`'s change and runs a pass with
+/// the window open: whatever `symphony.yaml` defined must keep its applied
+/// state and report failed at `at` (`file:line`).
+fn unreadable_keeps_applied(breaker: impl Fn(&TestRepo), at: &str) {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    fleet(&repo);
+    repo.commit("shop and other");
+    let run = site.once(&repo, OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    let before = site.applied("shop/a");
+    assert!(before.1.contains("tag: a"), "{before:?}");
+
+    breaker(&repo);
+    repo.commit("break symphony.yaml");
+    let run = site.once(&repo, OPEN);
+    assert_eq!(run.code, 1, "an unreadable file is an error: {run:?}");
+    assert!(!run.stdout.contains("orphaned"), "{run:?}");
+    assert_eq!(
+        site.applied("shop/a"),
+        before,
+        "nothing written to the target"
+    );
+    let st = status(&repo, "main/shop/a.yaml");
+    assert!(st.contains("state: failed"), "{st}");
+    assert!(st.contains("code: UnreadableFile"), "{st}");
+    assert!(st.contains(&format!("source: {at}")), "{st}");
+    assert!(!st.contains("Orphaned"), "{st}");
+    // The other symphony goes on.
+    let other = status(&repo, "main/other/app.yaml");
+    assert!(other.contains("state: installed"), "{other}");
+    // And a later pass (unchanged commit) still keeps it.
+    let run = site.once(&repo, NEXT_OPEN);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(site.applied("shop/a"), before);
+
+    // Mended: back to normal, nothing lost on the way.
+    repo.write("symphony.yaml", SHOP);
+    repo.commit("mend symphony.yaml");
+    let run = site.once(&repo, OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(status(&repo, "main/shop/a.yaml").contains("state: installed"));
+}
+
+#[test]
+fn a_yaml_syntax_error_is_not_a_removal() {
+    unreadable_keeps_applied(
+        |r| {
+            r.write(
+                "symphony.yaml",
+                &SHOP.replace("  window: sat\n", "  window: sat\n   oops: [\n"),
+            );
+        },
+        "symphony.yaml:7",
+    );
+}
+
+#[test]
+fn an_unknown_kind_is_not_a_removal() {
+    unreadable_keeps_applied(
+        |r| {
+            r.write(
+                "symphony.yaml",
+                &SHOP.replace("kind: Symphony", "kind: Symfony"),
+            );
+        },
+        "symphony.yaml:2",
+    );
+}
+
+#[test]
+fn an_invalid_name_is_not_a_removal() {
+    unreadable_keeps_applied(
+        |r| {
+            r.write("symphony.yaml", &SHOP.replace("name: shop", "name: Shop_X"));
+        },
+        "symphony.yaml:4",
+    );
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_not_a_removal() {
+    unreadable_keeps_applied(
+        |r| {
+            let mut bytes = SHOP.as_bytes().to_vec();
+            bytes.extend_from_slice(b"# caf\xe9\n");
+            std::fs::write(r.path().join("symphony.yaml"), bytes).unwrap();
+        },
+        "symphony.yaml:11",
+    );
+}
+
+#[test]
+fn a_nul_byte_is_not_a_removal() {
+    unreadable_keeps_applied(
+        |r| {
+            r.write("symphony.yaml", &format!("{SHOP}# a\0b\n"));
+        },
+        "symphony.yaml:",
+    );
+}
+
+#[test]
+fn an_error_in_a_second_document_keeps_the_first() {
+    unreadable_keeps_applied(
+        |r| {
+            r.write(
+                "symphony.yaml",
+                &format!("{SHOP}---\napiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {{name: x}}\nspec: [\n"),
+            );
+        },
+        "symphony.yaml:",
+    );
+}
+
+#[test]
+fn a_vanished_path_is_an_error_of_the_pass_not_a_removal() {
+    let repo = TestRepo::new();
+    let state = tempfile::tempdir().unwrap();
+    util::minimal(&repo);
+    for f in [
+        "target.yaml",
+        "synth/app.yaml",
+        "synth/manifests/cm.yaml",
+        "symphony.yaml",
+    ] {
+        let content = std::fs::read(repo.path().join(f)).unwrap();
+        std::fs::create_dir_all(repo.path().join("fleet").join(f).parent().unwrap()).unwrap();
+        std::fs::write(repo.path().join("fleet").join(f), content).unwrap();
+        repo.remove(f);
+    }
+    repo.commit("fleet under fleet/");
+    let p = repo.path().to_str().unwrap();
+    let run_path = |now| {
+        util::fermata_at(
+            state.path(),
+            &[
+                "run", "--once", "--repo", p, "--branch", "main", "--path", "fleet",
+            ],
+            now,
+            &[],
+        )
+    };
+    let run = run_path(OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    let current = state.path().join("targets/site/shop/app/current");
+    let before = std::fs::read_link(&current).unwrap();
+
+    git(repo.path(), &["mv", "fleet", "renamed"]);
+    repo.commit("rename the folder");
+    let run = run_path(OPEN);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(!run.stdout.contains("orphaned"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("shop/app                         failed"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("no folder"), "{run:?}");
+    assert_eq!(std::fs::read_link(&current).unwrap(), before);
+    let manifest = std::fs::read_to_string(current.join("manifest.yaml")).unwrap();
+    assert!(!manifest.contains("orphaned"), "{manifest}");
+    let st = status(&repo, "main/shop/app.yaml");
+    assert!(st.contains("state: failed"), "{st}");
+    assert!(st.contains("source: fleet:0"), "{st}");
+}
+
+#[test]
+fn an_orphaning_write_waits_for_the_window() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    fleet(&repo);
+    repo.commit("shop and other");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    let before = site.applied("shop/a");
+
+    repo.remove("symphony.yaml");
+    repo.commit("shop removed");
+    let run = site.once(&repo, CLOSED);
+    assert_eq!(run.code, 0, "{run:?}");
+    // Status drops it at once ...
+    assert!(run.stdout.contains("removed (orphaned)"), "{run:?}");
+    let st = status(&repo, "main/shop/a.yaml");
+    assert!(st.contains("state: removed"), "{st}");
+    assert!(st.contains("reason: Orphaned"), "{st}");
+    assert!(st.contains("window sat"), "says the write waits: {st}");
+    // ... but the write to the target waits for the window.
+    assert_eq!(
+        site.applied("shop/a"),
+        before,
+        "nothing written while closed"
+    );
+
+    let run = site.once(&repo, NEXT_OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    let (_, manifest) = site.applied("shop/a");
+    assert!(
+        manifest.contains("fermata.dev/orphaned-from: shop"),
+        "written in the window: {manifest}"
+    );
+    assert!(manifest.contains("tag: a"), "left in place");
+    // Once written, a further pass writes nothing more.
+    let after = site.applied("shop/a");
+    let run = site.once(&repo, NEXT_OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(site.applied("shop/a"), after);
+}
+
+/// A clock that moves one minute every time it is read: a pass that takes
+/// time, without sleeping.
+#[derive(Debug)]
+struct Ticking(std::sync::Mutex<chrono::DateTime<chrono::Utc>>);
+
+impl fermata::window::Clock for Ticking {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let mut t = self.0.lock().unwrap();
+        let now = *t;
+        *t = now + chrono::TimeDelta::minutes(1);
+        now
+    }
+}
+
+#[test]
+fn the_window_is_judged_at_each_apply_not_once_per_pass() {
+    let repo = TestRepo::new();
+    let state = tempfile::tempdir().unwrap();
+    let variations: String = (0..30)
+        .map(|i| format!("    - {{name: v{i}, synthesizer: {{name: app}}, synthesisEnv: [{{name: TAG, value: t{i}}}]}}\n"))
+        .collect();
+    util::minimal(&repo)
+        .write("window.yaml", util::SAT_WINDOW)
+        .write(
+            "symphony.yaml",
+            &format!("apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: shop}}\nspec:\n  window: sat\n  rollout: {{strategy: Parallel, maxUnavailable: 100}}\n  variations:\n{variations}"),
+        );
+    repo.commit("30 variations");
+    // Ten minutes before the window closes (05:00).
+    let start = "2026-11-21T04:50:00Z".parse().unwrap();
+    let clock = std::sync::Arc::new(Ticking(std::sync::Mutex::new(start)));
+    let settings = fermata::reconcile::Settings {
+        repo: repo.path().to_str().unwrap().to_string(),
+        branches: vec!["main".into()],
+        path: String::new(),
+        interval: std::time::Duration::from_secs(30),
+        state_dir: state.path().to_path_buf(),
+        target_root: state.path().join("targets"),
+        status_branch: "fermata/status".into(),
+        site: None,
+        signatures: fermata::source::SignaturePolicy::None,
+        health_timeout: std::time::Duration::from_secs(600),
+    };
+    let mut r = fermata::reconcile::Reconciler::new(settings, clock).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reports = rt.block_on(r.pass());
+    let states: Vec<&str> = reports[0].rows.iter().map(|r| r.state.as_str()).collect();
+    let installed = states.iter().filter(|s| **s == "installed").count();
+    let staged = states.iter().filter(|s| **s == "staged").count();
+    assert!(installed > 0, "applied while open: {states:?}");
+    assert!(
+        staged > 0,
+        "staged, not applied, once the window closed: {states:?}"
+    );
+    assert_eq!(installed + staged, 30, "{states:?}");
+    // Every staged one waits for the window, and none was applied.
+    for i in 0..30 {
+        let dir = state.path().join(format!("targets/site/shop/v{i}"));
+        let row = reports[0]
+            .rows
+            .iter()
+            .find(|r| r.id.to_string() == format!("shop/v{i}"))
+            .unwrap();
+        assert_eq!(
+            dir.join("current").exists(),
+            row.state.as_str() == "installed",
+            "v{i}: {:?}",
+            row.note
+        );
+    }
+}
