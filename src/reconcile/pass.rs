@@ -557,8 +557,7 @@ impl Reconciler {
                         _ if w.observed.applied.is_none() => Some(ActionKind::Create),
                         _ => Some(ActionKind::Update),
                     };
-                    let win = window.map(|mw| &mw.window);
-                    self.execute(w, decision, win, &snap, &fleet, &fetched, &source_ref)
+                    self.execute(w, decision, &snap, &fleet, &fetched, &source_ref)
                         .await;
                     if w.waiting == Some(Reason::PrunePending) {
                         w.waiting_message =
@@ -695,7 +694,6 @@ impl Reconciler {
         }
         let held_names: HashSet<String> = held.keys().cloned().collect();
         self.removals(
-            branch,
             &fleet,
             &held_names,
             &source_ref,
@@ -1235,7 +1233,6 @@ impl Reconciler {
         &mut self,
         w: &mut Work,
         decision: plan::Decision,
-        window: Option<&crate::window::Window>,
         snap: &Arc<Snapshot>,
         fleet: &Arc<Fleet>,
         fetched: &BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>,
@@ -1304,7 +1301,11 @@ impl Reconciler {
             // Staging may have taken a while: the window is judged again
             // right before the apply starts (invariant 2).
             Apply::Now { overridden: false }
-                if window.is_some_and(|mw| !mw.is_open(self.clock.now())) =>
+                if w.comp
+                    .window
+                    .as_ref()
+                    .and_then(|n| fleet.windows.get(n))
+                    .is_some_and(|mw| !mw.window.is_open(self.clock.now())) =>
             {
                 w.waiting = Some(Reason::WindowClosed);
             }
@@ -1516,7 +1517,6 @@ impl Reconciler {
     /// resources orphaned: left in place, annotated `fermata.dev/orphaned-from`.
     async fn removals(
         &mut self,
-        branch: &str,
         fleet: &Arc<Fleet>,
         held: &HashSet<String>,
         source: &SourceRef,
@@ -1524,7 +1524,7 @@ impl Reconciler {
         statuses: &mut Vec<DeploymentStatus>,
         report: &mut BranchReport,
     ) {
-        let prefix = format!("{branch}:");
+        let prefix = format!("{}:", source.branch);
         let live: HashSet<String> = statuses
             .iter()
             .map(|s| format!("{prefix}{}", s.metadata.deployment_id))
