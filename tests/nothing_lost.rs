@@ -348,3 +348,189 @@ fn the_window_is_judged_at_each_apply_not_once_per_pass() {
         );
     }
 }
+
+/// Kills the process when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `fermata run` as a daemon at the fixed instant `now`.
+fn daemon(repo: &TestRepo, state: &std::path::Path, now: &str) -> Running {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fermata"))
+        .args(["run", "--repo"])
+        .arg(repo.path())
+        .args(["--branch", "main", "--interval", "1h", "--state-dir"])
+        .arg(state)
+        .env("FERMATA_NOW", now)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fermata runs");
+    Running(child)
+}
+
+/// Polls the status file until it contains every one of `want`, or panics
+/// after a generous deadline (a real process is waited for, not a clock).
+fn wait_for_status(repo: &TestRepo, file: &str, want: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        let out = std::process::Command::new("git")
+            .current_dir(repo.path())
+            .args(["show", &format!("fermata/status:{file}")])
+            .output()
+            .unwrap();
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if want.iter().all(|w| last.contains(w)) {
+            return last;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{file} never contained {want:?}; last:\n{last}");
+}
+
+/// `gated` waits for a gate (no window); `late` waits for window `sat`.
+fn gated_fleet(repo: &TestRepo) {
+    util::minimal(repo).write("window.yaml", util::SAT_WINDOW).write(
+        "symphony.yaml",
+        "apiVersion: fermata.dev/v1alpha1
+kind: Symphony
+metadata: {name: shop}
+spec:
+  rollout: {strategy: Parallel, maxUnavailable: 5}
+  variations:
+    - {name: gated, synthesizer: {name: app}, synthesisEnv: [{name: TAG, value: g}], schedulingGates: [{name: approval}]}
+    - {name: late, synthesizer: {name: app}, window: sat, synthesisEnv: [{name: TAG, value: l}]}
+",
+    );
+    repo.commit("gated and late");
+}
+
+#[test]
+fn operator_records_survive_a_running_daemon_a_restart_and_a_kill_9() {
+    let repo = TestRepo::new();
+    gated_fleet(&repo);
+    let state = tempfile::tempdir().unwrap();
+    let mut d = daemon(&repo, state.path(), CLOSED);
+    wait_for_status(&repo, "main/shop/late.yaml", &["state: staged"]);
+    let p = repo.path().to_str().unwrap();
+
+    // A second reconciler on the same state directory is refused at once.
+    let second = util::fermata_at(
+        state.path(),
+        &["run", "--once", "--repo", p, "--branch", "main"],
+        CLOSED,
+        &[],
+    );
+    assert_eq!(second.code, 2, "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains(&format!("in use by another fermata run (pid {})", d.0.id())),
+        "{second:?}"
+    );
+    // A plan works beside it (it writes nothing).
+    let plan = util::fermata_at(
+        state.path(),
+        &["plan", "--repo", p, "--branch", "main"],
+        CLOSED,
+        &[],
+    );
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert!(plan.stdout.contains("shop/late"), "{plan:?}");
+
+    // The short commands record beside it, and it acts on them at once.
+    let ungate = util::fermata_at(
+        state.path(),
+        &[
+            "ungate",
+            "shop/gated",
+            "approval",
+            "--reason",
+            "approved in CAB-7",
+            "--who",
+            "alice",
+            "--repo",
+            p,
+            "--branch",
+            "main",
+        ],
+        CLOSED,
+        &[],
+    );
+    assert_eq!(ungate.code, 0, "{ungate:?}");
+    assert!(ungate.stdout.contains("recorded"), "{ungate:?}");
+    wait_for_status(
+        &repo,
+        "main/shop/gated.yaml",
+        &["state: installed", "who: alice", "approved in CAB-7"],
+    );
+    let now = util::fermata_at(
+        state.path(),
+        &[
+            "apply-now",
+            "shop/late",
+            "--reason",
+            "hotfix",
+            "--who",
+            "bob",
+            "--repo",
+            p,
+            "--branch",
+            "main",
+        ],
+        CLOSED,
+        &[],
+    );
+    assert_eq!(now.code, 0, "{now:?}");
+    wait_for_status(
+        &repo,
+        "main/shop/late.yaml",
+        &["state: installed", "who: bob", "why: hotfix"],
+    );
+
+    // Later passes of the daemon keep both records in status.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.0.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let log_before = git(repo.path(), &["rev-list", "--count", "fermata/status"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        git(repo.path(), &["rev-list", "--count", "fermata/status"]),
+        log_before,
+        "an unchanged pass commits nothing (the records did not vanish)"
+    );
+
+    // kill -9, then a fresh process: the records are still in force.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.0.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = d.0.wait();
+    let run = util::fermata_at(
+        state.path(),
+        &["run", "--once", "--repo", p, "--branch", "main"],
+        CLOSED,
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("apply-now"), "{run:?}");
+    let gated = status(&repo, "main/shop/gated.yaml");
+    assert!(
+        gated.contains("who: alice") && gated.contains("state: installed"),
+        "{gated}"
+    );
+    let late = status(&repo, "main/shop/late.yaml");
+    assert!(
+        late.contains("who: bob") && late.contains("state: installed"),
+        "{late}"
+    );
+}

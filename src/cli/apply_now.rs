@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
-use super::run::{exit_code, fetch_or_warn, print_reports, RunArgs};
+use super::run::{exit_code, fetch_or_warn, print_reports, RunArgs, StateWriter};
 use super::Accountable;
+use crate::reconcile::requests::Request;
 use crate::status::{Override, State};
 
 #[derive(Debug, Args)]
@@ -26,10 +27,14 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.run.reconciler()?;
+        let writer = StateWriter::take(&r.settings.state_dir)?;
         fetch_or_warn(&mut r).await;
-        // First a normal pass: it stages whatever is new, so the override is
-        // bound to the digest that is staged now and nothing later.
+        // First a pass: it stages whatever is new, so the override is bound
+        // to the digest that is staged now and nothing later. Beside a
+        // running daemon, a plan of it: the daemon stages.
+        r.dry_run = matches!(writer, StateWriter::Daemon(_));
         let reports = r.pass().await;
+        r.dry_run = false;
         let now = r.clock.now();
         let mut granted = Vec::new();
         for row in reports.iter().flat_map(|b| &b.rows) {
@@ -39,15 +44,15 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
             };
             if matches && row.state == State::Staged {
                 if let Some(d) = row.digest {
-                    r.persisted.overrides.insert(
-                        row.id.to_string(),
-                        Override {
+                    r.requests().record(&Request::ApplyNow {
+                        composition: row.id.to_string(),
+                        grant: Override {
                             who: who.clone(),
                             why: a.by.reason.clone(),
                             at: now,
                             digest: d.to_hex(),
                         },
-                    );
+                    })?;
                     granted.push(row.id.to_string());
                 }
             }
@@ -59,10 +64,21 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
                 a.target
             );
         }
-        eprintln!("applying outside the window: {}", granted.join(", "));
-        r.unsettle();
-        let reports = r.pass().await;
-        print_reports(&reports, &r.settings.status_branch);
-        Ok(exit_code(&reports))
+        match writer {
+            StateWriter::Daemon(pid) => {
+                StateWriter::wake(
+                    pid,
+                    &format!("applying outside the window: {}", granted.join(", ")),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            StateWriter::This(_lock) => {
+                eprintln!("applying outside the window: {}", granted.join(", "));
+                r.unsettle();
+                let reports = r.pass().await;
+                print_reports(&reports, &r.settings.status_branch);
+                Ok(exit_code(&reports))
+            }
+        }
     })
 }

@@ -13,6 +13,7 @@ use clap::Args;
 use super::default_state_dir;
 use crate::leader::{Elector, LeaseSettings};
 use crate::reconcile::pulls::PullSettings;
+use crate::reconcile::state::{LockError, StateLock};
 use crate::reconcile::{self, BranchReport, PassOutcome, Reconciler, Settings, Triggers};
 use crate::serve::{self, ServeState};
 use crate::source::SignaturePolicy;
@@ -221,6 +222,8 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.reconciler()?;
+        // One reconciler per state directory, for as long as this one runs.
+        let _lock = StateLock::acquire(&r.settings.state_dir)?;
         if a.once {
             fetch_or_warn(&mut r).await;
             let reports = r.pass().await;
@@ -324,6 +327,37 @@ impl RunArgs {
             let _ = stopped.await;
         }));
         Ok((stop, task))
+    }
+}
+
+/// Who writes the state directory for a short command (`ungate`,
+/// `apply-now`): this process, holding the lock, runs the passes itself; or
+/// a running `fermata run` holds it, and the command only records and wakes it.
+pub enum StateWriter {
+    This(StateLock),
+    Daemon(Option<u32>),
+}
+
+impl StateWriter {
+    pub fn take(state_dir: &std::path::Path) -> anyhow::Result<StateWriter> {
+        match StateLock::acquire(state_dir) {
+            Ok(lock) => Ok(StateWriter::This(lock)),
+            Err(LockError::Held { pid, .. }) => Ok(StateWriter::Daemon(pid)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Wakes the daemon (SIGHUP: fetch and a full pass at once) and says so.
+    pub fn wake(pid: Option<u32>, what: &str) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let woken = pid
+            .and_then(|p| i32::try_from(p).ok())
+            .is_some_and(|p| kill(Pid::from_raw(p), Signal::SIGHUP).is_ok());
+        match (pid, woken) {
+            (Some(p), true) => println!("{what}: recorded; fermata run (pid {p}) acts on it now"),
+            _ => println!("{what}: recorded; the running fermata run acts on it at its next pass"),
+        }
     }
 }
 

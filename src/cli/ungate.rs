@@ -1,15 +1,18 @@
 //! `fermata ungate`: lift one scheduling gate of a composition without a
 //! commit (an approval given elsewhere), recorded with who and why in its
-//! status; then reconcile, so it applies if nothing else holds it.
+//! status; then reconcile, so it applies if nothing else holds it. Beside
+//! a running `fermata run` (which holds the state directory), it records
+//! the lift and wakes that process instead.
 
 use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Args;
 
-use super::run::{exit_code, fetch_or_warn, print_reports, RunArgs};
+use super::run::{exit_code, fetch_or_warn, print_reports, RunArgs, StateWriter};
 use super::Accountable;
 use crate::model::{self, CompositionId};
+use crate::reconcile::requests::Request;
 use crate::source::Source;
 use crate::status::Ungate;
 
@@ -31,6 +34,7 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.run.reconciler()?;
+        let writer = StateWriter::take(&r.settings.state_dir)?;
         fetch_or_warn(&mut r).await;
         let mut found = false;
         for branch in &r.settings.branches {
@@ -50,21 +54,26 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let now = r.clock.now();
-        let lifted = r
-            .persisted
-            .ungated
-            .entry(a.composition.to_string())
-            .or_default();
-        lifted.retain(|u| u.gate != a.gate);
-        lifted.push(Ungate {
-            gate: a.gate.clone(),
-            who,
-            why: a.by.reason.clone(),
-            at: now,
-        });
-        r.unsettle();
-        let reports = r.pass().await;
-        print_reports(&reports, &r.settings.status_branch);
-        Ok(exit_code(&reports))
+        r.requests().record(&Request::Ungate {
+            composition: a.composition.to_string(),
+            ungate: Ungate {
+                gate: a.gate.clone(),
+                who,
+                why: a.by.reason.clone(),
+                at: now,
+            },
+        })?;
+        match writer {
+            StateWriter::Daemon(pid) => {
+                StateWriter::wake(pid, &format!("{} gate {} lifted", a.composition, a.gate));
+                Ok(ExitCode::SUCCESS)
+            }
+            StateWriter::This(_lock) => {
+                r.unsettle();
+                let reports = r.pass().await;
+                print_reports(&reports, &r.settings.status_branch);
+                Ok(exit_code(&reports))
+            }
+        }
     })
 }

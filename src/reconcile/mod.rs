@@ -10,6 +10,7 @@ pub mod annotations;
 mod pass;
 pub mod plan;
 pub mod pulls;
+pub mod requests;
 pub mod state;
 
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::annotations;
 use super::plan::{self, Apply, Facts, Reason};
+use super::requests::{Recorded, Requests};
 use super::state::{PendingWrite, Persisted, RenderRecord};
 use super::Settings;
 use crate::model::types::Strategy;
@@ -67,6 +68,10 @@ pub struct Reconciler {
     pub pulls: Option<Arc<super::pulls::PullSettings>>,
     /// Whether this replica may write (`--leader-elect`); always, without election.
     pub leadership: crate::leader::Leadership,
+    /// Where `ungate` and `apply-now` record, and what they recorded as of
+    /// this pass.
+    requests: Requests,
+    recorded: Recorded,
 }
 
 /// What a pass did on one branch.
@@ -261,6 +266,7 @@ impl Reconciler {
             settings.site.clone(),
         );
         let persisted = Persisted::load(&settings.state_dir);
+        let settings_state_dir = settings.state_dir.clone();
         Ok(Reconciler {
             settings,
             source,
@@ -282,6 +288,8 @@ impl Reconciler {
             allow_commands: true,
             pulls: None,
             leadership: crate::leader::Leadership::always(),
+            requests: Requests::new(&settings_state_dir),
+            recorded: Recorded::default(),
         })
     }
 
@@ -335,7 +343,54 @@ impl Reconciler {
             allow_commands,
             pulls: None,
             leadership: crate::leader::Leadership::always(),
+            requests: self.requests.clone(),
+            recorded: self.recorded.clone(),
         }
+    }
+
+    /// Moves ungates and overrides that an older fermata kept in
+    /// `state.json` into the request folder, where nothing overwrites them.
+    fn migrate_requests(&mut self) {
+        use super::requests::Request;
+        let ungated = std::mem::take(&mut self.persisted.ungated);
+        let overrides = std::mem::take(&mut self.persisted.overrides);
+        let requests = ungated
+            .into_iter()
+            .flat_map(|(composition, lifts)| {
+                lifts.into_iter().map(move |ungate| Request::Ungate {
+                    composition: composition.clone(),
+                    ungate,
+                })
+            })
+            .chain(
+                overrides
+                    .into_iter()
+                    .map(|(composition, grant)| Request::ApplyNow { composition, grant }),
+            );
+        for req in requests {
+            if let Err(e) = self.requests.record(&req) {
+                tracing::error!(error = %e, "cannot move an operator record out of state.json; kept there");
+                match req {
+                    Request::Ungate {
+                        composition,
+                        ungate,
+                    } => self
+                        .persisted
+                        .ungated
+                        .entry(composition)
+                        .or_default()
+                        .push(ungate),
+                    Request::ApplyNow { composition, grant } => {
+                        self.persisted.overrides.insert(composition, grant);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The operator records this pass acts on.
+    pub fn requests(&self) -> &super::requests::Requests {
+        &self.requests
     }
 
     /// One dry-run pass of `base` (at `revision`): what a plan shows.
@@ -360,6 +415,17 @@ impl Reconciler {
 
     /// One pass over every branch.
     pub async fn pass(&mut self) -> Vec<BranchReport> {
+        if !self.dry_run {
+            self.migrate_requests();
+        }
+        // Operator records are read every pass: a new one (written by
+        // `ungate` or `apply-now` beside a running daemon) unsettles every
+        // branch, so it is acted on now, not at the next resync.
+        let recorded = self.requests.load();
+        if recorded != self.recorded {
+            self.settled.clear();
+            self.recorded = recorded;
+        }
         let mut out = Vec::new();
         for branch in self.settings.branches.clone() {
             // A replica that does not lead (or no longer does) writes nothing.
@@ -368,6 +434,13 @@ impl Reconciler {
                 break;
             }
             out.push(self.pass_branch(&branch).await);
+        }
+        if !self.dry_run {
+            for name in self.requests.superseded(&self.recorded) {
+                if let Err(e) = self.requests.forget(&name) {
+                    tracing::warn!(error = %e, file = name, "cannot forget a superseded operator record");
+                }
+            }
         }
         let reported = !self.dry_run && self.report_back(&out).await;
         // A pass that changed nothing must write nothing, not even its cache;
@@ -543,10 +616,10 @@ impl Reconciler {
                 // long pass must not start applies after the window closed.
                 window_open: window.map(|mw| mw.window.is_open(self.clock.now())),
                 override_digest: self
-                    .persisted
+                    .recorded
                     .overrides
                     .get(&w.comp.id.to_string())
-                    .and_then(|o| o.digest.parse().ok()),
+                    .and_then(|(_, o)| o.digest.parse().ok()),
             };
             if w.error.is_none() {
                 if let Some(decision) = plan::decide(&facts) {
@@ -564,6 +637,7 @@ impl Reconciler {
                             held.get(&w.comp.id.symphony).cloned().unwrap_or_default();
                     }
                     w.rendered = None;
+                    self.note_override(w);
                     if let Some(next) = window
                         .filter(|_| w.waiting == Some(Reason::WindowClosed))
                         .and_then(|mw| mw.window.state_at(self.clock.now()).next_open)
@@ -924,17 +998,19 @@ impl Reconciler {
             plan: None,
         };
         // Gates lifted by `fermata ungate` hold no more; a lift whose gate a
-        // commit has removed is done with.
+        // commit has removed is done with (its record is forgotten).
         let id = comp.id.to_string();
-        if let Some(lifted) = self.persisted.ungated.get_mut(&id) {
-            lifted.retain(|u| comp.scheduling_gates.contains(&u.gate));
-            w.comp
-                .scheduling_gates
-                .retain(|g| !lifted.iter().any(|u| &u.gate == g));
-            w.ungated = lifted.clone();
-            if lifted.is_empty() {
-                self.persisted.ungated.remove(&id);
+        if let Some(lifted) = self.recorded.ungated.get(&id) {
+            for (gate, (file, u)) in lifted {
+                if comp.scheduling_gates.contains(gate) {
+                    w.ungated.push(u.clone());
+                } else if !self.dry_run {
+                    if let Err(e) = self.requests.forget(file) {
+                        tracing::warn!(error = %e, file, "cannot forget a done ungate record");
+                    }
+                }
             }
+            w.comp.scheduling_gates.retain(|g| !lifted.contains_key(g));
         }
         match self.target_for(fleet, &comp.target) {
             Ok(t) => w.target = Some(t),
@@ -1317,9 +1393,6 @@ impl Reconciler {
                     return;
                 }
                 tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), overridden, "applied");
-                if overridden {
-                    w.overridden = self.persisted.overrides.remove(&w.comp.id.to_string());
-                }
             }
             Apply::Wait(r) => w.waiting = Some(r),
             Apply::Done => {}
@@ -1327,6 +1400,26 @@ impl Reconciler {
         match target.get(&w.comp.id).await {
             Ok(o) => w.observed = o,
             Err(e) => w.fail("TargetUnavailable", w.comp.target.clone(), e.to_string()),
+        }
+    }
+
+    /// An `apply-now` grant shows in status for as long as the state it was
+    /// given for is applied; one whose state is neither desired nor applied
+    /// any more is done with, and its record forgotten.
+    fn note_override(&mut self, w: &mut Work) {
+        let Some((file, grant)) = self.recorded.overrides.get(&w.comp.id.to_string()) else {
+            return;
+        };
+        let digest = grant.digest.parse::<Digest>().ok();
+        if digest.is_some() && w.observed.applied == digest {
+            w.overridden = Some(grant.clone());
+        } else if digest.is_none() || (w.digest.is_some() && w.digest != digest) {
+            if self.dry_run {
+                return;
+            }
+            if let Err(e) = self.requests.forget(file) {
+                tracing::warn!(error = %e, file, "cannot forget a done apply-now record");
+            }
         }
     }
 

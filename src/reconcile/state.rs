@@ -153,3 +153,88 @@ mod tests {
         assert!(dir.path().join("state.json.bad").exists());
     }
 }
+
+/// The one writer of a state directory (`fermata run`): two reconcilers on
+/// one state directory would stage into the same trees and overwrite each
+/// other's cache. An `flock` on `<state-dir>/fermata.lock`, which the kernel
+/// drops when the process dies (a kill -9 leaves no stale lock); the file
+/// holds the holder's pid, for the message of whoever finds it taken.
+#[derive(Debug)]
+pub struct StateLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("state directory {} is in use by another fermata run ({}): one reconciler per state directory; stop it, or give this one its own --state-dir", dir.display(), pid.map(|p| format!("pid {p}")).unwrap_or_else(|| "pid unknown".into()))]
+    Held { dir: PathBuf, pid: Option<u32> },
+    #[error("cannot lock state directory {}: {source}", dir.display())]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StateLock {
+    fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("fermata.lock")
+    }
+
+    /// Takes the lock at once, or says who holds it.
+    pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
+        use nix::fcntl::{Flock, FlockArg};
+        use std::io::{Seek, Write};
+        let io = |source| LockError::Io {
+            dir: state_dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(Self::path(state_dir))
+            .map_err(io)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                lock.set_len(0).map_err(io)?;
+                lock.rewind().map_err(io)?;
+                write!(lock, "{}", std::process::id()).map_err(io)?;
+                Ok(StateLock { _lock: lock })
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(LockError::Held {
+                dir: state_dir.to_path_buf(),
+                pid: Self::holder(state_dir),
+            }),
+            Err((_, e)) => Err(io(std::io::Error::from(e))),
+        }
+    }
+
+    /// The pid the lock file names (the holder, while one holds it).
+    pub fn holder(state_dir: &Path) -> Option<u32> {
+        std::fs::read_to_string(Self::path(state_dir))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = StateLock::acquire(dir.path()).unwrap();
+        match StateLock::acquire(dir.path()) {
+            Err(LockError::Held { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("second lock: {other:?}"),
+        }
+        drop(held);
+        StateLock::acquire(dir.path()).expect("free again");
+    }
+}
