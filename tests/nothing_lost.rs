@@ -534,3 +534,118 @@ fn operator_records_survive_a_running_daemon_a_restart_and_a_kill_9() {
         "{late}"
     );
 }
+
+#[test]
+fn two_branches_never_fight_over_one_target() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    fleet(&repo);
+    repo.commit("main");
+    git(repo.path(), &["branch", "prod"]);
+    // prod's variation renders differently, on the same target.
+    git(repo.path(), &["checkout", "-q", "prod"]);
+    repo.write(
+        "other.yaml",
+        &util::SYMPHONY
+            .replace("name: shop", "name: other")
+            .replace("value: v1", "value: prod"),
+    );
+    repo.commit("prod differs");
+    git(repo.path(), &["checkout", "-q", "main"]);
+    let p = repo.path().to_str().unwrap();
+    let both = |now| {
+        util::fermata_at(
+            site.state.path(),
+            &[
+                "run", "--once", "--repo", p, "--branch", "main", "--branch", "prod",
+            ],
+            now,
+            &[],
+        )
+    };
+    let run = both(OPEN);
+    assert_eq!(run.code, 1, "the conflict is an error: {run:?}");
+    assert!(run.stdout.contains("TargetConflict"), "{run:?}");
+    assert!(
+        run.stdout.contains("from branch main"),
+        "names the other branch: {run:?}"
+    );
+    let (link, manifest) = site.applied("other/app");
+    assert!(
+        manifest.contains("tag: v1"),
+        "main's, first to claim: {manifest}"
+    );
+    let st = status(&repo, "prod/other/app.yaml");
+    assert!(st.contains("code: TargetConflict"), "{st}");
+    assert!(status(&repo, "main/other/app.yaml").contains("state: installed"));
+
+    // The next passes keep it that way: no rewrite of the target (invariant 5).
+    let before = git(repo.path(), &["rev-parse", "fermata/status"]);
+    let run = both(OPEN);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(site.applied("other/app"), (link, manifest));
+    assert_eq!(
+        git(repo.path(), &["rev-parse", "fermata/status"]),
+        before,
+        "no new status commit"
+    );
+}
+
+#[test]
+fn a_retarget_removes_from_the_old_target_in_its_window() {
+    let repo = TestRepo::new();
+    let state = tempfile::tempdir().unwrap();
+    fleet(&repo);
+    repo.write(
+        "target-b.yaml",
+        "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: site-b}\nspec:\n  directory: {path: site-b}\n",
+    );
+    // With two targets, each variation names its own.
+    repo.write(
+        "symphony.yaml",
+        &SHOP.replace("  window: sat\n", "  window: sat\n  target: site\n"),
+    );
+    repo.write(
+        "other.yaml",
+        &util::SYMPHONY
+            .replace("name: shop", "name: other")
+            .replace("  variations:", "  target: site\n  variations:"),
+    );
+    repo.commit("on site");
+    let once = |now| util::run_once(state.path(), &repo, now);
+    assert_eq!(once(OPEN).code, 0);
+    let old = state.path().join("targets/site/shop/a/current");
+    let new = state.path().join("targets/site-b/shop/a/current");
+    assert!(old.exists());
+
+    repo.write(
+        "symphony.yaml",
+        &SHOP.replace("  window: sat\n", "  window: sat\n  target: site-b\n"),
+    );
+    repo.commit("move shop to site-b");
+    // Closed: staged on the new target, still deployed on the old one, and
+    // status says both.
+    let run = once(CLOSED);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(old.exists(), "the old placement waits for its window");
+    assert!(!new.exists(), "the new one too");
+    assert!(run.stdout.contains("previous target site"), "{run:?}");
+    let st = status(&repo, "main/shop/a.yaml");
+    assert!(st.contains("type: Retargeted"), "{st}");
+    assert!(st.contains("state: staged"), "{st}");
+
+    let run = once(NEXT_OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        !state.path().join("targets/site/shop/a").exists(),
+        "removed from the old target"
+    );
+    assert!(new.exists(), "applied on the new one");
+    let st = status(&repo, "main/shop/a.yaml");
+    assert!(!st.contains("Retargeted"), "{st}");
+    assert!(st.contains("state: installed"), "{st}");
+    // Settled: an unchanged commit writes nothing more.
+    let before = git(repo.path(), &["rev-parse", "fermata/status"]);
+    assert_eq!(once(NEXT_OPEN).code, 0);
+    assert_eq!(git(repo.path(), &["rev-parse", "fermata/status"]), before);
+}

@@ -119,7 +119,7 @@ pub struct Target {
     pub kind: TargetKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum TargetKind {
     Directory { path: String },

@@ -812,6 +812,7 @@ impl Reconciler {
                 .persisted
                 .orphan_writes
                 .keys()
+                .chain(self.persisted.retiring.keys())
                 .any(|k| k.starts_with(&prefix))
             && self.fetch_error.is_none()
             && report.errors.is_empty();
@@ -1012,15 +1013,61 @@ impl Reconciler {
             }
             w.comp.scheduling_gates.retain(|g| !lifted.contains_key(g));
         }
-        match self.target_for(fleet, &comp.target) {
-            Ok(t) => w.target = Some(t),
-            Err(m) => {
-                w.fail("TargetUnavailable", comp.target.clone(), m);
-                return w;
+        let Some(def) = fleet.targets.get(&comp.target) else {
+            w.fail(
+                "TargetUnavailable",
+                comp.target.clone(),
+                format!("no Target named {:?}", comp.target),
+            );
+            return w;
+        };
+        // One branch per composition per target: two branches defining it
+        // would overwrite each other pass after pass (invariant 5).
+        if let Err(owner) = self.claim(&def.kind, &comp.id, &source.branch) {
+            w.fail(
+                "TargetConflict",
+                comp.target.clone(),
+                format!(
+                    "target {} already holds {} from branch {owner}: a composition is deployed on a target from one branch only; give branch {} its own target, or stop watching one of them",
+                    comp.target, comp.id, source.branch
+                ),
+            );
+            return w;
+        }
+        w.target = Some(self.target_of(&def.kind));
+        // Moved back before its old placement was removed: nothing to remove.
+        let here = self.target_key(&def.kind);
+        if let Some(r) = self.persisted.retiring.get(&w.record_key) {
+            if self.target_key(&r.kind) == here {
+                self.persisted.retiring.remove(&w.record_key);
+            }
+        }
+        let mut record = self.persisted.renders.get(&w.record_key).cloned();
+        // Moved to another target: removed from the old one (in the old
+        // placement's window, see `retire`), added to the new one.
+        if let Some(old) = record.as_ref().filter(|r| r.target.is_some()) {
+            let old_kind = old.target_kind.clone().or_else(|| {
+                old.target
+                    .as_ref()
+                    .and_then(|n| fleet.targets.get(n))
+                    .map(|t| t.kind.clone())
+            });
+            if let Some(old_kind) = old_kind.filter(|k| self.target_key(k) != here) {
+                tracing::info!(composition = %comp.id, from = ?old.target, to = %comp.target, "retargeted");
+                self.persisted.retiring.insert(
+                    w.record_key.clone(),
+                    super::state::Retiring {
+                        target: old.target.clone().unwrap_or_default(),
+                        kind: old_kind,
+                        window: old.window.clone(),
+                    },
+                );
+                self.persisted.renders.remove(&w.record_key);
+                self.observed.remove(&w.record_key);
+                record = None;
             }
         }
         let base = input_key(snap, fleet, comp, synth_keys);
-        let record = self.persisted.renders.get(&w.record_key).cloned();
         let unchanged = record.as_ref().filter(|r| r.base_key == base);
         if let Some(memo) = self
             .observed
@@ -1169,6 +1216,7 @@ impl Reconciler {
                         .and_then(|s| s.compositions.iter().position(|c| c.id == w.comp.id))
                         .unwrap_or(0),
                     file: Some(w.comp.origin.file.clone()).filter(|f| !f.is_empty()),
+                    target_kind: fleet.targets.get(&w.comp.target).map(|t| t.kind.clone()),
                 },
             );
         }
@@ -1472,7 +1520,13 @@ impl Reconciler {
             .targets
             .get(name)
             .ok_or_else(|| format!("no Target named {name:?}"))?;
-        match &t.kind {
+        Ok(self.target_of(&t.kind))
+    }
+
+    /// What identifies where a target writes, whatever its name: its
+    /// directory, or its Kubernetes spec.
+    fn target_key(&self, kind: &TargetKind) -> String {
+        match kind {
             TargetKind::Directory { path } => {
                 let p = PathBuf::from(path);
                 let root = if p.is_absolute() {
@@ -1480,23 +1534,55 @@ impl Reconciler {
                 } else {
                     self.settings.target_root.join(p)
                 };
-                Ok(self
-                    .targets
-                    .entry(format!("directory:{}", root.display()))
-                    .or_insert_with(|| Arc::new(DirectoryTarget::new(root)))
-                    .clone())
+                format!("directory:{}", root.display())
             }
-            TargetKind::Kubernetes(spec) => {
-                let key = format!("kubernetes:{}", serde_json::json!(spec));
-                let (timeout, clock) = (self.settings.health_timeout, self.clock.clone());
-                Ok(self
-                    .targets
-                    .entry(key)
-                    .or_insert_with(|| {
-                        Arc::new(KubernetesTarget::new(spec.clone(), timeout, clock))
-                    })
-                    .clone())
+            TargetKind::Kubernetes(spec) => format!("kubernetes:{}", serde_json::json!(spec)),
+        }
+    }
+
+    /// The target object a definition describes, built once per key.
+    fn target_of(&mut self, kind: &TargetKind) -> Arc<dyn Target> {
+        let key = self.target_key(kind);
+        if let Some(t) = self.targets.get(&key) {
+            return t.clone();
+        }
+        let t: Arc<dyn Target> = match kind {
+            TargetKind::Directory { .. } => {
+                let root = PathBuf::from(key.trim_start_matches("directory:"));
+                Arc::new(DirectoryTarget::new(root))
             }
+            TargetKind::Kubernetes(spec) => Arc::new(KubernetesTarget::new(
+                spec.clone(),
+                self.settings.health_timeout,
+                self.clock.clone(),
+            )),
+        };
+        self.targets.insert(key, t.clone());
+        t
+    }
+
+    /// Claims `id` on the target `kind` for `branch`, or names the branch
+    /// that holds it. A claim of a branch no longer watched is taken over.
+    fn claim(&mut self, kind: &TargetKind, id: &CompositionId, branch: &str) -> Result<(), String> {
+        let key = format!("{}|{id}", self.target_key(kind));
+        match self.persisted.claims.get(&key) {
+            Some(owner) if owner != branch && self.settings.branches.contains(owner) => {
+                Err(owner.clone())
+            }
+            Some(owner) if owner == branch => Ok(()),
+            _ => {
+                self.persisted.claims.insert(key, branch.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives up `branch`'s claim of `id` on the target `kind`.
+    fn release(&mut self, kind: Option<&TargetKind>, id: &CompositionId, branch: &str) {
+        let Some(kind) = kind else { return };
+        let key = format!("{}|{id}", self.target_key(kind));
+        if self.persisted.claims.get(&key).is_some_and(|b| b == branch) {
+            self.persisted.claims.remove(&key);
         }
     }
 
@@ -1651,6 +1737,7 @@ impl Reconciler {
                     key.clone(),
                     PendingWrite {
                         target: rec.target.clone(),
+                        kind: rec.target_kind.clone(),
                         window: rec.window.clone(),
                     },
                 );
@@ -1720,6 +1807,13 @@ impl Reconciler {
                         tracing::info!(composition = %id, "removed");
                         self.persisted.renders.remove(&key);
                         self.observed.remove(&key);
+                        let kind = rec.target_kind.clone().or_else(|| {
+                            rec.target
+                                .as_ref()
+                                .and_then(|t| fleet.targets.get(t))
+                                .map(|t| t.kind.clone())
+                        });
+                        self.release(kind.as_ref(), &id, &source.branch);
                         continue;
                     }
                     Err(e) => {
@@ -1770,6 +1864,7 @@ impl Reconciler {
             .orphan_writes
             .retain(|k, _| !live.contains(k));
         self.orphan_writes(&prefix, fleet, report).await;
+        self.retire(&prefix, fleet, statuses, report).await;
         for (key, symphony) in self
             .persisted
             .orphaned
@@ -1824,24 +1919,131 @@ impl Reconciler {
             if self.dry_run || !self.leadership.is_leader() {
                 continue;
             }
-            let Some(target) = p
-                .target
-                .as_ref()
-                .and_then(|t| self.target_for(fleet, t).ok())
-            else {
+            let branch = &prefix[..prefix.len() - 1];
+            let kind = p.kind.clone().or_else(|| {
+                p.target
+                    .as_ref()
+                    .and_then(|t| fleet.targets.get(t))
+                    .map(|t| t.kind.clone())
+            });
+            let Some(kind) = kind else {
                 tracing::warn!(composition = %id, target = ?p.target, "target no longer defined: orphaned resources cannot be marked");
                 self.persisted.orphan_writes.remove(&key);
                 continue;
             };
+            let target = self.target_of(&kind);
             match self.orphan(target.as_ref(), &id).await {
                 Ok(()) => {
                     tracing::info!(composition = %id, "orphaned resources marked");
                     self.persisted.orphan_writes.remove(&key);
+                    // Left in place, no longer this branch's to write.
+                    self.release(Some(&kind), &id, branch);
                 }
                 Err(e) => {
                     tracing::warn!(composition = %id, error = %e, "cannot annotate orphaned resources; trying again next pass")
                 }
             }
+        }
+    }
+
+    /// Removes compositions from the targets they were moved away from, in
+    /// the old placement's window (checked at the write). Until done, the
+    /// composition's status carries a `Retargeted` condition and the table a
+    /// `Delete` row naming the old target.
+    async fn retire(
+        &mut self,
+        prefix: &str,
+        fleet: &Fleet,
+        statuses: &mut [DeploymentStatus],
+        report: &mut BranchReport,
+    ) {
+        let branch = &prefix[..prefix.len() - 1];
+        let entries: Vec<(String, super::state::Retiring)> = self
+            .persisted
+            .retiring
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        for (key, r) in entries {
+            let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
+                self.persisted.retiring.remove(&key);
+                continue;
+            };
+            let now = self.clock.now();
+            let ws = window_status(fleet, r.window.as_deref(), now);
+            if let Some(ws) = &ws {
+                report.windows.insert(ws.name.clone(), ws.open);
+            }
+            let (reason, message) = match ws.filter(|w| !w.open) {
+                Some(ws) => {
+                    if let Some(next) = ws.next_open {
+                        report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
+                    }
+                    (
+                        Reason::WindowClosed.as_str(),
+                        format!(
+                            "still deployed on its previous target {}: removed there in window {} (next opening {})",
+                            r.target,
+                            ws.name,
+                            ws.next_open
+                                .map(|t| t.to_rfc3339())
+                                .unwrap_or_else(|| "never".into())
+                        ),
+                    )
+                }
+                None if self.dry_run => (
+                    "Delete",
+                    format!("would be removed from its previous target {} now", r.target),
+                ),
+                None if !self.leadership.is_leader() => continue,
+                None => {
+                    let target = self.target_of(&r.kind);
+                    let result = target.delete(&id).await;
+                    self.after_write();
+                    match result {
+                        Ok(()) => {
+                            tracing::info!(composition = %id, target = %r.target, "removed from its previous target");
+                            self.persisted.retiring.remove(&key);
+                            self.release(Some(&r.kind), &id, branch);
+                            continue;
+                        }
+                        Err(e) => (
+                            "DeleteFailed",
+                            format!(
+                                "removing it from its previous target {} failed: {e}",
+                                r.target
+                            ),
+                        ),
+                    }
+                }
+            };
+            let failed = reason == "DeleteFailed";
+            if let Some(st) = statuses
+                .iter_mut()
+                .find(|s| s.metadata.deployment_id == id.to_string())
+            {
+                st.status.conditions.push(Condition {
+                    r#type: "Retargeted".to_string(),
+                    status: "False".to_string(),
+                    reason: reason.to_string(),
+                    message: message.clone(),
+                    last_transition_time: Some(now),
+                });
+            }
+            report.rows.push(Row {
+                id,
+                state: if failed {
+                    State::Failed
+                } else {
+                    State::Removing
+                },
+                digest: None,
+                window: r.window.clone(),
+                note: message,
+                action: Some(ActionKind::Delete),
+                skipped: (!failed && reason != "Delete").then(|| reason.to_string()),
+            });
         }
     }
 

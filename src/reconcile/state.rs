@@ -41,9 +41,29 @@ pub struct Persisted {
     /// applied state like any other, it waits for the composition's window.
     #[serde(default)]
     pub orphan_writes: BTreeMap<String, PendingWrite>,
+    /// Which branch deploys each composition on each target
+    /// (`<target key>|<symphony/variation>` to branch): the first branch to
+    /// claim it; another branch defining the same composition on the same
+    /// target fails instead of overwriting it, pass after pass.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// Compositions moved to another target, by `branch:symphony/variation`:
+    /// still deployed on the old one until that removal runs, in its window.
+    #[serde(default)]
+    pub retiring: BTreeMap<String, Retiring>,
     /// Pull requests planned, commit statuses posted, plan notes written.
     #[serde(default)]
     pub pulls: super::pulls::PullState,
+}
+
+/// A composition's deployment on a target it was moved away from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Retiring {
+    /// The old Target's name and definition (it may be gone from the fleet).
+    pub target: String,
+    pub kind: crate::model::TargetKind,
+    /// The old placement's window: the removal waits for it.
+    pub window: Option<String>,
 }
 
 /// A write to a composition's target that waits for its window.
@@ -51,6 +71,9 @@ pub struct Persisted {
 pub struct PendingWrite {
     /// The Target (by name) that holds the composition.
     pub target: Option<String>,
+    /// Its definition when last rendered (the Target may be gone since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::model::TargetKind>,
     /// The window the write waits for; none: at once.
     pub window: Option<String>,
 }
@@ -87,6 +110,9 @@ pub struct RenderRecord {
     /// Its place among the variations: `OrderedReady` deletes in reverse.
     #[serde(default)]
     pub position: usize,
+    /// Its Target's definition when rendered: a retarget removes it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_kind: Option<crate::model::TargetKind>,
     /// The file that defined it: if that file later cannot be read, its
     /// status points there (and it keeps its applied state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
