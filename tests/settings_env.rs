@@ -33,7 +33,11 @@ fn settings_come_from_the_environment_and_flags_override_them() {
     let repo = TestRepo::new();
     util::minimal(&repo);
     repo.commit("one");
-    repo.git(&["branch", "release"]);
+    // Its own target: two branches never deploy one composition on one target.
+    repo.git(&["checkout", "-q", "-b", "release"]);
+    repo.write("target.yaml", &util::TARGET.replace("path: site", "path: site-release"));
+    repo.commit("release target");
+    repo.git(&["checkout", "-q", "main"]);
     let state = tempfile::tempdir().unwrap();
     let p = repo.path().to_str().unwrap();
     let s = state.path().to_str().unwrap();
