@@ -420,30 +420,6 @@ fn operator_records_survive_a_running_daemon_a_restart_and_a_kill_9() {
     wait_for_status(&repo, "main/shop/late.yaml", &["state: staged"]);
     let p = repo.path().to_str().unwrap();
 
-    // A second reconciler on the same state directory is refused at once.
-    let second = util::fermata_at(
-        state.path(),
-        &["run", "--once", "--repo", p, "--branch", "main"],
-        CLOSED,
-        &[],
-    );
-    assert_eq!(second.code, 2, "{second:?}");
-    assert!(
-        second
-            .stderr
-            .contains(&format!("in use by another fermata run (pid {})", d.0.id())),
-        "{second:?}"
-    );
-    // A plan works beside it (it writes nothing).
-    let plan = util::fermata_at(
-        state.path(),
-        &["plan", "--repo", p, "--branch", "main"],
-        CLOSED,
-        &[],
-    );
-    assert_eq!(plan.code, 0, "{plan:?}");
-    assert!(plan.stdout.contains("shop/late"), "{plan:?}");
-
     // The short commands record beside it, and it acts on them at once.
     let ungate = util::fermata_at(
         state.path(),
@@ -464,7 +440,6 @@ fn operator_records_survive_a_running_daemon_a_restart_and_a_kill_9() {
         &[],
     );
     assert_eq!(ungate.code, 0, "{ungate:?}");
-    assert!(ungate.stdout.contains("recorded"), "{ungate:?}");
     wait_for_status(
         &repo,
         "main/shop/gated.yaml",
@@ -532,7 +507,9 @@ fn operator_records_survive_a_running_daemon_a_restart_and_a_kill_9() {
     assert!(
         late.contains("who: bob") && late.contains("state: installed"),
         "{late}"
-    );
+    ); // Beside the daemon, the commands only recorded and woke it.
+    assert!(ungate.stdout.contains("recorded"), "{ungate:?}");
+    assert!(now.stdout.contains("recorded"), "{now:?}");
 }
 
 #[test]
@@ -648,4 +625,47 @@ fn a_retarget_removes_from_the_old_target_in_its_window() {
     let before = git(repo.path(), &["rev-parse", "fermata/status"]);
     assert_eq!(once(NEXT_OPEN).code, 0);
     assert_eq!(git(repo.path(), &["rev-parse", "fermata/status"]), before);
+}
+
+#[test]
+fn one_reconciler_per_state_directory_and_a_plan_beside_it() {
+    let repo = TestRepo::new();
+    gated_fleet(&repo);
+    let state = tempfile::tempdir().unwrap();
+    let d = daemon(&repo, state.path(), CLOSED);
+    wait_for_status(&repo, "main/shop/late.yaml", &["state: staged"]);
+    let p = repo.path().to_str().unwrap();
+    // A second reconciler on the same state directory is refused at once.
+    let second = util::fermata_at(
+        state.path(),
+        &["run", "--once", "--repo", p, "--branch", "main"],
+        CLOSED,
+        &[],
+    );
+    assert_eq!(second.code, 2, "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains(&format!("in use by another fermata run (pid {})", d.0.id())),
+        "{second:?}"
+    );
+    // A plan works beside it (it writes nothing).
+    let plan = util::fermata_at(
+        state.path(),
+        &["plan", "--repo", p, "--branch", "main"],
+        CLOSED,
+        &[],
+    );
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert!(plan.stdout.contains("shop/late"), "{plan:?}");
+
+    drop(d);
+    // Once it is gone (the kernel drops the lock), the state directory is free.
+    let run = util::fermata_at(
+        state.path(),
+        &["run", "--once", "--repo", p, "--branch", "main"],
+        CLOSED,
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
 }

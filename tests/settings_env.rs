@@ -35,7 +35,10 @@ fn settings_come_from_the_environment_and_flags_override_them() {
     repo.commit("one");
     // Its own target: two branches never deploy one composition on one target.
     repo.git(&["checkout", "-q", "-b", "release"]);
-    repo.write("target.yaml", &util::TARGET.replace("path: site", "path: site-release"));
+    repo.write(
+        "target.yaml",
+        &util::TARGET.replace("path: site", "path: site-release"),
+    );
     repo.commit("release target");
     repo.git(&["checkout", "-q", "main"]);
     let state = tempfile::tempdir().unwrap();
