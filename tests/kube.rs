@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fermata::model::types::KubernetesSpec;
+use fermata::model::wellknown::ORPHANED_FROM;
 use fermata::model::CompositionId;
-use fermata::reconcile::ORPHANED_FROM;
 use fermata::synth::{Rendered, Resource};
 use fermata::target::{Desired, Health, KubernetesTarget, SourceRef, StateGoal, Target};
 use fermata::window::FixedClock;

@@ -10,6 +10,7 @@ mod ids;
 pub mod load;
 pub mod position;
 pub mod types;
+pub mod wellknown;
 
 pub use diag::{Diagnostic, Origin};
 pub use fleet::{

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// `apiVersion` of every fermata object; other YAML is input or rendered output.
-pub const API_VERSION: &str = "fermata.dev/v1alpha1";
+pub use super::wellknown::API_VERSION;
 
 /// The kinds fermata reads, in the order they are resolved.
 pub const KINDS: [&str; 4] = ["Target", "MaintenanceWindow", "Synthesizer", "Symphony"];

@@ -9,11 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::wellknown::{reconcile_when_matches, RECONCILE_WHEN};
 use crate::synth::Rendered;
-
-/// Resource annotation `"KEY=VALUE"`: reconciled only while the composition
-/// carries that annotation value, otherwise left exactly as it is.
-pub const RECONCILE_WHEN: &str = "fermata.dev/reconcile-when";
 
 /// What a composition should carry once the write is complete.
 pub fn effective(
@@ -50,18 +47,6 @@ pub fn pruned(carried: &BTreeMap<String, String>, keys: &[String]) -> BTreeMap<S
         out.remove(k);
     }
     out
-}
-
-/// Whether a resource with `fermata.dev/reconcile-when: "KEY=VALUE"` is
-/// reconciled by a composition carrying `annotations`. A malformed condition
-/// never matches: the resource is left alone rather than fought over.
-pub fn reconcile_when_matches(condition: &str, annotations: &BTreeMap<String, String>) -> bool {
-    match condition.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => {
-            annotations.get(k.trim()).map(String::as_str) == Some(v.trim())
-        }
-        _ => false,
-    }
 }
 
 /// The state a target should hold for a composition: its rendered resources

@@ -22,7 +22,6 @@ use tokio::sync::mpsc;
 
 pub use pass::{
     ActionKind, BranchReport, PlanDetail, PlannedArtifact, Reconciler, Row, WindowInfo,
-    ORPHANED_FROM,
 };
 
 use crate::window::Clock;

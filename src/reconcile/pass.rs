@@ -16,6 +16,7 @@ use super::requests::{Recorded, Requests};
 use super::state::{PendingWrite, Persisted, RenderRecord};
 use super::Settings;
 use crate::model::types::Strategy;
+use crate::model::wellknown::{self, ORPHANED_FROM};
 use crate::model::{self, Composition, CompositionId, Digest, Fleet, SynthKind, TargetKind};
 use crate::source::{
     Entry, GitSource, Revision, SignaturePolicy, Signer, Snapshot, Source, SourceError,
@@ -1175,9 +1176,9 @@ impl Reconciler {
         let needs_applied = rendered.resources.iter().any(|r| {
             r.object
                 .pointer("/metadata/annotations")
-                .and_then(|a| a.get(annotations::RECONCILE_WHEN))
+                .and_then(|a| a.get(wellknown::RECONCILE_WHEN))
                 .and_then(|v| v.as_str())
-                .is_some_and(|c| !annotations::reconcile_when_matches(c, &ann))
+                .is_some_and(|c| !wellknown::reconcile_when_matches(c, &ann))
         });
         let applied = match (&w.target, needs_applied) {
             (Some(t), true) => match t.applied(&w.comp.id).await {
@@ -2307,9 +2308,6 @@ fn window_status(fleet: &Fleet, name: Option<&str>, now: DateTime<Utc>) -> Optio
         next_open: st.next_open,
     })
 }
-
-/// Marks resources left in place when their symphony was removed.
-pub const ORPHANED_FROM: &str = "fermata.dev/orphaned-from";
 
 /// The status of a composition whose symphony was removed: `removed (orphaned)`.
 fn orphaned_status(

@@ -62,7 +62,7 @@ pub(super) fn render(
             if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
                 let ann = meta.entry("annotations").or_insert_with(|| json!({}));
                 if let Some(ann) = ann.as_object_mut() {
-                    ann.insert("fermata.dev/binding".into(), json!(key));
+                    ann.insert(crate::model::wellknown::BINDING.into(), json!(key));
                 }
             }
             o
@@ -74,7 +74,7 @@ pub(super) fn render(
         "functionConfig": {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": synth.name, "annotations": {"fermata.dev/composition": comp.id}},
+            "metadata": {"name": synth.name, "annotations": {crate::model::wellknown::COMPOSITION: comp.id}},
             "data": comp.env,
         },
         "items": items,

@@ -19,10 +19,9 @@ use serde_json::Value;
 use crate::model::{Artifact, Composition, CompositionId, Diagnostic, Digest, Fleet, SynthKind};
 use crate::source::Snapshot;
 
-/// Annotation naming the composition a rendered resource belongs to.
-pub const COMPOSITION_ANNOTATION: &str = "fermata.dev/composition";
-/// Annotation carrying the digest of the composition's desired state.
-pub const DIGEST_ANNOTATION: &str = "fermata.dev/digest";
+pub use crate::model::wellknown::{
+    COMPOSITION as COMPOSITION_ANNOTATION, DIGEST as DIGEST_ANNOTATION,
+};
 
 /// What identifies a resource on a target.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -45,18 +45,18 @@ use super::{
     TargetError,
 };
 use crate::model::types::KubernetesSpec;
+use crate::model::wellknown::{
+    reconcile_when_matches, COMPOSITION as COMPOSITION_LABEL, INVENTORY, ORPHANED_FROM,
+    RECONCILE_WHEN,
+};
 use crate::model::{Artifact, CompositionId, Digest};
-use crate::reconcile::annotations::{reconcile_when_matches, RECONCILE_WHEN};
-use crate::reconcile::ORPHANED_FROM;
 use crate::synth::{Rendered, Resource, COMPOSITION_ANNOTATION, DIGEST_ANNOTATION};
 use crate::window::Clock;
 
-/// Label on every resource a composition manages: [`composition_label`].
-pub const COMPOSITION_LABEL: &str = "fermata.dev/composition";
 /// Type of the inventory record Secrets.
-pub const RECORD_TYPE: &str = "fermata.dev/inventory";
+pub const RECORD_TYPE: &str = INVENTORY;
 /// Label of the inventory records; its value is the composition's label.
-pub const INVENTORY_LABEL: &str = "fermata.dev/inventory";
+pub const INVENTORY_LABEL: &str = INVENTORY;
 /// Field manager of the rendered objects.
 pub const FIELD_MANAGER: &str = "fermata";
 /// Field manager of the composition's annotations and labels.
