@@ -105,3 +105,12 @@ pub trait Source: Send + Sync {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Signer, UntrustedCommit>;
 }
+
+/// The commit a desired state was rendered from: what status and targets
+/// record as its source.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceRef {
+    pub branch: String,
+    /// Full hex commit id.
+    pub commit: String,
+}

@@ -27,7 +27,7 @@ use nix::fcntl::Flock;
 
 use super::DeploymentStatus;
 use crate::model::Digest;
-use crate::target::SourceRef;
+use crate::source::SourceRef;
 
 /// Where the per-commit summary notes live (`git log --notes=fermata`).
 pub const NOTES_REF: &str = "refs/notes/fermata";

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::target::SourceRef;
+use crate::source::SourceRef;
 
 pub use git::{StatusError, StatusRepo, StatusUpdate, NOTES_REF, PLAN_NOTES_REF};
 

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CompositionId, Digest};
+pub use crate::source::SourceRef;
 use crate::synth::Rendered;
 
 pub use dir::DirectoryTarget;
@@ -38,14 +39,6 @@ pub enum StateGoal {
 pub enum StateFlag {
     Staged,
     Applied,
-}
-
-/// The commit a desired state was rendered from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceRef {
-    pub branch: String,
-    /// Full hex commit id.
-    pub commit: String,
 }
 
 /// What a target is asked to hold for one composition.
