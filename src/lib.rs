@@ -12,6 +12,7 @@ pub mod forge;
 pub mod leader;
 pub mod model;
 pub mod reconcile;
+pub mod report;
 pub mod serve;
 pub mod source;
 pub mod stage;

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::run::{fetch_or_warn, RunArgs};
 use super::Output;
-use crate::forge::comment::{plan_markdown, PlanHeader};
 use crate::reconcile::BranchReport;
+use crate::report::markdown::{plan_markdown, PlanHeader};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {

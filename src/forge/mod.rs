@@ -4,8 +4,6 @@
 //! request and site up to date, and posting commit statuses. Everything else
 //! it learns from Git itself.
 
-pub mod comment;
-
 use std::fmt;
 
 use async_trait::async_trait;

@@ -20,9 +20,8 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::mpsc;
 
-pub use pass::{
-    ActionKind, BranchReport, PlanDetail, PlannedArtifact, Reconciler, Row, WindowInfo,
-};
+pub use crate::report::{ActionKind, BranchReport, PlanDetail, PlannedArtifact, Row, WindowInfo};
+pub use pass::Reconciler;
 
 use crate::window::Clock;
 

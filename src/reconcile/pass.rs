@@ -18,6 +18,9 @@ use super::Settings;
 use crate::model::types::Strategy;
 use crate::model::wellknown::{self, ORPHANED_FROM};
 use crate::model::{self, Composition, CompositionId, Digest, Fleet, SynthKind, TargetKind};
+use crate::report::{
+    table, ActionKind, BranchReport, PlanDetail, PlannedArtifact, Row, WindowInfo, COMMAND_NOT_RUN,
+};
 use crate::source::{
     Entry, GitSource, Revision, SignaturePolicy, Signer, Snapshot, Source, SourceError,
     UntrustedCommit,
@@ -73,96 +76,6 @@ pub struct Reconciler {
     /// this pass.
     requests: Requests,
     recorded: Recorded,
-}
-
-/// What a pass did on one branch.
-#[derive(Debug, Clone, Default)]
-pub struct BranchReport {
-    pub branch: String,
-    pub revision: Option<Revision>,
-    /// Per composition: id, state, desired digest, and why it waits or failed.
-    pub rows: Vec<Row>,
-    /// Load errors of objects that are not compositions.
-    pub errors: Vec<String>,
-    pub status_commit: Option<git2::Oid>,
-    /// The earliest opening of a window some staged composition waits for.
-    pub next_window: Option<DateTime<Utc>>,
-    /// Per symphony: Ready non-optional compositions, and how many there are.
-    pub symphonies: Vec<(String, usize, usize)>,
-    /// The windows of this pass's compositions, and whether each was open
-    /// at the pass's instant (for `fermata_window_open`).
-    pub windows: BTreeMap<String, bool>,
-    /// Nothing was done: the revision was reconciled already.
-    pub unchanged: bool,
-    /// The windows of this pass's compositions in full (for plans).
-    pub window_info: BTreeMap<String, WindowInfo>,
-    /// Plans only: per composition with an action, the target's diff and
-    /// the artifacts its state needs.
-    pub plans: BTreeMap<CompositionId, PlanDetail>,
-}
-
-/// A maintenance window as a plan shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WindowInfo {
-    /// IANA zone name, e.g. `Europe/Berlin`.
-    pub zone: String,
-    pub open: bool,
-    pub next_open: Option<DateTime<Utc>>,
-}
-
-/// What a plan (a dry run) found out about one composition.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PlanDetail {
-    /// The target's diff of what it holds against the desired state.
-    pub diff: Option<String>,
-    pub artifacts: Vec<PlannedArtifact>,
-    /// Why it failed, as `file:line: message` where there is a place.
-    pub error: Option<String>,
-    /// The status error code of that failure (`RenderFailed`, `CommandNotRun`…).
-    pub error_code: Option<String>,
-}
-
-impl PlanDetail {
-    /// Whether the plan held back a `command:` synthesizer (the trust
-    /// policy working, not a broken change).
-    pub fn command_not_run(&self) -> bool {
-        self.error_code.as_deref() == Some(COMMAND_NOT_RUN)
-    }
-}
-
-/// The error code of a `command:` synthesizer not run for an untrusted head.
-pub const COMMAND_NOT_RUN: &str = "CommandNotRun";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedArtifact {
-    pub name: String,
-    pub url: String,
-    pub size: Option<u64>,
-    /// Already in the artifact store: nothing to download.
-    pub stored: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub id: CompositionId,
-    pub state: State,
-    pub digest: Option<Digest>,
-    pub window: Option<String>,
-    pub note: String,
-    /// The action this pass took, or would take, about it.
-    pub action: Option<ActionKind>,
-    /// Why that action did not run (yet).
-    pub skipped: Option<String>,
-}
-
-/// Datum's instance-control actions: what a pass does to a composition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum ActionKind {
-    Create,
-    Update,
-    Delete,
-    /// Applied but not Ready: the rollout waits for it.
-    Wait,
 }
 
 /// The work on one composition during a pass.
@@ -2472,34 +2385,4 @@ fn input_key(
         .unwrap_or_default(),
     );
     hex::encode(h.finalize())
-}
-
-/// `summary.md`: what a person reads on the forge.
-fn table(report: &BranchReport, summary: &str) -> String {
-    let mut t = format!(
-        "# {summary}\n\n| composition | state | digest | window | note |\n|---|---|---|---|---|\n"
-    );
-    for r in &report.rows {
-        t.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            r.id,
-            r.state,
-            r.digest.map(|d| d.short()).unwrap_or_default(),
-            r.window.clone().unwrap_or_default(),
-            r.note.replace('|', "\\|"),
-        ));
-    }
-    if !report.symphonies.is_empty() {
-        t.push_str("\n| symphony | ready | ready compositions |\n|---|---|---|\n");
-        for (name, ready, desired) in &report.symphonies {
-            t.push_str(&format!(
-                "| {name} | {} | {ready}/{desired} |\n",
-                if ready == desired { "yes" } else { "no" }
-            ));
-        }
-    }
-    for e in &report.errors {
-        t.push_str(&format!("\n- error: {}", e.replace('|', "\\|")));
-    }
-    t
 }

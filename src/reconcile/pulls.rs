@@ -14,9 +14,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::pass::{BranchReport, Reconciler};
-use crate::forge::comment::{self, PlanHeader};
+use super::pass::Reconciler;
 use crate::forge::{CommitState, CommitStatus, Forge, PrState, PullRequest};
+use crate::report::markdown::{self, PlanHeader};
+use crate::report::BranchReport;
 use crate::source::{Revision, Source};
 use crate::status::State;
 
@@ -239,15 +240,15 @@ impl Reconciler {
         let rev = tokio::task::spawn_blocking(move || source.fetch_ref(&head_ref, &sha)).await??;
         let site = self.site_name();
         let (report, body, blocked) = self.plan_of(base, rev, pulls).await;
-        let posted = comment::truncate(&body, forge.comment_limit());
+        let posted = markdown::truncate(&body, forge.comment_limit());
         forge
-            .upsert_comment(pr.number, &comment::marker(&site), &posted)
+            .upsert_comment(pr.number, &markdown::marker(&site), &posted)
             .await?;
         tracing::info!(pr = pr.number, head = %pr.head_sha, "plan posted");
         let changes = report
             .rows
             .iter()
-            .filter(|r| comment::action_word(r) != "unchanged")
+            .filter(|r| r.changes())
             .map(|r| r.id.to_string())
             .collect();
         let zone = report
@@ -338,7 +339,7 @@ impl Reconciler {
             let Some(result) = self.landed(&tracked, reports, now) else {
                 continue;
             };
-            let marker = comment::marker(&self.site_name());
+            let marker = markdown::marker(&self.site_name());
             let body = tracked
                 .body
                 .replacen(&marker, &format!("{marker}\n**{result}**\n"), 1);
@@ -385,7 +386,7 @@ impl Reconciler {
         }
         Some(format!(
             "installed at {}",
-            comment::local_time(&now, t.zone.as_deref())
+            markdown::local_time(&now, t.zone.as_deref())
         ))
     }
 
@@ -417,7 +418,7 @@ impl Reconciler {
             commands_blocked: blocked,
             result: None,
         };
-        let body = comment::plan_markdown(&header, &report);
+        let body = markdown::plan_markdown(&header, &report);
         (report, body, blocked)
     }
 
@@ -443,7 +444,7 @@ impl Reconciler {
         let Some(base) = self.settings.branches.first().cloned() else {
             return;
         };
-        let marker = comment::marker(&self.site_name());
+        let marker = markdown::marker(&self.site_name());
         for (branch, head) in &branches {
             let (branch, head) = (branch.clone(), *head);
             if !pattern.matches(&branch)

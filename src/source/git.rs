@@ -14,7 +14,6 @@ use super::{
     Entry, Revision, SignaturePolicy, Signer, Snapshot, Source, SourceError, UntrustedCommit,
     MAX_FILE_SIZE,
 };
-use crate::model::Digest;
 
 /// A git repository fermata reads from.
 #[derive(Debug, Clone)]
@@ -50,7 +49,9 @@ impl GitSource {
         }
         let dir = state_dir.join("mirrors").join(format!(
             "{}.git",
-            &Digest::of(repo.as_bytes()).to_hex()[..16]
+            // The first 16 hex digits of the URL's SHA-256 (as model::Digest
+            // would print it; source sits below model).
+            &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(repo.as_bytes()))[..16]
         ));
         if !dir.join("HEAD").exists() {
             std::fs::create_dir_all(&dir).map_err(|source| SourceError::Mirror {

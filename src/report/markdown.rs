@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use crate::reconcile::{ActionKind, BranchReport, PlanDetail, Row, WindowInfo};
+use super::{ActionKind, BranchReport, PlanDetail, Row, WindowInfo};
 use crate::status::State;
 
 /// The hidden line that identifies a site's plan comment.
@@ -246,7 +246,7 @@ pub fn truncate(body: &str, limit: usize) -> String {
 mod tests {
     use super::*;
     use crate::model::CompositionId;
-    use crate::reconcile::PlannedArtifact;
+    use crate::report::PlannedArtifact;
 
     fn row(id: &str, action: Option<ActionKind>, window: Option<&str>) -> Row {
         Row {
