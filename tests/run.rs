@@ -415,6 +415,12 @@ fn a_fetch_failure_keeps_the_last_good_revision_and_shows_in_status() {
             .contains("error: fetch failed; reconciling the last good revision"),
         "{run:?}"
     );
+    // The report keeps git's own reason, not only "cannot fetch URL".
+    assert!(
+        run.stdout.contains("No such file or directory")
+            || run.stdout.contains("could not find repository"),
+        "{run:?}"
+    );
     assert!(
         site.current().unwrap().contains("tag: v1"),
         "last good revision stays applied"

@@ -221,10 +221,8 @@ impl Reconciler {
                 }
             }
             Err(e) => {
-                let msg = format!(
-                    "{:#}",
-                    anyhow::Error::from(SourceErrorWrapper(e.to_string()))
-                );
+                // The whole chain: git's own reason is what a person needs.
+                let msg = error_chain(e);
                 if self.fetch_error.as_deref() != Some(msg.as_str()) {
                     self.settled.clear();
                 }
@@ -2269,9 +2267,21 @@ fn orphaned_status(
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct SourceErrorWrapper(String);
+/// An error and every cause below it, `: `-separated (as anyhow's `{:#}`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // Some errors repeat their cause in their own message.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
 
 fn join_error(e: tokio::task::JoinError) -> SourceError {
     SourceError::Open {
