@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
 use super::annotations;
+use super::plan::removal::{decide_removal, Removal, RemovalFacts};
+use super::plan::rollout::{self, Rollout};
 use super::plan::{self, Apply, Facts, Reason};
 use super::requests::{Recorded, Requests};
 use super::state::{PendingWrite, Persisted, RenderRecord};
@@ -77,6 +79,37 @@ pub struct Reconciler {
     requests: Requests,
     recorded: Recorded,
 }
+
+/// What one branch's pass works on, once its commit is loaded.
+struct Pass {
+    source: SourceRef,
+    rev: Revision,
+    /// The pass's instant, for what status shows; windows are judged at
+    /// each write with the clock, not with this.
+    now: DateTime<Utc>,
+    snap: Arc<Snapshot>,
+    fleet: Arc<Fleet>,
+    /// Every load error of the commit.
+    errors: Vec<model::Diagnostic>,
+    /// Files whose objects are unknown (see [`model::Loaded::unreadable`]).
+    unreadable: BTreeMap<String, model::Diagnostic>,
+    /// Targets are read in full this pass, whatever the caches say.
+    resync: bool,
+    /// The branch was force-pushed over this revision.
+    forced: Option<Revision>,
+}
+
+/// What the removal steps of a pass share.
+struct Scope<'a> {
+    fleet: &'a Fleet,
+    /// Symphonies kept although not loaded: their dependencies stay.
+    held: &'a HashSet<String>,
+    source: &'a SourceRef,
+    now: DateTime<Utc>,
+}
+
+/// Verified artifacts in the store, by digest (or why not).
+type Fetched = BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>;
 
 /// The work on one composition during a pass.
 struct Work {
@@ -370,45 +403,22 @@ impl Reconciler {
         out
     }
 
+    /// One branch, as Flux's reconcilers do it: ordered steps, each running
+    /// only on what the previous one produced. A step that ends the pass
+    /// early (branch gone, settled, untrusted, unloadable) returns `None`.
     #[tracing::instrument(skip_all, fields(branch = %branch))]
     async fn pass_branch(&mut self, branch: &str) -> BranchReport {
-        let now = self.clock.now();
-        let started = std::time::Instant::now();
         let mut report = BranchReport {
             branch: branch.to_string(),
             ..BranchReport::default()
         };
-        let source = self.source.clone();
-        let refname = self
-            .revision
-            .clone()
-            .unwrap_or_else(|| format!("refs/heads/{branch}"));
-        let rev = match tokio::task::spawn_blocking(move || source.resolve(&refname))
-            .await
-            .unwrap_or_else(|e| Err(join_error(e)))
-        {
-            Ok(r) => r,
-            Err(e) => {
-                // A deleted branch applies nothing and deletes nothing.
-                tracing::warn!(error = %e, "branch not found: nothing applied, nothing deleted");
-                report.errors.push(format!(
-                    "branch {branch} not found: applying nothing, deleting nothing"
-                ));
-                return report;
-            }
+        let now = self.clock.now();
+        let Some(rev) = self.resolve(branch, &mut report).await else {
+            return report;
         };
-        report.revision = Some(rev);
-        if let Some(e) = &self.fetch_error {
-            report.errors.push(format!(
-                "fetch failed; reconciling the last good revision {}: {e}",
-                rev.short()
-            ));
-        }
-        if let Some((r, at)) = self.settled.get(branch) {
-            if *r == rev && at.elapsed() < RESYNC {
-                report.unchanged = true;
-                return report;
-            }
+        if self.is_settled(branch, rev) {
+            report.unchanged = true;
+            return report;
         }
         // Invariant 8, before anything of the commit is read. A settled
         // revision passed it already: the policy is fixed for the process.
@@ -417,24 +427,106 @@ impl Reconciler {
             Ok(signer) => tracing::debug!(%rev, ?signer, "commit trusted"),
             Err(why) => return self.refuse_untrusted(branch, rev, why, now, report).await,
         }
-        let resync = self
-            .resynced
-            .get(branch)
-            .is_none_or(|at| at.elapsed() >= RESYNC);
-        if resync {
-            self.resynced
-                .insert(branch.to_string(), std::time::Instant::now());
+        let Some(mut pass) = self.load(branch, rev, now, &mut report).await else {
+            return report;
+        };
+        let fetched = self.fetch_artifacts(&pass).await;
+        let mut work = self.desire(&pass).await;
+        // Phase 1 of the annotation protocol: prunes, before any set.
+        let holds = self.prune_phase(&mut work, &pass.fleet, &mut report).await;
+        self.roll_out(&pass, &mut work, &holds, &fetched, &mut report)
+            .await;
+        let compositions_done = work
+            .iter()
+            .all(|w| w.error.is_none() && (w.ready() || w.waiting == Some(Reason::GatePresent)));
+        let mut statuses = self.observe_statuses(&pass, work, &mut report);
+        let held = self
+            .hold_unloaded(&mut pass, &mut statuses, &mut report)
+            .await;
+        self.removals(
+            &pass.fleet,
+            &held,
+            &pass.source,
+            now,
+            &mut statuses,
+            &mut report,
+        )
+        .await;
+        self.symphony_readiness(&pass.fleet, &mut statuses, &mut report);
+        self.stamp_all(branch, &mut statuses, now);
+        self.report_status(&pass, statuses, &mut report).await;
+        let prefix = format!("{branch}:");
+        let settled = plan::settled(&plan::BranchFacts {
+            compositions_done,
+            removing: report.rows.iter().any(|r| r.state == State::Removing),
+            writes_pending: self
+                .persisted
+                .orphan_writes
+                .keys()
+                .chain(self.persisted.retiring.keys())
+                .any(|k| k.starts_with(&prefix)),
+            load_errors: !held.is_empty(),
+            fetch_failed: self.fetch_error.is_some(),
+            errors: !report.errors.is_empty(),
+        });
+        if settled {
+            self.settled
+                .insert(branch.to_string(), (rev, std::time::Instant::now()));
+        } else {
+            self.settled.remove(branch);
         }
-        let prev = self.persisted.revisions.get(branch).cloned();
-        let forced = prev
-            .as_ref()
-            .and_then(|p| git2::Oid::from_str(p).ok())
-            .map(Revision)
-            .filter(|old| *old != rev && !self.source.is_descendant(rev, *old));
-        if let Some(old) = forced {
-            tracing::warn!(from = %old, to = %rev, "branch was force-pushed");
-        }
+        report
+    }
 
+    /// Resolves the branch (or `plan --rev`) to a commit. A branch that is
+    /// gone applies nothing and deletes nothing: the report says so.
+    async fn resolve(&self, branch: &str, report: &mut BranchReport) -> Option<Revision> {
+        let source = self.source.clone();
+        let refname = self
+            .revision
+            .clone()
+            .unwrap_or_else(|| format!("refs/heads/{branch}"));
+        match tokio::task::spawn_blocking(move || source.resolve(&refname))
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)))
+        {
+            Ok(rev) => {
+                report.revision = Some(rev);
+                if let Some(e) = &self.fetch_error {
+                    report.errors.push(format!(
+                        "fetch failed; reconciling the last good revision {}: {e}",
+                        rev.short()
+                    ));
+                }
+                Some(rev)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "branch not found: nothing applied, nothing deleted");
+                report.errors.push(format!(
+                    "branch {branch} not found: applying nothing, deleting nothing"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Whether `rev` was reconciled to completion on `branch` recently
+    /// enough that this pass need not even look.
+    fn is_settled(&self, branch: &str, rev: Revision) -> bool {
+        self.settled
+            .get(branch)
+            .is_some_and(|(r, at)| *r == rev && at.elapsed() < RESYNC)
+    }
+
+    /// Reads the commit and loads its objects. Also notes whether targets
+    /// are due a full read (resync) and whether the branch was force-pushed.
+    async fn load(
+        &mut self,
+        branch: &str,
+        rev: Revision,
+        now: DateTime<Utc>,
+        report: &mut BranchReport,
+    ) -> Option<Pass> {
         let source = self.source.clone();
         let path = self.settings.path.clone();
         let loaded = tokio::task::spawn_blocking(move || {
@@ -449,81 +541,120 @@ impl Reconciler {
             Ok(x) => x,
             Err(e) => {
                 report.errors.push(format!("{e:#}"));
-                return report;
+                return None;
             }
         };
         for e in &loaded.errors {
             tracing::warn!(error = %e, "invalid object");
         }
-        let fleet = Arc::new(loaded.fleet);
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "loaded");
-        let source_ref = SourceRef {
-            branch: branch.to_string(),
-            commit: rev.to_string(),
-        };
+        let resync = self
+            .resynced
+            .get(branch)
+            .is_none_or(|at| at.elapsed() >= RESYNC);
+        if resync {
+            self.resynced
+                .insert(branch.to_string(), std::time::Instant::now());
+        }
+        let forced = self
+            .persisted
+            .revisions
+            .get(branch)
+            .and_then(|p| git2::Oid::from_str(p).ok())
+            .map(Revision)
+            .filter(|old| *old != rev && !self.source.is_descendant(rev, *old));
+        if let Some(old) = forced {
+            tracing::warn!(from = %old, to = %rev, "branch was force-pushed");
+        }
+        Some(Pass {
+            source: SourceRef {
+                branch: branch.to_string(),
+                commit: rev.to_string(),
+            },
+            rev,
+            now,
+            snap,
+            fleet: Arc::new(loaded.fleet),
+            errors: loaded.errors,
+            unreadable: loaded.unreadable,
+            resync,
+            forced,
+        })
+    }
 
-        // Artifacts first: they come from the synthesizers' definitions, and
-        // the store fetches only digests it lacks (one request per digest),
-        // so the compositions below can be rendered, staged and dropped one
-        // at a time instead of all held in memory at once.
+    /// Artifacts first: they come from the synthesizers' definitions, and
+    /// the store fetches only digests it lacks (one request per digest), so
+    /// the compositions can then be rendered, staged and dropped one at a
+    /// time instead of all held in memory at once. A plan lists artifacts,
+    /// it does not download them.
+    async fn fetch_artifacts(&self, pass: &Pass) -> Fetched {
         let mut needed: BTreeMap<Digest, model::Artifact> = BTreeMap::new();
-        for comp in fleet.compositions() {
-            if let Some(s) = fleet.synthesizers.get(&comp.synthesizer) {
+        for comp in pass.fleet.compositions() {
+            if let Some(s) = pass.fleet.synthesizers.get(&comp.synthesizer) {
                 for a in &s.artifacts {
                     needed.entry(a.sha256).or_insert_with(|| a.clone());
                 }
             }
         }
         let needed: Vec<model::Artifact> = needed.into_values().collect();
-        // A plan lists artifacts, it does not download them.
-        let fetched = if needed.is_empty() || self.dry_run {
-            BTreeMap::new()
-        } else {
-            self.store.fetch_all(&needed, &snap).await
-        };
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "artifacts");
+        if needed.is_empty() || self.dry_run {
+            return BTreeMap::new();
+        }
+        self.store.fetch_all(&needed, &pass.snap).await
+    }
 
-        // What is desired and what each target holds, dependencies first.
-        let mut work: Vec<Work> = Vec::new();
+    /// What is desired and what each target holds, dependencies first.
+    async fn desire(&mut self, pass: &Pass) -> Vec<Work> {
+        let mut work = Vec::new();
         let mut synth_keys: HashMap<String, String> = HashMap::new();
-        for comp in ordered(&fleet) {
+        for comp in ordered(&pass.fleet) {
             let w = self
-                .prepare(&source_ref, &snap, &fleet, comp, &mut synth_keys, resync)
+                .prepare(
+                    &pass.source,
+                    &pass.snap,
+                    &pass.fleet,
+                    comp,
+                    &mut synth_keys,
+                    pass.resync,
+                )
                 .await;
             work.push(w);
         }
-        // Phase 1 of the annotation protocol: prunes, before any set.
-        let held = self.prune_phase(&mut work, &fleet, &mut report).await;
+        work
+    }
 
-        // Per composition: stage, then apply what the plan allows.
-        let mut ready: HashSet<CompositionId> = HashSet::new();
-        let mut blocked_symphonies: HashSet<String> = HashSet::new();
-        let mut unavailable: HashMap<String, u32> = HashMap::new();
+    /// Per composition, in order: render if needed, decide (gates, prune
+    /// holds, dependencies, rollout, window), then stage and apply what the
+    /// decision allows. Sets each composition's action and waiting reason.
+    async fn roll_out(
+        &mut self,
+        pass: &Pass,
+        work: &mut [Work],
+        holds: &HashMap<String, String>,
+        fetched: &Fetched,
+        report: &mut BranchReport,
+    ) {
+        let fleet = &pass.fleet;
+        let mut rollout = Rollout::default();
         for w in work.iter_mut() {
             if w.error.is_none() && w.digest.is_none() {
-                let _ = self.render(w, &snap, &fleet, &source_ref).await;
+                let _ = self.render(w, &pass.snap, fleet, &pass.source).await;
             }
             let sym = fleet.symphonies.get(&w.comp.id.symphony);
-            let strategy = sym.map(|s| s.rollout.strategy).unwrap_or_default();
-            let max_unavailable = sym.map(|s| s.rollout.max_unavailable).unwrap_or(1).max(1);
+            let admission = rollout.admit(
+                &w.comp.id,
+                &w.comp.depends_on,
+                sym.map(|s| s.rollout.strategy).unwrap_or_default(),
+                sym.map(|s| s.rollout.max_unavailable).unwrap_or(1),
+            );
             let window = w.comp.window.as_ref().and_then(|n| fleet.windows.get(n));
             let facts = Facts {
                 desired: w.digest,
                 applied: w.observed.applied,
                 staged: w.observed.staged,
                 gated: !w.comp.scheduling_gates.is_empty(),
-                pruning: held.contains_key(&w.comp.id.symphony),
-                dependencies_ready: w.comp.depends_on.iter().all(|d| ready.contains(d)),
-                rollout_wait: match strategy {
-                    Strategy::OrderedReady => blocked_symphonies
-                        .contains(&w.comp.id.symphony)
-                        .then_some(Reason::WaitingForReady),
-                    Strategy::Parallel => {
-                        (unavailable.get(&w.comp.id.symphony).copied().unwrap_or(0)
-                            >= max_unavailable)
-                            .then_some(Reason::MaxUnavailable)
-                    }
-                },
+                pruning: holds.contains_key(&w.comp.id.symphony),
+                dependencies_ready: admission.dependencies_ready,
+                rollout_wait: admission.wait,
                 // The clock is read per composition, not once per pass: a
                 // long pass must not start applies after the window closed.
                 window_open: window.map(|mw| mw.window.is_open(self.clock.now())),
@@ -533,70 +664,71 @@ impl Reconciler {
                     .get(&w.comp.id.to_string())
                     .and_then(|(_, o)| o.digest.parse().ok()),
             };
-            if w.error.is_none() {
-                if let Some(decision) = plan::decide(&facts) {
-                    w.action = match decision.apply {
-                        Apply::Done if w.ready() => None,
-                        // Applied, not Ready yet (not healthy): nothing to do but wait.
-                        Apply::Done => Some(ActionKind::Wait),
-                        _ if w.observed.applied.is_none() => Some(ActionKind::Create),
-                        _ => Some(ActionKind::Update),
-                    };
-                    self.execute(w, decision, &snap, &fleet, &fetched, &source_ref)
-                        .await;
-                    if w.waiting == Some(Reason::PrunePending) {
-                        w.waiting_message =
-                            held.get(&w.comp.id.symphony).cloned().unwrap_or_default();
-                    }
-                    w.rendered = None;
-                    self.note_override(w);
-                    if let Some(next) = window
-                        .filter(|_| w.waiting == Some(Reason::WindowClosed))
-                        .and_then(|mw| mw.window.state_at(self.clock.now()).next_open)
-                    {
-                        report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
-                    }
+            if let Some(decision) = plan::decide(&facts).filter(|_| w.error.is_none()) {
+                w.action = match decision.apply {
+                    Apply::Done if w.ready() => None,
+                    // Applied, not Ready yet (not healthy): nothing to do but wait.
+                    Apply::Done => Some(ActionKind::Wait),
+                    _ if w.observed.applied.is_none() => Some(ActionKind::Create),
+                    _ => Some(ActionKind::Update),
+                };
+                self.execute(w, decision, &pass.snap, fleet, fetched, &pass.source)
+                    .await;
+                if w.waiting == Some(Reason::PrunePending) {
+                    w.waiting_message = holds.get(&w.comp.id.symphony).cloned().unwrap_or_default();
+                }
+                w.rendered = None;
+                self.note_override(w);
+                if let Some(next) = window
+                    .filter(|_| w.waiting == Some(Reason::WindowClosed))
+                    .and_then(|mw| mw.window.state_at(self.clock.now()).next_open)
+                {
+                    report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
                 }
             }
             if let (Some(Health::Failed(why)), None) = (&w.observed.health, &w.error) {
                 let why = why.clone();
                 w.fail("HealthTimeout", w.comp.target.clone(), why);
             }
-            if w.ready() {
-                ready.insert(w.comp.id.clone());
+            let outcome = if w.ready() {
                 // Decisions need only the digests and health, not the components.
                 let memo = Observed {
                     components: Vec::new(),
                     ..w.observed.clone()
                 };
                 self.observed.insert(w.record_key.clone(), memo);
+                rollout::Outcome::Ready
             } else {
                 self.observed.remove(&w.record_key);
-                blocked_symphonies.insert(w.comp.id.symphony.clone());
                 // Unavailable: applied but not Ready, or being applied now
                 // (in a plan, where nothing is applied, that is every action
                 // that would run).
                 let in_flight = w.observed.applied.is_some()
                     || (w.action.is_some() && w.waiting.is_none() && w.error.is_none());
                 if in_flight {
-                    *unavailable.entry(w.comp.id.symphony.clone()).or_default() += 1;
+                    rollout::Outcome::InFlight
+                } else {
+                    rollout::Outcome::Held
                 }
-            }
+            };
+            rollout.observe(&w.comp.id, outcome);
         }
+    }
 
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "executed");
-        // D: status, one commit if anything changed.
-        let mut statuses = Vec::new();
-        let work_settled = work
-            .iter()
-            .all(|w| w.error.is_none() && (w.ready() || w.waiting == Some(Reason::GatePresent)));
-        // Consumed: each composition's work is dropped once its status exists.
-        for w in work {
-            let w = &w;
-            let window = window_status(&fleet, w.comp.window.as_deref(), now);
+    /// Each composition's status and table row, built once from its work
+    /// (consumed: each one's work is dropped once its status exists).
+    fn observe_statuses(
+        &mut self,
+        pass: &Pass,
+        work: Vec<Work>,
+        report: &mut BranchReport,
+    ) -> Vec<DeploymentStatus> {
+        let mut statuses = Vec::with_capacity(work.len());
+        for w in &work {
+            let window = window_status(&pass.fleet, w.comp.window.as_deref(), pass.now);
             if let Some(ws) = &window {
                 report.windows.insert(ws.name.clone(), ws.open);
-                if let Some(mw) = fleet.windows.get(&ws.name) {
+                if let Some(mw) = pass.fleet.windows.get(&ws.name) {
                     report.window_info.insert(
                         ws.name.clone(),
                         WindowInfo {
@@ -620,7 +752,7 @@ impl Reconciler {
                 plan.error = Some(format!("{at}{}: {}", e.code, e.message));
                 plan.error_code = Some(e.code.clone());
             }
-            let st = self.status_of(w, &source_ref, now, window);
+            let st = self.status_of(w, &pass.source, pass.now, window);
             report.rows.push(Row {
                 id: w.comp.id.clone(),
                 state: st.status.state,
@@ -636,33 +768,40 @@ impl Reconciler {
             });
             statuses.push(st);
         }
-        // Symphonies that failed to load keep what they applied; status says
-        // why. So do those that may be defined in a file that cannot be read
-        // (invariant 10): absent from the fleet is not removed while any
-        // file's objects are unknown.
+        statuses
+    }
+
+    /// Symphonies that failed to load keep what they applied; status says
+    /// why. So do those that may be defined in a file that cannot be read
+    /// (invariant 10): absent from the fleet is not removed while any file's
+    /// objects are unknown. Returns the symphonies so held.
+    async fn hold_unloaded(
+        &mut self,
+        pass: &mut Pass,
+        statuses: &mut Vec<DeploymentStatus>,
+        report: &mut BranchReport,
+    ) -> HashSet<String> {
+        let branch = pass.source.branch.clone();
+        let unreadable = std::mem::take(&mut pass.unreadable);
         let held = held_symphonies(
-            &fleet,
-            &loaded.unreadable,
+            &pass.fleet,
+            &unreadable,
             &self.records_under(&format!("{branch}:")),
         );
         for (sym, why) in &held {
-            let prefix = format!("{branch}:{sym}/");
-            let known = self.records_under(&prefix);
-            if known.is_empty() {
-                if let Held::Invalid(_) = why {
-                    report.errors.push(why.error(sym, None).message);
-                }
+            let known = self.records_under(&format!("{branch}:{sym}/"));
+            if let (true, Held::Invalid(_)) = (known.is_empty(), why) {
+                report.errors.push(why.error(sym, None).message);
             }
             for (key, rec) in known {
-                let Some(mut w) = self.recorded_work(&fleet, branch, &key, &rec).await else {
+                let Some(mut w) = self.recorded_work(&pass.fleet, &branch, &key, &rec).await else {
                     continue;
                 };
-                let id = w.comp.id.clone();
                 let e = why.error(sym, rec.file.as_deref());
                 w.error = Some(e.clone());
-                statuses.push(self.status_of(&w, &source_ref, now, None));
+                statuses.push(self.status_of(&w, &pass.source, pass.now, None));
                 report.rows.push(Row {
-                    id,
+                    id: w.comp.id.clone(),
                     state: State::Failed,
                     digest: None,
                     window: None,
@@ -672,69 +811,54 @@ impl Reconciler {
                 });
             }
         }
-        for e in &loaded.errors {
-            let belongs = fleet.failed.values().flatten().any(|d| d == e);
+        for e in &pass.errors {
+            let belongs = pass.fleet.failed.values().flatten().any(|d| d == e);
             if !belongs {
                 report.errors.push(e.to_string());
             }
         }
-        let held_names: HashSet<String> = held.keys().cloned().collect();
-        self.removals(
-            &fleet,
-            &held_names,
-            &source_ref,
-            now,
-            &mut statuses,
-            &mut report,
-        )
-        .await;
-        self.symphony_readiness(&fleet, &mut statuses, &mut report);
+        held.keys().cloned().collect()
+    }
+
+    /// Keeps each condition's `lastTransitionTime` while its status stays,
+    /// and forgets the conditions of compositions no longer reported.
+    fn stamp_all(&mut self, branch: &str, statuses: &mut [DeploymentStatus], now: DateTime<Utc>) {
         let prefix = format!("{branch}:");
         let live: HashSet<String> = statuses
             .iter()
             .map(|s| format!("{prefix}{}", s.metadata.deployment_id))
             .collect();
-        for st in &mut statuses {
+        for st in statuses.iter_mut() {
             let key = format!("{prefix}{}", st.metadata.deployment_id);
             self.stamp_transitions(&key, st, now);
         }
         self.persisted
             .conditions
             .retain(|k, _| !k.starts_with(&prefix) || live.contains(k));
+    }
 
-        let mut summary = format!("{branch}@{}: {}", rev.short(), summarize(&statuses));
-        if let Some(old) = forced {
+    /// The status commit (if anything changed) and the revision reconciled.
+    async fn report_status(
+        &mut self,
+        pass: &Pass,
+        statuses: Vec<DeploymentStatus>,
+        report: &mut BranchReport,
+    ) {
+        let branch = &pass.source.branch;
+        let mut summary = format!("{branch}@{}: {}", pass.rev.short(), summarize(&statuses));
+        if let Some(old) = pass.forced {
             summary.push_str(&format!(" (force-pushed over {})", old.short()));
         }
         let update = StatusUpdate {
-            source: source_ref.clone(),
-            table: table(&report, &summary),
+            source: pass.source.clone(),
+            table: table(report, &summary),
             statuses,
             summary,
         };
-        self.publish(update, &mut report).await;
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "status written");
+        self.publish(update, report).await;
         self.persisted
             .revisions
-            .insert(branch.to_string(), rev.to_string());
-        let settled = work_settled
-            && !report.rows.iter().any(|r| r.state == State::Removing)
-            && held_names.is_empty()
-            && !self
-                .persisted
-                .orphan_writes
-                .keys()
-                .chain(self.persisted.retiring.keys())
-                .any(|k| k.starts_with(&prefix))
-            && self.fetch_error.is_none()
-            && report.errors.is_empty();
-        if settled {
-            self.settled
-                .insert(branch.to_string(), (rev, std::time::Instant::now()));
-        } else {
-            self.settled.remove(branch);
-        }
-        report
+            .insert(branch.clone(), pass.rev.to_string());
     }
 
     /// Commits the statuses (not in a plan); a failure is a report error.
@@ -1627,6 +1751,12 @@ impl Reconciler {
             let sym = |k: &str| k.split('/').next().unwrap_or_default().to_string();
             sym(ka).cmp(&sym(kb)).then(b.position.cmp(&a.position))
         });
+        let scope = Scope {
+            fleet,
+            held,
+            source,
+            now,
+        };
         // OrderedReady: the next delete only when the previous one is done.
         let mut deletes_blocked: HashSet<String> = HashSet::new();
         self.persisted.orphaned.retain(|k, _| !live.contains(k));
@@ -1635,148 +1765,187 @@ impl Reconciler {
                 self.persisted.renders.remove(&key);
                 continue;
             };
-            let target = rec
-                .target
-                .as_ref()
-                .and_then(|t| self.target_for(fleet, t).ok());
             if !fleet.symphonies.contains_key(&id.symphony) {
-                // Dropped from status at once; the mark on the target is a
-                // write like any other and waits for the window (below).
-                tracing::info!(composition = %id, "symphony removed: resources orphaned");
-                self.persisted.renders.remove(&key);
-                self.observed.remove(&key);
-                self.persisted.orphan_writes.insert(
-                    key.clone(),
-                    PendingWrite {
-                        target: rec.target.clone(),
-                        kind: rec.target_kind.clone(),
-                        window: rec.window.clone(),
-                    },
-                );
-                self.persisted.orphaned.insert(key, id.symphony.clone());
+                self.orphan_now(key, &id, &rec);
                 continue;
-            }
-            let mut w = Work::from_record(id.clone(), key.clone(), &rec);
-            // Dependents in the fleet, and those of symphonies that failed to
-            // load (a dangling dependsOn fails them): both still run on it.
-            let mut held_by: Vec<String> = fleet
-                .compositions()
-                .filter(|c| c.depends_on.contains(&id))
-                .map(|c| c.id.to_string())
-                .collect();
-            held_by.extend(
-                self.persisted
-                    .renders
-                    .iter()
-                    .filter(|(k, r)| {
-                        k.strip_prefix(&prefix)
-                            .and_then(|rest| rest.split_once('/'))
-                            .is_some_and(|(sym, _)| held.contains(sym))
-                            && r.depends_on.contains(&id.to_string())
-                    })
-                    .map(|(k, _)| k[prefix.len()..].to_string()),
-            );
-            // Judged now, at the write, not at the pass's start (invariant 2).
-            let window_status = window_status(fleet, rec.window.as_deref(), self.clock.now());
-            if let Some(ws) = &window_status {
-                report.windows.insert(ws.name.clone(), ws.open);
             }
             let ordered = fleet
                 .symphonies
                 .get(&id.symphony)
                 .is_some_and(|s| s.rollout.strategy == Strategy::OrderedReady);
-            let (reason, message) = if ordered && deletes_blocked.contains(&id.symphony) {
-                (
-                    "WaitingForReady",
-                    "a later variation is removed first".to_string(),
-                )
-            } else if !held_by.is_empty() {
-                (
-                    "WaitingOnDependency",
-                    format!("held by {}", held_by.join(", ")),
-                )
-            } else if let Some(ws) = window_status.as_ref().filter(|w| !w.open) {
-                if let Some(next) = ws.next_open {
-                    report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
-                }
-                (
-                    "WindowClosed",
-                    "the removal waits for the window".to_string(),
-                )
-            } else if self.dry_run {
-                ("Delete", "would be deleted now".to_string())
-            } else {
-                let result = match &target {
-                    Some(t) => {
-                        let r = t.delete(&id).await.map_err(|e| e.to_string());
-                        self.after_write();
-                        r
-                    }
-                    None => Ok(()),
-                };
-                match result {
-                    Ok(()) => {
-                        tracing::info!(composition = %id, "removed");
-                        self.persisted.renders.remove(&key);
-                        self.observed.remove(&key);
-                        let kind = rec.target_kind.clone().or_else(|| {
-                            rec.target
-                                .as_ref()
-                                .and_then(|t| fleet.targets.get(t))
-                                .map(|t| t.kind.clone())
-                        });
-                        self.release(kind.as_ref(), &id, &source.branch);
-                        continue;
-                    }
-                    Err(e) => {
-                        w.fail("DeleteFailed", rec.target.clone().unwrap_or_default(), e);
-                        ("Failed", String::new())
-                    }
-                }
-            };
-            if let Some(t) = &target {
-                w.observed = t.get(&id).await.unwrap_or_default();
-            }
-            // Not gone yet (in a plan, nothing is): the next delete waits.
-            if reason != "Delete" || self.dry_run {
+            let later_pending = ordered && deletes_blocked.contains(&id.symphony);
+            if let Some(st) = self
+                .remove_one(&scope, &key, &id, &rec, later_pending, report)
+                .await
+            {
+                // Not gone yet (in a plan, nothing is): the next delete waits.
                 deletes_blocked.insert(id.symphony.clone());
+                statuses.push(st);
             }
-            let mut st = self.status_of(&w, source, now, window_status);
-            if w.error.is_none() {
-                st.status.state = State::Removing;
-                for c in &mut st.status.components {
-                    c.state = State::Removing;
-                }
-                if let Some(ready) = st
-                    .status
-                    .conditions
-                    .iter_mut()
-                    .find(|c| c.r#type == "Ready")
-                {
-                    ready.reason = reason.to_string();
-                    ready.message = message.clone();
-                }
-            }
-            report.rows.push(Row {
-                id,
-                state: st.status.state,
-                digest: w.digest,
-                window: rec.window.clone(),
-                note: if w.error.is_some() {
-                    row_note(&w)
-                } else {
-                    format!("removing: {reason}")
-                },
-                action: Some(ActionKind::Delete),
-                skipped: (w.error.is_none() && reason != "Delete").then(|| reason.to_string()),
-            });
-            statuses.push(st);
         }
         self.persisted
             .orphan_writes
             .retain(|k, _| !live.contains(k));
         self.orphan_writes(&prefix, fleet, report).await;
         self.retire(&prefix, fleet, statuses, report).await;
+        self.report_orphaned(&scope, statuses, report);
+    }
+
+    /// A composition whose symphony is gone: dropped from status at once;
+    /// the mark on the target is a write like any other and waits for the
+    /// window ([`orphan_writes`](Self::orphan_writes)).
+    fn orphan_now(&mut self, key: String, id: &CompositionId, rec: &RenderRecord) {
+        tracing::info!(composition = %id, "symphony removed: resources orphaned");
+        self.persisted.renders.remove(&key);
+        self.observed.remove(&key);
+        self.persisted.orphan_writes.insert(
+            key.clone(),
+            PendingWrite {
+                target: rec.target.clone(),
+                kind: rec.target_kind.clone(),
+                window: rec.window.clone(),
+            },
+        );
+        self.persisted.orphaned.insert(key, id.symphony.clone());
+    }
+
+    /// One removed variation: deleted from its target if nothing holds it
+    /// ([`plan::removal`]), else reported `removing` with why. `None` once
+    /// it is gone (its record and status go with it).
+    async fn remove_one(
+        &mut self,
+        scope: &Scope<'_>,
+        key: &str,
+        id: &CompositionId,
+        rec: &RenderRecord,
+        later_pending: bool,
+        report: &mut BranchReport,
+    ) -> Option<DeploymentStatus> {
+        let prefix = format!("{}:", scope.source.branch);
+        // Dependents in the fleet, and those of symphonies that failed to
+        // load (a dangling dependsOn fails them): both still run on it.
+        let mut held_by: Vec<String> = scope
+            .fleet
+            .compositions()
+            .filter(|c| c.depends_on.contains(id))
+            .map(|c| c.id.to_string())
+            .collect();
+        held_by.extend(
+            self.persisted
+                .renders
+                .iter()
+                .filter(|(k, r)| {
+                    k.strip_prefix(&prefix)
+                        .and_then(|rest| rest.split_once('/'))
+                        .is_some_and(|(sym, _)| scope.held.contains(sym))
+                        && r.depends_on.contains(&id.to_string())
+                })
+                .map(|(k, _)| k[prefix.len()..].to_string()),
+        );
+        // Judged now, at the write, not at the pass's start (invariant 2).
+        let window = window_status(scope.fleet, rec.window.as_deref(), self.clock.now());
+        if let Some(ws) = &window {
+            report.windows.insert(ws.name.clone(), ws.open);
+        }
+        let decision = decide_removal(&RemovalFacts {
+            later_pending,
+            held_by,
+            window_open: window.as_ref().map(|w| w.open),
+        });
+        let target = rec
+            .target
+            .as_ref()
+            .and_then(|t| self.target_for(scope.fleet, t).ok());
+        let mut w = Work::from_record(id.clone(), key.to_string(), rec);
+        let (reason, message) = match decision {
+            Removal::Wait(reason, message) => {
+                if let Some(next) = window
+                    .as_ref()
+                    .filter(|_| reason == Reason::WindowClosed)
+                    .and_then(|w| w.next_open)
+                {
+                    report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
+                }
+                (Some(reason), message)
+            }
+            Removal::Delete if self.dry_run => (None, "would be deleted now".to_string()),
+            Removal::Delete => match self.delete(target.as_deref(), id).await {
+                Ok(()) => {
+                    tracing::info!(composition = %id, "removed");
+                    self.persisted.renders.remove(key);
+                    self.observed.remove(key);
+                    let kind = rec.target_kind.clone().or_else(|| {
+                        rec.target
+                            .as_ref()
+                            .and_then(|t| scope.fleet.targets.get(t))
+                            .map(|t| t.kind.clone())
+                    });
+                    self.release(kind.as_ref(), id, &scope.source.branch);
+                    return None;
+                }
+                Err(e) => {
+                    w.fail("DeleteFailed", rec.target.clone().unwrap_or_default(), e);
+                    (None, String::new())
+                }
+            },
+        };
+        if let Some(t) = &target {
+            w.observed = t.get(id).await.unwrap_or_default();
+        }
+        let mut st = self.status_of(&w, scope.source, scope.now, window);
+        let word = reason.map(|r| r.as_str()).unwrap_or("Delete");
+        if w.error.is_none() {
+            st.status.state = State::Removing;
+            for c in &mut st.status.components {
+                c.state = State::Removing;
+            }
+            if let Some(ready) = st
+                .status
+                .conditions
+                .iter_mut()
+                .find(|c| c.r#type == "Ready")
+            {
+                ready.reason = word.to_string();
+                ready.message = message;
+            }
+        }
+        report.rows.push(Row {
+            id: id.clone(),
+            state: st.status.state,
+            digest: w.digest,
+            window: rec.window.clone(),
+            note: if w.error.is_some() {
+                row_note(&w)
+            } else {
+                format!("removing: {word}")
+            },
+            action: Some(ActionKind::Delete),
+            skipped: reason
+                .filter(|_| w.error.is_none())
+                .map(|r| r.as_str().to_string()),
+        });
+        Some(st)
+    }
+
+    /// Deletes `id` from `target` (nothing to do without one).
+    async fn delete(&self, target: Option<&dyn Target>, id: &CompositionId) -> Result<(), String> {
+        let Some(t) = target else {
+            return Ok(());
+        };
+        let result = t.delete(id).await.map_err(|e| e.to_string());
+        self.after_write();
+        result
+    }
+
+    /// Statuses of compositions orphaned on this branch: `removed`, and
+    /// whether their mark still waits for a window.
+    fn report_orphaned(
+        &self,
+        scope: &Scope<'_>,
+        statuses: &mut Vec<DeploymentStatus>,
+        report: &mut BranchReport,
+    ) {
+        let prefix = format!("{}:", scope.source.branch);
         for (key, symphony) in self
             .persisted
             .orphaned
@@ -1790,8 +1959,14 @@ impl Reconciler {
                 .persisted
                 .orphan_writes
                 .get(key)
-                .and_then(|p| window_status(fleet, p.window.as_deref(), now));
-            statuses.push(orphaned_status(&id, symphony, source, now, waits));
+                .and_then(|p| window_status(scope.fleet, p.window.as_deref(), scope.now));
+            statuses.push(orphaned_status(
+                &id,
+                symphony,
+                scope.source,
+                scope.now,
+                waits,
+            ));
             report.rows.push(Row {
                 id,
                 state: State::Removed,

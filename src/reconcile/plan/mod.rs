@@ -1,5 +1,14 @@
 //! Deciding, per composition, what a pass does: pure, no I/O, no clock.
 //! The executor in [`super::pass`] only carries the decisions out.
+//!
+//! [`decide`] says whether to stage and whether an apply may start;
+//! [`rollout`] is the symphony-wide accounting that feeds it (dependencies
+//! Ready, `OrderedReady`, `maxUnavailable`); [`removal`] says whether a
+//! removed variation may be deleted now; [`settled`] whether a branch has
+//! nothing left to do until its commit changes.
+
+pub mod removal;
+pub mod rollout;
 
 use serde::Serialize;
 
@@ -16,6 +25,12 @@ pub enum Reason {
     PrunePending,
     /// `Parallel`: as many compositions as `maxUnavailable` are not Ready.
     MaxUnavailable,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Reason {
@@ -99,9 +114,94 @@ pub fn decide(f: &Facts) -> Option<Decision> {
     Some(Decision { stage, apply })
 }
 
+/// What is known about a branch at the end of its pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BranchFacts {
+    /// Every composition is Ready, or held only by a gate a person must lift.
+    pub compositions_done: bool,
+    /// A composition is being removed (waits for its window, a dependent…).
+    pub removing: bool,
+    /// Writes wait for a window: orphan marks, removals from an old target.
+    pub writes_pending: bool,
+    /// Something failed to load, or cannot be read.
+    pub load_errors: bool,
+    /// The last fetch failed.
+    pub fetch_failed: bool,
+    /// Any other error of the pass.
+    pub errors: bool,
+}
+
+/// Whether the branch has nothing left to do until its commit changes: its
+/// next pass on the same revision may skip loading, rendering and reading
+/// targets (a resync still comes). Anything waiting or failed must be
+/// looked at again.
+pub fn settled(f: &BranchFacts) -> bool {
+    f.compositions_done
+        && !f.removing
+        && !f.writes_pending
+        && !f.load_errors
+        && !f.fetch_failed
+        && !f.errors
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settled_only_when_nothing_waits_or_failed() {
+        let done = BranchFacts {
+            compositions_done: true,
+            ..BranchFacts::default()
+        };
+        let cases = [
+            ("all Ready", done, true),
+            ("a composition not done", BranchFacts::default(), false),
+            (
+                "a removal waits",
+                BranchFacts {
+                    removing: true,
+                    ..done
+                },
+                false,
+            ),
+            (
+                "a write waits for its window",
+                BranchFacts {
+                    writes_pending: true,
+                    ..done
+                },
+                false,
+            ),
+            (
+                "a file cannot be read",
+                BranchFacts {
+                    load_errors: true,
+                    ..done
+                },
+                false,
+            ),
+            (
+                "the fetch failed",
+                BranchFacts {
+                    fetch_failed: true,
+                    ..done
+                },
+                false,
+            ),
+            (
+                "another error",
+                BranchFacts {
+                    errors: true,
+                    ..done
+                },
+                false,
+            ),
+        ];
+        for (name, facts, want) in cases {
+            assert_eq!(settled(&facts), want, "{name}");
+        }
+    }
 
     fn d(n: u8) -> Option<Digest> {
         Some(Digest([n; 32]))

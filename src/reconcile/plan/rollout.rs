@@ -1,0 +1,206 @@
+//! Rollout accounting across a symphony (Datum's instance control): pure.
+//!
+//! Compositions are visited in order (dependencies first, then variation
+//! order). [`Rollout::admit`] says, before a composition's apply, whether
+//! its dependencies are Ready and whether the strategy holds it;
+//! [`Rollout::observe`] records how it ended, for the ones after it.
+
+use std::collections::{HashMap, HashSet};
+
+use super::Reason;
+use crate::model::types::Strategy;
+use crate::model::CompositionId;
+
+/// What the compositions visited so far in a pass left behind.
+#[derive(Debug, Default)]
+pub struct Rollout {
+    ready: HashSet<CompositionId>,
+    /// `OrderedReady`: symphonies with a composition not Ready yet.
+    blocked: HashSet<String>,
+    /// `Parallel`: per symphony, compositions being applied or applied and not Ready.
+    unavailable: HashMap<String, u32>,
+}
+
+/// What [`Rollout::admit`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    pub dependencies_ready: bool,
+    /// Why the strategy holds it, if it does.
+    pub wait: Option<Reason>,
+}
+
+/// How a composition ended its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ready,
+    /// Not Ready, and unavailable: applied but not healthy, or being
+    /// applied now (in a plan, every action that would run).
+    InFlight,
+    /// Not Ready and not being applied (waiting, failed, nothing applied).
+    Held,
+}
+
+impl Rollout {
+    pub fn admit(
+        &self,
+        id: &CompositionId,
+        depends_on: &[CompositionId],
+        strategy: Strategy,
+        max_unavailable: u32,
+    ) -> Admission {
+        let sym = &id.symphony;
+        let wait = match strategy {
+            Strategy::OrderedReady => self
+                .blocked
+                .contains(sym)
+                .then_some(Reason::WaitingForReady),
+            Strategy::Parallel => (self.unavailable.get(sym).copied().unwrap_or(0)
+                >= max_unavailable.max(1))
+            .then_some(Reason::MaxUnavailable),
+        };
+        Admission {
+            dependencies_ready: depends_on.iter().all(|d| self.ready.contains(d)),
+            wait,
+        }
+    }
+
+    pub fn observe(&mut self, id: &CompositionId, outcome: Outcome) {
+        match outcome {
+            Outcome::Ready => {
+                self.ready.insert(id.clone());
+            }
+            Outcome::InFlight | Outcome::Held => {
+                self.blocked.insert(id.symphony.clone());
+                if outcome == Outcome::InFlight {
+                    *self.unavailable.entry(id.symphony.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    pub fn is_ready(&self, id: &CompositionId) -> bool {
+        self.ready.contains(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> CompositionId {
+        s.parse().unwrap()
+    }
+
+    /// Visits `steps` in order: (composition, strategy, maxUnavailable,
+    /// dependencies, how it ends); returns what each was told.
+    fn run(steps: &[(&str, Strategy, u32, &[&str], Outcome)]) -> Vec<Admission> {
+        let mut r = Rollout::default();
+        steps
+            .iter()
+            .map(|(c, strategy, max, deps, outcome)| {
+                let deps: Vec<CompositionId> = deps.iter().map(|d| id(d)).collect();
+                let a = r.admit(&id(c), &deps, *strategy, *max);
+                r.observe(&id(c), *outcome);
+                a
+            })
+            .collect()
+    }
+
+    const GO: Admission = Admission {
+        dependencies_ready: true,
+        wait: None,
+    };
+
+    #[test]
+    fn table() {
+        use Outcome::*;
+        use Strategy::*;
+        let held = |r| Admission {
+            dependencies_ready: true,
+            wait: Some(r),
+        };
+        let cases: Vec<(
+            &str,
+            Vec<(&str, Strategy, u32, &[&str], Outcome)>,
+            Vec<Admission>,
+        )> = vec![
+            (
+                "ordered: the next only when the previous is Ready",
+                vec![
+                    ("s/a", OrderedReady, 1, &[], Ready),
+                    ("s/b", OrderedReady, 1, &[], InFlight),
+                    ("s/c", OrderedReady, 1, &[], Held),
+                ],
+                vec![GO, GO, held(Reason::WaitingForReady)],
+            ),
+            (
+                "ordered: a held one holds the rest too",
+                vec![
+                    ("s/a", OrderedReady, 1, &[], Held),
+                    ("s/b", OrderedReady, 1, &[], Held),
+                ],
+                vec![GO, held(Reason::WaitingForReady)],
+            ),
+            (
+                "parallel: at most maxUnavailable in flight",
+                vec![
+                    ("s/a", Parallel, 2, &[], InFlight),
+                    ("s/b", Parallel, 2, &[], InFlight),
+                    ("s/c", Parallel, 2, &[], Held),
+                    ("s/d", Parallel, 2, &[], Ready),
+                ],
+                vec![
+                    GO,
+                    GO,
+                    held(Reason::MaxUnavailable),
+                    held(Reason::MaxUnavailable),
+                ],
+            ),
+            (
+                "parallel: held ones do not count as unavailable",
+                vec![
+                    ("s/a", Parallel, 1, &[], Held),
+                    ("s/b", Parallel, 1, &[], InFlight),
+                ],
+                vec![GO, GO],
+            ),
+            (
+                "parallel: maxUnavailable 0 means 1",
+                vec![
+                    ("s/a", Parallel, 0, &[], InFlight),
+                    ("s/b", Parallel, 0, &[], Ready),
+                ],
+                vec![GO, held(Reason::MaxUnavailable)],
+            ),
+            (
+                "symphonies do not hold each other",
+                vec![
+                    ("s/a", OrderedReady, 1, &[], Held),
+                    ("t/a", OrderedReady, 1, &[], Ready),
+                ],
+                vec![GO, GO],
+            ),
+            (
+                "a dependency must be Ready first",
+                vec![
+                    ("db/a", Parallel, 5, &[], InFlight),
+                    ("web/a", Parallel, 5, &["db/a"], Held),
+                    ("db/b", Parallel, 5, &[], Ready),
+                    ("web/b", Parallel, 5, &["db/b"], Ready),
+                ],
+                vec![
+                    GO,
+                    Admission {
+                        dependencies_ready: false,
+                        wait: None,
+                    },
+                    GO,
+                    GO,
+                ],
+            ),
+        ];
+        for (name, steps, want) in cases {
+            assert_eq!(run(&steps), want, "{name}");
+        }
+    }
+}
