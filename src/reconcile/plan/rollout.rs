@@ -91,9 +91,11 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// Visits `steps` in order: (composition, strategy, maxUnavailable,
-    /// dependencies, how it ends); returns what each was told.
-    fn run(steps: &[(&str, Strategy, u32, &[&str], Outcome)]) -> Vec<Admission> {
+    /// (composition, strategy, maxUnavailable, dependencies, how it ends).
+    type Step<'a> = (&'a str, Strategy, u32, &'a [&'a str], Outcome);
+
+    /// Visits `steps` in order; returns what each was told.
+    fn run(steps: &[Step]) -> Vec<Admission> {
         let mut r = Rollout::default();
         steps
             .iter()
@@ -119,11 +121,7 @@ mod tests {
             dependencies_ready: true,
             wait: Some(r),
         };
-        let cases: Vec<(
-            &str,
-            Vec<(&str, Strategy, u32, &[&str], Outcome)>,
-            Vec<Admission>,
-        )> = vec![
+        let cases: Vec<(&str, Vec<Step>, Vec<Admission>)> = vec![
             (
                 "ordered: the next only when the previous is Ready",
                 vec![
