@@ -141,6 +141,29 @@ struct Work {
 }
 
 impl Work {
+    /// Nothing known yet of `comp` but what the commit says.
+    fn new(comp: Composition, record_key: String) -> Work {
+        Work {
+            comp,
+            target: None,
+            record_key,
+            digest: None,
+            components: Vec::new(),
+            rendered: None,
+            since: None,
+            observed: Observed::default(),
+            error: None,
+            waiting: None,
+            waiting_message: String::new(),
+            overridden: None,
+            key: None,
+            skipped: Vec::new(),
+            ungated: Vec::new(),
+            action: None,
+            plan: None,
+        }
+    }
+
     /// A composition known only from what was last rendered for it: one whose
     /// symphony failed to load, or that was removed from the branch.
     fn from_record(id: CompositionId, key: String, rec: &RenderRecord) -> Work {
@@ -1014,95 +1037,11 @@ impl Reconciler {
         synth_keys: &mut HashMap<String, String>,
         resync: bool,
     ) -> Work {
-        let record_key = format!("{}:{}", source.branch, comp.id);
-        let mut w = Work {
-            comp: comp.clone(),
-            target: None,
-            record_key,
-            digest: None,
-            components: Vec::new(),
-            rendered: None,
-            since: None,
-            observed: Observed::default(),
-            error: None,
-            waiting: None,
-            waiting_message: String::new(),
-            overridden: None,
-            key: None,
-            skipped: Vec::new(),
-            ungated: Vec::new(),
-            action: None,
-            plan: None,
-        };
-        // Gates lifted by `fermata ungate` hold no more; a lift whose gate a
-        // commit has removed is done with (its record is forgotten).
-        let id = comp.id.to_string();
-        if let Some(lifted) = self.recorded.ungated.get(&id) {
-            for (gate, (file, u)) in lifted {
-                if comp.scheduling_gates.contains(gate) {
-                    w.ungated.push(u.clone());
-                } else if !self.dry_run {
-                    if let Err(e) = self.requests.forget(file) {
-                        tracing::warn!(error = %e, file, "cannot forget a done ungate record");
-                    }
-                }
-            }
-            w.comp.scheduling_gates.retain(|g| !lifted.contains_key(g));
-        }
-        let Some(def) = fleet.targets.get(&comp.target) else {
-            w.fail(
-                "TargetUnavailable",
-                comp.target.clone(),
-                format!("no Target named {:?}", comp.target),
-            );
+        let mut w = Work::new(comp.clone(), format!("{}:{}", source.branch, comp.id));
+        self.apply_ungates(&mut w);
+        let Some(mut record) = self.place(&mut w, fleet, &source.branch) else {
             return w;
         };
-        // One branch per composition per target: two branches defining it
-        // would overwrite each other pass after pass (invariant 5).
-        if let Err(owner) = self.claim(&def.kind, &comp.id, &source.branch) {
-            w.fail(
-                "TargetConflict",
-                comp.target.clone(),
-                format!(
-                    "target {} already holds {} from branch {owner}: a composition is deployed on a target from one branch only; give branch {} its own target, or stop watching one of them",
-                    comp.target, comp.id, source.branch
-                ),
-            );
-            return w;
-        }
-        w.target = Some(self.target_of(&def.kind));
-        // Moved back before its old placement was removed: nothing to remove.
-        let here = self.target_key(&def.kind);
-        if let Some(r) = self.persisted.retiring.get(&w.record_key) {
-            if self.target_key(&r.kind) == here {
-                self.persisted.retiring.remove(&w.record_key);
-            }
-        }
-        let mut record = self.persisted.renders.get(&w.record_key).cloned();
-        // Moved to another target: removed from the old one (in the old
-        // placement's window, see `retire`), added to the new one.
-        if let Some(old) = record.as_ref().filter(|r| r.target.is_some()) {
-            let old_kind = old.target_kind.clone().or_else(|| {
-                old.target
-                    .as_ref()
-                    .and_then(|n| fleet.targets.get(n))
-                    .map(|t| t.kind.clone())
-            });
-            if let Some(old_kind) = old_kind.filter(|k| self.target_key(k) != here) {
-                tracing::info!(composition = %comp.id, from = ?old.target, to = %comp.target, "retargeted");
-                self.persisted.retiring.insert(
-                    w.record_key.clone(),
-                    super::state::Retiring {
-                        target: old.target.clone().unwrap_or_default(),
-                        kind: old_kind,
-                        window: old.window.clone(),
-                    },
-                );
-                self.persisted.renders.remove(&w.record_key);
-                self.observed.remove(&w.record_key);
-                record = None;
-            }
-        }
         let base = input_key(snap, fleet, comp, synth_keys);
         let unchanged = record.as_ref().filter(|r| r.base_key == base);
         if let Some(memo) = self
@@ -1142,12 +1081,12 @@ impl Reconciler {
             h.update(w.observed.applied.map(|d| d.to_hex()).unwrap_or_default());
         }
         let key = hex::encode(h.finalize());
-        match record {
+        match record.take() {
             Some(r) if r.input_key == key => {
                 w.digest = Some(r.digest);
-                w.components = r.components.clone();
-                w.since = r.commit.clone();
-                w.skipped = r.skipped.clone();
+                w.components = r.components;
+                w.since = r.commit;
+                w.skipped = r.skipped;
             }
             _ => {
                 w.since = Some(source.commit.clone());
@@ -1155,6 +1094,87 @@ impl Reconciler {
             }
         }
         w
+    }
+
+    /// Gates lifted by `fermata ungate` hold no more; a lift whose gate a
+    /// commit has removed is done with (its record is forgotten).
+    fn apply_ungates(&mut self, w: &mut Work) {
+        let Some(lifted) = self.recorded.ungated.get(&w.comp.id.to_string()) else {
+            return;
+        };
+        for (gate, (file, u)) in lifted {
+            if w.comp.scheduling_gates.contains(gate) {
+                w.ungated.push(u.clone());
+            } else if !self.dry_run {
+                if let Err(e) = self.requests.forget(file) {
+                    tracing::warn!(error = %e, file, "cannot forget a done ungate record");
+                }
+            }
+        }
+        w.comp.scheduling_gates.retain(|g| !lifted.contains_key(g));
+    }
+
+    /// Resolves the composition's target, claims it there for `branch`, and
+    /// notes a retarget. Returns its render record (none after a retarget:
+    /// a new placement renders afresh), or `None` when it failed.
+    fn place(&mut self, w: &mut Work, fleet: &Fleet, branch: &str) -> Option<Option<RenderRecord>> {
+        let comp = w.comp.clone();
+        let Some(def) = fleet.targets.get(&comp.target) else {
+            w.fail(
+                "TargetUnavailable",
+                comp.target.clone(),
+                format!("no Target named {:?}", comp.target),
+            );
+            return None;
+        };
+        // One branch per composition per target: two branches defining it
+        // would overwrite each other pass after pass (invariant 5).
+        if let Err(owner) = self.claim(&def.kind, &comp.id, branch) {
+            w.fail(
+                "TargetConflict",
+                comp.target.clone(),
+                format!(
+                    "target {} already holds {} from branch {owner}: a composition is deployed on a target from one branch only; give branch {branch} its own target, or stop watching one of them",
+                    comp.target, comp.id
+                ),
+            );
+            return None;
+        }
+        w.target = Some(self.target_of(&def.kind));
+        // Moved back before its old placement was removed: nothing to remove.
+        let here = self.target_key(&def.kind);
+        if let Some(r) = self.persisted.retiring.get(&w.record_key) {
+            if self.target_key(&r.kind) == here {
+                self.persisted.retiring.remove(&w.record_key);
+            }
+        }
+        let record = self.persisted.renders.get(&w.record_key).cloned();
+        // Moved to another target: removed from the old one (in the old
+        // placement's window, see `retire`), added to the new one.
+        let Some(old) = record.as_ref().filter(|r| r.target.is_some()) else {
+            return Some(record);
+        };
+        let old_kind = old.target_kind.clone().or_else(|| {
+            old.target
+                .as_ref()
+                .and_then(|n| fleet.targets.get(n))
+                .map(|t| t.kind.clone())
+        });
+        let Some(old_kind) = old_kind.filter(|k| self.target_key(k) != here) else {
+            return Some(record);
+        };
+        tracing::info!(composition = %comp.id, from = ?old.target, to = %comp.target, "retargeted");
+        self.persisted.retiring.insert(
+            w.record_key.clone(),
+            super::state::Retiring {
+                target: old.target.clone().unwrap_or_default(),
+                kind: old_kind,
+                window: old.window.clone(),
+            },
+        );
+        self.persisted.renders.remove(&w.record_key);
+        self.observed.remove(&w.record_key);
+        Some(None)
     }
 
     /// Renders, then settles what the composition will hold: its annotations
