@@ -103,6 +103,38 @@ impl RepoArgs {
     }
 }
 
+/// What a render may cost, for every command that renders (`run`, `plan`,
+/// `validate`, `render`), so `validate` fails exactly where `run` would.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Most a `command:` synthesizer may print on stdout (e.g. 64MiB, 500KB);
+    /// past it the command is killed and its composition fails.
+    #[arg(
+        long,
+        env = "FERMATA_MAX_RENDER_OUTPUT",
+        value_name = "SIZE",
+        default_value = "64MiB",
+        value_parser = parse_size
+    )]
+    pub max_render_output: u64,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> crate::synth::Limits {
+        crate::synth::Limits {
+            max_output: self.max_render_output,
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    match s.parse::<bytesize::ByteSize>() {
+        Ok(b) if b.as_u64() > 0 => Ok(b.as_u64()),
+        Ok(_) => Err("must be more than 0 bytes".into()),
+        Err(e) => Err(format!("{s:?}: {e} (e.g. 64MiB, 500KB)")),
+    }
+}
+
 /// `--state-dir`, else `$XDG_STATE_HOME/fermata`, else `~/.local/state/fermata`.
 pub fn default_state_dir(given: Option<PathBuf>) -> PathBuf {
     if let Some(d) = given {

@@ -18,6 +18,8 @@ pub struct RenderArgs {
     /// Only this composition, as SYMPHONY/VARIATION.
     #[arg(long)]
     pub composition: Option<CompositionId>,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }
 
 pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
@@ -35,12 +37,13 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
             bail!("no composition {id} at {}", snap.revision.short());
         }
     }
+    let limits = a.limits.limits();
     let mut rendered = Vec::new();
     for comp in fleet.compositions() {
         if a.composition.as_ref().is_some_and(|id| *id != comp.id) {
             continue;
         }
-        match synth::render(&snap, fleet, comp) {
+        match synth::render(&snap, fleet, comp, &limits) {
             Ok(r) => rendered.push(r),
             Err(e) => errors.push(e.diagnostic(fleet, comp)),
         }

@@ -118,6 +118,18 @@ pub struct RunArgs {
     /// This replica's identity in the Lease: the pod name, or host name and pid.
     #[arg(long, env = "POD_NAME")]
     pub lease_identity: Option<String>,
+    /// A folder `file://` artifacts may come from (repeatable, or comma-separated);
+    /// none by default: only repository paths and http(s) URLs. Resolved with
+    /// symlinks, so a link under a root to a file outside is refused.
+    #[arg(
+        long = "artifact-root",
+        env = "FERMATA_ARTIFACT_ROOTS",
+        value_delimiter = ',',
+        value_name = "DIR"
+    )]
+    pub artifact_roots: Vec<PathBuf>,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
     #[command(flatten)]
     pub forge: crate::forge::ForgeArgs,
     #[command(flatten)]
@@ -187,6 +199,8 @@ impl RunArgs {
             site: self.site.clone(),
             signatures,
             health_timeout: self.health_timeout,
+            synth_limits: self.limits.limits(),
+            artifact_roots: self.artifact_roots.clone(),
         };
         if let Some(site) = &settings.site {
             crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;

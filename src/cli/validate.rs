@@ -16,6 +16,8 @@ pub struct ValidateArgs {
     /// Only check the objects; do not run synthesizers.
     #[arg(long)]
     pub no_render: bool,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }
 
 pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
@@ -24,7 +26,7 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
     let mut errors = loaded.errors.clone();
     if !a.no_render {
         for comp in fleet.compositions() {
-            if let Err(e) = synth::render(&snap, fleet, comp) {
+            if let Err(e) = synth::render(&snap, fleet, comp, &a.limits.limits()) {
                 errors.push(e.diagnostic(fleet, comp));
             }
         }

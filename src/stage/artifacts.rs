@@ -98,6 +98,8 @@ pub struct ArtifactStore {
     bars: Option<MultiProgress>,
     /// Bytes written into the store since start (`fermata_artifact_bytes_total`).
     written: Arc<std::sync::atomic::AtomicU64>,
+    /// The folders `file://` artifacts may come from, canonical.
+    file_roots: Vec<PathBuf>,
 }
 
 impl ArtifactStore {
@@ -127,7 +129,14 @@ impl ArtifactStore {
             locks: Arc::default(),
             bars: io::stderr().is_terminal().then(MultiProgress::new),
             written: Arc::default(),
+            file_roots: Vec::new(),
         })
+    }
+
+    /// Lets `file://` artifacts come from under `roots` (`--artifact-root`).
+    pub fn with_file_roots(mut self, roots: &[PathBuf]) -> Result<ArtifactStore, StageError> {
+        self.file_roots = roots.to_vec();
+        Ok(self)
     }
 
     /// Bytes downloaded (or copied) into the store by this process so far.
