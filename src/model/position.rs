@@ -45,6 +45,21 @@ fn parent(path: &str) -> &str {
     }
 }
 
+/// The first character YAML forbids in a stream (a C0 or C1 control other
+/// than tab, line feed, carriage return and next line), as line, column
+/// (both from 1, the column in characters) and the character. The parser
+/// reports these at line 1 with a byte offset of its read buffer, so they
+/// are found here first.
+pub fn control_char(text: &str) -> Option<(usize, usize, char)> {
+    let allowed = |c: char| matches!(c, '\t' | '\n' | '\r' | '\u{85}') || !c.is_control();
+    for (i, line) in text.split('\n').enumerate() {
+        if let Some((col, c)) = line.chars().enumerate().find(|(_, c)| !allowed(*c)) {
+            return Some((i + 1, col + 1, c));
+        }
+    }
+    None
+}
+
 /// Joins a child key onto a path.
 pub fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
