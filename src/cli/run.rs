@@ -40,7 +40,7 @@ pub struct RunArgs {
     #[arg(long, env = "FERMATA_TARGET_ROOT")]
     pub target_root: Option<PathBuf>,
     /// The branch status is committed to; never one of the watched branches.
-    #[arg(long, env = "FERMATA_STATUS_BRANCH", default_value = "fermata/status")]
+    #[arg(long, env = "FERMATA_STATUS_BRANCH", default_value = "fermata/status", value_parser = crate::status::branch_name)]
     pub status_branch: String,
     /// Puts status under `<site>/` so several sites can share one repository.
     #[arg(long, env = "FERMATA_SITE")]

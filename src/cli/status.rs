@@ -23,7 +23,7 @@ pub enum Format {
 pub struct StatusArgs {
     #[arg(long)]
     pub repo: String,
-    #[arg(long, default_value = "fermata/status")]
+    #[arg(long, default_value = "fermata/status", value_parser = crate::status::branch_name)]
     pub status_branch: String,
     #[arg(long)]
     pub site: Option<String>,
