@@ -59,7 +59,7 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
                 a.target
             );
         }
-        eprintln!("applying outside the window: {}", granted.join(", "));
+        errln!("applying outside the window: {}", granted.join(", "));
         r.unsettle();
         let reports = r.pass().await;
         print_reports(&reports, &r.settings.status_branch);

@@ -30,7 +30,7 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         if fleet.composition(id).is_none() {
             if let Some(why) = fleet.failed.get(&id.symphony) {
                 for d in why {
-                    eprintln!("{d}");
+                    errln!("{d}");
                 }
                 bail!("composition {id} failed to load");
             }
@@ -52,7 +52,7 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         Output::Text => {
             for r in &rendered {
                 for obj in annotated(r) {
-                    print!("---\n{}", serde_yaml::to_string(&obj)?);
+                    out!("---\n{}", serde_yaml::to_string(&obj)?);
                 }
             }
         }
@@ -67,7 +67,7 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&json!({"compositions": out, "errors": errors}))?
             );
@@ -75,7 +75,7 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
     }
     if a.repo.output == Output::Text {
         for e in &errors {
-            eprintln!("{e}");
+            errln!("{e}");
         }
     }
     Ok(if errors.is_empty() {

@@ -345,7 +345,7 @@ impl RunArgs {
 /// good revision in the mirror is still reconciled.
 pub async fn fetch_or_warn(r: &mut Reconciler) {
     if let Err(e) = r.fetch().await {
-        eprintln!("warning: {:#}", anyhow::Error::from(e));
+        errln!("warning: {:#}", anyhow::Error::from(e));
     }
 }
 
@@ -364,19 +364,22 @@ pub fn exit_code(reports: &[BranchReport]) -> ExitCode {
 pub fn print_reports(reports: &[BranchReport], status_branch: &str) {
     for b in reports {
         let rev = b.revision.map(|r| r.short()).unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "branch {} @ {rev}{}",
             b.branch,
             if b.unchanged { " (unchanged)" } else { "" }
         );
         if !b.rows.is_empty() {
-            println!(
+            outln!(
                 "  {:<32} {:<10} {:<12} {:<16} NOTE",
-                "COMPOSITION", "STATE", "DIGEST", "WINDOW"
+                "COMPOSITION",
+                "STATE",
+                "DIGEST",
+                "WINDOW"
             );
         }
         for r in &b.rows {
-            println!(
+            outln!(
                 "  {:<32} {:<10} {:<12} {:<16} {}",
                 r.id.to_string(),
                 r.state.as_str(),
@@ -386,10 +389,10 @@ pub fn print_reports(reports: &[BranchReport], status_branch: &str) {
             );
         }
         for e in &b.errors {
-            println!("  error: {e}");
+            outln!("  error: {e}");
         }
         if let Some(c) = b.status_commit {
-            println!(
+            outln!(
                 "  status: committed {} to {status_branch}",
                 &c.to_string()[..7]
             );

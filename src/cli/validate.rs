@@ -51,14 +51,14 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
                 "errors": errors,
                 "warnings": loaded.warnings,
             });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?);
         }
         Output::Text => {
             for w in &loaded.warnings {
-                eprintln!("warning: {w}");
+                errln!("warning: {w}");
             }
             if errors.is_empty() {
-                println!("ok: {summary}");
+                outln!("ok: {summary}");
             } else {
                 print_errors(&errors);
             }
@@ -74,6 +74,6 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
 /// One error per line, `file:line: field: message`.
 pub(super) fn print_errors(errors: &[Diagnostic]) {
     for e in errors {
-        println!("{e}");
+        outln!("{e}");
     }
 }
