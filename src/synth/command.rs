@@ -169,14 +169,12 @@ pub(super) fn render(
     };
     let result = communicate(&mut child, &tree, input.into_bytes(), deadline, limits);
     if !matches!(result, Ok((Ended::Exited(_), _, _))) {
-        // Killed while running: reap it (a SIGKILLed process exits at once).
+        // Still running (past its deadline or its output limit, or its
+        // pipes failed): kill all of it and reap it (SIGKILL is at once).
         tree.kill();
         let _ = child.wait_timeout(REAP);
     }
-    let (ended, stdout, stderr) = result.map_err(|e| {
-        tree.kill();
-        fail(e, "")
-    })?;
+    let (ended, stdout, stderr) = result.map_err(|e| fail(e, ""))?;
     let status = match ended {
         Ended::Exited(status) => status,
         Ended::TimedOut => {
@@ -276,8 +274,10 @@ fn communicate(
         if pipes.closed() {
             match exited {
                 Some(status) => break Ended::Exited(status),
+                // Still reading its input: go on feeding it.
+                None if pipes.stdin.is_some() => {}
                 None => {
-                    // Output closed, still running: only the exit is left to wait for.
+                    // Output closed, input given, still running: only the exit is left to wait for.
                     match child
                         .wait_timeout(deadline.saturating_duration_since(now))
                         .map_err(|e| format!("cannot wait: {e}"))?
