@@ -1350,4 +1350,35 @@ mod tests {
             ["1.yaml:7: spec.variations[0].dependsOn[0].variation: no symphony named \"nope\""]
         );
     }
+
+    #[test]
+    fn a_file_that_failed_to_load_may_define_what_its_name_or_text_says() {
+        let text = "kind: Synthesizer\nmetadata: {name: s1}\nspec: [\n";
+        assert!(might_define(
+            "synthesizers/x.yaml",
+            text,
+            "Synthesizer",
+            "s1"
+        ));
+        assert!(might_define(
+            "synthesizers/s1.yaml",
+            "",
+            "Synthesizer",
+            "s1"
+        ));
+        assert!(
+            !might_define("synthesizers/x.yaml", text, "Target", "s1"),
+            "another kind"
+        );
+        assert!(
+            !might_define("synthesizers/x.yaml", text, "Synthesizer", "s"),
+            "whole words only"
+        );
+        assert!(!might_define(
+            "synthesizers/s10.yaml",
+            "",
+            "Synthesizer",
+            "s1"
+        ));
+    }
 }

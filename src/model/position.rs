@@ -218,4 +218,21 @@ list: [1, 2]
         let docs = index_documents(text).unwrap();
         assert_eq!(docs[0].line("after"), Some(3));
     }
+
+    #[test]
+    fn control_characters_are_found_at_their_line_and_column() {
+        // Allowed: tab, CR (CRLF files), NEL; the rest of C0 and C1 and DEL are not.
+        assert_eq!(control_char("a:\tb\r\nc: \u{85}d\n"), None);
+        assert_eq!(control_char("a: 1\nb: x\0\n"), Some((2, 5, '\0')));
+        assert_eq!(control_char("a: \u{7f}\n"), Some((1, 4, '\u{7f}')));
+        assert_eq!(
+            control_char("é: \u{9b}\n"),
+            Some((1, 4, '\u{9b}')),
+            "columns count characters"
+        );
+        assert_eq!(
+            control_char("a: 1\r\nb: \u{1b}[31m\r\n"),
+            Some((2, 4, '\u{1b}'))
+        );
+    }
 }

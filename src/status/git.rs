@@ -1068,4 +1068,27 @@ mod tests {
         assert!(!is_label("a/b"));
         assert!(!is_label("main@abc"));
     }
+
+    #[test]
+    fn status_branch_names() {
+        let cases = [
+            ("fermata/status", Ok("fermata/status")),
+            ("refs/heads/fermata/status", Ok("fermata/status")),
+            ("refs/heads/main", Ok("main")),
+            ("refs/tags/v1", Err("not a branch")),
+            ("refs/heads/refs/x", Err("not a branch")),
+            ("refs/notes/fermata", Err("not a branch")),
+            ("fermata..status", Err("not a valid branch name")),
+            ("a b", Err("not a valid branch name")),
+            ("", Err("not a valid branch name")),
+            ("refs/heads/", Err("not a valid branch name")),
+        ];
+        for (given, want) in cases {
+            match (branch_name(given), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{given:?}"),
+                (Err(got), Err(want)) => assert!(got.starts_with(want), "{given:?}: {got}"),
+                (got, want) => panic!("{given:?}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
 }
