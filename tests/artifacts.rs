@@ -881,3 +881,30 @@ fn status_never_holds_the_digest_of_a_refused_file() {
     );
     assert_eq!(run.code, 0, "{run:?}");
 }
+
+#[test]
+fn a_fifo_under_a_root_is_refused_without_waiting_for_a_writer() {
+    let root = tempfile::tempdir().unwrap();
+    let fifo = root.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let state = tempfile::tempdir().unwrap();
+    let store = store_with_root(&state, root.path());
+    let url = reqwest::Url::from_file_path(&fifo).unwrap().to_string();
+    let a = artifact("fifo", &url, b"x");
+    // Opening a FIFO to read waits for a writer: bounded here, and on a
+    // hang the test writes once so the runtime can stop, then fails.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bound = std::time::Duration::from_secs(20);
+    let result = rt.block_on(async { tokio::time::timeout(bound, fetch_one(&store, &a)).await });
+    let Ok(result) = result else {
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        panic!("fetching a FIFO still waited after {bound:?}");
+    };
+    let err = result.unwrap_err();
+    assert!(err.to_string().ends_with("is not a file"), "{err}");
+}
