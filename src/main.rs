@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // `{:#}` prints the whole cause chain on one line: the git2 error
             // behind "cannot fetch" is what the user needs.
-            eprintln!("error: {e:#}");
+            cli::err(format_args!("error: {e:#}\n"));
             ExitCode::from(2)
         }
     }

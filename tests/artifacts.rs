@@ -15,6 +15,8 @@ use fermata::source::{Entry, Revision, Snapshot};
 use fermata::stage::{ArtifactStore, StageError};
 use futures_util::StreamExt;
 
+mod util;
+
 /// What the server saw: path and `Range` header of every request.
 #[derive(Debug, Clone, PartialEq)]
 struct Seen {
@@ -317,13 +319,14 @@ async fn a_wrong_sha256_is_rejected_and_leaves_nothing_behind() {
     let err = fetch_one(&store, &a).await.unwrap_err();
 
     assert!(
-        matches!(&err, StageError::Sha256Mismatch { expected, got, .. } if *expected == a.sha256 && *got == served),
+        matches!(&err, StageError::Sha256Mismatch { expected, .. } if *expected == a.sha256),
         "{err:?}"
     );
+    // The declared value only: what the source hashes to is not for status.
     assert_eq!(
         err.to_string(),
         format!(
-            "artifact \"model.onnx\" ({url}): sha256 mismatch: expected {}, got {served}",
+            "artifact \"model.onnx\" ({url}): does not match the declared sha256 {}",
             a.sha256
         )
     );
@@ -359,7 +362,6 @@ async fn a_wrong_size_is_rejected() {
             err,
             StageError::SizeMismatch {
                 expected: 30_001,
-                got: 30_000,
                 ..
             }
         ),
@@ -367,7 +369,7 @@ async fn a_wrong_size_is_rejected() {
     );
     assert_eq!(
         err.to_string(),
-        format!("artifact \"model.onnx\" ({url}): size mismatch: expected 30001 bytes, got 30000")
+        format!("artifact \"model.onnx\" ({url}): does not match the declared size of 30001 bytes")
     );
     assert!(!store.path_of(&a.sha256).exists());
     assert!(!partial_of(&state, &a.sha256).exists());
@@ -469,7 +471,10 @@ async fn file_urls_are_copied_and_verified() {
     std::fs::write(&file, &content).unwrap();
     let url = reqwest::Url::from_file_path(&file).unwrap().to_string();
     let state = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::new(state.path()).unwrap();
+    let store = ArtifactStore::new(state.path())
+        .unwrap()
+        .with_file_roots(&[src.path().to_path_buf()])
+        .unwrap();
 
     let a = artifact("model", &url, &content);
     let path = fetch_one(&store, &a).await.unwrap();
@@ -479,11 +484,7 @@ async fn file_urls_are_copied_and_verified() {
     wrong_size.size = Some(5);
     assert!(matches!(
         fetch_one(&store, &wrong_size).await,
-        Err(StageError::SizeMismatch {
-            expected: 5,
-            got: 70_000,
-            ..
-        })
+        Err(StageError::SizeMismatch { expected: 5, .. })
     ));
     let mut wrong_hash = wrong_size.clone();
     wrong_hash.size = None;
@@ -633,4 +634,277 @@ async fn old_partials_can_be_cleaned() {
         1
     );
     assert!(!partial_of(&state, &d).exists());
+}
+
+/// A store whose only `file://` root is `root`.
+fn store_with_root(state: &tempfile::TempDir, root: &std::path::Path) -> ArtifactStore {
+    ArtifactStore::new(state.path())
+        .unwrap()
+        .with_file_roots(&[root.to_path_buf()])
+        .unwrap()
+}
+
+/// Asserts `err` says nothing of what `content` hashes to or how long it is.
+fn assert_reveals_nothing(err: &StageError, content: &[u8]) {
+    let msg = err.to_string();
+    let real = Digest::of(content).to_string();
+    assert!(!msg.contains(&real), "{msg}");
+    assert!(!msg.contains(&real[..12]), "{msg}");
+    assert!(!msg.contains(&content.len().to_string()), "{msg}");
+}
+
+#[tokio::test]
+async fn file_urls_outside_every_root_are_refused_without_being_read() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let content = data(12_345, 21);
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, &content).unwrap();
+    let url = reqwest::Url::from_file_path(&secret).unwrap().to_string();
+    // Declared wrong, as someone probing for the real digest would.
+    let mut a = artifact("probe", &url, b"a guess");
+    a.size = None;
+
+    for (store, state, why) in [
+        {
+            let state = tempfile::tempdir().unwrap();
+            (
+                ArtifactStore::new(state.path()).unwrap(),
+                state,
+                "no --artifact-root is configured",
+            )
+        },
+        {
+            let state = tempfile::tempdir().unwrap();
+            (
+                store_with_root(&state, root.path()),
+                state,
+                "it is not under any --artifact-root",
+            )
+        },
+    ] {
+        let err = fetch_one(&store, &a).await.unwrap_err();
+        assert!(matches!(err, StageError::Refused { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("artifact \"probe\" ({url}): refused: ")),
+            "{err}"
+        );
+        assert!(err.to_string().contains(why), "{err}");
+        assert_reveals_nothing(&err, &content);
+        assert!(!partial_of(&state, &a.sha256).exists(), "nothing written");
+        assert_eq!(
+            std::fs::read_dir(state.path().join("artifacts/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    // /etc/passwd, and a way out of the root with `..`.
+    let state = tempfile::tempdir().unwrap();
+    let store = store_with_root(&state, root.path());
+    let passwd = artifact("passwd", "file:///etc/passwd", b"a guess");
+    let err = fetch_one(&store, &passwd).await.unwrap_err();
+    assert!(matches!(err, StageError::Refused { .. }), "{err:?}");
+    assert_reveals_nothing(&err, &std::fs::read("/etc/passwd").unwrap());
+    let dotdot = format!(
+        "file://{}/../{}/secret",
+        root.path().display(),
+        outside.path().file_name().unwrap().to_str().unwrap()
+    );
+    let err = fetch_one(&store, &artifact("up", &dotdot, b"a guess"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StageError::Refused { .. }),
+        "{dotdot}: {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_symlink_under_a_root_to_a_file_outside_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let content = data(5_000, 22);
+    std::fs::write(outside.path().join("secret"), &content).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.path().join("dir")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let store = store_with_root(&state, root.path());
+
+    for name in ["link", "dir/secret"] {
+        let url = reqwest::Url::from_file_path(root.path().join(name))
+            .unwrap()
+            .to_string();
+        // Even with the right digest: the file is outside.
+        let a = artifact("escape", &url, &content);
+        let err = fetch_one(&store, &a).await.unwrap_err();
+        assert!(matches!(err, StageError::Refused { .. }), "{name}: {err:?}");
+        assert!(
+            err.to_string().contains("outside every --artifact-root"),
+            "{err}"
+        );
+        assert!(!store.contains(&a.sha256), "{name}");
+    }
+
+    // A symlink inside the root to a file inside it is fine; so is a root
+    // given through a symlink.
+    std::fs::write(root.path().join("real"), &content).unwrap();
+    std::os::unix::fs::symlink(root.path().join("real"), root.path().join("alias")).unwrap();
+    let url = reqwest::Url::from_file_path(root.path().join("alias"))
+        .unwrap()
+        .to_string();
+    let linked_root = outside.path().join("root-link");
+    std::os::unix::fs::symlink(root.path(), &linked_root).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let store = store_with_root(&state, &linked_root);
+    let path = fetch_one(&store, &artifact("inside", &url, &content))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), content);
+}
+
+#[test]
+fn a_root_that_does_not_exist_is_an_error_naming_it() {
+    let state = tempfile::tempdir().unwrap();
+    let err = ArtifactStore::new(state.path())
+        .unwrap()
+        .with_file_roots(&[PathBuf::from("/nonexistent/fermata-root")])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "artifact root /nonexistent/fermata-root: No such file or directory (os error 2)"
+    );
+}
+
+/// Every file under `dir` whose content is `content`.
+fn copies_of(dir: &std::path::Path, content: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() && std::fs::read(e.path()).is_ok_and(|c| c == content) {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn status_never_holds_the_digest_of_a_refused_file() {
+    let outside = tempfile::tempdir().unwrap();
+    let content = data(4_321, 23);
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, &content).unwrap();
+    let real = Digest::of(&content).to_string();
+    let url = reqwest::Url::from_file_path(&secret).unwrap().to_string();
+    let repo = util::TestRepo::new();
+    let with = |sha: &str| {
+        format!(
+            "{}  artifacts:\n    - {{name: probe, url: \"{url}\", sha256: {sha}}}\n",
+            util::SYNTH
+        )
+    };
+    util::minimal(&repo).write("synth/app.yaml", &with(&"ab".repeat(32)));
+    repo.commit("probe with a wrong digest");
+    let state = tempfile::tempdir().unwrap();
+    let now = "2026-11-21T02:30:00Z";
+
+    let run = util::run_once(state.path(), &repo, now);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("refused: file:// artifacts are read only under an --artifact-root, and no --artifact-root is configured"),
+        "{run:?}"
+    );
+    // The digest a second commit would need is nowhere: not in the output,
+    // not on the status branch or its notes, not in the state.
+    let history = repo.git(&["log", "--all", "-p", "--format=%H %B"]);
+    assert!(history.contains("refused"), "status was written: {history}");
+    for text in [&run.stdout, &run.stderr, &history] {
+        assert!(!text.contains(&real), "{text}");
+        assert!(!text.contains(&real[..12]), "{text}");
+    }
+    assert_eq!(copies_of(state.path(), &content), Vec::<PathBuf>::new());
+
+    // Under a configured root, with the right digest, it is fetched.
+    repo.write("synth/app.yaml", &with(&real));
+    repo.commit("right digest");
+    let p = repo.path().to_str().unwrap();
+    let root = outside.path().to_str().unwrap();
+    let args = [
+        "run",
+        "--once",
+        "--repo",
+        p,
+        "--branch",
+        "main",
+        "--artifact-root",
+        root,
+    ];
+    let run = util::fermata_at(state.path(), &args, now, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(state
+        .path()
+        .join("artifacts/sha256")
+        .join(Digest::of(&content).to_hex())
+        .is_file());
+    // And from the environment, as the chart sets it.
+    let state2 = tempfile::tempdir().unwrap();
+    let run = util::fermata_at(
+        state2.path(),
+        &["run", "--once", "--repo", p, "--branch", "main"],
+        now,
+        &[(
+            "FERMATA_ARTIFACT_ROOTS",
+            &format!("/nonexistent/fermata-root,{root}"),
+        )],
+    );
+    assert_eq!(
+        run.code, 2,
+        "a root that does not exist is refused at start: {run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("artifact root /nonexistent/fermata-root"),
+        "{run:?}"
+    );
+    let run = util::fermata_at(
+        state2.path(),
+        &["run", "--once", "--repo", p, "--branch", "main"],
+        now,
+        &[("FERMATA_ARTIFACT_ROOTS", &format!("/tmp,{root}"))],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+#[test]
+fn a_fifo_under_a_root_is_refused_without_waiting_for_a_writer() {
+    let root = tempfile::tempdir().unwrap();
+    let fifo = root.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let state = tempfile::tempdir().unwrap();
+    let store = store_with_root(&state, root.path());
+    let url = reqwest::Url::from_file_path(&fifo).unwrap().to_string();
+    let a = artifact("fifo", &url, b"x");
+    // Opening a FIFO to read waits for a writer: bounded here, and on a
+    // hang the test writes once so the runtime can stop, then fails.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bound = std::time::Duration::from_secs(20);
+    let result = rt.block_on(async { tokio::time::timeout(bound, fetch_one(&store, &a)).await });
+    let Ok(result) = result else {
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        panic!("fetching a FIFO still waited after {bound:?}");
+    };
+    let err = result.unwrap_err();
+    assert!(err.to_string().ends_with("is not a file"), "{err}");
 }

@@ -603,3 +603,106 @@ fn json_errors_are_objects() {
     assert_eq!(v["ok"], false);
     assert_eq!(v["symphonies"], 0, "shop uses the broken synthesizer");
 }
+
+#[test]
+fn a_control_character_is_reported_at_its_line_and_column() {
+    // The parser's own report says line 1 and a byte offset that is not
+    // even the character's.
+    check(
+        "window.yaml",
+        "apiVersion: fermata.dev/v1alpha1\nkind: MaintenanceWindow\nmetadata: {name: w}\nspec:\n  schedule: \"0 2 * * SAT\"\n  duration: 3h\n  # the next line ends in a NUL byte\n  timezone: UTC\0\n",
+        &["window.yaml:8: control character U+0000 at column 16: YAML allows no control characters but tab, line feed and carriage return"],
+    );
+    check(
+        "window.yaml",
+        "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: \u{7}t}\nspec: {directory: {path: t}}\n",
+        &["window.yaml:3: control character U+0007 at column 18: YAML allows no control characters but tab, line feed and carriage return"],
+    );
+}
+
+#[test]
+fn a_reference_to_an_object_whose_file_failed_to_load_names_that_file() {
+    // The synthesizer's file does not parse, so its name is unknown: the
+    // symphony must say which file probably meant to define it.
+    let repo = fleet_with(&[(
+        "synth/app.yaml",
+        "apiVersion: fermata.dev/v1alpha1\nkind: Synthesizer\nmetadata: {name: app}\nspec:\n  manifests: ./manifests\n  timeout: [30s\n",
+    )]);
+    let syntax = "did not find expected ',' or ']' at line 7 column 1, while parsing a flow sequence at line 6 column 12";
+    assert_errors(
+        &validate(&repo, &[]),
+        &[
+            &format!("symphony.yaml:6: spec.variations[0].synthesizer.name: no Synthesizer named \"app\" (synth/app.yaml:7 failed to load: {syntax})"),
+            &format!("synth/app.yaml:7: {syntax}"),
+        ],
+    );
+    // A file that is not UTF-8 counts too, when its name says what it holds.
+    let repo = TestRepo::new();
+    minimal(&repo).remove("synth/app.yaml");
+    std::fs::write(
+        repo.path().join("synth/app.yaml"),
+        b"kind: Synthesizer\n\xff\n",
+    )
+    .unwrap();
+    repo.commit("not UTF-8");
+    assert_errors(
+        &validate(&repo, &[]),
+        &[
+            "symphony.yaml:6: spec.variations[0].synthesizer.name: no Synthesizer named \"app\" (synth/app.yaml failed to load: file is not UTF-8)",
+            "synth/app.yaml: file is not UTF-8",
+        ],
+    );
+}
+
+#[test]
+fn a_submodule_is_named_as_one() {
+    let sub = TestRepo::new();
+    sub.write("cm.yaml", util::MANIFEST);
+    sub.commit("sub");
+    let repo = TestRepo::new();
+    minimal(&repo);
+    let url = format!("file://{}", sub.path().display());
+    repo.git(&[
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        &url,
+        "subrepo",
+    ]);
+    repo.write(
+        "synth/app.yaml",
+        &util::SYNTH.replace("./manifests", "../subrepo"),
+    );
+    repo.commit("manifests in a submodule");
+    assert_errors(
+        &validate(&repo, &[]),
+        &["synth/app.yaml:5: spec.manifests: \"subrepo\" is a git submodule: fermata reads only the repository's own files (submodules are not supported); copy the files into the repository"],
+    );
+    repo.write(
+        "synth/app.yaml",
+        &util::SYNTH.replace("./manifests", "../subrepo/inner"),
+    );
+    repo.commit("below a submodule");
+    assert_errors(
+        &validate(&repo, &[]),
+        &["synth/app.yaml:5: spec.manifests: \"subrepo/inner\" is in the git submodule \"subrepo\": fermata reads only the repository's own files (submodules are not supported); copy the files into the repository"],
+    );
+    let run = validate(&repo, &["--path", "subrepo"]);
+    assert_errors(
+        &run,
+        &["subrepo: \"subrepo\" is a git submodule: fermata reads only the repository's own files (submodules are not supported); copy the files into the repository"],
+    );
+}
+
+#[test]
+fn a_directory_target_path_with_dot_dot_is_refused() {
+    for path in ["../elsewhere", "sites/../../etc", "/var/lib/../../etc"] {
+        check(
+            "target.yaml",
+            &util::TARGET.replace("path: site", &format!("path: {path}")),
+            &[&format!("target.yaml:5: spec.directory.path: {path:?} has a `..` component: a relative path is under --target-root, and a path must not climb out of it")],
+        );
+    }
+}

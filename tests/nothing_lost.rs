@@ -319,6 +319,8 @@ fn the_window_is_judged_at_each_apply_not_once_per_pass() {
         site: None,
         signatures: fermata::source::SignaturePolicy::None,
         health_timeout: std::time::Duration::from_secs(600),
+        synth_limits: fermata::synth::Limits::default(),
+        artifact_roots: Vec::new(),
     };
     let mut r = fermata::reconcile::Reconciler::new(settings, clock).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -646,3 +646,126 @@ fn ungate_lifts_a_gate_without_a_commit_and_says_who() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_status_branch_given_as_a_full_ref_name_is_that_branch() {
+    let repo = TestRepo::new();
+    util::minimal(&repo);
+    repo.commit("one");
+    let site = Site::new();
+    let p = repo.path().to_str().unwrap();
+    let run = site.fermata(
+        &[
+            "run",
+            "--once",
+            "--repo",
+            p,
+            "--branch",
+            "main",
+            "--status-branch",
+            "refs/heads/fermata/st",
+        ],
+        OPEN,
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let refs = repo.git(&["for-each-ref", "--format=%(refname)", "refs/heads"]);
+    assert_eq!(
+        refs.lines().collect::<Vec<_>>(),
+        ["refs/heads/fermata/st", "refs/heads/main"]
+    );
+
+    // The full name of a watched branch is that branch, so it is refused too.
+    let run = site.fermata(
+        &[
+            "run",
+            "--once",
+            "--repo",
+            p,
+            "--branch",
+            "main",
+            "--status-branch",
+            "refs/heads/main",
+        ],
+        OPEN,
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("never land on a watched branch"),
+        "{run:?}"
+    );
+
+    // Not a branch at all, or not a valid name: refused at once, by flag or variable.
+    for (bad, why) in [
+        (
+            "refs/tags/v1",
+            "not a branch: give a branch name (fermata/status) or refs/heads/<name>",
+        ),
+        ("fermata..status", "not a valid branch name"),
+    ] {
+        let run = site.fermata(
+            &[
+                "run",
+                "--once",
+                "--repo",
+                p,
+                "--branch",
+                "main",
+                "--status-branch",
+                bad,
+            ],
+            OPEN,
+        );
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(
+            run.stderr
+                .contains(&format!("invalid value '{bad}' for '--status-branch")),
+            "{run:?}"
+        );
+        assert!(run.stderr.contains(why), "{run:?}");
+        let run = util::fermata(&["status", "--repo", p, "--status-branch", bad]);
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains(why), "{run:?}");
+    }
+}
+
+#[test]
+fn pushing_status_to_a_shallow_clone_says_why_it_fails() {
+    let repo = TestRepo::new();
+    util::minimal(&repo);
+    repo.commit("one");
+    repo.write("more.txt", "x");
+    repo.commit("two");
+    let remote = tempfile::tempdir().unwrap();
+    let shallow = remote.path().join("shallow.git");
+    let from = format!("file://{}", repo.path().display());
+    util::git(
+        remote.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            "--depth",
+            "1",
+            &from,
+            shallow.to_str().unwrap(),
+        ],
+    );
+    let site = Site::new();
+    let url = format!("file://{}", shallow.display());
+    let run = site.fermata(&["run", "--once", "--repo", &url, "--branch", "main"], OPEN);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("error: status could not be written"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("is a shallow clone: its history stops at commit"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("status can only be pushed to a complete clone"),
+        "{run:?}"
+    );
+}

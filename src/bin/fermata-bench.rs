@@ -89,6 +89,8 @@ fn main() -> anyhow::Result<()> {
         site: None,
         signatures: fermata::source::SignaturePolicy::None,
         health_timeout: Duration::from_secs(600),
+        synth_limits: fermata::synth::Limits::default(),
+        artifact_roots: Vec::new(),
     };
     let mut r = Reconciler::new(settings, Arc::new(SystemClock))?;
 

@@ -73,7 +73,7 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             StateWriter::This(_lock) => {
-                eprintln!("applying outside the window: {}", granted.join(", "));
+                errln!("applying outside the window: {}", granted.join(", "));
                 r.unsettle();
                 let reports = r.pass().await;
                 print_reports(&reports, &r.settings.status_branch);

@@ -44,7 +44,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(dir.join(MARKER), "")?;
     copy_tree(&a.from, &repo_dir).with_context(|| format!("copying {}", a.from.display()))?;
     let commit = commit_all(&repo_dir, "Example fleet from examples/repo-layout")?;
-    println!(
+    outln!(
         "demo repository: {} (main @ {})",
         repo_dir.display(),
         &commit[..7]
@@ -84,19 +84,17 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(exit_code(&reports))
     })?;
     let repo = repo_dir.display();
-    println!();
-    println!("Where to look:");
-    println!("  git -C {repo} log --oneline fermata/status        # the deployment history");
-    println!("  git -C {repo} log --notes=fermata -1 main        # the summary beside your commit");
-    println!("  git -C {repo} show fermata/status:main/summary.md");
-    println!(
+    outln!();
+    outln!("Where to look:");
+    outln!("  git -C {repo} log --oneline fermata/status        # the deployment history");
+    outln!("  git -C {repo} log --notes=fermata -1 main        # the summary beside your commit");
+    outln!("  git -C {repo} show fermata/status:main/summary.md");
+    outln!(
         "  ls -l {}/targets/*/*/                          # staged/ and current/ per composition",
         dir.display()
     );
-    println!(
-        "  cargo run -- windows --repo {repo}               # when the waiting ones will apply"
-    );
-    println!(
+    outln!("  cargo run -- windows --repo {repo}               # when the waiting ones will apply");
+    outln!(
         "  cargo run -- run --repo {repo} --state-dir {}/state --target-root {}/targets",
         dir.display(),
         dir.display()

@@ -1,5 +1,32 @@
 //! The command-line edge: flags in, exit codes out. Everything it does is a
 //! call into the library; `anyhow` lives here and in `main.rs` only.
+//!
+//! Commands print with [`outln!`]/[`out!`] (stdout) and [`errln!`]
+//! (stderr), never `println!`, which panics on a closed pipe.
+
+/// `println!` for what a command prints; see [`out`].
+macro_rules! outln {
+    () => {
+        $crate::cli::out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for what a command prints; see [`out`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` for what a command reports; see [`err`].
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::err(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 mod apply_now;
 mod demo;
@@ -100,6 +127,65 @@ impl RepoArgs {
         let snap = source.snapshot(rev)?;
         let loaded = model::load(&snap, &self.path);
         Ok((snap, loaded))
+    }
+}
+
+/// What a render may cost, for every command that renders (`run`, `plan`,
+/// `validate`, `render`), so `validate` fails exactly where `run` would.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Most a `command:` synthesizer may print on stdout (e.g. 64MiB, 500KB);
+    /// past it the command is killed and its composition fails.
+    #[arg(
+        long,
+        env = "FERMATA_MAX_RENDER_OUTPUT",
+        value_name = "SIZE",
+        default_value = "64MiB",
+        value_parser = parse_size
+    )]
+    pub max_render_output: u64,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> crate::synth::Limits {
+        crate::synth::Limits {
+            max_output: self.max_render_output,
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    match s.parse::<bytesize::ByteSize>() {
+        Ok(b) if b.as_u64() > 0 => Ok(b.as_u64()),
+        Ok(_) => Err("must be more than 0 bytes".into()),
+        Err(e) => Err(format!("{s:?}: {e} (e.g. 64MiB, 500KB)")),
+    }
+}
+
+/// Writes a command's output to stdout. Into a closed pipe (`fermata plan |
+/// head`) the process ends at once, quietly, with status 141 (128 + SIGPIPE),
+/// what a shell shows for `git log | head`. SIGPIPE itself stays ignored, as
+/// the Rust runtime sets it: restoring its default for the whole process
+/// would let a `command:` synthesizer that closes its stdin, or a git
+/// transport, kill fermata instead of failing one call.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        err(format_args!("error: cannot write the output: {e}\n"));
+        std::process::exit(2);
+    }
+}
+
+/// Writes to stderr; when even that fails there is nowhere left to say so.
+pub fn err(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stderr().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
     }
 }
 

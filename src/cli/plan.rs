@@ -52,7 +52,7 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
                     commands_blocked: false,
                     result: None,
                 };
-                println!("{}", plan_markdown(&header, b));
+                outln!("{}", plan_markdown(&header, b));
             }
             return Ok(exit(&reports));
         }
@@ -60,14 +60,14 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
             Output::Text => {
                 for b in &reports {
                     let rev = b.revision.map(|r| r.short()).unwrap_or_else(|| "-".into());
-                    println!("plan for {} @ {rev}", b.branch);
-                    println!(
+                    outln!("plan for {} @ {rev}", b.branch);
+                    outln!(
                         "  {:<32} {:<8} {:<22} {:<12} {:<16} STATE",
                         "COMPOSITION", "ACTION", "RUNS", "DIGEST", "WINDOW"
                     );
                     for row in &b.rows {
                         let Some(action) = row.action else { continue };
-                        println!(
+                        outln!(
                             "  {:<32} {:<8} {:<22} {:<12} {:<16} {}",
                             row.id.to_string(),
                             format!("{action:?}"),
@@ -81,15 +81,15 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
                         );
                     }
                     if b.rows.iter().all(|r| r.action.is_none()) {
-                        println!("  (nothing to do)");
+                        outln!("  (nothing to do)");
                     }
                     for e in &b.errors {
-                        println!("  error: {e}");
+                        outln!("  error: {e}");
                     }
                     if a.diff {
                         for (id, p) in &b.plans {
                             if let Some(d) = &p.diff {
-                                println!("\n--- {id}\n{}", d.trim_end());
+                                outln!("\n--- {id}\n{}", d.trim_end());
                             }
                         }
                     }
@@ -122,7 +122,7 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?);
             }
         }
         Ok(exit(&reports))

@@ -18,6 +18,8 @@ pub struct RenderArgs {
     /// Only this composition, as SYMPHONY/VARIATION.
     #[arg(long)]
     pub composition: Option<CompositionId>,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }
 
 pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
@@ -28,19 +30,20 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         if fleet.composition(id).is_none() {
             if let Some(why) = fleet.failed.get(&id.symphony) {
                 for d in why {
-                    eprintln!("{d}");
+                    errln!("{d}");
                 }
                 bail!("composition {id} failed to load");
             }
             bail!("no composition {id} at {}", snap.revision.short());
         }
     }
+    let limits = a.limits.limits();
     let mut rendered = Vec::new();
     for comp in fleet.compositions() {
         if a.composition.as_ref().is_some_and(|id| *id != comp.id) {
             continue;
         }
-        match synth::render(&snap, fleet, comp) {
+        match synth::render(&snap, fleet, comp, &limits) {
             Ok(r) => rendered.push(r),
             Err(e) => errors.push(e.diagnostic(fleet, comp)),
         }
@@ -49,7 +52,7 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         Output::Text => {
             for r in &rendered {
                 for obj in annotated(r) {
-                    print!("---\n{}", serde_yaml::to_string(&obj)?);
+                    out!("---\n{}", serde_yaml::to_string(&obj)?);
                 }
             }
         }
@@ -64,7 +67,7 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&json!({"compositions": out, "errors": errors}))?
             );
@@ -72,7 +75,7 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
     }
     if a.repo.output == Output::Text {
         for e in &errors {
-            eprintln!("{e}");
+            errln!("{e}");
         }
     }
     Ok(if errors.is_empty() {

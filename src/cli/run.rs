@@ -41,7 +41,7 @@ pub struct RunArgs {
     #[arg(long, env = "FERMATA_TARGET_ROOT")]
     pub target_root: Option<PathBuf>,
     /// The branch status is committed to; never one of the watched branches.
-    #[arg(long, env = "FERMATA_STATUS_BRANCH", default_value = "fermata/status")]
+    #[arg(long, env = "FERMATA_STATUS_BRANCH", default_value = "fermata/status", value_parser = crate::status::branch_name)]
     pub status_branch: String,
     /// Puts status under `<site>/` so several sites can share one repository.
     #[arg(long, env = "FERMATA_SITE")]
@@ -119,6 +119,18 @@ pub struct RunArgs {
     /// This replica's identity in the Lease: the pod name, or host name and pid.
     #[arg(long, env = "POD_NAME")]
     pub lease_identity: Option<String>,
+    /// A folder `file://` artifacts may come from (repeatable, or comma-separated);
+    /// none by default: only repository paths and http(s) URLs. Resolved with
+    /// symlinks, so a link under a root to a file outside is refused.
+    #[arg(
+        long = "artifact-root",
+        env = "FERMATA_ARTIFACT_ROOTS",
+        value_delimiter = ',',
+        value_name = "DIR"
+    )]
+    pub artifact_roots: Vec<PathBuf>,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
     #[command(flatten)]
     pub forge: crate::forge::ForgeArgs,
     #[command(flatten)]
@@ -188,6 +200,8 @@ impl RunArgs {
             site: self.site.clone(),
             signatures,
             health_timeout: self.health_timeout,
+            synth_limits: self.limits.limits(),
+            artifact_roots: self.artifact_roots.clone(),
         };
         if let Some(site) = &settings.site {
             crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;
@@ -355,8 +369,8 @@ impl StateWriter {
             .and_then(|p| i32::try_from(p).ok())
             .is_some_and(|p| kill(Pid::from_raw(p), Signal::SIGHUP).is_ok());
         match (pid, woken) {
-            (Some(p), true) => println!("{what}: recorded; fermata run (pid {p}) acts on it now"),
-            _ => println!("{what}: recorded; the running fermata run acts on it at its next pass"),
+            (Some(p), true) => outln!("{what}: recorded; fermata run (pid {p}) acts on it now"),
+            _ => outln!("{what}: recorded; the running fermata run acts on it at its next pass"),
         }
     }
 }
@@ -365,7 +379,7 @@ impl StateWriter {
 /// good revision in the mirror is still reconciled.
 pub async fn fetch_or_warn(r: &mut Reconciler) {
     if let Err(e) = r.fetch().await {
-        eprintln!("warning: {:#}", anyhow::Error::from(e));
+        errln!("warning: {:#}", anyhow::Error::from(e));
     }
 }
 
@@ -384,19 +398,22 @@ pub fn exit_code(reports: &[BranchReport]) -> ExitCode {
 pub fn print_reports(reports: &[BranchReport], status_branch: &str) {
     for b in reports {
         let rev = b.revision.map(|r| r.short()).unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "branch {} @ {rev}{}",
             b.branch,
             if b.unchanged { " (unchanged)" } else { "" }
         );
         if !b.rows.is_empty() {
-            println!(
+            outln!(
                 "  {:<32} {:<10} {:<12} {:<16} NOTE",
-                "COMPOSITION", "STATE", "DIGEST", "WINDOW"
+                "COMPOSITION",
+                "STATE",
+                "DIGEST",
+                "WINDOW"
             );
         }
         for r in &b.rows {
-            println!(
+            outln!(
                 "  {:<32} {:<10} {:<12} {:<16} {}",
                 r.id.to_string(),
                 r.state.as_str(),
@@ -406,10 +423,10 @@ pub fn print_reports(reports: &[BranchReport], status_branch: &str) {
             );
         }
         for e in &b.errors {
-            println!("  error: {e}");
+            outln!("  error: {e}");
         }
         if let Some(c) = b.status_commit {
-            println!(
+            outln!(
                 "  status: committed {} to {status_branch}",
                 &c.to_string()[..7]
             );

@@ -23,7 +23,7 @@ pub enum Format {
 pub struct StatusArgs {
     #[arg(long)]
     pub repo: String,
-    #[arg(long, default_value = "fermata/status")]
+    #[arg(long, default_value = "fermata/status", value_parser = crate::status::branch_name)]
     pub status_branch: String,
     #[arg(long)]
     pub site: Option<String>,
@@ -45,9 +45,13 @@ pub fn run(a: &StatusArgs) -> anyhow::Result<ExitCode> {
     let statuses = repo.read()?;
     match a.format {
         Format::Table => {
-            println!(
+            outln!(
                 "{:<10} {:<32} {:<10} {:<12} {:<9} NOTE",
-                "BRANCH", "COMPOSITION", "STATE", "COMMIT", "WINDOW"
+                "BRANCH",
+                "COMPOSITION",
+                "STATE",
+                "COMMIT",
+                "WINDOW"
             );
             for s in &statuses {
                 let note = s
@@ -63,7 +67,7 @@ pub fn run(a: &StatusArgs) -> anyhow::Result<ExitCode> {
                             .map(|c| c.reason.clone())
                     })
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "{:<10} {:<32} {:<10} {:<12} {:<9} {}",
                     s.source.branch,
                     s.metadata.deployment_id,
@@ -80,16 +84,16 @@ pub fn run(a: &StatusArgs) -> anyhow::Result<ExitCode> {
         }
         Format::Yaml => {
             for s in &statuses {
-                print!("---\n{}", serde_yaml::to_string(s)?);
+                out!("---\n{}", serde_yaml::to_string(s)?);
             }
         }
-        Format::Json => println!("{}", serde_json::to_string_pretty(&statuses)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&statuses)?),
         Format::Margo => {
             let m: Vec<DeploymentStatusManifest> = statuses
                 .iter()
                 .map(DeploymentStatusManifest::from)
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&m)?);
+            outln!("{}", serde_json::to_string_pretty(&m)?);
         }
     }
     Ok(ExitCode::SUCCESS)

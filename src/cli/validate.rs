@@ -16,6 +16,8 @@ pub struct ValidateArgs {
     /// Only check the objects; do not run synthesizers.
     #[arg(long)]
     pub no_render: bool,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }
 
 pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
@@ -24,7 +26,7 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
     let mut errors = loaded.errors.clone();
     if !a.no_render {
         for comp in fleet.compositions() {
-            if let Err(e) = synth::render(&snap, fleet, comp) {
+            if let Err(e) = synth::render(&snap, fleet, comp, &a.limits.limits()) {
                 errors.push(e.diagnostic(fleet, comp));
             }
         }
@@ -49,14 +51,14 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
                 "errors": errors,
                 "warnings": loaded.warnings,
             });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?);
         }
         Output::Text => {
             for w in &loaded.warnings {
-                eprintln!("warning: {w}");
+                errln!("warning: {w}");
             }
             if errors.is_empty() {
-                println!("ok: {summary}");
+                outln!("ok: {summary}");
             } else {
                 print_errors(&errors);
             }
@@ -72,6 +74,6 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
 /// One error per line, `file:line: field: message`.
 pub(super) fn print_errors(errors: &[Diagnostic]) {
     for e in errors {
-        println!("{e}");
+        outln!("{e}");
     }
 }

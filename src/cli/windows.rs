@@ -30,7 +30,7 @@ pub fn run(a: &WindowsArgs) -> anyhow::Result<ExitCode> {
         let next: Vec<_> = w.next_openings(now, a.next);
         match a.repo.output {
             super::Output::Text => {
-                println!(
+                outln!(
                     "{}: {} ({} for {}, {}){}",
                     w.name,
                     if st.open { "OPEN" } else { "closed" },
@@ -43,10 +43,10 @@ pub fn run(a: &WindowsArgs) -> anyhow::Result<ExitCode> {
                         .unwrap_or_default()
                 );
                 for t in &next {
-                    println!("  next: {}  ({})", t.to_rfc3339(), t.with_timezone(&w.tz).to_rfc3339());
+                    outln!("  next: {}  ({})", t.to_rfc3339(), t.with_timezone(&w.tz).to_rfc3339());
                 }
                 for warning in w.schedule.warnings() {
-                    println!("  warning: {warning}");
+                    outln!("  warning: {warning}");
                 }
             }
             Output::Json => out.push(json!({
@@ -62,13 +62,13 @@ pub fn run(a: &WindowsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if a.repo.output == Output::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"now": now, "windows": out}))?
         );
     }
     for e in &loaded.errors {
-        eprintln!("{e}");
+        errln!("{e}");
     }
     Ok(if loaded.errors.is_empty() {
         ExitCode::SUCCESS

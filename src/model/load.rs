@@ -84,7 +84,9 @@ pub fn load(snap: &Snapshot, root: &str) -> Loaded {
                 root,
                 None,
                 "",
-                format!("no folder {r:?} at revision {}", snap.revision.short()),
+                snap.in_submodule(&r).unwrap_or_else(|| {
+                    format!("no folder {r:?} at revision {}", snap.revision.short())
+                }),
             ));
             return l.finish(Fleet::default());
         }
@@ -143,9 +145,10 @@ pub fn load(snap: &Snapshot, root: &str) -> Loaded {
             .iter()
             .any(|d| d.is_empty() || file.starts_with(&format!("{d}/")))
     };
-    for d in syntax {
+    for (d, text) in syntax {
         if !in_templates(&d.file) {
-            l.unreadable_error(d);
+            l.unreadable_error(d.clone());
+            l.unparsed.push((d, text));
         }
     }
     let inputs: Vec<Doc> = inputs
@@ -160,8 +163,14 @@ pub fn load(snap: &Snapshot, root: &str) -> Loaded {
 }
 
 /// Reads and parses every `*.yaml`/`*.yml` below `root`. Syntax errors are
-/// returned apart: those in template folders are not errors of the repository.
-fn read_documents(snap: &Snapshot, root: &str, l: &mut Loader) -> (Vec<Doc>, Vec<Diagnostic>) {
+/// returned apart, with the file's text: those in template folders are not
+/// errors of the repository. Files that cannot be read at all also go to
+/// `unparsed`, with no text.
+fn read_documents(
+    snap: &Snapshot,
+    root: &str,
+    l: &mut Loader,
+) -> (Vec<Doc>, Vec<(Diagnostic, String)>) {
     let mut docs = Vec::new();
     let mut syntax = Vec::new();
     for (path, entry) in snap.under(root) {
@@ -170,7 +179,7 @@ fn read_documents(snap: &Snapshot, root: &str, l: &mut Loader) -> (Vec<Doc>, Vec
         }
         let data = match entry {
             Entry::Oversize { size } => {
-                l.unreadable_error(Diagnostic::new(
+                let d = Diagnostic::new(
                     path,
                     None,
                     "",
@@ -178,7 +187,9 @@ fn read_documents(snap: &Snapshot, root: &str, l: &mut Loader) -> (Vec<Doc>, Vec
                         "file is {size} bytes, over the {} MiB limit; large content belongs in an artifact",
                         crate::source::MAX_FILE_SIZE / (1024 * 1024)
                     ),
-                ));
+                );
+                l.unparsed.push((d.clone(), String::new()));
+                l.unreadable_error(d);
                 continue;
             }
             Entry::Symlink { .. } => {
@@ -201,22 +212,40 @@ fn read_documents(snap: &Snapshot, root: &str, l: &mut Loader) -> (Vec<Doc>, Vec
                 let valid = &data[..e.valid_up_to()];
                 let line = 1 + valid.iter().filter(|b| **b == b'\n').count();
                 let col = 1 + valid.iter().rev().take_while(|b| **b != b'\n').count();
-                l.unreadable_error(Diagnostic::new(
+                let d = Diagnostic::new(
                     path,
                     Some(line),
                     "",
                     format!("file is not UTF-8 (column {col})"),
-                ));
+                );
+                l.unparsed.push((d.clone(), String::new()));
+                l.unreadable_error(d);
                 continue;
             }
         };
+        if let Some((line, column, c)) = position::control_char(text) {
+            let d = Diagnostic::new(
+                path,
+                Some(line),
+                "",
+                format!(
+                    "control character U+{:04X} at column {column}: YAML allows no control characters but tab, line feed and carriage return",
+                    c as u32
+                ),
+            );
+            syntax.push((d, text.to_string()));
+            continue;
+        }
         let mut values = Vec::new();
         for de in serde_yaml::Deserializer::from_str(text) {
             match Value::deserialize(de) {
                 Ok(v) => values.push(v),
                 Err(e) => {
                     let line = e.location().map(|l| l.line());
-                    syntax.push(Diagnostic::new(path, line, "", e.to_string()));
+                    syntax.push((
+                        Diagnostic::new(path, line, "", e.to_string()),
+                        text.to_string(),
+                    ));
                     values.clear();
                     break;
                 }
@@ -263,6 +292,9 @@ struct Loader {
     warnings: Vec<Diagnostic>,
     /// Objects that failed, by (kind, name), with why: what refers to them fails too.
     broken: HashMap<(String, String), Vec<Diagnostic>>,
+    /// Files that could not be parsed at all, with their text (empty when
+    /// not even that was read): the objects they hold have no known name.
+    unparsed: Vec<(Diagnostic, String)>,
     /// `dependsOn` of loaded symphonies, checked once all of them are loaded.
     depends_on: BTreeMap<CompositionId, Vec<Edge>>,
     /// See [`Loaded::unreadable`].
@@ -446,6 +478,18 @@ impl Loader {
                 (Some(d), None) if d.path.trim().is_empty() => {
                     Err(doc.diag("spec.directory.path", "must not be empty"))
                 }
+                // A relative path lives under --target-root: one climbing
+                // out of it would write wherever the repository says.
+                (Some(d), None)
+                    if std::path::Path::new(&d.path)
+                        .components()
+                        .any(|c| c == std::path::Component::ParentDir) =>
+                {
+                    Err(doc.diag(
+                        "spec.directory.path",
+                        format!("{:?} has a `..` component: a relative path is under --target-root, and a path must not climb out of it", d.path),
+                    ))
+                }
                 (Some(d), None) => Ok(TargetKind::Directory { path: d.path }),
                 (None, Some(k)) => Ok(TargetKind::Kubernetes(k)),
                 (Some(_), Some(_)) => Err(doc.diag(
@@ -488,7 +532,9 @@ impl Loader {
                     Ok(p) => {
                         errs.push(doc.diag(
                             "spec.manifests",
-                            format!("no folder {p:?} in the repository at this revision"),
+                            snap.in_submodule(&p).unwrap_or_else(|| {
+                                format!("no folder {p:?} in the repository at this revision")
+                            }),
                         ));
                         None
                     }
@@ -546,7 +592,9 @@ impl Loader {
                         Ok(p) => {
                             errs.push(doc.diag(
                                 &at("url"),
-                                format!("no file {p:?} in the repository at this revision"),
+                                snap.in_submodule(&p).unwrap_or_else(|| {
+                                    format!("no file {p:?} in the repository at this revision")
+                                }),
                             ));
                             None
                         }
@@ -768,6 +816,15 @@ impl SymphonyResolver<'_> {
         self.errors.push(self.doc.diag(field, message));
     }
 
+    /// The name of the one invalid object of `kind`, when there is exactly one.
+    fn only_broken(&self, kind: &str) -> Option<String> {
+        let mut names = self.loader.broken.keys().filter(|(k, _)| k == kind);
+        match (names.next(), names.next()) {
+            (Some((_, name)), None) => Some(name.clone()),
+            _ => None,
+        }
+    }
+
     /// Checks a reference to an object of `kind`; records why it cannot be used.
     fn reference(
         &mut self,
@@ -797,9 +854,28 @@ impl SymphonyResolver<'_> {
             self.inherited.extend(ds);
             return false;
         }
+        // Defined, perhaps, in a file that did not load: say which.
+        let failed: Vec<String> = self
+            .loader
+            .unparsed
+            .iter()
+            .filter(|(d, text)| might_define(&d.file, text, kind, name))
+            .map(|(d, _)| match d.line {
+                Some(line) => format!("{}:{line} failed to load: {}", d.file, d.message),
+                None => format!("{} failed to load: {}", d.file, d.message),
+            })
+            .collect();
+        let failed = if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed.join("; "))
+        };
         self.err(
             field,
-            format!("no {kind} named {name:?}{}", did_you_mean(name, known)),
+            format!(
+                "no {kind} named {name:?}{}{failed}",
+                did_you_mean(name, known)
+            ),
         );
         false
     }
@@ -880,6 +956,15 @@ impl SymphonyResolver<'_> {
                 }
                 (None, Some(t)) => t.clone(),
                 (None, None) if fleet.targets.len() == 1 => targets[0].to_string(),
+                // The one target the repository defines is invalid: that is
+                // the error, reported where the target is.
+                (None, None)
+                    if fleet.targets.is_empty() && self.only_broken("Target").is_some() =>
+                {
+                    let name = self.only_broken("Target").unwrap_or_default();
+                    self.reference("Target", &name, &at, false, vec![]);
+                    name
+                }
                 (None, None) => {
                     self.err(&at, format!(
                         "no target: set spec.target or {at}.target (the repository defines {} targets)",
@@ -1163,6 +1248,9 @@ fn check_command(snap: &Snapshot, dir: &str, argv: &[String]) -> Result<(), Stri
     }
     match snap.entry(&path) {
         Some(Entry::File { .. }) => Ok(()),
+        _ if snap.in_submodule(&path).is_some() => {
+            Err(snap.in_submodule(&path).unwrap_or_default())
+        }
         _ => Err(format!(
             "no file {path:?} in the repository at this revision"
         )),
@@ -1170,6 +1258,18 @@ fn check_command(snap: &Snapshot, dir: &str, argv: &[String]) -> Result<(), Stri
 }
 
 /// ` (did you mean "vision"?)` when a known name is close enough.
+/// Whether a file that failed to load may be where object `kind` `name`
+/// was meant to be defined: its name is the object's, or its text names
+/// both the kind and the name.
+fn might_define(file: &str, text: &str, kind: &str, name: &str) -> bool {
+    let stem = split(file).1.rsplit_once('.').map_or("", |(s, _)| s);
+    let word = |w: &str| {
+        text.split(|c: char| !(c.is_alphanumeric() || c == '-'))
+            .any(|t| t == w)
+    };
+    stem == name || (word(kind) && word(name))
+}
+
 fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
     known
         .into_iter()
@@ -1275,5 +1375,36 @@ mod tests {
             errors(&[("1.yaml", &symphony("a", "nope/app"))]),
             ["1.yaml:7: spec.variations[0].dependsOn[0].variation: no symphony named \"nope\""]
         );
+    }
+
+    #[test]
+    fn a_file_that_failed_to_load_may_define_what_its_name_or_text_says() {
+        let text = "kind: Synthesizer\nmetadata: {name: s1}\nspec: [\n";
+        assert!(might_define(
+            "synthesizers/x.yaml",
+            text,
+            "Synthesizer",
+            "s1"
+        ));
+        assert!(might_define(
+            "synthesizers/s1.yaml",
+            "",
+            "Synthesizer",
+            "s1"
+        ));
+        assert!(
+            !might_define("synthesizers/x.yaml", text, "Target", "s1"),
+            "another kind"
+        );
+        assert!(
+            !might_define("synthesizers/x.yaml", text, "Synthesizer", "s"),
+            "whole words only"
+        );
+        assert!(!might_define(
+            "synthesizers/s10.yaml",
+            "",
+            "Synthesizer",
+            "s1"
+        ));
     }
 }

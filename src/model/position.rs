@@ -45,6 +45,21 @@ fn parent(path: &str) -> &str {
     }
 }
 
+/// The first character YAML forbids in a stream (a C0 or C1 control other
+/// than tab, line feed, carriage return and next line), as line, column
+/// (both from 1, the column in characters) and the character. The parser
+/// reports these at line 1 with a byte offset of its read buffer, so they
+/// are found here first.
+pub fn control_char(text: &str) -> Option<(usize, usize, char)> {
+    let allowed = |c: char| matches!(c, '\t' | '\n' | '\r' | '\u{85}') || !c.is_control();
+    for (i, line) in text.split('\n').enumerate() {
+        if let Some((col, c)) = line.chars().enumerate().find(|(_, c)| !allowed(*c)) {
+            return Some((i + 1, col + 1, c));
+        }
+    }
+    None
+}
+
 /// Joins a child key onto a path.
 pub fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
@@ -202,5 +217,22 @@ list: [1, 2]
         let text = "? [a, b]\n: 1\nafter: 2\n";
         let docs = index_documents(text).unwrap();
         assert_eq!(docs[0].line("after"), Some(3));
+    }
+
+    #[test]
+    fn control_characters_are_found_at_their_line_and_column() {
+        // Allowed: tab, CR (CRLF files), NEL; the rest of C0 and C1 and DEL are not.
+        assert_eq!(control_char("a:\tb\r\nc: \u{85}d\n"), None);
+        assert_eq!(control_char("a: 1\nb: x\0\n"), Some((2, 5, '\0')));
+        assert_eq!(control_char("a: \u{7f}\n"), Some((1, 4, '\u{7f}')));
+        assert_eq!(
+            control_char("é: \u{9b}\n"),
+            Some((1, 4, '\u{9b}')),
+            "columns count characters"
+        );
+        assert_eq!(
+            control_char("a: 1\r\nb: \u{1b}[31m\r\n"),
+            Some((2, 4, '\u{1b}'))
+        );
     }
 }

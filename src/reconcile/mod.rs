@@ -42,6 +42,10 @@ pub struct Settings {
     /// How long a Kubernetes target's resources may stay unhealthy after an
     /// apply before the composition is failed (`--health-timeout`).
     pub health_timeout: Duration,
+    /// What a render may cost (`--max-render-output`).
+    pub synth_limits: crate::synth::Limits,
+    /// The only folders `file://` artifacts may come from (`--artifact-root`).
+    pub artifact_roots: Vec<PathBuf>,
 }
 
 /// Longest wait after repeated fetch failures.

@@ -228,7 +228,8 @@ const RESYNC: std::time::Duration = std::time::Duration::from_secs(600);
 impl Reconciler {
     pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Reconciler> {
         let source = Arc::new(GitSource::open(&settings.repo, &settings.state_dir)?);
-        let store = ArtifactStore::new(&settings.state_dir)?;
+        let store =
+            ArtifactStore::new(&settings.state_dir)?.with_file_roots(&settings.artifact_roots)?;
         let status = StatusRepo::new(
             source.git_dir().to_path_buf(),
             source.remote().map(str::to_string),
@@ -1206,8 +1207,9 @@ impl Reconciler {
             }
         }
         let (snap2, fleet2, comp) = (snap.clone(), fleet.clone(), w.comp.clone());
+        let limits = self.settings.synth_limits;
         let result = tokio::task::spawn_blocking(move || {
-            synth::render(&snap2, &fleet2, &comp).map_err(|e| e.diagnostic(&fleet2, &comp))
+            synth::render(&snap2, &fleet2, &comp, &limits).map_err(|e| e.diagnostic(&fleet2, &comp))
         })
         .await;
         let rendered = match result {

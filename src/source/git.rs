@@ -374,10 +374,15 @@ impl Source for GitSource {
             .and_then(|c| c.tree())
             .map_err(err)?;
         let mut blobs: Vec<(String, Oid, i32)> = Vec::new();
+        let mut submodules = Vec::new();
         tree.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
             if e.kind() == Some(ObjectType::Blob) {
                 if let Ok(name) = e.name() {
                     blobs.push((format!("{dir}{name}"), e.id(), e.filemode()));
+                }
+            } else if e.kind() == Some(ObjectType::Commit) {
+                if let Ok(name) = e.name() {
+                    submodules.push(format!("{dir}{name}"));
                 }
             }
             git2::TreeWalkResult::Ok
@@ -403,7 +408,7 @@ impl Source for GitSource {
             };
             entries.insert(path, entry);
         }
-        Ok(Snapshot::new(rev, entries))
+        Ok(Snapshot::new(rev, entries).with_submodules(submodules))
     }
 
     fn verify(

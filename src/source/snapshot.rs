@@ -1,7 +1,7 @@
 //! The files of one commit, read from the object database: no checkout, so
 //! the working tree (if any) never matters and any revision can be read.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::Revision;
@@ -47,11 +47,39 @@ pub enum PathError {
 pub struct Snapshot {
     pub revision: Revision,
     entries: BTreeMap<String, Entry>,
+    /// Paths of git submodules (gitlinks): known, so that a path into one
+    /// is reported as such, never read.
+    submodules: BTreeSet<String>,
 }
 
 impl Snapshot {
     pub fn new(revision: Revision, entries: BTreeMap<String, Entry>) -> Self {
-        Snapshot { revision, entries }
+        Snapshot {
+            revision,
+            entries,
+            submodules: BTreeSet::new(),
+        }
+    }
+
+    /// The same files, with these submodule paths.
+    pub fn with_submodules(mut self, paths: impl IntoIterator<Item = String>) -> Self {
+        self.submodules = paths.into_iter().collect();
+        self
+    }
+
+    /// Why `path` has nothing in it, when the reason is that it is (or is in)
+    /// a submodule: a submodule's files are another repository's.
+    pub fn in_submodule(&self, path: &str) -> Option<String> {
+        const WHY: &str = "fermata reads only the repository's own files (submodules are not supported); copy the files into the repository";
+        let sub = self
+            .submodules
+            .iter()
+            .find(|s| path == s.as_str() || path.starts_with(&format!("{s}/")))?;
+        Some(if sub == path {
+            format!("{path:?} is a git submodule: {WHY}")
+        } else {
+            format!("{path:?} is in the git submodule {sub:?}: {WHY}")
+        })
     }
 
     pub fn entry(&self, path: &str) -> Option<&Entry> {

@@ -15,6 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, IsTerminal, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -45,19 +47,21 @@ const BUF_SIZE: usize = 64 * 1024;
 /// because it ends up in `status.error.message`.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    #[error("artifact {name:?} ({url}): sha256 mismatch: expected {expected}, got {got}")]
+    /// Only the declared digest: the one computed would let a commit learn
+    /// the digest of any file fermata can read (status is pushed), and then
+    /// declare it to have the file copied.
+    #[error("artifact {name:?} ({url}): does not match the declared sha256 {expected}")]
     Sha256Mismatch {
         name: String,
         url: String,
         expected: Digest,
-        got: Digest,
     },
-    #[error("artifact {name:?} ({url}): size mismatch: expected {expected} bytes, got {got}")]
+    /// Only the declared size, for the same reason.
+    #[error("artifact {name:?} ({url}): does not match the declared size of {expected} bytes")]
     SizeMismatch {
         name: String,
         url: String,
         expected: u64,
-        got: u64,
     },
     #[error("artifact {name:?} ({url}): HTTP {status}")]
     HttpStatus {
@@ -80,6 +84,18 @@ pub enum StageError {
         url: String,
         cause: String,
     },
+    /// A `file://` URL outside every `--artifact-root`. Such a file is never
+    /// read, so nothing of it (digest, size, even whether it exists) can
+    /// reach status, which is pushed.
+    #[error("artifact {name:?} ({url}): refused: {reason}")]
+    Refused {
+        name: String,
+        url: String,
+        reason: String,
+    },
+    /// An `--artifact-root` that cannot be resolved.
+    #[error("artifact root {}: {cause}", path.display())]
+    Root { path: PathBuf, cause: String },
     /// The store itself (not one artifact) cannot be used.
     #[error("artifact store {}: {cause}", path.display())]
     Store { path: PathBuf, cause: String },
@@ -98,6 +114,8 @@ pub struct ArtifactStore {
     bars: Option<MultiProgress>,
     /// Bytes written into the store since start (`fermata_artifact_bytes_total`).
     written: Arc<std::sync::atomic::AtomicU64>,
+    /// The folders `file://` artifacts may come from, canonical.
+    file_roots: Vec<PathBuf>,
 }
 
 impl ArtifactStore {
@@ -127,7 +145,57 @@ impl ArtifactStore {
             locks: Arc::default(),
             bars: io::stderr().is_terminal().then(MultiProgress::new),
             written: Arc::default(),
+            file_roots: Vec::new(),
         })
+    }
+
+    /// Lets `file://` artifacts come from under `roots` (`--artifact-root`),
+    /// resolved now (symlinks included) so a file's resolved path can be
+    /// compared with them. With none, `file://` artifacts are refused.
+    pub fn with_file_roots(mut self, roots: &[PathBuf]) -> Result<ArtifactStore, StageError> {
+        self.file_roots = roots
+            .iter()
+            .map(|r| {
+                fs::canonicalize(r).map_err(|e| StageError::Root {
+                    path: r.clone(),
+                    cause: e.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+
+    /// Why `path` may not be read, if it may not: it must lie under a root
+    /// as written (checked before touching the file system, so a refusal
+    /// does not even tell whether the file exists) and as resolved.
+    fn refusal(&self, path: &Path) -> Option<String> {
+        if self.file_roots.is_empty() {
+            return Some(
+                "file:// artifacts are read only under an --artifact-root, and no --artifact-root is configured"
+                    .into(),
+            );
+        }
+        let plain = path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        });
+        if !plain || !self.file_roots.iter().any(|r| path.starts_with(r)) {
+            return Some(format!(
+                "it is not under any --artifact-root ({})",
+                self.roots_shown()
+            ));
+        }
+        None
+    }
+
+    fn roots_shown(&self) -> String {
+        self.file_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Bytes downloaded (or copied) into the store by this process so far.
@@ -327,21 +395,46 @@ impl ArtifactStore {
         let src = url
             .to_file_path()
             .map_err(|()| fetch_err(a, "not a local file path"))?;
+        let refused = |reason: String| StageError::Refused {
+            name: a.name.clone(),
+            url: a.url.clone(),
+            reason,
+        };
+        if let Some(reason) = self.refusal(&src) {
+            return Err(refused(reason));
+        }
         let partial = self.partial_of(&a.sha256);
         let dest = self.path_of(&a.sha256);
         let mut progress = Progress::new(self.bars.as_ref(), &a.name, a.size, 0);
         progress.count_into(self.written.clone());
         let a2 = a.clone();
+        let roots = self.file_roots.clone();
         blocking(a, move || {
             let a = &a2;
-            let mut input = File::open(&src).map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => StageError::NotFound {
+            // Non-blocking: opening a FIFO must not wait for a writer.
+            let mut input = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(&src)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::NotFound => StageError::NotFound {
+                        name: a.name.clone(),
+                        url: a.url.clone(),
+                        place: String::new(),
+                    },
+                    _ => io_err(a, "cannot open", &src, e),
+                })?;
+            // What was opened, symlinks resolved: checked on the open file,
+            // so a link swapped in after a check cannot lead elsewhere.
+            let opened = fs::read_link(format!("/proc/self/fd/{}", input.as_raw_fd()))
+                .map_err(|e| io_err(a, "cannot resolve", &src, e))?;
+            if !roots.iter().any(|r| opened.starts_with(r)) {
+                return Err(StageError::Refused {
                     name: a.name.clone(),
                     url: a.url.clone(),
-                    place: String::new(),
-                },
-                _ => io_err(a, "cannot open", &src, e),
-            })?;
+                    reason: "it is a symlink leading outside every --artifact-root".into(),
+                });
+            }
             let meta = input
                 .metadata()
                 .map_err(|e| io_err(a, "cannot stat", &src, e))?;
@@ -446,7 +539,7 @@ impl ArtifactStore {
                 }
                 if let (Some(expected), Some(got)) = (a.size, total) {
                     if expected != got {
-                        return Err(Failed::Fatal(drop_partial(size_err(a, got))));
+                        return Err(Failed::Fatal(drop_partial(size_err(a))));
                     }
                 }
                 true
@@ -454,7 +547,7 @@ impl ArtifactStore {
             StatusCode::OK => {
                 if let (Some(expected), Some(got)) = (a.size, response.content_length()) {
                     if expected != got {
-                        return Err(Failed::Fatal(drop_partial(size_err(a, got))));
+                        return Err(Failed::Fatal(drop_partial(size_err(a))));
                     }
                 }
                 if have > 0 {
@@ -650,7 +743,7 @@ fn finish(hasher: Sha256) -> Digest {
 
 fn check_size(a: &Artifact, got: u64) -> Result<(), StageError> {
     match a.size {
-        Some(expected) if expected != got => Err(size_err(a, got)),
+        Some(expected) if expected != got => Err(size_err(a)),
         _ => Ok(()),
     }
 }
@@ -663,16 +756,14 @@ fn check_digest(a: &Artifact, got: Digest) -> Result<(), StageError> {
         name: a.name.clone(),
         url: a.url.clone(),
         expected: a.sha256,
-        got,
     })
 }
 
-fn size_err(a: &Artifact, got: u64) -> StageError {
+fn size_err(a: &Artifact) -> StageError {
     StageError::SizeMismatch {
         name: a.name.clone(),
         url: a.url.clone(),
         expected: a.size.unwrap_or_default(),
-        got,
     }
 }
 

@@ -69,6 +69,16 @@ pub enum StatusError {
         attempts: usize,
         reason: String,
     },
+    /// The remote's history is cut short (a shallow clone): libgit2 builds
+    /// the pack against the remote's commits and fails on the first parent
+    /// it does not have, saying only "object not found".
+    #[error("status branch {branch}: cannot push to {url}: it is a shallow clone: its history stops at commit {commit}, whose parent {parent} it does not have; status can only be pushed to a complete clone (run `git fetch --unshallow` there, or use another remote)")]
+    Shallow {
+        branch: String,
+        url: String,
+        commit: String,
+        parent: String,
+    },
     /// The status branch is the branch the update is about: writing there
     /// would make fermata reconcile its own reports.
     #[error("status branch {branch} is also the watched source branch: refusing to write status to a branch fermata reconciles; choose another status branch")]
@@ -149,6 +159,23 @@ impl Plan {
 enum Pushed {
     Done,
     Rejected(String),
+}
+
+/// A status branch as the user gives it: a short name (`fermata/status`) or
+/// the full `refs/heads/fermata/status`, which is the same branch (taken as
+/// a short name it would become `refs/heads/refs/heads/...`). Another ref
+/// or an invalid name is refused before anything is written.
+pub fn branch_name(given: &str) -> Result<String, String> {
+    let name = given.strip_prefix("refs/heads/").unwrap_or(given);
+    if name.starts_with("refs/") {
+        return Err(
+            "not a branch: give a branch name (fermata/status) or refs/heads/<name>".into(),
+        );
+    }
+    match git2::Branch::name_is_valid(name) {
+        Ok(true) => Ok(name.to_string()),
+        _ => Err("not a valid branch name (see git check-ref-format --branch)".into()),
+    }
 }
 
 impl StatusRepo {
@@ -702,7 +729,19 @@ impl StatusRepo {
             Err(e) if e.code() == ErrorCode::NotFastForward => {
                 return Ok(Pushed::Rejected(e.message().to_string()))
             }
-            Err(e) => return Err(self.git(format!("push to {url}"))(e)),
+            Err(e) => {
+                if e.code() == ErrorCode::NotFound {
+                    if let Some((commit, parent)) = cut_history(repo) {
+                        return Err(StatusError::Shallow {
+                            branch: self.branch.clone(),
+                            url: url.to_string(),
+                            commit: commit.to_string(),
+                            parent: parent.to_string(),
+                        });
+                    }
+                }
+                return Err(self.git(format!("push to {url}"))(e));
+            }
         }
         let rejected = rejected.borrow();
         if rejected.is_empty() {
@@ -824,6 +863,36 @@ impl StatusRepo {
             }
         }
     }
+}
+
+/// A commit reachable from a ref whose parent is missing, with that parent:
+/// the sign of a history fetched from a shallow clone. Only walked after a
+/// push failed on a missing object, and at most this many commits.
+fn cut_history(repo: &Repository) -> Option<(Oid, Oid)> {
+    const MAX_WALK: usize = 100_000;
+    let mut todo: Vec<Oid> = repo
+        .references()
+        .ok()?
+        .flatten()
+        .filter_map(|r| r.peel_to_commit().ok().map(|c| c.id()))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(id) = todo.pop() {
+        if !seen.insert(id) || seen.len() > MAX_WALK {
+            continue;
+        }
+        let Ok(commit) = repo.find_commit(id) else {
+            continue;
+        };
+        for parent in commit.parent_ids() {
+            match repo.find_commit(parent) {
+                Ok(_) => todo.push(parent),
+                Err(e) if e.code() == ErrorCode::NotFound => return Some((id, parent)),
+                Err(_) => {}
+            }
+        }
+    }
+    None
 }
 
 fn ref_id(repo: &Repository, name: &str) -> Option<Oid> {
@@ -998,5 +1067,28 @@ mod tests {
         assert!(!is_label(".."));
         assert!(!is_label("a/b"));
         assert!(!is_label("main@abc"));
+    }
+
+    #[test]
+    fn status_branch_names() {
+        let cases = [
+            ("fermata/status", Ok("fermata/status")),
+            ("refs/heads/fermata/status", Ok("fermata/status")),
+            ("refs/heads/main", Ok("main")),
+            ("refs/tags/v1", Err("not a branch")),
+            ("refs/heads/refs/x", Err("not a branch")),
+            ("refs/notes/fermata", Err("not a branch")),
+            ("fermata..status", Err("not a valid branch name")),
+            ("a b", Err("not a valid branch name")),
+            ("", Err("not a valid branch name")),
+            ("refs/heads/", Err("not a valid branch name")),
+        ];
+        for (given, want) in cases {
+            match (branch_name(given), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{given:?}"),
+                (Err(got), Err(want)) => assert!(got.starts_with(want), "{given:?}: {got}"),
+                (got, want) => panic!("{given:?}: {got:?}, wanted {want:?}"),
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::source::SourceRef;
 
-pub use git::{StatusError, StatusRepo, StatusUpdate, NOTES_REF, PLAN_NOTES_REF};
+pub use git::{branch_name, StatusError, StatusRepo, StatusUpdate, NOTES_REF, PLAN_NOTES_REF};
 
 /// A composition's (or component's) state: Margo's values plus `staging`/`staged`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -239,15 +239,44 @@ impl SynthError {
     }
 }
 
+/// What rendering may cost the process that runs it. Set by the operator
+/// (`--max-render-output`), never by the repository: it protects fermata
+/// from the commands a repository names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes a `command:` synthesizer may print on stdout; past them it is
+    /// killed and the render fails.
+    pub max_output: u64,
+}
+
+impl Limits {
+    /// 64 MiB: 16 times the 4 MiB file limit, and far above what a real
+    /// ResourceList needs, while a few renders at once fit a small edge box.
+    pub const DEFAULT_MAX_OUTPUT: u64 = 64 * 1024 * 1024;
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_output: Limits::DEFAULT_MAX_OUTPUT,
+        }
+    }
+}
+
 /// Renders one composition of `fleet` from the files of `snap`.
-pub fn render(snap: &Snapshot, fleet: &Fleet, comp: &Composition) -> Result<Rendered, SynthError> {
+pub fn render(
+    snap: &Snapshot,
+    fleet: &Fleet,
+    comp: &Composition,
+    limits: &Limits,
+) -> Result<Rendered, SynthError> {
     let synth = fleet
         .synthesizers
         .get(&comp.synthesizer)
         .ok_or_else(|| SynthError::UnknownSynthesizer(comp.synthesizer.clone()))?;
     let resources = match &synth.kind {
         SynthKind::Manifests { dir } => manifests::render(snap, dir, comp)?,
-        SynthKind::Command { argv } => command::render(snap, synth, argv, comp)?,
+        SynthKind::Command { argv } => command::render(snap, synth, argv, comp, limits)?,
     };
     Rendered::new(comp, resources, synth.artifacts.clone())
 }

@@ -101,6 +101,11 @@ is ReadWriteMany.
 {{- fail (printf "git.branches: %q contains a comma, which FERMATA_BRANCHES cannot carry" .) }}
 {{- end }}
 {{- end }}
+{{- range .Values.artifacts.roots }}
+{{- if contains "," . }}
+{{- fail (printf "artifacts.roots: %q contains a comma, which FERMATA_ARTIFACT_ROOTS cannot carry" .) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.git.sshKey.existingSecret (not .Values.git.knownHosts) }}
 {{- fail "git.knownHosts is required with git.sshKey.existingSecret: libgit2 refuses an SSH host key that is not in ~/.ssh/known_hosts" }}
 {{- end }}
