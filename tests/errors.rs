@@ -648,8 +648,8 @@ fn a_reference_to_an_object_whose_file_failed_to_load_names_that_file() {
     assert_errors(
         &validate(&repo, &[]),
         &[
-            "symphony.yaml:6: spec.variations[0].synthesizer.name: no Synthesizer named \"app\" (synth/app.yaml failed to load: file is not UTF-8)",
-            "synth/app.yaml: file is not UTF-8",
+            "symphony.yaml:6: spec.variations[0].synthesizer.name: no Synthesizer named \"app\" (synth/app.yaml:2 failed to load: file is not UTF-8 (column 1))",
+            "synth/app.yaml:2: file is not UTF-8 (column 1)",
         ],
     );
 }

@@ -1843,27 +1843,7 @@ impl Reconciler {
         later_pending: bool,
         report: &mut BranchReport,
     ) -> Option<DeploymentStatus> {
-        let prefix = format!("{}:", scope.source.branch);
-        // Dependents in the fleet, and those of symphonies that failed to
-        // load (a dangling dependsOn fails them): both still run on it.
-        let mut held_by: Vec<String> = scope
-            .fleet
-            .compositions()
-            .filter(|c| c.depends_on.contains(id))
-            .map(|c| c.id.to_string())
-            .collect();
-        held_by.extend(
-            self.persisted
-                .renders
-                .iter()
-                .filter(|(k, r)| {
-                    k.strip_prefix(&prefix)
-                        .and_then(|rest| rest.split_once('/'))
-                        .is_some_and(|(sym, _)| scope.held.contains(sym))
-                        && r.depends_on.contains(&id.to_string())
-                })
-                .map(|(k, _)| k[prefix.len()..].to_string()),
-        );
+        let held_by = self.dependents(scope, id);
         // Judged now, at the write, not at the pass's start (invariant 2).
         let window = window_status(scope.fleet, rec.window.as_deref(), self.clock.now());
         if let Some(ws) = &window {
@@ -1917,19 +1897,7 @@ impl Reconciler {
         let mut st = self.status_of(&w, scope.source, scope.now, window);
         let word = reason.map(|r| r.as_str()).unwrap_or("Delete");
         if w.error.is_none() {
-            st.status.state = State::Removing;
-            for c in &mut st.status.components {
-                c.state = State::Removing;
-            }
-            if let Some(ready) = st
-                .status
-                .conditions
-                .iter_mut()
-                .find(|c| c.r#type == "Ready")
-            {
-                ready.reason = word.to_string();
-                ready.message = message;
-            }
+            mark_removing(&mut st, word, message);
         }
         report.rows.push(Row {
             id: id.clone(),
@@ -1947,6 +1915,32 @@ impl Reconciler {
                 .map(|r| r.as_str().to_string()),
         });
         Some(st)
+    }
+
+    /// What still depends on `id`: dependents in the fleet, and those of
+    /// symphonies kept without loading (a dangling dependsOn fails them):
+    /// both still run on it.
+    fn dependents(&self, scope: &Scope<'_>, id: &CompositionId) -> Vec<String> {
+        let prefix = format!("{}:", scope.source.branch);
+        let mut held_by: Vec<String> = scope
+            .fleet
+            .compositions()
+            .filter(|c| c.depends_on.contains(id))
+            .map(|c| c.id.to_string())
+            .collect();
+        held_by.extend(
+            self.persisted
+                .renders
+                .iter()
+                .filter(|(k, r)| {
+                    k.strip_prefix(&prefix)
+                        .and_then(|rest| rest.split_once('/'))
+                        .is_some_and(|(sym, _)| scope.held.contains(sym))
+                        && r.depends_on.contains(&id.to_string())
+                })
+                .map(|(k, _)| k[prefix.len()..].to_string()),
+        );
+        held_by
     }
 
     /// Deletes `id` from `target` (nothing to do without one).
@@ -2200,91 +2194,15 @@ impl Reconciler {
         } else {
             State::Pending
         };
-        let programmed = w.digest.is_some() && w.observed.applied == w.digest;
-        let running = match &w.observed.health {
-            Some(Health::Healthy) => Ok(()),
-            Some(Health::Unhealthy(m)) => Err(("Unhealthy", m.clone())),
-            Some(Health::Failed(m)) => Err(("HealthTimeout", m.clone())),
-            _ => Err(("NotApplied", "nothing applied yet".to_string())),
-        };
-        let waiting = w.waiting.map(|r| r.as_str()).unwrap_or("Pending");
-        let cond = |t: &str, ok: bool, reason: &str, message: String| Condition {
-            r#type: t.to_string(),
-            status: if ok { "True" } else { "False" }.to_string(),
-            reason: reason.to_string(),
-            message,
-            last_transition_time: Some(now),
-        };
-        let staged = w.digest.is_some() && (w.observed.staged == w.digest || programmed);
-        let mut conditions = vec![
-            cond(
-                "Staged",
-                staged,
-                if staged {
-                    "Staged"
-                } else if w.error.is_some() {
-                    "Failed"
-                } else {
-                    "Pending"
-                },
-                String::new(),
-            ),
-            cond(
-                "Programmed",
-                programmed,
-                if programmed {
-                    "Applied"
-                } else if w.error.is_some() {
-                    "Failed"
-                } else {
-                    waiting
-                },
-                match (&w.waiting, &window) {
-                    _ if !w.waiting_message.is_empty() => w.waiting_message.clone(),
-                    (Some(Reason::WindowClosed), Some(ws)) => format!(
-                        "window {} is closed; next opening {}",
-                        ws.name,
-                        ws.next_open
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_else(|| "never".into())
-                    ),
-                    (Some(Reason::GatePresent), _) => format!(
-                        "scheduling gates present: {}",
-                        w.comp.scheduling_gates.join(", ")
-                    ),
-                    _ => String::new(),
-                },
-            ),
-            match &running {
-                Ok(()) => cond("Running", true, "Healthy", String::new()),
-                Err((r, m)) => cond("Running", false, r, m.clone()),
-            },
-        ];
-        let ready = programmed && running.is_ok() && w.error.is_none();
-        let ready_reason = if ready {
-            "Ready".to_string()
-        } else if w.error.is_some() {
-            "Failed".to_string()
-        } else if !programmed {
-            conditions[1].reason.clone()
-        } else {
-            conditions[2].reason.clone()
-        };
-        conditions.insert(
-            0,
-            cond(
-                "Ready",
-                ready,
-                &ready_reason,
-                if ready {
-                    String::new()
-                } else {
-                    conditions[1].message.clone()
-                },
-            ),
-        );
+        let mut conditions = conditions_of(w, window.as_ref(), now);
         if let Some(e) = &self.fetch_error {
-            conditions.push(cond("SourceAvailable", false, "FetchFailed", e.clone()));
+            conditions.push(condition(
+                "SourceAvailable",
+                false,
+                "FetchFailed",
+                e.clone(),
+                now,
+            ));
         }
         let component_state = match state {
             State::Installed => State::Installed,
@@ -2404,6 +2322,110 @@ fn held_symphonies<'a>(
         }
     }
     held
+}
+
+fn condition(t: &str, ok: bool, reason: &str, message: String, now: DateTime<Utc>) -> Condition {
+    Condition {
+        r#type: t.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: Some(now),
+    }
+}
+
+/// A composition's conditions (DESIGN.md section 6): `Ready` (both of
+/// the next two), `Staged`, `Programmed` (the target holds the desired
+/// state) and `Running` (the target reports it healthy), each with why.
+fn conditions_of(w: &Work, window: Option<&WindowStatus>, now: DateTime<Utc>) -> Vec<Condition> {
+    let failed = w.error.is_some();
+    let programmed = w.digest.is_some() && w.observed.applied == w.digest;
+    let staged_ok = w.digest.is_some() && (w.observed.staged == w.digest || programmed);
+    let staged = condition(
+        "Staged",
+        staged_ok,
+        match (staged_ok, failed) {
+            (true, _) => "Staged",
+            (false, true) => "Failed",
+            (false, false) => "Pending",
+        },
+        String::new(),
+        now,
+    );
+    let why_waiting = match (&w.waiting, window) {
+        _ if !w.waiting_message.is_empty() => w.waiting_message.clone(),
+        (Some(Reason::WindowClosed), Some(ws)) => format!(
+            "window {} is closed; next opening {}",
+            ws.name,
+            ws.next_open
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "never".into())
+        ),
+        (Some(Reason::GatePresent), _) => format!(
+            "scheduling gates present: {}",
+            w.comp.scheduling_gates.join(", ")
+        ),
+        _ => String::new(),
+    };
+    let programmed_reason = match (programmed, failed) {
+        (true, _) => "Applied",
+        (false, true) => "Failed",
+        (false, false) => w.waiting.map(|r| r.as_str()).unwrap_or("Pending"),
+    };
+    let programmed_c = condition(
+        "Programmed",
+        programmed,
+        programmed_reason,
+        why_waiting,
+        now,
+    );
+    let running = match &w.observed.health {
+        Some(Health::Healthy) => condition("Running", true, "Healthy", String::new(), now),
+        Some(Health::Unhealthy(m)) => condition("Running", false, "Unhealthy", m.clone(), now),
+        Some(Health::Failed(m)) => condition("Running", false, "HealthTimeout", m.clone(), now),
+        _ => condition(
+            "Running",
+            false,
+            "NotApplied",
+            "nothing applied yet".to_string(),
+            now,
+        ),
+    };
+    let ready_ok = programmed && running.status == "True" && !failed;
+    let ready_reason = if ready_ok {
+        "Ready"
+    } else if failed {
+        "Failed"
+    } else if !programmed {
+        &programmed_c.reason
+    } else {
+        &running.reason
+    };
+    let ready_message = if ready_ok {
+        String::new()
+    } else {
+        programmed_c.message.clone()
+    };
+    let ready = condition("Ready", ready_ok, ready_reason, ready_message, now);
+    vec![ready, staged, programmed_c, running]
+}
+
+/// A status as a removal shows it: every component `removing`, and
+/// `Ready` says why it is not gone yet.
+fn mark_removing(st: &mut DeploymentStatus, reason: &str, message: String) {
+    st.status.state = State::Removing;
+    for c in &mut st.status.components {
+        c.state = State::Removing;
+    }
+    if let Some(ready) = st
+        .status
+        .conditions
+        .iter_mut()
+        .find(|c| c.r#type == "Ready")
+    {
+        ready.reason = reason.to_string();
+        ready.message = message;
+    }
 }
 
 /// What status says of the window `name` (if any) at `now`.
