@@ -1,13 +1,22 @@
 //! Eno's migration example end to end through `fermata run` on real commits
 //! (DESIGN.md section 4): a resource moves from composition A to composition
-//! B by flipping one annotation in one commit. A test hook inspects the
-//! target after every single target write: never do A and B both carry the
-//! annotation, and once applied the resource is never absent.
+//! B by flipping one annotation in one commit. A test-only decorator of the
+//! targets inspects them after every single target write: never do A and B
+//! both carry the annotation, and once applied the resource is never absent.
 
 mod util;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use fermata::model::{CompositionId, TargetKind};
+use fermata::reconcile::{Reconciler, Settings};
+use fermata::synth::Rendered;
+use fermata::target::{
+    Desired, LocalTargets, Observed, Outcome, StateGoal, Target, TargetError, Targets,
+};
+use fermata::window::{Clock, FixedClock};
 use util::{git, TestRepo};
 
 const OPEN: &str = "2026-11-21T02:30:00Z";
@@ -56,16 +65,82 @@ fn fleet_ordered(repo: &TestRepo, a_owner: &str, b_owner: &str, a_window: bool, 
     );
 }
 
+/// A test-only decorator of the real targets: after every single write to
+/// any of them, `after` runs (here: an inspection of the target's files).
+struct AfterEveryWrite {
+    inner: LocalTargets,
+    after: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Targets for AfterEveryWrite {
+    fn key(&self, kind: &TargetKind) -> String {
+        self.inner.key(kind)
+    }
+
+    fn get(&self, kind: &TargetKind) -> Arc<dyn Target> {
+        Arc::new(Watched {
+            inner: self.inner.get(kind),
+            after: self.after.clone(),
+        })
+    }
+}
+
+struct Watched {
+    inner: Arc<dyn Target>,
+    after: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Watched({:?})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl Target for Watched {
+    async fn apply(&self, desired: &Desired, goal: StateGoal) -> Result<Outcome, TargetError> {
+        let r = self.inner.apply(desired, goal).await;
+        if goal != StateGoal::DryRun {
+            (self.after)();
+        }
+        r
+    }
+    async fn get(&self, id: &CompositionId) -> Result<Observed, TargetError> {
+        self.inner.get(id).await
+    }
+    async fn delete(&self, id: &CompositionId) -> Result<(), TargetError> {
+        let r = self.inner.delete(id).await;
+        (self.after)();
+        r
+    }
+    async fn list(&self) -> Result<Vec<CompositionId>, TargetError> {
+        self.inner.list().await
+    }
+    async fn applied(&self, id: &CompositionId) -> Result<Option<Rendered>, TargetError> {
+        self.inner.applied(id).await
+    }
+}
+
 struct Site {
     state: tempfile::TempDir,
-    log: tempfile::NamedTempFile,
+    /// After every target write: how many compositions carry owner=true,
+    /// and how many applied states hold the shared resource.
+    log: Arc<Mutex<Vec<(usize, usize)>>>,
+}
+
+/// One pass's outcome: exit code as `fermata run --once` gives it.
+#[derive(Debug)]
+struct Once {
+    code: i32,
+    #[allow(dead_code)]
+    reports: Vec<fermata::reconcile::BranchReport>,
 }
 
 impl Site {
     fn new() -> Site {
         Site {
             state: tempfile::tempdir().unwrap(),
-            log: tempfile::NamedTempFile::new().unwrap(),
+            log: Arc::default(),
         }
     }
 
@@ -73,43 +148,81 @@ impl Site {
         self.state.path().join("targets/site/migrate").join(var)
     }
 
-    /// After every target write: how many compositions carry owner=true, and
-    /// how many applied states hold the shared resource.
-    fn hook(&self) -> String {
+    /// One pass of the reconciler at `now`, in this process, its targets
+    /// inspected after every single write.
+    fn once(&self, repo: &TestRepo, now: &str) -> Once {
+        let settings = Settings {
+            repo: repo.path().to_str().unwrap().to_string(),
+            branches: vec!["main".into()],
+            path: String::new(),
+            interval: Duration::from_secs(30),
+            state_dir: self.state.path().to_path_buf(),
+            target_root: self.state.path().join("targets"),
+            status_branch: "fermata/status".into(),
+            site: None,
+            signatures: fermata::source::SignaturePolicy::None,
+            health_timeout: Duration::from_secs(600),
+            synth_limits: fermata::synth::Limits::default(),
+            artifact_roots: Vec::new(),
+        };
+        let clock: Arc<dyn Clock> = Arc::new(FixedClock::new(now.parse().unwrap()));
         let root = self.state.path().join("targets/site/migrate");
-        format!(
-            "c=$(grep -lE \"{OWNER}: ['\\\"]?true\" {r}/*/current/composition.yaml 2>/dev/null | wc -l); p=$(grep -l 'name: shared' {r}/*/current/manifest.yaml 2>/dev/null | wc -l); echo \"$c $p\" >> {log}",
-            r = root.display(),
-            log = self.log.path().display()
-        )
-    }
-
-    fn once(&self, repo: &TestRepo, now: &str) -> util::Run {
-        let p = repo.path().to_str().unwrap();
-        let hook = self.hook();
-        util::fermata_at(
-            self.state.path(),
-            &["run", "--once", "--repo", p, "--branch", "main"],
-            now,
-            &[("FERMATA_TEST_WRITE_HOOK", hook.as_str())],
-        )
-    }
-
-    /// Every observation of the hook, as (carriers, holders of the resource).
-    fn observations(&self) -> Vec<(usize, usize)> {
-        std::fs::read_to_string(self.log.path())
+        let log = self.log.clone();
+        let targets = AfterEveryWrite {
+            inner: LocalTargets::new(
+                settings.target_root.clone(),
+                settings.health_timeout,
+                clock.clone(),
+            ),
+            after: Arc::new(move || log.lock().unwrap().push(observe(&root))),
+        };
+        let mut r = Reconciler::new(settings, clock)
             .unwrap()
-            .lines()
-            .map(|l| {
-                let mut it = l.split_whitespace().map(|n| n.parse::<usize>().unwrap());
-                (it.next().unwrap(), it.next().unwrap())
-            })
-            .collect()
+            .with_targets(Arc::new(targets));
+        let reports = tokio::runtime::Runtime::new().unwrap().block_on(r.pass());
+        let failed = reports
+            .iter()
+            .any(|b| !b.errors.is_empty() || b.rows.iter().any(|r| r.state.as_str() == "failed"));
+        Once {
+            code: i32::from(failed),
+            reports,
+        }
+    }
+
+    /// Every observation after a write, as (carriers, holders of the resource).
+    fn observations(&self) -> Vec<(usize, usize)> {
+        self.log.lock().unwrap().clone()
     }
 
     fn manifest(&self, var: &str) -> String {
         std::fs::read_to_string(self.comp(var).join("current/manifest.yaml")).unwrap_or_default()
     }
+}
+
+/// Under `root`: compositions whose applied state carries owner=true, and
+/// applied states that hold the shared resource.
+fn observe(root: &Path) -> (usize, usize) {
+    let mut carriers = 0;
+    let mut holders = 0;
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let current = e.path().join("current");
+        let comp = std::fs::read_to_string(current.join("composition.yaml")).unwrap_or_default();
+        if [
+            format!("{OWNER}: true"),
+            format!("{OWNER}: 'true'"),
+            format!("{OWNER}: \"true\""),
+        ]
+        .iter()
+        .any(|l| comp.contains(l.as_str()))
+        {
+            carriers += 1;
+        }
+        let manifest = std::fs::read_to_string(current.join("manifest.yaml")).unwrap_or_default();
+        if manifest.contains("name: shared") {
+            holders += 1;
+        }
+    }
+    (carriers, holders)
 }
 
 fn carries(dir: &Path) -> bool {

@@ -34,7 +34,7 @@ use crate::status::{
 };
 use crate::synth::{self, Rendered};
 use crate::target::{
-    Desired, DirectoryTarget, Health, KubernetesTarget, Observed, SourceRef, StateGoal, Target,
+    Desired, Health, LocalTargets, Observed, SourceRef, StateGoal, Target, Targets,
 };
 use crate::window::Clock;
 
@@ -48,8 +48,8 @@ pub struct Reconciler {
     pub persisted: Persisted,
     /// What `state.json` holds now, to write it only when it changes.
     saved: Option<Digest>,
-    /// By directory root, or by Kubernetes spec (`kubernetes:` and its JSON).
-    targets: HashMap<String, Arc<dyn Target>>,
+    /// Resolves Target definitions to targets.
+    targets: Arc<dyn Targets>,
     /// The last fetch error, shown in every status until a fetch succeeds.
     pub fetch_error: Option<String>,
     /// Branches whose last pass left nothing to do, with that revision: an
@@ -60,8 +60,6 @@ pub struct Reconciler {
     observed: HashMap<String, Observed>,
     /// When each branch last read every target in full.
     resynced: HashMap<String, std::time::Instant>,
-    /// `FERMATA_TEST_WRITE_HOOK`: a command run after every target write.
-    write_hook: Option<String>,
     /// Plan only (`fermata plan`): decide everything, write nothing, anywhere.
     pub dry_run: bool,
     /// Reconcile this revision instead of the branch head (`plan --rev`).
@@ -238,6 +236,9 @@ impl Reconciler {
         );
         let persisted = Persisted::load(&settings.state_dir);
         let settings_state_dir = settings.state_dir.clone();
+        let settings_state_dir_root = settings.target_root.clone();
+        let settings_health_timeout = settings.health_timeout;
+        let clock_for_targets = clock.clone();
         Ok(Reconciler {
             settings,
             source,
@@ -246,14 +247,15 @@ impl Reconciler {
             status,
             saved: persisted.serialized().ok().map(|(_, d)| d),
             persisted,
-            targets: HashMap::new(),
+            targets: Arc::new(LocalTargets::new(
+                settings_state_dir_root,
+                settings_health_timeout,
+                clock_for_targets,
+            )),
             fetch_error: None,
             settled: HashMap::new(),
             observed: HashMap::new(),
             resynced: HashMap::new(),
-            write_hook: std::env::var("FERMATA_TEST_WRITE_HOOK")
-                .ok()
-                .filter(|h| !h.is_empty()),
             dry_run: false,
             revision: None,
             allow_commands: true,
@@ -306,7 +308,6 @@ impl Reconciler {
             settled: HashMap::new(),
             observed: HashMap::new(),
             resynced: HashMap::new(),
-            write_hook: None,
             dry_run: true,
             revision: Some(revision.to_string()),
             allow_commands,
@@ -375,6 +376,13 @@ impl Reconciler {
     /// Bytes of artifacts downloaded into the store by this process.
     pub fn artifact_bytes(&self) -> u64 {
         self.store.bytes_written()
+    }
+
+    /// Uses `targets` to resolve Target definitions (tests: fakes and
+    /// decorators that watch every write).
+    pub fn with_targets(mut self, targets: Arc<dyn Targets>) -> Reconciler {
+        self.targets = targets;
+        self
     }
 
     /// Forgets that branches are settled: the next pass is a full one.
@@ -1387,7 +1395,6 @@ impl Reconciler {
             artifacts,
         };
         let result = target.apply(&desired, StateGoal::Apply).await;
-        self.after_write();
         result.map(|_| ()).map_err(|e| e.to_string())
     }
 
@@ -1398,17 +1405,6 @@ impl Reconciler {
             .iter()
             .map(|a| (a.name.clone(), self.store.path_of(&a.sha256)))
             .collect()
-    }
-
-    /// Runs `FERMATA_TEST_WRITE_HOOK` after every target write: a test hook
-    /// that inspects the target between writes (the Eno migration test).
-    fn after_write(&self) {
-        if let Some(hook) = &self.write_hook {
-            let status = std::process::Command::new("sh").args(["-c", hook]).status();
-            if !status.is_ok_and(|s| s.success()) {
-                tracing::error!(hook, "write hook failed");
-            }
-        }
     }
 
     async fn execute(
@@ -1472,7 +1468,6 @@ impl Reconciler {
         };
         if decision.stage {
             let staged = target.apply(&desired, StateGoal::Stage).await;
-            self.after_write();
             if let Err(e) = staged {
                 w.fail("StagingFailed", w.comp.target.clone(), e.to_string());
                 return;
@@ -1493,7 +1488,6 @@ impl Reconciler {
             }
             Apply::Now { overridden } => {
                 let applied = target.apply(&desired, StateGoal::Apply).await;
-                self.after_write();
                 if let Err(e) = applied {
                     w.fail("ApplyFailed", w.comp.target.clone(), e.to_string());
                     return;
@@ -1581,42 +1575,14 @@ impl Reconciler {
         Ok(self.target_of(&t.kind))
     }
 
-    /// What identifies where a target writes, whatever its name: its
-    /// directory, or its Kubernetes spec.
+    /// What identifies where a target writes, whatever its name.
     fn target_key(&self, kind: &TargetKind) -> String {
-        match kind {
-            TargetKind::Directory { path } => {
-                let p = PathBuf::from(path);
-                let root = if p.is_absolute() {
-                    p
-                } else {
-                    self.settings.target_root.join(p)
-                };
-                format!("directory:{}", root.display())
-            }
-            TargetKind::Kubernetes(spec) => format!("kubernetes:{}", serde_json::json!(spec)),
-        }
+        self.targets.key(kind)
     }
 
-    /// The target object a definition describes, built once per key.
+    /// The target object a definition describes.
     fn target_of(&mut self, kind: &TargetKind) -> Arc<dyn Target> {
-        let key = self.target_key(kind);
-        if let Some(t) = self.targets.get(&key) {
-            return t.clone();
-        }
-        let t: Arc<dyn Target> = match kind {
-            TargetKind::Directory { .. } => {
-                let root = PathBuf::from(key.trim_start_matches("directory:"));
-                Arc::new(DirectoryTarget::new(root))
-            }
-            TargetKind::Kubernetes(spec) => Arc::new(KubernetesTarget::new(
-                spec.clone(),
-                self.settings.health_timeout,
-                self.clock.clone(),
-            )),
-        };
-        self.targets.insert(key, t.clone());
-        t
+        self.targets.get(kind)
     }
 
     /// Claims `id` on the target `kind` for `branch`, or names the branch
@@ -1949,7 +1915,6 @@ impl Reconciler {
             return Ok(());
         };
         let result = t.delete(id).await.map_err(|e| e.to_string());
-        self.after_write();
         result
     }
 
@@ -2103,7 +2068,6 @@ impl Reconciler {
                 None => {
                     let target = self.target_of(&r.kind);
                     let result = target.delete(&id).await;
-                    self.after_write();
                     match result {
                         Ok(()) => {
                             tracing::info!(composition = %id, target = %r.target, "removed from its previous target");

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CompositionId, Digest};
+use crate::model::{CompositionId, Digest, TargetKind};
 pub use crate::source::SourceRef;
 use crate::synth::Rendered;
 
@@ -140,4 +140,82 @@ pub trait Target: Send + Sync + fmt::Debug {
     /// sha256 and size only): what is left in place when a symphony is
     /// deleted and its resources are orphaned.
     async fn applied(&self, id: &CompositionId) -> Result<Option<Rendered>, TargetError>;
+}
+
+/// Resolves a Target definition to the object that writes it. The
+/// reconciler holds one (`Arc<dyn Targets>`) instead of building concrete
+/// targets itself, so tests hand it fakes and decorators.
+pub trait Targets: Send + Sync {
+    /// What identifies where a target writes: two Target objects (or two
+    /// names) for one directory or one cluster namespace are one target.
+    fn key(&self, kind: &TargetKind) -> String;
+    /// The target for `kind`, built once per key.
+    fn get(&self, kind: &TargetKind) -> Arc<dyn Target>;
+}
+
+/// The real targets: directories (relative ones under a root) and
+/// Kubernetes clusters.
+pub struct LocalTargets {
+    root: PathBuf,
+    health_timeout: std::time::Duration,
+    clock: Arc<dyn crate::window::Clock>,
+    built: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn Target>>>,
+}
+
+impl LocalTargets {
+    /// `root`: where relative directory targets live; `health_timeout` and
+    /// `clock`: how a Kubernetes target judges health after an apply.
+    pub fn new(
+        root: PathBuf,
+        health_timeout: std::time::Duration,
+        clock: Arc<dyn crate::window::Clock>,
+    ) -> LocalTargets {
+        LocalTargets {
+            root,
+            health_timeout,
+            clock,
+            built: Default::default(),
+        }
+    }
+
+    fn directory(&self, path: &str) -> PathBuf {
+        let p = PathBuf::from(path);
+        if p.is_absolute() {
+            p
+        } else {
+            self.root.join(p)
+        }
+    }
+}
+
+impl Targets for LocalTargets {
+    fn key(&self, kind: &TargetKind) -> String {
+        match kind {
+            TargetKind::Directory { path } => {
+                format!("directory:{}", self.directory(path).display())
+            }
+            TargetKind::Kubernetes(spec) => format!("kubernetes:{}", serde_json::json!(spec)),
+        }
+    }
+
+    fn get(&self, kind: &TargetKind) -> Arc<dyn Target> {
+        let key = self.key(kind);
+        let mut built = self
+            .built
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        built
+            .entry(key)
+            .or_insert_with(|| match kind {
+                TargetKind::Directory { path } => {
+                    Arc::new(DirectoryTarget::new(self.directory(path)))
+                }
+                TargetKind::Kubernetes(spec) => Arc::new(KubernetesTarget::new(
+                    spec.clone(),
+                    self.health_timeout,
+                    self.clock.clone(),
+                )),
+            })
+            .clone()
+    }
 }
