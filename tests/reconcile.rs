@@ -1,0 +1,401 @@
+//! A branch's reconcile in this process, against a fake target that records
+//! every call and a clock the test moves: what the pass decides and does,
+//! call by call, without reading files back.
+
+mod util;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fermata::model::{CompositionId, TargetKind};
+use fermata::reconcile::{BranchReport, Reconciler, Settings};
+use fermata::synth::Rendered;
+use fermata::target::{
+    Component, Desired, Health, Observed, Outcome, StateFlag, StateGoal, Target, TargetError,
+    Targets,
+};
+use fermata::window::{Clock, FixedClock};
+use util::TestRepo;
+
+const OPEN: &str = "2026-11-21T02:30:00Z";
+const CLOSED: &str = "2026-11-21T06:00:00Z";
+
+/// One call the reconciler made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    Stage(String),
+    Apply(String),
+    DryRun(String),
+    Delete(String),
+}
+
+#[derive(Default)]
+struct Held {
+    staged: Option<Rendered>,
+    applied: Option<Rendered>,
+}
+
+/// A fake target (no real one can be asked to fail or stay unhealthy on
+/// cue): it holds staged and applied states in memory, records every
+/// writing call, and fails or reports unhealthy what the test says.
+#[derive(Default)]
+struct FakeTarget {
+    held: Mutex<BTreeMap<String, Held>>,
+    calls: Mutex<Vec<Call>>,
+    /// Compositions whose applies fail.
+    failing: Mutex<HashSet<String>>,
+    /// Compositions reported unhealthy once applied.
+    unhealthy: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for FakeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FakeTarget")
+    }
+}
+
+impl FakeTarget {
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn writes(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| !matches!(c, Call::DryRun(_)))
+            .collect()
+    }
+
+    fn applied_tag(&self, id: &str) -> Option<String> {
+        let held = self.held.lock().unwrap();
+        let r = held.get(id)?.applied.as_ref()?;
+        Some(r.resources[0].object["data"]["tag"].as_str()?.to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl Target for FakeTarget {
+    async fn apply(&self, desired: &Desired, goal: StateGoal) -> Result<Outcome, TargetError> {
+        let id = desired.rendered.id.to_string();
+        self.calls.lock().unwrap().push(match goal {
+            StateGoal::Stage => Call::Stage(id.clone()),
+            StateGoal::Apply => Call::Apply(id.clone()),
+            StateGoal::DryRun => Call::DryRun(id.clone()),
+        });
+        let mut held = self.held.lock().unwrap();
+        let h = held.entry(id.clone()).or_default();
+        match goal {
+            StateGoal::DryRun => Ok(Outcome {
+                changed: true,
+                diff: Some(format!("+ {id}")),
+            }),
+            StateGoal::Stage => {
+                h.staged = Some((*desired.rendered).clone());
+                Ok(Outcome {
+                    changed: true,
+                    diff: None,
+                })
+            }
+            StateGoal::Apply => {
+                if self.failing.lock().unwrap().contains(&id) {
+                    return Err(TargetError::Invalid(format!("{id}: refused by the test")));
+                }
+                h.applied = Some((*desired.rendered).clone());
+                h.staged = h.applied.clone();
+                Ok(Outcome {
+                    changed: true,
+                    diff: None,
+                })
+            }
+        }
+    }
+
+    async fn get(&self, id: &CompositionId) -> Result<Observed, TargetError> {
+        let held = self.held.lock().unwrap();
+        let Some(h) = held.get(&id.to_string()) else {
+            return Ok(Observed::default());
+        };
+        let applied = h.applied.as_ref();
+        let unhealthy = self.unhealthy.lock().unwrap().contains(&id.to_string());
+        Ok(Observed {
+            applied: applied.map(|r| r.digest),
+            staged: h.staged.as_ref().map(|r| r.digest),
+            components: applied
+                .map(|r| {
+                    r.resources
+                        .iter()
+                        .map(|res| Component {
+                            name: res.key.to_string(),
+                            flag: StateFlag::Applied,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            health: Some(match (applied, unhealthy) {
+                (None, _) => Health::Unknown,
+                (Some(_), true) => Health::Unhealthy("not ready (the test says)".into()),
+                (Some(_), false) => Health::Healthy,
+            }),
+            annotations: applied.map(|r| r.annotations.clone()).unwrap_or_default(),
+            labels: applied.map(|r| r.labels.clone()).unwrap_or_default(),
+        })
+    }
+
+    async fn delete(&self, id: &CompositionId) -> Result<(), TargetError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Call::Delete(id.to_string()));
+        self.held.lock().unwrap().remove(&id.to_string());
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<CompositionId>, TargetError> {
+        let held = self.held.lock().unwrap();
+        Ok(held.keys().filter_map(|k| k.parse().ok()).collect())
+    }
+
+    async fn applied(&self, id: &CompositionId) -> Result<Option<Rendered>, TargetError> {
+        let held = self.held.lock().unwrap();
+        Ok(held.get(&id.to_string()).and_then(|h| h.applied.clone()))
+    }
+}
+
+/// Every Target definition resolves to the one fake.
+struct FakeTargets(Arc<FakeTarget>);
+
+impl Targets for FakeTargets {
+    fn key(&self, kind: &TargetKind) -> String {
+        format!("{kind:?}")
+    }
+
+    fn get(&self, _: &TargetKind) -> Arc<dyn Target> {
+        self.0.clone()
+    }
+}
+
+/// A reconciler of `repo`'s main branch on the fake, at the test's clock.
+struct Harness {
+    state: tempfile::TempDir,
+    target: Arc<FakeTarget>,
+    clock: Arc<FixedClock>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Harness {
+    fn new(now: &str) -> Harness {
+        Harness {
+            state: tempfile::tempdir().unwrap(),
+            target: Arc::default(),
+            clock: Arc::new(FixedClock::new(now.parse().unwrap())),
+            rt: tokio::runtime::Runtime::new().unwrap(),
+        }
+    }
+
+    fn reconciler(&self, repo: &TestRepo) -> Reconciler {
+        let settings = Settings {
+            repo: repo.path().to_str().unwrap().to_string(),
+            branches: vec!["main".into()],
+            path: String::new(),
+            interval: Duration::from_secs(30),
+            state_dir: self.state.path().to_path_buf(),
+            target_root: self.state.path().join("targets"),
+            status_branch: "fermata/status".into(),
+            site: None,
+            signatures: fermata::source::SignaturePolicy::None,
+            health_timeout: Duration::from_secs(600),
+            synth_limits: fermata::synth::Limits::default(),
+            artifact_roots: Vec::new(),
+        };
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        Reconciler::new(settings, clock)
+            .unwrap()
+            .with_targets(Arc::new(FakeTargets(self.target.clone())))
+    }
+
+    fn pass(&self, r: &mut Reconciler) -> BranchReport {
+        self.rt.block_on(r.pass()).remove(0)
+    }
+
+    fn set(&self, now: &str) {
+        self.clock.set(now.parse().unwrap());
+    }
+}
+
+fn row<'a>(b: &'a BranchReport, id: &str) -> &'a fermata::reconcile::Row {
+    b.rows
+        .iter()
+        .find(|r| r.id.to_string() == id)
+        .unwrap_or_else(|| panic!("no row {id}: {b:?}"))
+}
+
+/// `shop` with `variations` (YAML list items) and `extra` spec lines.
+fn shop(repo: &TestRepo, extra: &str, variations: &[&str]) {
+    let vars: String = variations.iter().map(|v| format!("    - {v}\n")).collect();
+    util::minimal(repo)
+        .write("window.yaml", util::SAT_WINDOW)
+        .write(
+            "symphony.yaml",
+            &format!("apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: shop}}\nspec:\n{extra}  variations:\n{vars}"),
+        );
+}
+
+fn var(name: &str) -> String {
+    format!("{{name: {name}, synthesizer: {{name: app}}, synthesisEnv: [{{name: TAG, value: {name}}}]}}")
+}
+
+#[test]
+fn staging_never_applies_and_a_closed_window_holds_until_it_opens() {
+    let repo = TestRepo::new();
+    shop(
+        &repo,
+        "  window: sat\n  rollout: {strategy: Parallel, maxUnavailable: 5}\n",
+        &[&var("a"), &var("b")],
+    );
+    repo.commit("a and b");
+    let h = Harness::new(CLOSED);
+    let mut r = h.reconciler(&repo);
+    let b = h.pass(&mut r);
+    assert_eq!(
+        h.target.writes(),
+        [Call::Stage("shop/a".into()), Call::Stage("shop/b".into())],
+        "staged, nothing applied"
+    );
+    assert_eq!(row(&b, "shop/a").skipped.as_deref(), Some("WindowClosed"));
+    assert!(b.next_window.is_some(), "the loop wakes at the opening");
+    // Still closed: a second pass writes nothing at all (invariant 5).
+    h.pass(&mut r);
+    assert_eq!(h.target.writes().len(), 2);
+    // Open: applied, without staging again.
+    h.set(OPEN);
+    let b = h.pass(&mut r);
+    assert_eq!(
+        h.target.writes()[2..],
+        [Call::Apply("shop/a".into()), Call::Apply("shop/b".into())]
+    );
+    assert_eq!(row(&b, "shop/b").state.as_str(), "installed");
+    assert_eq!(h.target.applied_tag("shop/a").as_deref(), Some("a"));
+}
+
+#[test]
+fn ordered_ready_applies_the_next_only_when_the_previous_is_ready() {
+    let repo = TestRepo::new();
+    shop(&repo, "", &[&var("a"), &var("b"), &var("c")]);
+    repo.commit("a, b, c");
+    let h = Harness::new(OPEN);
+    h.target.unhealthy.lock().unwrap().insert("shop/a".into());
+    let mut r = h.reconciler(&repo);
+    let b = h.pass(&mut r);
+    let applies: Vec<Call> = h
+        .target
+        .writes()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Apply(_)))
+        .collect();
+    assert_eq!(
+        applies,
+        [Call::Apply("shop/a".into())],
+        "b and c wait for a"
+    );
+    assert_eq!(
+        row(&b, "shop/b").skipped.as_deref(),
+        Some("WaitingForReady")
+    );
+    assert_eq!(
+        row(&b, "shop/c").skipped.as_deref(),
+        Some("WaitingForReady")
+    );
+    // a turns healthy: b, then c, in order.
+    h.target.unhealthy.lock().unwrap().clear();
+    r.unsettle();
+    h.pass(&mut r);
+    let applies: Vec<Call> = h
+        .target
+        .writes()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Apply(_)))
+        .collect();
+    assert_eq!(
+        applies,
+        [
+            Call::Apply("shop/a".into()),
+            Call::Apply("shop/b".into()),
+            Call::Apply("shop/c".into())
+        ]
+    );
+}
+
+#[test]
+fn a_failing_prune_holds_phase_two_for_the_whole_symphony() {
+    let repo = TestRepo::new();
+    let owned = |a: &str, b: &str| {
+        [
+            format!("{{name: a, synthesizer: {{name: app}}, synthesisEnv: [{{name: TAG, value: a}}], annotations: {{owner: '{a}'}}}}"),
+            format!("{{name: b, synthesizer: {{name: app}}, synthesisEnv: [{{name: TAG, value: b}}], annotations: {{owner: '{b}'}}}}"),
+        ]
+    };
+    let [a, b] = owned("true", "");
+    shop(
+        &repo,
+        "  rollout: {strategy: Parallel, maxUnavailable: 5}\n",
+        &[&a, &b],
+    );
+    repo.commit("a owns");
+    let h = Harness::new(OPEN);
+    let mut r = h.reconciler(&repo);
+    h.pass(&mut r);
+    let before = h.target.writes().len();
+    // Hand it over to b, while a's target refuses every write.
+    let [a, b] = owned("", "true");
+    shop(
+        &repo,
+        "  rollout: {strategy: Parallel, maxUnavailable: 5}\n",
+        &[&a, &b],
+    );
+    repo.commit("b owns");
+    h.target.failing.lock().unwrap().insert("shop/a".into());
+    let report = h.pass(&mut r);
+    let after: Vec<Call> = h.target.writes()[before..].to_vec();
+    assert!(
+        !after.contains(&Call::Apply("shop/b".into())),
+        "b must not carry the key while a may: {after:?}"
+    );
+    assert_eq!(
+        row(&report, "shop/b").skipped.as_deref(),
+        Some("WaitingForPrune")
+    );
+    // a's target takes writes again: the prune, then b's set.
+    h.target.failing.lock().unwrap().clear();
+    r.unsettle();
+    h.pass(&mut r);
+    let held = h.target.held.lock().unwrap();
+    let carried = |id: &str| {
+        held[id]
+            .applied
+            .as_ref()
+            .is_some_and(|r| r.annotations.get("owner").is_some_and(|v| v == "true"))
+    };
+    assert!(!carried("shop/a") && carried("shop/b"));
+}
+
+#[test]
+fn a_dry_run_writes_nothing_anywhere() {
+    let repo = TestRepo::new();
+    shop(&repo, "  window: sat\n", &[&var("a")]);
+    repo.commit("a");
+    let h = Harness::new(OPEN);
+    let mut r = h.reconciler(&repo);
+    r.dry_run = true;
+    let b = h.pass(&mut r);
+    assert_eq!(h.target.calls(), [Call::DryRun("shop/a".into())]);
+    assert!(h.target.writes().is_empty());
+    assert_eq!(row(&b, "shop/a").state.as_str(), "pending");
+    assert!(
+        b.plans.contains_key(&"shop/a".parse().unwrap()),
+        "the plan has its diff"
+    );
+    assert!(b.status_commit.is_none());
+    assert!(!h.state.path().join("state.json").exists());
+    assert!(repo.git(&["branch", "--list", "fermata/status"]).is_empty());
+}
