@@ -97,6 +97,15 @@ struct Pass {
     forced: Option<Revision>,
 }
 
+/// Why a pass may not write ([`Reconciler::may_write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hold {
+    /// A plan (`fermata plan`, a pull request): decide, write nothing.
+    Plan,
+    /// `--leader-elect`: another replica writes.
+    NotLeading,
+}
+
 /// What the removal steps of a pass share.
 struct Scope<'a> {
     fleet: &'a Fleet,
@@ -378,6 +387,25 @@ impl Reconciler {
         self.store.bytes_written()
     }
 
+    /// The one place that knows whether this pass writes: a plan (a dry
+    /// run) never does, and a replica that does not lead (any more) never
+    /// does. Every write (to targets, status, state, operator records, the
+    /// artifact store) asks here first, whatever its kind.
+    pub(super) fn may_write(&self) -> Result<(), Hold> {
+        if self.dry_run {
+            Err(Hold::Plan)
+        } else if !self.leadership.is_leader() {
+            Err(Hold::NotLeading)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A plan: decides and reports everything, writes nothing.
+    fn planning(&self) -> bool {
+        self.may_write() == Err(Hold::Plan)
+    }
+
     /// Uses `targets` to resolve Target definitions (tests: fakes and
     /// decorators that watch every write).
     pub fn with_targets(mut self, targets: Arc<dyn Targets>) -> Reconciler {
@@ -392,7 +420,7 @@ impl Reconciler {
 
     /// One pass over every branch.
     pub async fn pass(&mut self) -> Vec<BranchReport> {
-        if !self.dry_run {
+        if self.may_write().is_ok() {
             self.migrate_requests();
         }
         // Operator records are read every pass: a new one (written by
@@ -406,23 +434,23 @@ impl Reconciler {
         let mut out = Vec::new();
         for branch in self.settings.branches.clone() {
             // A replica that does not lead (or no longer does) writes nothing.
-            if !self.dry_run && !self.leadership.is_leader() {
+            if self.may_write() == Err(Hold::NotLeading) {
                 tracing::debug!("not leading: standing by");
                 break;
             }
             out.push(self.pass_branch(&branch).await);
         }
-        if !self.dry_run {
+        if self.may_write().is_ok() {
             for name in self.requests.superseded(&self.recorded) {
                 if let Err(e) = self.requests.forget(&name) {
                     tracing::warn!(error = %e, file = name, "cannot forget a superseded operator record");
                 }
             }
         }
-        let reported = !self.dry_run && self.report_back(&out).await;
+        let reported = self.may_write().is_ok() && self.report_back(&out).await;
         // A pass that changed nothing must write nothing, not even its cache;
         // one that did nothing at all need not even look.
-        if !self.dry_run && (reported || !out.iter().all(|b| b.unchanged)) {
+        if self.may_write().is_ok() && (reported || !out.iter().all(|b| b.unchanged)) {
             match self.persisted.serialized() {
                 Ok((_, digest)) if self.saved == Some(digest) => {}
                 Ok((bytes, digest)) => match Persisted::save(&self.settings.state_dir, &bytes) {
@@ -628,7 +656,7 @@ impl Reconciler {
             }
         }
         let needed: Vec<model::Artifact> = needed.into_values().collect();
-        if needed.is_empty() || self.dry_run {
+        if needed.is_empty() || self.may_write().is_err() {
             return BTreeMap::new();
         }
         self.store.fetch_all(&needed, &pass.snap).await
@@ -774,7 +802,7 @@ impl Reconciler {
             if let Some(p) = &w.plan {
                 report.plans.insert(w.comp.id.clone(), p.clone());
             }
-            if let (true, Some(e)) = (self.dry_run, &w.error) {
+            if let (true, Some(e)) = (self.planning(), &w.error) {
                 let at = if e.source.is_empty() {
                     String::new()
                 } else {
@@ -896,8 +924,8 @@ impl Reconciler {
     /// Commits the statuses (not in a plan); a failure is a report error.
     async fn publish(&self, update: StatusUpdate, report: &mut BranchReport) {
         let status = self.status.clone();
-        // Not leading (any more): the new leader reports.
-        let dry = self.dry_run || !self.leadership.is_leader();
+        // A plan, or not leading (any more): the new leader reports.
+        let dry = self.may_write().is_err();
         match tokio::task::spawn_blocking(move || {
             if dry {
                 Ok(None)
@@ -1114,7 +1142,7 @@ impl Reconciler {
         for (gate, (file, u)) in lifted {
             if w.comp.scheduling_gates.contains(gate) {
                 w.ungated.push(u.clone());
-            } else if !self.dry_run {
+            } else if self.may_write().is_ok() {
                 if let Err(e) = self.requests.forget(file) {
                     tracing::warn!(error = %e, file, "cannot forget a done ungate record");
                 }
@@ -1331,7 +1359,7 @@ impl Reconciler {
                 });
                 continue;
             }
-            if self.dry_run {
+            if self.may_write().is_err() {
                 held.entry(sym)
                     .or_insert_with(|| format!("{} removes {} first", w.comp.id, keys.join(", ")));
                 w.action = Some(ActionKind::Update);
@@ -1419,7 +1447,8 @@ impl Reconciler {
         let Some(target) = w.target.clone() else {
             return;
         };
-        if !self.dry_run && !self.leadership.is_leader() {
+        let hold = self.may_write().err();
+        if hold == Some(Hold::NotLeading) {
             w.fail(
                 "NotLeader",
                 "",
@@ -1428,11 +1457,12 @@ impl Reconciler {
             return;
         }
         let needs_desired = decision.stage || matches!(decision.apply, Apply::Now { .. });
-        if !needs_desired || self.dry_run {
+        let planning = hold == Some(Hold::Plan);
+        if !needs_desired || planning {
             if let Apply::Wait(r) = decision.apply {
                 w.waiting = Some(r);
             }
-            if needs_desired && self.dry_run {
+            if needs_desired && planning {
                 self.plan_detail(w, target.as_ref(), snap, fleet, source)
                     .await;
             }
@@ -1514,7 +1544,7 @@ impl Reconciler {
         if digest.is_some() && w.observed.applied == digest {
             w.overridden = Some(grant.clone());
         } else if digest.is_none() || (w.digest.is_some() && w.digest != digest) {
-            if self.dry_run {
+            if self.may_write().is_err() {
                 return;
             }
             if let Err(e) = self.requests.forget(file) {
@@ -1836,7 +1866,9 @@ impl Reconciler {
                 }
                 (Some(reason), message)
             }
-            Removal::Delete if self.dry_run => (None, "would be deleted now".to_string()),
+            Removal::Delete if self.may_write().is_err() => {
+                (None, "would be deleted now".to_string())
+            }
             Removal::Delete => match self.delete(target.as_deref(), id).await {
                 Ok(()) => {
                     tracing::info!(composition = %id, "removed");
@@ -1984,7 +2016,7 @@ impl Reconciler {
                     continue;
                 }
             }
-            if self.dry_run || !self.leadership.is_leader() {
+            if self.may_write().is_err() {
                 continue;
             }
             let branch = &prefix[..prefix.len() - 1];
@@ -2060,11 +2092,11 @@ impl Reconciler {
                         ),
                     )
                 }
-                None if self.dry_run => (
+                None if self.planning() => (
                     "Delete",
                     format!("would be removed from its previous target {} now", r.target),
                 ),
-                None if !self.leadership.is_leader() => continue,
+                None if self.may_write().is_err() => continue,
                 None => {
                     let target = self.target_of(&r.kind);
                     let result = target.delete(&id).await;

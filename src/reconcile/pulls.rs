@@ -138,7 +138,7 @@ impl Reconciler {
         let Some(pulls) = self.pulls.clone() else {
             return false;
         };
-        if !self.leadership.is_leader() {
+        if self.may_write().is_err() {
             return false;
         }
         let before = self.persisted.pulls.clone();
