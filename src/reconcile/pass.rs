@@ -15,7 +15,7 @@ use super::plan::removal::{decide_removal, Removal, RemovalFacts};
 use super::plan::rollout::{self, Rollout};
 use super::plan::{self, Apply, Facts, Reason};
 use super::requests::{Recorded, Requests};
-use super::state::{PendingWrite, Persisted, RenderRecord};
+use super::state::{PendingWrite, Persisted, RecordKey, RenderRecord};
 use super::Settings;
 use crate::model::types::Strategy;
 use crate::model::wellknown::{self, ORPHANED_FROM};
@@ -57,7 +57,7 @@ pub struct Reconciler {
     settled: HashMap<String, (Revision, std::time::Instant)>,
     /// What each composition's target held after the last pass, while it was
     /// Ready: an unchanged one is not read again until the next resync.
-    observed: HashMap<String, Observed>,
+    observed: HashMap<RecordKey, Observed>,
     /// When each branch last read every target in full.
     resynced: HashMap<String, std::time::Instant>,
     /// Plan only (`fermata plan`): decide everything, write nothing, anywhere.
@@ -122,7 +122,7 @@ type Fetched = BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>;
 struct Work {
     comp: Composition,
     target: Option<Arc<dyn Target>>,
-    record_key: String,
+    record_key: RecordKey,
     digest: Option<Digest>,
     components: Vec<String>,
     rendered: Option<Arc<Rendered>>,
@@ -149,7 +149,7 @@ struct Work {
 
 impl Work {
     /// Nothing known yet of `comp` but what the commit says.
-    fn new(comp: Composition, record_key: String) -> Work {
+    fn new(comp: Composition, record_key: RecordKey) -> Work {
         Work {
             comp,
             target: None,
@@ -173,7 +173,8 @@ impl Work {
 
     /// A composition known only from what was last rendered for it: one whose
     /// symphony failed to load, or that was removed from the branch.
-    fn from_record(id: CompositionId, key: String, rec: &RenderRecord) -> Work {
+    fn from_record(key: RecordKey, rec: &RenderRecord) -> Work {
+        let id = key.id.clone();
         Work {
             comp: Composition {
                 id,
@@ -515,7 +516,6 @@ impl Reconciler {
         self.symphony_readiness(&pass.fleet, &mut statuses, &mut report);
         self.stamp_all(branch, &mut statuses, now);
         self.report_status(&pass, statuses, &mut report).await;
-        let prefix = format!("{branch}:");
         let settled = plan::settled(&plan::BranchFacts {
             compositions_done,
             removing: report.rows.iter().any(|r| r.state == State::Removing),
@@ -524,7 +524,7 @@ impl Reconciler {
                 .orphan_writes
                 .keys()
                 .chain(self.persisted.retiring.keys())
-                .any(|k| k.starts_with(&prefix)),
+                .any(|k| k.branch == branch),
             load_errors: !held.is_empty(),
             fetch_failed: self.fetch_error.is_some(),
             errors: !report.errors.is_empty(),
@@ -843,20 +843,14 @@ impl Reconciler {
     ) -> HashSet<String> {
         let branch = pass.source.branch.clone();
         let unreadable = std::mem::take(&mut pass.unreadable);
-        let held = held_symphonies(
-            &pass.fleet,
-            &unreadable,
-            &self.records_under(&format!("{branch}:")),
-        );
+        let held = held_symphonies(&pass.fleet, &unreadable, &self.records_of(&branch, None));
         for (sym, why) in &held {
-            let known = self.records_under(&format!("{branch}:{sym}/"));
+            let known = self.records_of(&branch, Some(sym));
             if let (true, Held::Invalid(_)) = (known.is_empty(), why) {
                 report.errors.push(why.error(sym, None).message);
             }
             for (key, rec) in known {
-                let Some(mut w) = self.recorded_work(&pass.fleet, &branch, &key, &rec).await else {
-                    continue;
-                };
+                let mut w = self.recorded_work(&pass.fleet, &key, &rec).await;
                 let e = why.error(sym, rec.file.as_deref());
                 w.error = Some(e.clone());
                 statuses.push(self.status_of(&w, &pass.source, pass.now, None));
@@ -883,18 +877,18 @@ impl Reconciler {
     /// Keeps each condition's `lastTransitionTime` while its status stays,
     /// and forgets the conditions of compositions no longer reported.
     fn stamp_all(&mut self, branch: &str, statuses: &mut [DeploymentStatus], now: DateTime<Utc>) {
-        let prefix = format!("{branch}:");
-        let live: HashSet<String> = statuses
-            .iter()
-            .map(|s| format!("{prefix}{}", s.metadata.deployment_id))
-            .collect();
+        let mut live: HashSet<RecordKey> = HashSet::new();
         for st in statuses.iter_mut() {
-            let key = format!("{prefix}{}", st.metadata.deployment_id);
+            let Ok(id) = st.metadata.deployment_id.parse::<CompositionId>() else {
+                continue;
+            };
+            let key = RecordKey::new(branch, &id);
             self.stamp_transitions(&key, st, now);
+            live.insert(key);
         }
         self.persisted
             .conditions
-            .retain(|k, _| !k.starts_with(&prefix) || live.contains(k));
+            .retain(|k, _| k.branch != branch || live.contains(k));
     }
 
     /// The status commit (if anything changed) and the revision reconciled.
@@ -1002,8 +996,7 @@ impl Reconciler {
             branch: branch.to_string(),
             commit: rev.to_string(),
         };
-        let prefix = format!("{branch}:");
-        let known = self.records_under(&prefix);
+        let known = self.records_of(branch, None);
         // Targets are defined in the repository: status reads what they hold
         // through the last reconciled commit's definitions, never this one's.
         let last = match self.persisted.revisions.get(branch) {
@@ -1012,9 +1005,7 @@ impl Reconciler {
         };
         let mut statuses = Vec::new();
         for (key, rec) in known {
-            let Some(mut w) = self.recorded_work(&last, branch, &key, &rec).await else {
-                continue;
-            };
+            let mut w = self.recorded_work(&last, &key, &rec).await;
             w.fail("UntrustedCommit", rev.to_string(), message.clone());
             let mut st = self.status_of(&w, &source_ref, now, None);
             self.stamp_transitions(&key, &mut st, now);
@@ -1034,16 +1025,14 @@ impl Reconciler {
             .persisted
             .orphaned
             .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| k.branch == branch)
         {
-            if let Ok(id) = key[prefix.len()..].parse::<CompositionId>() {
-                let waits = self
-                    .persisted
-                    .orphan_writes
-                    .get(key)
-                    .and_then(|p| window_status(&last, p.window.as_deref(), now));
-                statuses.push(orphaned_status(&id, symphony, &source_ref, now, waits));
-            }
+            let waits = self
+                .persisted
+                .orphan_writes
+                .get(key)
+                .and_then(|p| window_status(&last, p.window.as_deref(), now));
+            statuses.push(orphaned_status(&key.id, symphony, &source_ref, now, waits));
         }
         let summary = format!(
             "{branch}@{}: {} (untrusted commit)",
@@ -1074,7 +1063,7 @@ impl Reconciler {
         synth_keys: &mut HashMap<String, String>,
         resync: bool,
     ) -> Work {
-        let mut w = Work::new(comp.clone(), format!("{}:{}", source.branch, comp.id));
+        let mut w = Work::new(comp.clone(), RecordKey::new(&source.branch, &comp.id));
         self.apply_ungates(&mut w);
         let Some(mut record) = self.place(&mut w, fleet, &source.branch) else {
             return w;
@@ -1640,36 +1629,29 @@ impl Reconciler {
         }
     }
 
-    /// The render records whose `branch:symphony/variation` key starts with
-    /// `prefix`: compositions known from earlier passes.
-    fn records_under(&self, prefix: &str) -> Vec<(String, RenderRecord)> {
+    /// The render records of `branch` (of one `symphony`, if given):
+    /// compositions known from earlier passes.
+    fn records_of(&self, branch: &str, symphony: Option<&str>) -> Vec<(RecordKey, RenderRecord)> {
         self.persisted
             .renders
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
+            .iter()
+            .filter(|(k, _)| k.branch == branch && symphony.is_none_or(|s| k.id.symphony == s))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect()
     }
 
     /// A composition known only from its last render, with what its target
     /// (as `fleet` defines it) holds now.
-    async fn recorded_work(
-        &mut self,
-        fleet: &Fleet,
-        branch: &str,
-        key: &str,
-        rec: &RenderRecord,
-    ) -> Option<Work> {
-        let id = key.get(branch.len() + 1..)?.parse::<CompositionId>().ok()?;
-        let mut w = Work::from_record(id.clone(), key.to_string(), rec);
+    async fn recorded_work(&mut self, fleet: &Fleet, key: &RecordKey, rec: &RenderRecord) -> Work {
+        let mut w = Work::from_record(key.clone(), rec);
         if let Some(t) = rec
             .target
             .as_ref()
             .and_then(|t| self.target_for(fleet, t).ok())
         {
-            w.observed = t.get(&id).await.unwrap_or_default();
+            w.observed = t.get(&key.id).await.unwrap_or_default();
         }
-        Some(w)
+        w
     }
 
     /// Eno's rule: a symphony is Ready when every non-optional composition is
@@ -1723,12 +1705,13 @@ impl Reconciler {
     }
 
     /// Keeps a condition's `lastTransitionTime` while its status stays the same.
-    fn stamp_transitions(&mut self, key: &str, st: &mut DeploymentStatus, now: DateTime<Utc>) {
-        let seen = self
-            .persisted
-            .conditions
-            .entry(key.to_string())
-            .or_default();
+    fn stamp_transitions(
+        &mut self,
+        key: &RecordKey,
+        st: &mut DeploymentStatus,
+        now: DateTime<Utc>,
+    ) {
+        let seen = self.persisted.conditions.entry(key.clone()).or_default();
         for c in &mut st.status.conditions {
             match seen.get(&c.r#type) {
                 Some((status, since)) if *status == c.status => {
@@ -1757,17 +1740,20 @@ impl Reconciler {
         statuses: &mut Vec<DeploymentStatus>,
         report: &mut BranchReport,
     ) {
-        let prefix = format!("{}:", source.branch);
-        let live: HashSet<String> = statuses
+        let branch = &source.branch;
+        let live: HashSet<RecordKey> = statuses
             .iter()
-            .map(|s| format!("{prefix}{}", s.metadata.deployment_id))
+            .filter_map(|s| s.metadata.deployment_id.parse::<CompositionId>().ok())
+            .map(|id| RecordKey::new(branch, &id))
             .collect();
-        let mut gone = self.records_under(&prefix);
+        let mut gone = self.records_of(branch, None);
         gone.retain(|(k, _)| !live.contains(k));
         // Deletes in reverse variation order: the last one written goes first.
         gone.sort_by(|(ka, a), (kb, b)| {
-            let sym = |k: &str| k.split('/').next().unwrap_or_default().to_string();
-            sym(ka).cmp(&sym(kb)).then(b.position.cmp(&a.position))
+            ka.id
+                .symphony
+                .cmp(&kb.id.symphony)
+                .then(b.position.cmp(&a.position))
         });
         let scope = Scope {
             fleet,
@@ -1779,10 +1765,7 @@ impl Reconciler {
         let mut deletes_blocked: HashSet<String> = HashSet::new();
         self.persisted.orphaned.retain(|k, _| !live.contains(k));
         for (key, rec) in gone {
-            let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
-                self.persisted.renders.remove(&key);
-                continue;
-            };
+            let id = key.id.clone();
             if !fleet.symphonies.contains_key(&id.symphony) {
                 self.orphan_now(key, &id, &rec);
                 continue;
@@ -1793,7 +1776,7 @@ impl Reconciler {
                 .is_some_and(|s| s.rollout.strategy == Strategy::OrderedReady);
             let later_pending = ordered && deletes_blocked.contains(&id.symphony);
             if let Some(st) = self
-                .remove_one(&scope, &key, &id, &rec, later_pending, report)
+                .remove_one(&scope, &key, &rec, later_pending, report)
                 .await
             {
                 // Not gone yet (in a plan, nothing is): the next delete waits.
@@ -1804,15 +1787,15 @@ impl Reconciler {
         self.persisted
             .orphan_writes
             .retain(|k, _| !live.contains(k));
-        self.orphan_writes(&prefix, fleet, report).await;
-        self.retire(&prefix, fleet, statuses, report).await;
+        self.orphan_writes(branch, fleet, report).await;
+        self.retire(branch, fleet, statuses, report).await;
         self.report_orphaned(&scope, statuses, report);
     }
 
     /// A composition whose symphony is gone: dropped from status at once;
     /// the mark on the target is a write like any other and waits for the
     /// window ([`orphan_writes`](Self::orphan_writes)).
-    fn orphan_now(&mut self, key: String, id: &CompositionId, rec: &RenderRecord) {
+    fn orphan_now(&mut self, key: RecordKey, id: &CompositionId, rec: &RenderRecord) {
         tracing::info!(composition = %id, "symphony removed: resources orphaned");
         self.persisted.renders.remove(&key);
         self.observed.remove(&key);
@@ -1833,12 +1816,12 @@ impl Reconciler {
     async fn remove_one(
         &mut self,
         scope: &Scope<'_>,
-        key: &str,
-        id: &CompositionId,
+        key: &RecordKey,
         rec: &RenderRecord,
         later_pending: bool,
         report: &mut BranchReport,
     ) -> Option<DeploymentStatus> {
+        let id = &key.id;
         let held_by = self.dependents(scope, id);
         // Judged now, at the write, not at the pass's start (invariant 2).
         let window = window_status(scope.fleet, rec.window.as_deref(), self.clock.now());
@@ -1854,7 +1837,7 @@ impl Reconciler {
             .target
             .as_ref()
             .and_then(|t| self.target_for(scope.fleet, t).ok());
-        let mut w = Work::from_record(id.clone(), key.to_string(), rec);
+        let mut w = Work::from_record(key.clone(), rec);
         let (reason, message) = match decision {
             Removal::Wait(reason, message) => {
                 if let Some(next) = window
@@ -1919,7 +1902,7 @@ impl Reconciler {
     /// symphonies kept without loading (a dangling dependsOn fails them):
     /// both still run on it.
     fn dependents(&self, scope: &Scope<'_>, id: &CompositionId) -> Vec<String> {
-        let prefix = format!("{}:", scope.source.branch);
+        let branch = &scope.source.branch;
         let mut held_by: Vec<String> = scope
             .fleet
             .compositions()
@@ -1931,12 +1914,11 @@ impl Reconciler {
                 .renders
                 .iter()
                 .filter(|(k, r)| {
-                    k.strip_prefix(&prefix)
-                        .and_then(|rest| rest.split_once('/'))
-                        .is_some_and(|(sym, _)| scope.held.contains(sym))
+                    k.branch == *branch
+                        && scope.held.contains(&k.id.symphony)
                         && r.depends_on.contains(&id.to_string())
                 })
-                .map(|(k, _)| k[prefix.len()..].to_string()),
+                .map(|(k, _)| k.id.to_string()),
         );
         held_by
     }
@@ -1958,16 +1940,13 @@ impl Reconciler {
         statuses: &mut Vec<DeploymentStatus>,
         report: &mut BranchReport,
     ) {
-        let prefix = format!("{}:", scope.source.branch);
         for (key, symphony) in self
             .persisted
             .orphaned
             .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| k.branch == scope.source.branch)
         {
-            let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
-                continue;
-            };
+            let id = key.id.clone();
             let waits = self
                 .persisted
                 .orphan_writes
@@ -1995,19 +1974,16 @@ impl Reconciler {
     /// Writes the orphan marks of `prefix`'s branch whose window is open
     /// (checked at the write, not at the pass's start). A failed write is
     /// tried again next pass; a target no longer defined cannot be written.
-    async fn orphan_writes(&mut self, prefix: &str, fleet: &Fleet, report: &mut BranchReport) {
-        let pending: Vec<(String, PendingWrite)> = self
+    async fn orphan_writes(&mut self, branch: &str, fleet: &Fleet, report: &mut BranchReport) {
+        let pending: Vec<(RecordKey, PendingWrite)> = self
             .persisted
             .orphan_writes
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
+            .iter()
+            .filter(|(k, _)| k.branch == branch)
             .map(|(k, p)| (k.clone(), p.clone()))
             .collect();
         for (key, p) in pending {
-            let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
-                self.persisted.orphan_writes.remove(&key);
-                continue;
-            };
+            let id = key.id.clone();
             if let Some(ws) = window_status(fleet, p.window.as_deref(), self.clock.now()) {
                 if !ws.open {
                     if let Some(next) = ws.next_open {
@@ -2019,7 +1995,6 @@ impl Reconciler {
             if self.may_write().is_err() {
                 continue;
             }
-            let branch = &prefix[..prefix.len() - 1];
             let kind = p.kind.clone().or_else(|| {
                 p.target
                     .as_ref()
@@ -2052,24 +2027,20 @@ impl Reconciler {
     /// `Delete` row naming the old target.
     async fn retire(
         &mut self,
-        prefix: &str,
+        branch: &str,
         fleet: &Fleet,
         statuses: &mut [DeploymentStatus],
         report: &mut BranchReport,
     ) {
-        let branch = &prefix[..prefix.len() - 1];
-        let entries: Vec<(String, super::state::Retiring)> = self
+        let entries: Vec<(RecordKey, super::state::Retiring)> = self
             .persisted
             .retiring
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
+            .iter()
+            .filter(|(k, _)| k.branch == branch)
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
         for (key, r) in entries {
-            let Ok(id) = key[prefix.len()..].parse::<CompositionId>() else {
-                self.persisted.retiring.remove(&key);
-                continue;
-            };
+            let id = key.id.clone();
             let now = self.clock.now();
             let ws = window_status(fleet, r.window.as_deref(), now);
             if let Some(ws) = &ws {
@@ -2299,7 +2270,7 @@ impl Held<'_> {
 fn held_symphonies<'a>(
     fleet: &'a Fleet,
     unreadable: &'a BTreeMap<String, model::Diagnostic>,
-    records: &[(String, RenderRecord)],
+    records: &[(RecordKey, RenderRecord)],
 ) -> BTreeMap<String, Held<'a>> {
     let mut held: BTreeMap<String, Held<'a>> = fleet
         .failed
@@ -2308,11 +2279,9 @@ fn held_symphonies<'a>(
         .collect();
     if !unreadable.is_empty() {
         for (key, _) in records {
-            let Some(sym) = key.split_once(':').and_then(|(_, id)| id.split_once('/')) else {
-                continue;
-            };
-            if !fleet.symphonies.contains_key(sym.0) {
-                held.entry(sym.0.to_string())
+            let sym = &key.id.symphony;
+            if !fleet.symphonies.contains_key(sym) {
+                held.entry(sym.clone())
                     .or_insert(Held::Unreadable(unreadable));
             }
         }

@@ -8,8 +8,59 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Digest;
+use crate::model::{CompositionId, Digest};
 use crate::status::{Override, Ungate};
+
+/// A composition as one branch reconciles it: the key of everything
+/// remembered about it. `branch:symphony/variation` on disk and in logs (a
+/// branch name cannot hold a `:`), a value everywhere else.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordKey {
+    pub branch: String,
+    pub id: CompositionId,
+}
+
+impl RecordKey {
+    pub fn new(branch: &str, id: &CompositionId) -> RecordKey {
+        RecordKey {
+            branch: branch.to_string(),
+            id: id.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.branch, self.id)
+    }
+}
+
+impl std::str::FromStr for RecordKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (branch, id) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not of the form BRANCH:SYMPHONY/VARIATION"))?;
+        Ok(RecordKey {
+            branch: branch.to_string(),
+            id: id.parse()?,
+        })
+    }
+}
+
+impl Serialize for RecordKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// The persisted state of one fermata instance.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -17,7 +68,7 @@ pub struct Persisted {
     /// Per `branch:symphony/variation`: the inputs last rendered and what they gave,
     /// so an unchanged composition costs no synthesis, even after a restart.
     #[serde(default)]
-    pub renders: BTreeMap<String, RenderRecord>,
+    pub renders: BTreeMap<RecordKey, RenderRecord>,
     /// Break-glass applies requested with `fermata apply-now`, by `symphony/variation`.
     #[serde(default)]
     pub overrides: BTreeMap<String, Override>,
@@ -31,16 +82,16 @@ pub struct Persisted {
     /// Per `branch:symphony/variation` and condition type: its status and
     /// since when, so `lastTransitionTime` says when it last changed.
     #[serde(default)]
-    pub conditions: BTreeMap<String, BTreeMap<String, (String, chrono::DateTime<chrono::Utc>)>>,
+    pub conditions: BTreeMap<RecordKey, BTreeMap<String, (String, chrono::DateTime<chrono::Utc>)>>,
     /// `branch:symphony/variation` of compositions whose symphony was removed,
     /// with that symphony: their status stays `removed (orphaned)`.
     #[serde(default)]
-    pub orphaned: BTreeMap<String, String>,
+    pub orphaned: BTreeMap<RecordKey, String>,
     /// `branch:symphony/variation` of orphaned compositions whose mark
     /// (`fermata.dev/orphaned-from`) is not written yet: a write to the
     /// applied state like any other, it waits for the composition's window.
     #[serde(default)]
-    pub orphan_writes: BTreeMap<String, PendingWrite>,
+    pub orphan_writes: BTreeMap<RecordKey, PendingWrite>,
     /// Which branch deploys each composition on each target
     /// (`<target key>|<symphony/variation>` to branch): the first branch to
     /// claim it; another branch defining the same composition on the same
@@ -50,7 +101,7 @@ pub struct Persisted {
     /// Compositions moved to another target, by `branch:symphony/variation`:
     /// still deployed on the old one until that removal runs, in its window.
     #[serde(default)]
-    pub retiring: BTreeMap<String, Retiring>,
+    pub retiring: BTreeMap<RecordKey, Retiring>,
     /// Pull requests planned, commit statuses posted, plan notes written.
     #[serde(default)]
     pub pulls: super::pulls::PullState,
@@ -165,6 +216,22 @@ impl Persisted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_keys_keep_their_text_form_on_disk() {
+        let k: RecordKey = "main:shop/app".parse().unwrap();
+        assert_eq!(
+            k,
+            RecordKey::new("main", &CompositionId::new("shop", "app"))
+        );
+        assert_eq!(serde_json::to_string(&k).unwrap(), "\"main:shop/app\"");
+        let mut p = Persisted::default();
+        p.orphaned.insert(k.clone(), "shop".into());
+        let text = String::from_utf8(p.serialized().unwrap().0).unwrap();
+        assert!(text.contains("\"main:shop/app\": \"shop\""), "{text}");
+        assert!("main".parse::<RecordKey>().is_err());
+        assert!("main:shop".parse::<RecordKey>().is_err());
+    }
 
     #[test]
     fn round_trips_and_survives_garbage() {
