@@ -21,7 +21,7 @@ use crate::model::types::Strategy;
 use crate::model::wellknown::{self, ORPHANED_FROM};
 use crate::model::{self, Composition, CompositionId, Digest, Fleet, SynthKind, TargetKind};
 use crate::report::{
-    table, ActionKind, BranchReport, PlanDetail, PlannedArtifact, Row, WindowInfo, COMMAND_NOT_RUN,
+    table, ActionKind, BranchReport, ErrorCode, PlanDetail, PlannedArtifact, Row, WindowInfo,
 };
 use crate::source::{
     Entry, GitSource, Revision, SignaturePolicy, Signer, Snapshot, Source, SourceError,
@@ -219,7 +219,7 @@ impl Work {
             && !matches!(self.observed.health, Some(Health::Unhealthy(_)))
     }
 
-    fn fail(&mut self, code: &str, source: impl Into<String>, message: impl Into<String>) {
+    fn fail(&mut self, code: ErrorCode, source: impl Into<String>, message: impl Into<String>) {
         self.error = Some(StatusErrorInfo {
             code: code.to_string(),
             source: source.into(),
@@ -748,7 +748,7 @@ impl Reconciler {
             }
             if let (Some(Health::Failed(why)), None) = (&w.observed.health, &w.error) {
                 let why = why.clone();
-                w.fail("HealthTimeout", w.comp.target.clone(), why);
+                w.fail(ErrorCode::HealthTimeout, w.comp.target.clone(), why);
             }
             let outcome = if w.ready() {
                 // Decisions need only the digests and health, not the components.
@@ -1006,7 +1006,7 @@ impl Reconciler {
         let mut statuses = Vec::new();
         for (key, rec) in known {
             let mut w = self.recorded_work(&last, &key, &rec).await;
-            w.fail("UntrustedCommit", rev.to_string(), message.clone());
+            w.fail(ErrorCode::UntrustedCommit, rev.to_string(), message.clone());
             let mut st = self.status_of(&w, &source_ref, now, None);
             self.stamp_transitions(&key, &mut st, now);
             statuses.push(st);
@@ -1087,7 +1087,11 @@ impl Reconciler {
                     }
                 }
                 Err(e) => {
-                    w.fail("TargetUnavailable", comp.target.clone(), e.to_string());
+                    w.fail(
+                        ErrorCode::TargetUnavailable,
+                        comp.target.clone(),
+                        e.to_string(),
+                    );
                     return w;
                 }
             }
@@ -1147,7 +1151,7 @@ impl Reconciler {
         let comp = w.comp.clone();
         let Some(def) = fleet.targets.get(&comp.target) else {
             w.fail(
-                "TargetUnavailable",
+                ErrorCode::TargetUnavailable,
                 comp.target.clone(),
                 format!("no Target named {:?}", comp.target),
             );
@@ -1156,8 +1160,7 @@ impl Reconciler {
         // One branch per composition per target: two branches defining it
         // would overwrite each other pass after pass (invariant 5).
         if let Err(owner) = self.claim(&def.kind, &comp.id, branch) {
-            w.fail(
-                "TargetConflict",
+            w.fail(ErrorCode::TargetConflict,
                 comp.target.clone(),
                 format!(
                     "target {} already holds {} from branch {owner}: a composition is deployed on a target from one branch only; give branch {branch} its own target, or stop watching one of them",
@@ -1224,7 +1227,7 @@ impl Reconciler {
                     s.name
                 );
                 w.fail(
-                    COMMAND_NOT_RUN,
+                    ErrorCode::CommandNotRun,
                     format!("{}:{}", s.origin.file, s.origin.line),
                     msg.clone(),
                 );
@@ -1242,14 +1245,18 @@ impl Reconciler {
             Ok(Err(d)) => {
                 let msg = d.to_string();
                 w.fail(
-                    "RenderFailed",
+                    ErrorCode::RenderFailed,
                     format!("{}:{}", d.file, d.line.unwrap_or(0)),
                     d.message,
                 );
                 return Err(msg);
             }
             Err(e) => {
-                w.fail("RenderFailed", w.comp.synthesizer.clone(), e.to_string());
+                w.fail(
+                    ErrorCode::RenderFailed,
+                    w.comp.synthesizer.clone(),
+                    e.to_string(),
+                );
                 return Err(e.to_string());
             }
         };
@@ -1266,7 +1273,11 @@ impl Reconciler {
             (Some(t), true) => match t.applied(&w.comp.id).await {
                 Ok(a) => a,
                 Err(e) => {
-                    w.fail("TargetUnavailable", w.comp.target.clone(), e.to_string());
+                    w.fail(
+                        ErrorCode::TargetUnavailable,
+                        w.comp.target.clone(),
+                        e.to_string(),
+                    );
                     return Err(e.to_string());
                 }
             },
@@ -1366,7 +1377,11 @@ impl Reconciler {
                     tracing::info!(composition = %w.comp.id, keys = %keys.join(","), "pruned annotations");
                     match target.get(&w.comp.id).await {
                         Ok(o) => w.observed = o,
-                        Err(e) => w.fail("TargetUnavailable", w.comp.target.clone(), e.to_string()),
+                        Err(e) => w.fail(
+                            ErrorCode::TargetUnavailable,
+                            w.comp.target.clone(),
+                            e.to_string(),
+                        ),
                     }
                 }
                 Err(e) => {
@@ -1439,7 +1454,7 @@ impl Reconciler {
         let hold = self.may_write().err();
         if hold == Some(Hold::NotLeading) {
             w.fail(
-                "NotLeader",
+                ErrorCode::NotLeader,
                 "",
                 "leadership lost during the pass: nothing written",
             );
@@ -1471,7 +1486,7 @@ impl Reconciler {
                     artifacts.insert(a.name.clone(), p.clone());
                 }
                 Some(Err(e)) => {
-                    w.fail("ArtifactFailed", a.url.clone(), e.to_string());
+                    w.fail(ErrorCode::ArtifactFailed, a.url.clone(), e.to_string());
                     return;
                 }
                 None => {
@@ -1488,7 +1503,11 @@ impl Reconciler {
         if decision.stage {
             let staged = target.apply(&desired, StateGoal::Stage).await;
             if let Err(e) = staged {
-                w.fail("StagingFailed", w.comp.target.clone(), e.to_string());
+                w.fail(
+                    ErrorCode::StagingFailed,
+                    w.comp.target.clone(),
+                    e.to_string(),
+                );
                 return;
             }
             tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), "staged");
@@ -1508,7 +1527,7 @@ impl Reconciler {
             Apply::Now { overridden } => {
                 let applied = target.apply(&desired, StateGoal::Apply).await;
                 if let Err(e) = applied {
-                    w.fail("ApplyFailed", w.comp.target.clone(), e.to_string());
+                    w.fail(ErrorCode::ApplyFailed, w.comp.target.clone(), e.to_string());
                     return;
                 }
                 tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), overridden, "applied");
@@ -1518,7 +1537,11 @@ impl Reconciler {
         }
         match target.get(&w.comp.id).await {
             Ok(o) => w.observed = o,
-            Err(e) => w.fail("TargetUnavailable", w.comp.target.clone(), e.to_string()),
+            Err(e) => w.fail(
+                ErrorCode::TargetUnavailable,
+                w.comp.target.clone(),
+                e.to_string(),
+            ),
         }
     }
 
@@ -1867,7 +1890,11 @@ impl Reconciler {
                     return None;
                 }
                 Err(e) => {
-                    w.fail("DeleteFailed", rec.target.clone().unwrap_or_default(), e);
+                    w.fail(
+                        ErrorCode::DeleteFailed,
+                        rec.target.clone().unwrap_or_default(),
+                        e,
+                    );
                     (None, String::new())
                 }
             },
@@ -2231,7 +2258,7 @@ impl Held<'_> {
         let at = |d: &model::Diagnostic| format!("{}:{}", d.file, d.line.unwrap_or(0));
         match self {
             Held::Invalid(diags) => StatusErrorInfo {
-                code: "InvalidObject".to_string(),
+                code: ErrorCode::InvalidObject.to_string(),
                 source: diags.first().map(at).unwrap_or_default(),
                 message: diags
                     .iter()
@@ -2241,7 +2268,7 @@ impl Held<'_> {
             },
             Held::Unreadable(files) => match file.and_then(|f| files.get(f)) {
                 Some(d) => StatusErrorInfo {
-                    code: "UnreadableFile".to_string(),
+                    code: ErrorCode::UnreadableFile.to_string(),
                     source: at(d),
                     message: format!(
                         "{d}; symphony {symphony} was defined in this file: it keeps its applied state until the file can be read"
@@ -2250,7 +2277,7 @@ impl Held<'_> {
                 None => {
                     let d = files.values().next();
                     StatusErrorInfo {
-                        code: "UnreadableFile".to_string(),
+                        code: ErrorCode::UnreadableFile.to_string(),
                         source: d.map(at).unwrap_or_default(),
                         message: format!(
                             "symphony {symphony} is not in what could be read, but {} cannot be read and may define it ({}): nothing is removed until it can be read",

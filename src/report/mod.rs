@@ -70,7 +70,62 @@ impl PlanDetail {
 }
 
 /// The error code of a `command:` synthesizer not run for an untrusted head.
-pub const COMMAND_NOT_RUN: &str = "CommandNotRun";
+pub const COMMAND_NOT_RUN: &str = ErrorCode::CommandNotRun.as_str();
+
+/// Why a composition failed: `error.code` in its status, one word a tool can
+/// match on (the message says the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Its Target is not defined, or cannot be reached or read.
+    TargetUnavailable,
+    /// Another watched branch deploys it on the same target.
+    TargetConflict,
+    /// Synthesis failed.
+    RenderFailed,
+    /// A `command:` synthesizer was not run for a head not on a watched branch.
+    CommandNotRun,
+    /// An artifact could not be fetched or verified.
+    ArtifactFailed,
+    StagingFailed,
+    ApplyFailed,
+    DeleteFailed,
+    /// Still unhealthy `--health-timeout` after the apply.
+    HealthTimeout,
+    /// Leadership was lost during the pass: nothing written.
+    NotLeader,
+    /// The commit fails the signature policy.
+    UntrustedCommit,
+    /// Its symphony failed to load.
+    InvalidObject,
+    /// A file that may define it cannot be read.
+    UnreadableFile,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::TargetUnavailable => "TargetUnavailable",
+            ErrorCode::TargetConflict => "TargetConflict",
+            ErrorCode::RenderFailed => "RenderFailed",
+            ErrorCode::CommandNotRun => "CommandNotRun",
+            ErrorCode::ArtifactFailed => "ArtifactFailed",
+            ErrorCode::StagingFailed => "StagingFailed",
+            ErrorCode::ApplyFailed => "ApplyFailed",
+            ErrorCode::DeleteFailed => "DeleteFailed",
+            ErrorCode::HealthTimeout => "HealthTimeout",
+            ErrorCode::NotLeader => "NotLeader",
+            ErrorCode::UntrustedCommit => "UntrustedCommit",
+            ErrorCode::InvalidObject => "InvalidObject",
+            ErrorCode::UnreadableFile => "UnreadableFile",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedArtifact {
