@@ -202,20 +202,55 @@ impl Persisted {
     /// Writes `bytes` (from [`serialized`](Self::serialized)) atomically:
     /// temp file, fsync, rename, so a kill -9 leaves the old or the new file.
     pub fn save(state_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
+        Self::save_with(state_dir, bytes, |f, b| {
+            use std::io::Write;
+            f.write_all(b)?;
+            f.sync_all()
+        })
+    }
+
+    /// [`save`](Self::save) with the write itself given: a failed write (a
+    /// full disk) leaves no temp file behind, only the old state.
+    fn save_with(
+        state_dir: &Path,
+        bytes: &[u8],
+        write: impl FnOnce(&mut std::fs::File, &[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         std::fs::create_dir_all(state_dir)?;
         let path = Self::path(state_dir);
         let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        let result = std::fs::File::create(&tmp)
+            .and_then(|mut f| write(&mut f, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_no_temp_file_and_the_old_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Persisted::default();
+        p.revisions.insert("main".into(), "abc".into());
+        Persisted::save(dir.path(), &p.serialized().unwrap().0).unwrap();
+        let full = |_: &mut std::fs::File, _: &[u8]| {
+            Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+        };
+        let err = Persisted::save_with(dir.path(), b"{}", full).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28));
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["state.json"], "no state.json.tmp-<pid> left");
+        assert_eq!(Persisted::load(dir.path()), p, "the old state stays");
+    }
 
     #[test]
     fn record_keys_keep_their_text_form_on_disk() {
