@@ -425,6 +425,13 @@ fn the_daemon_keeps_passing_against_a_stalled_remote_and_recovers() {
         logged.contains("fetch failed") && logged.contains("--git-timeout 1s"),
         "{logged}"
     );
+    // Status pushes to the silent server end the same way.
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("cannot write status") && l.contains("--git-timeout 1s")),
+        "{logged}"
+    );
 
     // The server answers again: SIGHUP fetches at once and the new commit is applied.
     proxy.stall(false);
@@ -718,10 +725,12 @@ async fn replayed_and_bursting_webhooks_cause_a_bounded_number_of_passes() {
         }
     }
     assert_eq!((accepted, duplicates), (1, 999));
-    // A burst of distinct deliveries too.
+    // Distinct deliveries, one every 20 ms for 4 s: each would be worth a
+    // pass, but they wake the loop at most every --min-pass-interval.
     for i in 0..200 {
         let r = hook(format!("distinct-{i}")).await.unwrap();
         assert_eq!(r.status(), 202);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = started.elapsed();
     // Whatever is pending runs within the minimum interval.

@@ -1,5 +1,6 @@
-//! Several sites publishing status to one `file://` origin at once (issue
-//! 10.6): every real `fermata run --once` process that says it committed
+//! Several sites publishing status to one origin at once, over `file://`
+//! and over `git://` (issue 10.6): every real `fermata run --once` process
+//! that says it committed
 //! has its commit on the origin's status branch, and every site's status of
 //! every round is there. A lost race is retried on the new tip, never taken
 //! for a success.
@@ -14,14 +15,67 @@ use util::{git, TestRepo};
 const SITES: usize = 7;
 const ROUNDS: usize = 3;
 
+/// Kills the process when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn concurrent_sites_lose_no_status_on_a_file_origin() {
+    race(|origin| (format!("file://{}", origin.display()), None));
+}
+
+#[test]
+fn concurrent_sites_lose_no_status_over_git_daemon() {
+    race(|origin| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = origin.parent().unwrap();
+        let daemon = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--enable=receive-pack",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        let daemon = Running(daemon);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (format!("git://127.0.0.1:{port}/origin.git"), Some(daemon))
+    });
+}
+
+/// `SITES` processes per round, `ROUNDS` rounds, publishing to one origin
+/// reached through the URL `serve` gives for it (and whatever keeps it served).
+fn race(serve: impl FnOnce(&std::path::Path) -> (String, Option<Running>)) {
     let work = TestRepo::new();
     util::minimal(&work);
     work.commit("v1");
     let tmp = tempfile::tempdir().unwrap();
     let origin = util::bare_clone(work.path(), tmp.path(), "origin.git");
-    let url = format!("file://{}", origin.display());
+    let (url, _server) = serve(&origin);
     let states: Vec<_> = (0..SITES).map(|_| tempfile::tempdir().unwrap()).collect();
 
     let mut rounds = Vec::new();

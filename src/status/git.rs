@@ -737,12 +737,8 @@ impl StatusRepo {
         if updates.is_empty() {
             return Ok(Pushed::Done);
         }
-        let path = match url.strip_prefix("file://") {
-            Some(path) => Some(Path::new(path)),
-            None => Some(Path::new(url)).filter(|p| !url.contains("://") && p.exists()),
-        };
-        match path {
-            Some(path) => self.push_local(repo, url, path, updates),
+        match local_path(url) {
+            Some(path) => self.push_local(repo, url, &path, updates),
             None => self.push_remote(repo, url, updates),
         }
     }
@@ -965,8 +961,10 @@ impl StatusRepo {
         opts.remote_callbacks(crate::source::callbacks())
             .prune(git2::FetchPrune::On)
             .download_tags(AutotagOption::None);
+        let started = std::time::Instant::now();
         remote
             .fetch(specs, Some(&mut opts), None)
+            .map_err(|e| crate::source::remote_error(e, started))
             .map_err(self.git(format!("fetch from {url}")))
     }
 
@@ -991,6 +989,37 @@ impl StatusRepo {
             }
         }
     }
+}
+
+/// The repository a `file://` URL (or a plain path) names, as libgit2's
+/// local transport reads it: `file://[localhost]/path`, percent-decoded.
+fn local_path(url: &str) -> Option<PathBuf> {
+    let Some(rest) = url.strip_prefix("file://") else {
+        let path = Path::new(url);
+        return (!url.contains("://") && path.exists()).then(|| path.to_path_buf());
+    };
+    let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+    let bytes = rest.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
 }
 
 /// Writes into `to` every object reachable from `tip` that it lacks, in
@@ -1189,6 +1218,42 @@ mod tests {
         let again = merge_note(Some(&all), None, "main@1234567: 3 installed");
         assert!(again.starts_with("main@1234567: 3 installed\nsite-a"));
         assert_eq!(again.lines().count(), 3);
+    }
+
+    #[test]
+    fn file_urls_name_local_paths() {
+        assert_eq!(
+            local_path("file:///srv/git/fleet.git"),
+            Some(PathBuf::from("/srv/git/fleet.git"))
+        );
+        assert_eq!(
+            local_path("file://localhost/srv/my%20fleet.git"),
+            Some(PathBuf::from("/srv/my fleet.git"))
+        );
+        assert_eq!(local_path("file:///a%2"), Some(PathBuf::from("/a%2")));
+        assert_eq!(local_path("https://git.example.com/fleet.git"), None);
+        assert_eq!(local_path("git@git.example.com:fleet.git"), None);
+    }
+
+    #[test]
+    fn retries_wait_a_random_time_under_a_doubling_cap() {
+        for (attempt, cap) in [
+            (1, 50),
+            (2, 100),
+            (3, 200),
+            (6, 1600),
+            (7, 2000),
+            (40, 2000),
+        ] {
+            let waits: Vec<_> = (0..200).map(|_| retry_delay(attempt)).collect();
+            assert!(
+                waits.iter().all(|w| w.as_millis() <= cap),
+                "attempt {attempt}: {waits:?}"
+            );
+            // Spread over the range, not all at once.
+            let distinct: BTreeSet<_> = waits.iter().collect();
+            assert!(distinct.len() > 10, "attempt {attempt}: {distinct:?}");
+        }
     }
 
     #[test]
