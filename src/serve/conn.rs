@@ -103,14 +103,28 @@ pub(super) async fn serve(
     let (closing, closed) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut refused_warned: Option<Instant> = None;
+    let mut accept_warned: Option<Instant> = None;
     tokio::pin!(shutdown);
-    loop {
+    'serve: loop {
+        // Connections told to close for newer ones still hold their
+        // descriptors until their tasks run: wait for them before taking
+        // more, so a flood cannot outrun the limit.
+        while slots.closing() >= MAX_CLOSING {
+            tokio::select! {
+                _ = &mut shutdown => break 'serve,
+                _ = slots.closed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
         let stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    accept_failed(&e);
+                    if accept_warned.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                        accept_failed(&e);
+                        accept_warned = Some(Instant::now());
+                    }
                     // EMFILE and the like last until something closes:
                     // do not spin on them.
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -219,10 +233,15 @@ fn too_slow(limit: Duration) -> Response<Body> {
     resp
 }
 
+/// How many evicted connections may still be closing when another is accepted.
+const MAX_CLOSING: usize = 4;
+
 /// The open connections, and which of them are idle.
 struct Slots {
     max: usize,
     open: Mutex<(u64, HashMap<u64, Open>)>,
+    /// Told whenever a connection's task has ended (its descriptor closed).
+    closed: tokio::sync::Notify,
 }
 
 struct Open {
@@ -230,7 +249,7 @@ struct Open {
     busy: usize,
     /// Since when it has answered nothing: its accept, or its last answer.
     idle_since: Instant,
-    /// Closes it.
+    /// Closes it; `None` once used (it is closing).
     evict: Option<oneshot::Sender<()>>,
 }
 
@@ -247,7 +266,13 @@ impl Slots {
         Slots {
             max: max.max(1),
             open: Mutex::new((0, HashMap::new())),
+            closed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Connections told to close whose tasks have not ended yet.
+    fn closing(&self) -> usize {
+        self.lock().1.values().filter(|o| o.evict.is_none()).count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, Open>)> {
@@ -259,16 +284,15 @@ impl Slots {
     fn admit(self: &Arc<Self>) -> Option<Slot> {
         let mut guard = self.lock();
         let (next, open) = &mut *guard;
-        if open.len() >= self.max {
+        // Closing ones keep their entry (and count) until their task ends.
+        let live = open.values().filter(|o| o.evict.is_some()).count();
+        if live >= self.max {
             let idlest = open
-                .iter()
-                .filter(|(_, o)| o.busy == 0)
-                .min_by_key(|(_, o)| o.idle_since)
-                .map(|(id, _)| *id)?;
-            if let Some(mut gone) = open.remove(&idlest) {
-                if let Some(evict) = gone.evict.take() {
-                    let _ = evict.send(());
-                }
+                .values_mut()
+                .filter(|o| o.busy == 0 && o.evict.is_some())
+                .min_by_key(|o| o.idle_since)?;
+            if let Some(evict) = idlest.evict.take() {
+                let _ = evict.send(());
             }
         }
         let (evict, evicted) = oneshot::channel();
@@ -293,6 +317,7 @@ impl Slots {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.slots.lock().1.remove(&self.id);
+        self.slots.closed.notify_one();
     }
 }
 
@@ -336,7 +361,9 @@ mod tests {
         // Both idle: the older, a, is closed for c.
         let c = slots.admit().expect("a makes room");
         assert!(a.evicted.try_recv().is_ok(), "a was told to close");
+        assert_eq!(slots.closing(), 1, "a still holds its descriptor");
         drop(a);
+        assert_eq!(slots.closing(), 0);
         // b busy, c busy: nothing makes room.
         let _busy_b = Busy::new(&slots, b.id);
         let busy_c = Busy::new(&slots, c.id);
@@ -346,6 +373,8 @@ mod tests {
         let mut c = c;
         let _d = slots.admit().expect("c makes room");
         assert!(c.evicted.try_recv().is_ok());
+        assert_eq!(slots.lock().1.len(), 3, "c is closing");
+        drop(c);
         assert_eq!(slots.lock().1.len(), 2);
     }
 
