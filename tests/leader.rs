@@ -247,7 +247,8 @@ fn two_replicas_only_the_leader_applies_and_the_other_takes_over() {
     wait_until("b leads", || holder(&fake).as_deref() == Some("b"));
     push("v3");
     wait_until("b applied v3", || manifest(&targets).contains("v3"));
-    assert!(b.log().contains("applied"), "{}", b.log());
+    // The log line follows the switch of `current`: wait for it too.
+    wait_until("b logged the apply", || b.log().contains("applied"));
     // b stops cleanly (SIGTERM) and releases the lease for the next replica.
     let pid = nix::unistd::Pid::from_raw(b.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();

@@ -203,6 +203,9 @@ pub fn default_state_dir(given: Option<PathBuf>) -> PathBuf {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Every command that talks to a remote gets bounded calls; `run` sets
+    // its own from --git-timeout and --git-connect-timeout.
+    crate::source::set_timeouts(crate::source::GitTimeouts::DEFAULT)?;
     match cli.command {
         Command::Run(a) => run::run(&a),
         Command::Demo(a) => demo::run(&a),

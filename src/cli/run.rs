@@ -131,6 +131,30 @@ pub struct RunArgs {
     pub artifact_roots: Vec<PathBuf>,
     #[command(flatten)]
     pub limits: super::LimitArgs,
+    /// How long a Git server may stay silent (any one read or write, TLS
+    /// and SSH handshakes included) before a fetch or push fails.
+    #[arg(long, env = "FERMATA_GIT_TIMEOUT", default_value = "30s", value_parser = parse_interval)]
+    pub git_timeout: Duration,
+    /// How long connecting to a Git server may take before a fetch or push fails.
+    #[arg(long, env = "FERMATA_GIT_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+    pub git_connect_timeout: Duration,
+    /// `/readyz` answers 503 while a fetch and pass have run for longer than
+    /// this: the loop is stuck, no pass has completed while one was due.
+    #[arg(long, env = "FERMATA_READY_STALE", default_value = "15m", value_parser = parse_interval)]
+    pub ready_stale: Duration,
+    /// How long an HTTP client may take to send a request's headers, and
+    /// how long an idle keep-alive connection stays open.
+    #[arg(long, env = "FERMATA_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+    pub http_header_timeout: Duration,
+    /// At most this many HTTP connections at once (and at most half the
+    /// file descriptor limit); at the limit, the longest idle one is closed
+    /// for a new one, or the new one when all are busy.
+    #[arg(long, env = "FERMATA_HTTP_MAX_CONNECTIONS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+    /// Passes woken by webhooks or ref changes start at least this long
+    /// after the previous one; a burst of wake-ups is one pass.
+    #[arg(long, env = "FERMATA_MIN_PASS_INTERVAL", default_value = "2s", value_parser = parse_interval)]
+    pub min_pass_interval: Duration,
     #[command(flatten)]
     pub forge: crate::forge::ForgeArgs,
     #[command(flatten)]
@@ -175,6 +199,12 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 impl RunArgs {
     /// Validated settings: the status branch is never a watched one.
     pub fn reconciler(&self) -> anyhow::Result<Reconciler> {
+        // Before the first remote call (opening a mirror fetches).
+        crate::source::set_timeouts(crate::source::GitTimeouts {
+            connect: self.git_connect_timeout,
+            read: self.git_timeout,
+        })
+        .context("--git-timeout, --git-connect-timeout")?;
         let state_dir = default_state_dir(self.state_dir.clone());
         let signatures = match (self.verify_signatures, &self.trusted_keys) {
             (Some(SignatureFormat::Ssh), Some(file)) => {
@@ -233,6 +263,8 @@ impl RunArgs {
 }
 
 pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
+    // Before anything opens files: HTTP clients, mirrors and targets share it.
+    let fd_limit = serve::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.reconciler()?;
@@ -245,7 +277,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(exit_code(&reports));
         }
         let clock = r.clock.clone();
-        let triggers = Triggers::new();
+        let triggers = Triggers::new().min_interval(a.min_pass_interval);
         let elector = if a.leader_elect {
             Some(a.elector(&mut r, &triggers).await?)
         } else {
@@ -260,17 +292,22 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
                     .as_deref()
                     .map(serve::read_secret)
                     .transpose()?;
-                let state = Arc::new(ServeState::new(
-                    r.settings.branches.clone(),
-                    secret,
-                    triggers.sender(),
-                ));
+                let state = Arc::new(
+                    ServeState::new(r.settings.branches.clone(), secret, triggers.sender())
+                        .watch_progress(triggers.progress(), a.ready_stale),
+                );
+                let limits = serve::ServeLimits {
+                    header_timeout: a.http_header_timeout,
+                    max_connections: a.http_max_connections as usize,
+                    ..serve::ServeLimits::default()
+                }
+                .within_fd_limit(fd_limit);
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("--listen {addr}"))?;
                 tracing::info!(%addr, "serving /healthz, /readyz, /metrics, /hooks/git");
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let task = tokio::spawn(serve::serve(listener, state.clone(), async {
+                let task = tokio::spawn(serve::serve(listener, state.clone(), limits, async {
                     let _ = stopped.await;
                 }));
                 Some((state, stop, task))

@@ -57,13 +57,53 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub struct Triggers {
     tx: mpsc::Sender<&'static str>,
     rx: mpsc::Receiver<&'static str>,
+    /// A pass woken by a trigger starts at least this long after the
+    /// previous one started (`--min-pass-interval`).
+    min_interval: Duration,
+    progress: Arc<Progress>,
+}
+
+/// Whether the loop is working (fetching, passing) and since when, for
+/// `/readyz`: a loop stuck anywhere shows as one working for too long.
+#[derive(Debug, Default)]
+pub struct Progress(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl Progress {
+    pub(crate) fn set(&self, busy: bool) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = busy.then(std::time::Instant::now);
+    }
+
+    /// How long the fetch and pass in progress have run; `None` while asleep.
+    pub fn busy_for(&self) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
+    }
 }
 
 impl Triggers {
     pub fn new() -> Triggers {
-        // Small: one pending message is enough to wake the loop.
-        let (tx, rx) = mpsc::channel(8);
-        Triggers { tx, rx }
+        // One pending wake-up at most: a burst of webhooks or ref changes
+        // while a pass runs is one more pass, however long the burst.
+        let (tx, rx) = mpsc::channel(1);
+        Triggers {
+            tx,
+            rx,
+            min_interval: Duration::ZERO,
+            progress: Arc::default(),
+        }
+    }
+
+    /// What the loop is doing, as it goes.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    /// Passes woken by triggers are at least `d` apart.
+    pub fn min_interval(mut self, d: Duration) -> Triggers {
+        self.min_interval = d;
+        self
     }
 
     /// Sending on it wakes the loop for an immediate fetch and pass.
@@ -100,13 +140,19 @@ pub async fn run(
     triggers: Triggers,
     mut report: impl FnMut(&PassOutcome<'_>),
 ) -> anyhow::Result<()> {
-    let Triggers { tx, mut rx } = triggers;
+    let Triggers {
+        tx,
+        mut rx,
+        min_interval,
+        progress,
+    } = triggers;
     let _watcher = watch_refs(&r, tx);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut failures: u32 = 0;
     loop {
         let started = std::time::Instant::now();
+        progress.set(true);
         let fetched = r.fetch().await;
         let fetch_failed = fetched.is_err();
         match fetched {
@@ -124,6 +170,7 @@ pub async fn run(
             artifact_bytes: r.artifact_bytes(),
             leading: r.leadership.is_leader(),
         });
+        progress.set(false);
         let mut wait = if failures > 0 {
             backoff(r.settings.interval, failures)
         } else {
@@ -140,6 +187,13 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             Some(why) = rx.recv() => {
                 tracing::info!(trigger = why, "woken");
+                // Rate-limited: what arrives meanwhile is this same pass.
+                let rest = min_interval.saturating_sub(started.elapsed());
+                tokio::select! {
+                    _ = tokio::time::sleep(rest) => {}
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                }
                 // Coalesce a burst of ref updates into one pass.
                 while rx.try_recv().is_ok() {}
             }

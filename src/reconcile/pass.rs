@@ -561,10 +561,19 @@ impl Reconciler {
                 Some(rev)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "branch not found: nothing applied, nothing deleted");
-                report.errors.push(format!(
-                    "branch {branch} not found: applying nothing, deleting nothing"
-                ));
+                // A deleted branch applies nothing and deletes nothing; nor
+                // does one that cannot be read (out of file descriptors, say),
+                // and the error says which it was.
+                let missing = matches!(&e, SourceError::Resolve { source, .. } if source.code() == git2::ErrorCode::NotFound);
+                let why = error_chain(&e);
+                tracing::warn!(error = %why, "branch not resolved: nothing applied, nothing deleted");
+                report.errors.push(if missing {
+                    format!("branch {branch} not found: applying nothing, deleting nothing")
+                } else {
+                    format!(
+                        "branch {branch} cannot be read: {why}: applying nothing, deleting nothing"
+                    )
+                });
                 None
             }
         }

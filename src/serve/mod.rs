@@ -7,6 +7,7 @@
 //! [`ServeState::observe`]) and only writes by sending on the loop's trigger
 //! channel: it never touches the reconciler itself.
 
+mod conn;
 mod metrics;
 mod webhook;
 
@@ -16,7 +17,8 @@ mod tests;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -24,7 +26,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::mpsc;
 
-use crate::reconcile::PassOutcome;
+use crate::reconcile::{PassOutcome, Progress};
+pub use conn::{raise_fd_limit, ServeLimits};
 use metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +48,32 @@ pub struct ServeState {
     metrics: Metrics,
     /// Set once the first pass has completed.
     ready: AtomicBool,
+    /// What the loop is doing; `/readyz` fails once a fetch and pass have
+    /// run for longer than `ready_stale`.
+    progress: Option<Arc<Progress>>,
+    ready_stale: Duration,
     /// The webhook's HMAC key; `None` disables `/hooks/git`.
     secret: Option<Vec<u8>>,
     branches: Vec<String>,
     trigger: mpsc::Sender<&'static str>,
+    /// Delivery ids of recent webhooks, so a replayed one is ignored.
+    deliveries: Mutex<webhook::Deliveries>,
 }
+
+/// What `/readyz` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// No pass has completed yet.
+    Starting,
+    Ready,
+    /// The fetch and pass in progress have run this long, longer than
+    /// allowed: no pass has completed for that long while one was due, so
+    /// the loop is stuck (in a fetch, a target, a hook: wherever).
+    Stale(Duration),
+}
+
+/// How long `/readyz` waits for a pass before failing, by default.
+pub const DEFAULT_READY_STALE: Duration = Duration::from_secs(15 * 60);
 
 impl ServeState {
     /// `branches` are the watched ones (a push elsewhere triggers nothing);
@@ -62,10 +86,21 @@ impl ServeState {
         ServeState {
             metrics: Metrics::new(),
             ready: AtomicBool::new(false),
+            progress: None,
+            ready_stale: DEFAULT_READY_STALE,
             secret,
             branches,
             trigger,
+            deliveries: Mutex::new(webhook::Deliveries::default()),
         }
+    }
+
+    /// `/readyz` fails once the loop ([`crate::reconcile::Triggers::progress`])
+    /// has been in one fetch and pass for longer than `stale` (`--ready-stale`).
+    pub fn watch_progress(mut self, progress: Arc<Progress>, stale: Duration) -> ServeState {
+        self.progress = Some(progress);
+        self.ready_stale = stale;
+        self
     }
 
     /// Records one pass: metrics, and readiness from the first one on.
@@ -74,8 +109,22 @@ impl ServeState {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// Ready from the first completed pass on, unless the loop has been
+    /// stuck in one fetch and pass for too long: measured here, on request,
+    /// so a loop blocked anywhere turns the probe unready. An idle loop
+    /// (asleep until its interval) is ready however long it sleeps.
+    pub fn readiness(&self) -> Readiness {
+        if !self.ready.load(Ordering::Acquire) {
+            return Readiness::Starting;
+        }
+        match self.progress.as_ref().and_then(|p| p.busy_for()) {
+            Some(busy) if busy > self.ready_stale => Readiness::Stale(busy),
+            _ => Readiness::Ready,
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.readiness() == Readiness::Ready
     }
 }
 
@@ -106,25 +155,35 @@ pub fn app(state: Arc<ServeState>) -> Router {
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then lets
-/// requests in flight finish.
+/// requests in flight finish; within `limits` (see [`conn`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ServeState>,
+    limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    conn::serve(listener, app(state), limits, shutdown).await;
     Ok(())
 }
 
 async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<ServeState>>,
 ) -> impl IntoResponse {
-    if state.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no pass completed yet")
+    let human = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs()));
+    match state.readiness() {
+        Readiness::Ready => (StatusCode::OK, "ready".to_string()),
+        Readiness::Starting => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no pass completed yet".to_string(),
+        ),
+        Readiness::Stale(ago) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stuck: no pass completed for {}, the fetch and pass in progress have run longer than --ready-stale {}",
+                human(ago),
+                human(state.ready_stale)
+            ),
+        ),
     }
 }
 

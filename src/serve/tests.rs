@@ -234,3 +234,133 @@ fn secret_file_is_trimmed_and_never_empty() {
         Err(ServeError::SecretRead { .. })
     ));
 }
+
+#[tokio::test]
+async fn readyz_turns_503_while_the_loop_is_stuck_in_a_pass() {
+    let triggers = crate::reconcile::Triggers::new();
+    let progress = triggers.progress();
+    let st = Arc::new(
+        ServeState::new(vec!["main".into()], None, triggers.sender())
+            .watch_progress(progress.clone(), Duration::from_millis(300)),
+    );
+    let pass = PassOutcome {
+        reports: &[],
+        elapsed: Duration::from_millis(5),
+        fetch_failed: false,
+        artifact_bytes: 0,
+        leading: true,
+    };
+    st.observe(&pass);
+    assert_eq!(call(&st, get("/readyz")).await.0, StatusCode::OK);
+    // Asleep until its interval, however long: ready.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(call(&st, get("/readyz")).await.0, StatusCode::OK);
+    // A fetch and pass that do not end: unready once past the threshold.
+    progress.set(true);
+    assert_eq!(call(&st, get("/readyz")).await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body) = call(&st, get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("no pass completed for"), "{body}");
+    assert!(body.contains("--ready-stale"), "{body}");
+    // It ends: ready again.
+    st.observe(&pass);
+    progress.set(false);
+    assert_eq!(call(&st, get("/readyz")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_replayed_delivery_wakes_the_loop_once() {
+    let (st, mut rx) = state(Some(SECRET));
+    let delivery = (
+        "x-github-delivery",
+        "72d3162e-cc78-11e3-81ab-4c9367dc0958".to_string(),
+    );
+    let mut wakeups = 0;
+    for i in 0..1000 {
+        let (status, body) = call(
+            &st,
+            hook(
+                PUSH_MAIN,
+                &[github_sig(SECRET, PUSH_MAIN), delivery.clone()],
+            ),
+        )
+        .await;
+        if i == 0 {
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        } else {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert!(body.contains("duplicate delivery"), "{body}");
+        }
+        // Drained each time, as a running loop would: only new deliveries wake it.
+        while rx.try_recv().is_ok() {
+            wakeups += 1;
+        }
+    }
+    assert_eq!(wakeups, 1);
+    // Gitea's header is remembered the same way.
+    let gitea = ("x-gitea-delivery", "a1b2".to_string());
+    let sig = ("x-gitea-signature", hex_hmac(SECRET, PUSH_MAIN));
+    for _ in 0..3 {
+        call(&st, hook(PUSH_MAIN, &[sig.clone(), gitea.clone()])).await;
+    }
+    assert_eq!(rx.try_recv(), Ok("webhook"));
+    assert!(rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn an_unsigned_replay_cannot_push_a_delivery_out_of_memory() {
+    let (st, mut rx) = state(Some(SECRET));
+    let id = |i: usize| ("x-github-delivery", format!("d-{i}"));
+    call(
+        &st,
+        hook(PUSH_MAIN, &[github_sig(SECRET, PUSH_MAIN), id(0)]),
+    )
+    .await;
+    assert_eq!(rx.try_recv(), Ok("webhook"));
+    // Unsigned requests with new ids are refused before they are remembered.
+    for i in 1..=1500 {
+        let (status, _) = call(&st, hook(PUSH_MAIN, &[id(i)])).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, body) = call(
+        &st,
+        hook(PUSH_MAIN, &[github_sig(SECRET, PUSH_MAIN), id(0)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_burst_of_distinct_deliveries_is_at_most_one_pending_wakeup() {
+    // The run loop's own channel: one pending wake-up at most.
+    let triggers = crate::reconcile::Triggers::new();
+    let st = Arc::new(ServeState::new(
+        vec!["main".into()],
+        Some(SECRET.to_vec()),
+        triggers.sender(),
+    ));
+    for i in 0..200 {
+        let (status, body) = call(
+            &st,
+            hook(
+                PUSH_MAIN,
+                &[
+                    github_sig(SECRET, PUSH_MAIN),
+                    ("x-github-delivery", format!("burst-{i}")),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    let tx = triggers.sender();
+    assert!(
+        matches!(
+            tx.try_send("probe"),
+            Err(mpsc::error::TrySendError::Full(_))
+        ),
+        "exactly one wake-up pending"
+    );
+}

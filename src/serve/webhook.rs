@@ -2,6 +2,7 @@
 //! with the shared secret can wake the run loop; everything else is refused
 //! before the body is even parsed.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -17,6 +18,41 @@ use super::ServeState;
 const GITHUB_SIGNATURE: &str = "x-hub-signature-256";
 /// Gitea's header: bare `<hex>` (Gitea also sends GitHub's).
 const GITEA_SIGNATURE: &str = "x-gitea-signature";
+
+/// The delivery id headers: GitHub's, Gitea's (Gitea sends GitHub's too).
+const DELIVERY: [&str; 2] = ["x-github-delivery", "x-gitea-delivery"];
+
+/// How many delivery ids are remembered.
+const REMEMBERED: usize = 1000;
+
+/// The ids of the last [`REMEMBERED`] signed deliveries: a replay of one
+/// (a captured request sent again) is answered and ignored. Forgetting the
+/// oldest keeps memory bounded; a replay older than that is still only one
+/// more wake-up, coalesced and rate-limited by the run loop.
+#[derive(Debug, Default)]
+pub(super) struct Deliveries {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+}
+
+impl Deliveries {
+    /// Whether `id` was not seen among the remembered ones; remembers it.
+    fn first(&mut self, id: &str) -> bool {
+        // Ids are GUIDs; a longer header is cut, never stored whole.
+        let id: String = id.chars().take(128).collect();
+        if self.ids.contains(&id) {
+            return false;
+        }
+        if self.order.len() >= REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        self.ids.insert(id.clone());
+        self.order.push_back(id);
+        true
+    }
+}
 
 /// Only `ref` is read: the push names the branch, the fetch gets the rest.
 #[derive(serde::Deserialize)]
@@ -34,6 +70,18 @@ pub(super) async fn push(
     };
     if !signed(secret, &headers, &body) {
         return (StatusCode::UNAUTHORIZED, "bad or missing signature".into());
+    }
+    // Only signed deliveries are remembered: an attacker without the
+    // secret cannot fill the set to push real ids out.
+    let delivery = DELIVERY
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()));
+    if let Some(id) = delivery {
+        let mut seen = state.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+        if !seen.first(id) {
+            tracing::info!(delivery = id, "webhook delivery replayed: ignored");
+            return (StatusCode::OK, format!("duplicate delivery {id} ignored"));
+        }
     }
     // Sent once when a hook is created; it has no `ref`.
     let event = ["x-github-event", "x-gitea-event"]

@@ -4,7 +4,9 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -123,7 +125,7 @@ impl GitSource {
             return Ok(Revision(id));
         }
         if self.mirrored {
-            let fetch_err = self.fetch_err();
+            let fetch_err = self.fetch_err(std::time::Instant::now());
             let local = format!(
                 "refs/fermata/{}",
                 refname.strip_prefix("refs/").unwrap_or(refname)
@@ -169,11 +171,15 @@ impl GitSource {
         })
     }
 
-    /// A git error while talking to the remote, as a [`SourceError`].
-    fn fetch_err(&self) -> impl Fn(git2::Error) -> SourceError + Copy + '_ {
-        |source| SourceError::Fetch {
+    /// A git error while talking to the remote (in a call that started at
+    /// `started`), as a [`SourceError`].
+    fn fetch_err(
+        &self,
+        started: std::time::Instant,
+    ) -> impl Fn(git2::Error) -> SourceError + Copy + '_ {
+        move |source| SourceError::Fetch {
             url: self.url.clone(),
-            source,
+            source: remote_error(source, started),
         }
     }
 
@@ -190,7 +196,7 @@ impl GitSource {
     /// means the same in the mirror as in a clone.
     fn adopt_remote_head(&self) -> Result<(), SourceError> {
         let repo = self.repo()?;
-        let fetch_err = self.fetch_err();
+        let fetch_err = self.fetch_err(std::time::Instant::now());
         let mut remote = repo.remote_anonymous(&self.url).map_err(fetch_err)?;
         let conn = remote
             .connect_auth(git2::Direction::Fetch, Some(callbacks()), None)
@@ -207,6 +213,89 @@ impl GitSource {
         }
         Ok(())
     }
+}
+
+/// How long a remote may take to accept a connection, and to say anything
+/// once connected, before a fetch or push fails: every transport (http,
+/// https, git, ssh) of every remote call (the source's fetches, status and
+/// note pushes, plan-note pushes). Without them a server that accepts and
+/// then says nothing hangs the call, and with it the reconciler, forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GitTimeouts {
+    /// TCP connect (`--git-connect-timeout`).
+    pub connect: Duration,
+    /// Any one read or write on the connection, TLS and SSH handshakes
+    /// included (`--git-timeout`): a stall, not a slow transfer.
+    pub read: Duration,
+}
+
+impl GitTimeouts {
+    pub const DEFAULT: GitTimeouts = GitTimeouts {
+        connect: Duration::from_secs(10),
+        read: Duration::from_secs(30),
+    };
+}
+
+impl Default for GitTimeouts {
+    fn default() -> GitTimeouts {
+        GitTimeouts::DEFAULT
+    }
+}
+
+/// The timeouts in force, in milliseconds (connect, read), for messages.
+static CONNECT_MS: AtomicU64 = AtomicU64::new(0);
+static READ_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets libgit2's process-wide server timeouts. Call before any remote
+/// operation starts (libgit2 reads them when it opens a connection; ssh
+/// hands the read timeout to libssh2 for its blocking calls).
+pub fn set_timeouts(t: GitTimeouts) -> Result<(), git2::Error> {
+    let ms = |d: Duration| -> Result<std::ffi::c_int, git2::Error> {
+        std::ffi::c_int::try_from(d.as_millis().max(1))
+            .map_err(|_| git2::Error::from_str("git timeout too long"))
+    };
+    let (connect, read) = (ms(t.connect)?, ms(t.read)?);
+    // SAFETY: libgit2 is initialised by git2 on first use (these functions
+    // do it), and the options are plain ints read when a stream is created;
+    // fermata sets them at start, before any remote call runs.
+    unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(connect)?;
+        git2::opts::set_server_timeout_in_milliseconds(read)?;
+    }
+    CONNECT_MS.store(connect as u64, Ordering::Relaxed);
+    READ_MS.store(read as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A remote call's git error, with the timeout named when it is what ended
+/// the call: libgit2 says "timed out" but not which setting, and through
+/// OpenSSL a read that timed out is only "Resource temporarily unavailable".
+pub(crate) fn remote_error(e: git2::Error, started: std::time::Instant) -> git2::Error {
+    let (connect, read) = (
+        CONNECT_MS.load(Ordering::Relaxed),
+        READ_MS.load(Ordering::Relaxed),
+    );
+    if read == 0 {
+        return e;
+    }
+    let msg = e.message();
+    let lower = msg.to_ascii_lowercase();
+    let said = e.code() == git2::ErrorCode::Timeout || lower.contains("timed out");
+    let tls_stall = lower.contains("temporarily unavailable")
+        && started.elapsed() >= Duration::from_millis(read.min(connect));
+    if !said && !tls_stall {
+        return e;
+    }
+    let human = |ms: u64| humantime::format_duration(Duration::from_millis(ms)).to_string();
+    let which = if lower.contains("connect") {
+        format!(
+            "no connection within --git-connect-timeout {}",
+            human(connect)
+        )
+    } else {
+        format!("the server said nothing for --git-timeout {}", human(read))
+    };
+    git2::Error::new(e.code(), e.class(), format!("{msg} ({which})"))
 }
 
 /// The file of a git directory that [`writer_lock`] locks.
@@ -317,7 +406,7 @@ impl Source for GitSource {
             return Ok(());
         }
         let repo = self.repo()?;
-        let fetch_err = self.fetch_err();
+        let fetch_err = self.fetch_err(std::time::Instant::now());
         let mut remote = repo.remote_anonymous(&self.url).map_err(fetch_err)?;
         // Most polls find nothing new: compare the advertised refs with ours
         // first and stop there, as `git fetch` does, without a negotiation.

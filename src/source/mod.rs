@@ -10,8 +10,8 @@ mod trust;
 
 use std::fmt;
 
-pub use git::GitSource;
-pub(crate) use git::{callbacks, writer_lock};
+pub(crate) use git::{callbacks, remote_error, writer_lock};
+pub use git::{set_timeouts, GitSource, GitTimeouts};
 pub use snapshot::{split, Entry, PathError, Snapshot, MAX_FILE_SIZE};
 pub use trust::{
     parse_allowed_signers, AllowedSigner, Keyring, SignaturePolicy, Signer, SignerSeen, TrustError,

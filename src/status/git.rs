@@ -39,7 +39,36 @@ pub const PLAN_NOTES_REF: &str = "refs/notes/fermata-plan";
 /// How many times a publish is rebuilt on a moved remote tip before giving up.
 /// Each retry fetches first, so only a remote moving on every attempt (or a
 /// hook rejecting us) exhausts it; the next pass tries again.
-const MAX_ATTEMPTS: usize = 5;
+const MAX_ATTEMPTS: usize = 12;
+
+/// Retries stop after this long even with attempts left: a pass must end.
+const MAX_RETRY_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The first retry waits up to this long (full jitter), each later one up
+/// to twice as long as the one before, up to [`MAX_BACKOFF`]: writers that
+/// lost a race together do not all come back at once.
+const BASE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A random wait in `0..=min(MAX_BACKOFF, BASE_BACKOFF * 2^(attempt-1))`
+/// ("full jitter") before retry number `attempt`.
+fn retry_delay(attempt: usize) -> std::time::Duration {
+    let shift = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(16);
+    let cap = BASE_BACKOFF.saturating_mul(1 << shift).min(MAX_BACKOFF);
+    std::time::Duration::from_millis(rand::random_range(0..=cap.as_millis() as u64))
+}
+
+/// One ref a push moves on the remote: from `old`, the value the new one
+/// was built on (`None`: the ref must not exist yet), to `new`. The remote
+/// ref is updated only if it still holds `old`, whatever the transport.
+#[derive(Debug, Clone)]
+struct RefUpdate {
+    name: String,
+    old: Option<Oid>,
+    new: Oid,
+}
 
 /// Author and committer of status commits and notes. Always `fermata`, never
 /// the repository's `user.name`: the commits are the reconciler's report, and
@@ -158,7 +187,8 @@ impl Plan {
 
 enum Pushed {
     Done,
-    Rejected(String),
+    /// Why, and the refs that did move (a branch whose note then lost a race).
+    Rejected(String, Vec<String>),
 }
 
 /// A status branch as the user gives it: a short name (`fermata/status`) or
@@ -218,7 +248,17 @@ impl StatusRepo {
         let mut reason = String::new();
         let started = std::time::Instant::now();
         let mut writing = None;
+        let mut attempts = 0;
+        // Our commit, once the remote's branch holds it.
+        let mut landed = None;
         for attempt in 1..=MAX_ATTEMPTS {
+            if attempt > 1 {
+                if started.elapsed() >= MAX_RETRY_TIME {
+                    break;
+                }
+                std::thread::sleep(retry_delay(attempt - 1));
+            }
+            attempts = attempt;
             let before = (self.tip_id(&repo)?, ref_id(&repo, NOTES_REF));
             let tip = match before.0 {
                 Some(id) => Some(repo.find_commit(id).map_err(self.git("read tip"))?),
@@ -271,11 +311,31 @@ impl StatusRepo {
                 "status committed"
             );
             let Some(url) = &self.remote else {
-                return Ok(commit);
+                return Ok(commit.or(landed));
             };
-            match self.push(&repo, url) {
-                Ok(Pushed::Done) => return Ok(commit),
-                Ok(Pushed::Rejected(why)) => {
+            let mut updates = Vec::new();
+            if let Some(id) = commit {
+                updates.push(RefUpdate {
+                    name: self.branch_ref(),
+                    old: before.0,
+                    new: id,
+                });
+            }
+            match ref_id(&repo, NOTES_REF) {
+                Some(id) if Some(id) != before.1 => updates.push(RefUpdate {
+                    name: NOTES_REF.to_string(),
+                    old: before.1,
+                    new: id,
+                }),
+                _ => {}
+            }
+            match self.push(&repo, url, &updates) {
+                Ok(Pushed::Done) => return Ok(commit.or(landed)),
+                Ok(Pushed::Rejected(why, moved)) => {
+                    if moved.contains(&self.branch_ref()) {
+                        // Our commit is on the remote; only the note is due.
+                        landed = commit;
+                    }
                     tracing::info!(branch = %self.branch, attempt, %why, "status push rejected; rebuilding on the remote tip");
                     reason = why;
                     // The fetch replaces our unpushed commit and note with the
@@ -297,7 +357,7 @@ impl StatusRepo {
         Err(StatusError::Rejected {
             branch: self.branch.clone(),
             target,
-            attempts: MAX_ATTEMPTS,
+            attempts,
             reason,
         })
     }
@@ -692,62 +752,150 @@ impl StatusRepo {
         Ok(())
     }
 
-    /// Pushes the branch and the notes, without force: a remote that moved
-    /// comes back as [`Pushed::Rejected`], detected either before sending
-    /// (libgit2 checks fast-forward itself) or from the server's report.
-    fn push(&self, repo: &Repository, url: &str) -> Result<Pushed, StatusError> {
-        let branch = self.branch_ref();
-        let mut specs = vec![format!("{branch}:{branch}")];
-        if ref_id(repo, NOTES_REF).is_some() {
-            specs.push(format!("{NOTES_REF}:{NOTES_REF}"));
-        }
-        self.push_specs(repo, url, &specs)
-    }
-
-    fn push_specs(
+    /// Moves `updates` on the remote, each only if it still holds the value
+    /// our commit was built on (compare-and-swap): a remote that moved comes
+    /// back as [`Pushed::Rejected`] and is rebuilt on, never overwritten.
+    fn push(
         &self,
         repo: &Repository,
         url: &str,
-        specs: &[String],
+        updates: &[RefUpdate],
     ) -> Result<Pushed, StatusError> {
+        if updates.is_empty() {
+            return Ok(Pushed::Done);
+        }
+        match local_path(url) {
+            Some(path) => self.push_local(repo, url, &path, updates),
+            None => self.push_remote(repo, url, updates),
+        }
+    }
+
+    /// A push that failed on a missing object, from a repository whose
+    /// history is cut (a shallow clone): said as such, not `object not found`.
+    fn shallow(&self, repo: &Repository, url: &str, e: &git2::Error) -> Option<StatusError> {
+        if e.code() != ErrorCode::NotFound {
+            return None;
+        }
+        let (commit, parent) = cut_history(repo)?;
+        Some(StatusError::Shallow {
+            branch: self.branch.clone(),
+            url: url.to_string(),
+            commit: commit.to_string(),
+            parent: parent.to_string(),
+        })
+    }
+
+    /// libgit2's local transport moves the remote's refs without checking
+    /// what they hold (two writers built on one tip both "succeed", one
+    /// commit left dangling), so a `file://` remote is written directly:
+    /// the objects first, then each ref under git's own ref lock, only if it
+    /// still holds the old value.
+    fn push_local(
+        &self,
+        repo: &Repository,
+        url: &str,
+        path: &Path,
+        updates: &[RefUpdate],
+    ) -> Result<Pushed, StatusError> {
+        let remote = Repository::open(path).map_err(self.git(format!("push to {url}")))?;
+        for u in updates {
+            copy_objects(repo, &remote, u.new).map_err(|e| {
+                self.shallow(repo, url, &e).unwrap_or_else(|| {
+                    self.git(format!("push to {url}: copy objects of {}", u.name))(e)
+                })
+            })?;
+        }
+        let mut moved = Vec::new();
+        for u in updates {
+            let old = u.old.unwrap_or(Oid::ZERO_SHA1);
+            match remote.reference_matching(&u.name, u.new, true, old, "fermata: status") {
+                Ok(_) => moved.push(u.name.clone()),
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        ErrorCode::Modified
+                            | ErrorCode::Exists
+                            | ErrorCode::NotFound
+                            | ErrorCode::Locked
+                    ) =>
+                {
+                    let why = format!("{}: {}", u.name, e.message());
+                    return Ok(Pushed::Rejected(why, moved));
+                }
+                Err(e) => return Err(self.git(format!("push to {url}: update {}", u.name))(e)),
+            }
+        }
+        Ok(Pushed::Done)
+    }
+
+    /// Over the network the server compares and swaps each ref against the
+    /// value it advertised; the negotiation callback makes that value the
+    /// one our commit was built on, else the push is rejected before it is
+    /// sent. Rejections come back either from libgit2's own fast-forward
+    /// check, from that callback, or from the server's report.
+    fn push_remote(
+        &self,
+        repo: &Repository,
+        url: &str,
+        updates: &[RefUpdate],
+    ) -> Result<Pushed, StatusError> {
+        let started = std::time::Instant::now();
         let mut remote = repo
             .remote_anonymous(url)
             .map_err(self.git(format!("remote {url}")))?;
         let rejected = Rc::new(RefCell::new(Vec::<String>::new()));
+        let updated = Rc::new(RefCell::new(Vec::<String>::new()));
         let mut cb = crate::source::callbacks();
-        let sink = Rc::clone(&rejected);
+        let (sink, done) = (Rc::clone(&rejected), Rc::clone(&updated));
         cb.push_update_reference(move |name, status| {
-            if let Some(why) = status {
-                sink.borrow_mut().push(format!("{name}: {why}"));
+            match status {
+                Some(why) => sink.borrow_mut().push(format!("{name}: {why}")),
+                None => done.borrow_mut().push(name.to_string()),
             }
             Ok(())
         });
+        let expected: HashMap<String, Oid> = updates
+            .iter()
+            .map(|u| (u.name.clone(), u.old.unwrap_or(Oid::ZERO_SHA1)))
+            .collect();
+        let moved = Rc::new(RefCell::new(Vec::<String>::new()));
+        let sink = Rc::clone(&moved);
+        cb.push_negotiation(move |proposed| {
+            for p in proposed {
+                let name = p.dst_refname().unwrap_or_default();
+                if expected.get(name).is_some_and(|old| *old != p.src()) {
+                    sink.borrow_mut()
+                        .push(format!("{name}: moved on the remote to {}", p.src()));
+                }
+            }
+            if sink.borrow().is_empty() {
+                Ok(())
+            } else {
+                Err(git2::Error::from_str("the remote moved"))
+            }
+        });
         let mut opts = PushOptions::new();
         opts.remote_callbacks(cb);
-        match remote.push(specs, Some(&mut opts)) {
+        let specs: Vec<String> = updates.iter().map(|u| format!("{0}:{0}", u.name)).collect();
+        match remote.push(&specs, Some(&mut opts)) {
             Ok(()) => {}
+            Err(_) if !moved.borrow().is_empty() => {
+                return Ok(Pushed::Rejected(moved.borrow().join("; "), Vec::new()))
+            }
             Err(e) if e.code() == ErrorCode::NotFastForward => {
-                return Ok(Pushed::Rejected(e.message().to_string()))
+                return Ok(Pushed::Rejected(e.message().to_string(), Vec::new()))
             }
             Err(e) => {
-                if e.code() == ErrorCode::NotFound {
-                    if let Some((commit, parent)) = cut_history(repo) {
-                        return Err(StatusError::Shallow {
-                            branch: self.branch.clone(),
-                            url: url.to_string(),
-                            commit: commit.to_string(),
-                            parent: parent.to_string(),
-                        });
-                    }
-                }
-                return Err(self.git(format!("push to {url}"))(e));
+                return Err(self.shallow(repo, url, &e).unwrap_or_else(|| {
+                    self.git(format!("push to {url}"))(crate::source::remote_error(e, started))
+                }))
             }
         }
         let rejected = rejected.borrow();
         if rejected.is_empty() {
             Ok(Pushed::Done)
         } else {
-            Ok(Pushed::Rejected(rejected.join("; ")))
+            Ok(Pushed::Rejected(rejected.join("; "), updated.take()))
         }
     }
 
@@ -765,7 +913,16 @@ impl StatusRepo {
         let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL).map_err(self.git("signature"))?;
         let mut reason = String::new();
         let mut writing = None;
+        let started = std::time::Instant::now();
+        let mut attempts = 0;
         for attempt in 1..=MAX_ATTEMPTS {
+            if attempt > 1 {
+                if started.elapsed() >= MAX_RETRY_TIME {
+                    break;
+                }
+                std::thread::sleep(retry_delay(attempt - 1));
+            }
+            attempts = attempt;
             let before = ref_id(&repo, PLAN_NOTES_REF);
             let old = match repo.find_note(Some(PLAN_NOTES_REF), commit) {
                 Ok(n) => Some(String::from_utf8_lossy(n.message_bytes()).into_owned()),
@@ -784,10 +941,18 @@ impl StatusRepo {
             let Some(url) = &self.remote else {
                 return Ok(true);
             };
-            let spec = format!("{PLAN_NOTES_REF}:{PLAN_NOTES_REF}");
-            match self.push_specs(&repo, url, &[spec]) {
+            let update = RefUpdate {
+                name: PLAN_NOTES_REF.to_string(),
+                old: before,
+                new: ref_id(&repo, PLAN_NOTES_REF).ok_or_else(|| {
+                    self.git(format!("read {PLAN_NOTES_REF}"))(git2::Error::from_str(
+                        "the note just written is gone",
+                    ))
+                })?,
+            };
+            match self.push(&repo, url, &[update]) {
                 Ok(Pushed::Done) => return Ok(true),
-                Ok(Pushed::Rejected(why)) => {
+                Ok(Pushed::Rejected(why, _)) => {
                     reason = why;
                     self.fetch_specs(&repo, url, &[format!("+{PLAN_NOTES_REF}:{PLAN_NOTES_REF}")])?;
                 }
@@ -807,7 +972,7 @@ impl StatusRepo {
         Err(StatusError::Rejected {
             branch: PLAN_NOTES_REF.to_string(),
             target: self.remote.clone().unwrap_or_default(),
-            attempts: MAX_ATTEMPTS,
+            attempts,
             reason,
         })
     }
@@ -835,10 +1000,16 @@ impl StatusRepo {
             .remote_anonymous(url)
             .map_err(self.git(format!("remote {url}")))?;
         let mut opts = FetchOptions::new();
+        // Pruned: a ref the remote does not have (yet) must not stay here
+        // either, or an unpushed note of a rejected attempt would pass for
+        // the remote's.
         opts.remote_callbacks(crate::source::callbacks())
+            .prune(git2::FetchPrune::On)
             .download_tags(AutotagOption::None);
+        let started = std::time::Instant::now();
         remote
             .fetch(specs, Some(&mut opts), None)
+            .map_err(|e| crate::source::remote_error(e, started))
             .map_err(self.git(format!("fetch from {url}")))
     }
 
@@ -893,6 +1064,77 @@ fn cut_history(repo: &Repository) -> Option<(Oid, Oid)> {
         }
     }
     None
+}
+
+/// The repository a `file://` URL (or a plain path) names, as libgit2's
+/// local transport reads it: `file://[localhost]/path`, percent-decoded.
+fn local_path(url: &str) -> Option<PathBuf> {
+    let Some(rest) = url.strip_prefix("file://") else {
+        let path = Path::new(url);
+        return (!url.contains("://") && path.exists()).then(|| path.to_path_buf());
+    };
+    let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+    let bytes = rest.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
+}
+
+/// Writes into `to` every object reachable from `tip` that it lacks, in
+/// post-order (an object after everything it points to), so an interrupted
+/// copy never leaves an object whose children are missing. The walk stops at
+/// objects `to` already has, trusting them to be complete, as git does.
+fn copy_objects(from: &Repository, to: &Repository, tip: Oid) -> Result<(), git2::Error> {
+    let (src, dst) = (from.odb()?, to.odb()?);
+    let mut seen = std::collections::HashSet::new();
+    // (object, whether its children are already pushed)
+    let mut stack = vec![(tip, false)];
+    while let Some((id, expanded)) = stack.pop() {
+        if expanded {
+            let obj = src.read(id)?;
+            dst.write(obj.kind(), obj.data())?;
+            continue;
+        }
+        if !seen.insert(id) || dst.exists(id) {
+            continue;
+        }
+        stack.push((id, true));
+        match src.read_header(id)?.1 {
+            ObjectType::Commit => {
+                let c = from.find_commit(id)?;
+                stack.push((c.tree_id(), false));
+                stack.extend(c.parent_ids().map(|p| (p, false)));
+            }
+            ObjectType::Tree => {
+                let t = from.find_tree(id)?;
+                // Gitlinks (submodule commits) are not in this repository.
+                stack.extend(
+                    t.iter()
+                        .filter(|e| e.kind() != Some(ObjectType::Commit))
+                        .map(|e| (e.id(), false)),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn ref_id(repo: &Repository, name: &str) -> Option<Oid> {
@@ -1051,6 +1293,42 @@ mod tests {
         let again = merge_note(Some(&all), None, "main@1234567: 3 installed");
         assert!(again.starts_with("main@1234567: 3 installed\nsite-a"));
         assert_eq!(again.lines().count(), 3);
+    }
+
+    #[test]
+    fn file_urls_name_local_paths() {
+        assert_eq!(
+            local_path("file:///srv/git/fleet.git"),
+            Some(PathBuf::from("/srv/git/fleet.git"))
+        );
+        assert_eq!(
+            local_path("file://localhost/srv/my%20fleet.git"),
+            Some(PathBuf::from("/srv/my fleet.git"))
+        );
+        assert_eq!(local_path("file:///a%2"), Some(PathBuf::from("/a%2")));
+        assert_eq!(local_path("https://git.example.com/fleet.git"), None);
+        assert_eq!(local_path("git@git.example.com:fleet.git"), None);
+    }
+
+    #[test]
+    fn retries_wait_a_random_time_under_a_doubling_cap() {
+        for (attempt, cap) in [
+            (1, 50),
+            (2, 100),
+            (3, 200),
+            (6, 1600),
+            (7, 2000),
+            (40, 2000),
+        ] {
+            let waits: Vec<_> = (0..200).map(|_| retry_delay(attempt)).collect();
+            assert!(
+                waits.iter().all(|w| w.as_millis() <= cap),
+                "attempt {attempt}: {waits:?}"
+            );
+            // Spread over the range, not all at once.
+            let distinct: BTreeSet<_> = waits.iter().collect();
+            assert!(distinct.len() > 10, "attempt {attempt}: {distinct:?}");
+        }
     }
 
     #[test]
