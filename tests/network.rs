@@ -336,27 +336,7 @@ fn the_daemon_keeps_passing_against_a_stalled_remote_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let (_bare, work) = fleet(dir.path());
     let port = free_port();
-    let daemon = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--enable=receive-pack",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", dir.path().display()))
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("git daemon");
-    let _daemon = Running(daemon);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "git daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _daemon = util::GitDaemon::start(dir.path(), port, true);
     let proxy = Stall::new(Some(([127, 0, 0, 1], port).into()));
     let url = format!("git://{}/fleet.git", proxy.addr);
 

@@ -15,16 +15,6 @@ use util::{git, TestRepo};
 const SITES: usize = 7;
 const ROUNDS: usize = 3;
 
-/// Kills the process when the test ends, however it ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn concurrent_sites_lose_no_status_on_a_file_origin() {
     race(|origin| (format!("file://{}", origin.display()), None));
@@ -39,37 +29,14 @@ fn concurrent_sites_lose_no_status_over_git_daemon() {
             .unwrap()
             .port();
         let base = origin.parent().unwrap();
-        let daemon = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--enable=receive-pack",
-                "--listen=127.0.0.1",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("git daemon");
-        let daemon = Running(daemon);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "git daemon did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let daemon = util::GitDaemon::start(base, port, true);
         (format!("git://127.0.0.1:{port}/origin.git"), Some(daemon))
     });
 }
 
 /// `SITES` processes per round, `ROUNDS` rounds, publishing to one origin
 /// reached through the URL `serve` gives for it (and whatever keeps it served).
-fn race(serve: impl FnOnce(&std::path::Path) -> (String, Option<Running>)) {
+fn race(serve: impl FnOnce(&std::path::Path) -> (String, Option<util::GitDaemon>)) {
     let work = TestRepo::new();
     util::minimal(&work);
     work.commit("v1");

@@ -95,28 +95,8 @@ fn sighup_fetches_at_once_over_git_daemon() {
         .local_addr()
         .unwrap()
         .port();
-    let daemon = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", dir.path().display()))
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("git daemon");
-    let _daemon = Running(daemon);
+    let _daemon = util::GitDaemon::start(dir.path(), port, false);
     let url = format!("git://127.0.0.1:{port}/r.git");
-    // Wait for the daemon to listen.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "git daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let state = tempfile::tempdir().unwrap();
     let run = spawn_run(&url, state.path());
     let manifest = state

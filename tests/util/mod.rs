@@ -228,3 +228,51 @@ pub fn minimal(repo: &TestRepo) -> &TestRepo {
         .write("synth/manifests/cm.yaml", MANIFEST)
         .write("symphony.yaml", SYMPHONY)
 }
+
+/// `git daemon` serving the repositories under `base` on 127.0.0.1:`port`
+/// (pushes too with `receive_pack`), stopped when dropped. The daemon
+/// binary is started itself, not through `git daemon`: killing the `git`
+/// wrapper would leave the daemon running after the test.
+pub struct GitDaemon(std::process::Child);
+
+impl GitDaemon {
+    pub fn start(base: &Path, port: u16, receive_pack: bool) -> GitDaemon {
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git --exec-path");
+        let exec_path = String::from_utf8_lossy(&exec_path.stdout)
+            .trim()
+            .to_string();
+        let mut cmd = Command::new(Path::new(&exec_path).join("git-daemon"));
+        cmd.args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"]);
+        if receive_pack {
+            cmd.arg("--enable=receive-pack");
+        }
+        let child = cmd
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        let daemon = GitDaemon(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        daemon
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
