@@ -431,12 +431,6 @@ fn readyz_fails_while_the_loop_is_blocked_and_recovers_after() {
     let state = tempfile::tempdir().unwrap();
     let log = state.path().join("stderr.log");
     let block = dir.path().join("block");
-    // A target write waits while `block` exists: the pass is stuck there,
-    // not in a fetch, so no git timeout can end it.
-    let hook = format!(
-        "n=0; while [ -e '{}' ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done",
-        block.display()
-    );
     let addr = format!("127.0.0.1:{}", free_port());
     let _run = spawn_daemon(
         &[
@@ -452,15 +446,31 @@ fn readyz_fails_while_the_loop_is_blocked_and_recovers_after() {
             "2s",
         ],
         state.path(),
-        &[("FERMATA_TEST_WRITE_HOOK", &hook)],
+        &[],
     );
     wait_status(&addr, "/readyz", 200, Duration::from_secs(30), &log);
     // Asleep for its hour-long interval, longer than --ready-stale: not stuck.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(http_get(&addr, "/readyz").unwrap().0, 200);
-    // A push starts a pass that blocks.
+    // A push starts a pass that blocks in a render (a command that waits
+    // while `block` exists): not in a fetch, so no git timeout can end it.
     std::fs::write(&block, "").unwrap();
-    push_v2(&work);
+    work.write(
+        "synth/app.yaml",
+        "apiVersion: fermata.dev/v1alpha1\nkind: Synthesizer\nmetadata: {name: app}\nspec:\n  command: [./render.sh]\n  timeout: 120s\n",
+    );
+    let script = work.path().join("synth/render.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\nn=0; while [ -e '{}' ] && [ $n -lt 900 ]; do sleep 0.1; n=$((n+1)); done\nprintf 'apiVersion: config.kubernetes.io/v1\\nkind: ResourceList\\nitems:\\n  - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: app, namespace: default}}, data: {{tag: v2}}}}\\n'\n",
+            block.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    work.commit("a render that blocks");
+    work.git(&["push", "-q", "origin", "main"]);
     let body = wait_status(&addr, "/readyz", 503, Duration::from_secs(30), &log);
     assert!(body.contains("no pass completed for"), "{body}");
     assert_eq!(

@@ -729,7 +729,12 @@ fn a_status_branch_given_as_a_full_ref_name_is_that_branch() {
 }
 
 #[test]
-fn pushing_status_to_a_shallow_clone_says_why_it_fails() {
+fn pushing_status_to_a_shallow_clone_works() {
+    // libgit2's local push used to walk the remote's cut history and fail
+    // with "object not found". A file:// remote is now written directly
+    // (objects, then the ref by compare-and-swap), which needs no history
+    // of the source commits: status lands. (libgit2 cannot fetch from a
+    // shallow clone over git:// at all; that fails at the fetch, named.)
     let repo = TestRepo::new();
     util::minimal(&repo);
     repo.commit("one");
@@ -753,19 +758,7 @@ fn pushing_status_to_a_shallow_clone_says_why_it_fails() {
     let site = Site::new();
     let url = format!("file://{}", shallow.display());
     let run = site.fermata(&["run", "--once", "--repo", &url, "--branch", "main"], OPEN);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("error: status could not be written"),
-        "{run:?}"
-    );
-    assert!(
-        run.stderr
-            .contains("is a shallow clone: its history stops at commit"),
-        "{run:?}"
-    );
-    assert!(
-        run.stderr
-            .contains("status can only be pushed to a complete clone"),
-        "{run:?}"
-    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let st = util::git(&shallow, &["show", "fermata/status:main/shop/app.yaml"]);
+    assert!(st.contains("state: installed"), "{st}");
 }
