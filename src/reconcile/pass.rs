@@ -474,6 +474,14 @@ impl Reconciler {
             ..BranchReport::default()
         };
         let now = self.clock.now();
+        let started = std::time::Instant::now();
+        let lap = |step: &str| {
+            tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                step,
+                "pass step done"
+            )
+        };
         let Some(rev) = self.resolve(branch, &mut report).await else {
             return report;
         };
@@ -491,12 +499,16 @@ impl Reconciler {
         let Some(mut pass) = self.load(branch, rev, now, &mut report).await else {
             return report;
         };
+        lap("load");
         let fetched = self.fetch_artifacts(&pass).await;
+        lap("artifacts");
         let mut work = self.desire(&pass).await;
+        lap("desire");
         // Phase 1 of the annotation protocol: prunes, before any set.
         let holds = self.prune_phase(&mut work, &pass.fleet, &mut report).await;
         self.roll_out(&pass, &mut work, &holds, &fetched, &mut report)
             .await;
+        lap("roll out");
         let compositions_done = work
             .iter()
             .all(|w| w.error.is_none() && (w.ready() || w.waiting == Some(Reason::GatePresent)));
@@ -515,7 +527,9 @@ impl Reconciler {
         .await;
         self.symphony_readiness(&pass.fleet, &mut statuses, &mut report);
         self.stamp_all(branch, &mut statuses, now);
+        lap("statuses");
         self.report_status(&pass, statuses, &mut report).await;
+        lap("status written");
         let settled = plan::settled(&plan::BranchFacts {
             compositions_done,
             removing: report.rows.iter().any(|r| r.state == State::Removing),

@@ -1102,6 +1102,55 @@ fn local_path(url: &str) -> Option<PathBuf> {
 /// copy never leaves an object whose children are missing. The walk stops at
 /// objects `to` already has, trusting them to be complete, as git does.
 fn copy_objects(from: &Repository, to: &Repository, tip: Oid) -> Result<(), git2::Error> {
+    match copy_as_pack(from, to, tip) {
+        Ok(()) => Ok(()),
+        // A history the walk cannot follow (a shallow remote): one by one.
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send a pack; copying objects one by one");
+            copy_loose(from, to, tip)
+        }
+    }
+}
+
+/// What the remote lacks of `tip`'s history, as one pack, the way a push
+/// sends it: a status commit of 10,000 files is one file written into the
+/// remote, not 10,000 loose objects (measured: the loose copy doubled a cold
+/// pass of fermata-bench).
+fn copy_as_pack(from: &Repository, to: &Repository, tip: Oid) -> Result<(), git2::Error> {
+    use std::io::Write;
+    let mut walk = from.revwalk()?;
+    walk.push(tip)?;
+    let local = from.odb()?;
+    for r in to.references()?.flatten() {
+        if let Some(id) = r.target().filter(|id| local.exists(*id)) {
+            if from.find_commit(id).is_ok() {
+                walk.hide(id)?;
+            }
+        }
+    }
+    let mut pack = from.packbuilder()?;
+    pack.insert_walk(&mut walk)?;
+    if pack.object_count() == 0 {
+        return Ok(());
+    }
+    let odb = to.odb()?;
+    let mut writer = odb.packwriter()?;
+    let mut failed = None;
+    pack.foreach(|chunk| match writer.write_all(chunk) {
+        Ok(()) => true,
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(git2::Error::from_str(&format!("writing the pack: {e}")));
+    }
+    writer.commit()?;
+    Ok(())
+}
+
+fn copy_loose(from: &Repository, to: &Repository, tip: Oid) -> Result<(), git2::Error> {
     let (src, dst) = (from.odb()?, to.odb()?);
     let mut seen = std::collections::HashSet::new();
     // (object, whether its children are already pushed)
