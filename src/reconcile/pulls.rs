@@ -18,8 +18,9 @@ use super::pass::Reconciler;
 use crate::forge::{CommitState, CommitStatus, Forge, PrState, PullRequest};
 use crate::report::markdown::{self, PlanHeader};
 use crate::report::BranchReport;
-use crate::source::{Revision, Source};
+use crate::source::{GitSource, Revision, Source};
 use crate::status::State;
+use crate::status::StatusRepo;
 
 /// What `fermata run` was told about pull requests and plans.
 #[derive(Debug, Clone, Default)]
@@ -130,6 +131,22 @@ pub fn commit_status(report: &BranchReport, context: &str) -> Option<(String, Co
     ))
 }
 
+/// What reporting back needs of the reconciler: a plan of a head against
+/// what a watched branch has applied, as a dry run that writes nothing.
+#[async_trait::async_trait(?Send)]
+pub trait Planner {
+    async fn plan(&self, base: &str, head: Revision, allow_commands: bool) -> BranchReport;
+}
+
+#[async_trait::async_trait(?Send)]
+impl Planner for Reconciler {
+    async fn plan(&self, base: &str, head: Revision, allow_commands: bool) -> BranchReport {
+        self.planner(&head.to_string(), allow_commands)
+            .plan_branch(base)
+            .await
+    }
+}
+
 impl Reconciler {
     /// After the branch passes: statuses, pull request plans, plan notes.
     /// Failures are logged and retried next pass; they never fail the pass.
@@ -141,12 +158,52 @@ impl Reconciler {
         if self.may_write().is_err() {
             return false;
         }
-        let before = self.persisted.pulls.clone();
-        self.report_to(&pulls, reports).await;
-        self.persisted.pulls != before
+        // The memory is taken out while the reconciler plans for it.
+        let mut state = std::mem::take(&mut self.persisted.pulls);
+        let before = state.clone();
+        Reporter {
+            settings: &pulls,
+            state: &mut state,
+            planner: &*self,
+            source: self.source.clone(),
+            status: self.status_repo(),
+            branches: &self.settings.branches,
+            status_branch: &self.settings.status_branch,
+            site: self
+                .settings
+                .site
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            now: self.clock.now(),
+        }
+        .report(reports)
+        .await;
+        let changed = state != before;
+        self.persisted.pulls = state;
+        changed
     }
+}
 
-    async fn report_to(&mut self, pulls: &PullSettings, reports: &[BranchReport]) {
+/// Reporting back for one pass: what it needs, borrowed; what it
+/// remembers ([`PullState`]) lent to it. It knows the reconciler only as a
+/// [`Planner`].
+pub struct Reporter<'a> {
+    pub settings: &'a PullSettings,
+    pub state: &'a mut PullState,
+    pub planner: &'a dyn Planner,
+    pub source: Arc<GitSource>,
+    pub status: StatusRepo,
+    pub branches: &'a [String],
+    pub status_branch: &'a str,
+    /// This site's name in markers and status contexts.
+    pub site: String,
+    pub now: DateTime<Utc>,
+}
+
+impl Reporter<'_> {
+    /// Statuses, pull request plans, plan notes for this pass's reports.
+    pub async fn report(&mut self, reports: &[BranchReport]) {
+        let pulls = self.settings;
         let context = context(&self.site_name());
         if let Some(forge) = &pulls.forge {
             for report in reports {
@@ -158,8 +215,8 @@ impl Reconciler {
             // The numbers of every open pull request, when every list worked:
             // those need no question whether they were merged.
             let mut open = Some(std::collections::HashSet::new());
-            for base in self.settings.branches.clone() {
-                match self.plan_pulls(forge.as_ref(), pulls, &base).await {
+            for base in self.branches {
+                match self.plan_pulls(forge.as_ref(), pulls, base).await {
                     Ok(numbers) => {
                         if let Some(open) = open.as_mut() {
                             open.extend(numbers);
@@ -185,16 +242,13 @@ impl Reconciler {
             state: status.state,
             description: status.description.clone(),
         };
-        if self.persisted.pulls.statuses.get(key) == Some(&posted) {
+        if self.state.statuses.get(key) == Some(&posted) {
             return;
         }
         match forge.set_status(sha, &status).await {
             Ok(()) => {
                 tracing::info!(commit = %sha, state = ?status.state, context = %status.context, "commit status posted");
-                self.persisted
-                    .pulls
-                    .statuses
-                    .insert(key.to_string(), posted);
+                self.state.statuses.insert(key.to_string(), posted);
             }
             // Not remembered: the next pass posts it again.
             Err(e) => tracing::warn!(commit = %sha, error = %e, "cannot post commit status"),
@@ -213,8 +267,7 @@ impl Reconciler {
         let numbers = open.iter().map(|pr| pr.number).collect();
         for pr in open {
             let fresh = self
-                .persisted
-                .pulls
+                .state
                 .plans
                 .get(&pr.number)
                 .is_some_and(|t| t.head_sha == pr.head_sha && t.merged.is_none());
@@ -258,7 +311,7 @@ impl Reconciler {
             .filter_map(|w| report.window_info.get(w))
             .map(|w| w.zone.clone())
             .next();
-        self.persisted.pulls.plans.insert(
+        self.state.plans.insert(
             pr.number,
             TrackedPull {
                 base: base.to_string(),
@@ -302,10 +355,10 @@ impl Reconciler {
         reports: &[BranchReport],
         open: Option<&std::collections::HashSet<u64>>,
     ) {
-        let numbers: Vec<u64> = self.persisted.pulls.plans.keys().copied().collect();
-        let now = self.clock.now();
+        let numbers: Vec<u64> = self.state.plans.keys().copied().collect();
+        let now = self.now;
         for number in numbers {
-            let Some(tracked) = self.persisted.pulls.plans.get(&number).cloned() else {
+            let Some(tracked) = self.state.plans.get(&number).cloned() else {
                 continue;
             };
             if tracked.merged.is_none() {
@@ -322,18 +375,18 @@ impl Reconciler {
                 match pr.state {
                     PrState::Open => continue,
                     PrState::Closed => {
-                        self.persisted.pulls.plans.remove(&number);
+                        self.state.plans.remove(&number);
                         continue;
                     }
                     PrState::Merged { merge_commit } => {
                         let merged = merge_commit.unwrap_or(pr.head_sha);
-                        if let Some(t) = self.persisted.pulls.plans.get_mut(&number) {
+                        if let Some(t) = self.state.plans.get_mut(&number) {
                             t.merged = Some(merged);
                         }
                     }
                 }
             }
-            let Some(tracked) = self.persisted.pulls.plans.get(&number).cloned() else {
+            let Some(tracked) = self.state.plans.get(&number).cloned() else {
                 continue;
             };
             let Some(result) = self.landed(&tracked, reports, now) else {
@@ -346,7 +399,7 @@ impl Reconciler {
             match forge.upsert_comment(number, &marker, &body).await {
                 Ok(_) => {
                     tracing::info!(pr = number, %result, "plan comment updated after merge");
-                    self.persisted.pulls.plans.remove(&number);
+                    self.state.plans.remove(&number);
                 }
                 Err(e) => tracing::warn!(pr = number, error = %e, "cannot update plan comment"),
             }
@@ -392,10 +445,7 @@ impl Reconciler {
 
     /// This site's name in markers and status contexts (`default` without `--site`).
     fn site_name(&self) -> String {
-        self.settings
-            .site
-            .clone()
-            .unwrap_or_else(|| "default".into())
+        self.site.clone()
     }
 
     /// Plans `head` against what `base` has applied: the report, its
@@ -408,7 +458,7 @@ impl Reconciler {
     ) -> (BranchReport, String, bool) {
         let allow = pulls.trust_pr_commands || self.on_watched_branch(head);
         let hex = head.to_string();
-        let report = self.planner(&hex, allow).plan_branch(base).await;
+        let report = self.planner.plan(base, head, allow).await;
         let site = self.site_name();
         let blocked = !allow && blocked_commands(&report);
         let header = PlanHeader {
@@ -425,7 +475,7 @@ impl Reconciler {
     /// Whether `rev` is on a watched branch (merged there by someone): its
     /// `command:` synthesizers run there anyway.
     fn on_watched_branch(&self, rev: Revision) -> bool {
-        self.settings.branches.iter().any(|b| {
+        self.branches.iter().any(|b| {
             self.source
                 .resolve(&format!("refs/heads/{b}"))
                 .is_ok_and(|head| self.source.is_descendant(head, rev))
@@ -441,24 +491,24 @@ impl Reconciler {
                 return;
             }
         };
-        let Some(base) = self.settings.branches.first().cloned() else {
+        let Some(base) = self.branches.first().cloned() else {
             return;
         };
         let marker = markdown::marker(&self.site_name());
         for (branch, head) in &branches {
             let (branch, head) = (branch.clone(), *head);
             if !pattern.matches(&branch)
-                || self.settings.branches.contains(&branch)
-                || branch == self.settings.status_branch
+                || self.branches.contains(&branch)
+                || branch == self.status_branch
             {
                 continue;
             }
             let head_hex = head.to_string();
-            if self.persisted.pulls.noted.get(&branch) == Some(&head_hex) {
+            if self.state.noted.get(&branch) == Some(&head_hex) {
                 continue;
             }
             let (_, body, _) = self.plan_of(&base, head, pulls).await;
-            let status = self.status_repo();
+            let status = self.status.clone();
             let marker = marker.clone();
             let written = tokio::task::spawn_blocking(move || {
                 status.publish_plan_note(head.0, &marker, &body)
@@ -467,15 +517,14 @@ impl Reconciler {
             match written {
                 Ok(Ok(_)) => {
                     tracing::info!(%branch, head = %head.short(), "plan note written");
-                    self.persisted.pulls.noted.insert(branch, head_hex);
+                    self.state.noted.insert(branch, head_hex);
                 }
                 Ok(Err(e)) => tracing::warn!(%branch, error = %e, "cannot write plan note"),
                 Err(e) => tracing::warn!(%branch, error = %e, "cannot write plan note"),
             }
         }
         // Branches that are gone need no memory.
-        self.persisted
-            .pulls
+        self.state
             .noted
             .retain(|b, _| branches.iter().any(|(n, _)| n == b));
     }
