@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fermata::model::{CompositionId, TargetKind};
-use fermata::reconcile::{BranchReport, Reconciler, Settings};
+use fermata::reconcile::{BranchReport, Mode, Reconciler, Settings};
 use fermata::synth::Rendered;
 use fermata::target::{
     Component, Desired, Health, Observed, Outcome, StateFlag, StateGoal, Target, TargetError,
@@ -386,7 +386,7 @@ fn a_dry_run_writes_nothing_anywhere() {
     repo.commit("a");
     let h = Harness::new(OPEN);
     let mut r = h.reconciler(&repo);
-    r.dry_run = true;
+    r.set_mode(Mode::Plan { revision: None });
     let b = h.pass(&mut r);
     assert_eq!(h.target.calls(), [Call::DryRun("shop/a".into())]);
     assert!(h.target.writes().is_empty());

@@ -9,6 +9,7 @@ use clap::Args;
 use super::run::{exit_code, fetch_or_warn, print_reports, RunArgs, StateWriter};
 use super::Accountable;
 use crate::reconcile::requests::Request;
+use crate::reconcile::Mode;
 use crate::status::{Override, State};
 
 #[derive(Debug, Args)]
@@ -32,9 +33,11 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
         // First a pass: it stages whatever is new, so the override is bound
         // to the digest that is staged now and nothing later. Beside a
         // running daemon, a plan of it: the daemon stages.
-        r.dry_run = matches!(writer, StateWriter::Daemon(_));
+        if let StateWriter::Daemon(_) = writer {
+            r.set_mode(Mode::Plan { revision: None });
+        }
         let reports = r.pass().await;
-        r.dry_run = false;
+        r.set_mode(Mode::Reconcile);
         let now = r.clock.now();
         let mut granted = Vec::new();
         for row in reports.iter().flat_map(|b| &b.rows) {

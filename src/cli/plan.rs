@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::run::{fetch_or_warn, RunArgs};
 use super::Output;
-use crate::reconcile::BranchReport;
+use crate::reconcile::{BranchReport, Mode};
 use crate::report::markdown::{plan_markdown, PlanHeader};
 
 #[derive(Debug, Args)]
@@ -37,8 +37,9 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.run.reconciler()?;
-        r.dry_run = true;
-        r.revision = a.rev.clone();
+        r.set_mode(Mode::Plan {
+            revision: a.rev.clone(),
+        });
         fetch_or_warn(&mut r).await;
         let reports = r.pass().await;
         if a.markdown {

@@ -21,7 +21,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 pub use crate::report::{ActionKind, BranchReport, PlanDetail, PlannedArtifact, Row, WindowInfo};
-pub use pass::Reconciler;
+pub use pass::{Mode, Reconciler};
 
 use crate::window::Clock;
 

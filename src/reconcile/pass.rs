@@ -61,9 +61,9 @@ pub struct Reconciler {
     /// When each branch last read every target in full.
     resynced: HashMap<String, std::time::Instant>,
     /// Plan only (`fermata plan`): decide everything, write nothing, anywhere.
-    pub dry_run: bool,
+    dry_run: bool,
     /// Reconcile this revision instead of the branch head (`plan --rev`).
-    pub revision: Option<String>,
+    revision: Option<String>,
     /// Whether `command:` synthesizers may run. Off for commits that are
     /// not on a watched branch (pull request heads) unless
     /// `--trust-pr-commands`: a plan must not run code nobody merged.
@@ -95,6 +95,16 @@ struct Pass {
     resync: bool,
     /// The branch was force-pushed over this revision.
     forced: Option<Revision>,
+}
+
+/// What a [`Reconciler`]'s passes do ([`Reconciler::set_mode`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Stage, apply, remove and report: `fermata run`.
+    Reconcile,
+    /// Decide and report, write nothing (`fermata plan`, pull requests);
+    /// of `revision` instead of each branch's head, if given.
+    Plan { revision: Option<String> },
 }
 
 /// Why a pass may not write ([`Reconciler::may_write`]).
@@ -386,6 +396,16 @@ impl Reconciler {
     /// Bytes of artifacts downloaded into the store by this process.
     pub fn artifact_bytes(&self) -> u64 {
         self.store.bytes_written()
+    }
+
+    /// What the following passes do: reconcile, or plan (decide
+    /// everything, write nothing anywhere), optionally of another revision
+    /// than each branch's head.
+    pub fn set_mode(&mut self, mode: Mode) {
+        (self.dry_run, self.revision) = match mode {
+            Mode::Reconcile => (false, None),
+            Mode::Plan { revision } => (true, revision),
+        };
     }
 
     /// The one place that knows whether this pass writes: a plan (a dry
