@@ -13,7 +13,6 @@ use super::run::{exit_code, fetch_or_warn, print_reports, RunArgs, StateWriter};
 use super::Accountable;
 use crate::model::{self, CompositionId};
 use crate::reconcile::requests::Request;
-use crate::source::Source;
 use crate::status::Ungate;
 
 #[derive(Debug, Args)]

@@ -41,7 +41,7 @@ use crate::window::Clock;
 /// Everything one fermata instance needs across passes.
 pub struct Reconciler {
     pub settings: Settings,
-    pub source: Arc<GitSource>,
+    pub source: Arc<dyn Source>,
     pub clock: Arc<dyn Clock>,
     store: ArtifactStore,
     status: StatusRepo,
@@ -245,7 +245,8 @@ const RESYNC: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Reconciler {
     pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Reconciler> {
-        let source = Arc::new(GitSource::open(&settings.repo, &settings.state_dir)?);
+        let source: Arc<dyn Source> =
+            Arc::new(GitSource::open(&settings.repo, &settings.state_dir)?);
         let store =
             ArtifactStore::new(&settings.state_dir)?.with_file_roots(&settings.artifact_roots)?;
         let status = StatusRepo::new(

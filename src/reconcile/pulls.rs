@@ -18,7 +18,7 @@ use super::pass::Reconciler;
 use crate::forge::{CommitState, CommitStatus, Forge, PrState, PullRequest};
 use crate::report::markdown::{self, PlanHeader};
 use crate::report::BranchReport;
-use crate::source::{GitSource, Revision, Source};
+use crate::source::{Revision, Source};
 use crate::status::State;
 use crate::status::StatusRepo;
 
@@ -191,7 +191,7 @@ pub struct Reporter<'a> {
     pub settings: &'a PullSettings,
     pub state: &'a mut PullState,
     pub planner: &'a dyn Planner,
-    pub source: Arc<GitSource>,
+    pub source: Arc<dyn Source>,
     pub status: StatusRepo,
     pub branches: &'a [String],
     pub status_branch: &'a str,

@@ -401,6 +401,30 @@ impl Source for GitSource {
         &self.url
     }
 
+    fn git_dir(&self) -> &Path {
+        GitSource::git_dir(self)
+    }
+
+    fn remote(&self) -> Option<&str> {
+        GitSource::remote(self)
+    }
+
+    fn default_branch(&self) -> Option<String> {
+        GitSource::default_branch(self)
+    }
+
+    fn is_descendant(&self, new: Revision, old: Revision) -> bool {
+        GitSource::is_descendant(self, new, old)
+    }
+
+    fn fetch_ref(&self, refname: &str, sha: &str) -> Result<Revision, SourceError> {
+        GitSource::fetch_ref(self, refname, sha)
+    }
+
+    fn branches(&self) -> Result<Vec<(String, Revision)>, SourceError> {
+        GitSource::branches(self)
+    }
+
     fn fetch(&self) -> Result<(), SourceError> {
         if !self.mirrored {
             return Ok(());

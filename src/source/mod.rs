@@ -104,6 +104,20 @@ pub trait Source: Send + Sync {
         policy: &SignaturePolicy,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Signer, UntrustedCommit>;
+    /// The git directory read from (the repository itself, or its mirror):
+    /// where status is committed, and what is watched for pushes.
+    fn git_dir(&self) -> &std::path::Path;
+    /// The URL mirrored, if the repository is not read in place.
+    fn remote(&self) -> Option<&str>;
+    /// The branch the remote's (or the repository's) HEAD names.
+    fn default_branch(&self) -> Option<String>;
+    /// Whether `new` has `old` in its history (false when either is unknown):
+    /// a branch that moved otherwise was force-pushed.
+    fn is_descendant(&self, new: Revision, old: Revision) -> bool;
+    /// Fetches one ref (a pull request head) and checks it is `sha`.
+    fn fetch_ref(&self, refname: &str, sha: &str) -> Result<Revision, SourceError>;
+    /// Every branch and its head.
+    fn branches(&self) -> Result<Vec<(String, Revision)>, SourceError>;
 }
 
 /// The commit a desired state was rendered from: what status and targets
