@@ -28,7 +28,7 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.run.reconciler()?;
-        let writer = StateWriter::take(&r.settings.state_dir)?;
+        let writer = StateWriter::take(&r.ctx.settings.state_dir)?;
         fetch_or_warn(&mut r).await;
         // First a pass: it stages whatever is new, so the override is bound
         // to the digest that is staged now and nothing later. Beside a
@@ -38,7 +38,7 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
         }
         let reports = r.pass().await;
         r.set_mode(Mode::Reconcile);
-        let now = r.clock.now();
+        let now = r.ctx.clock.now();
         let mut granted = Vec::new();
         for row in reports.iter().flat_map(|b| &b.rows) {
             let matches = match a.target.split_once('/') {
@@ -61,7 +61,7 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if granted.is_empty() {
-            print_reports(&reports, &r.settings.status_branch);
+            print_reports(&reports, &r.ctx.settings.status_branch);
             bail!(
                 "nothing staged and waiting for {}: no override recorded",
                 a.target
@@ -79,7 +79,7 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
                 errln!("applying outside the window: {}", granted.join(", "));
                 r.unsettle();
                 let reports = r.pass().await;
-                print_reports(&reports, &r.settings.status_branch);
+                print_reports(&reports, &r.ctx.settings.status_branch);
                 Ok(exit_code(&reports))
             }
         }

@@ -80,7 +80,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
     let code = rt.block_on(async {
         let mut r = run.reconciler()?;
         let reports = r.pass().await;
-        print_reports(&reports, &r.settings.status_branch);
+        print_reports(&reports, &r.ctx.settings.status_branch);
         anyhow::Ok(exit_code(&reports))
     })?;
     let repo = repo_dir.display();

@@ -43,7 +43,7 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
         fetch_or_warn(&mut r).await;
         let reports = r.pass().await;
         if a.markdown {
-            let site = r.settings.site.clone().unwrap_or_else(|| "default".into());
+            let site = r.ctx.settings.site.clone().unwrap_or_else(|| "default".into());
             for b in &reports {
                 let head = b.revision.map(|r| r.to_string()).unwrap_or_default();
                 let header = PlanHeader {

@@ -238,7 +238,7 @@ impl RunArgs {
         }
         let mut r = Reconciler::new(settings.clone(), self.clock.clock())?;
         if settings.branches.is_empty() {
-            match r.source.default_branch() {
+            match r.ctx.source.default_branch() {
                 Some(b) => settings.branches.push(b),
                 None => bail!("{}: no default branch; name one with --branch", self.repo),
             }
@@ -249,7 +249,7 @@ impl RunArgs {
                 settings.status_branch
             );
         }
-        r.settings = settings;
+        r.ctx.settings = settings;
         let forge = self.forge.build().context("--forge")?;
         if self.plan_branches.is_some() || forge.is_some() {
             r.pulls = Some(Arc::new(PullSettings {
@@ -269,14 +269,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async {
         let mut r = a.reconciler()?;
         // One reconciler per state directory, for as long as this one runs.
-        let _lock = StateLock::acquire(&r.settings.state_dir)?;
+        let _lock = StateLock::acquire(&r.ctx.settings.state_dir)?;
         if a.once {
             fetch_or_warn(&mut r).await;
             let reports = r.pass().await;
-            print_reports(&reports, &r.settings.status_branch);
+            print_reports(&reports, &r.ctx.settings.status_branch);
             return Ok(exit_code(&reports));
         }
-        let clock = r.clock.clone();
+        let clock = r.ctx.clock.clone();
         let triggers = Triggers::new().min_interval(a.min_pass_interval);
         let elector = if a.leader_elect {
             Some(a.elector(&mut r, &triggers).await?)
@@ -293,7 +293,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
                     .map(serve::read_secret)
                     .transpose()?;
                 let state = Arc::new(
-                    ServeState::new(r.settings.branches.clone(), secret, triggers.sender())
+                    ServeState::new(r.ctx.settings.branches.clone(), secret, triggers.sender())
                         .watch_progress(triggers.progress(), a.ready_stale),
                 );
                 let limits = serve::ServeLimits {

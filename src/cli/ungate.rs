@@ -33,13 +33,13 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.run.reconciler()?;
-        let writer = StateWriter::take(&r.settings.state_dir)?;
+        let writer = StateWriter::take(&r.ctx.settings.state_dir)?;
         fetch_or_warn(&mut r).await;
         let mut found = false;
-        for branch in &r.settings.branches {
-            let rev = r.source.resolve(&format!("refs/heads/{branch}"))?;
-            let snap = r.source.snapshot(rev)?;
-            let loaded = model::load(&snap, &r.settings.path);
+        for branch in &r.ctx.settings.branches {
+            let rev = r.ctx.source.resolve(&format!("refs/heads/{branch}"))?;
+            let snap = r.ctx.source.snapshot(rev)?;
+            let loaded = model::load(&snap, &r.ctx.settings.path);
             if let Some(c) = loaded.fleet.composition(&a.composition) {
                 found |= c.scheduling_gates.contains(&a.gate);
             }
@@ -49,10 +49,10 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
                 "{} has no scheduling gate {:?} on {}",
                 a.composition,
                 a.gate,
-                r.settings.branches.join(", ")
+                r.ctx.settings.branches.join(", ")
             );
         }
-        let now = r.clock.now();
+        let now = r.ctx.clock.now();
         r.requests().record(&Request::Ungate {
             composition: a.composition.to_string(),
             ungate: Ungate {
@@ -70,7 +70,7 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
             StateWriter::This(_lock) => {
                 r.unsettle();
                 let reports = r.pass().await;
-                print_reports(&reports, &r.settings.status_branch);
+                print_reports(&reports, &r.ctx.settings.status_branch);
                 Ok(exit_code(&reports))
             }
         }

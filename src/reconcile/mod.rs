@@ -172,9 +172,9 @@ pub async fn run(
         });
         progress.set(false);
         let mut wait = if failures > 0 {
-            backoff(r.settings.interval, failures)
+            backoff(r.ctx.settings.interval, failures)
         } else {
-            jitter(r.settings.interval)
+            jitter(r.ctx.settings.interval)
         };
         // Wake when a window some staged composition waits for opens.
         if let Some(next) = reports.iter().filter_map(|b| b.next_window).min() {
@@ -236,8 +236,8 @@ fn watch_refs(
     tx: mpsc::Sender<&'static str>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let dir = match r.source.remote() {
-        None => r.source.git_dir().to_path_buf(),
+    let dir = match r.ctx.source.remote() {
+        None => r.ctx.source.git_dir().to_path_buf(),
         Some(url) => {
             let path = PathBuf::from(url.strip_prefix("file://")?);
             let dotgit = path.join(".git");

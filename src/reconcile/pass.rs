@@ -38,20 +38,55 @@ use crate::target::{
 };
 use crate::window::Clock;
 
-/// Everything one fermata instance needs across passes.
-pub struct Reconciler {
+/// What a reconciler is built from, once (in `cli/run.rs`; tests build it
+/// with fakes, kube-runtime's `Context`): the seams to the outside world.
+#[derive(Clone)]
+pub struct Context {
     pub settings: Settings,
     pub source: Arc<dyn Source>,
+    /// Resolves Target definitions to targets.
+    pub targets: Arc<dyn Targets>,
+    pub store: ArtifactStore,
+    pub status: StatusRepo,
     pub clock: Arc<dyn Clock>,
-    store: ArtifactStore,
-    status: StatusRepo,
-    pub persisted: Persisted,
+}
+
+impl Context {
+    /// The real parts: the Git source (mirrored under the state directory
+    /// for a URL), local targets, the artifact store, the status branch.
+    pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Context> {
+        let source: Arc<dyn Source> =
+            Arc::new(GitSource::open(&settings.repo, &settings.state_dir)?);
+        let store =
+            ArtifactStore::new(&settings.state_dir)?.with_file_roots(&settings.artifact_roots)?;
+        let status = StatusRepo::new(
+            source.git_dir().to_path_buf(),
+            source.remote().map(str::to_string),
+            settings.status_branch.clone(),
+            settings.site.clone(),
+        );
+        let targets = Arc::new(LocalTargets::new(
+            settings.target_root.clone(),
+            settings.health_timeout,
+            clock.clone(),
+        ));
+        Ok(Context {
+            settings,
+            source,
+            targets,
+            store,
+            status,
+            clock,
+        })
+    }
+}
+
+/// What a reconciler keeps between passes only to do less: each is
+/// rebuilt by a full pass, so losing them costs time, never correctness.
+#[derive(Default)]
+struct Caches {
     /// What `state.json` holds now, to write it only when it changes.
     saved: Option<Digest>,
-    /// Resolves Target definitions to targets.
-    targets: Arc<dyn Targets>,
-    /// The last fetch error, shown in every status until a fetch succeeds.
-    pub fetch_error: Option<String>,
     /// Branches whose last pass left nothing to do, with that revision: an
     /// unchanged commit then costs no load, no render, no target read.
     settled: HashMap<String, (Revision, std::time::Instant)>,
@@ -60,6 +95,15 @@ pub struct Reconciler {
     observed: HashMap<RecordKey, Observed>,
     /// When each branch last read every target in full.
     resynced: HashMap<String, std::time::Instant>,
+}
+
+/// Everything one fermata instance needs across passes.
+pub struct Reconciler {
+    pub ctx: Context,
+    pub persisted: Persisted,
+    caches: Caches,
+    /// The last fetch error, shown in every status until a fetch succeeds.
+    pub fetch_error: Option<String>,
     /// Plan only (`fermata plan`): decide everything, write nothing, anywhere.
     dry_run: bool,
     /// Reconcile this revision instead of the branch head (`plan --rev`).
@@ -67,7 +111,7 @@ pub struct Reconciler {
     /// Whether `command:` synthesizers may run. Off for commits that are
     /// not on a watched branch (pull request heads) unless
     /// `--trust-pr-commands`: a plan must not run code nobody merged.
-    pub allow_commands: bool,
+    allow_commands: bool,
     /// Commit statuses, pull request plans and plan notes (`None`: off).
     pub pulls: Option<Arc<super::pulls::PullSettings>>,
     /// Whether this replica may write (`--leader-elect`); always, without election.
@@ -245,51 +289,34 @@ const RESYNC: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Reconciler {
     pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Reconciler> {
-        let source: Arc<dyn Source> =
-            Arc::new(GitSource::open(&settings.repo, &settings.state_dir)?);
-        let store =
-            ArtifactStore::new(&settings.state_dir)?.with_file_roots(&settings.artifact_roots)?;
-        let status = StatusRepo::new(
-            source.git_dir().to_path_buf(),
-            source.remote().map(str::to_string),
-            settings.status_branch.clone(),
-            settings.site.clone(),
-        );
-        let persisted = Persisted::load(&settings.state_dir);
-        let settings_state_dir = settings.state_dir.clone();
-        let settings_state_dir_root = settings.target_root.clone();
-        let settings_health_timeout = settings.health_timeout;
-        let clock_for_targets = clock.clone();
-        Ok(Reconciler {
-            settings,
-            source,
-            clock,
-            store,
-            status,
-            saved: persisted.serialized().ok().map(|(_, d)| d),
+        Ok(Reconciler::with_context(Context::new(settings, clock)?))
+    }
+
+    /// A reconciler on `ctx`, with what the state directory remembers.
+    pub fn with_context(ctx: Context) -> Reconciler {
+        let persisted = Persisted::load(&ctx.settings.state_dir);
+        let requests = Requests::new(&ctx.settings.state_dir);
+        Reconciler {
+            caches: Caches {
+                saved: persisted.serialized().ok().map(|(_, d)| d),
+                ..Caches::default()
+            },
+            ctx,
             persisted,
-            targets: Arc::new(LocalTargets::new(
-                settings_state_dir_root,
-                settings_health_timeout,
-                clock_for_targets,
-            )),
             fetch_error: None,
-            settled: HashMap::new(),
-            observed: HashMap::new(),
-            resynced: HashMap::new(),
             dry_run: false,
             revision: None,
             allow_commands: true,
             pulls: None,
             leadership: crate::leader::Leadership::always(),
-            requests: Requests::new(&settings_state_dir),
+            requests,
             recorded: Recorded::default(),
-        })
+        }
     }
 
     /// Fetches the remote; on failure the last good revisions stay in use.
     pub async fn fetch(&mut self) -> Result<(), SourceError> {
-        let source = self.source.clone();
+        let source = self.ctx.source.clone();
         let result = tokio::task::spawn_blocking(move || source.fetch())
             .await
             .unwrap_or_else(|e| Err(join_error(e)));
@@ -297,14 +324,14 @@ impl Reconciler {
             Ok(()) => {
                 if self.fetch_error.take().is_some() {
                     // Statuses carried the error: they must be rewritten.
-                    self.settled.clear();
+                    self.caches.settled.clear();
                 }
             }
             Err(e) => {
                 // The whole chain: git's own reason is what a person needs.
                 let msg = error_chain(e);
                 if self.fetch_error.as_deref() != Some(msg.as_str()) {
-                    self.settled.clear();
+                    self.caches.settled.clear();
                 }
                 self.fetch_error = Some(msg);
             }
@@ -317,18 +344,10 @@ impl Reconciler {
     /// store and targets, with a copy of the render cache, writing nothing.
     pub fn planner(&self, revision: &str, allow_commands: bool) -> Reconciler {
         Reconciler {
-            settings: self.settings.clone(),
-            source: self.source.clone(),
-            clock: self.clock.clone(),
-            store: self.store.clone(),
-            status: self.status.clone(),
+            ctx: self.ctx.clone(),
             persisted: self.persisted.clone(),
-            saved: None,
-            targets: self.targets.clone(),
+            caches: Caches::default(),
             fetch_error: None,
-            settled: HashMap::new(),
-            observed: HashMap::new(),
-            resynced: HashMap::new(),
             dry_run: true,
             revision: Some(revision.to_string()),
             allow_commands,
@@ -391,12 +410,12 @@ impl Reconciler {
 
     /// The status branch writer (plan notes share its push logic).
     pub(super) fn status_repo(&self) -> StatusRepo {
-        self.status.clone()
+        self.ctx.status.clone()
     }
 
     /// Bytes of artifacts downloaded into the store by this process.
     pub fn artifact_bytes(&self) -> u64 {
-        self.store.bytes_written()
+        self.ctx.store.bytes_written()
     }
 
     /// What the following passes do: reconcile, or plan (decide
@@ -431,13 +450,13 @@ impl Reconciler {
     /// Uses `targets` to resolve Target definitions (tests: fakes and
     /// decorators that watch every write).
     pub fn with_targets(mut self, targets: Arc<dyn Targets>) -> Reconciler {
-        self.targets = targets;
+        self.ctx.targets = targets;
         self
     }
 
     /// Forgets that branches are settled: the next pass is a full one.
     pub fn unsettle(&mut self) {
-        self.settled.clear();
+        self.caches.settled.clear();
     }
 
     /// One pass over every branch.
@@ -450,11 +469,11 @@ impl Reconciler {
         // branch, so it is acted on now, not at the next resync.
         let recorded = self.requests.load();
         if recorded != self.recorded {
-            self.settled.clear();
+            self.caches.settled.clear();
             self.recorded = recorded;
         }
         let mut out = Vec::new();
-        for branch in self.settings.branches.clone() {
+        for branch in self.ctx.settings.branches.clone() {
             // A replica that does not lead (or no longer does) writes nothing.
             if self.may_write() == Err(Hold::NotLeading) {
                 tracing::debug!("not leading: standing by");
@@ -474,11 +493,13 @@ impl Reconciler {
         // one that did nothing at all need not even look.
         if self.may_write().is_ok() && (reported || !out.iter().all(|b| b.unchanged)) {
             match self.persisted.serialized() {
-                Ok((_, digest)) if self.saved == Some(digest) => {}
-                Ok((bytes, digest)) => match Persisted::save(&self.settings.state_dir, &bytes) {
-                    Ok(()) => self.saved = Some(digest),
-                    Err(e) => tracing::error!(error = %e, "cannot save state"),
-                },
+                Ok((_, digest)) if self.caches.saved == Some(digest) => {}
+                Ok((bytes, digest)) => {
+                    match Persisted::save(&self.ctx.settings.state_dir, &bytes) {
+                        Ok(()) => self.caches.saved = Some(digest),
+                        Err(e) => tracing::error!(error = %e, "cannot save state"),
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "cannot save state"),
             }
         }
@@ -494,7 +515,7 @@ impl Reconciler {
             branch: branch.to_string(),
             ..BranchReport::default()
         };
-        let now = self.clock.now();
+        let now = self.ctx.clock.now();
         let started = std::time::Instant::now();
         let lap = |step: &str| {
             tracing::debug!(
@@ -565,10 +586,11 @@ impl Reconciler {
             errors: !report.errors.is_empty(),
         });
         if settled {
-            self.settled
+            self.caches
+                .settled
                 .insert(branch.to_string(), (rev, std::time::Instant::now()));
         } else {
-            self.settled.remove(branch);
+            self.caches.settled.remove(branch);
         }
         report
     }
@@ -576,7 +598,7 @@ impl Reconciler {
     /// Resolves the branch (or `plan --rev`) to a commit. A branch that is
     /// gone applies nothing and deletes nothing: the report says so.
     async fn resolve(&self, branch: &str, report: &mut BranchReport) -> Option<Revision> {
-        let source = self.source.clone();
+        let source = self.ctx.source.clone();
         let refname = self
             .revision
             .clone()
@@ -617,7 +639,8 @@ impl Reconciler {
     /// Whether `rev` was reconciled to completion on `branch` recently
     /// enough that this pass need not even look.
     fn is_settled(&self, branch: &str, rev: Revision) -> bool {
-        self.settled
+        self.caches
+            .settled
             .get(branch)
             .is_some_and(|(r, at)| *r == rev && at.elapsed() < RESYNC)
     }
@@ -631,8 +654,8 @@ impl Reconciler {
         now: DateTime<Utc>,
         report: &mut BranchReport,
     ) -> Option<Pass> {
-        let source = self.source.clone();
-        let path = self.settings.path.clone();
+        let source = self.ctx.source.clone();
+        let path = self.ctx.settings.path.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             source.snapshot(rev).map(|snap| {
                 let loaded = model::load(&snap, &path);
@@ -652,11 +675,13 @@ impl Reconciler {
             tracing::warn!(error = %e, "invalid object");
         }
         let resync = self
+            .caches
             .resynced
             .get(branch)
             .is_none_or(|at| at.elapsed() >= RESYNC);
         if resync {
-            self.resynced
+            self.caches
+                .resynced
                 .insert(branch.to_string(), std::time::Instant::now());
         }
         let forced = self
@@ -665,7 +690,7 @@ impl Reconciler {
             .get(branch)
             .and_then(|p| git2::Oid::from_str(p).ok())
             .map(Revision)
-            .filter(|old| *old != rev && !self.source.is_descendant(rev, *old));
+            .filter(|old| *old != rev && !self.ctx.source.is_descendant(rev, *old));
         if let Some(old) = forced {
             tracing::warn!(from = %old, to = %rev, "branch was force-pushed");
         }
@@ -703,7 +728,7 @@ impl Reconciler {
         if needed.is_empty() || self.may_write().is_err() {
             return BTreeMap::new();
         }
-        self.store.fetch_all(&needed, &pass.snap).await
+        self.ctx.store.fetch_all(&needed, &pass.snap).await
     }
 
     /// What is desired and what each target holds, dependencies first.
@@ -761,7 +786,7 @@ impl Reconciler {
                 rollout_wait: admission.wait,
                 // The clock is read per composition, not once per pass: a
                 // long pass must not start applies after the window closed.
-                window_open: window.map(|mw| mw.window.is_open(self.clock.now())),
+                window_open: window.map(|mw| mw.window.is_open(self.ctx.clock.now())),
                 override_digest: self
                     .recorded
                     .overrides
@@ -785,7 +810,7 @@ impl Reconciler {
                 self.note_override(w);
                 if let Some(next) = window
                     .filter(|_| w.waiting == Some(Reason::WindowClosed))
-                    .and_then(|mw| mw.window.state_at(self.clock.now()).next_open)
+                    .and_then(|mw| mw.window.state_at(self.ctx.clock.now()).next_open)
                 {
                     report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
                 }
@@ -800,10 +825,10 @@ impl Reconciler {
                     components: Vec::new(),
                     ..w.observed.clone()
                 };
-                self.observed.insert(w.record_key.clone(), memo);
+                self.caches.observed.insert(w.record_key.clone(), memo);
                 rollout::Outcome::Ready
             } else {
-                self.observed.remove(&w.record_key);
+                self.caches.observed.remove(&w.record_key);
                 // Unavailable: applied but not Ready, or being applied now
                 // (in a plan, where nothing is applied, that is every action
                 // that would run).
@@ -961,7 +986,7 @@ impl Reconciler {
 
     /// Commits the statuses (not in a plan); a failure is a report error.
     async fn publish(&self, update: StatusUpdate, report: &mut BranchReport) {
-        let status = self.status.clone();
+        let status = self.ctx.status.clone();
         // A plan, or not leading (any more): the new leader reports.
         let dry = self.may_write().is_err();
         match tokio::task::spawn_blocking(move || {
@@ -987,11 +1012,11 @@ impl Reconciler {
     /// Whether the commit passes the signature policy (invariant 8) at
     /// `now`, the pass's clock, so `--now` also decides key expiry.
     async fn verify(&self, rev: Revision, now: DateTime<Utc>) -> Result<Signer, UntrustedCommit> {
-        if matches!(self.settings.signatures, SignaturePolicy::None) {
+        if matches!(self.ctx.settings.signatures, SignaturePolicy::None) {
             return Ok(Signer::Unchecked);
         }
-        let source = self.source.clone();
-        let policy = self.settings.signatures.clone();
+        let source = self.ctx.source.clone();
+        let policy = self.ctx.settings.signatures.clone();
         tokio::task::spawn_blocking(move || source.verify(rev, &policy, now))
             .await
             .unwrap_or_else(|e| {
@@ -1007,8 +1032,8 @@ impl Reconciler {
         let Ok(oid) = git2::Oid::from_str(rev) else {
             return Fleet::default();
         };
-        let source = self.source.clone();
-        let path = self.settings.path.clone();
+        let source = self.ctx.source.clone();
+        let path = self.ctx.settings.path.clone();
         tokio::task::spawn_blocking(move || {
             source
                 .snapshot(Revision(oid))
@@ -1090,7 +1115,7 @@ impl Reconciler {
             summary,
         };
         self.publish(update, &mut report).await;
-        self.settled.remove(branch);
+        self.caches.settled.remove(branch);
         report
     }
 
@@ -1115,6 +1140,7 @@ impl Reconciler {
         let base = input_key(snap, fleet, comp, synth_keys);
         let unchanged = record.as_ref().filter(|r| r.base_key == base);
         if let Some(memo) = self
+            .caches
             .observed
             .get(&w.record_key)
             .filter(|o| !resync && unchanged.is_some_and(|r| o.applied == Some(r.digest)))
@@ -1246,7 +1272,7 @@ impl Reconciler {
             },
         );
         self.persisted.renders.remove(&w.record_key);
-        self.observed.remove(&w.record_key);
+        self.caches.observed.remove(&w.record_key);
         Some(None)
     }
 
@@ -1279,7 +1305,7 @@ impl Reconciler {
             }
         }
         let (snap2, fleet2, comp) = (snap.clone(), fleet.clone(), w.comp.clone());
-        let limits = self.settings.synth_limits;
+        let limits = self.ctx.settings.synth_limits;
         let result = tokio::task::spawn_blocking(move || {
             synth::render(&snap2, &fleet2, &comp, &limits).map_err(|e| e.diagnostic(&fleet2, &comp))
         })
@@ -1385,7 +1411,7 @@ impl Reconciler {
             };
             let sym = w.comp.id.symphony.clone();
             let window = w.comp.window.as_ref().and_then(|n| fleet.windows.get(n));
-            let now = self.clock.now();
+            let now = self.ctx.clock.now();
             if let Some(mw) = window.filter(|mw| !mw.window.is_open(now)) {
                 let next = mw.window.state_at(now).next_open;
                 if let Some(n) = next {
@@ -1479,7 +1505,7 @@ impl Reconciler {
     fn stored_artifacts(&self, artifacts: &[model::Artifact]) -> BTreeMap<String, PathBuf> {
         artifacts
             .iter()
-            .map(|a| (a.name.clone(), self.store.path_of(&a.sha256)))
+            .map(|a| (a.name.clone(), self.ctx.store.path_of(&a.sha256)))
             .collect()
     }
 
@@ -1535,7 +1561,7 @@ impl Reconciler {
                 }
                 None => {
                     // Staged before, now applying: the store still has it.
-                    artifacts.insert(a.name.clone(), self.store.path_of(&a.sha256));
+                    artifacts.insert(a.name.clone(), self.ctx.store.path_of(&a.sha256));
                 }
             }
         }
@@ -1564,7 +1590,7 @@ impl Reconciler {
                     .window
                     .as_ref()
                     .and_then(|n| fleet.windows.get(n))
-                    .is_some_and(|mw| !mw.window.is_open(self.clock.now())) =>
+                    .is_some_and(|mw| !mw.window.is_open(self.ctx.clock.now())) =>
             {
                 w.waiting = Some(Reason::WindowClosed);
             }
@@ -1632,7 +1658,7 @@ impl Reconciler {
                 name: a.name.clone(),
                 url: a.url.clone(),
                 size: a.size,
-                stored: self.store.contains(&a.sha256),
+                stored: self.ctx.store.contains(&a.sha256),
             })
             .collect();
         let desired = Desired {
@@ -1663,12 +1689,12 @@ impl Reconciler {
 
     /// What identifies where a target writes, whatever its name.
     fn target_key(&self, kind: &TargetKind) -> String {
-        self.targets.key(kind)
+        self.ctx.targets.key(kind)
     }
 
     /// The target object a definition describes.
     fn target_of(&mut self, kind: &TargetKind) -> Arc<dyn Target> {
-        self.targets.get(kind)
+        self.ctx.targets.get(kind)
     }
 
     /// Claims `id` on the target `kind` for `branch`, or names the branch
@@ -1676,7 +1702,7 @@ impl Reconciler {
     fn claim(&mut self, kind: &TargetKind, id: &CompositionId, branch: &str) -> Result<(), String> {
         let key = format!("{}|{id}", self.target_key(kind));
         match self.persisted.claims.get(&key) {
-            Some(owner) if owner != branch && self.settings.branches.contains(owner) => {
+            Some(owner) if owner != branch && self.ctx.settings.branches.contains(owner) => {
                 Err(owner.clone())
             }
             Some(owner) if owner == branch => Ok(()),
@@ -1865,7 +1891,7 @@ impl Reconciler {
     fn orphan_now(&mut self, key: RecordKey, id: &CompositionId, rec: &RenderRecord) {
         tracing::info!(composition = %id, "symphony removed: resources orphaned");
         self.persisted.renders.remove(&key);
-        self.observed.remove(&key);
+        self.caches.observed.remove(&key);
         self.persisted.orphan_writes.insert(
             key.clone(),
             PendingWrite {
@@ -1891,7 +1917,7 @@ impl Reconciler {
         let id = &key.id;
         let held_by = self.dependents(scope, id);
         // Judged now, at the write, not at the pass's start (invariant 2).
-        let window = window_status(scope.fleet, rec.window.as_deref(), self.clock.now());
+        let window = window_status(scope.fleet, rec.window.as_deref(), self.ctx.clock.now());
         if let Some(ws) = &window {
             report.windows.insert(ws.name.clone(), ws.open);
         }
@@ -1923,7 +1949,7 @@ impl Reconciler {
                 Ok(()) => {
                     tracing::info!(composition = %id, "removed");
                     self.persisted.renders.remove(key);
-                    self.observed.remove(key);
+                    self.caches.observed.remove(key);
                     let kind = rec.target_kind.clone().or_else(|| {
                         rec.target
                             .as_ref()
@@ -2055,7 +2081,7 @@ impl Reconciler {
             .collect();
         for (key, p) in pending {
             let id = key.id.clone();
-            if let Some(ws) = window_status(fleet, p.window.as_deref(), self.clock.now()) {
+            if let Some(ws) = window_status(fleet, p.window.as_deref(), self.ctx.clock.now()) {
                 if !ws.open {
                     if let Some(next) = ws.next_open {
                         report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
@@ -2112,7 +2138,7 @@ impl Reconciler {
             .collect();
         for (key, r) in entries {
             let id = key.id.clone();
-            let now = self.clock.now();
+            let now = self.ctx.clock.now();
             let ws = window_status(fleet, r.window.as_deref(), now);
             if let Some(ws) = &ws {
                 report.windows.insert(ws.name.clone(), ws.open);

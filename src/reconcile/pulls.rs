@@ -165,16 +165,17 @@ impl Reconciler {
             settings: &pulls,
             state: &mut state,
             planner: &*self,
-            source: self.source.clone(),
+            source: self.ctx.source.clone(),
             status: self.status_repo(),
-            branches: &self.settings.branches,
-            status_branch: &self.settings.status_branch,
+            branches: &self.ctx.settings.branches,
+            status_branch: &self.ctx.settings.status_branch,
             site: self
+                .ctx
                 .settings
                 .site
                 .clone()
                 .unwrap_or_else(|| "default".into()),
-            now: self.clock.now(),
+            now: self.ctx.clock.now(),
         }
         .report(reports)
         .await;
