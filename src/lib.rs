@@ -8,6 +8,7 @@
 //! command-line edge. See `DESIGN.md`.
 
 pub mod cli;
+pub mod errors;
 pub mod forge;
 pub mod leader;
 pub mod model;

@@ -21,7 +21,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 pub use crate::report::{ActionKind, BranchReport, PlanDetail, PlannedArtifact, Row, WindowInfo};
-pub use pass::{Mode, Reconciler};
+pub use pass::{Context, Mode, Reconciler, SetupError};
 
 use crate::window::Clock;
 
@@ -139,7 +139,7 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     triggers: Triggers,
     mut report: impl FnMut(&PassOutcome<'_>),
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let Triggers {
         tx,
         mut rx,
@@ -159,7 +159,7 @@ pub async fn run(
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
-                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), failures, "fetch failed; keeping the last good revision");
+                tracing::warn!(error = %crate::errors::chain(&e), failures, "fetch failed; keeping the last good revision");
             }
         }
         let reports = r.pass().await;

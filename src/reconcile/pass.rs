@@ -54,7 +54,7 @@ pub struct Context {
 impl Context {
     /// The real parts: the Git source (mirrored under the state directory
     /// for a URL), local targets, the artifact store, the status branch.
-    pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Context> {
+    pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> Result<Context, SetupError> {
         let source: Arc<dyn Source> =
             Arc::new(GitSource::open(&settings.repo, &settings.state_dir)?);
         let store =
@@ -79,6 +79,15 @@ impl Context {
             clock,
         })
     }
+}
+
+/// Why a [`Context`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] crate::stage::StageError),
 }
 
 /// What a reconciler keeps between passes only to do less: each is
@@ -288,7 +297,7 @@ impl Work {
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Reconciler {
-    pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Reconciler> {
+    pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> Result<Reconciler, SetupError> {
         Ok(Reconciler::with_context(Context::new(settings, clock)?))
     }
 
@@ -329,7 +338,7 @@ impl Reconciler {
             }
             Err(e) => {
                 // The whole chain: git's own reason is what a person needs.
-                let msg = error_chain(e);
+                let msg = crate::errors::chain(e);
                 if self.fetch_error.as_deref() != Some(msg.as_str()) {
                     self.caches.settled.clear();
                 }
@@ -622,7 +631,7 @@ impl Reconciler {
                 // does one that cannot be read (out of file descriptors, say),
                 // and the error says which it was.
                 let missing = matches!(&e, SourceError::Resolve { source, .. } if source.code() == git2::ErrorCode::NotFound);
-                let why = error_chain(&e);
+                let why = crate::errors::chain(&e);
                 tracing::warn!(error = %why, "branch not resolved: nothing applied, nothing deleted");
                 report.errors.push(if missing {
                     format!("branch {branch} not found: applying nothing, deleting nothing")
@@ -1000,7 +1009,7 @@ impl Reconciler {
         {
             Ok(Ok(commit)) => report.status_commit = commit,
             Ok(Err(e)) => {
-                tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot write status");
+                tracing::error!(error = %crate::errors::chain(&e), "cannot write status");
                 report
                     .errors
                     .push("status could not be written (see logs)".to_string());
@@ -2546,22 +2555,6 @@ fn orphaned_status(
             components: Vec::new(),
         },
     }
-}
-
-/// An error and every cause below it, `: `-separated (as anyhow's `{:#}`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        // Some errors repeat their cause in their own message.
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 fn join_error(e: tokio::task::JoinError) -> SourceError {

@@ -276,7 +276,7 @@ impl Reporter<'_> {
                 continue;
             }
             if let Err(e) = self.plan_pull(forge, pulls, base, &pr).await {
-                tracing::warn!(pr = pr.number, error = %e, "cannot plan pull request");
+                tracing::warn!(pr = pr.number, error = %crate::errors::chain(&e), "cannot plan pull request");
             }
         }
         Ok(numbers)
@@ -288,7 +288,7 @@ impl Reporter<'_> {
         pulls: &PullSettings,
         base: &str,
         pr: &PullRequest,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), PullError> {
         let source = self.source.clone();
         let (head_ref, sha) = (pr.head_ref.clone(), pr.head_sha.clone());
         let rev = tokio::task::spawn_blocking(move || source.fetch_ref(&head_ref, &sha)).await??;
@@ -529,6 +529,17 @@ impl Reporter<'_> {
             .noted
             .retain(|b, _| branches.iter().any(|(n, _)| n == b));
     }
+}
+
+/// Why one pull request could not be planned (tried again next pass).
+#[derive(Debug, thiserror::Error)]
+enum PullError {
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Forge(#[from] crate::forge::ForgeError),
+    #[error("fetching the head: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Whether a plan refused to run some `command:` synthesizer.

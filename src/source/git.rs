@@ -535,7 +535,7 @@ impl Source for GitSource {
         }
         let repo = self.repo().map_err(|e| UntrustedCommit::Unreadable {
             commit: rev.0,
-            reason: format!("{:#}", anyhow::Error::from(e)),
+            reason: crate::errors::chain(&e),
         })?;
         policy.verify(&repo, rev.0, now)
     }
