@@ -775,7 +775,7 @@ impl Reconciler {
         let mut rollout = Rollout::default();
         for w in work.iter_mut() {
             if w.error.is_none() && w.digest.is_none() {
-                let _ = self.render(w, &pass.snap, fleet, &pass.source).await;
+                self.render(w, &pass.snap, fleet, &pass.source).await;
             }
             let sym = fleet.symphonies.get(&w.comp.id.symphony);
             let admission = rollout.admit(
@@ -821,7 +821,7 @@ impl Reconciler {
                     .filter(|_| w.waiting == Some(Reason::WindowClosed))
                     .and_then(|mw| mw.window.state_at(self.ctx.clock.now()).next_open)
                 {
-                    report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
+                    report.wake_at(next);
                 }
             }
             if let (Some(Health::Failed(why)), None) = (&w.observed.health, &w.error) {
@@ -1288,29 +1288,30 @@ impl Reconciler {
     /// Renders, then settles what the composition will hold: its annotations
     /// and labels once this write completes, and resources left alone by
     /// `reconcile-when`. Records the result so it is not rendered again.
+    /// Whether it rendered: a failure is in the work's error, the one place
+    /// status reads it from.
     async fn render(
         &mut self,
         w: &mut Work,
         snap: &Arc<Snapshot>,
         fleet: &Arc<Fleet>,
         source: &SourceRef,
-    ) -> Result<(), String> {
+    ) -> bool {
         if !self.allow_commands {
             if let Some(s) = fleet
                 .synthesizers
                 .get(&w.comp.synthesizer)
                 .filter(|s| matches!(s.kind, SynthKind::Command { .. }))
             {
-                let msg = format!(
-                    "synthesizer {}: command not run: this commit is not on a watched branch (a pull request head); --trust-pr-commands runs it",
-                    s.name
-                );
                 w.fail(
                     ErrorCode::CommandNotRun,
                     format!("{}:{}", s.origin.file, s.origin.line),
-                    msg.clone(),
+                    format!(
+                        "synthesizer {}: command not run: this commit is not on a watched branch (a pull request head); --trust-pr-commands runs it",
+                        s.name
+                    ),
                 );
-                return Err(msg);
+                return false;
             }
         }
         let (snap2, fleet2, comp) = (snap.clone(), fleet.clone(), w.comp.clone());
@@ -1322,13 +1323,12 @@ impl Reconciler {
         let rendered = match result {
             Ok(Ok(r)) => r,
             Ok(Err(d)) => {
-                let msg = d.to_string();
                 w.fail(
                     ErrorCode::RenderFailed,
                     format!("{}:{}", d.file, d.line.unwrap_or(0)),
                     d.message,
                 );
-                return Err(msg);
+                return false;
             }
             Err(e) => {
                 w.fail(
@@ -1336,7 +1336,7 @@ impl Reconciler {
                     w.comp.synthesizer.clone(),
                     e.to_string(),
                 );
-                return Err(e.to_string());
+                return false;
             }
         };
         let ann = annotations::effective(&w.observed.annotations, &w.comp.annotations);
@@ -1357,7 +1357,7 @@ impl Reconciler {
                         w.comp.target.clone(),
                         e.to_string(),
                     );
-                    return Err(e.to_string());
+                    return false;
                 }
             },
             _ => None,
@@ -1394,7 +1394,7 @@ impl Reconciler {
             );
         }
         w.rendered = Some(Arc::new(state));
-        Ok(())
+        true
     }
 
     /// Phase 1 of the annotation protocol (DESIGN.md section 4), per
@@ -1424,7 +1424,7 @@ impl Reconciler {
             if let Some(mw) = window.filter(|mw| !mw.window.is_open(now)) {
                 let next = mw.window.state_at(now).next_open;
                 if let Some(n) = next {
-                    report.next_window = Some(report.next_window.map_or(n, |m| m.min(n)));
+                    report.wake_at(n);
                 }
                 held.entry(sym).or_insert_with(|| {
                     format!(
@@ -1552,7 +1552,7 @@ impl Reconciler {
             return;
         }
         // A cached digest alone does not carry the state to stage: render it.
-        if w.rendered.is_none() && self.render(w, snap, fleet, source).await.is_err() {
+        if w.rendered.is_none() && !self.render(w, snap, fleet, source).await {
             return;
         }
         let Some(rendered) = w.rendered.clone() else {
@@ -1654,7 +1654,7 @@ impl Reconciler {
         fleet: &Arc<Fleet>,
         source: &SourceRef,
     ) {
-        if w.rendered.is_none() && self.render(w, snap, fleet, source).await.is_err() {
+        if w.rendered.is_none() && !self.render(w, snap, fleet, source).await {
             return;
         }
         let Some(rendered) = w.rendered.clone() else {
@@ -1947,7 +1947,7 @@ impl Reconciler {
                     .filter(|_| reason == Reason::WindowClosed)
                     .and_then(|w| w.next_open)
                 {
-                    report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
+                    report.wake_at(next);
                 }
                 (Some(reason), message)
             }
@@ -2093,7 +2093,7 @@ impl Reconciler {
             if let Some(ws) = window_status(fleet, p.window.as_deref(), self.ctx.clock.now()) {
                 if !ws.open {
                     if let Some(next) = ws.next_open {
-                        report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
+                        report.wake_at(next);
                     }
                     continue;
                 }
@@ -2155,7 +2155,7 @@ impl Reconciler {
             let (reason, message) = match ws.filter(|w| !w.open) {
                 Some(ws) => {
                     if let Some(next) = ws.next_open {
-                        report.next_window = Some(report.next_window.map_or(next, |n| n.min(next)));
+                        report.wake_at(next);
                     }
                     (
                         Reason::WindowClosed.as_str(),

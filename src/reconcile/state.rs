@@ -1,7 +1,11 @@
 //! What fermata remembers between passes and across restarts, in
-//! `<state-dir>/state.json`. Only caches and requests live here: what is
+//! `<state-dir>/state.json`: the render cache, conditions' transition
+//! times, which branch deploys what where (claims), and writes that wait
+//! for a window (orphan marks, removals from an old target). What is
 //! applied is always read back from the targets, and what was reported from
-//! the status branch, so losing this file costs a re-render, never a wrong apply.
+//! the status branch. Operator records live apart ([`super::requests`]),
+//! where this file's rewrites cannot lose them; and the state directory has
+//! one writer ([`StateLock`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

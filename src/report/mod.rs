@@ -159,6 +159,14 @@ pub enum ActionKind {
     Wait,
 }
 
+impl BranchReport {
+    /// Wake the loop at `t` (a window some write waits for opens), unless
+    /// something else wakes it earlier.
+    pub fn wake_at(&mut self, t: DateTime<Utc>) {
+        self.next_window = Some(self.next_window.map_or(t, |n| n.min(t)));
+    }
+}
+
 impl Row {
     /// Whether a plan shows it as something happening (a create, update or
     /// delete, or an error), as opposed to unchanged: what a merged pull
