@@ -8,7 +8,6 @@ mod util;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use fermata::model::{CompositionId, TargetKind};
 use fermata::reconcile::{Reconciler, Settings};
@@ -151,20 +150,7 @@ impl Site {
     /// One pass of the reconciler at `now`, in this process, its targets
     /// inspected after every single write.
     fn once(&self, repo: &TestRepo, now: &str) -> Once {
-        let settings = Settings {
-            repo: repo.path().to_str().unwrap().to_string(),
-            branches: vec!["main".into()],
-            path: String::new(),
-            interval: Duration::from_secs(30),
-            state_dir: self.state.path().to_path_buf(),
-            target_root: self.state.path().join("targets"),
-            status_branch: "fermata/status".into(),
-            site: None,
-            signatures: fermata::source::SignaturePolicy::None,
-            health_timeout: Duration::from_secs(600),
-            synth_limits: fermata::synth::Limits::default(),
-            artifact_roots: Vec::new(),
-        };
+        let settings = Settings::defaults(repo.path().to_str().unwrap(), "main", self.state.path());
         let clock: Arc<dyn Clock> = Arc::new(FixedClock::new(now.parse().unwrap()));
         let root = self.state.path().join("targets/site/migrate");
         let log = self.log.clone();

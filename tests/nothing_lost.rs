@@ -308,20 +308,8 @@ fn the_window_is_judged_at_each_apply_not_once_per_pass() {
     // Ten minutes before the window closes (05:00).
     let start = "2026-11-21T04:50:00Z".parse().unwrap();
     let clock = std::sync::Arc::new(Ticking(std::sync::Mutex::new(start)));
-    let settings = fermata::reconcile::Settings {
-        repo: repo.path().to_str().unwrap().to_string(),
-        branches: vec!["main".into()],
-        path: String::new(),
-        interval: std::time::Duration::from_secs(30),
-        state_dir: state.path().to_path_buf(),
-        target_root: state.path().join("targets"),
-        status_branch: "fermata/status".into(),
-        site: None,
-        signatures: fermata::source::SignaturePolicy::None,
-        health_timeout: std::time::Duration::from_secs(600),
-        synth_limits: fermata::synth::Limits::default(),
-        artifact_roots: Vec::new(),
-    };
+    let settings =
+        fermata::reconcile::Settings::defaults(repo.path().to_str().unwrap(), "main", state.path());
     let mut r = fermata::reconcile::Reconciler::new(settings, clock).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reports = rt.block_on(r.pass());

@@ -6,7 +6,6 @@ mod util;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use fermata::model::{CompositionId, TargetKind};
 use fermata::reconcile::{BranchReport, Mode, Reconciler, Settings};
@@ -194,20 +193,7 @@ impl Harness {
     }
 
     fn reconciler(&self, repo: &TestRepo) -> Reconciler {
-        let settings = Settings {
-            repo: repo.path().to_str().unwrap().to_string(),
-            branches: vec!["main".into()],
-            path: String::new(),
-            interval: Duration::from_secs(30),
-            state_dir: self.state.path().to_path_buf(),
-            target_root: self.state.path().join("targets"),
-            status_branch: "fermata/status".into(),
-            site: None,
-            signatures: fermata::source::SignaturePolicy::None,
-            health_timeout: Duration::from_secs(600),
-            synth_limits: fermata::synth::Limits::default(),
-            artifact_roots: Vec::new(),
-        };
+        let settings = Settings::defaults(repo.path().to_str().unwrap(), "main", self.state.path());
         let clock: Arc<dyn Clock> = self.clock.clone();
         Reconciler::new(settings, clock)
             .unwrap()

@@ -78,20 +78,7 @@ fn main() -> anyhow::Result<()> {
 
     let rt = tokio::runtime::Runtime::new()?;
     let state = root.join("state");
-    let settings = Settings {
-        repo: url.clone(),
-        branches: vec!["main".into()],
-        path: String::new(),
-        interval: Duration::from_secs(30),
-        target_root: state.join("targets"),
-        state_dir: state,
-        status_branch: "fermata/status".into(),
-        site: None,
-        signatures: fermata::source::SignaturePolicy::None,
-        health_timeout: Duration::from_secs(600),
-        synth_limits: fermata::synth::Limits::default(),
-        artifact_roots: Vec::new(),
-    };
+    let settings = Settings::defaults(url.clone(), "main", &state);
     let mut r = Reconciler::new(settings, Arc::new(SystemClock))?;
 
     let cold = rt.block_on(async {

@@ -208,7 +208,12 @@ impl Client {
                 }
             }))
             .build()
-            .map_err(|e| config(&format!("cannot set up the HTTP client: {}", chain(&e))))?;
+            .map_err(|e| {
+                config(&format!(
+                    "cannot set up the HTTP client: {}",
+                    crate::errors::chain(&e)
+                ))
+            })?;
         Ok(Client {
             kind,
             http,
@@ -271,7 +276,7 @@ impl Client {
             let (status, headers, bytes) = match result {
                 Ok(answer) => answer,
                 Err(e) => {
-                    let message = self.redact(&chain(&e));
+                    let message = self.redact(&crate::errors::chain(&e));
                     let may_resend = replay == Replay::Safe || e.is_connect();
                     if may_resend && failures < self.settings.retries {
                         failures += 1;
@@ -690,22 +695,6 @@ fn redact(text: &str, secret: &str) -> String {
     } else {
         text.replace(secret, "***")
     }
-}
-
-/// An error and its causes on one line (reqwest's own message alone says
-/// little: "error sending request").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -48,6 +48,32 @@ pub struct Settings {
     pub artifact_roots: Vec<PathBuf>,
 }
 
+impl Settings {
+    /// `fermata run`'s defaults for branch `branch` of `repo`, everything
+    /// kept under `state_dir` (targets in `targets/`): what the bench and
+    /// in-process tests start from.
+    pub fn defaults(
+        repo: impl Into<String>,
+        branch: &str,
+        state_dir: &std::path::Path,
+    ) -> Settings {
+        Settings {
+            repo: repo.into(),
+            branches: vec![branch.to_string()],
+            path: String::new(),
+            interval: Duration::from_secs(30),
+            state_dir: state_dir.to_path_buf(),
+            target_root: state_dir.join("targets"),
+            status_branch: "fermata/status".into(),
+            site: None,
+            signatures: crate::source::SignaturePolicy::None,
+            health_timeout: Duration::from_secs(600),
+            synth_limits: crate::synth::Limits::default(),
+            artifact_roots: Vec::new(),
+        }
+    }
+}
+
 /// Longest wait after repeated fetch failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 

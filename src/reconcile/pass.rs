@@ -2081,13 +2081,7 @@ impl Reconciler {
     /// (checked at the write, not at the pass's start). A failed write is
     /// tried again next pass; a target no longer defined cannot be written.
     async fn orphan_writes(&mut self, branch: &str, fleet: &Fleet, report: &mut BranchReport) {
-        let pending: Vec<(RecordKey, PendingWrite)> = self
-            .persisted
-            .orphan_writes
-            .iter()
-            .filter(|(k, _)| k.branch == branch)
-            .map(|(k, p)| (k.clone(), p.clone()))
-            .collect();
+        let pending = super::state::of_branch(&self.persisted.orphan_writes, branch);
         for (key, p) in pending {
             let id = key.id.clone();
             if let Some(ws) = window_status(fleet, p.window.as_deref(), self.ctx.clock.now()) {
@@ -2138,13 +2132,7 @@ impl Reconciler {
         statuses: &mut [DeploymentStatus],
         report: &mut BranchReport,
     ) {
-        let entries: Vec<(RecordKey, super::state::Retiring)> = self
-            .persisted
-            .retiring
-            .iter()
-            .filter(|(k, _)| k.branch == branch)
-            .map(|(k, r)| (k.clone(), r.clone()))
-            .collect();
+        let entries = super::state::of_branch(&self.persisted.retiring, branch);
         for (key, r) in entries {
             let id = key.id.clone();
             let now = self.ctx.clock.now();

@@ -33,6 +33,15 @@ impl RecordKey {
     }
 }
 
+/// The entries of `branch` in a map keyed by [`RecordKey`], copied out so
+/// the map can change while they are worked on.
+pub fn of_branch<T: Clone>(map: &BTreeMap<RecordKey, T>, branch: &str) -> Vec<(RecordKey, T)> {
+    map.iter()
+        .filter(|(k, _)| k.branch == branch)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 impl std::fmt::Display for RecordKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.branch, self.id)

@@ -137,7 +137,10 @@ impl ArtifactStore {
             .build()
             .map_err(|e| StageError::Store {
                 path: root.clone(),
-                cause: format!("cannot set up the HTTP client: {}", chain(&e)),
+                cause: format!(
+                    "cannot set up the HTTP client: {}",
+                    crate::errors::chain(&e)
+                ),
             })?;
         Ok(ArtifactStore {
             root,
@@ -521,7 +524,7 @@ impl ArtifactStore {
         let response = request.send().await.map_err(|e| {
             Failed::Fatal(fetch_err(
                 a,
-                format!("request failed: {}", chain(&e.without_url())),
+                format!("request failed: {}", crate::errors::chain(&e.without_url())),
             ))
         })?;
         let drop_partial = |e: StageError| {
@@ -594,7 +597,7 @@ impl ArtifactStore {
                         a,
                         format!(
                             "download interrupted after {have} bytes: {}",
-                            chain(&e.without_url())
+                            crate::errors::chain(&e.without_url())
                         ),
                     );
                     return Err(if have > from {
@@ -809,22 +812,6 @@ fn content_range(headers: &HeaderMap) -> (Option<u64>, Option<u64>) {
         .split_once('-')
         .and_then(|(s, _)| s.trim().parse().ok());
     (start, total.trim().parse().ok())
-}
-
-/// An error and its causes on one line, `a: b: c`, skipping a cause whose text
-/// its parent already includes.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 /// Progress of one transfer: a bar on a terminal, otherwise a log line for every
