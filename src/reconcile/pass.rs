@@ -1371,30 +1371,46 @@ impl Reconciler {
             .collect();
         w.skipped = skipped;
         if let Some((base, key)) = w.key.take() {
-            self.persisted.renders.insert(
-                w.record_key.clone(),
-                RenderRecord {
-                    input_key: key,
-                    base_key: base,
-                    digest: state.digest,
-                    components: w.components.clone(),
-                    target: Some(w.comp.target.clone()),
-                    commit: Some(source.commit.clone()),
-                    window: w.comp.window.clone(),
-                    depends_on: w.comp.depends_on.iter().map(|d| d.to_string()).collect(),
-                    skipped: w.skipped.clone(),
-                    position: fleet
-                        .symphonies
-                        .get(&w.comp.id.symphony)
-                        .and_then(|s| s.compositions.iter().position(|c| c.id == w.comp.id))
-                        .unwrap_or(0),
-                    file: Some(w.comp.origin.file.clone()).filter(|f| !f.is_empty()),
-                    target_kind: fleet.targets.get(&w.comp.target).map(|t| t.kind.clone()),
-                },
-            );
+            self.remember(w, fleet, source, state.digest, base, key);
         }
         w.rendered = Some(Arc::new(state));
         true
+    }
+
+    /// Records what `w` rendered to under the keys of its inputs, so it is
+    /// not rendered again while they stay the same, and what a later pass
+    /// needs of it once it is gone from the commit (removal, retarget,
+    /// unreadable file).
+    fn remember(
+        &mut self,
+        w: &Work,
+        fleet: &Fleet,
+        source: &SourceRef,
+        digest: Digest,
+        base_key: String,
+        input_key: String,
+    ) {
+        self.persisted.renders.insert(
+            w.record_key.clone(),
+            RenderRecord {
+                input_key,
+                base_key,
+                digest,
+                components: w.components.clone(),
+                target: Some(w.comp.target.clone()),
+                commit: Some(source.commit.clone()),
+                window: w.comp.window.clone(),
+                depends_on: w.comp.depends_on.iter().map(|d| d.to_string()).collect(),
+                skipped: w.skipped.clone(),
+                position: fleet
+                    .symphonies
+                    .get(&w.comp.id.symphony)
+                    .and_then(|s| s.compositions.iter().position(|c| c.id == w.comp.id))
+                    .unwrap_or(0),
+                file: Some(w.comp.origin.file.clone()).filter(|f| !f.is_empty()),
+                target_kind: fleet.targets.get(&w.comp.target).map(|t| t.kind.clone()),
+            },
+        );
     }
 
     /// Phase 1 of the annotation protocol (DESIGN.md section 4), per
@@ -1558,22 +1574,13 @@ impl Reconciler {
         let Some(rendered) = w.rendered.clone() else {
             return;
         };
-        let mut artifacts = BTreeMap::new();
-        for a in &rendered.artifacts {
-            match fetched.get(&a.sha256) {
-                Some(Ok(p)) => {
-                    artifacts.insert(a.name.clone(), p.clone());
-                }
-                Some(Err(e)) => {
-                    w.fail(ErrorCode::ArtifactFailed, a.url.clone(), e.to_string());
-                    return;
-                }
-                None => {
-                    // Staged before, now applying: the store still has it.
-                    artifacts.insert(a.name.clone(), self.ctx.store.path_of(&a.sha256));
-                }
+        let artifacts = match self.artifact_files(&rendered, fetched) {
+            Ok(a) => a,
+            Err((url, e)) => {
+                w.fail(ErrorCode::ArtifactFailed, url, e);
+                return;
             }
-        }
+        };
         let desired = Desired {
             rendered,
             source: source.clone(),
@@ -1622,6 +1629,26 @@ impl Reconciler {
                 e.to_string(),
             ),
         }
+    }
+
+    /// Where the store keeps each artifact of `rendered`, by name: fetched
+    /// this pass, or (staged before, now applying) already there. The URL
+    /// and why of the first that failed.
+    fn artifact_files(
+        &self,
+        rendered: &Rendered,
+        fetched: &Fetched,
+    ) -> Result<BTreeMap<String, PathBuf>, (String, String)> {
+        let mut files = BTreeMap::new();
+        for a in &rendered.artifacts {
+            let path = match fetched.get(&a.sha256) {
+                Some(Ok(p)) => p.clone(),
+                Some(Err(e)) => return Err((a.url.clone(), e.to_string())),
+                None => self.ctx.store.path_of(&a.sha256),
+            };
+            files.insert(a.name.clone(), path);
+        }
+        Ok(files)
     }
 
     /// An `apply-now` grant shows in status for as long as the state it was
