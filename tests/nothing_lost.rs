@@ -659,3 +659,37 @@ fn one_reconciler_per_state_directory_and_a_plan_beside_it() {
     );
     assert_eq!(run.code, 0, "{run:?}");
 }
+
+#[test]
+fn a_lost_state_file_does_not_leave_a_removed_variation_deployed() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    util::minimal(&repo)
+        .write("window.yaml", util::SAT_WINDOW)
+        .write(
+            "symphony.yaml",
+            &SHOP.replace(
+                "      synthesisEnv: [{name: TAG, value: a}]\n",
+                "      synthesisEnv: [{name: TAG, value: a}]\n    - name: b\n      synthesizer: {name: app}\n      synthesisEnv: [{name: TAG, value: b}]\n",
+            ),
+        );
+    repo.commit("a and b");
+    assert_eq!(site.once(&repo, OPEN).code, 0);
+    assert!(site.dir("shop/b/current").exists());
+
+    // The state directory's memory is lost; then b is removed.
+    std::fs::remove_file(site.state.path().join("state.json")).unwrap();
+    repo.write("symphony.yaml", SHOP);
+    repo.commit("remove b");
+    let run = site.once(&repo, CLOSED);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("removing: WindowClosed"),
+        "found on the target: {run:?}"
+    );
+    assert!(site.dir("shop/b/current").exists(), "in its window only");
+    let run = site.once(&repo, NEXT_OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!site.dir("shop/b").exists(), "removed from the target");
+    assert!(site.dir("shop/a/current").exists());
+}

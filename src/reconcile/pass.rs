@@ -3,7 +3,7 @@
 //! step only runs on what the previous one produced, and a failure stays
 //! with the composition it belongs to.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -567,6 +567,7 @@ impl Reconciler {
         let held = self
             .hold_unloaded(&mut pass, &mut statuses, &mut report)
             .await;
+        self.adopt_untracked(&pass).await;
         self.removals(
             &pass.fleet,
             &held,
@@ -950,6 +951,73 @@ impl Reconciler {
             }
         }
         held.keys().cloned().collect()
+    }
+
+    /// A lost (or older) `state.json` must not leave a removed variation
+    /// deployed for ever. On a resync, what a target holds of a symphony
+    /// this branch defines, that the symphony no longer lists and that
+    /// nothing remembers, is taken back as a removal: deleted by the usual
+    /// rules, in the symphony's window (when its variations share one; else
+    /// it is left and logged). Only with one watched branch: with several,
+    /// another branch may still define it there.
+    async fn adopt_untracked(&mut self, pass: &Pass) {
+        if !pass.resync || self.ctx.settings.branches.len() != 1 {
+            return;
+        }
+        let branch = &pass.source.branch;
+        let remembered: HashSet<CompositionId> = self
+            .persisted
+            .renders
+            .keys()
+            .chain(self.persisted.retiring.keys())
+            .map(|k| k.id.clone())
+            .collect();
+        let mut listed = HashSet::new();
+        for (name, def) in &pass.fleet.targets {
+            if !listed.insert(self.ctx.targets.key(&def.kind)) {
+                continue;
+            }
+            let target = self.ctx.targets.get(&def.kind);
+            let Ok(ids) = target.list().await else {
+                continue;
+            };
+            for id in ids {
+                let Some(sym) = pass.fleet.symphonies.get(&id.symphony) else {
+                    continue;
+                };
+                if remembered.contains(&id) || sym.compositions.iter().any(|c| c.id == id) {
+                    continue;
+                }
+                let windows: BTreeSet<Option<String>> =
+                    sym.compositions.iter().map(|c| c.window.clone()).collect();
+                let [window] = &windows.into_iter().collect::<Vec<_>>()[..] else {
+                    tracing::warn!(composition = %id, target = %name, "held by a target but known nowhere, and its symphony's variations have different windows: left in place");
+                    continue;
+                };
+                let observed = target.get(&id).await.unwrap_or_default();
+                tracing::info!(composition = %id, target = %name, "held by a target but no longer defined: removing it");
+                self.persisted.renders.insert(
+                    RecordKey::new(branch, &id),
+                    RenderRecord {
+                        input_key: String::new(),
+                        base_key: String::new(),
+                        digest: observed
+                            .applied
+                            .or(observed.staged)
+                            .unwrap_or(Digest([0; 32])),
+                        components: Vec::new(),
+                        target: Some(name.clone()),
+                        commit: None,
+                        window: window.clone(),
+                        depends_on: Vec::new(),
+                        skipped: Vec::new(),
+                        position: sym.compositions.len(),
+                        file: None,
+                        target_kind: Some(def.kind.clone()),
+                    },
+                );
+            }
+        }
     }
 
     /// Keeps each condition's `lastTransitionTime` while its status stays,
