@@ -491,8 +491,8 @@ impl Reconciler {
             out.push(self.pass_branch(&branch).await);
         }
         if self.may_write().is_ok() {
-            for name in self.requests.superseded(&self.recorded) {
-                if let Err(e) = self.requests.forget(&name) {
+            for name in self.recorded.superseded() {
+                if let Err(e) = self.requests.forget(name) {
                     tracing::warn!(error = %e, file = name, "cannot forget a superseded operator record");
                 }
             }
@@ -1330,12 +1330,7 @@ impl Reconciler {
         let Some(old) = record.as_ref().filter(|r| r.target.is_some()) else {
             return Some(record);
         };
-        let old_kind = old.target_kind.clone().or_else(|| {
-            old.target
-                .as_ref()
-                .and_then(|n| fleet.targets.get(n))
-                .map(|t| t.kind.clone())
-        });
+        let old_kind = recorded_kind(&old.target_kind, &old.target, fleet);
         let Some(old_kind) = old_kind.filter(|k| self.target_key(k) != here) else {
             return Some(record);
         };
@@ -1783,7 +1778,7 @@ impl Reconciler {
     }
 
     /// The target object named `name`, built once per root.
-    fn target_for(&mut self, fleet: &Fleet, name: &str) -> Result<Arc<dyn Target>, String> {
+    fn target_for(&self, fleet: &Fleet, name: &str) -> Result<Arc<dyn Target>, String> {
         let t = fleet
             .targets
             .get(name)
@@ -1797,7 +1792,7 @@ impl Reconciler {
     }
 
     /// The target object a definition describes.
-    fn target_of(&mut self, kind: &TargetKind) -> Arc<dyn Target> {
+    fn target_of(&self, kind: &TargetKind) -> Arc<dyn Target> {
         self.ctx.targets.get(kind)
     }
 
@@ -1829,12 +1824,9 @@ impl Reconciler {
     /// The render records of `branch` (of one `symphony`, if given):
     /// compositions known from earlier passes.
     fn records_of(&self, branch: &str, symphony: Option<&str>) -> Vec<(RecordKey, RenderRecord)> {
-        self.persisted
-            .renders
-            .iter()
-            .filter(|(k, _)| k.branch == branch && symphony.is_none_or(|s| k.id.symphony == s))
-            .map(|(k, r)| (k.clone(), r.clone()))
-            .collect()
+        let mut records = super::state::of_branch(&self.persisted.renders, branch);
+        records.retain(|(k, _)| symphony.is_none_or(|s| k.id.symphony == s));
+        records
     }
 
     /// A composition known only from its last render, with what its target
@@ -2054,12 +2046,7 @@ impl Reconciler {
                     tracing::info!(composition = %id, "removed");
                     self.persisted.renders.remove(key);
                     self.caches.observed.remove(key);
-                    let kind = rec.target_kind.clone().or_else(|| {
-                        rec.target
-                            .as_ref()
-                            .and_then(|t| scope.fleet.targets.get(t))
-                            .map(|t| t.kind.clone())
-                    });
+                    let kind = recorded_kind(&rec.target_kind, &rec.target, scope.fleet);
                     self.release(kind.as_ref(), id, &scope.source.branch);
                     return None;
                 }
@@ -2190,12 +2177,7 @@ impl Reconciler {
             if self.may_write().is_err() {
                 continue;
             }
-            let kind = p.kind.clone().or_else(|| {
-                p.target
-                    .as_ref()
-                    .and_then(|t| fleet.targets.get(t))
-                    .map(|t| t.kind.clone())
-            });
+            let kind = recorded_kind(&p.kind, &p.target, fleet);
             let Some(kind) = kind else {
                 tracing::warn!(composition = %id, target = ?p.target, "target no longer defined: orphaned resources cannot be marked");
                 self.persisted.orphan_writes.remove(&key);
@@ -2580,6 +2562,20 @@ fn mark_removing(st: &mut DeploymentStatus, reason: &str, message: String) {
         ready.reason = reason.to_string();
         ready.message = message;
     }
+}
+
+/// The definition of a Target recorded with a composition, else (records
+/// of older versions have only the name) the fleet's definition by that name.
+fn recorded_kind(
+    kind: &Option<TargetKind>,
+    name: &Option<String>,
+    fleet: &Fleet,
+) -> Option<TargetKind> {
+    kind.clone().or_else(|| {
+        name.as_ref()
+            .and_then(|n| fleet.targets.get(n))
+            .map(|t| t.kind.clone())
+    })
 }
 
 /// What status says of the window `name` (if any) at `now`.

@@ -65,6 +65,13 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// Records superseded, as of this load, by a newer one for the same
+    /// composition (and gate): safe to delete, since a load never returns
+    /// them. Only files that load saw: one written since is not even looked at.
+    pub fn superseded(&self) -> &[String] {
+        &self.superseded
+    }
+
     pub fn ungates(&self, composition: &str) -> Vec<Ungate> {
         self.ungated
             .get(composition)
@@ -166,14 +173,6 @@ impl Requests {
             _ => Ok(()),
         }
     }
-
-    /// Records superseded, as of `recorded`'s load, by a newer one for the
-    /// same composition (and gate): safe to delete, since [`load`](Self::load)
-    /// never returns them. Only files seen by that load: one written since
-    /// is not even looked at.
-    pub fn superseded(&self, recorded: &Recorded) -> Vec<String> {
-        recorded.superseded.clone()
-    }
 }
 
 #[cfg(test)]
@@ -209,14 +208,14 @@ mod tests {
         let rec = r.load();
         assert_eq!(rec.ungates("a/v").len(), 2);
         assert_eq!(rec.ungated["a/v"]["g"].0, second);
-        assert_eq!(r.superseded(&rec), vec![first.clone()]);
+        assert_eq!(rec.superseded(), std::slice::from_ref(&first));
         r.forget(&first).unwrap();
         r.forget(&first).unwrap();
-        assert!(r.superseded(&r.load()).is_empty());
+        assert!(r.load().superseded().is_empty());
         // A broken file is skipped and kept.
         std::fs::write(r.dir().join("zz-broken.json"), b"{").unwrap();
         assert_eq!(r.load().ungates("a/v").len(), 2);
-        assert!(r.superseded(&r.load()).is_empty());
+        assert!(r.load().superseded().is_empty());
         assert!(r.dir().join("zz-broken.json").exists());
     }
 
@@ -268,8 +267,8 @@ mod tests {
                                 }
                             }
                         }
-                        for name in r.superseded(&seen) {
-                            r.forget(&name).unwrap();
+                        for name in seen.superseded() {
+                            r.forget(name).unwrap();
                         }
                     }
                     Op::Crash => seen = Recorded::default(),
