@@ -16,7 +16,9 @@ use fermata::model::types::KubernetesSpec;
 use fermata::model::wellknown::ORPHANED_FROM;
 use fermata::model::CompositionId;
 use fermata::synth::{Rendered, Resource};
-use fermata::target::{Desired, Health, KubernetesTarget, SourceRef, StateGoal, Target};
+use fermata::target::{
+    Desired, Health, KubernetesTarget, MetadataChange, SourceRef, StateGoal, Target,
+};
 use fermata::window::FixedClock;
 use kube_fake::FakeKube;
 use serde_json::{json, Value};
@@ -438,12 +440,13 @@ async fn orphaned_resources_lose_the_label_and_are_never_pruned_or_deleted() {
     let t = c.target(false);
     let v1 = state(vec![cm("a", json!({"k": "v"}))], &[]);
     t.apply(&v1, StateGoal::Apply).await.expect("v1");
-    // What `orphan()` in the reconciler applies: each resource and the
+    // What the reconciler's orphaning writes: each resource and the
     // composition annotated with the symphony it came from.
-    let mut orphan = cm("a", json!({"k": "v"}));
-    orphan["metadata"]["annotations"] = json!({ORPHANED_FROM: "shop"});
-    let v2 = state(vec![orphan], &[(ORPHANED_FROM, "shop")]);
-    t.apply(&v2, StateGoal::Apply).await.expect("orphaned");
+    let orphan = MetadataChange::Orphan {
+        symphony: "shop".into(),
+    };
+    let out = t.write_metadata(&id(), &orphan).await.expect("orphaned");
+    assert!(out.changed);
     let live = c.cm("a").expect("left in place");
     assert!(
         live["metadata"]["labels"]
@@ -462,6 +465,11 @@ async fn orphaned_resources_lose_the_label_and_are_never_pruned_or_deleted() {
         applied["inventory"],
         json!([]),
         "the record no longer lists it"
+    );
+    assert_eq!(
+        applied["source"],
+        json!({"branch": "main", "commit": "0".repeat(40)}),
+        "the commit it was applied from is kept"
     );
     // An empty state would prune everything managed: nothing is.
     t.apply(&state(vec![], &[]), StateGoal::Apply)
@@ -523,9 +531,8 @@ async fn a_metadata_only_change_keeps_the_spec_and_removes_a_pruned_key() {
     .expect("v1");
     let from = c.fake.requests().len();
     // Phase 1 of the two-phase protocol: the same resources, one key less.
-    t.apply(&state(objects(), &[("keep", "1")]), StateGoal::Apply)
-        .await
-        .expect("pruned key");
+    let keep = MetadataChange::Annotations(map(&[("keep", "1")]));
+    t.write_metadata(&id(), &keep).await.expect("pruned key");
     let patches: Vec<_> = c.fake.requests()[from..]
         .iter()
         .filter(|r| r.method == "PATCH" && !r.path.contains("/fermata-"))

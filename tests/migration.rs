@@ -13,7 +13,8 @@ use fermata::model::{CompositionId, TargetKind};
 use fermata::reconcile::{Reconciler, Settings};
 use fermata::synth::Rendered;
 use fermata::target::{
-    Desired, LocalTargets, Observed, Outcome, StateGoal, Target, TargetError, Targets,
+    Desired, LocalTargets, MetadataChange, Observed, Outcome, StateGoal, Target, TargetError,
+    Targets,
 };
 use fermata::window::{Clock, FixedClock};
 use util::{git, TestRepo};
@@ -117,6 +118,15 @@ impl Target for Watched {
     }
     async fn applied(&self, id: &CompositionId) -> Result<Option<Rendered>, TargetError> {
         self.inner.applied(id).await
+    }
+    async fn write_metadata(
+        &self,
+        id: &CompositionId,
+        change: &MetadataChange,
+    ) -> Result<Outcome, TargetError> {
+        let r = self.inner.write_metadata(id, change).await;
+        (self.after)();
+        r
     }
 }
 

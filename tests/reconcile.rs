@@ -11,8 +11,8 @@ use fermata::model::{CompositionId, TargetKind};
 use fermata::reconcile::{BranchReport, Mode, Reconciler, Settings};
 use fermata::synth::Rendered;
 use fermata::target::{
-    Component, Desired, Health, Observed, Outcome, StateFlag, StateGoal, Target, TargetError,
-    Targets,
+    Component, Desired, Health, MetadataChange, Observed, Outcome, StateFlag, StateGoal, Target,
+    TargetError, Targets,
 };
 use fermata::window::{Clock, FixedClock};
 use util::TestRepo;
@@ -27,6 +27,7 @@ enum Call {
     Apply(String),
     DryRun(String),
     Delete(String),
+    Metadata(String),
 }
 
 #[derive(Default)]
@@ -158,6 +159,30 @@ impl Target for FakeTarget {
     async fn applied(&self, id: &CompositionId) -> Result<Option<Rendered>, TargetError> {
         let held = self.held.lock().unwrap();
         Ok(held.get(&id.to_string()).and_then(|h| h.applied.clone()))
+    }
+
+    async fn write_metadata(
+        &self,
+        id: &CompositionId,
+        change: &MetadataChange,
+    ) -> Result<Outcome, TargetError> {
+        let id = id.to_string();
+        self.calls.lock().unwrap().push(Call::Metadata(id.clone()));
+        if self.failing.lock().unwrap().contains(&id) {
+            return Err(TargetError::Invalid(format!("{id}: refused by the test")));
+        }
+        let mut held = self.held.lock().unwrap();
+        let Some(h) = held.get_mut(&id).filter(|h| h.applied.is_some()) else {
+            return Ok(Outcome::default());
+        };
+        let edited = change
+            .applied_to(h.applied.clone().unwrap())
+            .map_err(TargetError::Invalid)?;
+        h.applied = Some(edited);
+        Ok(Outcome {
+            changed: true,
+            diff: None,
+        })
     }
 }
 

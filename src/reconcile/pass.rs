@@ -34,7 +34,7 @@ use crate::status::{
 };
 use crate::synth::{self, Rendered};
 use crate::target::{
-    Desired, Health, LocalTargets, Observed, SourceRef, StateGoal, Target, Targets,
+    Desired, Health, LocalTargets, MetadataChange, Observed, SourceRef, StateGoal, Target, Targets,
 };
 use crate::window::Clock;
 
@@ -1524,14 +1524,11 @@ impl Reconciler {
                 continue;
             }
             let pruned = annotations::pruned(&w.observed.annotations, &keys);
-            let result = self
-                .rewrite_applied(target.as_ref(), &w.comp.id, |mut r| {
-                    r.annotations = pruned;
-                    Ok(r)
-                })
+            let result = target
+                .write_metadata(&w.comp.id, &MetadataChange::Annotations(pruned))
                 .await;
             match result {
-                Ok(()) => {
+                Ok(_) => {
                     tracing::info!(composition = %w.comp.id, keys = %keys.join(","), "pruned annotations");
                     match target.get(&w.comp.id).await {
                         Ok(o) => w.observed = o,
@@ -1554,38 +1551,6 @@ impl Reconciler {
             }
         }
         held
-    }
-
-    /// Writes the applied state of `id` again, changed by `edit`, as one
-    /// more applied state: atomic like any apply. Nothing applied: nothing done.
-    async fn rewrite_applied(
-        &self,
-        target: &dyn Target,
-        id: &CompositionId,
-        edit: impl FnOnce(Rendered) -> Result<Rendered, String>,
-    ) -> Result<(), String> {
-        let Some(applied) = target.applied(id).await.map_err(|e| e.to_string())? else {
-            return Ok(());
-        };
-        let edited = edit(applied)?;
-        let artifacts = self.stored_artifacts(&edited.artifacts);
-        let rendered = Rendered::from_parts(
-            id.clone(),
-            edited.resources,
-            edited.annotations,
-            edited.labels,
-            edited.artifacts,
-        );
-        let desired = Desired {
-            rendered: Arc::new(rendered),
-            source: SourceRef {
-                branch: String::new(),
-                commit: String::new(),
-            },
-            artifacts,
-        };
-        let result = target.apply(&desired, StateGoal::Apply).await;
-        result.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Where the store keeps each of `artifacts`, by name: what a state
@@ -2291,29 +2256,14 @@ impl Reconciler {
     /// Leaves the applied resources in place, annotated with the symphony
     /// they came from, as one more applied state (so it is atomic too).
     async fn orphan(&self, target: &dyn Target, id: &CompositionId) -> Result<(), String> {
-        self.rewrite_applied(target, id, |mut r| {
-            let mut resources = Vec::with_capacity(r.resources.len());
-            for res in &r.resources {
-                let mut o = res.object.clone();
-                if let Some(meta) = o
-                    .get_mut("metadata")
-                    .and_then(serde_json::Value::as_object_mut)
-                {
-                    let ann = meta
-                        .entry("annotations")
-                        .or_insert_with(|| serde_json::json!({}));
-                    if let Some(ann) = ann.as_object_mut() {
-                        ann.insert(ORPHANED_FROM.into(), serde_json::json!(id.symphony));
-                    }
-                }
-                resources.push(synth::Resource::new(o)?);
-            }
-            r.resources = resources;
-            r.annotations
-                .insert(ORPHANED_FROM.to_string(), id.symphony.clone());
-            Ok(r)
-        })
-        .await
+        let change = MetadataChange::Orphan {
+            symphony: id.symphony.clone(),
+        };
+        target
+            .write_metadata(id, &change)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn status_of(

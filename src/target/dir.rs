@@ -34,8 +34,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Component, Desired, Health, Observed, Outcome, SourceRef, StateFlag, StateGoal, Target,
-    TargetError,
+    Component, Desired, Health, MetadataChange, Observed, Outcome, SourceRef, StateFlag, StateGoal,
+    Target, TargetError,
 };
 use crate::model::{Artifact, CompositionId, Digest};
 use crate::synth::{Rendered, Resource};
@@ -151,6 +151,26 @@ impl Target for DirectoryTarget {
     async fn list(&self) -> Result<Vec<CompositionId>, TargetError> {
         let root = self.root.clone();
         blocking(move || list(&root)).await
+    }
+
+    async fn write_metadata(
+        &self,
+        id: &CompositionId,
+        change: &MetadataChange,
+    ) -> Result<Outcome, TargetError> {
+        let site = self.site(id)?;
+        let change = change.clone();
+        blocking(move || {
+            let changed = site.write_metadata(&change)?;
+            if let Err(e) = site.gc() {
+                tracing::warn!(composition = %site.id, error = %e, "state garbage collection failed");
+            }
+            Ok(Outcome {
+                changed,
+                diff: None,
+            })
+        })
+        .await
     }
 }
 
@@ -954,6 +974,38 @@ impl Site {
             record.labels,
             artifacts,
         )))
+    }
+
+    /// Applies a copy of the applied state with `change` made: its
+    /// artifacts linked from the applied state dir, its record keeping the
+    /// commit it came from. Whether anything was written.
+    fn write_metadata(&self, change: &MetadataChange) -> Result<bool, TargetError> {
+        self.recover()?;
+        let Pointer::State(digest) = self.pointer(CURRENT)? else {
+            return Ok(false);
+        };
+        let dir = self.state(&digest);
+        let record = self.read_record(&dir).map_err(TargetError::Invalid)?;
+        let Some(applied) = self.applied()? else {
+            return Ok(false);
+        };
+        let edited = change
+            .applied_to(applied)
+            .map_err(|e| TargetError::Invalid(format!("{}: {e}", self.id)))?;
+        if edited.digest == digest {
+            return Ok(false);
+        }
+        let artifacts = record
+            .artifacts
+            .iter()
+            .map(|a| (a.name.clone(), dir.join(ARTIFACTS).join(&a.name)))
+            .collect();
+        let desired = Desired {
+            rendered: std::sync::Arc::new(edited),
+            source: record.source,
+            artifacts,
+        };
+        self.apply(&desired)
     }
 
     /// Unlinks `current` first (what is applied disappears at once), then

@@ -41,8 +41,8 @@ use serde_json::{json, Map, Value};
 
 use super::dir::map_diff;
 use super::{
-    Component, Desired, Health, Observed, Outcome, SourceRef, StateFlag, StateGoal, Target,
-    TargetError,
+    Component, Desired, Health, MetadataChange, Observed, Outcome, SourceRef, StateFlag, StateGoal,
+    Target, TargetError,
 };
 use crate::model::types::KubernetesSpec;
 use crate::model::wellknown::{
@@ -1622,6 +1622,43 @@ impl Target for KubernetesTarget {
     }
 
     async fn applied(&self, id: &CompositionId) -> Result<Option<Rendered>, TargetError> {
+        Ok(self.applied_with_source(id).await?.map(|(r, _)| r))
+    }
+
+    /// Applies the applied state with `change` made, under the commit it
+    /// came from. Only annotations changed: only the metadata apply runs
+    /// (the bodies are unchanged, see [`AppliedResource::body`]).
+    async fn write_metadata(
+        &self,
+        id: &CompositionId,
+        change: &MetadataChange,
+    ) -> Result<Outcome, TargetError> {
+        let Some((applied, source)) = self.applied_with_source(id).await? else {
+            return Ok(Outcome::default());
+        };
+        let digest = applied.digest;
+        let edited = change
+            .applied_to(applied)
+            .map_err(|e| TargetError::Invalid(format!("{id}: {e}")))?;
+        if edited.digest == digest {
+            return Ok(Outcome::default());
+        }
+        let desired = Desired {
+            rendered: Arc::new(edited),
+            source,
+            artifacts: BTreeMap::new(),
+        };
+        self.apply_now(&desired).await
+    }
+}
+
+impl KubernetesTarget {
+    /// The applied state as its inventory record holds it, with the commit
+    /// it was applied from.
+    async fn applied_with_source(
+        &self,
+        id: &CompositionId,
+    ) -> Result<Option<(Rendered, SourceRef)>, TargetError> {
         let Some(a) = self.read_record(id).await?.and_then(|r| r.applied) else {
             return Ok(None);
         };
@@ -1643,13 +1680,9 @@ impl Target for KubernetesTarget {
                 size: x.size,
             })
             .collect();
-        Ok(Some(Rendered::from_parts(
-            id.clone(),
-            resources,
-            a.annotations,
-            a.labels,
-            artifacts,
-        )))
+        let rendered =
+            Rendered::from_parts(id.clone(), resources, a.annotations, a.labels, artifacts);
+        Ok(Some((rendered, a.source)))
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::model::wellknown::ORPHANED_FROM;
 use crate::model::{CompositionId, Digest, TargetKind};
 pub use crate::source::SourceRef;
 use crate::synth::Rendered;
@@ -123,6 +124,66 @@ impl TargetError {
     }
 }
 
+/// A change to the metadata of what is applied, with resources and
+/// artifacts left as they are: the two-phase protocol's prune and the
+/// orphan mark. A value, so a plan can show it and a test can compare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataChange {
+    /// The composition's annotations become exactly these.
+    Annotations(BTreeMap<String, String>),
+    /// Every resource stays in place, annotated as orphaned from
+    /// `symphony`: nothing prunes or deletes it after this.
+    Orphan { symphony: String },
+}
+
+impl MetadataChange {
+    /// `applied` with this change made: what a target writes. Pure, so each
+    /// target makes the same change.
+    pub fn applied_to(&self, applied: Rendered) -> Result<Rendered, String> {
+        let Rendered {
+            id,
+            resources,
+            mut annotations,
+            labels,
+            artifacts,
+            ..
+        } = applied;
+        let resources = match self {
+            MetadataChange::Annotations(new) => {
+                annotations = new.clone();
+                resources
+            }
+            MetadataChange::Orphan { symphony } => {
+                annotations.insert(ORPHANED_FROM.to_string(), symphony.clone());
+                let mut out = Vec::with_capacity(resources.len());
+                for res in resources {
+                    let mut o = res.object;
+                    if let Some(meta) = o
+                        .get_mut("metadata")
+                        .and_then(serde_json::Value::as_object_mut)
+                    {
+                        let ann = meta
+                            .entry("annotations")
+                            .or_insert_with(|| serde_json::json!({}));
+                        if let Some(ann) = ann.as_object_mut() {
+                            ann.insert(ORPHANED_FROM.into(), serde_json::json!(symphony));
+                        }
+                    }
+                    out.push(crate::synth::Resource::new(o)?);
+                }
+                out
+            }
+        };
+        Ok(Rendered::from_parts(
+            id,
+            resources,
+            annotations,
+            labels,
+            artifacts,
+        ))
+    }
+}
+
 /// A place compositions are applied to. Held as `Arc<dyn Target>`; calls for
 /// one composition are never concurrent, calls for different ones may be.
 #[async_trait]
@@ -140,6 +201,15 @@ pub trait Target: Send + Sync + fmt::Debug {
     /// sha256 and size only): what is left in place when a symphony is
     /// deleted and its resources are orphaned.
     async fn applied(&self, id: &CompositionId) -> Result<Option<Rendered>, TargetError>;
+    /// Makes `change` to what is applied for `id`, as one more applied state
+    /// (atomic like any apply) that keeps the resources' content, the
+    /// artifacts and the commit it was applied from. Nothing applied:
+    /// nothing done (`changed: false`).
+    async fn write_metadata(
+        &self,
+        id: &CompositionId,
+        change: &MetadataChange,
+    ) -> Result<Outcome, TargetError>;
 }
 
 /// Resolves a Target definition to the object that writes it. The

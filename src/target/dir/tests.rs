@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::model::wellknown::ORPHANED_FROM;
 use crate::model::Artifact;
 
 fn id() -> CompositionId {
@@ -752,4 +753,52 @@ proptest! {
             }
         });
     }
+}
+
+/// Prune and orphaning change metadata only: the new applied state keeps
+/// the commit it came from (it used to say `branch: ''`), its artifacts
+/// (linked from the applied state, the store may have dropped them) and
+/// its resources' content.
+#[tokio::test]
+async fn a_metadata_write_keeps_source_artifacts_and_content() {
+    let (dir, t) = fixture();
+    let store = dir.path().join("model.bin");
+    let d = with_artifact("v1", &store, b"weights");
+    t.apply(&d, StateGoal::Apply).await.unwrap();
+    fs::remove_file(&store).unwrap();
+
+    let mut keep = BTreeMap::new();
+    keep.insert("owner".to_string(), "true".to_string());
+    let out = t
+        .write_metadata(&id(), &MetadataChange::Annotations(keep.clone()))
+        .await
+        .unwrap();
+    assert!(out.changed);
+    let orphan = MetadataChange::Orphan {
+        symphony: "line-control".into(),
+    };
+    assert!(t.write_metadata(&id(), &orphan).await.unwrap().changed);
+    assert!(!t.write_metadata(&id(), &orphan).await.unwrap().changed);
+
+    let current = comp_dir(&t).join("current");
+    let record = fs::read_to_string(current.join("composition.yaml")).unwrap();
+    assert!(record.contains("branch: main"), "{record}");
+    assert!(record.contains(&"3f2a".repeat(10)), "{record}");
+    assert_eq!(
+        fs::read(current.join("artifacts/model")).unwrap(),
+        b"weights"
+    );
+    let applied = t.applied(&id()).await.unwrap().unwrap();
+    assert_eq!(applied.annotations["owner"], "true");
+    assert_eq!(applied.annotations[ORPHANED_FROM], "line-control");
+    let object = &applied.resources[0].object;
+    assert_eq!(object["data"]["value"], "v1");
+    assert_eq!(
+        object["metadata"]["annotations"][ORPHANED_FROM],
+        "line-control"
+    );
+    // Nothing applied: nothing written.
+    let other = CompositionId::new("line-control", "other");
+    assert!(!t.write_metadata(&other, &orphan).await.unwrap().changed);
+    assert!(!t.root().join("line-control/other").exists());
 }
