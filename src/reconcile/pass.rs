@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
 use super::annotations;
+use super::plan::prune::{decide_prune, Prune, PruneFacts};
 use super::plan::removal::{decide_removal, Removal, RemovalFacts};
 use super::plan::rollout::{self, Rollout};
 use super::plan::{self, Apply, Facts, Reason};
@@ -1490,39 +1491,40 @@ impl Reconciler {
         let mut held: HashMap<String, String> = HashMap::new();
         for w in work.iter_mut() {
             let keys = annotations::prunes(&w.observed.annotations, &w.comp.annotations);
-            let Some(target) = w
-                .target
-                .clone()
-                .filter(|_| !keys.is_empty() && w.error.is_none())
-            else {
-                continue;
-            };
-            let sym = w.comp.id.symphony.clone();
+            if keys.is_empty() {
+                continue; // the common case: no window to compute
+            }
             let window = w.comp.window.as_ref().and_then(|n| fleet.windows.get(n));
             let now = self.ctx.clock.now();
-            if let Some(mw) = window.filter(|mw| !mw.window.is_open(now)) {
-                let next = mw.window.state_at(now).next_open;
-                if let Some(n) = next {
-                    report.wake_at(n);
+            let facts = PruneFacts {
+                keys,
+                writable: w.target.is_some() && w.error.is_none(),
+                window: window.map(|mw| {
+                    let state = mw.window.state_at(now);
+                    (mw.window.name.clone(), state.open, state.next_open)
+                }),
+                may_write: self.may_write().is_ok(),
+            };
+            let sym = w.comp.id.symphony.clone();
+            match decide_prune(&w.comp.id.to_string(), &facts) {
+                Prune::Nothing => continue,
+                Prune::WindowClosed { message, next } => {
+                    if let Some(n) = next {
+                        report.wake_at(n);
+                    }
+                    held.entry(sym).or_insert(message);
+                    continue;
                 }
-                held.entry(sym).or_insert_with(|| {
-                    format!(
-                        "{} must first remove {} in its window {} (next opening {})",
-                        w.comp.id,
-                        keys.join(", "),
-                        mw.window.name,
-                        next.map(|t| t.to_rfc3339())
-                            .unwrap_or_else(|| "never".into())
-                    )
-                });
-                continue;
+                Prune::Planned { message } => {
+                    held.entry(sym).or_insert(message);
+                    w.action = Some(ActionKind::Update);
+                    continue;
+                }
+                Prune::Write => {}
             }
-            if self.may_write().is_err() {
-                held.entry(sym)
-                    .or_insert_with(|| format!("{} removes {} first", w.comp.id, keys.join(", ")));
-                w.action = Some(ActionKind::Update);
+            let (Some(target), keys) = (w.target.clone(), facts.keys) else {
                 continue;
-            }
+            };
             let pruned = annotations::pruned(&w.observed.annotations, &keys);
             let result = target
                 .write_metadata(&w.comp.id, &MetadataChange::Annotations(pruned))

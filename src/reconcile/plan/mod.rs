@@ -4,9 +4,11 @@
 //! [`decide`] says whether to stage and whether an apply may start;
 //! [`rollout`] is the symphony-wide accounting that feeds it (dependencies
 //! Ready, `OrderedReady`, `maxUnavailable`); [`removal`] says whether a
-//! removed variation may be deleted now; [`settled`] whether a branch has
+//! removed variation may be deleted now; [`prune`] whether phase 1 of the
+//! annotation protocol may write now; [`settled`] whether a branch has
 //! nothing left to do until its commit changes.
 
+pub mod prune;
 pub mod removal;
 pub mod rollout;
 
