@@ -44,7 +44,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::{self, Loaded};
-use crate::source::{GitSource, Snapshot, Source};
+use crate::source::{GitSource, Snapshot};
 
 #[derive(Debug, Parser)]
 #[command(

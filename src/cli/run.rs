@@ -237,12 +237,7 @@ impl RunArgs {
             crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;
         }
         let mut r = Reconciler::new(settings.clone(), self.clock.clock())?;
-        if settings.branches.is_empty() {
-            match r.ctx.source.default_branch() {
-                Some(b) => settings.branches.push(b),
-                None => bail!("{}: no default branch; name one with --branch", self.repo),
-            }
-        }
+        settings.branches = r.ctx.settings.branches.clone();
         if settings.branches.contains(&settings.status_branch) {
             bail!(
                 "--status-branch {} is also a watched --branch: status commits must never land on a watched branch",

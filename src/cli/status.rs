@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 
 use super::default_state_dir;
-use crate::source::{GitSource, Source};
+use crate::source::GitSource;
 use crate::status::margo::DeploymentStatusManifest;
 use crate::status::StatusRepo;
 

@@ -37,8 +37,12 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
         fetch_or_warn(&mut r).await;
         let mut found = false;
         for branch in &r.ctx.settings.branches {
-            let rev = r.ctx.source.resolve(&format!("refs/heads/{branch}"))?;
-            let snap = r.ctx.source.snapshot(rev)?;
+            let rev = r
+                .ctx
+                .source
+                .resolve(&format!("refs/heads/{branch}"))
+                .await?;
+            let snap = r.ctx.source.snapshot(rev).await?;
             let loaded = model::load(&snap, &r.ctx.settings.path);
             if let Some(c) = loaded.fleet.composition(&a.composition) {
                 found |= c.scheduling_gates.contains(&a.gate);

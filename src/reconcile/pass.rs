@@ -55,9 +55,16 @@ pub struct Context {
 impl Context {
     /// The real parts: the Git source (mirrored under the state directory
     /// for a URL), local targets, the artifact store, the status branch.
-    pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> Result<Context, SetupError> {
-        let source: Arc<dyn Source> =
-            Arc::new(GitSource::open(&settings.repo, &settings.state_dir)?);
+    /// No `--branch`: the one the repository's HEAD names.
+    pub fn new(mut settings: Settings, clock: Arc<dyn Clock>) -> Result<Context, SetupError> {
+        let git = GitSource::open(&settings.repo, &settings.state_dir)?;
+        if settings.branches.is_empty() {
+            let branch = git
+                .default_branch()
+                .ok_or_else(|| SetupError::NoDefaultBranch(settings.repo.clone()))?;
+            settings.branches.push(branch);
+        }
+        let source: Arc<dyn Source> = Arc::new(git);
         let store =
             ArtifactStore::new(&settings.state_dir)?.with_file_roots(&settings.artifact_roots)?;
         let status = StatusRepo::new(
@@ -89,6 +96,8 @@ pub enum SetupError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Store(#[from] crate::stage::StageError),
+    #[error("{0}: no default branch; name one with --branch")]
+    NoDefaultBranch(String),
 }
 
 /// What a reconciler keeps between passes only to do less: each is
@@ -326,10 +335,7 @@ impl Reconciler {
 
     /// Fetches the remote; on failure the last good revisions stay in use.
     pub async fn fetch(&mut self) -> Result<(), SourceError> {
-        let source = self.ctx.source.clone();
-        let result = tokio::task::spawn_blocking(move || source.fetch())
-            .await
-            .unwrap_or_else(|e| Err(join_error(e)));
+        let result = self.ctx.source.fetch().await;
         match &result {
             Ok(()) => {
                 if self.fetch_error.take().is_some() {
@@ -609,15 +615,11 @@ impl Reconciler {
     /// Resolves the branch (or `plan --rev`) to a commit. A branch that is
     /// gone applies nothing and deletes nothing: the report says so.
     async fn resolve(&self, branch: &str, report: &mut BranchReport) -> Option<Revision> {
-        let source = self.ctx.source.clone();
         let refname = self
             .revision
             .clone()
             .unwrap_or_else(|| format!("refs/heads/{branch}"));
-        match tokio::task::spawn_blocking(move || source.resolve(&refname))
-            .await
-            .unwrap_or_else(|e| Err(join_error(e)))
-        {
+        match self.ctx.source.resolve(&refname).await {
             Ok(rev) => {
                 report.revision = Some(rev);
                 if let Some(e) = &self.fetch_error {
@@ -665,16 +667,17 @@ impl Reconciler {
         now: DateTime<Utc>,
         report: &mut BranchReport,
     ) -> Option<Pass> {
-        let source = self.ctx.source.clone();
         let path = self.ctx.settings.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            source.snapshot(rev).map(|snap| {
+        let loaded = match self.ctx.source.snapshot(rev).await {
+            // Parsing a large tree is CPU work: off the runtime too.
+            Ok(snap) => tokio::task::spawn_blocking(move || {
                 let loaded = model::load(&snap, &path);
                 (Arc::new(snap), loaded)
             })
-        })
-        .await
-        .unwrap_or_else(|e| Err(join_error(e)));
+            .await
+            .map_err(join_error),
+            Err(e) => Err(e),
+        };
         let (snap, loaded) = match loaded {
             Ok(x) => x,
             Err(e) => {
@@ -695,13 +698,17 @@ impl Reconciler {
                 .resynced
                 .insert(branch.to_string(), std::time::Instant::now());
         }
-        let forced = self
+        let old = self
             .persisted
             .revisions
             .get(branch)
             .and_then(|p| git2::Oid::from_str(p).ok())
             .map(Revision)
-            .filter(|old| *old != rev && !self.ctx.source.is_descendant(rev, *old));
+            .filter(|old| *old != rev);
+        let forced = match old {
+            Some(old) if !self.ctx.source.is_descendant(rev, old).await => Some(old),
+            _ => None,
+        };
         if let Some(old) = forced {
             tracing::warn!(from = %old, to = %rev, "branch was force-pushed");
         }
@@ -1093,16 +1100,10 @@ impl Reconciler {
         if matches!(self.ctx.settings.signatures, SignaturePolicy::None) {
             return Ok(Signer::Unchecked);
         }
-        let source = self.ctx.source.clone();
-        let policy = self.ctx.settings.signatures.clone();
-        tokio::task::spawn_blocking(move || source.verify(rev, &policy, now))
+        self.ctx
+            .source
+            .verify(rev, &self.ctx.settings.signatures, now)
             .await
-            .unwrap_or_else(|e| {
-                Err(UntrustedCommit::Unreadable {
-                    commit: rev.0,
-                    reason: e.to_string(),
-                })
-            })
     }
 
     /// The objects of an already reconciled commit (empty if it is gone).
@@ -1110,16 +1111,13 @@ impl Reconciler {
         let Ok(oid) = git2::Oid::from_str(rev) else {
             return Fleet::default();
         };
-        let source = self.ctx.source.clone();
+        let Ok(snap) = self.ctx.source.snapshot(Revision(oid)).await else {
+            return Fleet::default();
+        };
         let path = self.ctx.settings.path.clone();
-        tokio::task::spawn_blocking(move || {
-            source
-                .snapshot(Revision(oid))
-                .map(|snap| model::load(&snap, &path).fleet)
-                .unwrap_or_default()
-        })
-        .await
-        .unwrap_or_default()
+        tokio::task::spawn_blocking(move || model::load(&snap, &path).fleet)
+            .await
+            .unwrap_or_default()
     }
 
     /// A commit that fails the signature policy: nothing of it is loaded,
@@ -2589,10 +2587,7 @@ fn orphaned_status(
 }
 
 fn join_error(e: tokio::task::JoinError) -> SourceError {
-    SourceError::Open {
-        url: "(internal task)".into(),
-        source: git2::Error::from_str(&e.to_string()),
-    }
+    SourceError::Task(e.to_string())
 }
 
 fn row_note(w: &Work) -> String {

@@ -289,9 +289,7 @@ impl Reporter<'_> {
         base: &str,
         pr: &PullRequest,
     ) -> Result<(), PullError> {
-        let source = self.source.clone();
-        let (head_ref, sha) = (pr.head_ref.clone(), pr.head_sha.clone());
-        let rev = tokio::task::spawn_blocking(move || source.fetch_ref(&head_ref, &sha)).await??;
+        let rev = self.source.fetch_ref(&pr.head_ref, &pr.head_sha).await?;
         let site = self.site_name();
         let (report, body, blocked) = self.plan_of(base, rev, pulls).await;
         let posted = markdown::truncate(&body, forge.comment_limit());
@@ -390,7 +388,7 @@ impl Reporter<'_> {
             let Some(tracked) = self.state.plans.get(&number).cloned() else {
                 continue;
             };
-            let Some(result) = self.landed(&tracked, reports, now) else {
+            let Some(result) = self.landed(&tracked, reports, now).await else {
                 continue;
             };
             let marker = markdown::marker(&self.site_name());
@@ -409,7 +407,7 @@ impl Reporter<'_> {
 
     /// `installed at …` or `failed: …` once the merged commit was reconciled
     /// on the base branch and the planned changes landed; `None` until then.
-    fn landed(
+    async fn landed(
         &self,
         t: &TrackedPull,
         reports: &[BranchReport],
@@ -418,7 +416,7 @@ impl Reporter<'_> {
         let merged = git2::Oid::from_str(t.merged.as_deref()?).ok()?;
         let report = reports.iter().find(|r| r.branch == t.base)?;
         let rev = report.revision?;
-        if !self.source.is_descendant(rev, Revision(merged)) {
+        if !self.source.is_descendant(rev, Revision(merged)).await {
             return None;
         }
         if let Some(failed) = report
@@ -457,7 +455,7 @@ impl Reporter<'_> {
         head: Revision,
         pulls: &PullSettings,
     ) -> (BranchReport, String, bool) {
-        let allow = pulls.trust_pr_commands || self.on_watched_branch(head);
+        let allow = pulls.trust_pr_commands || self.on_watched_branch(head).await;
         let hex = head.to_string();
         let report = self.planner.plan(base, head, allow).await;
         let site = self.site_name();
@@ -475,17 +473,20 @@ impl Reporter<'_> {
 
     /// Whether `rev` is on a watched branch (merged there by someone): its
     /// `command:` synthesizers run there anyway.
-    fn on_watched_branch(&self, rev: Revision) -> bool {
-        self.branches.iter().any(|b| {
-            self.source
-                .resolve(&format!("refs/heads/{b}"))
-                .is_ok_and(|head| self.source.is_descendant(head, rev))
-        })
+    async fn on_watched_branch(&self, rev: Revision) -> bool {
+        for b in self.branches.iter() {
+            if let Ok(head) = self.source.resolve(&format!("refs/heads/{b}")).await {
+                if self.source.is_descendant(head, rev).await {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Plan notes on the heads of branches matching `--plan-branches`.
     async fn plan_notes(&mut self, pattern: &glob::Pattern, pulls: &PullSettings) {
-        let branches = match self.source.branches() {
+        let branches = match self.source.branches().await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list branches for plan notes");

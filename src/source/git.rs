@@ -396,36 +396,10 @@ pub(crate) fn callbacks() -> RemoteCallbacks<'static> {
     cb
 }
 
-impl Source for GitSource {
-    fn url(&self) -> &str {
-        &self.url
-    }
-
-    fn git_dir(&self) -> &Path {
-        GitSource::git_dir(self)
-    }
-
-    fn remote(&self) -> Option<&str> {
-        GitSource::remote(self)
-    }
-
-    fn default_branch(&self) -> Option<String> {
-        GitSource::default_branch(self)
-    }
-
-    fn is_descendant(&self, new: Revision, old: Revision) -> bool {
-        GitSource::is_descendant(self, new, old)
-    }
-
-    fn fetch_ref(&self, refname: &str, sha: &str) -> Result<Revision, SourceError> {
-        GitSource::fetch_ref(self, refname, sha)
-    }
-
-    fn branches(&self) -> Result<Vec<(String, Revision)>, SourceError> {
-        GitSource::branches(self)
-    }
-
-    fn fetch(&self) -> Result<(), SourceError> {
+impl GitSource {
+    /// Updates the mirror from the remote (a local repository: nothing).
+    /// Blocking: [`Source::fetch`] runs it off the async runtime.
+    pub fn fetch(&self) -> Result<(), SourceError> {
         if !self.mirrored {
             return Ok(());
         }
@@ -463,7 +437,8 @@ impl Source for GitSource {
             .map_err(fetch_err)
     }
 
-    fn resolve(&self, rev: &str) -> Result<Revision, SourceError> {
+    /// Blocking; see [`Source::resolve`].
+    pub fn resolve(&self, rev: &str) -> Result<Revision, SourceError> {
         let repo = self.repo()?;
         let err = |source| SourceError::Resolve {
             url: self.url.clone(),
@@ -475,7 +450,8 @@ impl Source for GitSource {
         Ok(Revision(commit.id()))
     }
 
-    fn snapshot(&self, rev: Revision) -> Result<Snapshot, SourceError> {
+    /// Blocking; see [`Source::snapshot`].
+    pub fn snapshot(&self, rev: Revision) -> Result<Snapshot, SourceError> {
         let repo = self.repo()?;
         let err = |source| SourceError::Read {
             url: self.url.clone(),
@@ -524,7 +500,8 @@ impl Source for GitSource {
         Ok(Snapshot::new(rev, entries).with_submodules(submodules))
     }
 
-    fn verify(
+    /// Blocking; see [`Source::verify`].
+    pub fn verify(
         &self,
         rev: Revision,
         policy: &SignaturePolicy,
@@ -539,4 +516,88 @@ impl Source for GitSource {
         })?;
         policy.verify(&repo, rev.0, now)
     }
+}
+
+/// Every git2 call runs on the blocking pool: a fetch that waits for the
+/// network, or a walk of a large history, never stalls the runtime that
+/// serves webhooks and health checks.
+#[async_trait::async_trait]
+impl Source for GitSource {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn git_dir(&self) -> &Path {
+        GitSource::git_dir(self)
+    }
+
+    fn remote(&self) -> Option<&str> {
+        GitSource::remote(self)
+    }
+
+    async fn default_branch(&self) -> Option<String> {
+        let me = self.clone();
+        blocking(move || Ok(me.default_branch()))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn is_descendant(&self, new: Revision, old: Revision) -> bool {
+        let me = self.clone();
+        blocking(move || Ok(me.is_descendant(new, old)))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn fetch_ref(&self, refname: &str, sha: &str) -> Result<Revision, SourceError> {
+        let (me, refname, sha) = (self.clone(), refname.to_string(), sha.to_string());
+        blocking(move || me.fetch_ref(&refname, &sha)).await
+    }
+
+    async fn branches(&self) -> Result<Vec<(String, Revision)>, SourceError> {
+        let me = self.clone();
+        blocking(move || me.branches()).await
+    }
+
+    async fn fetch(&self) -> Result<(), SourceError> {
+        let me = self.clone();
+        blocking(move || me.fetch()).await
+    }
+
+    async fn resolve(&self, rev: &str) -> Result<Revision, SourceError> {
+        let (me, rev) = (self.clone(), rev.to_string());
+        blocking(move || me.resolve(&rev)).await
+    }
+
+    async fn snapshot(&self, rev: Revision) -> Result<Snapshot, SourceError> {
+        let me = self.clone();
+        blocking(move || me.snapshot(rev)).await
+    }
+
+    async fn verify(
+        &self,
+        rev: Revision,
+        policy: &SignaturePolicy,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Signer, UntrustedCommit> {
+        let (me, policy) = (self.clone(), policy.clone());
+        match tokio::task::spawn_blocking(move || me.verify(rev, &policy, now)).await {
+            Ok(r) => r,
+            Err(e) => Err(UntrustedCommit::Unreadable {
+                commit: rev.0,
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool; a panic there is a `Task` error, not a
+/// crash of the caller.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, SourceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SourceError::Task(e.to_string()))?
 }

@@ -76,6 +76,9 @@ pub enum SourceError {
         #[source]
         source: git2::Error,
     },
+    /// A blocking git call panicked or was cancelled.
+    #[error("git task failed: {0}")]
+    Task(String),
     #[error("cannot read the tree of {rev} in {url}")]
     Read {
         url: String,
@@ -86,19 +89,21 @@ pub enum SourceError {
 }
 
 /// Where the desired state comes from. Held as `Arc<dyn Source>` so the
-/// reconciler can be driven by fakes in tests.
+/// reconciler can be driven by fakes in tests; async, so an implementation
+/// that blocks (git2) does it off the runtime, inside itself ([`GitSource`]).
+#[async_trait::async_trait]
 pub trait Source: Send + Sync {
     /// The repository as the user named it (URL or path).
     fn url(&self) -> &str;
     /// Brings the local copy up to date with the remote; a no-op for a local repository.
-    fn fetch(&self) -> Result<(), SourceError>;
+    async fn fetch(&self) -> Result<(), SourceError>;
     /// A branch, tag, commit id or any `git rev-parse` expression, to a commit.
-    fn resolve(&self, rev: &str) -> Result<Revision, SourceError>;
+    async fn resolve(&self, rev: &str) -> Result<Revision, SourceError>;
     /// Every file of the commit's tree.
-    fn snapshot(&self, rev: Revision) -> Result<Snapshot, SourceError>;
+    async fn snapshot(&self, rev: Revision) -> Result<Snapshot, SourceError>;
     /// Whether the commit passes `policy` at `now` (keys expire); checked
     /// before anything of it is loaded.
-    fn verify(
+    async fn verify(
         &self,
         rev: Revision,
         policy: &SignaturePolicy,
@@ -110,14 +115,14 @@ pub trait Source: Send + Sync {
     /// The URL mirrored, if the repository is not read in place.
     fn remote(&self) -> Option<&str>;
     /// The branch the remote's (or the repository's) HEAD names.
-    fn default_branch(&self) -> Option<String>;
+    async fn default_branch(&self) -> Option<String>;
     /// Whether `new` has `old` in its history (false when either is unknown):
     /// a branch that moved otherwise was force-pushed.
-    fn is_descendant(&self, new: Revision, old: Revision) -> bool;
+    async fn is_descendant(&self, new: Revision, old: Revision) -> bool;
     /// Fetches one ref (a pull request head) and checks it is `sha`.
-    fn fetch_ref(&self, refname: &str, sha: &str) -> Result<Revision, SourceError>;
+    async fn fetch_ref(&self, refname: &str, sha: &str) -> Result<Revision, SourceError>;
     /// Every branch and its head.
-    fn branches(&self) -> Result<Vec<(String, Revision)>, SourceError>;
+    async fn branches(&self) -> Result<Vec<(String, Revision)>, SourceError>;
 }
 
 /// The commit a desired state was rendered from: what status and targets
