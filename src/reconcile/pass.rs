@@ -31,7 +31,7 @@ use crate::source::{
 use crate::stage::ArtifactStore;
 use crate::status::{
     summarize, ComponentStatus, Condition, DeploymentStatus, Override, State, StatusBody,
-    StatusErrorInfo, StatusMetadata, StatusRepo, StatusUpdate, WindowStatus,
+    StatusErrorInfo, StatusMetadata, StatusRepo, StatusSink, StatusUpdate, WindowStatus,
 };
 use crate::synth::{self, Rendered};
 use crate::target::{
@@ -48,7 +48,7 @@ pub struct Context {
     /// Resolves Target definitions to targets.
     pub targets: Arc<dyn Targets>,
     pub store: ArtifactStore,
-    pub status: StatusRepo,
+    pub status: Arc<dyn StatusSink>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -67,12 +67,12 @@ impl Context {
         let source: Arc<dyn Source> = Arc::new(git);
         let store =
             ArtifactStore::new(&settings.state_dir)?.with_file_roots(&settings.artifact_roots)?;
-        let status = StatusRepo::new(
+        let status = Arc::new(StatusRepo::new(
             source.git_dir().to_path_buf(),
             source.remote().map(str::to_string),
             settings.status_branch.clone(),
             settings.site.clone(),
-        );
+        ));
         let targets = Arc::new(LocalTargets::new(
             settings.target_root.clone(),
             settings.health_timeout,
@@ -425,7 +425,7 @@ impl Reconciler {
     }
 
     /// The status branch writer (plan notes share its push logic).
-    pub(super) fn status_repo(&self) -> StatusRepo {
+    pub(super) fn status_sink(&self) -> Arc<dyn StatusSink> {
         self.ctx.status.clone()
     }
 
@@ -1071,26 +1071,18 @@ impl Reconciler {
 
     /// Commits the statuses (not in a plan); a failure is a report error.
     async fn publish(&self, update: StatusUpdate, report: &mut BranchReport) {
-        let status = self.ctx.status.clone();
         // A plan, or not leading (any more): the new leader reports.
-        let dry = self.may_write().is_err();
-        match tokio::task::spawn_blocking(move || {
-            if dry {
-                Ok(None)
-            } else {
-                status.publish(&update)
-            }
-        })
-        .await
-        {
-            Ok(Ok(commit)) => report.status_commit = commit,
-            Ok(Err(e)) => {
+        if self.may_write().is_err() {
+            return;
+        }
+        match self.ctx.status.publish(update).await {
+            Ok(commit) => report.status_commit = commit,
+            Err(e) => {
                 tracing::error!(error = %crate::errors::chain(&e), "cannot write status");
                 report
                     .errors
                     .push("status could not be written (see logs)".to_string());
             }
-            Err(e) => tracing::error!(error = %e, "status task failed"),
         }
     }
 

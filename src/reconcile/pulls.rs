@@ -20,7 +20,7 @@ use crate::report::markdown::{self, PlanHeader};
 use crate::report::BranchReport;
 use crate::source::{Revision, Source};
 use crate::status::State;
-use crate::status::StatusRepo;
+use crate::status::StatusSink;
 
 /// What `fermata run` was told about pull requests and plans.
 #[derive(Debug, Clone, Default)]
@@ -166,7 +166,7 @@ impl Reconciler {
             state: &mut state,
             planner: &*self,
             source: self.ctx.source.clone(),
-            status: self.status_repo(),
+            status: self.status_sink(),
             branches: &self.ctx.settings.branches,
             status_branch: &self.ctx.settings.status_branch,
             site: self
@@ -193,7 +193,7 @@ pub struct Reporter<'a> {
     pub state: &'a mut PullState,
     pub planner: &'a dyn Planner,
     pub source: Arc<dyn Source>,
-    pub status: StatusRepo,
+    pub status: Arc<dyn StatusSink>,
     pub branches: &'a [String],
     pub status_branch: &'a str,
     /// This site's name in markers and status contexts.
@@ -510,18 +510,11 @@ impl Reporter<'_> {
                 continue;
             }
             let (_, body, _) = self.plan_of(&base, head, pulls).await;
-            let status = self.status.clone();
-            let marker = marker.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                status.publish_plan_note(head.0, &marker, &body)
-            })
-            .await;
-            match written {
-                Ok(Ok(_)) => {
+            match self.status.publish_plan_note(head.0, &marker, &body).await {
+                Ok(_) => {
                     tracing::info!(%branch, head = %head.short(), "plan note written");
                     self.state.noted.insert(branch, head_hex);
                 }
-                Ok(Err(e)) => tracing::warn!(%branch, error = %e, "cannot write plan note"),
                 Err(e) => tracing::warn!(%branch, error = %e, "cannot write plan note"),
             }
         }

@@ -80,6 +80,9 @@ const SUMMARY_FILE: &str = "summary.md";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
+    /// The blocking task that wrote it panicked or was cancelled.
+    #[error("status task failed: {0}")]
+    Task(String),
     /// A git operation failed; `context` says which one and on what.
     #[error("status branch {branch}: {context}: {source}")]
     Git {

@@ -14,6 +14,46 @@ use crate::source::SourceRef;
 
 pub use git::{branch_name, StatusError, StatusRepo, StatusUpdate, NOTES_REF, PLAN_NOTES_REF};
 
+/// Where a reconciler reports: held as `Arc<dyn StatusSink>`, so the
+/// reconciler does not know it is Git (tests may record instead). Async:
+/// [`StatusRepo`] runs its git2 work on the blocking pool.
+#[async_trait::async_trait]
+pub trait StatusSink: Send + Sync {
+    /// Commits `update` if any status differs (time stamps aside); the new
+    /// commit, or `None` when nothing was written (invariant 5).
+    async fn publish(&self, update: StatusUpdate) -> Result<Option<git2::Oid>, StatusError>;
+    /// Sets this site's section of the plan note on `commit`; whether
+    /// anything was written.
+    async fn publish_plan_note(
+        &self,
+        commit: git2::Oid,
+        marker: &str,
+        section: &str,
+    ) -> Result<bool, StatusError>;
+}
+
+#[async_trait::async_trait]
+impl StatusSink for StatusRepo {
+    async fn publish(&self, update: StatusUpdate) -> Result<Option<git2::Oid>, StatusError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.publish(&update))
+            .await
+            .map_err(|e| StatusError::Task(e.to_string()))?
+    }
+
+    async fn publish_plan_note(
+        &self,
+        commit: git2::Oid,
+        marker: &str,
+        section: &str,
+    ) -> Result<bool, StatusError> {
+        let (me, marker, section) = (self.clone(), marker.to_string(), section.to_string());
+        tokio::task::spawn_blocking(move || me.publish_plan_note(commit, &marker, &section))
+            .await
+            .map_err(|e| StatusError::Task(e.to_string()))?
+    }
+}
+
 /// A composition's (or component's) state: Margo's values plus `staging`/`staged`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
