@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
 use super::annotations;
+use super::outcome::{CompositionError, CompositionOutcome, Phase};
 use super::plan::prune::{decide_prune, Prune, PruneFacts};
 use super::plan::removal::{decide_removal, Removal, RemovalFacts};
 use super::plan::rollout::{self, Rollout};
@@ -22,7 +23,7 @@ use crate::model::types::Strategy;
 use crate::model::wellknown::{self, ORPHANED_FROM};
 use crate::model::{self, Composition, CompositionId, Digest, Fleet, SynthKind, TargetKind};
 use crate::report::{
-    table, ActionKind, BranchReport, ErrorCode, PlanDetail, PlannedArtifact, Row, WindowInfo,
+    table, ActionKind, BranchReport, ErrorCode, PlanDetail, PlannedArtifact, WindowInfo,
 };
 use crate::source::{
     Entry, GitSource, Revision, SignaturePolicy, Signer, Snapshot, Source, SourceError,
@@ -31,7 +32,7 @@ use crate::source::{
 use crate::stage::ArtifactStore;
 use crate::status::{
     summarize, ComponentStatus, Condition, DeploymentStatus, Override, State, StatusBody,
-    StatusErrorInfo, StatusMetadata, StatusRepo, StatusSink, StatusUpdate, WindowStatus,
+    StatusMetadata, StatusRepo, StatusSink, StatusUpdate, WindowStatus,
 };
 use crate::synth::{self, Rendered};
 use crate::target::{
@@ -202,7 +203,7 @@ struct Work {
     /// The commit that last changed this composition's desired state.
     since: Option<String>,
     observed: Observed,
-    error: Option<StatusErrorInfo>,
+    error: Option<CompositionError>,
     waiting: Option<Reason>,
     /// Why it waits, in words, where the reason alone does not say it.
     waiting_message: String,
@@ -292,12 +293,26 @@ impl Work {
             && !matches!(self.observed.health, Some(Health::Unhealthy(_)))
     }
 
+    /// What became of it, as the pass left it: `state` as its status says.
+    fn outcome(&self, state: State, window: Option<String>) -> CompositionOutcome {
+        CompositionOutcome {
+            id: self.comp.id.clone(),
+            phase: Phase::Active,
+            state,
+            digest: self.digest,
+            window,
+            error: self.error.clone(),
+            waiting: self.waiting,
+            message: match self.overridden {
+                Some(_) => "applied outside its window (apply-now)".to_string(),
+                None => String::new(),
+            },
+            action: self.action,
+        }
+    }
+
     fn fail(&mut self, code: ErrorCode, source: impl Into<String>, message: impl Into<String>) {
-        self.error = Some(StatusErrorInfo {
-            code: code.to_string(),
-            source: source.into(),
-            message: message.into(),
-        });
+        self.error = Some(CompositionError::new(code, source, message));
     }
 }
 
@@ -890,29 +905,19 @@ impl Reconciler {
                 report.plans.insert(w.comp.id.clone(), p.clone());
             }
             if let (true, Some(e)) = (self.planning(), &w.error) {
-                let at = if e.source.is_empty() {
+                let at = if e.at.is_empty() {
                     String::new()
                 } else {
-                    format!("{}: ", e.source)
+                    format!("{}: ", e.at)
                 };
                 let plan = report.plans.entry(w.comp.id.clone()).or_default();
-                plan.error = Some(format!("{at}{}: {}", e.code, e.message));
-                plan.error_code = Some(e.code.clone());
+                plan.error = Some(format!("{at}{e}"));
+                plan.error_code = Some(e.code().to_string());
             }
             let st = self.status_of(w, &pass.source, pass.now, window);
-            report.rows.push(Row {
-                id: w.comp.id.clone(),
-                state: st.status.state,
-                digest: w.digest,
-                window: w.comp.window.clone(),
-                note: row_note(w),
-                action: w.action,
-                skipped: match w.action {
-                    Some(ActionKind::Wait) => Some(Reason::WaitingForReady.as_str().to_string()),
-                    Some(_) => w.waiting.map(|r| r.as_str().to_string()),
-                    None => None,
-                },
-            });
+            report
+                .rows
+                .push(w.outcome(st.status.state, w.comp.window.clone()).row());
             statuses.push(st);
         }
         statuses
@@ -938,18 +943,11 @@ impl Reconciler {
             }
             for (key, rec) in known {
                 let mut w = self.recorded_work(&pass.fleet, &key, &rec).await;
-                let e = why.error(sym, rec.file.as_deref());
-                w.error = Some(e.clone());
+                w.error = Some(why.error(sym, rec.file.as_deref()));
                 statuses.push(self.status_of(&w, &pass.source, pass.now, None));
-                report.rows.push(Row {
-                    id: w.comp.id.clone(),
-                    state: State::Failed,
-                    digest: None,
-                    window: None,
-                    note: e.message,
-                    action: None,
-                    skipped: None,
-                });
+                let mut o = w.outcome(State::Failed, None);
+                o.digest = None;
+                report.rows.push(o.row());
             }
         }
         for e in &pass.errors {
@@ -1147,15 +1145,9 @@ impl Reconciler {
             let mut st = self.status_of(&w, &source_ref, now, None);
             self.stamp_transitions(&key, &mut st, now);
             statuses.push(st);
-            report.rows.push(Row {
-                id: w.comp.id.clone(),
-                state: State::Failed,
-                digest: None,
-                window: rec.window.clone(),
-                note: row_note(&w),
-                action: None,
-                skipped: None,
-            });
+            let mut o = w.outcome(State::Failed, rec.window.clone());
+            o.digest = None;
+            report.rows.push(o.row());
         }
         // Orphaned statuses stay: status files not written are removed.
         for (key, symphony) in self
@@ -2025,21 +2017,14 @@ impl Reconciler {
         if w.error.is_none() {
             mark_removing(&mut st, word, message);
         }
-        report.rows.push(Row {
-            id: id.clone(),
-            state: st.status.state,
-            digest: w.digest,
-            window: rec.window.clone(),
-            note: if w.error.is_some() {
-                row_note(&w)
-            } else {
-                format!("removing: {word}")
-            },
+        let outcome = CompositionOutcome {
+            phase: Phase::Removing,
+            waiting: reason,
+            message: format!("removing: {word}"),
             action: Some(ActionKind::Delete),
-            skipped: reason
-                .filter(|_| w.error.is_none())
-                .map(|r| r.as_str().to_string()),
-        });
+            ..w.outcome(st.status.state, rec.window.clone())
+        };
+        report.rows.push(outcome.row());
         Some(st)
     }
 
@@ -2104,15 +2089,18 @@ impl Reconciler {
                 scope.now,
                 waits,
             ));
-            report.rows.push(Row {
+            let outcome = CompositionOutcome {
                 id,
+                phase: Phase::Orphaned,
                 state: State::Removed,
                 digest: None,
                 window: None,
-                note: "removed (orphaned)".to_string(),
+                error: None,
+                waiting: None,
+                message: "removed (orphaned)".to_string(),
                 action: None,
-                skipped: None,
-            });
+            };
+            report.rows.push(outcome.row());
         }
     }
 
@@ -2174,25 +2162,25 @@ impl Reconciler {
             if let Some(ws) = &ws {
                 report.windows.insert(ws.name.clone(), ws.open);
             }
-            let (reason, message) = match ws.filter(|w| !w.open) {
+            // Waiting for the window, planned, or failed: what status shows.
+            let (waiting, error, message) = match ws.filter(|w| !w.open) {
                 Some(ws) => {
                     if let Some(next) = ws.next_open {
                         report.wake_at(next);
                     }
-                    (
-                        Reason::WindowClosed.as_str(),
-                        format!(
-                            "still deployed on its previous target {}: removed there in window {} (next opening {})",
-                            r.target,
-                            ws.name,
-                            ws.next_open
-                                .map(|t| t.to_rfc3339())
-                                .unwrap_or_else(|| "never".into())
-                        ),
-                    )
+                    let message = format!(
+                        "still deployed on its previous target {}: removed there in window {} (next opening {})",
+                        r.target,
+                        ws.name,
+                        ws.next_open
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "never".into())
+                    );
+                    (Some(Reason::WindowClosed), None, message)
                 }
                 None if self.planning() => (
-                    "Delete",
+                    None,
+                    None,
                     format!("would be removed from its previous target {} now", r.target),
                 ),
                 None if self.may_write().is_err() => continue,
@@ -2206,17 +2194,23 @@ impl Reconciler {
                             self.release(Some(&r.kind), &id, branch);
                             continue;
                         }
-                        Err(e) => (
-                            "DeleteFailed",
-                            format!(
+                        Err(e) => {
+                            let message = format!(
                                 "removing it from its previous target {} failed: {e}",
                                 r.target
-                            ),
-                        ),
+                            );
+                            let error =
+                                CompositionError::new(ErrorCode::DeleteFailed, &r.target, &message);
+                            (None, Some(error), message)
+                        }
                     }
                 }
             };
-            let failed = reason == "DeleteFailed";
+            let reason = match (&error, waiting) {
+                (Some(e), _) => e.code().as_str(),
+                (None, Some(r)) => r.as_str(),
+                (None, None) => "Delete",
+            };
             if let Some(st) = statuses
                 .iter_mut()
                 .find(|s| s.metadata.deployment_id == id.to_string())
@@ -2229,19 +2223,22 @@ impl Reconciler {
                     last_transition_time: Some(now),
                 });
             }
-            report.rows.push(Row {
+            let outcome = CompositionOutcome {
                 id,
-                state: if failed {
+                phase: Phase::Removing,
+                state: if error.is_some() {
                     State::Failed
                 } else {
                     State::Removing
                 },
                 digest: None,
                 window: r.window.clone(),
-                note: message,
+                error,
+                waiting,
+                message,
                 action: Some(ActionKind::Delete),
-                skipped: (!failed && reason != "Delete").then(|| reason.to_string()),
-            });
+            };
+            report.rows.push(outcome.row());
         }
     }
 
@@ -2307,7 +2304,7 @@ impl Reconciler {
                 applied: w.observed.applied.map(|d| d.to_hex()),
                 window,
                 conditions,
-                error: w.error.clone(),
+                error: w.error.as_ref().map(CompositionError::info),
                 r#override: w.overridden.clone(),
                 symphony: None,
                 ungated: w.ungated.clone(),
@@ -2340,37 +2337,37 @@ enum Held<'a> {
 impl Held<'_> {
     /// The error its compositions report; `file` is where the symphony was
     /// defined when it was last rendered, if known.
-    fn error(&self, symphony: &str, file: Option<&str>) -> StatusErrorInfo {
+    fn error(&self, symphony: &str, file: Option<&str>) -> CompositionError {
         let at = |d: &model::Diagnostic| format!("{}:{}", d.file, d.line.unwrap_or(0));
         match self {
-            Held::Invalid(diags) => StatusErrorInfo {
-                code: ErrorCode::InvalidObject.to_string(),
-                source: diags.first().map(at).unwrap_or_default(),
-                message: diags
+            Held::Invalid(diags) => CompositionError::new(
+                ErrorCode::InvalidObject,
+                diags.first().map(at).unwrap_or_default(),
+                diags
                     .iter()
                     .map(|d| d.to_string())
                     .collect::<Vec<_>>()
                     .join("; "),
-            },
+            ),
             Held::Unreadable(files) => match file.and_then(|f| files.get(f)) {
-                Some(d) => StatusErrorInfo {
-                    code: ErrorCode::UnreadableFile.to_string(),
-                    source: at(d),
-                    message: format!(
+                Some(d) => CompositionError::new(
+                    ErrorCode::UnreadableFile,
+                    at(d),
+                    format!(
                         "{d}; symphony {symphony} was defined in this file: it keeps its applied state until the file can be read"
                     ),
-                },
+                ),
                 None => {
                     let d = files.values().next();
-                    StatusErrorInfo {
-                        code: ErrorCode::UnreadableFile.to_string(),
-                        source: d.map(at).unwrap_or_default(),
-                        message: format!(
+                    CompositionError::new(
+                        ErrorCode::UnreadableFile,
+                        d.map(at).unwrap_or_default(),
+                        format!(
                             "symphony {symphony} is not in what could be read, but {} cannot be read and may define it ({}): nothing is removed until it can be read",
                             files.keys().cloned().collect::<Vec<_>>().join(", "),
                             d.map(|d| d.to_string()).unwrap_or_default()
                         ),
-                    }
+                    )
                 }
             },
         }
@@ -2580,19 +2577,6 @@ fn orphaned_status(
 
 fn join_error(e: tokio::task::JoinError) -> SourceError {
     SourceError::Task(e.to_string())
-}
-
-fn row_note(w: &Work) -> String {
-    if let Some(e) = &w.error {
-        return format!("{}: {}", e.code, e.message);
-    }
-    if w.overridden.is_some() {
-        return "applied outside its window (apply-now)".to_string();
-    }
-    match w.waiting {
-        Some(r) => r.as_str().to_string(),
-        None => String::new(),
-    }
 }
 
 /// Compositions with every dependency before its dependents, otherwise in
