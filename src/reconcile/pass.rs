@@ -888,19 +888,7 @@ impl Reconciler {
         let mut statuses = Vec::with_capacity(work.len());
         for w in &work {
             let window = window_status(&pass.fleet, w.comp.window.as_deref(), pass.now);
-            if let Some(ws) = &window {
-                report.windows.insert(ws.name.clone(), ws.open);
-                if let Some(mw) = pass.fleet.windows.get(&ws.name) {
-                    report.window_info.insert(
-                        ws.name.clone(),
-                        WindowInfo {
-                            zone: mw.window.tz.name().to_string(),
-                            open: ws.open,
-                            next_open: ws.next_open,
-                        },
-                    );
-                }
-            }
+            note_window(report, &pass.fleet, window.as_ref());
             if let Some(p) = &w.plan {
                 report.plans.insert(w.comp.id.clone(), p.clone());
             }
@@ -1963,9 +1951,7 @@ impl Reconciler {
         let held_by = self.dependents(scope, id);
         // Judged now, at the write, not at the pass's start (invariant 2).
         let window = window_status(scope.fleet, rec.window.as_deref(), self.ctx.clock.now());
-        if let Some(ws) = &window {
-            report.windows.insert(ws.name.clone(), ws.open);
-        }
+        note_window(report, scope.fleet, window.as_ref());
         let decision = decide_removal(&RemovalFacts {
             later_pending,
             held_by,
@@ -2159,9 +2145,7 @@ impl Reconciler {
             let id = key.id.clone();
             let now = self.ctx.clock.now();
             let ws = window_status(fleet, r.window.as_deref(), now);
-            if let Some(ws) = &ws {
-                report.windows.insert(ws.name.clone(), ws.open);
-            }
+            note_window(report, fleet, ws.as_ref());
             // Waiting for the window, planned, or failed: what status shows.
             let (waiting, error, message) = match ws.filter(|w| !w.open) {
                 Some(ws) => {
@@ -2518,6 +2502,25 @@ fn recorded_kind(
 }
 
 /// What status says of the window `name` (if any) at `now`.
+/// Keeps `ws` in the report, with its zone: what plans show and the
+/// `fermata_window_open` gauge reads.
+fn note_window(report: &mut BranchReport, fleet: &Fleet, ws: Option<&WindowStatus>) {
+    let Some(ws) = ws else { return };
+    let zone = fleet
+        .windows
+        .get(&ws.name)
+        .map(|mw| mw.window.tz.name().to_string())
+        .unwrap_or_default();
+    report.windows.insert(
+        ws.name.clone(),
+        WindowInfo {
+            zone,
+            open: ws.open,
+            next_open: ws.next_open,
+        },
+    );
+}
+
 fn window_status(fleet: &Fleet, name: Option<&str>, now: DateTime<Utc>) -> Option<WindowStatus> {
     let mw = fleet.windows.get(name?)?;
     let st = mw.window.state_at(now);

@@ -307,7 +307,7 @@ impl Reporter<'_> {
             .rows
             .iter()
             .filter_map(|r| r.window.as_ref())
-            .filter_map(|w| report.window_info.get(w))
+            .filter_map(|w| report.windows.get(w))
             .map(|w| w.zone.clone())
             .next();
         self.state.plans.insert(

@@ -142,7 +142,7 @@ fn applies(row: &Row, report: &BranchReport) -> String {
         Some(s) if s != "WindowClosed" => format!("waits: {s}; then "),
         _ => String::new(),
     };
-    let when = match report.window_info.get(name) {
+    let when = match report.windows.get(name) {
         Some(WindowInfo { open: true, .. }) => format!("`{name}` (open now)"),
         Some(WindowInfo {
             zone,
@@ -269,7 +269,7 @@ mod tests {
             .push(row("app/a", Some(ActionKind::Update), Some("night")));
         r.rows.push(row("app/b", None, None));
         r.rows.push(row("app/c", Some(ActionKind::Create), None));
-        r.window_info.insert(
+        r.windows.insert(
             "night".into(),
             WindowInfo {
                 zone: "Europe/Berlin".into(),

@@ -28,13 +28,11 @@ pub struct BranchReport {
     pub next_window: Option<DateTime<Utc>>,
     /// Per symphony: Ready non-optional compositions, and how many there are.
     pub symphonies: Vec<(String, usize, usize)>,
-    /// The windows of this pass's compositions, and whether each was open
-    /// at the pass's instant (for `fermata_window_open`).
-    pub windows: BTreeMap<String, bool>,
+    /// The windows of this pass's compositions, as each was when it was
+    /// judged (for plans and `fermata_window_open`).
+    pub windows: BTreeMap<String, WindowInfo>,
     /// Nothing was done: the revision was reconciled already.
     pub unchanged: bool,
-    /// The windows of this pass's compositions in full (for plans).
-    pub window_info: BTreeMap<String, WindowInfo>,
     /// Plans only: per composition with an action, the target's diff and
     /// the artifacts its state needs.
     pub plans: BTreeMap<CompositionId, PlanDetail>,

@@ -136,7 +136,7 @@ impl Metrics {
         last.retain(|b, _| watched.contains(&b.as_str()));
         for b in outcome.reports.iter().filter(|b| !b.unchanged) {
             let mut seen = Seen {
-                windows: b.windows.clone(),
+                windows: b.windows.iter().map(|(n, w)| (n.clone(), w.open)).collect(),
                 ..Seen::default()
             };
             for r in &b.rows {

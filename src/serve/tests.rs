@@ -105,7 +105,16 @@ async fn metrics_reflect_the_last_full_pass_of_each_branch() {
             outcome_row("c", State::Staged, Some("sat")),
             outcome_row("d", State::Failed, Some("night")),
         ],
-        windows: [("sat".to_string(), false), ("night".to_string(), true)].into(),
+        windows: [("sat", false), ("night", true)]
+            .map(|(name, open)| {
+                let w = crate::report::WindowInfo {
+                    zone: "UTC".into(),
+                    open,
+                    next_open: None,
+                };
+                (name.to_string(), w)
+            })
+            .into(),
         ..BranchReport::default()
     };
     st.observe(&PassOutcome {
