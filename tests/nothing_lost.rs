@@ -693,3 +693,57 @@ fn a_lost_state_file_does_not_leave_a_removed_variation_deployed() {
     assert!(!site.dir("shop/b").exists(), "removed from the target");
     assert!(site.dir("shop/a/current").exists());
 }
+
+/// Two watched branches deploy variations of one symphony to one target.
+/// After `state.json` is lost, each branch takes back only what the target
+/// records it deployed: `prod`, whose `shop` has only `c`, must not take
+/// `main`'s `a` and `b` for removed variations of its own.
+#[test]
+fn a_lost_state_file_with_two_branches_removes_only_each_branchs_own() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    let variation = |v: &str| {
+        format!("    - name: {v}\n      synthesizer: {{name: app}}\n      synthesisEnv: [{{name: TAG, value: {v}}}]\n")
+    };
+    let shop = |vs: &[&str]| {
+        let head = SHOP.split("    - name: a").next().unwrap().to_string();
+        head + &vs.iter().map(|v| variation(v)).collect::<String>()
+    };
+    util::minimal(&repo)
+        .write("window.yaml", util::SAT_WINDOW)
+        .write("symphony.yaml", &shop(&["c"]));
+    repo.commit("prod: c");
+    repo.git(&["branch", "prod"]);
+    repo.write("symphony.yaml", &shop(&["a", "b"]));
+    repo.commit("main: a and b");
+    let p = repo.path().to_str().unwrap();
+    // prod first: it looks at the target before main has remembered anything.
+    let both = [
+        "run", "--once", "--repo", p, "--branch", "prod", "--branch", "main",
+    ];
+    let run = util::fermata_at(site.state.path(), &both, OPEN, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    for v in ["a", "b", "c"] {
+        assert!(
+            site.dir(&format!("shop/{v}/current")).exists(),
+            "{v}: {run:?}"
+        );
+    }
+
+    use std::os::unix::fs::MetadataExt;
+    let inode = |c: &str| std::fs::metadata(site.dir(c)).map(|m| m.ino()).ok();
+    let a_before = inode("shop/a");
+    std::fs::remove_file(site.state.path().join("state.json")).unwrap();
+    repo.write("symphony.yaml", &shop(&["a"]));
+    repo.commit("main: remove b");
+    let run = util::fermata_at(site.state.path(), &both, OPEN, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!site.dir("shop/b").exists(), "main took b back: {run:?}");
+    // Not deleted (and applied again by main): never touched.
+    assert_eq!(
+        inode("shop/a"),
+        a_before,
+        "prod left main's a alone: {run:?}"
+    );
+    assert!(site.dir("shop/c/current").exists());
+}

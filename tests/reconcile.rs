@@ -139,6 +139,7 @@ impl Target for FakeTarget {
             }),
             annotations: applied.map(|r| r.annotations.clone()).unwrap_or_default(),
             labels: applied.map(|r| r.labels.clone()).unwrap_or_default(),
+            source: None,
         })
     }
 

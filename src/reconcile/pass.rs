@@ -955,9 +955,12 @@ impl Reconciler {
     /// it is left and logged). Only with one watched branch: with several,
     /// another branch may still define it there.
     async fn adopt_untracked(&mut self, pass: &Pass) {
-        if !pass.resync || self.ctx.settings.branches.len() != 1 {
+        if !pass.resync {
             return;
         }
+        // With several watched branches, only what this branch deployed
+        // (as the target recorded it) is this branch's to take back.
+        let several = self.ctx.settings.branches.len() > 1;
         let branch = &pass.source.branch;
         let remembered: HashSet<CompositionId> = self
             .persisted
@@ -984,11 +987,15 @@ impl Reconciler {
                 }
                 let windows: BTreeSet<Option<String>> =
                     sym.compositions.iter().map(|c| c.window.clone()).collect();
+                let observed = target.get(&id).await.unwrap_or_default();
+                let deployed_by = observed.source.as_ref().map(|s| s.branch.as_str());
+                if several && deployed_by != Some(branch.as_str()) {
+                    continue;
+                }
                 let [window] = &windows.into_iter().collect::<Vec<_>>()[..] else {
                     tracing::warn!(composition = %id, target = %name, "held by a target but known nowhere, and its symphony's variations have different windows: left in place");
                     continue;
                 };
-                let observed = target.get(&id).await.unwrap_or_default();
                 tracing::info!(composition = %id, target = %name, "held by a target but no longer defined: removing it");
                 self.persisted.renders.insert(
                     RecordKey::new(branch, &id),

@@ -889,10 +889,13 @@ impl Site {
         let mut flags: BTreeMap<String, StateFlag> = BTreeMap::new();
         let mut applied_components = BTreeMap::new();
         let mut carried = (BTreeMap::new(), BTreeMap::new());
+        let mut source = None;
         if let Some(d) = applied {
             match self.check_state(&d)? {
                 StateCheck::Complete(record) => {
                     carried = (record.annotations.clone(), record.labels.clone());
+                    // States rewritten before metadata writes kept it say ''.
+                    source = Some(record.source.clone()).filter(|s| !s.branch.is_empty());
                     for c in record.components {
                         flags.insert(c.name.clone(), StateFlag::Applied);
                         applied_components.insert(c.name, c.sha256);
@@ -930,6 +933,7 @@ impl Site {
             health: Some(health),
             annotations: carried.0,
             labels: carried.1,
+            source,
         })
     }
 

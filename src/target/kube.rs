@@ -1446,6 +1446,7 @@ impl KubernetesTarget {
             health: Some(health),
             annotations: applied.annotations,
             labels: applied.labels,
+            source: Some(applied.source).filter(|s| !s.branch.is_empty()),
         })
     }
 

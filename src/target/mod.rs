@@ -87,6 +87,10 @@ pub struct Observed {
     pub annotations: BTreeMap<String, String>,
     /// Labels the applied state carries.
     pub labels: BTreeMap<String, String>,
+    /// The branch and commit the applied state came from, where the target
+    /// records it: which watched branch deployed what it holds, when
+    /// `state.json` no longer says.
+    pub source: Option<SourceRef>,
 }
 
 /// What a call changed, or with `DryRun` would change.
