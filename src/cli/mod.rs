@@ -219,6 +219,28 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The status branch of `--status-branch` and `--site`: a site's is always
+/// its own `fermata/sites/<site>` (no two sites may write one branch), so
+/// another branch named beside `--site` is refused rather than ignored; the
+/// default `fermata/status` (a chart sets it always) is let through.
+pub fn status_branch(given: Option<&str>, site: Option<&str>) -> anyhow::Result<String> {
+    const DEFAULT: &str = "fermata/status";
+    match (given, site) {
+        (None, None) => Ok(DEFAULT.to_string()),
+        (Some(b), None) => Ok(b.to_string()),
+        (given, Some(site)) => {
+            crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;
+            let own = crate::status::site_branch(site);
+            match given {
+                Some(b) if b != DEFAULT && b != own => anyhow::bail!(
+                    "--status-branch {b} with --site {site}: a site's status goes to its own branch {own}; leave --status-branch out"
+                ),
+                _ => Ok(own),
+            }
+        }
+    }
+}
+
 /// Who does something outside Git, and why: recorded in status.
 #[derive(Debug, Clone, Args)]
 pub struct Accountable {

@@ -40,10 +40,12 @@ pub struct RunArgs {
     /// Where relative `directory` targets are created; `<state-dir>/targets` by default.
     #[arg(long, env = "FERMATA_TARGET_ROOT")]
     pub target_root: Option<PathBuf>,
-    /// The branch status is committed to; never one of the watched branches.
-    #[arg(long, env = "FERMATA_STATUS_BRANCH", default_value = "fermata/status", value_parser = crate::status::branch_name)]
-    pub status_branch: String,
-    /// Puts status under `<site>/` so several sites can share one repository.
+    /// The branch status is committed to (default fermata/status); never one
+    /// of the watched branches. With --site, the site's own fermata/sites/SITE.
+    #[arg(long, env = "FERMATA_STATUS_BRANCH", value_parser = crate::status::branch_name)]
+    pub status_branch: Option<String>,
+    /// Run as this site's agent: status goes to its own branch
+    /// fermata/sites/SITE and notes ref refs/notes/fermata-sites/SITE.
     #[arg(long, env = "FERMATA_SITE")]
     pub site: Option<String>,
     /// One pass, then exit: 1 if anything failed.
@@ -226,7 +228,10 @@ impl RunArgs {
                 .clone()
                 .unwrap_or_else(|| state_dir.join("targets")),
             state_dir,
-            status_branch: self.status_branch.clone(),
+            status_branch: super::status_branch(
+                self.status_branch.as_deref(),
+                self.site.as_deref(),
+            )?,
             site: self.site.clone(),
             signatures,
             health_timeout: self.health_timeout,
