@@ -30,6 +30,7 @@ macro_rules! errln {
 
 mod apply_now;
 mod demo;
+mod fleet;
 mod plan;
 mod render;
 mod run;
@@ -82,6 +83,8 @@ pub enum Command {
     Windows(windows::WindowsArgs),
     /// Print the latest status from the status branch.
     Status(status::StatusArgs),
+    /// The fleet: every site's status branch at once.
+    Fleet(fleet::FleetArgs),
     /// Check every object of a revision; exit 1 with every error, one per line.
     Validate(validate::ValidateArgs),
     /// Print the rendered resources of each composition as a YAML stream.
@@ -214,6 +217,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ungate(a) => ungate::run(&a),
         Command::Windows(a) => windows::run(&a),
         Command::Status(a) => status::run(&a),
+        Command::Fleet(a) => fleet::run(&a),
         Command::Validate(a) => validate::run(&a),
         Command::Render(a) => render::run(&a),
     }
