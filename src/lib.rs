@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod errors;
+pub mod fleet;
 pub mod forge;
 pub mod leader;
 pub mod model;

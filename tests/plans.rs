@@ -131,15 +131,26 @@ fn plan_notes_are_pushed_to_a_mirrored_remote_per_site() {
         let out = run(state.path(), &url, &["--site", site]);
         assert_eq!(out.code, 0, "{out:?}");
     }
-    let note = util::git(&bare, &["notes", "--ref=fermata-plan", "show", &head]);
-    let a = note
-        .find("<!-- fermata:plan:plant-a -->")
-        .expect("plant-a's plan");
-    let b = note
-        .find("<!-- fermata:plan:plant-b -->")
-        .expect("plant-b's plan");
-    assert!(a < b, "sections sorted by site: {note}");
-    assert_eq!(note.matches("fermata plan for site").count(), 2, "{note}");
+    // Each site's plan in its own notes ref: no two sites push one ref.
+    for (site, other) in [("plant-a", "plant-b"), ("plant-b", "plant-a")] {
+        let note = util::git(
+            &bare,
+            &[
+                "notes",
+                &format!("--ref=fermata-plan-sites/{site}"),
+                "show",
+                &head,
+            ],
+        );
+        assert!(
+            note.starts_with(&format!("<!-- fermata:plan:{site} -->")),
+            "{note}"
+        );
+        assert!(!note.contains(other), "{note}");
+        assert_eq!(note.matches("fermata plan for site").count(), 1, "{note}");
+    }
+    let shared = util::git(&bare, &["for-each-ref", "refs/notes/fermata-plan"]);
+    assert_eq!(shared, "", "the site-less plan notes ref is not written");
 }
 
 #[test]

@@ -516,12 +516,77 @@ fn sites_sharing_a_repository_do_not_overwrite_each_other() {
         .code,
         0
     );
-    let tree = git(
+    // Each site its own branch (the same layout as fermata/status) and
+    // notes ref; nothing on the shared ones.
+    for site in ["plant-a", "plant-b"] {
+        let tree = git(
+            repo.path(),
+            &[
+                "ls-tree",
+                "-r",
+                "--name-only",
+                &format!("fermata/sites/{site}"),
+            ],
+        );
+        assert_eq!(tree, "main/shop/app.yaml\nmain/summary.md", "{site}");
+        let subject = git(
+            repo.path(),
+            &["log", "-1", "--format=%s", &format!("fermata/sites/{site}")],
+        );
+        assert!(subject.starts_with(&format!("{site} main@")), "{subject}");
+        let note = git(
+            repo.path(),
+            &[
+                "notes",
+                &format!("--ref=fermata-sites/{site}"),
+                "show",
+                "main",
+            ],
+        );
+        assert_eq!(note, subject);
+    }
+    let shared = git(
         repo.path(),
-        &["ls-tree", "-r", "--name-only", "fermata/status"],
+        &[
+            "for-each-ref",
+            "refs/heads/fermata/status",
+            "refs/notes/fermata",
+        ],
     );
-    assert!(tree.contains("plant-a/main/shop/app.yaml"), "{tree}");
-    assert!(tree.contains("plant-b/main/shop/app.yaml"), "{tree}");
+    assert_eq!(shared, "");
+    // `status --site` reads the site's branch, with its Margo ids.
+    let margo = a.fermata(
+        &[
+            "status", "--repo", p, "--site", "plant-a", "--format", "margo",
+        ],
+        OPEN,
+    );
+    let v: serde_json::Value = serde_json::from_str(&margo.stdout).unwrap();
+    assert_eq!(v[0]["deviceId"], "plant-a", "{margo:?}");
+    assert_eq!(v[0]["deploymentId"].as_str().map(str::len), Some(36), "{v}");
+    let table = a.fermata(&["status", "--repo", p, "--site", "plant-b"], OPEN);
+    assert!(table.stdout.contains("shop/app"), "{table:?}");
+    // A site's status branch is its own: another one beside --site is refused.
+    let refused = a.fermata(
+        &[
+            "run",
+            "--once",
+            "--repo",
+            p,
+            "--site",
+            "plant-a",
+            "--status-branch",
+            "elsewhere",
+        ],
+        OPEN,
+    );
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("a site's status goes to its own branch fermata/sites/plant-a"),
+        "{refused:?}"
+    );
 }
 
 #[test]

@@ -48,7 +48,6 @@ fn settings_come_from_the_environment_and_flags_override_them() {
         ("FERMATA_REPO", p),
         ("FERMATA_BRANCHES", "main,release"),
         ("FERMATA_STATUS_BRANCH", "release"),
-        ("FERMATA_SITE", "plant-a"),
         ("FERMATA_STATE_DIR", s),
     ];
 
@@ -75,8 +74,21 @@ fn settings_come_from_the_environment_and_flags_override_them() {
         repo.path(),
         &["ls-tree", "-r", "--name-only", "fermata/elsewhere"],
     );
-    assert!(tree.contains("plant-a/main/shop/app.yaml"), "{tree}");
-    assert!(tree.contains("plant-a/release/shop/app.yaml"), "{tree}");
+    assert!(tree.contains("main/shop/app.yaml"), "{tree}");
+    assert!(tree.contains("release/shop/app.yaml"), "{tree}");
+
+    // FERMATA_SITE: the site's own branch; another status branch beside it is refused.
+    let site = [("FERMATA_SITE", "plant-a"), env[0], env[1], env[3]];
+    let run = fermata_env(&["run", "--once"], &site);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("to fermata/sites/plant-a"), "{run:?}");
+    let run = fermata_env(&["run", "--once"], &[site[0], env[2], env[0]]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("a site's status goes to its own branch fermata/sites/plant-a"),
+        "{run:?}"
+    );
 
     // --branch replaces the whole list, not one element of it.
     let run = fermata_env(

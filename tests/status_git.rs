@@ -26,6 +26,8 @@ fn status(id: &str, source: &SourceRef, state: State, t: i64) -> DeploymentStatu
         kind: "DeploymentStatus".into(),
         metadata: StatusMetadata {
             deployment_id: id.into(),
+            composition: None,
+            device_id: None,
             time_stamp: at(t),
         },
         source: source.clone(),
@@ -307,12 +309,26 @@ fn removed_composition_loses_its_file_and_other_branches_stay() {
     );
 }
 
+/// `s` as a site publishes it: with the site's Margo ids.
+fn as_site(mut s: DeploymentStatus, site: &str) -> DeploymentStatus {
+    s.for_site(site);
+    s
+}
+
+fn refs(dir: &Path) -> Vec<String> {
+    git(dir, &["for-each-ref", "--format=%(refname)"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
-fn two_sites_share_a_repository_without_overwriting_each_other() {
+fn two_sites_write_only_their_own_branch_and_notes_ref() {
     let (repo, src) = source_repo();
     let dir = repo.path();
     let site_a = in_place(&repo, Some("site-a"));
     let site_b = in_place(&repo, Some("site-b"));
+    assert_eq!(site_a.branch(), "fermata/sites/site-a");
     let a = status("line-control/vision", &src, State::Installed, 0);
     let b = status("line-control/vision", &src, State::Failed, 0);
     site_a
@@ -323,28 +339,37 @@ fn two_sites_share_a_repository_without_overwriting_each_other() {
         .publish(&update(&src, vec![b.clone()]))
         .unwrap()
         .unwrap();
+    // No shared ref at all: each site its branch and its notes.
     assert_eq!(
-        files(dir, BRANCH),
+        refs(dir),
         [
-            "site-a/main/line-control/vision.yaml",
-            "site-a/main/summary.md",
-            "site-b/main/line-control/vision.yaml",
-            "site-b/main/summary.md"
+            "refs/heads/fermata/sites/site-a",
+            "refs/heads/fermata/sites/site-b",
+            "refs/heads/main",
+            "refs/notes/fermata-sites/site-a",
+            "refs/notes/fermata-sites/site-b",
         ]
     );
+    for branch in ["fermata/sites/site-a", "fermata/sites/site-b"] {
+        assert_eq!(
+            files(dir, branch),
+            ["main/line-control/vision.yaml", "main/summary.md"]
+        );
+    }
+    let short = &src.commit[..7];
     assert_eq!(
         git(
             dir,
             &[
                 "log",
                 "-1",
-                "--format=%(trailers:key=Fermata-Site,valueonly)",
-                BRANCH
+                "--format=%s|%(trailers:key=Fermata-Site,valueonly)",
+                "fermata/sites/site-b"
             ]
         ),
-        "site-b"
+        format!("site-b main@{short}: 1 failed|site-b")
     );
-    let b_tree = rev(dir, &format!("{BRANCH}:site-b"));
+    let b_tip = rev(dir, "fermata/sites/site-b");
 
     let mut a2 = restamp(a, 60);
     a2.status.state = State::Removing;
@@ -352,21 +377,110 @@ fn two_sites_share_a_repository_without_overwriting_each_other() {
         .publish(&update(&src, vec![a2.clone()]))
         .unwrap()
         .unwrap();
-    assert_eq!(rev(dir, &format!("{BRANCH}:site-b")), b_tree);
+    assert_eq!(rev(dir, "fermata/sites/site-b"), b_tip);
     assert_eq!(
-        git(dir, &["diff", "--name-only", &format!("{BRANCH}^"), BRANCH]),
-        "site-a/main/line-control/vision.yaml\nsite-a/main/summary.md"
+        git(
+            dir,
+            &[
+                "diff",
+                "--name-only",
+                "fermata/sites/site-a^",
+                "fermata/sites/site-a"
+            ]
+        ),
+        "main/line-control/vision.yaml\nmain/summary.md"
+    );
+    // One note per site, and `git log` shows them all side by side.
+    let site_note = |site: &str| {
+        git(
+            dir,
+            &[
+                "notes",
+                &format!("--ref=fermata-sites/{site}"),
+                "show",
+                &src.commit,
+            ],
+        )
+    };
+    assert_eq!(
+        site_note("site-a"),
+        format!("site-a main@{short}: 1 removing")
+    );
+    assert_eq!(
+        site_note("site-b"),
+        format!("site-b main@{short}: 1 failed")
+    );
+    let log = git(dir, &["log", "-1", "--notes=fermata-sites/*", "main"]);
+    assert!(
+        log.contains("Notes (fermata-sites/site-a):\n    site-a main@")
+            && log.contains("Notes (fermata-sites/site-b):\n    site-b main@"),
+        "{log}"
     );
 
-    let short = &src.commit[..7];
-    assert_eq!(
-        note(dir, &src.commit),
-        format!("site-a: main@{short}: 1 removing\nsite-b: main@{short}: 1 failed")
+    // Read back with the site's ids; the two sites' deploymentIds differ.
+    let (read_a, read_b) = (site_a.read().unwrap(), site_b.read().unwrap());
+    assert_eq!(read_a, vec![as_site(a2, "site-a")]);
+    assert_eq!(read_b, vec![as_site(b, "site-b")]);
+    for (read, site) in [(&read_a[0], "site-a"), (&read_b[0], "site-b")] {
+        assert_eq!(read.composition(), "line-control/vision");
+        assert_eq!(read.metadata.device_id.as_deref(), Some(site));
+        assert_eq!(read.metadata.deployment_id.len(), 36, "{read:?}");
+    }
+    assert_ne!(
+        read_a[0].metadata.deployment_id,
+        read_b[0].metadata.deployment_id
     );
-    assert_eq!(site_a.read().unwrap(), vec![a2]);
-    assert_eq!(site_b.read().unwrap(), vec![b]);
-    // Read without a site, the sites' files are not mistaken for ours.
+    let file = show(dir, "fermata/sites/site-a", "main/line-control/vision.yaml");
+    assert!(
+        file.contains(&format!(
+            "deploymentId: {}\n  composition: line-control/vision\n  deviceId: site-a\n",
+            read_a[0].metadata.deployment_id
+        )),
+        "{file}"
+    );
+    let margo = serde_json::to_value(DeploymentStatusManifest::from(&read_b[0])).unwrap();
+    assert_eq!(margo["deviceId"], "site-b");
+    assert_eq!(
+        margo["deploymentId"],
+        read_b[0].metadata.deployment_id.as_str()
+    );
+    // Without a site, fermata/status: nothing there.
     assert_eq!(in_place(&repo, None).read().unwrap(), vec![]);
+}
+
+#[test]
+fn a_deployment_id_annotation_is_kept_and_old_layouts_still_read() {
+    let (repo, src) = source_repo();
+    let dir = repo.path();
+    let mut chosen = status("line-control/vision", &src, State::Staged, 0);
+    chosen.metadata = StatusMetadata::new(
+        &"line-control/vision".parse().unwrap(),
+        Some("wos-1234"),
+        at(0),
+    );
+    let site = in_place(&repo, Some("site-a"));
+    site.publish(&update(&src, vec![chosen.clone()]))
+        .unwrap()
+        .unwrap();
+    let read = site.read().unwrap();
+    assert_eq!(read[0].metadata.deployment_id, "wos-1234");
+    assert_eq!(read[0].composition(), "line-control/vision");
+    assert_eq!(read[0].metadata.device_id.as_deref(), Some("site-a"));
+    // Site-less, the annotation too is kept, with the composition beside it.
+    let plain = in_place(&repo, None);
+    plain
+        .publish(&update(&src, vec![chosen.clone()]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(plain.read().unwrap(), vec![chosen]);
+    // A file as fermata wrote it before `composition` existed still reads.
+    let old = show(dir, BRANCH, "main/line-control/vision.yaml").replace(
+        "deploymentId: wos-1234\n  composition: line-control/vision\n",
+        "deploymentId: line-control/vision\n",
+    );
+    let old_status: DeploymentStatus = serde_yaml::from_str(&old).unwrap();
+    assert_eq!(old_status.composition(), "line-control/vision");
+    assert_eq!(old_status.metadata.composition, None);
 }
 
 /// A bare "remote", and a mirror of it as fermata keeps one.
@@ -385,12 +499,7 @@ fn mirror_pushes_and_rebases_on_a_moved_remote() {
     let remote = util::bare_clone(upstream.path(), tmp.path(), "remote.git");
     let url = format!("file://{}", remote.display());
     let mirror_a = mirror_of(&remote, tmp.path(), "a.git");
-    let site_a = StatusRepo::new(
-        mirror_a.clone(),
-        Some(url.clone()),
-        BRANCH,
-        Some("site-a".into()),
-    );
+    let site_a = StatusRepo::new(mirror_a.clone(), Some(url.clone()), BRANCH, None);
     let a = status("line-control/vision", &src, State::Staged, 0);
     let first = site_a
         .publish(&update(&src, vec![a.clone()]))
@@ -400,28 +509,33 @@ fn mirror_pushes_and_rebases_on_a_moved_remote() {
     let short = &src.commit[..7];
     assert_eq!(
         note(&remote, &src.commit),
-        format!("site-a: main@{short}: 1 staged")
+        format!("main@{short}: 1 staged")
     );
 
-    // Another site, from its own mirror, moves the remote branch and notes.
+    // Another writer (a second replica, from its own mirror) moves the
+    // remote branch and notes.
     let mirror_b = mirror_of(&remote, tmp.path(), "b.git");
-    let site_b = StatusRepo::new(mirror_b, Some(url.clone()), BRANCH, Some("site-b".into()));
+    let site_b = StatusRepo::new(mirror_b, Some(url.clone()), BRANCH, None);
     let b = status("line-control/vision", &src, State::Installed, 0);
+    let b2 = status("shop/web", &src, State::Installed, 0);
     let second = site_b
-        .publish(&update(&src, vec![b.clone()]))
+        .publish(&update(&src, vec![b.clone(), b2.clone()]))
         .unwrap()
         .expect("a commit");
     assert_eq!(rev(&remote, BRANCH), second.to_string());
-    let b_file = show(&remote, BRANCH, "site-b/main/line-control/vision.yaml");
+    assert_eq!(
+        note(&remote, &src.commit),
+        format!("main@{short}: 2 installed")
+    );
 
     // site-a's mirror is behind: its push is rejected, rebuilt on the
     // remote tip and pushed again.
     assert_eq!(rev(&mirror_a, BRANCH), first.to_string());
     let mut a2 = restamp(a, 60);
-    a2.status.state = State::Installed;
-    a2.status.components[0].state = State::Installed;
+    a2.status.state = State::Removing;
+    a2.status.components[0].state = State::Removing;
     let third = site_a
-        .publish(&update(&src, vec![a2.clone()]))
+        .publish(&update(&src, vec![a2.clone(), b2.clone()]))
         .unwrap()
         .expect("a commit");
     assert_eq!(rev(&remote, BRANCH), third.to_string());
@@ -432,26 +546,25 @@ fn mirror_pushes_and_rebases_on_a_moved_remote() {
     assert_eq!(
         files(&remote, BRANCH),
         [
-            "site-a/main/line-control/vision.yaml",
-            "site-a/main/summary.md",
-            "site-b/main/line-control/vision.yaml",
-            "site-b/main/summary.md"
+            "main/line-control/vision.yaml",
+            "main/shop/web.yaml",
+            "main/summary.md"
         ]
     );
+    // Rebuilt on the remote's tip: only what differs from it was written.
     assert_eq!(
-        show(&remote, BRANCH, "site-b/main/line-control/vision.yaml"),
-        b_file
+        git(
+            &remote,
+            &["diff", "--name-only", &format!("{BRANCH}^"), BRANCH]
+        ),
+        "main/line-control/vision.yaml\nmain/summary.md"
     );
-    let a_file: DeploymentStatus = serde_yaml::from_str(&show(
-        &remote,
-        BRANCH,
-        "site-a/main/line-control/vision.yaml",
-    ))
-    .unwrap();
+    let a_file: DeploymentStatus =
+        serde_yaml::from_str(&show(&remote, BRANCH, "main/line-control/vision.yaml")).unwrap();
     assert_eq!(a_file, a2);
     assert_eq!(
         note(&remote, &src.commit),
-        format!("site-a: main@{short}: 1 installed\nsite-b: main@{short}: 1 installed")
+        format!("main@{short}: 1 installed, 1 removing")
     );
     assert_eq!(
         git(&remote, &["rev-list", "--merges", "refs/notes/fermata"]),
@@ -632,9 +745,10 @@ fn rebases_on_a_remote_branch_moved_without_notes() {
         "push",
         "-q",
         remote.to_str().unwrap(),
-        &format!("hand:refs/heads/{BRANCH}"),
+        "hand:refs/heads/fermata/sites/site-a",
     ]);
-    let hand = rev(&remote, BRANCH);
+    let branch = "fermata/sites/site-a";
+    let hand = rev(&remote, branch);
 
     let sr = StatusRepo::new(
         mirror,
@@ -649,19 +763,18 @@ fn rebases_on_a_remote_branch_moved_without_notes() {
         ))
         .unwrap()
         .expect("a commit");
-    assert_eq!(rev(&remote, BRANCH), id.to_string());
-    assert_eq!(rev(&remote, &format!("{BRANCH}^")), hand);
+    assert_eq!(rev(&remote, branch), id.to_string());
+    assert_eq!(rev(&remote, &format!("{branch}^")), hand);
     assert_eq!(
-        files(&remote, BRANCH),
-        [
-            "site-a/main/shop/web.yaml",
-            "site-a/main/summary.md",
-            "site-x/NOTE.md"
-        ]
+        files(&remote, branch),
+        ["main/shop/web.yaml", "main/summary.md", "site-x/NOTE.md"]
     );
     assert_eq!(
-        note(&remote, &src.commit),
-        format!("site-a: main@{}: 1 staged", &src.commit[..7])
+        git(
+            &remote,
+            &["notes", "--ref=fermata-sites/site-a", "show", &src.commit]
+        ),
+        format!("site-a main@{}: 1 staged", &src.commit[..7])
     );
 }
 

@@ -1,9 +1,9 @@
 //! Several sites publishing status to one origin at once, over `file://`
-//! and over `git://` (issue 10.6): every real `fermata run --once` process
-//! that says it committed
-//! has its commit on the origin's status branch, and every site's status of
-//! every round is there. A lost race is retried on the new tip, never taken
-//! for a success.
+//! and over `git://` (issues 10.6 and 13.3): every real `fermata run --once`
+//! process that says it committed has its commit on its own site's branch
+//! `fermata/sites/<site>`, every site's status of every round is there,
+//! and since no two sites share a ref, no push is ever rejected: N sites
+//! cost N pushes.
 
 mod util;
 
@@ -85,6 +85,10 @@ fn race(serve: impl FnOnce(&std::path::Path) -> (String, Option<util::GitDaemon>
                 "round {round} site s{i}: {:?}\n{stdout}\n{stderr}",
                 out.status
             );
+            assert!(
+                !stderr.contains("rejected"),
+                "round {round} site s{i}: a push was rejected, but no other site writes its refs:\n{stderr}"
+            );
             let short = stdout
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("status: committed "))
@@ -93,64 +97,150 @@ fn race(serve: impl FnOnce(&std::path::Path) -> (String, Option<util::GitDaemon>
                 .to_string();
             committed.insert(i, short);
         }
-        // Every commit a process reported is on the origin's branch, not dangling.
+        // Every commit a process reported is on its site's branch on the origin.
         for (i, short) in &committed {
             let full = git(&origin, &["rev-parse", &format!("{short}^{{commit}}")]);
             let on_branch = Command::new("git")
                 .current_dir(&origin)
-                .args(["merge-base", "--is-ancestor", &full, "fermata/status"])
+                .args([
+                    "merge-base",
+                    "--is-ancestor",
+                    &full,
+                    &format!("fermata/sites/s{i}"),
+                ])
                 .status()
                 .unwrap();
             assert!(
                 on_branch.success(),
-                "round {round}: site s{i} reported {short}, which is not on the origin's status branch"
+                "round {round}: site s{i} reported {short}, which is not on its branch on the origin"
             );
         }
         rounds.push(commit);
     }
 
-    // One status commit per site and round, each with the site's file for that round's commit.
-    let log = git(
-        &origin,
-        &["log", "--format=%H %(trailers:key=Fermata-Source,valueonly,separator=)|%(trailers:key=Fermata-Site,valueonly,separator=)", "fermata/status"],
-    );
-    let mut seen: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for line in log.lines() {
-        let (id, rest) = line.split_once(' ').unwrap();
-        let (source, site) = rest.split_once('|').unwrap();
-        seen.entry((source.trim().to_string(), site.trim().to_string()))
-            .or_default()
-            .push(id.to_string());
-    }
+    // One status commit per site and round on the site's own branch, each
+    // with the site's file for that round's commit, and nothing shared.
     assert_eq!(
-        log.lines().count(),
-        SITES * ROUNDS,
-        "one status commit per site and round:\n{log}"
-    );
-    for commit in &rounds {
-        for i in 0..SITES {
-            let key = (format!("main@{commit}"), format!("s{i}"));
-            let ids = seen
-                .get(&key)
-                .unwrap_or_else(|| panic!("no status of {key:?}:\n{log}"));
-            assert_eq!(ids.len(), 1, "{key:?}: {ids:?}");
-            let file = git(
-                &origin,
-                &["show", &format!("{}:s{i}/main/shop/app.yaml", ids[0])],
-            );
-            assert!(file.contains(commit.as_str()), "{key:?}: {file}");
-        }
-        // The note beside each round's commit has every site's line.
-        let note = git(&origin, &["notes", "--ref=fermata", "show", commit]);
-        for i in 0..SITES {
-            assert!(
-                note.lines().any(|l| l.starts_with(&format!("s{i}: "))),
-                "note on {commit} lacks s{i}:\n{note}"
-            );
-        }
-    }
-    assert_eq!(
-        git(&origin, &["rev-list", "--merges", "fermata/status"]),
+        git(
+            &origin,
+            &[
+                "for-each-ref",
+                "refs/heads/fermata/status",
+                "refs/notes/fermata"
+            ]
+        ),
         ""
     );
+    for i in 0..SITES {
+        let branch = format!("fermata/sites/s{i}");
+        let log = git(
+            &origin,
+            &[
+                "log",
+                "--format=%H %(trailers:key=Fermata-Source,valueonly,separator=)",
+                &branch,
+            ],
+        );
+        let sources: Vec<(&str, &str)> = log.lines().map(|l| l.split_once(' ').unwrap()).collect();
+        let want: Vec<String> = rounds.iter().rev().map(|c| format!("main@{c}")).collect();
+        assert_eq!(
+            sources
+                .iter()
+                .map(|(_, s)| s.trim().to_string())
+                .collect::<Vec<_>>(),
+            want,
+            "{branch}: one status commit per round:\n{log}"
+        );
+        for ((id, _), commit) in sources.iter().zip(rounds.iter().rev()) {
+            let file = git(&origin, &["show", &format!("{id}:main/shop/app.yaml")]);
+            assert!(file.contains(commit.as_str()), "{branch}: {file}");
+            assert!(
+                file.contains(&format!("deviceId: s{i}")),
+                "{branch}: {file}"
+            );
+        }
+        // Each round's commit carries the site's note, in the site's notes ref.
+        for commit in &rounds {
+            let note = git(
+                &origin,
+                &[
+                    "notes",
+                    &format!("--ref=fermata-sites/s{i}"),
+                    "show",
+                    commit,
+                ],
+            );
+            assert!(
+                note.starts_with(&format!("s{i} main@")),
+                "s{i} on {commit}: {note}"
+            );
+        }
+        assert_eq!(git(&origin, &["rev-list", "--merges", &branch]), "");
+    }
+}
+
+/// Issue 13's reproduction: 30 site agents at once on one commit of one
+/// `file://` origin. Before per-site branches, 17 of 30 lost their status.
+#[test]
+fn thirty_sites_at_once_each_land_on_their_own_branch() {
+    const N: usize = 30;
+    let work = TestRepo::new();
+    util::minimal(&work);
+    let commit = work.commit("v1");
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = util::bare_clone(work.path(), tmp.path(), "origin.git");
+    let url = format!("file://{}", origin.display());
+    let states: Vec<_> = (0..N).map(|_| tempfile::tempdir().unwrap()).collect();
+    let children: Vec<_> = states
+        .iter()
+        .enumerate()
+        .map(|(i, state)| {
+            Command::new(env!("CARGO_BIN_EXE_fermata"))
+                .args(["run", "--once", "--repo", &url, "--branch", "main"])
+                .args(["--site", &format!("s{i}")])
+                .arg("--state-dir")
+                .arg(state.path())
+                .env("FERMATA_NOW", "2026-11-21T02:30:00Z")
+                .env_remove("FERMATA_LOG")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("fermata runs")
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().expect("fermata ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "s{i}: {stderr}");
+        assert!(!stderr.contains("still rejected"), "s{i}: {stderr}");
+        assert!(!stderr.contains("rejected"), "s{i} had to retry: {stderr}");
+    }
+    let branches = git(
+        &origin,
+        &[
+            "for-each-ref",
+            "--format=%(refname:short)",
+            "refs/heads/fermata/sites",
+        ],
+    );
+    assert_eq!(branches.lines().count(), N, "{branches}");
+    for i in 0..N {
+        let branch = format!("fermata/sites/s{i}");
+        assert_eq!(
+            git(&origin, &["rev-list", "--count", &branch]),
+            "1",
+            "{branch}"
+        );
+        let file = git(&origin, &["show", &format!("{branch}:main/shop/app.yaml")]);
+        assert!(file.contains(&commit), "{branch}: {file}");
+        git(
+            &origin,
+            &[
+                "notes",
+                &format!("--ref=fermata-sites/s{i}"),
+                "show",
+                &commit,
+            ],
+        );
+    }
 }

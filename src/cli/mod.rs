@@ -30,6 +30,7 @@ macro_rules! errln {
 
 mod apply_now;
 mod demo;
+mod fleet;
 mod plan;
 mod render;
 mod run;
@@ -82,6 +83,8 @@ pub enum Command {
     Windows(windows::WindowsArgs),
     /// Print the latest status from the status branch.
     Status(status::StatusArgs),
+    /// The fleet: every site's status branch at once.
+    Fleet(fleet::FleetArgs),
     /// Check every object of a revision; exit 1 with every error, one per line.
     Validate(validate::ValidateArgs),
     /// Print the rendered resources of each composition as a YAML stream.
@@ -214,8 +217,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ungate(a) => ungate::run(&a),
         Command::Windows(a) => windows::run(&a),
         Command::Status(a) => status::run(&a),
+        Command::Fleet(a) => fleet::run(&a),
         Command::Validate(a) => validate::run(&a),
         Command::Render(a) => render::run(&a),
+    }
+}
+
+/// The status branch of `--status-branch` and `--site`: a site's is always
+/// its own `fermata/sites/<site>` (no two sites may write one branch), so
+/// another branch named beside `--site` is refused rather than ignored; the
+/// default `fermata/status` (a chart sets it always) is let through.
+pub fn status_branch(given: Option<&str>, site: Option<&str>) -> anyhow::Result<String> {
+    const DEFAULT: &str = "fermata/status";
+    match (given, site) {
+        (None, None) => Ok(DEFAULT.to_string()),
+        (Some(b), None) => Ok(b.to_string()),
+        (given, Some(site)) => {
+            crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;
+            let own = crate::status::site_branch(site);
+            match given {
+                Some(b) if b != DEFAULT && b != own => anyhow::bail!(
+                    "--status-branch {b} with --site {site}: a site's status goes to its own branch {own}; leave --status-branch out"
+                ),
+                _ => Ok(own),
+            }
+        }
     }
 }
 

@@ -40,12 +40,18 @@ pub struct RunArgs {
     /// Where relative `directory` targets are created; `<state-dir>/targets` by default.
     #[arg(long, env = "FERMATA_TARGET_ROOT")]
     pub target_root: Option<PathBuf>,
-    /// The branch status is committed to; never one of the watched branches.
-    #[arg(long, env = "FERMATA_STATUS_BRANCH", default_value = "fermata/status", value_parser = crate::status::branch_name)]
-    pub status_branch: String,
-    /// Puts status under `<site>/` so several sites can share one repository.
+    /// The branch status is committed to (default fermata/status); never one
+    /// of the watched branches. With --site, the site's own fermata/sites/SITE.
+    #[arg(long, env = "FERMATA_STATUS_BRANCH", value_parser = crate::status::branch_name)]
+    pub status_branch: Option<String>,
+    /// Run as this site's agent: status goes to its own branch
+    /// fermata/sites/SITE and notes ref refs/notes/fermata-sites/SITE.
     #[arg(long, env = "FERMATA_SITE")]
     pub site: Option<String>,
+    /// After each pass, commit the fleet view of every site's status branch
+    /// (summary.md, fleet.svg, fleet.json) to fermata/fleet; central mode only.
+    #[arg(long, env = "FERMATA_PUBLISH_FLEET", conflicts_with = "site")]
+    pub publish_fleet: bool,
     /// One pass, then exit: 1 if anything failed.
     #[arg(long)]
     pub once: bool,
@@ -226,7 +232,10 @@ impl RunArgs {
                 .clone()
                 .unwrap_or_else(|| state_dir.join("targets")),
             state_dir,
-            status_branch: self.status_branch.clone(),
+            status_branch: super::status_branch(
+                self.status_branch.as_deref(),
+                self.site.as_deref(),
+            )?,
             site: self.site.clone(),
             signatures,
             health_timeout: self.health_timeout,
@@ -265,10 +274,18 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         let mut r = a.reconciler()?;
         // One reconciler per state directory, for as long as this one runs.
         let _lock = StateLock::acquire(&r.ctx.settings.state_dir)?;
+        let fleet = a.publish_fleet.then(|| FleetPublisher::of(&r));
         if a.once {
             fetch_or_warn(&mut r).await;
             let reports = r.pass().await;
             print_reports(&reports, &r.ctx.settings.status_branch);
+            if let Some(Some(c)) = fleet.as_ref().map(|f| f.publish(r.ctx.clock.now())) {
+                outln!(
+                    "fleet: committed {} to {}",
+                    &c.to_string()[..7],
+                    crate::fleet::FLEET_BRANCH
+                );
+            }
             return Ok(exit_code(&reports));
         }
         let clock = r.ctx.clock.clone();
@@ -309,6 +326,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let observer = server.as_ref().map(|(state, _, _)| state.clone());
+        let clock_now = clock.clone();
         let result = reconcile::run(r, clock, triggers, |outcome: &PassOutcome<'_>| {
             for b in outcome.reports.iter().filter(|b| !b.unchanged) {
                 tracing::info!(branch = %b.branch, rev = ?b.revision, commit = ?b.status_commit, "pass done");
@@ -318,6 +336,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
             }
             if let Some(state) = &observer {
                 state.observe(outcome);
+            }
+            if let Some(f) = fleet.as_ref().filter(|_| outcome.leading) {
+                tokio::task::block_in_place(|| f.publish(clock_now.now()));
             }
         })
         .await;
@@ -373,6 +394,42 @@ impl RunArgs {
             let _ = stopped.await;
         }));
         Ok((stop, task))
+    }
+}
+
+/// `--publish-fleet`: after a pass, the fleet view of the first watched
+/// branch, read from the repository the pass fetched (site branches
+/// included), committed to `fermata/fleet`.
+struct FleetPublisher {
+    git_dir: PathBuf,
+    remote: Option<String>,
+    branch: String,
+}
+
+impl FleetPublisher {
+    fn of(r: &Reconciler) -> FleetPublisher {
+        FleetPublisher {
+            git_dir: r.ctx.source.git_dir().to_path_buf(),
+            remote: r.ctx.source.remote().map(str::to_string),
+            branch: r.ctx.settings.branches.first().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// The new commit, if any; a failure is logged and retried next pass.
+    fn publish(&self, now: DateTime<Utc>) -> Option<git2::Oid> {
+        let stale = crate::fleet::DEFAULT_STALE;
+        match crate::fleet::publish(&self.git_dir, self.remote.clone(), &self.branch, now, stale) {
+            Ok(commit) => {
+                if let Some(c) = commit {
+                    tracing::info!(commit = %c, branch = crate::fleet::FLEET_BRANCH, "fleet view committed");
+                }
+                commit
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::errors::chain(&e), "cannot publish the fleet view");
+                None
+            }
+        }
     }
 }
 

@@ -23,8 +23,10 @@ pub enum Format {
 pub struct StatusArgs {
     #[arg(long)]
     pub repo: String,
-    #[arg(long, default_value = "fermata/status", value_parser = crate::status::branch_name)]
-    pub status_branch: String,
+    /// The status branch to read (default fermata/status).
+    #[arg(long, value_parser = crate::status::branch_name)]
+    pub status_branch: Option<String>,
+    /// Read this site's own branch, fermata/sites/SITE.
     #[arg(long)]
     pub site: Option<String>,
     #[arg(long, env = "FERMATA_STATE_DIR")]
@@ -34,12 +36,13 @@ pub struct StatusArgs {
 }
 
 pub fn run(a: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let branch = super::status_branch(a.status_branch.as_deref(), a.site.as_deref())?;
     let source = GitSource::open(&a.repo, &default_state_dir(a.state_dir.clone()))?;
     source.fetch()?;
     let repo = StatusRepo::new(
         source.git_dir().to_path_buf(),
         source.remote().map(str::to_string),
-        a.status_branch.clone(),
+        branch,
         a.site.clone(),
     );
     let statuses = repo.read()?;
@@ -70,7 +73,7 @@ pub fn run(a: &StatusArgs) -> anyhow::Result<ExitCode> {
                 outln!(
                     "{:<10} {:<32} {:<10} {:<12} {:<9} {}",
                     s.source.branch,
-                    s.metadata.deployment_id,
+                    s.composition(),
                     s.status.state.as_str(),
                     &s.source.commit.get(..7).unwrap_or(&s.source.commit),
                     s.status

@@ -25,6 +25,11 @@ pub const RECONCILE_WHEN: &str = "fermata.dev/reconcile-when";
 /// Marks resources left in place when their symphony was removed (Eno).
 pub const ORPHANED_FROM: &str = "fermata.dev/orphaned-from";
 
+/// Variation annotation: Margo's `deploymentId` of its status, instead of
+/// the one fermata derives (`src/status/ids.rs`): for an orchestrator that
+/// already has an id for this deployment.
+pub const DEPLOYMENT_ID: &str = "fermata.dev/deployment-id";
+
 /// Type and label of a Kubernetes target's inventory record Secrets.
 pub const INVENTORY: &str = "fermata.dev/inventory";
 

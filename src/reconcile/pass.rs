@@ -1026,7 +1026,7 @@ impl Reconciler {
     fn stamp_all(&mut self, branch: &str, statuses: &mut [DeploymentStatus], now: DateTime<Utc>) {
         let mut live: HashSet<RecordKey> = HashSet::new();
         for st in statuses.iter_mut() {
-            let Ok(id) = st.metadata.deployment_id.parse::<CompositionId>() else {
+            let Ok(id) = st.composition().parse::<CompositionId>() else {
                 continue;
             };
             let key = RecordKey::new(branch, &id);
@@ -1803,7 +1803,7 @@ impl Reconciler {
         };
         let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for st in statuses.iter() {
-            let Ok(id) = st.metadata.deployment_id.parse::<CompositionId>() else {
+            let Ok(id) = st.composition().parse::<CompositionId>() else {
                 continue;
             };
             let Some(comp) = fleet.composition(&id) else {
@@ -1819,7 +1819,7 @@ impl Reconciler {
             }
         }
         for st in statuses.iter_mut() {
-            let Some(sym) = st.metadata.deployment_id.split('/').next() else {
+            let Some(sym) = st.composition().split('/').next() else {
                 continue;
             };
             if let Some((ready, desired)) = counts.get(sym) {
@@ -1876,7 +1876,7 @@ impl Reconciler {
         let branch = &source.branch;
         let live: HashSet<RecordKey> = statuses
             .iter()
-            .filter_map(|s| s.metadata.deployment_id.parse::<CompositionId>().ok())
+            .filter_map(|s| s.composition().parse::<CompositionId>().ok())
             .map(|id| RecordKey::new(branch, &id))
             .collect();
         let mut gone = self.records_of(branch, None);
@@ -2204,7 +2204,7 @@ impl Reconciler {
             };
             if let Some(st) = statuses
                 .iter_mut()
-                .find(|s| s.metadata.deployment_id == id.to_string())
+                .find(|s| s.composition() == id.to_string())
             {
                 st.status.conditions.push(Condition {
                     r#type: "Retargeted".to_string(),
@@ -2281,10 +2281,15 @@ impl Reconciler {
         DeploymentStatus {
             api_version: model::types::API_VERSION.to_string(),
             kind: "DeploymentStatus".to_string(),
-            metadata: StatusMetadata {
-                deployment_id: w.comp.id.to_string(),
-                time_stamp: now,
-            },
+            metadata: StatusMetadata::new(
+                &w.comp.id,
+                w.comp
+                    .annotations
+                    .get(wellknown::DEPLOYMENT_ID)
+                    .map(String::as_str)
+                    .filter(|v| !v.is_empty()),
+                now,
+            ),
             source: SourceRef {
                 branch: source.branch.clone(),
                 commit: w.since.clone().unwrap_or_else(|| source.commit.clone()),
@@ -2559,10 +2564,7 @@ fn orphaned_status(
     DeploymentStatus {
         api_version: model::types::API_VERSION.to_string(),
         kind: "DeploymentStatus".to_string(),
-        metadata: StatusMetadata {
-            deployment_id: id.to_string(),
-            time_stamp: now,
-        },
+        metadata: StatusMetadata::new(id, None, now),
         source: source.clone(),
         status: StatusBody {
             state: State::Removed,

@@ -28,7 +28,7 @@ pub struct GitSource {
 }
 
 /// Whether `repo` names a remote to mirror rather than a path to read in place.
-fn is_url(repo: &str) -> bool {
+pub(crate) fn is_url(repo: &str) -> bool {
     repo.contains("://") || (repo.contains('@') && repo.contains(':') && !Path::new(repo).exists())
 }
 

@@ -10,7 +10,7 @@ mod trust;
 
 use std::fmt;
 
-pub(crate) use git::{callbacks, remote_error, writer_lock};
+pub(crate) use git::{callbacks, is_url, remote_error, writer_lock};
 pub use git::{set_timeouts, GitSource, GitTimeouts};
 pub use snapshot::{split, Entry, PathError, Snapshot, MAX_FILE_SIZE};
 pub use trust::{

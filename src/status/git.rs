@@ -3,10 +3,22 @@
 //! `summary.md`, plus a note on the source commit, so `git log --notes=fermata`
 //! shows the outcome beside the user's commit.
 //!
-//! Layout: `[<site>/]<source-branch>/<symphony>/<variation>.yaml` and
-//! `[<site>/]<source-branch>/summary.md`. A site only ever writes under its own
-//! `[<site>/]<source-branch>/`, so sites and branches never overwrite each
+//! Layout: `<source-branch>/<symphony>/<variation>.yaml` and
+//! `<source-branch>/summary.md`, so source branches never overwrite each
 //! other and two writers can always be merged file by file.
+//!
+//! **Sites** (DESIGN.md section 9): a site agent (`--site S`) writes only
+//! its own refs, branch `fermata/sites/S` ([`site_branch`], the same
+//! layout: the branch is the site's) and notes `refs/notes/fermata-sites/S`
+//! ([`site_notes_ref`]; plan notes `refs/notes/fermata-plan-sites/S`), so
+//! no two sites ever push the same ref and N sites reporting at once cost N
+//! pushes, not N² retries. The names sit beside `fermata/status` and
+//! `refs/notes/fermata`, not below them: Git cannot hold a ref `a/b` beside
+//! a ref `a`. `git log --notes='fermata-sites/*'` shows every site's note
+//! beside the user's commit (one `Notes (fermata-sites/S):` block per
+//! site); subjects name the site: `plant-a main@3f2a1c0: 12 installed`.
+//! Without a site, status goes to `fermata/status` and `refs/notes/fermata`
+//! as it always did.
 //!
 //! Commits are built in memory (an [`Index`] that is never written to disk),
 //! so publishing works the same in a bare mirror and in the user's own
@@ -35,6 +47,31 @@ pub const NOTES_REF: &str = "refs/notes/fermata";
 /// Where plans of branches matching `--plan-branches` live, on their head
 /// commits (`git log --notes=fermata-plan`): the plan for hosts without a forge API.
 pub const PLAN_NOTES_REF: &str = "refs/notes/fermata-plan";
+
+/// A site's status branch is this plus its name ([`site_branch`]).
+pub const SITE_BRANCH_PREFIX: &str = "fermata/sites/";
+
+/// A site's notes ref is this plus its name ([`site_notes_ref`]).
+pub const SITE_NOTES_PREFIX: &str = "refs/notes/fermata-sites/";
+
+/// A site's plan notes ref is this plus its name ([`site_plan_notes_ref`]).
+pub const SITE_PLAN_NOTES_PREFIX: &str = "refs/notes/fermata-plan-sites/";
+
+/// `fermata/sites/<site>`: the only branch site `site` writes.
+pub fn site_branch(site: &str) -> String {
+    format!("{SITE_BRANCH_PREFIX}{site}")
+}
+
+/// `refs/notes/fermata-sites/<site>`: the only notes ref site `site` writes
+/// its summaries to (`git log --notes='fermata-sites/*'` shows them all).
+pub fn site_notes_ref(site: &str) -> String {
+    format!("{SITE_NOTES_PREFIX}{site}")
+}
+
+/// `refs/notes/fermata-plan-sites/<site>`: site `site`'s plan notes.
+pub fn site_plan_notes_ref(site: &str) -> String {
+    format!("{SITE_PLAN_NOTES_PREFIX}{site}")
+}
 
 /// How many times a publish is rebuilt on a moved remote tip before giving up.
 /// Each retry fetches first, so only a remote moving on every attempt (or a
@@ -169,9 +206,13 @@ pub struct StatusRepo {
     remote: Option<String>,
     branch: String,
     site: Option<String>,
+    /// Where summaries are noted: [`NOTES_REF`], or the site's own.
+    notes_ref: String,
+    /// Where plans are noted: [`PLAN_NOTES_REF`], or the site's own.
+    plan_notes_ref: String,
 }
 
-/// The file changes one publish makes under `[<site>/]<source-branch>/`,
+/// The file changes one publish makes under `<source-branch>/`,
 /// relative to a given tip. Only files whose content changes are listed.
 #[derive(Debug, Default)]
 struct Plan {
@@ -212,19 +253,43 @@ pub fn branch_name(given: &str) -> Result<String, String> {
 }
 
 impl StatusRepo {
+    /// The status branch `branch` of the repository at `git_dir` (pushed
+    /// to `remote` when that is fermata's mirror of it). With a `site`,
+    /// `branch` is not used: a site writes only [`site_branch`] and
+    /// [`site_notes_ref`] of its name.
     pub fn new(
         git_dir: PathBuf,
         remote: Option<String>,
         branch: impl Into<String>,
         site: Option<String>,
     ) -> Self {
+        let (branch, notes_ref, plan_notes_ref) = match &site {
+            Some(s) => (site_branch(s), site_notes_ref(s), site_plan_notes_ref(s)),
+            None => (
+                branch.into(),
+                NOTES_REF.to_string(),
+                PLAN_NOTES_REF.to_string(),
+            ),
+        };
         StatusRepo {
             seen: Arc::default(),
             git_dir,
             remote,
-            branch: branch.into(),
+            branch,
             site,
+            notes_ref,
+            plan_notes_ref,
         }
+    }
+
+    /// The notes ref summaries go to (`refs/notes/fermata`, or the site's).
+    pub fn notes_ref(&self) -> &str {
+        &self.notes_ref
+    }
+
+    /// The notes ref plans go to (`refs/notes/fermata-plan`, or the site's).
+    pub fn plan_notes_ref(&self) -> &str {
+        &self.plan_notes_ref
     }
 
     /// The status branch's short name, e.g. `fermata/status`.
@@ -237,6 +302,18 @@ impl StatusRepo {
     /// Returns the new commit, or `None` when nothing needed committing, in
     /// which case nothing at all was written (invariant 5).
     pub fn publish(&self, update: &StatusUpdate) -> Result<Option<Oid>, StatusError> {
+        let stamped;
+        let update = match &self.site {
+            Some(site) => {
+                let mut u = update.clone();
+                for s in &mut u.statuses {
+                    s.for_site(site);
+                }
+                stamped = u;
+                &stamped
+            }
+            None => update,
+        };
         let source_commit = self.validate(update)?;
         let repo = self.open()?;
         self.refuse_checked_out(&repo)?;
@@ -262,7 +339,7 @@ impl StatusRepo {
                 std::thread::sleep(retry_delay(attempt - 1));
             }
             attempts = attempt;
-            let before = (self.tip_id(&repo)?, ref_id(&repo, NOTES_REF));
+            let before = (self.tip_id(&repo)?, ref_id(&repo, &self.notes_ref));
             let tip = match before.0 {
                 Some(id) => Some(repo.find_commit(id).map_err(self.git("read tip"))?),
                 None => None,
@@ -324,9 +401,9 @@ impl StatusRepo {
                     new: id,
                 });
             }
-            match ref_id(&repo, NOTES_REF) {
+            match ref_id(&repo, &self.notes_ref) {
                 Some(id) if Some(id) != before.1 => updates.push(RefUpdate {
-                    name: NOTES_REF.to_string(),
+                    name: self.notes_ref.clone(),
                     old: before.1,
                     new: id,
                 }),
@@ -365,10 +442,105 @@ impl StatusRepo {
         })
     }
 
-    /// The latest statuses on the branch (of this site), all source
-    /// branches, sorted by (branch, deploymentId). A missing branch is no
-    /// status yet. Files of other sites (seen when reading without a site)
-    /// are skipped: a status file counts only at the path its content names.
+    /// Makes the branch hold exactly `files` (path to content): one commit
+    /// `message` on its tip, moved and pushed as status is (compare-and-swap,
+    /// rebuilt on a remote that moved). For a branch fermata writes whole
+    /// (`fermata/fleet`). `None`, and nothing written, when it holds them.
+    pub fn publish_files(
+        &self,
+        files: &BTreeMap<String, Vec<u8>>,
+        message: &str,
+    ) -> Result<Option<Oid>, StatusError> {
+        if !git2::Reference::is_valid_name(&self.branch_ref()) {
+            return Err(self.invalid("branch name", &self.branch, "not a valid git branch name"));
+        }
+        let repo = self.open()?;
+        self.refuse_checked_out(&repo)?;
+        let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL).map_err(self.git("signature"))?;
+        let mut plan = Plan::default();
+        for (path, content) in files {
+            let id = repo
+                .blob(content)
+                .map_err(self.git(format!("write {path}")))?;
+            plan.writes.insert(path.clone(), (id, content.len()));
+        }
+        let tree = self.apply(&repo, None, &plan)?;
+        let (mut reason, mut attempts, mut writing) = (String::new(), 0, None);
+        let started = std::time::Instant::now();
+        for attempt in 1..=MAX_ATTEMPTS {
+            if attempt > 1 {
+                if started.elapsed() >= MAX_RETRY_TIME {
+                    break;
+                }
+                std::thread::sleep(retry_delay(attempt - 1));
+            }
+            attempts = attempt;
+            let before = self.tip_id(&repo)?;
+            let tip = match before {
+                Some(id) => Some(repo.find_commit(id).map_err(self.git("read tip"))?),
+                None => None,
+            };
+            // Already there: ours from an earlier pass, or the same from another writer.
+            if tip.as_ref().is_some_and(|c| c.tree_id() == tree.id()) {
+                return Ok(None);
+            }
+            if writing.is_none() {
+                writing = Some(self.writer_lock()?);
+            }
+            let parents: Vec<_> = tip.iter().collect();
+            let id = repo
+                .commit(None, &sig, &sig, message, &tree, &parents)
+                .map_err(self.git("commit"))?;
+            match self.move_branch(&repo, id, before) {
+                Ok(()) => {}
+                Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists) => {
+                    reason = format!("{} moved during the update", self.branch_ref());
+                    continue;
+                }
+                Err(e) => return Err(self.git("update branch")(e)),
+            }
+            let Some(url) = &self.remote else {
+                return Ok(Some(id));
+            };
+            let notes = ref_id(&repo, &self.notes_ref);
+            let update = RefUpdate {
+                name: self.branch_ref(),
+                old: before,
+                new: id,
+            };
+            match self.push(&repo, url, &[update]) {
+                Ok(Pushed::Done) => return Ok(Some(id)),
+                Ok(Pushed::Rejected(why, _)) => {
+                    tracing::info!(branch = %self.branch, attempt, %why, "push rejected; rebuilding on the remote tip");
+                    reason = why;
+                    let branch = self.branch_ref();
+                    if let Err(e) = self.fetch_specs(&repo, url, &[format!("+{branch}:{branch}")]) {
+                        self.restore(&repo, (before, notes));
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    self.restore(&repo, (before, notes));
+                    return Err(e);
+                }
+            }
+        }
+        Err(StatusError::Rejected {
+            branch: self.branch.clone(),
+            target: self
+                .remote
+                .clone()
+                .unwrap_or_else(|| self.git_dir.display().to_string()),
+            attempts,
+            reason,
+        })
+    }
+
+    /// The latest statuses on the branch (the site's, for a site), all
+    /// source branches, sorted by (branch, composition). A missing branch is
+    /// no status yet. A file elsewhere than the path its content names (the
+    /// `<site>/` folders fermata wrote on `fermata/status` before sites got
+    /// their own branches) is skipped.
     pub fn read(&self) -> Result<Vec<DeploymentStatus>, StatusError> {
         let repo = self.open()?;
         let Some(tip) = self.tip_id(&repo)? else {
@@ -378,15 +550,8 @@ impl StatusRepo {
             .find_commit(tip)
             .and_then(|c| c.tree())
             .map_err(self.git("read tip tree"))?;
-        let root = match &self.site {
-            Some(site) => match subtree(&repo, &tree, site).map_err(self.git("read site"))? {
-                Some(t) => t,
-                None => return Ok(Vec::new()),
-            },
-            None => tree,
-        };
         let mut files = Vec::new();
-        root.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
+        tree.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
             if e.kind() == Some(ObjectType::Blob) {
                 if let Ok(name) = e.name() {
                     if name.ends_with(".yaml") {
@@ -398,11 +563,7 @@ impl StatusRepo {
         })
         .map_err(self.git("walk tree"))?;
         let mut out = Vec::new();
-        for (rel, id) in files {
-            let path = match &self.site {
-                Some(site) => format!("{site}/{rel}"),
-                None => rel.clone(),
-            };
+        for (path, id) in files {
             let blob = repo
                 .find_blob(id)
                 .map_err(self.git(format!("read {path}")))?;
@@ -412,19 +573,15 @@ impl StatusRepo {
                     path: path.clone(),
                     message,
                 })?;
-            let expected = format!(
-                "{}/{}.yaml",
-                status.source.branch, status.metadata.deployment_id
-            );
-            if rel != expected {
+            let expected = format!("{}/{}.yaml", status.source.branch, status.composition());
+            if path != expected {
                 tracing::debug!(%path, %expected, "skipping a status file outside this site's layout");
                 continue;
             }
             out.push(status);
         }
         out.sort_by(|a, b| {
-            (&a.source.branch, &a.metadata.deployment_id)
-                .cmp(&(&b.source.branch, &b.metadata.deployment_id))
+            (&a.source.branch, a.composition()).cmp(&(&b.source.branch, b.composition()))
         });
         Ok(out)
     }
@@ -452,12 +609,9 @@ impl StatusRepo {
         format!("refs/heads/{}", self.branch)
     }
 
-    /// `[<site>/]<source-branch>`: the only directory this update writes.
+    /// `<source-branch>`: the only directory this update writes.
     fn base_dir(&self, source_branch: &str) -> String {
-        match &self.site {
-            Some(site) => format!("{site}/{source_branch}"),
-            None => source_branch.to_string(),
-        }
+        source_branch.to_string()
     }
 
     /// Checks every name that becomes a ref, path or note prefix, before
@@ -494,17 +648,32 @@ impl StatusRepo {
             .ok_or_else(|| {
                 self.invalid("source commit", &src.commit, "not a full hex commit id")
             })?;
-        let mut seen = BTreeSet::new();
+        let (mut seen, mut ids) = (BTreeSet::new(), BTreeSet::new());
         for s in &update.statuses {
-            let id = &s.metadata.deployment_id;
+            let id = s.composition();
             let ok = id
                 .split_once('/')
                 .is_some_and(|(sym, var)| is_label(sym) && is_label(var));
             if !ok {
-                return Err(self.invalid("deploymentId", id, "expected symphony/variation"));
+                return Err(self.invalid("composition", id, "expected symphony/variation"));
             }
-            if !seen.insert(id.as_str()) {
-                return Err(self.invalid("deploymentId", id, "listed twice in one update"));
+            if !seen.insert(id) {
+                return Err(self.invalid("composition", id, "listed twice in one update"));
+            }
+            let margo = &s.metadata.deployment_id;
+            if margo.trim().is_empty() || margo.chars().any(char::is_control) {
+                return Err(self.invalid(
+                    "deploymentId",
+                    margo,
+                    "empty or not one line (set by the variation's fermata.dev/deployment-id annotation)",
+                ));
+            }
+            if !ids.insert(margo.as_str()) {
+                return Err(self.invalid(
+                    "deploymentId",
+                    margo,
+                    "listed twice in one update (two variations set the same fermata.dev/deployment-id annotation)",
+                ));
             }
             if s.source.branch != src.branch {
                 return Err(self.invalid(
@@ -522,8 +691,12 @@ impl StatusRepo {
     /// [`crate::source::writer_lock`]. Nobody but fermata writes those refs,
     /// so their `.lock` files found while holding it are stale.
     fn writer_lock(&self) -> Result<Flock<std::fs::File>, StatusError> {
-        let stale = [self.branch_ref(), NOTES_REF.into(), PLAN_NOTES_REF.into()]
-            .map(|name| self.git_dir.join(format!("{name}.lock")));
+        let stale = [
+            self.branch_ref(),
+            self.notes_ref.clone(),
+            self.plan_notes_ref.clone(),
+        ]
+        .map(|name| self.git_dir.join(format!("{name}.lock")));
         crate::source::writer_lock(&self.git_dir, || stale.to_vec()).map_err(|source| {
             StatusError::Lock {
                 branch: self.branch.clone(),
@@ -604,7 +777,7 @@ impl StatusRepo {
             }
         }
         for s in &update.statuses {
-            let id = &s.metadata.deployment_id;
+            let id = s.composition();
             let path = format!("{base}/{id}.yaml");
             let fingerprint = s.fingerprint();
             if let Some(old) = existing.remove(id) {
@@ -720,9 +893,19 @@ impl StatusRepo {
         }
     }
 
+    /// `main@3f2a1c0: 4 installed`, for a site `plant-a main@3f2a1c0: ...`:
+    /// the commit subject, and a site's note.
+    fn subject(&self, summary: &str) -> String {
+        match &self.site {
+            Some(site) => format!("{site} {summary}"),
+            None => summary.to_string(),
+        }
+    }
+
     fn commit_message(&self, summary: &str, source: &SourceRef) -> String {
         let mut msg = format!(
-            "{summary}\n\nFermata-Source: {}@{}\n",
+            "{}\n\nFermata-Source: {}@{}\n",
+            self.subject(summary),
             source.branch,
             source.commit.to_ascii_lowercase()
         );
@@ -732,8 +915,10 @@ impl StatusRepo {
         msg
     }
 
-    /// Sets this site's line of the note on the source commit, keeping the
-    /// other sites' lines; writes nothing when the note already says it.
+    /// Notes the summary on the source commit: a site's note is its
+    /// subject line, alone in its own notes ref; the site-less note keeps
+    /// the `<site>: ` lines older fermatas wrote into it. Writes nothing
+    /// when the note already says it.
     fn write_note(
         &self,
         repo: &Repository,
@@ -741,16 +926,19 @@ impl StatusRepo {
         commit: Oid,
         summary: &str,
     ) -> Result<(), StatusError> {
-        let old = match repo.find_note(Some(NOTES_REF), commit) {
+        let old = match repo.find_note(Some(&self.notes_ref), commit) {
             Ok(n) => Some(String::from_utf8_lossy(n.message_bytes()).into_owned()),
             Err(e) if e.code() == ErrorCode::NotFound => None,
             Err(e) => return Err(self.git(format!("read note on {commit}"))(e)),
         };
-        let new = merge_note(old.as_deref(), self.site.as_deref(), summary);
+        let new = match &self.site {
+            Some(_) => format!("{}\n", self.subject(summary)),
+            None => merge_note(old.as_deref(), None, summary),
+        };
         if old.as_deref() == Some(new.as_str()) {
             return Ok(());
         }
-        repo.note(sig, sig, Some(NOTES_REF), commit, &new, true)
+        repo.note(sig, sig, Some(&self.notes_ref), commit, &new, true)
             .map_err(self.git(format!("write note on {commit}")))?;
         Ok(())
     }
@@ -926,8 +1114,9 @@ impl StatusRepo {
                 std::thread::sleep(retry_delay(attempt - 1));
             }
             attempts = attempt;
-            let before = ref_id(&repo, PLAN_NOTES_REF);
-            let old = match repo.find_note(Some(PLAN_NOTES_REF), commit) {
+            let plan_ref = self.plan_notes_ref.as_str();
+            let before = ref_id(&repo, plan_ref);
+            let old = match repo.find_note(Some(plan_ref), commit) {
                 Ok(n) => Some(String::from_utf8_lossy(n.message_bytes()).into_owned()),
                 Err(e) if e.code() == ErrorCode::NotFound => None,
                 Err(e) => return Err(self.git(format!("read plan note on {commit}"))(e)),
@@ -939,16 +1128,16 @@ impl StatusRepo {
             if writing.is_none() {
                 writing = Some(self.writer_lock()?);
             }
-            repo.note(&sig, &sig, Some(PLAN_NOTES_REF), commit, &new, true)
+            repo.note(&sig, &sig, Some(plan_ref), commit, &new, true)
                 .map_err(self.git(format!("write plan note on {commit}")))?;
             let Some(url) = &self.remote else {
                 return Ok(true);
             };
             let update = RefUpdate {
-                name: PLAN_NOTES_REF.to_string(),
+                name: plan_ref.to_string(),
                 old: before,
-                new: ref_id(&repo, PLAN_NOTES_REF).ok_or_else(|| {
-                    self.git(format!("read {PLAN_NOTES_REF}"))(git2::Error::from_str(
+                new: ref_id(&repo, plan_ref).ok_or_else(|| {
+                    self.git(format!("read {plan_ref}"))(git2::Error::from_str(
                         "the note just written is gone",
                     ))
                 })?,
@@ -957,23 +1146,21 @@ impl StatusRepo {
                 Ok(Pushed::Done) => return Ok(true),
                 Ok(Pushed::Rejected(why, _)) => {
                     reason = why;
-                    self.fetch_specs(&repo, url, &[format!("+{PLAN_NOTES_REF}:{PLAN_NOTES_REF}")])?;
+                    self.fetch_specs(&repo, url, &[format!("+{plan_ref}:{plan_ref}")])?;
                 }
                 Err(e) => {
                     let _ = match before {
                         Some(id) => repo
-                            .reference(PLAN_NOTES_REF, id, true, "fermata: restore")
+                            .reference(plan_ref, id, true, "fermata: restore")
                             .map(drop),
-                        None => repo
-                            .find_reference(PLAN_NOTES_REF)
-                            .and_then(|mut r| r.delete()),
+                        None => repo.find_reference(plan_ref).and_then(|mut r| r.delete()),
                     };
                     return Err(e);
                 }
             }
         }
         Err(StatusError::Rejected {
-            branch: PLAN_NOTES_REF.to_string(),
+            branch: self.plan_notes_ref.clone(),
             target: self.remote.clone().unwrap_or_default(),
             attempts,
             reason,
@@ -983,13 +1170,11 @@ impl StatusRepo {
     /// Replaces the mirror's status branch and notes with the remote's.
     fn fetch(&self, repo: &Repository, url: &str) -> Result<(), StatusError> {
         let branch = self.branch_ref();
+        let notes = &self.notes_ref;
         self.fetch_specs(
             repo,
             url,
-            &[
-                format!("+{branch}:{branch}"),
-                format!("+{NOTES_REF}:{NOTES_REF}"),
-            ],
+            &[format!("+{branch}:{branch}"), format!("+{notes}:{notes}")],
         )
     }
 
@@ -1021,7 +1206,7 @@ impl StatusRepo {
     fn restore(&self, repo: &Repository, before: (Option<Oid>, Option<Oid>)) {
         for (name, id) in [
             (self.branch_ref(), before.0),
-            (NOTES_REF.to_string(), before.1),
+            (self.notes_ref.clone(), before.1),
         ] {
             let res = match id {
                 Some(id) => repo

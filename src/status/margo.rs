@@ -11,6 +11,9 @@ pub struct DeploymentStatusManifest {
     pub api_version: &'static str,
     pub kind: &'static str,
     pub deployment_id: String,
+    /// The site that reports it (a site agent's `--site`); absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
     pub status: MargoStatus,
     pub components: Vec<MargoComponent>,
 }
@@ -49,6 +52,7 @@ impl From<&DeploymentStatus> for DeploymentStatusManifest {
             api_version: "deployment.margo/v1",
             kind: "DeploymentStatusManifest",
             deployment_id: s.metadata.deployment_id.clone(),
+            device_id: s.metadata.device_id.clone(),
             status: MargoStatus {
                 state: margo_state(s.status.state),
                 error: s.status.error.as_ref().map(|e| MargoError {

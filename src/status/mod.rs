@@ -3,6 +3,7 @@
 //! the deployment history.
 
 mod git;
+pub mod ids;
 pub mod margo;
 
 use std::collections::BTreeMap;
@@ -10,9 +11,14 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::model::CompositionId;
 use crate::source::SourceRef;
 
-pub use git::{branch_name, StatusError, StatusRepo, StatusUpdate, NOTES_REF, PLAN_NOTES_REF};
+pub use git::{
+    branch_name, site_branch, site_notes_ref, site_plan_notes_ref, StatusError, StatusRepo,
+    StatusUpdate, NOTES_REF, PLAN_NOTES_REF, SITE_BRANCH_PREFIX, SITE_NOTES_PREFIX,
+    SITE_PLAN_NOTES_PREFIX,
+};
 
 /// Where a reconciler reports: held as `Arc<dyn StatusSink>`, so the
 /// reconciler does not know it is Git (tests may record instead). Async:
@@ -108,7 +114,8 @@ impl std::fmt::Display for State {
     }
 }
 
-/// The status file of one composition, `[<site>/]<branch>/<symphony>/<variation>.yaml`.
+/// The status file of one composition, `<branch>/<symphony>/<variation>.yaml`
+/// on the status branch (a site's own branch for a site).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentStatus {
@@ -122,8 +129,18 @@ pub struct DeploymentStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusMetadata {
-    /// `symphony/variation`.
+    /// Margo's id of the deployment. `symphony/variation` for a site-less
+    /// status without a `fermata.dev/deployment-id` annotation (what it
+    /// always was, so such files stay byte for byte the same); otherwise
+    /// that annotation's value, or for a site [`ids::deployment_id`].
     pub deployment_id: String,
+    /// `symphony/variation` whenever `deploymentId` is something else: what
+    /// fermata itself keys statuses on ([`DeploymentStatus::composition`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composition: Option<String>,
+    /// The site (Margo's device) that reported it; none without `--site`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
     /// When this status was last changed; not part of the comparison that
     /// decides whether to commit, or every pass would commit.
     pub time_stamp: DateTime<Utc>,
@@ -225,7 +242,53 @@ pub struct ComponentStatus {
     pub skipped: Option<String>,
 }
 
+impl StatusMetadata {
+    /// The metadata of composition `id`'s status, its Margo id overridden
+    /// by `annotated` (the variation's `fermata.dev/deployment-id`), if set.
+    /// The site's ids are added by the publisher ([`DeploymentStatus::for_site`]).
+    pub fn new(id: &CompositionId, annotated: Option<&str>, now: DateTime<Utc>) -> StatusMetadata {
+        let composition = id.to_string();
+        match annotated {
+            Some(given) => StatusMetadata {
+                deployment_id: given.to_string(),
+                composition: Some(composition),
+                device_id: None,
+                time_stamp: now,
+            },
+            None => StatusMetadata {
+                deployment_id: composition,
+                composition: None,
+                device_id: None,
+                time_stamp: now,
+            },
+        }
+    }
+}
+
 impl DeploymentStatus {
+    /// `symphony/variation`, whatever Margo's `deploymentId` is: the key of
+    /// this status in fermata (its path, its record). Files written before
+    /// `metadata.composition` existed have it as `deploymentId`.
+    pub fn composition(&self) -> &str {
+        self.metadata
+            .composition
+            .as_deref()
+            .unwrap_or(&self.metadata.deployment_id)
+    }
+
+    /// Gives the status the ids of a site's report: `deviceId` the site,
+    /// `composition` set, and `deploymentId` derived for (site, branch,
+    /// composition) unless the variation's annotation chose it. Idempotent.
+    pub fn for_site(&mut self, site: &str) {
+        let composition = self.composition().to_string();
+        if self.metadata.composition.is_none() {
+            self.metadata.deployment_id =
+                ids::deployment_id(site, &self.source.branch, &composition);
+        }
+        self.metadata.composition = Some(composition);
+        self.metadata.device_id = Some(site.to_string());
+    }
+
     /// Equal but for the time stamp: what decides whether a commit is due.
     pub fn same_as(&self, other: &DeploymentStatus) -> bool {
         let mut a = self.clone();
