@@ -210,6 +210,8 @@ pub struct StatusRepo {
     notes_ref: String,
     /// Where plans are noted: [`PLAN_NOTES_REF`], or the site's own.
     plan_notes_ref: String,
+    /// The layout before per-site refs ([`StatusRepo::shared_layout`]).
+    shared: bool,
 }
 
 /// The file changes one publish makes under `<source-branch>/`,
@@ -279,6 +281,21 @@ impl StatusRepo {
             site,
             notes_ref,
             plan_notes_ref,
+            shared: false,
+        }
+    }
+
+    /// The layout sites had before each got its own refs: every site
+    /// writes `<site>/<source-branch>/` on the one branch `branch` and its
+    /// line of the shared notes. Kept only as `fermata-bench fleet`'s
+    /// baseline: N sites at once contend for one ref there.
+    pub fn shared_layout(git_dir: PathBuf, remote: Option<String>, branch: &str, site: &str) -> Self {
+        StatusRepo {
+            branch: branch.to_string(),
+            notes_ref: NOTES_REF.to_string(),
+            plan_notes_ref: PLAN_NOTES_REF.to_string(),
+            shared: true,
+            ..StatusRepo::new(git_dir, remote, branch, Some(site.to_string()))
         }
     }
 
@@ -611,7 +628,10 @@ impl StatusRepo {
 
     /// `<source-branch>`: the only directory this update writes.
     fn base_dir(&self, source_branch: &str) -> String {
-        source_branch.to_string()
+        match (&self.site, self.shared) {
+            (Some(site), true) => format!("{site}/{source_branch}"),
+            _ => source_branch.to_string(),
+        }
     }
 
     /// Checks every name that becomes a ref, path or note prefix, before
@@ -932,6 +952,7 @@ impl StatusRepo {
             Err(e) => return Err(self.git(format!("read note on {commit}"))(e)),
         };
         let new = match &self.site {
+            Some(site) if self.shared => merge_note(old.as_deref(), Some(site), summary),
             Some(_) => format!("{}\n", self.subject(summary)),
             None => merge_note(old.as_deref(), None, summary),
         };

@@ -6,6 +6,10 @@
 //! cold pass, a no-op pass next to `git fetch`, and a pass after a change to
 //! one variation, and reports peak RSS. Run with `cargo run --release --bin
 //! fermata-bench -- --symphonies 1000 --variations 10`.
+//!
+//! `fermata-bench fleet --sites 1000` is the fleet bench ([`fleet`]).
+
+mod fleet;
 
 use std::path::Path;
 use std::process::Command;
@@ -24,6 +28,21 @@ use fermata::window::SystemClock;
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    fleet: Option<Bench>,
+    #[command(flatten)]
+    pass: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Bench {
+    /// Many site agents reporting one commit at once, against the shared
+    /// status branch they used before.
+    Fleet(fleet::FleetArgs),
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
     #[arg(long, default_value_t = 1000)]
     symphonies: usize,
@@ -41,19 +60,26 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let a = Args::parse();
+    let cli = Cli::parse();
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("FERMATA_LOG") {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .init();
     }
+    match cli.fleet {
+        Some(Bench::Fleet(f)) => fleet::run(&f),
+        None => pass_bench(&cli.pass),
+    }
+}
+
+fn pass_bench(a: &Args) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let root = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
     let work = root.join("work");
     let t = Instant::now();
-    generate(&work, &a)?;
+    generate(&work, a.symphonies, a.variations, a.synthesizers)?;
     git(
         &root,
         &[
@@ -167,7 +193,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("git")
         .current_dir(dir)
         .args([
@@ -186,13 +212,13 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Writes the fleet into a new repository at `dir` and commits it.
-fn generate(dir: &Path, a: &Args) -> anyhow::Result<()> {
+pub(crate) fn generate(dir: &Path, symphonies: usize, variations: usize, synthesizers: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("symphonies"))?;
     std::fs::write(
         dir.join("target.yaml"),
         "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: site}\nspec:\n  directory: {path: site}\n",
     )?;
-    for s in 0..a.synthesizers {
+    for s in 0..synthesizers {
         let sd = dir.join(format!("synth/s{s}"));
         std::fs::create_dir_all(sd.join("manifests"))?;
         std::fs::write(
@@ -217,14 +243,14 @@ fn generate(dir: &Path, a: &Args) -> anyhow::Result<()> {
             )?;
         }
     }
-    for n in 0..a.symphonies {
+    for n in 0..symphonies {
         let mut y = format!(
             "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: sym-{n:04}}}\nspec:\n  rollout: {{strategy: Parallel, maxUnavailable: 100}}\n  synthesisEnv: [{{name: NS, value: ns-{n}}}]\n  variations:\n"
         );
-        for v in 0..a.variations {
+        for v in 0..variations {
             y.push_str(&format!(
                 "    - name: v{v}\n      synthesizer: {{name: s{}}}\n      synthesisEnv: [{{name: NAME, value: app-{v}}}, {{name: TAG, value: tag-{v}}}]\n",
-                (n + v) % a.synthesizers
+                (n + v) % synthesizers
             ));
         }
         std::fs::write(dir.join(format!("symphonies/sym-{n:04}.yaml")), y)?;
