@@ -221,7 +221,10 @@ impl SynthError {
         let (file, line) = synth
             .map(|s| (s.origin.file.clone(), Some(s.origin.line)))
             .unwrap_or_else(|| (comp.origin.file.clone(), Some(comp.origin.line)));
-        let prefix = format!("{}: ", comp.id);
+        let prefix = match &comp.site {
+            Some(site) => format!("{} at site {}: ", comp.id, site.name),
+            None => format!("{}: ", comp.id),
+        };
         match self {
             SynthError::Template {
                 file,
@@ -261,6 +264,40 @@ impl Default for Limits {
             max_output: Limits::DEFAULT_MAX_OUTPUT,
         }
     }
+}
+
+/// Resolves `${site.PATH}` (`name` is the whole variable) for `comp`: its
+/// site's `name`, `labels.KEY` or `env.NAME`. Without a site, or for a label
+/// or variable the site lacks, an error as for an undefined variable.
+fn site_value(comp: &Composition, name: &str, path: &str) -> Result<String, String> {
+    let Some(site) = &comp.site else {
+        return Err(format!(
+            "${{{name}}}: {} is rendered for no site (site values exist only in a site's view: Site objects in the repository, and --site or a site agent)",
+            comp.id
+        ));
+    };
+    let found = if path == "name" {
+        Some(&site.name)
+    } else if let Some(key) = path.strip_prefix("labels.") {
+        site.labels.get(key)
+    } else if let Some(var) = path.strip_prefix("env.") {
+        site.env.get(var)
+    } else {
+        return Err(format!(
+            "${{{name}}}: unknown site value; use site.name, site.labels.KEY or site.env.NAME"
+        ));
+    };
+    found.cloned().ok_or_else(|| {
+        let (what, key) = match path.split_once('.') {
+            Some(("labels", k)) => ("label", k),
+            Some((_, k)) => ("env variable", k),
+            None => ("value", path),
+        };
+        format!(
+            "${{{name}}}: site {:?} (at {}) has no {what} {key:?}",
+            site.name, site.origin
+        )
+    })
 }
 
 /// Renders one composition of `fleet` from the files of `snap`.
