@@ -1624,6 +1624,135 @@ mod tests {
         );
     }
 
+    const SITES: &str = "apiVersion: fermata.dev/v1alpha1\nkind: Site\nmetadata: {name: plant-a, labels: {ring: canary}}\nspec: {env: [{name: LINES, value: \"4\"}]}\n---\napiVersion: fermata.dev/v1alpha1\nkind: Site\nmetadata: {name: plant-b, labels: {ring: stable}}\nspec: {}\n";
+
+    fn placed(sites: &str) -> String {
+        format!("apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: s}}\nspec:\n  target: t\n  sites:\n{sites}  variations:\n    - synthesizer: {{name: app}}\n")
+    }
+
+    /// Warnings as `file:line: field: message`.
+    fn warnings(files: &[(&str, &str)]) -> Vec<String> {
+        let files: Vec<_> = BASE.iter().chain(files).copied().collect();
+        let loaded = load(&snap(&files), "");
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        loaded.warnings.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn site_and_selector_errors_point_at_the_field() {
+        let cases: [(&str, String, &str); 7] = [
+            (
+                "unknown operator",
+                placed("    matchExpressions: [{key: ring, operator: Inn, values: [canary]}]\n"),
+                "s.yaml:7: spec.sites.matchExpressions[0].operator: unknown operator \"Inn\" (did you mean \"In\"?); one of In, NotIn, Exists, DoesNotExist",
+            ),
+            (
+                "In without values",
+                placed("    matchExpressions: [{key: ring, operator: NotIn}]\n"),
+                "s.yaml:7: spec.sites.matchExpressions[0].operator: NotIn needs a non-empty `values`",
+            ),
+            (
+                "Exists with values",
+                placed("    matchExpressions:\n      - key: ring\n        operator: Exists\n        values: [x]\n"),
+                "s.yaml:10: spec.sites.matchExpressions[0].values: Exists takes no `values`",
+            ),
+            (
+                "names an unknown site",
+                placed("    names: [plant-a, plant-c]\n"),
+                "s.yaml:7: spec.sites.names[1]: no Site named \"plant-c\" (did you mean \"plant-a\"?)",
+            ),
+            (
+                "invalid label key",
+                placed("    matchLabels: {\"-ring\": canary}\n"),
+                "s.yaml:7: spec.sites.matchLabels.-ring: \"-ring\" is not a valid label key: an optional DNS prefix and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            ),
+            (
+                "target at an unknown site",
+                "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: t2}\nspec:\n  site: plant-c\n  directory: {path: t2}\n".to_string(),
+                "s.yaml:5: spec.site: no Site named \"plant-c\" (did you mean \"plant-a\"?)",
+            ),
+            (
+                "site env and labels",
+                bad_site(),
+                "s.yaml:3: metadata.labels.ring: \"a b\" is not a valid label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            ),
+        ];
+        for (name, file, want) in cases {
+            let got = errors(&[("sites.yaml", SITES), ("s.yaml", &file)]);
+            assert_eq!(
+                got.first().map(String::as_str),
+                Some(want),
+                "{name}: {got:#?}"
+            );
+        }
+        // Both problems of a bad Site, each at its own line.
+        let got = errors(&[("s.yaml", &bad_site())]);
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(
+            got[1].starts_with("s.yaml:4: spec.env[0].name: \"1X\" is not a variable name"),
+            "{got:#?}"
+        );
+    }
+
+    fn bad_site() -> String {
+        "apiVersion: fermata.dev/v1alpha1\nkind: Site\nmetadata: {name: plant-c, labels: {ring: \"a b\"}}\nspec: {env: [{name: 1X}]}\n".to_string()
+    }
+
+    #[test]
+    fn a_target_at_an_unknown_site_fails_and_so_does_what_uses_it() {
+        let target = "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: t}\nspec:\n  site: nowhere\n  directory: {path: t}\n";
+        let sym = "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {name: s}\nspec:\n  target: t\n  variations: [{synthesizer: {name: app}}]\n";
+        let files = [BASE[1], BASE[2], ("t.yaml", target), ("s.yaml", sym)];
+        let loaded = load(&snap(&files), "");
+        let errs: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errs,
+            ["t.yaml:5: spec.site: no Site named \"nowhere\": the repository defines no Site objects"]
+        );
+        assert!(loaded.fleet.targets.is_empty());
+        assert!(
+            loaded.fleet.failed.contains_key("s"),
+            "the symphony fails with its target"
+        );
+    }
+
+    #[test]
+    fn placement_warnings() {
+        let bound = "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: a-line}\nspec:\n  site: plant-a\n  directory: {path: a}\n";
+        let cases: [(&str, String, &[&str]); 5] = [
+            ("selects everything", placed("    matchLabels: {}\n"), &[]),
+            (
+                "selects nothing",
+                placed("    matchLabels: {ring: beta}\n"),
+                &["s.yaml:6: spec.sites: selects no site (of 2): symphony \"s\" runs nowhere"],
+            ),
+            (
+                "names: [] selects nothing",
+                placed("    names: []\n"),
+                &["s.yaml:6: spec.sites: selects no site (of 2): symphony \"s\" runs nowhere"],
+            ),
+            (
+                "target of one site, selected elsewhere too",
+                "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {name: s}\nspec:\n  variations:\n    - synthesizer: {name: app}\n      target: a-line\n".to_string(),
+                &["s.yaml:7: spec.variations[0].target: target \"a-line\" exists only at site \"plant-a\": s/app is not placed at the other selected sites (plant-b)"],
+            ),
+            (
+                "target of a site not selected",
+                "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {name: s}\nspec:\n  target: a-line\n  sites: {names: [plant-b]}\n  variations:\n    - synthesizer: {name: app}\n".to_string(),
+                &["s.yaml:5: spec.target: target \"a-line\" exists only at site \"plant-a\", which spec.sites does not select: s/app runs nowhere"],
+            ),
+        ];
+        for (name, file, want) in cases {
+            let got = warnings(&[("sites.yaml", SITES), ("b.yaml", bound), ("s.yaml", &file)]);
+            assert_eq!(got, want, "{name}");
+        }
+        // Without Site objects a selector means nothing: said once, not an error.
+        assert_eq!(
+            warnings(&[("s.yaml", &placed("    names: [x]\n"))]),
+            ["s.yaml:6: spec.sites: has no effect: the repository defines no Site objects, so everything runs at the one implicit site"]
+        );
+    }
+
     #[test]
     fn a_file_that_failed_to_load_may_define_what_its_name_or_text_says() {
         let text = "kind: Synthesizer\nmetadata: {name: s1}\nspec: [\n";

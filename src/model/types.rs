@@ -222,10 +222,10 @@ pub struct MaintenanceWindowSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
-    /// The one Site this target exists at; at every site when absent.
-    pub site: Option<String>,
     pub directory: Option<DirectorySpec>,
     pub kubernetes: Option<KubernetesSpec>,
+    /// The one Site this target exists at; at every site when absent.
+    pub site: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]

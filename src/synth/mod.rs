@@ -317,3 +317,94 @@ pub fn render(
     };
     Rendered::new(comp, resources, synth.artifacts.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Origin, Site};
+
+    fn comp(site: Option<Site>) -> Composition {
+        Composition {
+            id: CompositionId::new("line", "vision"),
+            origin: Origin {
+                file: "s.yaml".into(),
+                line: 3,
+            },
+            synthesizer: "app".into(),
+            env: [("LINES".to_string(), "8".to_string())].into(),
+            bindings: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            target: "t".into(),
+            window: None,
+            scheduling_gates: vec![],
+            depends_on: vec![],
+            optional: false,
+            site,
+        }
+    }
+
+    fn plant_a() -> Site {
+        Site {
+            name: "plant-a".into(),
+            origin: Origin {
+                file: "sites.yaml".into(),
+                line: 2,
+            },
+            labels: [("example.com/ring".to_string(), "canary".to_string())].into(),
+            env: [
+                ("LINES".to_string(), "4".to_string()),
+                ("ZONE".to_string(), "z1".to_string()),
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn site_values_table() {
+        let at_a = comp(Some(plant_a()));
+        let nowhere = comp(None);
+        let cases: [(&Composition, &str, Result<&str, &str>); 7] = [
+            (&at_a, "site.name", Ok("plant-a")),
+            (&at_a, "site.labels.example.com/ring", Ok("canary")),
+            (&at_a, "site.env.LINES", Ok("4")),
+            (
+                &at_a,
+                "site.labels.tier",
+                Err("${site.labels.tier}: site \"plant-a\" (at sites.yaml:2) has no label \"tier\""),
+            ),
+            (
+                &at_a,
+                "site.env.NOPE",
+                Err("${site.env.NOPE}: site \"plant-a\" (at sites.yaml:2) has no env variable \"NOPE\""),
+            ),
+            (
+                &at_a,
+                "site.zone",
+                Err("${site.zone}: unknown site value; use site.name, site.labels.KEY or site.env.NAME"),
+            ),
+            (
+                &nowhere,
+                "site.name",
+                Err("${site.name}: line/vision is rendered for no site (site values exist only in a site's view: Site objects in the repository, and --site or a site agent)"),
+            ),
+        ];
+        for (c, name, want) in cases {
+            let path = name.strip_prefix("site.").unwrap_or(name);
+            let got = site_value(c, name, path);
+            assert_eq!(
+                got.as_deref(),
+                want.map_err(str::to_string).as_deref(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_composition_env_wins_over_the_site_env() {
+        let env = comp(Some(plant_a())).synthesis_env();
+        assert_eq!(env.get("LINES").map(String::as_str), Some("8"));
+        assert_eq!(env.get("ZONE").map(String::as_str), Some("z1"));
+        assert_eq!(comp(None).synthesis_env(), comp(None).env);
+    }
+}
