@@ -486,7 +486,7 @@ fn ten_broken_files_give_ten_errors_and_the_good_symphony_still_counts() {
         ),
         (
             "kind: Target\nmetadata: {name: b}\nspec: {directory: {path: b}, dir: b}\n",
-            "4: spec.dir: unknown field `dir`, expected `directory` or `kubernetes`",
+            "4: spec.dir: unknown field `dir`, expected one of `directory`, `kubernetes`, `site`",
         ),
         (
             "kind: MaintenanceWindow\nmetadata: {name: c}\nspec: {duration: 3h}\n",
@@ -498,7 +498,7 @@ fn ten_broken_files_give_ten_errors_and_the_good_symphony_still_counts() {
         ),
         (
             "kind: Symphonie\nmetadata: {name: e}\n",
-            "2: kind: unknown kind \"Symphonie\" (did you mean \"Symphony\"?); one of Target, MaintenanceWindow, Synthesizer, Symphony",
+            "2: kind: unknown kind \"Symphonie\" (did you mean \"Symphony\"?); one of Site, Target, MaintenanceWindow, Synthesizer, Symphony",
         ),
         (
             "kind: Synthesizer\nmetadata: {name: f}\nspec: {manifests: ./m, command: [./r]}\n",

@@ -39,6 +39,7 @@ mod ungate;
 mod validate;
 mod windows;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -279,5 +280,39 @@ fn count(n: usize, noun: &str) -> String {
         format!("{n} {stem}ies")
     } else {
         format!("{n} {noun}s")
+    }
+}
+
+/// A fleet as one site sees it (`None`: a repository without sites).
+pub type SiteView<'a> = (Option<String>, Cow<'a, model::Fleet>);
+
+/// `--site S` of `validate` and `render`: one site's view of the fleet.
+#[derive(Debug, Clone, Args)]
+pub struct SiteArgs {
+    /// Only what is placed at this Site, with its site values substituted.
+    #[arg(long, value_name = "SITE")]
+    pub site: Option<String>,
+}
+
+impl SiteArgs {
+    /// The views to check or render, each with the site it is for: the one
+    /// `--site` names; else, with Site objects, every site's in name order;
+    /// else the fleet itself. An unknown `--site` is an error (did you mean),
+    /// as is `--site` on a repository without Site objects.
+    pub fn views<'a>(&self, fleet: &'a model::Fleet) -> anyhow::Result<Vec<SiteView<'a>>> {
+        if let Some(site) = &self.site {
+            let view = fleet
+                .site_view(site)
+                .map_err(|e| anyhow::anyhow!("--site {site}: {e}"))?;
+            return Ok(vec![(Some(site.clone()), Cow::Owned(view))]);
+        }
+        if !fleet.has_sites() {
+            return Ok(vec![(None, Cow::Borrowed(fleet))]);
+        }
+        fleet
+            .sites
+            .keys()
+            .map(|s| Ok((Some(s.clone()), Cow::Owned(fleet.site_view(s)?))))
+            .collect()
     }
 }

@@ -8,6 +8,7 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use super::{Output, RepoArgs};
+use crate::model::wellknown::SITE as SITE_ANNOTATION;
 use crate::model::CompositionId;
 use crate::synth::{self, Rendered, COMPOSITION_ANNOTATION, DIGEST_ANNOTATION};
 
@@ -20,8 +21,12 @@ pub struct RenderArgs {
     pub composition: Option<CompositionId>,
     #[command(flatten)]
     pub limits: super::LimitArgs,
+    #[command(flatten)]
+    pub site: super::SiteArgs,
 }
 
+/// Without `--site` on a repository with Site objects, every site's view in
+/// turn, each resource annotated with its site.
 pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
     let (snap, loaded) = a.repo.load()?;
     let fleet = &loaded.fleet;
@@ -37,21 +42,32 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
             bail!("no composition {id} at {}", snap.revision.short());
         }
     }
+    let views = a.site.views(fleet)?;
+    if let (Some(id), Some(site)) = (&a.composition, &a.site.site) {
+        if views.iter().all(|(_, v)| v.composition(id).is_none()) {
+            bail!(
+                "composition {id} is not placed at site {site} (it is at: {})",
+                fleet.sites_of(id).join(", ")
+            );
+        }
+    }
     let limits = a.limits.limits();
     let mut rendered = Vec::new();
-    for comp in fleet.compositions() {
-        if a.composition.as_ref().is_some_and(|id| *id != comp.id) {
-            continue;
-        }
-        match synth::render(&snap, fleet, comp, &limits) {
-            Ok(r) => rendered.push(r),
-            Err(e) => errors.push(e.diagnostic(fleet, comp)),
+    for (site, view) in &views {
+        for comp in view.compositions() {
+            if a.composition.as_ref().is_some_and(|id| *id != comp.id) {
+                continue;
+            }
+            match synth::render(&snap, view, comp, &limits) {
+                Ok(r) => rendered.push((site.as_deref(), r)),
+                Err(e) => errors.push(e.diagnostic(view, comp)),
+            }
         }
     }
     match a.repo.output {
         Output::Text => {
-            for r in &rendered {
-                for obj in annotated(r) {
+            for (site, r) in &rendered {
+                for obj in annotated(r, *site) {
                     out!("---\n{}", serde_yaml::to_string(&obj)?);
                 }
             }
@@ -59,12 +75,16 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         Output::Json => {
             let out: Vec<Value> = rendered
                 .iter()
-                .map(|r| {
-                    json!({
+                .map(|(site, r)| {
+                    let mut o = json!({
                         "composition": r.id,
                         "digest": r.digest,
-                        "resources": annotated(r),
-                    })
+                        "resources": annotated(r, *site),
+                    });
+                    if let Some(site) = site {
+                        o["site"] = json!(site);
+                    }
+                    o
                 })
                 .collect();
             outln!(
@@ -85,8 +105,9 @@ pub fn run(a: &RenderArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The resources of `r`, each annotated with its composition and digest.
-fn annotated(r: &Rendered) -> Vec<Value> {
+/// The resources of `r`, each annotated with its composition and digest,
+/// and the site it was rendered for, if any.
+fn annotated(r: &Rendered, site: Option<&str>) -> Vec<Value> {
     r.resources
         .iter()
         .map(|res| {
@@ -96,6 +117,9 @@ fn annotated(r: &Rendered) -> Vec<Value> {
                 if let Some(ann) = ann.as_object_mut() {
                     ann.insert(COMPOSITION_ANNOTATION.into(), json!(r.id));
                     ann.insert(DIGEST_ANNOTATION.into(), json!(r.digest));
+                    if let Some(site) = site {
+                        ann.insert(SITE_ANNOTATION.into(), json!(site));
+                    }
                 }
             }
             o

@@ -18,30 +18,49 @@ pub struct ValidateArgs {
     pub no_render: bool,
     #[command(flatten)]
     pub limits: super::LimitArgs,
+    #[command(flatten)]
+    pub site: super::SiteArgs,
 }
 
+/// Without `--site` on a repository with Site objects, every composition is
+/// rendered at every site it is placed on: a site's values can break a
+/// render that works elsewhere.
 pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
     let (snap, loaded) = a.repo.load()?;
-    let fleet = &loaded.fleet;
+    let views = a.site.views(&loaded.fleet)?;
+    // With --site, the counts are that site's.
+    let fleet = match (&a.site.site, views.first()) {
+        (Some(_), Some((_, view))) => view.as_ref(),
+        _ => &loaded.fleet,
+    };
     let mut errors = loaded.errors.clone();
     if !a.no_render {
-        for comp in fleet.compositions() {
-            if let Err(e) = synth::render(&snap, fleet, comp, &a.limits.limits()) {
-                errors.push(e.diagnostic(fleet, comp));
+        for (_, view) in &views {
+            for comp in view.compositions() {
+                if let Err(e) = synth::render(&snap, view, comp, &a.limits.limits()) {
+                    errors.push(e.diagnostic(view, comp));
+                }
             }
         }
     }
     let compositions = fleet.compositions().count();
-    let summary = format!(
+    let mut summary = format!(
         "{}, {}, {}, {}",
         count(fleet.symphonies.len(), "symphony"),
         count(compositions, "composition"),
         count(fleet.windows.len(), "window"),
         count(fleet.targets.len(), "target"),
     );
+    match &a.site.site {
+        Some(site) => summary = format!("site {site}: {summary}"),
+        None if fleet.has_sites() => {
+            summary.push_str(&format!(", {}", count(fleet.sites.len(), "site")))
+        }
+        None => {}
+    }
     match a.repo.output {
         Output::Json => {
-            let out = json!({
+            let mut out = json!({
                 "ok": errors.is_empty(),
                 "revision": snap.revision.to_string(),
                 "symphonies": fleet.symphonies.len(),
@@ -51,6 +70,12 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
                 "errors": errors,
                 "warnings": loaded.warnings,
             });
+            if fleet.has_sites() {
+                out["sites"] = json!(fleet.sites.len());
+            }
+            if let Some(site) = &a.site.site {
+                out["site"] = json!(site);
+            }
             outln!("{}", serde_json::to_string_pretty(&out)?);
         }
         Output::Text => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::types::{KubernetesSpec, Rollout};
-use super::{CompositionId, Diagnostic, Digest, Origin};
+use super::{CompositionId, Diagnostic, Digest, Origin, Site, SiteSelector};
 use crate::window::Window;
 
 /// Everything a commit declares, minus what failed to load.
@@ -17,6 +17,9 @@ pub struct Fleet {
     pub synthesizers: BTreeMap<String, Synthesizer>,
     pub windows: BTreeMap<String, MaintenanceWindow>,
     pub targets: BTreeMap<String, Target>,
+    /// The Site objects; empty for a repository without sites, which is one
+    /// implicit site (see [`Fleet::has_sites`] and [`Fleet::site_view`]).
+    pub sites: BTreeMap<String, Site>,
     /// Symphonies named in the repository that could not be loaded, with the
     /// reasons: they keep their last applied state, and status says why.
     pub failed: BTreeMap<String, Vec<Diagnostic>>,
@@ -41,6 +44,8 @@ pub struct Symphony {
     pub name: String,
     pub origin: Origin,
     pub rollout: Rollout,
+    /// `spec.sites`: where it is placed; the default selects every site.
+    pub sites: SiteSelector,
     /// In the order the variations were written: `OrderedReady` follows it.
     pub compositions: Vec<Composition>,
 }
@@ -63,6 +68,27 @@ pub struct Composition {
     pub scheduling_gates: Vec<String>,
     pub depends_on: Vec<CompositionId>,
     pub optional: bool,
+    /// The site this composition is rendered for: set by
+    /// [`Fleet::site_view`], `None` in a repository without sites (and in
+    /// the whole-fleet view). Absent from the serialization when `None`, so
+    /// a repository without sites hashes as it always did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
+}
+
+impl Composition {
+    /// The environment synthesis runs with: the site's env, overridden by
+    /// the composition's own synthesisEnv (symphony and variation), so what
+    /// the symphony's author wrote wins over a site value of the same name.
+    pub fn synthesis_env(&self) -> BTreeMap<String, String> {
+        let mut env = self
+            .site
+            .as_ref()
+            .map(|s| s.env.clone())
+            .unwrap_or_default();
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
 }
 
 /// An input object a binding resolved to.
@@ -116,6 +142,8 @@ pub struct MaintenanceWindow {
 pub struct Target {
     pub name: String,
     pub origin: Origin,
+    /// `spec.site`: the one site this target exists at; every site when `None`.
+    pub site: Option<String>,
     pub kind: TargetKind,
 }
 

@@ -14,8 +14,9 @@ use serde_yaml::Value;
 
 use super::fleet::*;
 use super::position::{self, LineIndex};
+use super::site::{check_label_key, check_label_value};
 use super::types::*;
-use super::{CompositionId, Diagnostic, Digest, Origin};
+use super::{CompositionId, Diagnostic, Digest, Operator, Origin, Requirement, Site, SiteSelector};
 use crate::source::{split, Entry, Snapshot};
 use crate::window::{parse_duration, parse_timezone, Schedule, Window};
 
@@ -127,6 +128,7 @@ pub fn load(snap: &Snapshot, root: &str) -> Loaded {
     }
 
     let mut fleet = Fleet::default();
+    l.resolve_sites(objs.sites, &mut fleet);
     l.resolve_windows(objs.windows, &mut fleet);
     l.resolve_targets(objs.targets, &mut fleet);
     l.resolve_synthesizers(snap, objs.synthesizers, &mut fleet);
@@ -273,6 +275,7 @@ struct Objects {
     synthesizers: Vec<(Doc, Object<SynthesizerSpec>)>,
     windows: Vec<(Doc, Object<MaintenanceWindowSpec>)>,
     targets: Vec<(Doc, Object<TargetSpec>)>,
+    sites: Vec<(Doc, Object<SiteSpec>)>,
 }
 
 impl Objects {
@@ -281,6 +284,7 @@ impl Objects {
             "Symphony" => self.symphonies.retain(|(_, o)| o.metadata.name != name),
             "Synthesizer" => self.synthesizers.retain(|(_, o)| o.metadata.name != name),
             "MaintenanceWindow" => self.windows.retain(|(_, o)| o.metadata.name != name),
+            "Site" => self.sites.retain(|(_, o)| o.metadata.name != name),
             _ => self.targets.retain(|(_, o)| o.metadata.name != name),
         }
     }
@@ -411,6 +415,7 @@ impl Loader {
             "Symphony" => typed(&doc).map(|o| objs.symphonies.push((doc, o))),
             "Synthesizer" => typed(&doc).map(|o| objs.synthesizers.push((doc, o))),
             "MaintenanceWindow" => typed(&doc).map(|o| objs.windows.push((doc, o))),
+            "Site" => typed(&doc).map(|o| objs.sites.push((doc, o))),
             _ => typed(&doc).map(|o| objs.targets.push((doc, o))),
         };
         if let Err(d) = result {
@@ -428,6 +433,49 @@ impl Loader {
             self.errors.push(d);
         }
         true
+    }
+
+    /// Sites first: targets and symphonies refer to them.
+    fn resolve_sites(&mut self, sites: Vec<(Doc, Object<SiteSpec>)>, fleet: &mut Fleet) {
+        for (doc, o) in sites {
+            let mut errs = Vec::new();
+            for (k, v) in &o.metadata.labels {
+                let field = position::join("metadata.labels", k);
+                if let Err(m) = check_label_key(k) {
+                    errs.push(doc.diag(&field, m));
+                } else if let Err(m) = check_label_value(v) {
+                    errs.push(doc.diag(&field, m));
+                }
+            }
+            let mut env = BTreeMap::new();
+            for (i, v) in o.spec.env.iter().enumerate() {
+                let field = format!("spec.env[{i}].name");
+                if !is_identifier(&v.name) {
+                    errs.push(doc.diag(
+                        &field,
+                        format!(
+                            "{:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                            v.name
+                        ),
+                    ));
+                } else if env.insert(v.name.clone(), v.value.clone()).is_some() {
+                    errs.push(doc.diag(&field, format!("duplicate variable {:?}", v.name)));
+                }
+            }
+            let name = o.metadata.name;
+            if self.fail_all("Site", &name, errs) {
+                continue;
+            }
+            fleet.sites.insert(
+                name.clone(),
+                Site {
+                    name,
+                    origin: doc.origin(""),
+                    labels: o.metadata.labels,
+                    env,
+                },
+            );
+        }
     }
 
     fn resolve_windows(
@@ -498,6 +546,10 @@ impl Loader {
                 )),
                 (None, None) => Err(doc.diag("spec", "set one of `directory` or `kubernetes`")),
             };
+            let kind = kind.and_then(|k| match &o.spec.site {
+                Some(site) => self.site_ref(&doc, fleet, site, "spec.site").map(|()| k),
+                None => Ok(k),
+            });
             match kind {
                 Ok(kind) => {
                     fleet.targets.insert(
@@ -505,6 +557,7 @@ impl Loader {
                         Target {
                             name: o.metadata.name,
                             origin: doc.origin(""),
+                            site: o.spec.site,
                             kind,
                         },
                     );
@@ -514,6 +567,31 @@ impl Loader {
                 }
             }
         }
+    }
+
+    /// Checks a reference to a Site at `field` of `doc`.
+    fn site_ref(
+        &self,
+        doc: &Doc,
+        fleet: &Fleet,
+        site: &str,
+        field: &str,
+    ) -> Result<(), Diagnostic> {
+        if fleet.sites.contains_key(site) {
+            return Ok(());
+        }
+        let message = if let Some(ds) = self.broken.get(&("Site".to_string(), site.to_string())) {
+            let why: Vec<String> = ds.iter().map(ToString::to_string).collect();
+            format!("Site {site:?} is invalid: {}", why.join("; "))
+        } else if fleet.sites.is_empty() {
+            format!("no Site named {site:?}: the repository defines no Site objects")
+        } else {
+            format!(
+                "no Site named {site:?}{}",
+                did_you_mean(site, fleet.sites.keys().map(String::as_str))
+            )
+        };
+        Err(doc.diag(field, message))
     }
 
     fn resolve_synthesizers(
@@ -654,6 +732,7 @@ impl Loader {
                 inherited: Vec::new(),
                 edges: Vec::new(),
             };
+            let sites = s.selector(o.spec.sites.as_ref());
             let compositions = s.compositions(&name, &o.spec);
             let SymphonyResolver {
                 errors,
@@ -665,15 +744,16 @@ impl Loader {
                 for (from, edge) in edges {
                     self.depends_on.entry(from).or_default().push(edge);
                 }
-                fleet.symphonies.insert(
-                    name.clone(),
-                    Symphony {
-                        name,
-                        origin: doc.origin(""),
-                        rollout: o.spec.rollout.clone(),
-                        compositions,
-                    },
-                );
+                let symphony = Symphony {
+                    name: name.clone(),
+                    origin: doc.origin(""),
+                    rollout: o.spec.rollout.clone(),
+                    sites,
+                    compositions,
+                };
+                self.warnings
+                    .extend(placement_warnings(&doc, &o.spec, &symphony, fleet));
+                fleet.symphonies.insert(name, symphony);
             } else {
                 self.errors.extend(errors.iter().cloned());
                 let all = fleet.failed.entry(name).or_default();
@@ -797,6 +877,87 @@ impl Loader {
     }
 }
 
+/// What placement makes of a loaded symphony that its author probably did
+/// not mean: a selector that selects nothing (or, without Site objects,
+/// means nothing), and compositions whose target is bound to one site while
+/// the selector places them on others, where they are dropped.
+fn placement_warnings(
+    doc: &Doc,
+    spec: &SymphonySpec,
+    sym: &Symphony,
+    fleet: &Fleet,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if !fleet.has_sites() {
+        if spec.sites.is_some() {
+            out.push(doc.diag(
+                "spec.sites",
+                "has no effect: the repository defines no Site objects, so everything runs at the one implicit site",
+            ));
+        }
+        return out;
+    }
+    let selected = sym.sites.select(&fleet.sites);
+    if selected.is_empty() {
+        out.push(doc.diag(
+            "spec.sites",
+            format!(
+                "selects no site (of {}): symphony {:?} runs nowhere",
+                fleet.sites.len(),
+                sym.name
+            ),
+        ));
+        return out;
+    }
+    for (i, comp) in sym.compositions.iter().enumerate() {
+        let Some(bound) = fleet
+            .targets
+            .get(&comp.target)
+            .and_then(|t| t.site.as_deref())
+        else {
+            continue;
+        };
+        let field = match spec.variations.get(i).and_then(|v| v.target.as_ref()) {
+            Some(_) => format!("spec.variations[{i}].target"),
+            None if spec.target.is_some() => "spec.target".to_string(),
+            None => format!("spec.variations[{i}]"),
+        };
+        let elsewhere: Vec<&str> = selected.iter().copied().filter(|s| *s != bound).collect();
+        let message = if !selected.contains(&bound) {
+            format!(
+                "target {:?} exists only at site {bound:?}, which spec.sites does not select: {} runs nowhere",
+                comp.target, comp.id
+            )
+        } else if !elsewhere.is_empty() {
+            format!(
+                "target {:?} exists only at site {bound:?}: {} is not placed at the other selected sites ({})",
+                comp.target,
+                comp.id,
+                name_list(&elsewhere)
+            )
+        } else {
+            continue;
+        };
+        out.push(doc.diag(&field, message));
+    }
+    out
+}
+
+/// `a, b, c and 7 more`: a message names a few sites, not a thousand.
+fn name_list(names: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
 /// Resolves one symphony's variations into compositions, collecting errors.
 struct SymphonyResolver<'a> {
     doc: &'a Doc,
@@ -878,6 +1039,85 @@ impl SymphonyResolver<'_> {
             ),
         );
         false
+    }
+
+    /// Type-checks `spec.sites`; absent selects every site.
+    fn selector(&mut self, spec: Option<&SiteSelectorSpec>) -> SiteSelector {
+        let Some(spec) = spec else {
+            return SiteSelector::default();
+        };
+        for (k, v) in &spec.match_labels {
+            let field = position::join("spec.sites.matchLabels", k);
+            if let Err(m) = check_label_key(k).and_then(|()| check_label_value(v)) {
+                self.err(&field, m);
+            }
+        }
+        let mut match_expressions = Vec::new();
+        for (i, e) in spec.match_expressions.iter().enumerate() {
+            let at = |f: &str| format!("spec.sites.matchExpressions[{i}].{f}");
+            if let Err(m) = check_label_key(&e.key) {
+                self.err(&at("key"), m);
+            }
+            let Some(operator) = Operator::parse(&e.operator) else {
+                self.err(
+                    &at("operator"),
+                    format!(
+                        "unknown operator {:?}{}; one of {}",
+                        e.operator,
+                        did_you_mean(&e.operator, Operator::ALL),
+                        Operator::ALL.join(", ")
+                    ),
+                );
+                continue;
+            };
+            if operator.takes_values() && e.values.is_empty() {
+                self.err(
+                    &at("operator"),
+                    format!("{operator} needs a non-empty `values`"),
+                );
+            } else if !operator.takes_values() && !e.values.is_empty() {
+                self.err(&at("values"), format!("{operator} takes no `values`"));
+            }
+            for (j, v) in e.values.iter().enumerate() {
+                if let Err(m) = check_label_value(v) {
+                    self.err(&at(&format!("values[{j}]")), m);
+                }
+            }
+            match_expressions.push(Requirement {
+                key: e.key.clone(),
+                operator,
+                values: e.values.iter().cloned().collect(),
+            });
+        }
+        let sites = &self.fleet.sites;
+        if let Some(names) = &spec.names {
+            for (i, n) in names.iter().enumerate() {
+                if sites.is_empty() || sites.contains_key(n) {
+                    continue;
+                }
+                let field = format!("spec.sites.names[{i}]");
+                if self
+                    .loader
+                    .broken
+                    .contains_key(&("Site".to_string(), n.clone()))
+                {
+                    self.err(&field, format!("Site {n:?} is invalid (see its own error)"));
+                } else {
+                    self.err(
+                        &field,
+                        format!(
+                            "no Site named {n:?}{}",
+                            did_you_mean(n, sites.keys().map(String::as_str))
+                        ),
+                    );
+                }
+            }
+        }
+        SiteSelector {
+            match_labels: spec.match_labels.clone(),
+            match_expressions,
+            names: spec.names.as_ref().map(|n| n.iter().cloned().collect()),
+        }
     }
 
     fn compositions(&mut self, symphony: &str, spec: &SymphonySpec) -> Vec<Composition> {
@@ -1025,6 +1265,7 @@ impl SymphonyResolver<'_> {
                 scheduling_gates: gates,
                 depends_on,
                 optional: v.optional,
+                site: None,
             });
         }
         out
@@ -1271,13 +1512,19 @@ fn might_define(file: &str, text: &str, kind: &str, name: &str) -> bool {
 }
 
 fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    closest(name, known)
+        .map(|k| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default()
+}
+
+/// The known name closest to `name`, when one is close enough to be meant.
+pub(crate) fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     known
         .into_iter()
         .map(|k| (strsim::levenshtein(name, k), k))
         .filter(|(d, k)| *d <= 2.max(k.len() / 3))
         .min()
-        .map(|(_, k)| format!(" (did you mean {k:?}?)"))
-        .unwrap_or_default()
+        .map(|(_, k)| k)
 }
 
 #[cfg(test)]
@@ -1374,6 +1621,135 @@ mod tests {
         assert_eq!(
             errors(&[("1.yaml", &symphony("a", "nope/app"))]),
             ["1.yaml:7: spec.variations[0].dependsOn[0].variation: no symphony named \"nope\""]
+        );
+    }
+
+    const SITES: &str = "apiVersion: fermata.dev/v1alpha1\nkind: Site\nmetadata: {name: plant-a, labels: {ring: canary}}\nspec: {env: [{name: LINES, value: \"4\"}]}\n---\napiVersion: fermata.dev/v1alpha1\nkind: Site\nmetadata: {name: plant-b, labels: {ring: stable}}\nspec: {}\n";
+
+    fn placed(sites: &str) -> String {
+        format!("apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: s}}\nspec:\n  target: t\n  sites:\n{sites}  variations:\n    - synthesizer: {{name: app}}\n")
+    }
+
+    /// Warnings as `file:line: field: message`.
+    fn warnings(files: &[(&str, &str)]) -> Vec<String> {
+        let files: Vec<_> = BASE.iter().chain(files).copied().collect();
+        let loaded = load(&snap(&files), "");
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        loaded.warnings.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn site_and_selector_errors_point_at_the_field() {
+        let cases: [(&str, String, &str); 7] = [
+            (
+                "unknown operator",
+                placed("    matchExpressions: [{key: ring, operator: Inn, values: [canary]}]\n"),
+                "s.yaml:7: spec.sites.matchExpressions[0].operator: unknown operator \"Inn\" (did you mean \"In\"?); one of In, NotIn, Exists, DoesNotExist",
+            ),
+            (
+                "In without values",
+                placed("    matchExpressions: [{key: ring, operator: NotIn}]\n"),
+                "s.yaml:7: spec.sites.matchExpressions[0].operator: NotIn needs a non-empty `values`",
+            ),
+            (
+                "Exists with values",
+                placed("    matchExpressions:\n      - key: ring\n        operator: Exists\n        values: [x]\n"),
+                "s.yaml:10: spec.sites.matchExpressions[0].values: Exists takes no `values`",
+            ),
+            (
+                "names an unknown site",
+                placed("    names: [plant-a, plant-c]\n"),
+                "s.yaml:7: spec.sites.names[1]: no Site named \"plant-c\" (did you mean \"plant-a\"?)",
+            ),
+            (
+                "invalid label key",
+                placed("    matchLabels: {\"-ring\": canary}\n"),
+                "s.yaml:7: spec.sites.matchLabels.-ring: \"-ring\" is not a valid label key: an optional DNS prefix and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            ),
+            (
+                "target at an unknown site",
+                "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: t2}\nspec:\n  site: plant-c\n  directory: {path: t2}\n".to_string(),
+                "s.yaml:5: spec.site: no Site named \"plant-c\" (did you mean \"plant-a\"?)",
+            ),
+            (
+                "site env and labels",
+                bad_site(),
+                "s.yaml:3: metadata.labels.ring: \"a b\" is not a valid label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            ),
+        ];
+        for (name, file, want) in cases {
+            let got = errors(&[("sites.yaml", SITES), ("s.yaml", &file)]);
+            assert_eq!(
+                got.first().map(String::as_str),
+                Some(want),
+                "{name}: {got:#?}"
+            );
+        }
+        // Both problems of a bad Site, each at its own line.
+        let got = errors(&[("s.yaml", &bad_site())]);
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(
+            got[1].starts_with("s.yaml:4: spec.env[0].name: \"1X\" is not a variable name"),
+            "{got:#?}"
+        );
+    }
+
+    fn bad_site() -> String {
+        "apiVersion: fermata.dev/v1alpha1\nkind: Site\nmetadata: {name: plant-c, labels: {ring: \"a b\"}}\nspec: {env: [{name: 1X}]}\n".to_string()
+    }
+
+    #[test]
+    fn a_target_at_an_unknown_site_fails_and_so_does_what_uses_it() {
+        let target = "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: t}\nspec:\n  site: nowhere\n  directory: {path: t}\n";
+        let sym = "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {name: s}\nspec:\n  target: t\n  variations: [{synthesizer: {name: app}}]\n";
+        let files = [BASE[1], BASE[2], ("t.yaml", target), ("s.yaml", sym)];
+        let loaded = load(&snap(&files), "");
+        let errs: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errs,
+            ["t.yaml:5: spec.site: no Site named \"nowhere\": the repository defines no Site objects"]
+        );
+        assert!(loaded.fleet.targets.is_empty());
+        assert!(
+            loaded.fleet.failed.contains_key("s"),
+            "the symphony fails with its target"
+        );
+    }
+
+    #[test]
+    fn placement_warnings() {
+        let bound = "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: a-line}\nspec:\n  site: plant-a\n  directory: {path: a}\n";
+        let cases: [(&str, String, &[&str]); 5] = [
+            ("selects everything", placed("    matchLabels: {}\n"), &[]),
+            (
+                "selects nothing",
+                placed("    matchLabels: {ring: beta}\n"),
+                &["s.yaml:6: spec.sites: selects no site (of 2): symphony \"s\" runs nowhere"],
+            ),
+            (
+                "names: [] selects nothing",
+                placed("    names: []\n"),
+                &["s.yaml:6: spec.sites: selects no site (of 2): symphony \"s\" runs nowhere"],
+            ),
+            (
+                "target of one site, selected elsewhere too",
+                "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {name: s}\nspec:\n  variations:\n    - synthesizer: {name: app}\n      target: a-line\n".to_string(),
+                &["s.yaml:7: spec.variations[0].target: target \"a-line\" exists only at site \"plant-a\": s/app is not placed at the other selected sites (plant-b)"],
+            ),
+            (
+                "target of a site not selected",
+                "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {name: s}\nspec:\n  target: a-line\n  sites: {names: [plant-b]}\n  variations:\n    - synthesizer: {name: app}\n".to_string(),
+                &["s.yaml:5: spec.target: target \"a-line\" exists only at site \"plant-a\", which spec.sites does not select: s/app runs nowhere"],
+            ),
+        ];
+        for (name, file, want) in cases {
+            let got = warnings(&[("sites.yaml", SITES), ("b.yaml", bound), ("s.yaml", &file)]);
+            assert_eq!(got, want, "{name}");
+        }
+        // Without Site objects a selector means nothing: said once, not an error.
+        assert_eq!(
+            warnings(&[("s.yaml", &placed("    names: [x]\n"))]),
+            ["s.yaml:6: spec.sites: has no effect: the repository defines no Site objects, so everything runs at the one implicit site"]
         );
     }
 

@@ -8,7 +8,9 @@ mod diag;
 mod fleet;
 mod ids;
 pub mod load;
+mod placement;
 pub mod position;
+mod site;
 pub mod types;
 pub mod wellknown;
 
@@ -19,3 +21,6 @@ pub use fleet::{
 };
 pub use ids::{CompositionId, Digest};
 pub use load::{load, Loaded};
+pub use site::{
+    check_label_key, check_label_value, Operator, Requirement, Site, SiteSelector, UnknownSite,
+};

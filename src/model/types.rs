@@ -10,7 +10,13 @@ use serde::{Deserialize, Serialize};
 pub use super::wellknown::API_VERSION;
 
 /// The kinds fermata reads, in the order they are resolved.
-pub const KINDS: [&str; 4] = ["Target", "MaintenanceWindow", "Synthesizer", "Symphony"];
+pub const KINDS: [&str; 5] = [
+    "Site",
+    "Target",
+    "MaintenanceWindow",
+    "Synthesizer",
+    "Symphony",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -42,7 +48,42 @@ pub struct SymphonySpec {
     pub bindings: Vec<Binding>,
     #[serde(default)]
     pub synthesis_env: Vec<EnvVar>,
+    /// Which sites the symphony is placed on; every site when absent.
+    pub sites: Option<SiteSelectorSpec>,
     pub variations: Vec<Variation>,
+}
+
+/// A Kubernetes-style label selector over Sites, plus `names`. Every clause
+/// given must hold.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SiteSelectorSpec {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_expressions: Vec<SiteRequirementSpec>,
+    /// Only these sites; `[]` selects none.
+    pub names: Option<Vec<String>>,
+}
+
+/// One `matchExpressions` entry. `operator` is a string here so that a
+/// misspelt one gets a did-you-mean instead of serde's variant list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteRequirementSpec {
+    pub key: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+/// A place the fleet runs at (a plant, a store, a cluster): its labels
+/// (`metadata.labels`) select it, its env reaches synthesis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSpec {
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
 }
 
 /// How the compositions of a symphony are rolled out (Datum's instance control).
@@ -183,6 +224,8 @@ pub struct MaintenanceWindowSpec {
 pub struct TargetSpec {
     pub directory: Option<DirectorySpec>,
     pub kubernetes: Option<KubernetesSpec>,
+    /// The one Site this target exists at; at every site when absent.
+    pub site: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]

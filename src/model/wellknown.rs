@@ -14,6 +14,14 @@ pub const COMPOSITION: &str = "fermata.dev/composition";
 /// Annotation carrying the digest of the composition's desired state.
 pub const DIGEST: &str = "fermata.dev/digest";
 
+/// Annotation on a KRM function's `functionConfig`, and on what `fermata
+/// render` prints of a site's view: the site it is rendered for.
+pub const SITE: &str = "fermata.dev/site";
+
+/// Annotation on a KRM function's `functionConfig`: the site's labels, as a
+/// JSON object (an annotation value is a string).
+pub const SITE_LABELS: &str = "fermata.dev/site-labels";
+
 /// Annotation on an item of a KRM function's `ResourceList`: the binding
 /// key it was bound under.
 pub const BINDING: &str = "fermata.dev/binding";

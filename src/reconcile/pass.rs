@@ -266,6 +266,7 @@ impl Work {
                 scheduling_gates: vec![],
                 depends_on: vec![],
                 optional: false,
+                site: None,
             },
             target: None,
             record_key: key,

@@ -2,6 +2,12 @@
 //! copy of the synthesizer's folder, reads a `ResourceList` (functionConfig =
 //! env, items = bound objects) on stdin and must print one on stdout.
 //!
+//! Rendered for a site, the env is the site's env under the composition's
+//! own (which wins), in `functionConfig.data` and in the process environment
+//! alike, plus `FERMATA_SITE`; the functionConfig's annotations
+//! `fermata.dev/site` and `fermata.dev/site-labels` (a JSON object) carry the
+//! site's name and labels. Without a site the input is exactly as before.
+//!
 //! The repository, not the operator, chooses the command, so everything it
 //! can cost fermata is bounded:
 //! - Time: one deadline (the synthesizer's `timeout`) covers writing stdin,
@@ -125,14 +131,23 @@ pub(super) fn render(
             o
         })
         .collect();
+    let env = comp.synthesis_env();
+    let mut annotations = json!({crate::model::wellknown::COMPOSITION: comp.id});
+    if let Some(site) = &comp.site {
+        // Annotations, not new ResourceList fields: a strict KRM reader
+        // refuses fields it does not know, none refuses annotations.
+        annotations[crate::model::wellknown::SITE] = json!(site.name);
+        annotations[crate::model::wellknown::SITE_LABELS] =
+            json!(serde_json::to_string(&site.labels).unwrap_or_default());
+    }
     let input = json!({
         "apiVersion": "config.kubernetes.io/v1",
         "kind": "ResourceList",
         "functionConfig": {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": synth.name, "annotations": {crate::model::wellknown::COMPOSITION: comp.id}},
-            "data": comp.env,
+            "metadata": {"name": synth.name, "annotations": annotations},
+            "data": env,
         },
         "items": items,
     });
@@ -151,7 +166,12 @@ pub(super) fn render(
         )
         .env("HOME", work.path())
         .env("FERMATA_COMPOSITION", comp.id.to_string())
-        .envs(&comp.env)
+        .envs(
+            comp.site
+                .as_ref()
+                .map(|s| ("FERMATA_SITE", s.name.as_str())),
+        )
+        .envs(&env)
         // After the user's env, so a synthesisEnv entry cannot hide it.
         .env(RENDER_ID_VAR, &render_id)
         .stdin(Stdio::piped())

@@ -1,5 +1,7 @@
 //! The `manifests:` synthesizer: every YAML file of a folder, in path order,
-//! with `${VAR}` from synthesisEnv and `${binding.KEY.path}` from bound objects.
+//! with `${VAR}` from synthesisEnv (else the site's env), `${binding.KEY.path}`
+//! from bound objects and `${site.name}`, `${site.labels.KEY}`,
+//! `${site.env.NAME}` from the site it is rendered for.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -67,11 +69,21 @@ pub(super) fn render(
 
 /// Resolves one `${...}` name for `comp`.
 fn lookup(comp: &Composition, name: &str) -> Result<String, String> {
+    if let Some(path) = name.strip_prefix("site.") {
+        return super::site_value(comp, name, path);
+    }
     let Some(path) = name.strip_prefix("binding.") else {
-        return comp.env.get(name).cloned().ok_or_else(|| {
+        // A site's env is there too, under what the symphony sets.
+        let own = comp.env.get(name);
+        let site = comp.site.as_ref().and_then(|s| s.env.get(name));
+        return own.or(site).cloned().ok_or_else(|| {
             format!(
-                "undefined variable ${{{name}}}: not in the synthesisEnv of {}",
-                comp.id
+                "undefined variable ${{{name}}}: not in the synthesisEnv of {}{}",
+                comp.id,
+                match &comp.site {
+                    Some(s) => format!(" nor in the env of site {:?}", s.name),
+                    None => String::new(),
+                }
             )
         });
     };

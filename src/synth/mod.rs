@@ -221,7 +221,10 @@ impl SynthError {
         let (file, line) = synth
             .map(|s| (s.origin.file.clone(), Some(s.origin.line)))
             .unwrap_or_else(|| (comp.origin.file.clone(), Some(comp.origin.line)));
-        let prefix = format!("{}: ", comp.id);
+        let prefix = match &comp.site {
+            Some(site) => format!("{} at site {}: ", comp.id, site.name),
+            None => format!("{}: ", comp.id),
+        };
         match self {
             SynthError::Template {
                 file,
@@ -263,6 +266,40 @@ impl Default for Limits {
     }
 }
 
+/// Resolves `${site.PATH}` (`name` is the whole variable) for `comp`: its
+/// site's `name`, `labels.KEY` or `env.NAME`. Without a site, or for a label
+/// or variable the site lacks, an error as for an undefined variable.
+fn site_value(comp: &Composition, name: &str, path: &str) -> Result<String, String> {
+    let Some(site) = &comp.site else {
+        return Err(format!(
+            "${{{name}}}: {} is rendered for no site (site values exist only in a site's view: Site objects in the repository, and --site or a site agent)",
+            comp.id
+        ));
+    };
+    let found = if path == "name" {
+        Some(&site.name)
+    } else if let Some(key) = path.strip_prefix("labels.") {
+        site.labels.get(key)
+    } else if let Some(var) = path.strip_prefix("env.") {
+        site.env.get(var)
+    } else {
+        return Err(format!(
+            "${{{name}}}: unknown site value; use site.name, site.labels.KEY or site.env.NAME"
+        ));
+    };
+    found.cloned().ok_or_else(|| {
+        let (what, key) = match path.split_once('.') {
+            Some(("labels", k)) => ("label", k),
+            Some((_, k)) => ("env variable", k),
+            None => ("value", path),
+        };
+        format!(
+            "${{{name}}}: site {:?} (at {}) has no {what} {key:?}",
+            site.name, site.origin
+        )
+    })
+}
+
 /// Renders one composition of `fleet` from the files of `snap`.
 pub fn render(
     snap: &Snapshot,
@@ -279,4 +316,95 @@ pub fn render(
         SynthKind::Command { argv } => command::render(snap, synth, argv, comp, limits)?,
     };
     Rendered::new(comp, resources, synth.artifacts.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Origin, Site};
+
+    fn comp(site: Option<Site>) -> Composition {
+        Composition {
+            id: CompositionId::new("line", "vision"),
+            origin: Origin {
+                file: "s.yaml".into(),
+                line: 3,
+            },
+            synthesizer: "app".into(),
+            env: [("LINES".to_string(), "8".to_string())].into(),
+            bindings: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            target: "t".into(),
+            window: None,
+            scheduling_gates: vec![],
+            depends_on: vec![],
+            optional: false,
+            site,
+        }
+    }
+
+    fn plant_a() -> Site {
+        Site {
+            name: "plant-a".into(),
+            origin: Origin {
+                file: "sites.yaml".into(),
+                line: 2,
+            },
+            labels: [("example.com/ring".to_string(), "canary".to_string())].into(),
+            env: [
+                ("LINES".to_string(), "4".to_string()),
+                ("ZONE".to_string(), "z1".to_string()),
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn site_values_table() {
+        let at_a = comp(Some(plant_a()));
+        let nowhere = comp(None);
+        let cases: [(&Composition, &str, Result<&str, &str>); 7] = [
+            (&at_a, "site.name", Ok("plant-a")),
+            (&at_a, "site.labels.example.com/ring", Ok("canary")),
+            (&at_a, "site.env.LINES", Ok("4")),
+            (
+                &at_a,
+                "site.labels.tier",
+                Err("${site.labels.tier}: site \"plant-a\" (at sites.yaml:2) has no label \"tier\""),
+            ),
+            (
+                &at_a,
+                "site.env.NOPE",
+                Err("${site.env.NOPE}: site \"plant-a\" (at sites.yaml:2) has no env variable \"NOPE\""),
+            ),
+            (
+                &at_a,
+                "site.zone",
+                Err("${site.zone}: unknown site value; use site.name, site.labels.KEY or site.env.NAME"),
+            ),
+            (
+                &nowhere,
+                "site.name",
+                Err("${site.name}: line/vision is rendered for no site (site values exist only in a site's view: Site objects in the repository, and --site or a site agent)"),
+            ),
+        ];
+        for (c, name, want) in cases {
+            let path = name.strip_prefix("site.").unwrap_or(name);
+            let got = site_value(c, name, path);
+            assert_eq!(
+                got.as_deref(),
+                want.map_err(str::to_string).as_deref(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_composition_env_wins_over_the_site_env() {
+        let env = comp(Some(plant_a())).synthesis_env();
+        assert_eq!(env.get("LINES").map(String::as_str), Some("8"));
+        assert_eq!(env.get("ZONE").map(String::as_str), Some("z1"));
+        assert_eq!(comp(None).synthesis_env(), comp(None).env);
+    }
 }
