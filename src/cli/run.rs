@@ -275,8 +275,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         // One reconciler per state directory, for as long as this one runs.
         let _lock = StateLock::acquire(&r.ctx.settings.state_dir)?;
         let fleet = a.publish_fleet.then(|| FleetPublisher::of(&r));
+        fetch_or_warn(&mut r).await;
+        check_site(&r).await?;
         if a.once {
-            fetch_or_warn(&mut r).await;
             let reports = r.pass().await;
             print_reports(&reports, &r.ctx.settings.status_branch);
             if let Some(Some(c)) = fleet.as_ref().map(|f| f.publish(r.ctx.clock.now())) {
@@ -470,6 +471,27 @@ pub async fn fetch_or_warn(r: &mut Reconciler) {
     if let Err(e) = r.fetch().await {
         errln!("warning: {:#}", anyhow::Error::from(e));
     }
+}
+
+/// A site agent for a site the repository does not define is a mistake to
+/// stop at, not an empty fleet to reconcile (DESIGN.md section 9). Checked
+/// on the first watched branch's head; a repository without Site objects
+/// is one implicit site, which `--site` only names.
+pub async fn check_site(r: &Reconciler) -> anyhow::Result<()> {
+    let (Some(site), Some(branch)) = (&r.ctx.settings.site, r.ctx.settings.branches.first()) else {
+        return Ok(());
+    };
+    let Ok(rev) = r.ctx.source.resolve(&format!("refs/heads/{branch}")).await else {
+        return Ok(()); // the pass reports a missing branch
+    };
+    let snap = r.ctx.source.snapshot(rev).await?;
+    let fleet = crate::model::load(&snap, &r.ctx.settings.path).fleet;
+    if fleet.has_sites() {
+        fleet
+            .site(site)
+            .with_context(|| format!("--site: on {branch}@{}", rev.short()))?;
+    }
+    Ok(())
 }
 
 pub fn exit_code(reports: &[BranchReport]) -> ExitCode {

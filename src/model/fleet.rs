@@ -23,6 +23,10 @@ pub struct Fleet {
     /// Symphonies named in the repository that could not be loaded, with the
     /// reasons: they keep their last applied state, and status says why.
     pub failed: BTreeMap<String, Vec<Diagnostic>>,
+    /// Sites named in the repository that could not be loaded, with the
+    /// reasons: their agents hold what they applied rather than take the
+    /// site for gone.
+    pub failed_sites: BTreeMap<String, Vec<Diagnostic>>,
 }
 
 impl Fleet {

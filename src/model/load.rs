@@ -324,7 +324,12 @@ impl Edge {
 }
 
 impl Loader {
-    fn finish(self, fleet: Fleet) -> Loaded {
+    fn finish(self, mut fleet: Fleet) -> Loaded {
+        for ((kind, name), why) in &self.broken {
+            if kind == "Site" && !fleet.sites.contains_key(name) {
+                fleet.failed_sites.insert(name.clone(), why.clone());
+            }
+        }
         Loaded {
             fleet,
             errors: self.errors,

@@ -14,13 +14,23 @@ impl Fleet {
     /// Whether the repository defines Site objects. Without them there is one
     /// implicit site, and everything is as before sites existed.
     pub fn has_sites(&self) -> bool {
-        !self.sites.is_empty()
+        !self.sites.is_empty() || !self.failed_sites.is_empty()
     }
 
     /// The Site named `name`, or why there is none (with a did-you-mean).
     pub fn site(&self, name: &str) -> Result<&Site, UnknownSite> {
         if !self.has_sites() {
             return Err(UnknownSite::NoSites { name: name.into() });
+        }
+        if let Some(why) = self.failed_sites.get(name) {
+            return Err(UnknownSite::Invalid {
+                name: name.into(),
+                why: why
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
         }
         self.sites.get(name).ok_or_else(|| UnknownSite::Unknown {
             name: name.into(),
@@ -77,6 +87,7 @@ impl Fleet {
             targets,
             sites: self.sites.clone(),
             failed: self.failed.clone(),
+            failed_sites: self.failed_sites.clone(),
         })
     }
 

@@ -123,6 +123,9 @@ pub enum UnknownSite {
     /// Without Site objects there is only the implicit site, which has no name.
     #[error("no site {name:?}: the repository defines no Site objects")]
     NoSites { name: String },
+    /// Defined, but it does not load: not the same as gone.
+    #[error("Site {name:?} is invalid: {why}")]
+    Invalid { name: String, why: String },
     #[error("no Site named {name:?}{}", suggestion.as_ref().map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default())]
     Unknown {
         name: String,

@@ -694,13 +694,25 @@ impl Reconciler {
             .map_err(join_error),
             Err(e) => Err(e),
         };
-        let (snap, loaded) = match loaded {
+        let (snap, mut loaded) = match loaded {
             Ok(x) => x,
             Err(e) => {
                 report.errors.push(format!("{e:#}"));
                 return None;
             }
         };
+        let unreadable = !loaded.unreadable.is_empty();
+        match self.placed(std::mem::take(&mut loaded.fleet), unreadable) {
+            Ok(fleet) => loaded.fleet = fleet,
+            Err(e) => {
+                // A Site gone (or broken) is not "nothing placed here": a
+                // typo must not delete a plant's deployments.
+                report
+                    .errors
+                    .push(format!("{e}: applying nothing, deleting nothing"));
+                return None;
+            }
+        }
         for e in &loaded.errors {
             tracing::warn!(error = %e, "invalid object");
         }
@@ -1101,9 +1113,25 @@ impl Reconciler {
             return Fleet::default();
         };
         let path = self.ctx.settings.path.clone();
-        tokio::task::spawn_blocking(move || model::load(&snap, &path).fleet)
+        let fleet = tokio::task::spawn_blocking(move || model::load(&snap, &path).fleet)
             .await
-            .unwrap_or_default()
+            .unwrap_or_default();
+        self.placed(fleet, false).unwrap_or_default()
+    }
+
+    /// What this reconciler reconciles of `fleet`: a site agent (`--site`)
+    /// only what is placed on its site (invariant 11), when the repository
+    /// defines sites; without Site objects there is one implicit site. When
+    /// a file cannot be read, whether it defines Sites is unknown: a site
+    /// agent then holds everything rather than guess.
+    fn placed(&self, fleet: Fleet, unreadable: bool) -> Result<Fleet, String> {
+        match self.ctx.settings.site.as_deref() {
+            Some(site) if fleet.has_sites() => fleet.site_view(site).map_err(|e| e.to_string()),
+            Some(site) if unreadable => Err(format!(
+                "what is placed on site {site} is unknown while a file cannot be read"
+            )),
+            _ => Ok(fleet),
+        }
     }
 
     /// A commit that fails the signature policy: nothing of it is loaded,
@@ -2683,5 +2711,11 @@ fn input_key(
         ))
         .unwrap_or_default(),
     );
+    // Site values change the rendering; hashed only where there is a site,
+    // so a repository without sites keeps its keys.
+    if let Some(site) = &comp.site {
+        h.update(b"\0site\0");
+        h.update(serde_json::to_vec(site).unwrap_or_default());
+    }
     hex::encode(h.finalize())
 }

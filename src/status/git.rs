@@ -289,7 +289,12 @@ impl StatusRepo {
     /// writes `<site>/<source-branch>/` on the one branch `branch` and its
     /// line of the shared notes. Kept only as `fermata-bench fleet`'s
     /// baseline: N sites at once contend for one ref there.
-    pub fn shared_layout(git_dir: PathBuf, remote: Option<String>, branch: &str, site: &str) -> Self {
+    pub fn shared_layout(
+        git_dir: PathBuf,
+        remote: Option<String>,
+        branch: &str,
+        site: &str,
+    ) -> Self {
         StatusRepo {
             branch: branch.to_string(),
             notes_ref: NOTES_REF.to_string(),

@@ -86,10 +86,7 @@ impl Measured {
             total as f64 / self.sites.max(1) as f64,
             self.pushes.values().max().copied().unwrap_or(0)
         );
-        println!(
-            "  all passes done after:          {:>9.2?}",
-            self.elapsed
-        );
+        println!("  all passes done after:          {:>9.2?}", self.elapsed);
         if !self.errors.is_empty() {
             println!(
                 "  sites reporting errors:         {:>6}   (first: {})",
@@ -112,7 +109,13 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<()> {
     for name in ["per-site.git", "shared.git"] {
         git(
             &serve,
-            &["clone", "-q", "--bare", work.to_str().unwrap_or_default(), name],
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                work.to_str().unwrap_or_default(),
+                name,
+            ],
         )?;
         install_hook(&serve.join(name), &pushes_log)?;
     }
@@ -157,7 +160,10 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<()> {
         views[1].0
     );
     if sites != a.sites || at_head != a.sites {
-        bail!("the fleet view shows {sites} sites, {at_head} at head; expected {}", a.sites);
+        bail!(
+            "the fleet view shows {sites} sites, {at_head} at head; expected {}",
+            a.sites
+        );
     }
 
     let baseline_sites = a.baseline_sites.unwrap_or(a.sites);
@@ -243,7 +249,10 @@ fn agents(
             agents.push(r?);
         }
     }
-    println!("  ({n} agents set up, mirrors cloned, in {:.1?})", t.elapsed());
+    println!(
+        "  ({n} agents set up, mirrors cloned, in {:.1?})",
+        t.elapsed()
+    );
     let logged_before = read_log(pushes_log)?.len();
 
     let t = Instant::now();
@@ -340,7 +349,9 @@ struct Daemon(std::process::Child);
 
 impl Daemon {
     fn start(base: &Path, port: u16) -> anyhow::Result<Daemon> {
-        let out = std::process::Command::new("git").arg("--exec-path").output()?;
+        let out = std::process::Command::new("git")
+            .arg("--exec-path")
+            .output()?;
         let exec = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let child = std::process::Command::new(exec.join("git-daemon"))
             .args([

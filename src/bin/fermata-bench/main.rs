@@ -212,7 +212,12 @@ pub(crate) fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Writes the fleet into a new repository at `dir` and commits it.
-pub(crate) fn generate(dir: &Path, symphonies: usize, variations: usize, synthesizers: usize) -> anyhow::Result<()> {
+pub(crate) fn generate(
+    dir: &Path,
+    symphonies: usize,
+    variations: usize,
+    synthesizers: usize,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("symphonies"))?;
     std::fs::write(
         dir.join("target.yaml"),
