@@ -285,3 +285,72 @@ fn a_site_gone_or_broken_holds_everything_it_applied() {
         );
     }
 }
+
+/// Central mode: one `fermata run` without `--site` reconciles every site as
+/// its agent would: a site-less directory target has an instance per site
+/// under `<target-root>/<site>/`, a bound one is written once, and each
+/// site's status goes to its own branch.
+#[test]
+fn central_mode_reconciles_every_site_on_its_own_instance_and_branch() {
+    let f = fleet();
+    let state = tempfile::tempdir().unwrap();
+    let p = f.repo.path().to_str().unwrap();
+    let central = ["run", "--once", "--repo", p, "--branch", "main"];
+    let run = fermata_at(state.path(), &central, NOW, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let line = |site: &str, comp: &str| {
+        state
+            .path()
+            .join("targets")
+            .join(site)
+            .join("line")
+            .join(comp)
+            .join("current")
+            .exists()
+    };
+    let cases = [
+        ("plant-a", vec!["eu/app", "canary/app"]),
+        ("plant-b", vec!["eu/app"]),
+        ("plant-c", vec![]),
+    ];
+    for (site, want) in cases {
+        let got: Vec<&str> = ["eu/app", "canary/app", "camera/app"]
+            .into_iter()
+            .filter(|c| line(site, c))
+            .collect();
+        assert_eq!(got, want, "{site}: {run:?}");
+        assert!(
+            run.stdout.contains(&format!("site {site}: branch main")),
+            "{run:?}"
+        );
+        let branch = f.repo.git(&[
+            "rev-parse",
+            "--verify",
+            "-q",
+            &format!("refs/heads/fermata/sites/{site}"),
+        ]);
+        assert!(!branch.trim().is_empty(), "{site}'s status branch");
+    }
+    assert!(f.b_camera.path().join("camera/app/current").exists());
+    assert!(
+        !state.path().join("targets/line").exists(),
+        "no instance outside a site"
+    );
+    let heads = f.repo.git(&[
+        "for-each-ref",
+        "--format=%(objectname)",
+        "refs/heads/fermata/",
+    ]);
+    // Again: nothing new to write anywhere.
+    let again = fermata_at(state.path(), &central, NOW, &[]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(
+        f.repo.git(&[
+            "for-each-ref",
+            "--format=%(objectname)",
+            "refs/heads/fermata/"
+        ]),
+        heads,
+        "{again:?}"
+    );
+}

@@ -509,8 +509,13 @@ pub fn exit_code(reports: &[BranchReport]) -> ExitCode {
 pub fn print_reports(reports: &[BranchReport], status_branch: &str) {
     for b in reports {
         let rev = b.revision.map(|r| r.short()).unwrap_or_else(|| "-".into());
+        let site = b
+            .site
+            .as_deref()
+            .map(|s| format!("site {s}: "))
+            .unwrap_or_default();
         outln!(
-            "branch {} @ {rev}{}",
+            "{site}branch {} @ {rev}{}",
             b.branch,
             if b.unchanged { " (unchanged)" } else { "" }
         );
@@ -537,10 +542,11 @@ pub fn print_reports(reports: &[BranchReport], status_branch: &str) {
             outln!("  error: {e}");
         }
         if let Some(c) = b.status_commit {
-            outln!(
-                "  status: committed {} to {status_branch}",
-                &c.to_string()[..7]
-            );
+            let to = match &b.site {
+                Some(site) => crate::status::site_branch(site),
+                None => status_branch.to_string(),
+            };
+            outln!("  status: committed {} to {to}", &c.to_string()[..7]);
         }
     }
 }

@@ -7,6 +7,7 @@
 //! decides when to run it, so every pass must be (and is) idempotent.
 
 pub mod annotations;
+mod central;
 pub mod outcome;
 mod pass;
 pub mod plan;

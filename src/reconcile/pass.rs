@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
 use super::annotations;
+use super::central::{self, Central};
 use super::outcome::{CompositionError, CompositionOutcome, Phase};
 use super::plan::prune::{decide_prune, Prune, PruneFacts};
 use super::plan::removal::{decide_removal, Removal, RemovalFacts};
@@ -140,6 +141,9 @@ pub struct Reconciler {
     /// this pass.
     requests: Requests,
     recorded: Recorded,
+    /// Central mode: the agent of every site (empty without Site objects,
+    /// and for a site agent).
+    central: Central,
 }
 
 /// What one branch's pass works on, once its commit is loaded.
@@ -346,6 +350,7 @@ impl Reconciler {
             leadership: crate::leader::Leadership::always(),
             requests,
             recorded: Recorded::default(),
+            central: Central::default(),
         }
     }
 
@@ -387,6 +392,7 @@ impl Reconciler {
             leadership: crate::leader::Leadership::always(),
             requests: self.requests.clone(),
             recorded: self.recorded.clone(),
+            central: Central::default(),
         }
     }
 
@@ -489,10 +495,76 @@ impl Reconciler {
     /// Forgets that branches are settled: the next pass is a full one.
     pub fn unsettle(&mut self) {
         self.caches.settled.clear();
+        for agent in self.central.agents() {
+            agent.unsettle();
+        }
+    }
+
+    /// The Sites the first watched branch's commit defines (or fails to),
+    /// read once per revision; `None` without Site objects. What cannot be
+    /// read now keeps the sites known before.
+    async fn fleet_sites(&mut self) -> Option<Vec<String>> {
+        let branch = self.ctx.settings.branches.first()?;
+        let refname = self
+            .revision
+            .clone()
+            .unwrap_or_else(|| format!("refs/heads/{branch}"));
+        let read = async {
+            let rev = self.ctx.source.resolve(&refname).await.ok()?;
+            if let Some(known) = self.central.known(rev) {
+                return Some((rev, known.to_vec(), false));
+            }
+            let snap = self.ctx.source.snapshot(rev).await.ok()?;
+            let path = self.ctx.settings.path.clone();
+            let loaded = tokio::task::spawn_blocking(move || model::load(&snap, &path))
+                .await
+                .ok()?;
+            let fleet = &loaded.fleet;
+            let sites: Vec<String> = fleet
+                .sites
+                .keys()
+                .chain(fleet.failed_sites.keys())
+                .cloned()
+                .collect();
+            Some((rev, sites, !loaded.unreadable.is_empty()))
+        };
+        match read.await {
+            Some((rev, sites, false)) => {
+                self.central.remember(rev, sites.clone());
+                (!sites.is_empty()).then_some(sites)
+            }
+            // Unknown now: the sites known before, if any.
+            _ => self.central.last().filter(|s| !s.is_empty()),
+        }
+    }
+
+    /// Central mode: every site's pass, as its agent would run it.
+    async fn central_pass(&mut self, sites: Vec<String>) -> Vec<BranchReport> {
+        let mut out = Vec::new();
+        for site in sites {
+            if self.may_write() == Err(Hold::NotLeading) {
+                break;
+            }
+            let ctx = central::site_context(&self.ctx, &site);
+            let agent = self.central.agent(&site, || Reconciler::with_context(ctx));
+            agent.leadership = self.leadership.clone();
+            agent.dry_run = self.dry_run;
+            agent.revision = self.revision.clone();
+            agent.allow_commands = self.allow_commands;
+            agent.fetch_error = self.fetch_error.clone();
+            let reports = Box::pin(agent.pass()).await;
+            out.extend(central::of_site(&site, reports));
+        }
+        out
     }
 
     /// One pass over every branch.
     pub async fn pass(&mut self) -> Vec<BranchReport> {
+        if self.ctx.settings.site.is_none() {
+            if let Some(sites) = self.fleet_sites().await {
+                return self.central_pass(sites).await;
+            }
+        }
         if self.may_write().is_ok() {
             self.migrate_requests();
         }

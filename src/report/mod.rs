@@ -18,6 +18,8 @@ use crate::status::State;
 #[derive(Debug, Clone, Default)]
 pub struct BranchReport {
     pub branch: String,
+    /// The site it is of, in central mode (every site in one process).
+    pub site: Option<String>,
     pub revision: Option<Revision>,
     /// Per composition: id, state, desired digest, and why it waits or failed.
     pub rows: Vec<Row>,

@@ -304,6 +304,16 @@ impl StatusRepo {
         }
     }
 
+    /// The same repository, written by `site`: its own refs.
+    pub fn of_site(&self, site: &str) -> StatusRepo {
+        StatusRepo::new(
+            self.git_dir.clone(),
+            self.remote.clone(),
+            self.branch.clone(),
+            Some(site.to_string()),
+        )
+    }
+
     /// The notes ref summaries go to (`refs/notes/fermata`, or the site's).
     pub fn notes_ref(&self) -> &str {
         &self.notes_ref

@@ -7,6 +7,7 @@ pub mod ids;
 pub mod margo;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,8 @@ pub trait StatusSink: Send + Sync {
         marker: &str,
         section: &str,
     ) -> Result<bool, StatusError>;
+    /// Where `site` reports, in central mode: its own refs.
+    fn for_site(&self, site: &str) -> Arc<dyn StatusSink>;
 }
 
 #[async_trait::async_trait]
@@ -57,6 +60,10 @@ impl StatusSink for StatusRepo {
         tokio::task::spawn_blocking(move || me.publish_plan_note(commit, &marker, &section))
             .await
             .map_err(|e| StatusError::Task(e.to_string()))?
+    }
+
+    fn for_site(&self, site: &str) -> Arc<dyn StatusSink> {
+        Arc::new(self.of_site(site))
     }
 }
 

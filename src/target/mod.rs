@@ -225,6 +225,12 @@ pub trait Targets: Send + Sync {
     fn key(&self, kind: &TargetKind) -> String;
     /// The target for `kind`, built once per key.
     fn get(&self, kind: &TargetKind) -> Arc<dyn Target>;
+    /// The targets one site reconciles in central mode: there, a site-less
+    /// directory target has an instance per site. `None`: these same ones
+    /// (a cluster is one cluster wherever it is reached from).
+    fn at_site(&self, _site: &str) -> Option<Arc<dyn Targets>> {
+        None
+    }
 }
 
 /// The real targets: directories (relative ones under a root) and
@@ -270,6 +276,15 @@ impl Targets for LocalTargets {
             }
             TargetKind::Kubernetes(spec) => format!("kubernetes:{}", serde_json::json!(spec)),
         }
+    }
+
+    /// Relative directories under `<root>/<site>/`.
+    fn at_site(&self, site: &str) -> Option<Arc<dyn Targets>> {
+        Some(Arc::new(LocalTargets::new(
+            self.root.join(site),
+            self.health_timeout,
+            self.clock.clone(),
+        )))
     }
 
     fn get(&self, kind: &TargetKind) -> Arc<dyn Target> {

@@ -1,0 +1,85 @@
+//! Central mode (DESIGN.md section 9): `fermata run` without `--site` on a
+//! repository with Site objects reconciles every site, one after another,
+//! each exactly as that site's own agent would: the site's view of the
+//! fleet, its own memory (`<state-dir>/sites/<site>/`), its own instance of
+//! every site-less directory target (`<target-root>/<site>/`), its own
+//! status branch. The sites share the source, the artifact store, the clock
+//! and the lease: one process, one writer per ref still.
+
+use std::collections::BTreeMap;
+
+use super::pass::{Context, Reconciler};
+use crate::report::BranchReport;
+use crate::source::Revision;
+
+/// The site agents of a central reconciler.
+#[derive(Default)]
+pub(super) struct Central {
+    /// One per site seen, kept while the repository names the site.
+    agents: BTreeMap<String, Reconciler>,
+    /// The revision whose Sites were read last, and their names.
+    read: Option<(Revision, Vec<String>)>,
+}
+
+impl Central {
+    /// The sites `rev` names, read once per revision.
+    pub(super) fn known(&self, rev: Revision) -> Option<&[String]> {
+        match &self.read {
+            Some((r, sites)) if *r == rev => Some(sites),
+            _ => None,
+        }
+    }
+
+    /// The sites read last, whatever the revision.
+    pub(super) fn last(&self) -> Option<Vec<String>> {
+        self.read.as_ref().map(|(_, s)| s.clone())
+    }
+
+    pub(super) fn remember(&mut self, rev: Revision, sites: Vec<String>) {
+        // A site the repository no longer names is not reconciled (nor
+        // undone: what it applied stays, as its own agent would leave it).
+        self.agents.retain(|s, _| sites.contains(s));
+        self.read = Some((rev, sites));
+    }
+
+    /// The agent of `site`, made on first use by `make`.
+    pub(super) fn agent(
+        &mut self,
+        site: &str,
+        make: impl FnOnce() -> Reconciler,
+    ) -> &mut Reconciler {
+        self.agents.entry(site.to_string()).or_insert_with(make)
+    }
+
+    pub(super) fn agents(&mut self) -> impl Iterator<Item = &mut Reconciler> {
+        self.agents.values_mut()
+    }
+}
+
+/// A site agent's context, from the central one: the same seams, with the
+/// site's settings, targets and status sink.
+pub(super) fn site_context(central: &Context, site: &str) -> Context {
+    let mut settings = central.settings.clone();
+    settings.site = Some(site.to_string());
+    settings.state_dir = central.settings.state_dir.join("sites").join(site);
+    settings.target_root = central.settings.target_root.join(site);
+    Context {
+        targets: central
+            .targets
+            .at_site(site)
+            .unwrap_or_else(|| central.targets.clone()),
+        status: central.status.for_site(site),
+        source: central.source.clone(),
+        store: central.store.clone(),
+        clock: central.clock.clone(),
+        settings,
+    }
+}
+
+/// Marks each report with the site it is of.
+pub(super) fn of_site(site: &str, mut reports: Vec<BranchReport>) -> Vec<BranchReport> {
+    for r in &mut reports {
+        r.site = Some(site.to_string());
+    }
+    reports
+}
