@@ -77,18 +77,43 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let run = <Demo as clap::Parser>::try_parse_from(argv)?.run;
     let rt = tokio::runtime::Runtime::new()?;
-    let code = rt.block_on(async {
+    let clock = run.clock.clock();
+    let (code, sites) = rt.block_on(async {
         let mut r = run.reconciler()?;
         let reports = r.pass().await;
         print_reports(&reports, &r.ctx.settings.status_branch);
-        anyhow::Ok(exit_code(&reports))
+        let sites: Vec<String> = reports.iter().filter_map(|b| b.site.clone()).collect();
+        anyhow::Ok((exit_code(&reports), sites))
     })?;
     let repo = repo_dir.display();
     outln!();
-    outln!("Where to look:");
-    outln!("  git -C {repo} log --oneline fermata/status        # the deployment history");
-    outln!("  git -C {repo} log --notes=fermata -1 main        # the summary beside your commit");
-    outln!("  git -C {repo} show fermata/status:main/summary.md");
+    if let Some(first) = sites.first() {
+        // Central mode: every site on its own branch; the fleet at a glance.
+        let (git_dir, branch) =
+            crate::fleet::read::open(&repo.to_string(), &dir.join("state"), Some("main"))?;
+        let view = crate::fleet::aggregate(
+            &crate::fleet::read::read(&git_dir, &branch)?,
+            clock.now(),
+            crate::fleet::DEFAULT_STALE,
+        );
+        outln!("The fleet (fermata fleet status):");
+        out!("{}", crate::fleet::view::table(&view));
+        outln!();
+        outln!("Where to look:");
+        outln!(
+            "  git -C {repo} log --oneline fermata/sites/{first}   # {first}'s deployment history"
+        );
+        outln!("  git -C {repo} log --notes='fermata-sites/*' -1 main  # every site's summary beside your commit");
+        outln!("  git -C {repo} show fermata/sites/{first}:main/summary.md");
+        outln!("  cargo run -- fleet status --repo {repo} --format svg > fleet.svg");
+    } else {
+        outln!("Where to look:");
+        outln!("  git -C {repo} log --oneline fermata/status        # the deployment history");
+        outln!(
+            "  git -C {repo} log --notes=fermata -1 main        # the summary beside your commit"
+        );
+        outln!("  git -C {repo} show fermata/status:main/summary.md");
+    }
     outln!(
         "  ls -l {}/targets/*/*/                          # staged/ and current/ per composition",
         dir.display()

@@ -8,20 +8,28 @@
 
 use std::collections::BTreeMap;
 
-use super::pass::{Context, Reconciler};
+use super::context::Context;
 use crate::report::BranchReport;
 use crate::source::Revision;
 
-/// The site agents of a central reconciler.
-#[derive(Default)]
-pub(super) struct Central {
+/// The site agents (`A`: a reconciler) of a central reconciler.
+pub(super) struct Central<A> {
     /// One per site seen, kept while the repository names the site.
-    agents: BTreeMap<String, Reconciler>,
+    agents: BTreeMap<String, A>,
     /// The revision whose Sites were read last, and their names.
     read: Option<(Revision, Vec<String>)>,
 }
 
-impl Central {
+impl<A> Default for Central<A> {
+    fn default() -> Self {
+        Central {
+            agents: BTreeMap::new(),
+            read: None,
+        }
+    }
+}
+
+impl<A> Central<A> {
     /// The sites `rev` names, read once per revision.
     pub(super) fn known(&self, rev: Revision) -> Option<&[String]> {
         match &self.read {
@@ -43,15 +51,11 @@ impl Central {
     }
 
     /// The agent of `site`, made on first use by `make`.
-    pub(super) fn agent(
-        &mut self,
-        site: &str,
-        make: impl FnOnce() -> Reconciler,
-    ) -> &mut Reconciler {
+    pub(super) fn agent(&mut self, site: &str, make: impl FnOnce() -> A) -> &mut A {
         self.agents.entry(site.to_string()).or_insert_with(make)
     }
 
-    pub(super) fn agents(&mut self) -> impl Iterator<Item = &mut Reconciler> {
+    pub(super) fn agents(&mut self) -> impl Iterator<Item = &mut A> {
         self.agents.values_mut()
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod annotations;
 mod central;
+mod context;
 pub mod outcome;
 mod pass;
 pub mod plan;
@@ -23,7 +24,8 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 pub use crate::report::{ActionKind, BranchReport, PlanDetail, PlannedArtifact, Row, WindowInfo};
-pub use pass::{Context, Mode, Reconciler, SetupError};
+pub use context::{Context, SetupError};
+pub use pass::{Mode, Reconciler};
 
 use crate::window::Clock;
 
