@@ -18,6 +18,7 @@ use super::plan::prune::{decide_prune, Prune, PruneFacts};
 use super::plan::removal::{decide_removal, Removal, RemovalFacts};
 use super::plan::rollout::{self, Rollout};
 use super::plan::{self, Apply, Facts, Reason};
+use super::pulls::Planner;
 use super::requests::{Recorded, Requests};
 use super::state::{PendingWrite, Persisted, RecordKey, RenderRecord};
 use super::Settings;
@@ -2728,4 +2729,52 @@ fn input_key(
         h.update(serde_json::to_vec(site).unwrap_or_default());
     }
     hex::encode(h.finalize())
+}
+
+/// The reconciler as the pull request reporter sees it: a planner.
+#[async_trait::async_trait(?Send)]
+impl Planner for Reconciler {
+    async fn plan(&self, base: &str, head: Revision, allow_commands: bool) -> BranchReport {
+        self.planner(&head.to_string(), allow_commands)
+            .plan_branch(base)
+            .await
+    }
+}
+
+impl Reconciler {
+    /// After the branch passes: statuses, pull request plans, plan notes.
+    /// Failures are logged and retried next pass; they never fail the pass.
+    /// Returns whether what is remembered about them changed.
+    pub(super) async fn report_back(&mut self, reports: &[BranchReport]) -> bool {
+        let Some(pulls) = self.pulls.clone() else {
+            return false;
+        };
+        if self.may_write().is_err() {
+            return false;
+        }
+        // The memory is taken out while the reconciler plans for it.
+        let mut state = std::mem::take(&mut self.persisted.pulls);
+        let before = state.clone();
+        super::pulls::Reporter {
+            settings: &pulls,
+            state: &mut state,
+            planner: &*self,
+            source: self.ctx.source.clone(),
+            status: self.status_sink(),
+            branches: &self.ctx.settings.branches,
+            status_branch: &self.ctx.settings.status_branch,
+            site: self
+                .ctx
+                .settings
+                .site
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            now: self.ctx.clock.now(),
+        }
+        .report(reports)
+        .await;
+        let changed = state != before;
+        self.persisted.pulls = state;
+        changed
+    }
 }

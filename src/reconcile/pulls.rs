@@ -14,7 +14,6 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::pass::Reconciler;
 use crate::forge::{CommitState, CommitStatus, Forge, PrState, PullRequest};
 use crate::report::markdown::{self, PlanHeader};
 use crate::report::BranchReport;
@@ -136,53 +135,6 @@ pub fn commit_status(report: &BranchReport, context: &str) -> Option<(String, Co
 #[async_trait::async_trait(?Send)]
 pub trait Planner {
     async fn plan(&self, base: &str, head: Revision, allow_commands: bool) -> BranchReport;
-}
-
-#[async_trait::async_trait(?Send)]
-impl Planner for Reconciler {
-    async fn plan(&self, base: &str, head: Revision, allow_commands: bool) -> BranchReport {
-        self.planner(&head.to_string(), allow_commands)
-            .plan_branch(base)
-            .await
-    }
-}
-
-impl Reconciler {
-    /// After the branch passes: statuses, pull request plans, plan notes.
-    /// Failures are logged and retried next pass; they never fail the pass.
-    /// Returns whether what is remembered about them changed.
-    pub(super) async fn report_back(&mut self, reports: &[BranchReport]) -> bool {
-        let Some(pulls) = self.pulls.clone() else {
-            return false;
-        };
-        if self.may_write().is_err() {
-            return false;
-        }
-        // The memory is taken out while the reconciler plans for it.
-        let mut state = std::mem::take(&mut self.persisted.pulls);
-        let before = state.clone();
-        Reporter {
-            settings: &pulls,
-            state: &mut state,
-            planner: &*self,
-            source: self.ctx.source.clone(),
-            status: self.status_sink(),
-            branches: &self.ctx.settings.branches,
-            status_branch: &self.ctx.settings.status_branch,
-            site: self
-                .ctx
-                .settings
-                .site
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            now: self.ctx.clock.now(),
-        }
-        .report(reports)
-        .await;
-        let changed = state != before;
-        self.persisted.pulls = state;
-        changed
-    }
 }
 
 /// Reporting back for one pass: what it needs, borrowed; what it
