@@ -249,3 +249,132 @@ pub struct KubernetesSpec {
     #[serde(default)]
     pub force_conflicts: bool,
 }
+
+/// A staged rollout across the fleet (DESIGN.md section 10): stages, each
+/// doing one thing, chosen one after another by `next`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CampaignSpec {
+    /// Advanced by `fermata run` on events; `false`: stepped, an external
+    /// driver (CI) runs `fermata campaign step`.
+    #[serde(default)]
+    pub self_driving: bool,
+    pub first_stage: String,
+    /// How many activations of it may run at once (`1` queues them);
+    /// unlimited when absent.
+    pub concurrency: Option<u32>,
+    pub stages: Vec<StageSpec>,
+}
+
+/// One stage: exactly one of `promote`, `approval`, `verify`, `wait`,
+/// `revert` (a `promote` may be followed by `await` in the same stage),
+/// then `next`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StageSpec {
+    pub name: String,
+    pub promote: Option<PromoteSpec>,
+    /// `await`: the affected compositions reach a state at every site.
+    #[serde(rename = "await")]
+    pub await_: Option<AwaitSpec>,
+    pub approval: Option<ApprovalSpec>,
+    pub verify: Option<VerifySpec>,
+    pub wait: Option<WaitSpec>,
+    pub revert: Option<RevertSpec>,
+    /// Fan a `promote` (+ `await`) out over its sites in batches.
+    pub batch: Option<BatchSpec>,
+    /// Executed by this site's agent (remote execution), not the driver.
+    pub site: Option<String>,
+    /// The first entry whose `when` (CEL over `inputs`, `outputs`, `sites`)
+    /// holds, or that has none, names the next stage; none: finished.
+    #[serde(default)]
+    pub next: Vec<NextSpec>,
+}
+
+/// Set site values (`spec.env` of each selected Site) as one commit per batch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PromoteSpec {
+    pub sites: SiteSelectorSpec,
+    /// Values, each a template over `${inputs.NAME}`.
+    pub set: BTreeMap<String, String>,
+    /// Open a pull request through the configured forge instead of
+    /// committing to the watched branch; merging it continues the stage.
+    #[serde(default)]
+    pub pull_request: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AwaitSpec {
+    /// `installed` (the default), `staged` or `removed`.
+    pub state: Option<String>,
+    /// How long the sites may take (`8d`, `12h`), their windows included.
+    pub timeout: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApprovalSpec {
+    /// Distinct approvers needed.
+    pub approvers: Option<u32>,
+}
+
+/// An HTTP probe or a command; with the stage's `site`, run by that site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifySpec {
+    pub http: Option<HttpProbeSpec>,
+    pub command: Option<Vec<String>>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpProbeSpec {
+    pub url: String,
+    /// Expected status code (200 when absent).
+    pub status: Option<u16>,
+    /// A substring the body must contain.
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WaitSpec {
+    pub duration: String,
+}
+
+/// Restore the values a stage's promotes replaced, as a commit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RevertSpec {
+    pub stage: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BatchSpec {
+    /// Sites per batch: `10%` of the selection (rounded up) or a count.
+    pub size: String,
+    /// Failed sites tolerated before the fan-out stops: `2%` or a count;
+    /// none when absent.
+    pub failure_tolerance: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NextSpec {
+    /// A CEL condition; absent: always.
+    pub when: Option<String>,
+    pub stage: String,
+}
+
+/// One run of a campaign with its inputs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ActivationSpec {
+    pub campaign: String,
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+}
