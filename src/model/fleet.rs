@@ -27,6 +27,9 @@ pub struct Fleet {
     /// reasons: their agents hold what they applied rather than take the
     /// site for gone.
     pub failed_sites: BTreeMap<String, Vec<Diagnostic>>,
+    /// Campaigns and activations (DESIGN.md section 10).
+    pub campaigns: BTreeMap<String, super::campaign::Campaign>,
+    pub activations: BTreeMap<String, super::campaign::Activation>,
 }
 
 impl Fleet {

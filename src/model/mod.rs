@@ -4,6 +4,7 @@
 //!
 //! [`Snapshot`]: crate::source::Snapshot
 
+pub mod campaign;
 mod diag;
 mod fleet;
 mod ids;

@@ -88,6 +88,8 @@ impl Fleet {
             sites: self.sites.clone(),
             failed: self.failed.clone(),
             failed_sites: self.failed_sites.clone(),
+            campaigns: self.campaigns.clone(),
+            activations: self.activations.clone(),
         })
     }
 
