@@ -145,3 +145,10 @@ pub struct Activation {
     pub campaign: String,
     pub inputs: BTreeMap<String, String>,
 }
+
+impl Expr {
+    /// Placeholder until CEL evaluation lands (the loader's part).
+    pub fn eval_bool(&self, _vars: &serde_json::Value) -> Result<bool, String> {
+        Err(format!("{}: CEL is not evaluated yet", self.source))
+    }
+}
