@@ -12,6 +12,9 @@ use super::state::{ActivationState, Approval, BatchRecord, Phase, SiteResult, St
 use crate::model::campaign::{Action, Campaign, Stage};
 use crate::model::Site;
 
+/// Per site, each key's value before a change (`None`: it was absent).
+pub type Replaced = BTreeMap<String, BTreeMap<String, Option<String>>>;
+
 /// What one promoted site shows, as the driver read it from the site's
 /// status branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +50,7 @@ pub enum Decision {
     },
     /// Commit these values back (per site, key: value before; `None`: remove).
     Revert {
-        sites: BTreeMap<String, BTreeMap<String, Option<String>>>,
+        sites: Replaced,
     },
     /// Record these approvals (found, not recorded yet).
     Approve(Vec<Approval>),
@@ -162,7 +165,7 @@ pub fn decide(
             if !rec.batches.is_empty() {
                 return done(BTreeMap::new(), BTreeMap::new());
             }
-            let mut sites: BTreeMap<String, BTreeMap<String, Option<String>>> = BTreeMap::new();
+            let mut sites: Replaced = BTreeMap::new();
             // Later batches first would not matter: each site is in one batch.
             for b in state.stages.get(of).map(|r| &r.batches[..]).unwrap_or(&[]) {
                 for (site, kv) in &b.replaced {
@@ -338,7 +341,7 @@ pub fn resolve(
 pub fn record(
     mut state: ActivationState,
     decision: &Decision,
-    commit: Option<(String, BTreeMap<String, BTreeMap<String, Option<String>>>)>,
+    commit: Option<(String, Replaced)>,
     now: DateTime<Utc>,
 ) -> ActivationState {
     state.generation += 1;
