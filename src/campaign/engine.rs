@@ -12,8 +12,8 @@ use super::state::{ActivationState, Approval, BatchRecord, Phase, SiteResult, St
 use crate::model::campaign::{Action, Campaign, Stage};
 use crate::model::Site;
 
-/// Per site, each key's value before a change (`None`: it was absent).
-pub type Replaced = BTreeMap<String, BTreeMap<String, Option<String>>>;
+/// Per site, what a promote replaced there.
+pub type Replaced = BTreeMap<String, super::edit::Replaced>;
 
 /// What one promoted site shows, as the driver read it from the site's
 /// status branch.
@@ -166,11 +166,9 @@ pub fn decide(
                 return done(BTreeMap::new(), BTreeMap::new());
             }
             let mut sites: Replaced = BTreeMap::new();
-            // Later batches first would not matter: each site is in one batch.
+            // Each site is in one batch of a stage: no overlap to order.
             for b in state.stages.get(of).map(|r| &r.batches[..]).unwrap_or(&[]) {
-                for (site, kv) in &b.replaced {
-                    sites.entry(site.clone()).or_default().extend(kv.clone());
-                }
+                sites.extend(b.replaced.clone());
             }
             if sites.is_empty() {
                 done(BTreeMap::new(), BTreeMap::new())
@@ -514,6 +512,17 @@ mod tests {
         }
     }
 
+    fn was_v3() -> super::super::edit::Replaced {
+        let previous = super::super::edit::Previous {
+            value: "v3".into(),
+            source: "\"v3\"".into(),
+        };
+        super::super::edit::Replaced {
+            values: BTreeMap::from([("MODEL".to_string(), Some(previous))]),
+            added: None,
+        }
+    }
+
     fn promoted(s: ActivationState, sites: &[&str], now: DateTime<Utc>) -> ActivationState {
         let d = Decision::Promote {
             batch: 1,
@@ -521,13 +530,7 @@ mod tests {
             sites: sites.iter().map(|s| s.to_string()).collect(),
             set: BTreeMap::new(),
         };
-        let replaced = sites
-            .iter()
-            .map(|s| {
-                let was = BTreeMap::from([("MODEL".to_string(), Some("v3".to_string()))]);
-                (s.to_string(), was)
-            })
-            .collect();
+        let replaced = sites.iter().map(|s| (s.to_string(), was_v3())).collect();
         record(s, &d, Some(("c0ffee".into(), replaced)), now)
     }
 
@@ -612,10 +615,7 @@ mod tests {
         let mut s = promoted(state("canary"), &["s00"], at(0));
         s.stage = Some("rollback".into());
         let d = decide(&c, &s, &world(3, &[]), at(1));
-        let want = BTreeMap::from([(
-            "s00".to_string(),
-            BTreeMap::from([("MODEL".to_string(), Some("v3".to_string()))]),
-        )]);
+        let want = BTreeMap::from([("s00".to_string(), was_v3())]);
         assert_eq!(
             d,
             Decision::Revert {

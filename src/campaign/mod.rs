@@ -1,7 +1,12 @@
-//! Campaigns (DESIGN.md section 10): staged rollouts across the fleet,
-//! driven through Git. `state` is an activation's state as kept on the
-//! status branch, `engine` decides its next step (pure), `drive` carries
-//! steps out against a repository.
+//! Campaigns (DESIGN.md section 10): staged rollouts across the fleet whose
+//! every change to desired state is a Git commit. `state` is an
+//! activation's state as kept on the status branch; `engine` decides its
+//! next step (pure); `edit` sets Site values in a file's text byte for
+//! byte; `commit` writes them as one commit on the watched branch and finds
+//! it again after a restart; `drive` carries the steps out.
 
+pub mod commit;
+pub mod drive;
+pub mod edit;
 pub mod engine;
 pub mod state;

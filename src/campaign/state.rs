@@ -52,9 +52,9 @@ pub struct StageRecord {
 pub struct BatchRecord {
     pub commit: String,
     pub sites: Vec<String>,
-    /// Per site, each key's value before (`None`: absent): what a revert
-    /// restores.
-    pub replaced: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    /// Per site, what the edit replaced (each key's value as it was
+    /// written, or absent): what a revert restores byte for byte.
+    pub replaced: BTreeMap<String, super::edit::Replaced>,
 }
 
 /// Who approved a stage, and how it was established.

@@ -29,6 +29,7 @@ macro_rules! errln {
 }
 
 mod apply_now;
+mod campaign;
 mod demo;
 mod fleet;
 mod plan;
@@ -86,6 +87,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// The fleet: every site's status branch at once.
     Fleet(fleet::FleetArgs),
+    /// Campaigns: staged rollouts across the fleet, stepped by CI or by hand.
+    Campaign(campaign::CampaignArgs),
     /// Check every object of a revision; exit 1 with every error, one per line.
     Validate(validate::ValidateArgs),
     /// Print the rendered resources of each composition as a YAML stream.
@@ -219,6 +222,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Windows(a) => windows::run(&a),
         Command::Status(a) => status::run(&a),
         Command::Fleet(a) => fleet::run(&a),
+        Command::Campaign(a) => campaign::run(&a),
         Command::Validate(a) => validate::run(&a),
         Command::Render(a) => render::run(&a),
     }

@@ -1,0 +1,340 @@
+//! A campaign's change to desired state as one Git commit on the watched
+//! branch (invariant 12): files replaced in the tree of the commit the edit
+//! was computed from, author and committer `fermata`, a subject saying what
+//! was set where and trailers naming the activation, stage and batch.
+//!
+//! The branch moves by compare-and-swap from that commit: a push by someone
+//! else in between is never overwritten, the caller reads again and retries.
+//! The trailers are how a driver killed between committing and recording
+//! its state finds the commit again ([`find_step`]) instead of making a
+//! second one.
+//!
+//! Only the ref moves: a working tree or index where the branch is checked
+//! out is left alone (fermata reads commits, not working trees). Nothing is
+//! pushed here; for a mirror, the caller pushes the branch.
+//!
+//! Signing: SSH (`ssh-keygen -Y sign -n git`, git's own convention for
+//! `gpg.format=ssh`), so sites under an SSH signature policy accept the
+//! commit. OpenPGP signing is not provided.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use git2::{build::TreeUpdateBuilder, ErrorCode, FileMode, Oid, Repository, Signature};
+use wait_timeout::ChildExt;
+
+/// Author and committer of campaign commits: the change is the campaign's,
+/// not that of whoever runs the driver.
+const AUTHOR_NAME: &str = "fermata";
+const AUTHOR_EMAIL: &str = "fermata@localhost";
+
+pub const TRAILER_ACTIVATION: &str = "Fermata-Activation";
+pub const TRAILER_STAGE: &str = "Fermata-Stage";
+pub const TRAILER_BATCH: &str = "Fermata-Batch";
+
+/// How long `ssh-keygen` may take: a key that wants a passphrase would
+/// otherwise wait on a terminal forever.
+const SIGN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How campaign commits are signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signing {
+    /// An SSH private key file without a passphrase.
+    Ssh { key: PathBuf },
+}
+
+/// One step of an activation: what the trailers of its commit name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step<'a> {
+    pub activation: &'a str,
+    pub stage: &'a str,
+    /// Batch `n` of `m` (from 1) of a stage that fans out in batches.
+    pub batch: Option<(usize, usize)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("{repo}: {context}: {source}")]
+    Git {
+        repo: String,
+        context: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("branch {branch} moved from {expected} to {found} since the edit was computed; read it again and retry")]
+    Moved {
+        branch: String,
+        expected: Oid,
+        found: String,
+    },
+    #[error("{path:?}: not a file path inside the repository")]
+    Path { path: String },
+    #[error("signing with {key}: {message}")]
+    Sign { key: String, message: String },
+}
+
+fn git(repo: &Path, context: impl Into<String>) -> impl FnOnce(git2::Error) -> CommitError {
+    let repo = repo.display().to_string();
+    let context = context.into();
+    move |source| CommitError::Git {
+        repo,
+        context,
+        source,
+    }
+}
+
+/// The commit message of a step: `campaign A stage S[ batch n/m]: SUMMARY`
+/// and the trailers [`find_step`] looks for.
+pub fn message(step: &Step, summary: &str) -> String {
+    let batch = step
+        .batch
+        .map(|(n, m)| format!(" batch {n}/{m}"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "campaign {} stage {}{batch}: {summary}\n\n{TRAILER_ACTIVATION}: {}\n{TRAILER_STAGE}: {}\n",
+        step.activation, step.stage, step.activation, step.stage
+    );
+    if let Some((n, _)) = step.batch {
+        out.push_str(&format!("{TRAILER_BATCH}: {n}\n"));
+    }
+    out
+}
+
+/// The summary of a promote: `set K=V, L=W on site-a, site-b`.
+pub fn set_summary(values: &BTreeMap<String, String>, sites: &[String]) -> String {
+    let set: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("set {} on {}", set.join(", "), sites.join(", "))
+}
+
+/// The summary of a revert: `restore K, L on site-a, site-b`.
+pub fn restore_summary<'k>(keys: impl IntoIterator<Item = &'k String>, sites: &[String]) -> String {
+    let keys: Vec<&str> = keys.into_iter().map(String::as_str).collect();
+    format!("restore {} on {}", keys.join(", "), sites.join(", "))
+}
+
+/// The commit `branch` points at.
+pub fn head(repo_dir: &Path, branch: &str) -> Result<Oid, CommitError> {
+    let repo = Repository::open(repo_dir).map_err(git(repo_dir, "open"))?;
+    branch_head(&repo, repo_dir, branch)
+}
+
+fn branch_head(repo: &Repository, repo_dir: &Path, branch: &str) -> Result<Oid, CommitError> {
+    let name = format!("refs/heads/{branch}");
+    repo.refname_to_id(&name)
+        .map_err(git(repo_dir, format!("read {name}")))
+}
+
+/// The text of `path` at `commit`; `None` when no such file is there.
+pub fn read_file(repo_dir: &Path, commit: Oid, path: &str) -> Result<Option<String>, CommitError> {
+    let repo = Repository::open(repo_dir).map_err(git(repo_dir, "open"))?;
+    let tree = repo
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .map_err(git(repo_dir, format!("read commit {commit}")))?;
+    let entry = match tree.get_path(Path::new(path)) {
+        Ok(e) => e,
+        Err(e) if e.code() == ErrorCode::NotFound => return Ok(None),
+        Err(e) => return Err(git(repo_dir, format!("find {path}"))(e)),
+    };
+    let blob = match entry.to_object(&repo).map(|o| o.into_blob()) {
+        Ok(Ok(blob)) => blob,
+        _ => return Ok(None),
+    };
+    Ok(Some(String::from_utf8_lossy(blob.content()).into_owned()))
+}
+
+/// Commits `edits` (path in the repository, new text) on `branch` as one
+/// commit whose parent is `base`, the commit the edits were computed from,
+/// and moves the branch to it only if it still points at `base`
+/// ([`CommitError::Moved`] otherwise). A commit is made even when no file
+/// changes, so that the step is recorded. Returns the new commit.
+pub fn promote(
+    repo_dir: &Path,
+    branch: &str,
+    base: Oid,
+    edits: &[(String, String)],
+    message: &str,
+    signing: Option<&Signing>,
+) -> Result<Oid, CommitError> {
+    let repo = Repository::open(repo_dir).map_err(git(repo_dir, "open"))?;
+    let parent = repo
+        .find_commit(base)
+        .map_err(git(repo_dir, format!("read commit {base}")))?;
+    let base_tree = parent.tree().map_err(git(repo_dir, "read tree"))?;
+    let mut update = TreeUpdateBuilder::new();
+    for (path, text) in edits {
+        if !valid_path(path) {
+            return Err(CommitError::Path { path: path.clone() });
+        }
+        let blob = repo
+            .blob(text.as_bytes())
+            .map_err(git(repo_dir, format!("write {path}")))?;
+        // An executable file stays executable.
+        let mode = match base_tree.get_path(Path::new(path)) {
+            Ok(e) if e.filemode() == i32::from(FileMode::BlobExecutable) => {
+                FileMode::BlobExecutable
+            }
+            _ => FileMode::Blob,
+        };
+        update.upsert(path.as_str(), blob, mode);
+    }
+    let tree_id = update
+        .create_updated(&repo, &base_tree)
+        .map_err(git(repo_dir, "build tree"))?;
+    let tree = repo
+        .find_tree(tree_id)
+        .map_err(git(repo_dir, "read tree"))?;
+    let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL).map_err(git(repo_dir, "signature"))?;
+    let commit = match signing {
+        None => repo
+            .commit(None, &sig, &sig, message, &tree, &[&parent])
+            .map_err(git(repo_dir, "commit"))?,
+        Some(Signing::Ssh { key }) => {
+            let buffer = repo
+                .commit_create_buffer(&sig, &sig, message, &tree, &[&parent])
+                .map_err(git(repo_dir, "commit"))?;
+            let content = String::from_utf8_lossy(&buffer).into_owned();
+            let signature = ssh_sign(key, content.as_bytes())?;
+            repo.commit_signed(&content, &signature, Some("gpgsig"))
+                .map_err(git(repo_dir, "commit"))?
+        }
+    };
+    let name = format!("refs/heads/{branch}");
+    let subject = message.lines().next().unwrap_or_default();
+    let moved = repo.reference_matching(&name, commit, true, base, &format!("fermata: {subject}"));
+    match moved {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::NotFound) => {
+            Err(CommitError::Moved {
+                branch: branch.to_string(),
+                expected: base,
+                found: repo
+                    .refname_to_id(&name)
+                    .map_or_else(|_| "nothing (deleted)".into(), |o| o.to_string()),
+            })
+        }
+        Err(e) => Err(git(repo_dir, format!("update {name}"))(e)),
+    }
+    .map(|_| commit)
+}
+
+/// A relative path of plain components: no `..`, no `.git`, no empty part.
+fn valid_path(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.eq_ignore_ascii_case(".git"))
+}
+
+/// The newest of the last `limit` commits of `branch` (first parents) whose
+/// trailers name this step; `batch` `None` matches commits without a batch.
+pub fn find_step(
+    repo_dir: &Path,
+    branch: &str,
+    activation: &str,
+    stage: &str,
+    batch: Option<usize>,
+    limit: usize,
+) -> Result<Option<Oid>, CommitError> {
+    let repo = Repository::open(repo_dir).map_err(git(repo_dir, "open"))?;
+    let head = branch_head(&repo, repo_dir, branch)?;
+    let mut walk = repo.revwalk().map_err(git(repo_dir, "walk"))?;
+    walk.simplify_first_parent()
+        .map_err(git(repo_dir, "walk"))?;
+    walk.push(head).map_err(git(repo_dir, "walk"))?;
+    let batch = batch.map(|n| n.to_string());
+    for oid in walk.take(limit) {
+        let oid = oid.map_err(git(repo_dir, "walk"))?;
+        let commit = repo
+            .find_commit(oid)
+            .map_err(git(repo_dir, format!("read commit {oid}")))?;
+        let Ok(trailers) = git2::message_trailers_strs(commit.message().unwrap_or_default()) else {
+            continue;
+        };
+        let mut found: BTreeMap<&str, &str> = BTreeMap::new();
+        for (k, v) in trailers.iter() {
+            found.entry(k).or_insert(v);
+        }
+        if found.get(TRAILER_ACTIVATION) == Some(&activation)
+            && found.get(TRAILER_STAGE) == Some(&stage)
+            && found.get(TRAILER_BATCH).copied() == batch.as_deref()
+        {
+            return Ok(Some(oid));
+        }
+    }
+    Ok(None)
+}
+
+/// `ssh-keygen -Y sign -n git -f KEY` over `data`: the armored signature.
+fn ssh_sign(key: &Path, data: &[u8]) -> Result<String, CommitError> {
+    let fail = |message: String| CommitError::Sign {
+        key: key.display().to_string(),
+        message,
+    };
+    let mut child = Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-n", "git", "-f"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run ssh-keygen: {e}")))?;
+    // Written and read on threads: a child that blocks on one pipe must not block us.
+    let mut stdin = child.stdin.take();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        if let Some(stdin) = stdin.as_mut() {
+            let _ = stdin.write_all(&data);
+        }
+    });
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut out);
+            }
+            out
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let status = match child.wait_timeout(SIGN_TIMEOUT) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!(
+                "ssh-keygen did not finish within {}s (does the key want a passphrase?)",
+                SIGN_TIMEOUT.as_secs()
+            )));
+        }
+        Err(e) => return Err(fail(format!("waiting for ssh-keygen: {e}"))),
+    };
+    let _ = writer.join();
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
+    if !status.success() {
+        return Err(fail(format!(
+            "ssh-keygen failed ({status}): {}",
+            String::from_utf8_lossy(&err).trim()
+        )));
+    }
+    let armor = String::from_utf8(out).map_err(|_| fail("signature is not text".into()))?;
+    if !armor.starts_with("-----BEGIN SSH SIGNATURE-----") {
+        return Err(fail(format!("unexpected output {:?}", armor.trim())));
+    }
+    Ok(armor)
+}

@@ -1,0 +1,588 @@
+//! Carries an activation's steps out against a repository: reads what the
+//! engine needs (the Sites and campaigns of the watched branch's head, each
+//! promoted site's status branch, approval commits), commits what it
+//! decides (promotes and reverts on the watched branch; the state on the
+//! status branch, one commit per transition) and says how the step ended.
+//!
+//! A kill -9 between a promote commit and the state commit that records
+//! it is resumed without a second commit: before committing, the driver
+//! looks for the commit of that activation, stage and batch (its trailers)
+//! on the branch and records that one instead.
+//!
+//! This version drives a repository read and written in place (a working
+//! tree or a bare repository: a CI job's clone, a server's repository);
+//! pushing to a remote is the job of whatever runs it (`git push`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use super::engine::{self, Decision, Replaced, SiteProgress, World};
+use super::state::{ActivationState, Approval, Phase};
+use super::{commit, edit};
+use crate::model::campaign::{Action, Campaign};
+use crate::model::Fleet;
+use crate::source::{GitSource, Revision, SignaturePolicy, Signer};
+use crate::status::{State, StatusRepo};
+
+/// How a step ended: `fermata campaign step` exits 0, 0, 3 and 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A stage finished and the next one is current.
+    Advanced,
+    /// The last stage finished.
+    Finished,
+    /// The current stage waits (for sites, an approval, time): why.
+    Waiting(String),
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Status(#[from] crate::status::StatusError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
+    #[error(transparent)]
+    Commit(#[from] commit::CommitError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where an activation is driven.
+pub struct Driver {
+    /// The repository, read and written in place.
+    pub repo: PathBuf,
+    /// The watched branch promotes are committed to.
+    pub branch: String,
+    /// The branch activation states are kept on.
+    pub status_branch: String,
+    pub signing: Option<commit::Signing>,
+    /// What an approval commit must satisfy (`None`: any commit counts,
+    /// its author is the approver).
+    pub trust: SignaturePolicy,
+}
+
+/// Transitions one step may make before it must stop (a guard: a stage
+/// needs at most one per batch and one to finish).
+const MAX_TRANSITIONS: usize = 256;
+
+impl Driver {
+    fn source(&self) -> Result<GitSource, DriveError> {
+        Ok(GitSource::open(
+            &self.repo.display().to_string(),
+            Path::new("."),
+        )?)
+    }
+
+    fn status(&self) -> StatusRepo {
+        StatusRepo::new(self.git_dir(), None, self.status_branch.clone(), None)
+    }
+
+    fn git_dir(&self) -> PathBuf {
+        git2::Repository::open(&self.repo)
+            .map(|r| r.path().to_path_buf())
+            .unwrap_or_else(|_| self.repo.clone())
+    }
+
+    /// The fleet at the watched branch's head.
+    fn fleet(&self) -> Result<(Revision, Fleet), DriveError> {
+        let source = self.source()?;
+        let rev = source.resolve(&format!("refs/heads/{}", self.branch))?;
+        let snap = source.snapshot(rev)?;
+        let loaded = crate::model::load(&snap, "");
+        Ok((rev, loaded.fleet))
+    }
+
+    /// The recorded state of `activation`, if any.
+    pub fn state(&self, activation: &str) -> Result<Option<ActivationState>, DriveError> {
+        let Ok(repo) = git2::Repository::open(&self.repo) else {
+            return Err(DriveError::Invalid(format!(
+                "cannot open {}",
+                self.repo.display()
+            )));
+        };
+        let Ok(tip) = repo.revparse_single(&format!(
+            "refs/heads/{}:{}",
+            self.status_branch,
+            ActivationState::path(activation)
+        )) else {
+            return Ok(None);
+        };
+        let Some(blob) = tip.as_blob() else {
+            return Ok(None);
+        };
+        serde_yaml::from_slice(blob.content())
+            .map(Some)
+            .map_err(|e| DriveError::Invalid(format!("{}: {e}", ActivationState::path(activation))))
+    }
+
+    /// Every recorded activation state.
+    pub fn states(&self) -> Result<Vec<ActivationState>, DriveError> {
+        let repo = git2::Repository::open(&self.repo)
+            .map_err(|e| DriveError::Invalid(format!("{}: {e}", self.repo.display())))?;
+        let Ok(tree) = repo
+            .revparse_single(&format!("refs/heads/{}:campaigns", self.status_branch))
+            .and_then(|o| o.peel_to_tree())
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for e in tree.iter() {
+            let Some(name) = e.name().ok().and_then(|n| n.strip_suffix(".yaml")) else {
+                continue;
+            };
+            if let Some(s) = self.state(name)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    fn save(&self, state: &ActivationState, what: &str) -> Result<(), DriveError> {
+        let yaml = serde_yaml::to_string(state)
+            .map_err(|e| DriveError::Invalid(format!("cannot write state: {e}")))?;
+        let files = BTreeMap::from([(ActivationState::path(&state.activation), yaml.into_bytes())]);
+        let message = format!(
+            "campaign {} generation {}: {what}\n\nFermata-Activation: {}\n",
+            state.activation, state.generation, state.activation
+        );
+        self.status().publish_paths(&files, &message)?;
+        Ok(())
+    }
+
+    /// Runs the current stage of `activation` until it finishes or must
+    /// wait, committing every transition.
+    pub fn step(
+        &self,
+        activation: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Outcome, ActivationState), DriveError> {
+        let (_, fleet) = self.fleet()?;
+        let mut state = match self.state(activation)? {
+            Some(s) => s,
+            None => self.start(&fleet, activation, now)?,
+        };
+        if matches!(state.phase, Phase::Succeeded | Phase::Failed) {
+            let outcome = match state.phase {
+                Phase::Failed => Outcome::Failed(state.error.clone().unwrap_or_default()),
+                _ => Outcome::Finished,
+            };
+            return Ok((outcome, state));
+        }
+        let campaign = fleet
+            .campaigns
+            .get(&state.campaign)
+            .cloned()
+            .ok_or_else(|| {
+                DriveError::Invalid(format!(
+                    "campaign {} is not on {} (or does not load: run fermata validate)",
+                    state.campaign, self.branch
+                ))
+            })?;
+        if let Some(queued) = self.queued_behind(&campaign, &state)? {
+            return Ok((Outcome::Waiting(queued), state));
+        }
+        for _ in 0..MAX_TRANSITIONS {
+            let (_, fleet) = self.fleet()?;
+            let world = self.observe(&campaign, &fleet, &state)?;
+            let decision = engine::decide(&campaign, &state, &world, now);
+            let stage = state.stage.clone().unwrap_or_default();
+            match &decision {
+                Decision::Promote {
+                    batch,
+                    of,
+                    sites,
+                    set,
+                } => {
+                    let done = self.promote(&fleet, &state, &stage, *batch, *of, sites, set)?;
+                    state = engine::record(state, &decision, Some(done), now);
+                    self.save(&state, &format!("{stage} batch {batch}/{of} promoted"))?;
+                }
+                Decision::Revert { sites } => {
+                    let done = self.revert(&fleet, &state, &stage, sites)?;
+                    state = engine::record(state, &decision, Some(done), now);
+                    self.save(&state, &format!("{stage} reverted"))?;
+                }
+                Decision::Approve(found) => {
+                    let by: Vec<&str> = found.iter().map(|a| a.by.as_str()).collect();
+                    let what = format!("{stage} approved by {}", by.join(", "));
+                    state = engine::record(state, &decision, None, now);
+                    self.save(&state, &what)?;
+                }
+                Decision::Advance { next, .. } => {
+                    let next = next.clone();
+                    state = engine::record(state, &decision, None, now);
+                    let what = match &next {
+                        Some(n) => format!("{stage} done, next {n}"),
+                        None => format!("{stage} done, finished"),
+                    };
+                    self.save(&state, &what)?;
+                    let outcome = match next {
+                        Some(_) => Outcome::Advanced,
+                        None => Outcome::Finished,
+                    };
+                    return Ok((outcome, state));
+                }
+                Decision::Wait { why, .. } => {
+                    // Only the stage's start is new: recorded once.
+                    let started = state.stages.get(&stage).and_then(|r| r.started).is_some();
+                    if !started {
+                        state = engine::record(state, &decision, None, now);
+                        self.save(&state, &format!("{stage} started"))?;
+                    }
+                    return Ok((Outcome::Waiting(why.clone()), state));
+                }
+                Decision::Fail(why) => {
+                    let why = why.clone();
+                    state = engine::record(state, &decision, None, now);
+                    self.save(&state, &format!("{stage} failed"))?;
+                    return Ok((Outcome::Failed(why), state));
+                }
+            }
+        }
+        Err(DriveError::Invalid(format!(
+            "{activation}: more than {MAX_TRANSITIONS} transitions in one step"
+        )))
+    }
+
+    /// A new activation's first state, from its committed Activation.
+    fn start(
+        &self,
+        fleet: &Fleet,
+        activation: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ActivationState, DriveError> {
+        let a = fleet.activations.get(activation).ok_or_else(|| {
+            DriveError::Invalid(format!(
+                "no Activation {activation} on {} and no recorded state",
+                self.branch
+            ))
+        })?;
+        let c = fleet.campaigns.get(&a.campaign).ok_or_else(|| {
+            DriveError::Invalid(format!(
+                "activation {activation}: no campaign {}",
+                a.campaign
+            ))
+        })?;
+        Ok(ActivationState::new(
+            activation,
+            &c.name,
+            &c.first_stage,
+            a.inputs.clone(),
+            now,
+        ))
+    }
+
+    /// `concurrency: 1`: the older running activation of the campaign
+    /// that this one waits for, if any (older: started earlier, then name).
+    fn queued_behind(
+        &self,
+        campaign: &Campaign,
+        state: &ActivationState,
+    ) -> Result<Option<String>, DriveError> {
+        let Some(limit) = campaign.concurrency else {
+            return Ok(None);
+        };
+        let mut ahead: Vec<ActivationState> = self
+            .states()?
+            .into_iter()
+            .filter(|s| s.campaign == campaign.name && s.phase == Phase::Running)
+            .filter(|s| (s.started, &s.activation) < (state.started, &state.activation))
+            .collect();
+        ahead.sort_by(|a, b| (a.started, &a.activation).cmp(&(b.started, &b.activation)));
+        if ahead.len() >= limit as usize {
+            let names: Vec<&str> = ahead.iter().map(|s| s.activation.as_str()).collect();
+            return Ok(Some(format!(
+                "queued: campaign {} runs {} at a time; behind {}",
+                campaign.name,
+                limit,
+                names.join(", ")
+            )));
+        }
+        Ok(None)
+    }
+
+    /// What the engine needs: the Sites, each promoted site's progress,
+    /// the approvals committed.
+    fn observe(
+        &self,
+        campaign: &Campaign,
+        fleet: &Fleet,
+        state: &ActivationState,
+    ) -> Result<World, DriveError> {
+        let mut world = World {
+            sites: fleet.sites.clone(),
+            ..World::default()
+        };
+        let stage = state.stage.as_deref().and_then(|s| campaign.stage(s));
+        if let Some(stage) = stage {
+            if let Action::Promote {
+                await_: Some(a), ..
+            } = &stage.action
+            {
+                world.progress = self.progress(state, &stage.name, a.state)?;
+            }
+            if let Action::Approval { .. } = &stage.action {
+                world.approvals = self.approvals(&state.activation, &stage.name)?;
+            }
+        }
+        Ok(world)
+    }
+
+    /// Each promoted site of `stage`: whether it reconciled its promote
+    /// commit (or a later one) and everything there is in `want`.
+    fn progress(
+        &self,
+        state: &ActivationState,
+        stage: &str,
+        want: State,
+    ) -> Result<BTreeMap<String, SiteProgress>, DriveError> {
+        let mut out = BTreeMap::new();
+        let Some(rec) = state.stages.get(stage) else {
+            return Ok(out);
+        };
+        let git_dir = self.git_dir();
+        let input = crate::fleet::read::read(&git_dir, &self.branch)?;
+        let repo = git2::Repository::open(&git_dir)
+            .map_err(|e| DriveError::Invalid(format!("{}: {e}", git_dir.display())))?;
+        let contains = |reconciled: &str, commit: &str| -> bool {
+            let (Ok(r), Ok(c)) = (git2::Oid::from_str(reconciled), git2::Oid::from_str(commit))
+            else {
+                return false;
+            };
+            r == c || repo.graph_descendant_of(r, c).unwrap_or(false)
+        };
+        for batch in &rec.batches {
+            for site in &batch.sites {
+                let report = input.sites.iter().find(|r| &r.site == site);
+                let p = match report {
+                    Some(r)
+                        if r.reconciled
+                            .as_deref()
+                            .is_some_and(|x| contains(x, &batch.commit)) =>
+                    {
+                        match r.statuses.iter().find(|s| s.status.state == State::Failed) {
+                            Some(f) => SiteProgress::Failed(format!(
+                                "{}: {}",
+                                f.composition(),
+                                f.status
+                                    .error
+                                    .as_ref()
+                                    .map(|e| format!("{}: {}", e.code, e.message))
+                                    .unwrap_or_else(|| "failed".into())
+                            )),
+                            None if r.statuses.iter().all(|s| s.status.state == want) => {
+                                SiteProgress::Reached
+                            }
+                            None => SiteProgress::NotYet,
+                        }
+                    }
+                    _ => SiteProgress::NotYet,
+                };
+                out.insert(site.clone(), p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Approval commits for `activation`'s `stage` on the watched branch
+    /// (trailer `Fermata-Approve: <activation>/<stage>`), each accepted
+    /// only if it passes the trust policy; the signer (or, without a
+    /// policy, the author) is the approver.
+    fn approvals(&self, activation: &str, stage: &str) -> Result<Vec<Approval>, DriveError> {
+        let source = self.source()?;
+        let repo = git2::Repository::open(source.git_dir())
+            .map_err(|e| DriveError::Invalid(format!("{}: {e}", self.repo.display())))?;
+        let mut walk = repo
+            .revwalk()
+            .map_err(|e| DriveError::Invalid(e.to_string()))?;
+        walk.push_ref(&format!("refs/heads/{}", self.branch))
+            .map_err(|e| DriveError::Invalid(e.to_string()))?;
+        let trailer = format!("Fermata-Approve: {activation}/{stage}");
+        let mut out = Vec::new();
+        for oid in walk.take(2000).flatten() {
+            let Ok(c) = repo.find_commit(oid) else {
+                continue;
+            };
+            let message = c.message().unwrap_or_default();
+            if !message.lines().any(|l| l.trim() == trailer) {
+                continue;
+            }
+            let by = match source.verify(Revision(oid), &self.trust, Utc::now()) {
+                Ok(Signer::Unchecked) => c.author().name().unwrap_or("unknown").to_string(),
+                Ok(Signer::Ssh {
+                    principals,
+                    fingerprint,
+                }) => format!("{} ({fingerprint})", principals.join(",")),
+                Ok(Signer::Gpg {
+                    fingerprint,
+                    user_id,
+                    ..
+                }) => match user_id {
+                    Some(u) => format!("{u} ({fingerprint})"),
+                    None => fingerprint,
+                },
+                Err(e) => {
+                    tracing::warn!(commit = %oid, error = %e, "approval refused: it does not pass the signature policy");
+                    continue;
+                }
+            };
+            let reason = message
+                .lines()
+                .find_map(|l| l.strip_prefix("Fermata-Reason: "))
+                .unwrap_or_default()
+                .to_string();
+            let at = DateTime::from_timestamp(c.time().seconds(), 0).unwrap_or_default();
+            out.push(Approval {
+                stage: stage.to_string(),
+                by,
+                reason,
+                via: oid.to_string(),
+                at,
+            });
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// One promote commit (or the one an interrupted run already made:
+    /// then what it replaced is read off its parent).
+    #[allow(clippy::too_many_arguments)]
+    fn promote(
+        &self,
+        fleet: &Fleet,
+        state: &ActivationState,
+        stage: &str,
+        batch: usize,
+        of: usize,
+        sites: &[String],
+        set: &BTreeMap<String, String>,
+    ) -> Result<(String, Replaced), DriveError> {
+        let found = commit::find_step(
+            &self.repo,
+            &self.branch,
+            &state.activation,
+            stage,
+            Some(batch),
+            500,
+        )?;
+        let base = match found {
+            Some(id) => self.parent(id)?,
+            None => commit::head(&self.repo, &self.branch)?,
+        };
+        let mut replaced = Replaced::new();
+        let mut files: BTreeMap<String, String> = BTreeMap::new();
+        for site in sites {
+            let path = site_file(fleet, site)?;
+            let text = match files.get(&path) {
+                Some(t) => t.clone(),
+                None => self.read_file(base, &path)?,
+            };
+            let e = edit::set_env(&text, site, set)
+                .map_err(|e| DriveError::Invalid(format!("{path}: {e}")))?;
+            replaced.insert(site.clone(), e.replaced);
+            files.insert(path, e.text);
+        }
+        if let Some(id) = found {
+            return Ok((id.to_string(), replaced));
+        }
+        let step = commit::Step {
+            activation: &state.activation,
+            stage,
+            batch: Some((batch, of)),
+        };
+        let message = commit::message(&step, &commit::set_summary(set, sites));
+        let edits: Vec<(String, String)> = files.into_iter().collect();
+        let id = commit::promote(
+            &self.repo,
+            &self.branch,
+            base,
+            &edits,
+            &message,
+            self.signing.as_ref(),
+        )?;
+        Ok((id.to_string(), replaced))
+    }
+
+    /// One revert commit restoring `sites`' values.
+    fn revert(
+        &self,
+        fleet: &Fleet,
+        state: &ActivationState,
+        stage: &str,
+        sites: &Replaced,
+    ) -> Result<(String, Replaced), DriveError> {
+        if let Some(found) = commit::find_step(
+            &self.repo,
+            &self.branch,
+            &state.activation,
+            stage,
+            None,
+            500,
+        )? {
+            return Ok((found.to_string(), sites.clone()));
+        }
+        let base = commit::head(&self.repo, &self.branch)?;
+        let mut files: BTreeMap<String, String> = BTreeMap::new();
+        for (site, was) in sites {
+            let Ok(path) = site_file(fleet, site) else {
+                continue; // the Site is gone: nothing to restore
+            };
+            let text = match files.get(&path) {
+                Some(t) => t.clone(),
+                None => self.read_file(base, &path)?,
+            };
+            let restored = edit::restore(&text, site, was)
+                .map_err(|e| DriveError::Invalid(format!("{path}: {e}")))?;
+            files.insert(path, restored);
+        }
+        let names: Vec<String> = sites.keys().cloned().collect();
+        let keys: std::collections::BTreeSet<&String> =
+            sites.values().flat_map(|r| r.values.keys()).collect();
+        let step = commit::Step {
+            activation: &state.activation,
+            stage,
+            batch: None,
+        };
+        let message = commit::message(&step, &commit::restore_summary(keys, &names));
+        let edits: Vec<(String, String)> = files.into_iter().collect();
+        let id = commit::promote(
+            &self.repo,
+            &self.branch,
+            base,
+            &edits,
+            &message,
+            self.signing.as_ref(),
+        )?;
+        Ok((id.to_string(), sites.clone()))
+    }
+
+    fn parent(&self, id: git2::Oid) -> Result<git2::Oid, DriveError> {
+        let repo = git2::Repository::open(&self.repo)
+            .map_err(|e| DriveError::Invalid(format!("{}: {e}", self.repo.display())))?;
+        let c = repo
+            .find_commit(id)
+            .map_err(|e| DriveError::Invalid(format!("{id}: {e}")))?;
+        c.parent_id(0)
+            .map_err(|e| DriveError::Invalid(format!("{id}: {e}")))
+    }
+
+    /// `path` as commit `at` has it.
+    fn read_file(&self, at: git2::Oid, path: &str) -> Result<String, DriveError> {
+        commit::read_file(&self.repo, at, path)?
+            .ok_or_else(|| DriveError::Invalid(format!("{path}: not in commit {at}")))
+    }
+}
+
+/// The file Site `site` is defined in.
+fn site_file(fleet: &Fleet, site: &str) -> Result<String, DriveError> {
+    fleet
+        .sites
+        .get(site)
+        .map(|s| s.origin.file.clone())
+        .ok_or_else(|| DriveError::Invalid(format!("no Site {site}")))
+}

@@ -1,0 +1,372 @@
+//! `fermata campaign ...`: drive, inspect and approve campaign activations
+//! (DESIGN.md section 10) in a repository read and written in place, so a
+//! CI job (GitHub Actions, Jenkins) can drive a rollout in stepped mode and
+//! carry its state between systems: it lives in Git.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::run::ClockArgs;
+use crate::campaign::commit::{self, Signing};
+use crate::campaign::drive::{Driver, Outcome};
+use crate::campaign::state::ActivationState;
+use crate::source::SignaturePolicy;
+
+#[derive(Debug, Args)]
+pub struct CampaignArgs {
+    #[command(subcommand)]
+    pub command: CampaignCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// Run the current stage of an activation until it finishes or must
+    /// wait; commit the state; print it as JSON. Exit 0 advanced (or
+    /// finished), 3 waiting, 1 failed.
+    Step(StepArgs),
+    /// Every activation and where it is.
+    List(ListArgs),
+    /// One activation's state.
+    Show(ShowArgs),
+    /// Approve an activation's approval stage, as a commit on the watched
+    /// branch (signed with --signing-key where a signature policy holds).
+    Approve(ApproveArgs),
+    /// Start an activation of a campaign, as a committed Activation.
+    Activate(ActivateArgs),
+}
+
+/// Where the campaign lives.
+#[derive(Debug, Clone, Args)]
+pub struct Where {
+    /// A local repository (a working tree or a bare one), read and written in place.
+    #[arg(long, env = "FERMATA_REPO")]
+    pub repo: PathBuf,
+    /// The watched branch: campaigns, Sites and promotes.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// Where activation states are kept (`campaigns/<activation>.yaml`).
+    #[arg(long, default_value = "fermata/status")]
+    pub status_branch: String,
+    #[command(flatten)]
+    pub clock: ClockArgs,
+}
+
+/// How commits are signed and approvals checked.
+#[derive(Debug, Clone, Args)]
+pub struct Keys {
+    /// Sign campaign commits with this SSH private key (ssh-keygen -Y sign).
+    #[arg(long)]
+    pub signing_key: Option<PathBuf>,
+    /// An allowed_signers file: approvals count only when signed by one of its keys.
+    #[arg(long)]
+    pub trusted_keys: Option<PathBuf>,
+}
+
+impl Keys {
+    fn signing(&self) -> Option<Signing> {
+        self.signing_key.clone().map(|key| Signing::Ssh { key })
+    }
+
+    fn trust(&self) -> anyhow::Result<SignaturePolicy> {
+        match &self.trusted_keys {
+            Some(f) => SignaturePolicy::ssh_from_file(f).context("--trusted-keys"),
+            None => Ok(SignaturePolicy::None),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StepArgs {
+    pub activation: String,
+    #[command(flatten)]
+    pub at: Where,
+    #[command(flatten)]
+    pub keys: Keys,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub at: Where,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    pub activation: String,
+    #[command(flatten)]
+    pub at: Where,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    pub activation: String,
+    /// Why it may go on (recorded with the approval).
+    #[arg(long)]
+    pub reason: String,
+    /// The stage approved; the activation's current one when absent.
+    #[arg(long)]
+    pub stage: Option<String>,
+    #[command(flatten)]
+    pub at: Where,
+    #[command(flatten)]
+    pub keys: Keys,
+}
+
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    pub campaign: String,
+    /// The activation's name.
+    #[arg(long)]
+    pub name: String,
+    /// `key=value`, repeatable.
+    #[arg(long = "input", value_parser = parse_input)]
+    pub inputs: Vec<(String, String)>,
+    #[command(flatten)]
+    pub at: Where,
+    #[command(flatten)]
+    pub keys: Keys,
+}
+
+fn parse_input(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected key=value"))
+}
+
+fn driver(at: &Where, keys: &Keys) -> anyhow::Result<Driver> {
+    Ok(Driver {
+        repo: at.repo.clone(),
+        branch: at.branch.clone(),
+        status_branch: at.status_branch.clone(),
+        signing: keys.signing(),
+        trust: keys.trust()?,
+    })
+}
+
+pub fn run(a: &CampaignArgs) -> anyhow::Result<ExitCode> {
+    match &a.command {
+        CampaignCommand::Step(s) => step(s),
+        CampaignCommand::List(l) => list(l),
+        CampaignCommand::Show(s) => show(s),
+        CampaignCommand::Approve(p) => approve(p),
+        CampaignCommand::Activate(p) => activate(p),
+    }
+}
+
+fn step(a: &StepArgs) -> anyhow::Result<ExitCode> {
+    let d = driver(&a.at, &a.keys)?;
+    let now = a.at.clock.clock().now();
+    let (outcome, state) = d.step(&a.activation, now)?;
+    let (word, why, code) = match &outcome {
+        Outcome::Advanced => ("advanced", None, 0),
+        Outcome::Finished => ("finished", None, 0),
+        Outcome::Waiting(why) => ("waiting", Some(why.as_str()), 3),
+        Outcome::Failed(why) => ("failed", Some(why.as_str()), 1),
+    };
+    let outputs: BTreeMap<&String, &BTreeMap<String, serde_json::Value>> =
+        state.stages.iter().map(|(k, r)| (k, &r.outputs)).collect();
+    let json = serde_json::json!({
+        "activation": state.activation,
+        "campaign": state.campaign,
+        "outcome": word,
+        "why": why,
+        "stage": state.stage,
+        "phase": state.phase,
+        "generation": state.generation,
+        "outputs": outputs,
+    });
+    outln!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(ExitCode::from(code))
+}
+
+fn list(a: &ListArgs) -> anyhow::Result<ExitCode> {
+    let states = driver(
+        &a.at,
+        &Keys {
+            signing_key: None,
+            trusted_keys: None,
+        },
+    )?
+    .states()?;
+    match a.format {
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&states)?),
+        Format::Table => {
+            outln!(
+                "{:<24} {:<20} {:<10} {:<16} GEN",
+                "ACTIVATION",
+                "CAMPAIGN",
+                "PHASE",
+                "STAGE"
+            );
+            for s in &states {
+                outln!(
+                    "{:<24} {:<20} {:<10} {:<16} {}",
+                    s.activation,
+                    s.campaign,
+                    format!("{:?}", s.phase).to_lowercase(),
+                    s.stage.as_deref().unwrap_or("-"),
+                    s.generation
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(a: &ShowArgs) -> anyhow::Result<ExitCode> {
+    let d = driver(
+        &a.at,
+        &Keys {
+            signing_key: None,
+            trusted_keys: None,
+        },
+    )?;
+    let Some(s) = d.state(&a.activation)? else {
+        bail!(
+            "no recorded state for activation {} on {}",
+            a.activation,
+            a.at.status_branch
+        );
+    };
+    match a.format {
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&s)?),
+        Format::Table => print_state(&s),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_state(s: &ActivationState) {
+    outln!(
+        "activation {} of campaign {}: {:?}, stage {}, generation {}",
+        s.activation,
+        s.campaign,
+        s.phase,
+        s.stage.as_deref().unwrap_or("-"),
+        s.generation
+    );
+    if let Some(e) = &s.error {
+        outln!("  error: {e}");
+    }
+    for (name, r) in &s.stages {
+        let outputs = serde_json::to_string(&r.outputs).unwrap_or_default();
+        outln!(
+            "  {name:<16} {} batches, finished {}, outputs {outputs}",
+            r.batches.len(),
+            r.finished
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "-".into())
+        );
+        for (site, result) in &r.sites {
+            outln!("    {site:<20} {result:?}");
+        }
+    }
+    for a in &s.approvals {
+        outln!(
+            "  approved {} by {} ({}): {}",
+            a.stage,
+            a.by,
+            a.via,
+            a.reason
+        );
+    }
+}
+
+fn approve(a: &ApproveArgs) -> anyhow::Result<ExitCode> {
+    let d = driver(&a.at, &a.keys)?;
+    let stage = match &a.stage {
+        Some(s) => s.clone(),
+        None => d
+            .state(&a.activation)?
+            .and_then(|s| s.stage)
+            .with_context(|| {
+                format!(
+                    "activation {} has no current stage: name one with --stage",
+                    a.activation
+                )
+            })?,
+    };
+    let who = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let path = format!("campaigns/approvals/{}/{stage}/{who}.yaml", a.activation);
+    let body = serde_yaml::to_string(&serde_json::json!({
+        "activation": a.activation, "stage": stage, "by": who, "reason": a.reason,
+    }))?;
+    let step = commit::Step {
+        activation: &a.activation,
+        stage: &stage,
+        batch: None,
+    };
+    // Not a step's commit (find_step must not take it for the stage's own):
+    // the approval trailers are what the driver looks for.
+    let mut message = commit::message(&step, &format!("approved by {who}"))
+        .replace(&format!("Fermata-Stage: {stage}\n"), "");
+    message.push_str(&format!(
+        "Fermata-Approve: {}/{stage}\nFermata-Reason: {}\n",
+        a.activation,
+        a.reason.replace('\n', " ")
+    ));
+    let base = commit::head(&a.at.repo, &a.at.branch)?;
+    let id = commit::promote(
+        &a.at.repo,
+        &a.at.branch,
+        base,
+        &[(path, body)],
+        &message,
+        a.keys.signing().as_ref(),
+    )?;
+    outln!(
+        "approved {}/{stage}: commit {}",
+        a.activation,
+        &id.to_string()[..7]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
+    crate::model::load::check_name(&a.name).map_err(|m| anyhow::anyhow!("--name: {m}"))?;
+    let inputs: BTreeMap<&str, &str> = a
+        .inputs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let body = serde_yaml::to_string(&serde_json::json!({
+        "apiVersion": crate::model::types::API_VERSION,
+        "kind": "Activation",
+        "metadata": {"name": a.name},
+        "spec": {"campaign": a.campaign, "inputs": inputs},
+    }))?;
+    let path = format!("campaigns/activations/{}.yaml", a.name);
+    let message = format!(
+        "campaign {}: activate {}\n\nFermata-Activation: {}\n",
+        a.campaign, a.name, a.name
+    );
+    let base = commit::head(&a.at.repo, &a.at.branch)?;
+    let id = commit::promote(
+        &a.at.repo,
+        &a.at.branch,
+        base,
+        &[(path, body)],
+        &message,
+        a.keys.signing().as_ref(),
+    )?;
+    outln!(
+        "activation {} of {}: commit {}",
+        a.name,
+        a.campaign,
+        &id.to_string()[..7]
+    );
+    Ok(ExitCode::SUCCESS)
+}
