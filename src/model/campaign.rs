@@ -163,18 +163,16 @@ impl fmt::Debug for Expr {
 }
 
 impl Expr {
-    /// Compiles `source`; the error is the parser's, each problem with its
-    /// line and column in the expression.
+    /// Compiles `source`; the error is the parser's first, with its line and
+    /// column in the expression (the ones after it mostly follow from it).
     pub fn compile(source: &str) -> Result<Expr, String> {
         match cel::Program::compile(source) {
             Ok(program) => Ok(Expr {
                 source: source.to_string(),
                 program: Arc::new(program),
             }),
-            Err(e) => Err(e
-                .errors
-                .iter()
-                .map(|e| {
+            Err(e) => Err(match e.errors.first() {
+                Some(e) => {
                     let (line, column) = e.pos;
                     let at = if source.contains('\n') {
                         format!("line {line}, column {column}")
@@ -182,9 +180,9 @@ impl Expr {
                         format!("column {column}")
                     };
                     format!("{} (at {at} of {source:?})", e.msg)
-                })
-                .collect::<Vec<_>>()
-                .join("; ")),
+                }
+                None => format!("{source:?} does not compile"),
+            }),
         }
     }
 
