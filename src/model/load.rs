@@ -345,6 +345,25 @@ impl Loader {
         }
     }
 
+    /// ` (x.yaml:3 failed to load: ...)`: where object `kind` `name`, not
+    /// found, was perhaps meant to be defined.
+    fn failed_to_load(&self, kind: &str, name: &str) -> String {
+        let failed: Vec<String> = self
+            .unparsed
+            .iter()
+            .filter(|(d, text)| might_define(&d.file, text, kind, name))
+            .map(|(d, _)| match d.line {
+                Some(line) => format!("{}:{line} failed to load: {}", d.file, d.message),
+                None => format!("{} failed to load: {}", d.file, d.message),
+            })
+            .collect();
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed.join("; "))
+        }
+    }
+
     /// An error that leaves unknown which objects its file defines.
     fn unreadable_error(&mut self, d: Diagnostic) {
         self.unreadable
@@ -1029,22 +1048,7 @@ impl SymphonyResolver<'_> {
             self.inherited.extend(ds);
             return false;
         }
-        // Defined, perhaps, in a file that did not load: say which.
-        let failed: Vec<String> = self
-            .loader
-            .unparsed
-            .iter()
-            .filter(|(d, text)| might_define(&d.file, text, kind, name))
-            .map(|(d, _)| match d.line {
-                Some(line) => format!("{}:{line} failed to load: {}", d.file, d.message),
-                None => format!("{} failed to load: {}", d.file, d.message),
-            })
-            .collect();
-        let failed = if failed.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", failed.join("; "))
-        };
+        let failed = self.loader.failed_to_load(kind, name);
         self.err(
             field,
             format!(

@@ -104,8 +104,9 @@ impl Loader {
                 None => errs.push(doc.diag(
                     "spec.campaign",
                     format!(
-                        "no Campaign named {campaign:?}{}",
-                        did_you_mean(campaign, fleet.campaigns.keys().map(String::as_str))
+                        "no Campaign named {campaign:?}{}{}",
+                        did_you_mean(campaign, fleet.campaigns.keys().map(String::as_str)),
+                        self.failed_to_load("Campaign", campaign)
                     ),
                 )),
                 Some(used) => {
@@ -1017,6 +1018,14 @@ spec:
             let (errors, _) = check(CAMPAIGN, file);
             assert_eq!(errors, *want, "{name}");
         }
+        // Its campaign's file did not load: say so, not just "no Campaign".
+        let unparsable = "apiVersion: fermata.dev/v1alpha1\nkind: Campaign\nmetadata: {name: vision-rollout}\nspec: [\n";
+        let (errors, _) = check(unparsable, ACTIVATION);
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors[0].starts_with("a.yaml:4: spec.campaign: no Campaign named \"vision-rollout\" (c.yaml:5 failed to load: "),
+            "{errors:#?}"
+        );
     }
 
     #[test]
