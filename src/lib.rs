@@ -7,6 +7,7 @@
 //! stages and applies, [`status`] reports back into Git, and [`cli`] is the
 //! command-line edge. See `DESIGN.md`.
 
+pub mod campaign;
 pub mod cli;
 pub mod errors;
 pub mod fleet;

@@ -49,7 +49,7 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Where an object was defined, for messages that point at it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Origin {
     pub file: String,
     pub line: usize,

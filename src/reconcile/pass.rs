@@ -454,6 +454,11 @@ impl Reconciler {
                 return Some((rev, known.to_vec(), false));
             }
             let snap = self.ctx.source.snapshot(rev).await.ok()?;
+            // A Site object's file says `Site`: most repositories have
+            // none, and then this costs a scan, not a second load.
+            if !may_define_sites(&snap) {
+                return Some((rev, Vec::new(), false));
+            }
             let path = self.ctx.settings.path.clone();
             let loaded = tokio::task::spawn_blocking(move || model::load(&snap, &path))
                 .await
@@ -712,6 +717,20 @@ impl Reconciler {
                 return None;
             }
         };
+        if self.ctx.settings.site.is_none() && loaded.fleet.has_sites() {
+            // Sites the quick check missed: never reconcile a fleet of
+            // sites as one site. From the next pass, it is central mode.
+            let sites = loaded
+                .fleet
+                .sites
+                .keys()
+                .chain(loaded.fleet.failed_sites.keys());
+            self.central.remember(rev, sites.cloned().collect());
+            report.errors.push(
+                "the repository defines Sites: reconciled per site from the next pass".into(),
+            );
+            return None;
+        }
         let unreadable = !loaded.unreadable.is_empty();
         match self.placed(std::mem::take(&mut loaded.fleet), unreadable) {
             Ok(fleet) => loaded.fleet = fleet,
@@ -2571,6 +2590,14 @@ fn note_window(report: &mut BranchReport, fleet: &Fleet, ws: Option<&WindowStatu
             next_open: ws.next_open,
         },
     );
+}
+
+/// Whether any file of `snap` could hold a Site object (it names the kind).
+fn may_define_sites(snap: &Snapshot) -> bool {
+    snap.under("").any(|(_, e)| match e {
+        Entry::File { data, .. } => data.windows(4).any(|w| w == b"Site"),
+        _ => false,
+    })
 }
 
 fn window_status(fleet: &Fleet, name: Option<&str>, now: DateTime<Utc>) -> Option<WindowStatus> {

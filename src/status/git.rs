@@ -483,6 +483,27 @@ impl StatusRepo {
         files: &BTreeMap<String, Vec<u8>>,
         message: &str,
     ) -> Result<Option<Oid>, StatusError> {
+        self.write_files(files, message, true)
+    }
+
+    /// Writes `files` (path to content) on the branch's tip, keeping every
+    /// other file: one commit, compare-and-swap and pushed as status is. For
+    /// files several writers share a branch with (a campaign's state beside
+    /// another's). `None`, and nothing written, when the tip holds them.
+    pub fn publish_paths(
+        &self,
+        files: &BTreeMap<String, Vec<u8>>,
+        message: &str,
+    ) -> Result<Option<Oid>, StatusError> {
+        self.write_files(files, message, false)
+    }
+
+    fn write_files(
+        &self,
+        files: &BTreeMap<String, Vec<u8>>,
+        message: &str,
+        whole: bool,
+    ) -> Result<Option<Oid>, StatusError> {
         if !git2::Reference::is_valid_name(&self.branch_ref()) {
             return Err(self.invalid("branch name", &self.branch, "not a valid git branch name"));
         }
@@ -496,7 +517,6 @@ impl StatusRepo {
                 .map_err(self.git(format!("write {path}")))?;
             plan.writes.insert(path.clone(), (id, content.len()));
         }
-        let tree = self.apply(&repo, None, &plan)?;
         let (mut reason, mut attempts, mut writing) = (String::new(), 0, None);
         let started = std::time::Instant::now();
         for attempt in 1..=MAX_ATTEMPTS {
@@ -512,6 +532,11 @@ impl StatusRepo {
                 Some(id) => Some(repo.find_commit(id).map_err(self.git("read tip"))?),
                 None => None,
             };
+            let base = match (&tip, whole) {
+                (Some(c), false) => Some(c.tree().map_err(self.git("read tip tree"))?),
+                _ => None,
+            };
+            let tree = self.apply(&repo, base.as_ref(), &plan)?;
             // Already there: ours from an earlier pass, or the same from another writer.
             if tip.as_ref().is_some_and(|c| c.tree_id() == tree.id()) {
                 return Ok(None);

@@ -1,0 +1,743 @@
+//! What an activation does next, decided from its state and what was
+//! observed: pure (no I/O, no clock: `now` is an input), so replaying a
+//! state with the same observations gives the same decision (invariant 12),
+//! and every rule is table-tested. The driver ([`super::drive`]) carries a
+//! decision out and records it as the next state.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use super::state::{ActivationState, Approval, BatchRecord, Phase, SiteResult, StageRecord};
+use crate::model::campaign::{Action, Campaign, Stage};
+use crate::model::Site;
+
+/// Per site, each key's value before a change (`None`: it was absent).
+pub type Replaced = BTreeMap<String, BTreeMap<String, Option<String>>>;
+
+/// What one promoted site shows, as the driver read it from the site's
+/// status branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SiteProgress {
+    /// Reconciled a commit that has its promote, and every composition
+    /// there is in the awaited state.
+    Reached,
+    NotYet,
+    Failed(String),
+}
+
+/// What the driver observed for a decision.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    /// Every Site of the watched branch's head.
+    pub sites: BTreeMap<String, Site>,
+    /// Per promoted site of the running stage.
+    pub progress: BTreeMap<String, SiteProgress>,
+    /// Approvals found (signed commits, merged pull requests) for this
+    /// activation, any stage.
+    pub approvals: Vec<Approval>,
+}
+
+/// What to do now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Commit `set` into the env of `sites` (batch `batch` of the stage).
+    Promote {
+        batch: usize,
+        of: usize,
+        sites: Vec<String>,
+        set: BTreeMap<String, String>,
+    },
+    /// Commit these values back (per site, key: value before; `None`: remove).
+    Revert {
+        sites: Replaced,
+    },
+    /// Record these approvals (found, not recorded yet).
+    Approve(Vec<Approval>),
+    /// The stage is done: its outputs, and the stage `next` picked (`None`:
+    /// the activation is finished).
+    Advance {
+        outputs: BTreeMap<String, serde_json::Value>,
+        sites: BTreeMap<String, SiteResult>,
+        next: Option<String>,
+    },
+    /// Nothing to do until something changes; by `until` at the latest.
+    Wait {
+        until: Option<DateTime<Utc>>,
+        why: String,
+    },
+    Fail(String),
+}
+
+/// The next step of `state` (which must be running) of `campaign`.
+pub fn decide(
+    campaign: &Campaign,
+    state: &ActivationState,
+    world: &World,
+    now: DateTime<Utc>,
+) -> Decision {
+    if state.phase != Phase::Running {
+        return Decision::Wait {
+            until: None,
+            why: format!("the activation is {:?}", state.phase),
+        };
+    }
+    let Some(stage) = state.stage.as_deref().and_then(|s| campaign.stage(s)) else {
+        return Decision::Fail(format!(
+            "stage {:?} is not in campaign {}",
+            state.stage, campaign.name
+        ));
+    };
+    let empty = StageRecord::default();
+    let rec = state.stages.get(&stage.name).unwrap_or(&empty);
+    let started = rec.started.unwrap_or(now);
+    let done = |outputs, sites| advance(campaign, stage, state, outputs, sites);
+    match &stage.action {
+        Action::Promote {
+            sites, set, await_, ..
+        } => {
+            let selected: Vec<String> = sites
+                .select(&world.sites)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            let set = match resolve(set, &state.inputs) {
+                Ok(set) => set,
+                Err(e) => return Decision::Fail(format!("stage {}: {e}", stage.name)),
+            };
+            promote(
+                stage,
+                rec,
+                &selected,
+                set,
+                await_.as_ref(),
+                world,
+                started,
+                now,
+                done,
+            )
+        }
+        Action::Wait { duration } => {
+            let until = started + chrono::Duration::from_std(*duration).unwrap_or_default();
+            if now >= until {
+                done(BTreeMap::new(), BTreeMap::new())
+            } else {
+                Decision::Wait {
+                    until: Some(until),
+                    why: format!("stage {} waits until {}", stage.name, until.to_rfc3339()),
+                }
+            }
+        }
+        Action::Approval { approvers } => {
+            let recorded: Vec<&Approval> = state
+                .approvals
+                .iter()
+                .filter(|a| a.stage == stage.name)
+                .collect();
+            let new: Vec<Approval> = world
+                .approvals
+                .iter()
+                .filter(|a| a.stage == stage.name)
+                .filter(|a| !recorded.iter().any(|r| r.by == a.by))
+                .cloned()
+                .collect();
+            if !new.is_empty() {
+                return Decision::Approve(new);
+            }
+            let mut by: Vec<&str> = recorded.iter().map(|a| a.by.as_str()).collect();
+            by.dedup();
+            if by.len() >= *approvers as usize {
+                let outputs = BTreeMap::from([("approvedBy".to_string(), serde_json::json!(by))]);
+                done(outputs, BTreeMap::new())
+            } else {
+                Decision::Wait {
+                    until: None,
+                    why: format!(
+                        "stage {} needs {approvers} approval(s), has {}: fermata campaign approve {}",
+                        stage.name,
+                        by.len(),
+                        state.activation
+                    ),
+                }
+            }
+        }
+        Action::Revert { stage: of } => {
+            if !rec.batches.is_empty() {
+                return done(BTreeMap::new(), BTreeMap::new());
+            }
+            let mut sites: Replaced = BTreeMap::new();
+            // Later batches first would not matter: each site is in one batch.
+            for b in state.stages.get(of).map(|r| &r.batches[..]).unwrap_or(&[]) {
+                for (site, kv) in &b.replaced {
+                    sites.entry(site.clone()).or_default().extend(kv.clone());
+                }
+            }
+            if sites.is_empty() {
+                done(BTreeMap::new(), BTreeMap::new())
+            } else {
+                Decision::Revert { sites }
+            }
+        }
+        Action::Verify(_) => Decision::Fail(format!(
+            "stage {}: verify stages are not run by this version yet",
+            stage.name
+        )),
+    }
+}
+
+/// Map: promote batch after batch, each awaited before the next;
+/// reduce: per-site results into `succeeded`, `failed`, `pending`.
+#[allow(clippy::too_many_arguments)]
+fn promote(
+    stage: &Stage,
+    rec: &StageRecord,
+    selected: &[String],
+    set: BTreeMap<String, String>,
+    await_: Option<&crate::model::campaign::Await>,
+    world: &World,
+    started: DateTime<Utc>,
+    now: DateTime<Utc>,
+    done: impl FnOnce(BTreeMap<String, serde_json::Value>, BTreeMap<String, SiteResult>) -> Decision,
+) -> Decision {
+    let size = stage
+        .batch
+        .map(|b| b.size.of(selected.len()).max(1))
+        .unwrap_or(selected.len().max(1));
+    let tolerance = stage
+        .batch
+        .map(|b| b.failure_tolerance.of(selected.len()))
+        .unwrap_or(0);
+    let batches: Vec<&[String]> = selected.chunks(size).collect();
+    let deadline =
+        await_.map(|a| started + chrono::Duration::from_std(a.timeout).unwrap_or_default());
+    let mut results: BTreeMap<String, SiteResult> = BTreeMap::new();
+    for site in rec.batches.iter().flat_map(|b| &b.sites) {
+        let r = match (await_, world.progress.get(site)) {
+            (None, _) | (Some(_), Some(SiteProgress::Reached)) => SiteResult::Succeeded,
+            (Some(_), Some(SiteProgress::Failed(why))) => SiteResult::Failed {
+                reason: why.clone(),
+            },
+            (Some(a), _) if deadline.is_some_and(|d| now >= d) => SiteResult::Failed {
+                reason: format!("not {} within {:?}", a.state.as_str(), a.timeout),
+            },
+            _ => SiteResult::Pending,
+        };
+        results.insert(site.clone(), r);
+    }
+    let count = |f: fn(&SiteResult) -> bool| results.values().filter(|r| f(r)).count();
+    let failed = count(|r| matches!(r, SiteResult::Failed { .. }));
+    let pending = count(|r| matches!(r, SiteResult::Pending));
+    let outputs = |stopped: bool| {
+        let mut o = BTreeMap::new();
+        o.insert(
+            "succeeded".into(),
+            serde_json::json!(results.len() - failed - pending),
+        );
+        o.insert("failed".into(), serde_json::json!(failed));
+        o.insert("pending".into(), serde_json::json!(pending));
+        o.insert("sites".into(), serde_json::json!(selected.len()));
+        o.insert("stopped".into(), serde_json::json!(stopped));
+        o
+    };
+    if failed > tolerance {
+        // Past the tolerance: no more batches; `next` decides.
+        return done(outputs(true), results);
+    }
+    if pending > 0 {
+        return Decision::Wait {
+            until: deadline,
+            why: format!(
+                "stage {}: {pending} site(s) not {} yet",
+                stage.name,
+                await_.map(|a| a.state.as_str()).unwrap_or("installed")
+            ),
+        };
+    }
+    match batches.get(rec.batches.len()) {
+        Some(sites) => Decision::Promote {
+            batch: rec.batches.len() + 1,
+            of: batches.len(),
+            sites: sites.to_vec(),
+            set,
+        },
+        None => done(outputs(false), results),
+    }
+}
+
+/// The stage is done: pick the next one with its `next` conditions.
+fn advance(
+    campaign: &Campaign,
+    stage: &Stage,
+    state: &ActivationState,
+    outputs: BTreeMap<String, serde_json::Value>,
+    sites: BTreeMap<String, SiteResult>,
+) -> Decision {
+    let vars = serde_json::json!({
+        "inputs": state.inputs,
+        "outputs": outputs,
+        "sites": sites.keys().collect::<Vec<_>>(),
+    });
+    for n in &stage.next {
+        let pick = match &n.when {
+            None => true,
+            Some(expr) => match expr.eval_bool(&vars) {
+                Ok(b) => b,
+                Err(e) => {
+                    return Decision::Fail(format!(
+                        "stage {}: next {:?}: {e}",
+                        stage.name, expr.source
+                    ))
+                }
+            },
+        };
+        if pick {
+            if campaign.stage(&n.stage).is_none() {
+                return Decision::Fail(format!("stage {}: no stage {}", stage.name, n.stage));
+            }
+            return Decision::Advance {
+                outputs,
+                sites,
+                next: Some(n.stage.clone()),
+            };
+        }
+    }
+    Decision::Advance {
+        outputs,
+        sites,
+        next: None,
+    }
+}
+
+/// `${inputs.NAME}` in each value, from the activation's inputs.
+pub fn resolve(
+    set: &BTreeMap<String, String>,
+    inputs: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in set {
+        let mut s = String::new();
+        let mut rest = v.as_str();
+        while let Some(i) = rest.find("${inputs.") {
+            s.push_str(&rest[..i]);
+            let after = &rest[i + "${inputs.".len()..];
+            let Some(end) = after.find('}') else {
+                return Err(format!("{k}: unclosed ${{inputs."));
+            };
+            let name = &after[..end];
+            let value = inputs
+                .get(name)
+                .ok_or_else(|| format!("{k}: no input {name:?} in the activation"))?;
+            s.push_str(value);
+            rest = &after[end + 1..];
+        }
+        s.push_str(rest);
+        out.insert(k.clone(), s);
+    }
+    Ok(out)
+}
+
+/// `state` with `decision` carried out (`commit`: the promote or revert
+/// commit, `replaced`: what it replaced): the next state to record.
+pub fn record(
+    mut state: ActivationState,
+    decision: &Decision,
+    commit: Option<(String, Replaced)>,
+    now: DateTime<Utc>,
+) -> ActivationState {
+    state.generation += 1;
+    state.updated = now;
+    match decision {
+        Decision::Promote { .. } | Decision::Revert { .. } => {
+            let (commit, replaced) = commit.unwrap_or_default();
+            let sites = match decision {
+                Decision::Promote { sites, .. } => sites.clone(),
+                _ => replaced.keys().cloned().collect(),
+            };
+            if let Some(rec) = state.current(now) {
+                rec.batches.push(BatchRecord {
+                    commit,
+                    sites,
+                    replaced,
+                });
+            }
+        }
+        Decision::Approve(found) => {
+            state.current(now);
+            state.approvals.extend(found.iter().cloned());
+        }
+        Decision::Advance {
+            outputs,
+            sites,
+            next,
+        } => {
+            if let Some(rec) = state.current(now) {
+                rec.finished = Some(now);
+                rec.outputs = outputs.clone();
+                rec.sites = sites.clone();
+            }
+            state.stage = next.clone();
+            if next.is_none() {
+                state.phase = Phase::Succeeded;
+            } else {
+                state.current(now);
+            }
+        }
+        Decision::Fail(why) => {
+            state.phase = Phase::Failed;
+            state.error = Some(why.clone());
+        }
+        Decision::Wait { .. } => {
+            state.current(now);
+        }
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::campaign::{Amount, Await, Batch, Next};
+    use crate::model::{Origin, SiteSelector};
+    use crate::status::State;
+
+    fn at(h: i64) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+            + chrono::Duration::hours(h)
+    }
+
+    fn sites(n: usize) -> BTreeMap<String, Site> {
+        (0..n)
+            .map(|i| {
+                let ring = if i == 0 { "canary" } else { "main" };
+                let site = Site {
+                    name: format!("s{i:02}"),
+                    origin: Origin::default(),
+                    labels: BTreeMap::from([("ring".to_string(), ring.to_string())]),
+                    env: BTreeMap::new(),
+                };
+                (site.name.clone(), site)
+            })
+            .collect()
+    }
+
+    fn ring(r: &str) -> SiteSelector {
+        SiteSelector {
+            match_labels: BTreeMap::from([("ring".to_string(), r.to_string())]),
+            ..SiteSelector::default()
+        }
+    }
+
+    fn stage(name: &str, action: Action, next: &[&str]) -> Stage {
+        Stage {
+            name: name.into(),
+            origin: Origin::default(),
+            action,
+            batch: None,
+            site: None,
+            next: next
+                .iter()
+                .map(|s| Next {
+                    when: None,
+                    stage: s.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn promote(sel: SiteSelector, hours: u64) -> Action {
+        Action::Promote {
+            sites: sel,
+            set: BTreeMap::from([("MODEL".to_string(), "${inputs.model}".to_string())]),
+            pull_request: false,
+            await_: Some(Await {
+                state: State::Installed,
+                timeout: Duration::from_secs(hours * 3600),
+            }),
+        }
+    }
+
+    /// canary -> approve -> fleet (batches of 30%, 1 failure tolerated);
+    /// `rollback` reverts the canary.
+    fn campaign() -> Campaign {
+        let mut fleet = stage("fleet", promote(ring("main"), 24), &[]);
+        fleet.batch = Some(Batch {
+            size: Amount::Percent(30),
+            failure_tolerance: Amount::Count(1),
+        });
+        Campaign {
+            name: "vision".into(),
+            origin: Origin::default(),
+            self_driving: false,
+            first_stage: "canary".into(),
+            concurrency: None,
+            stages: vec![
+                stage("canary", promote(ring("canary"), 8), &["approve"]),
+                stage("approve", Action::Approval { approvers: 1 }, &["fleet"]),
+                fleet,
+                stage(
+                    "rollback",
+                    Action::Revert {
+                        stage: "canary".into(),
+                    },
+                    &[],
+                ),
+                stage(
+                    "soak",
+                    Action::Wait {
+                        duration: Duration::from_secs(3600),
+                    },
+                    &[],
+                ),
+            ],
+        }
+    }
+
+    fn state(stage: &str) -> ActivationState {
+        let inputs = BTreeMap::from([("model".to_string(), "v4".to_string())]);
+        ActivationState::new("vision-12", "vision", stage, inputs, at(0))
+    }
+
+    fn world(n: usize, progress: &[(&str, SiteProgress)]) -> World {
+        World {
+            sites: sites(n),
+            progress: progress
+                .iter()
+                .map(|(s, p)| (s.to_string(), p.clone()))
+                .collect(),
+            approvals: Vec::new(),
+        }
+    }
+
+    fn promoted(s: ActivationState, sites: &[&str], now: DateTime<Utc>) -> ActivationState {
+        let d = Decision::Promote {
+            batch: 1,
+            of: 1,
+            sites: sites.iter().map(|s| s.to_string()).collect(),
+            set: BTreeMap::new(),
+        };
+        let replaced = sites
+            .iter()
+            .map(|s| {
+                let was = BTreeMap::from([("MODEL".to_string(), Some("v3".to_string()))]);
+                (s.to_string(), was)
+            })
+            .collect();
+        record(s, &d, Some(("c0ffee".into(), replaced)), now)
+    }
+
+    #[test]
+    fn canary_promote_await_and_advance() {
+        let c = campaign();
+        let s = state("canary");
+        let set = BTreeMap::from([("MODEL".to_string(), "v4".to_string())]);
+        assert_eq!(
+            decide(&c, &s, &world(5, &[]), at(0)),
+            Decision::Promote {
+                batch: 1,
+                of: 1,
+                sites: vec!["s00".into()],
+                set
+            },
+            "the canary ring is s00"
+        );
+        let s = promoted(s, &["s00"], at(0));
+        let cases = [
+            ("not yet", SiteProgress::NotYet, at(1), "wait"),
+            ("reached", SiteProgress::Reached, at(1), "approve"),
+            (
+                "failed",
+                SiteProgress::Failed("ApplyFailed".into()),
+                at(1),
+                "approve-failed",
+            ),
+            ("timed out", SiteProgress::NotYet, at(9), "approve-failed"),
+        ];
+        for (name, p, now, want) in cases {
+            let d = decide(&c, &s, &world(5, &[("s00", p)]), now);
+            match (want, &d) {
+                ("wait", Decision::Wait { until, .. }) => assert_eq!(*until, Some(at(8)), "{name}"),
+                ("approve", Decision::Advance { outputs, next, .. }) => {
+                    assert_eq!(next.as_deref(), Some("approve"), "{name}");
+                    assert_eq!(outputs["failed"], 0, "{name}");
+                    assert_eq!(outputs["succeeded"], 1, "{name}");
+                }
+                ("approve-failed", Decision::Advance { outputs, sites, .. }) => {
+                    assert_eq!(outputs["failed"], 1, "{name}");
+                    assert_eq!(outputs["stopped"], true, "{name}");
+                    assert!(matches!(sites["s00"], SiteResult::Failed { .. }), "{name}");
+                }
+                _ => panic!("{name}: {d:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn approval_waits_records_and_advances() {
+        let c = campaign();
+        let s = state("approve");
+        assert!(matches!(
+            decide(&c, &s, &world(3, &[]), at(1)),
+            Decision::Wait { until: None, .. }
+        ));
+        let mut w = world(3, &[]);
+        let a = Approval {
+            stage: "approve".into(),
+            by: "alice".into(),
+            reason: "canary fine".into(),
+            via: "abc1234".into(),
+            at: at(1),
+        };
+        w.approvals = vec![a.clone()];
+        let d = decide(&c, &s, &w, at(1));
+        assert_eq!(d, Decision::Approve(vec![a]));
+        let s = record(s, &d, None, at(1));
+        match decide(&c, &s, &w, at(2)) {
+            Decision::Advance { outputs, next, .. } => {
+                assert_eq!(next.as_deref(), Some("fleet"));
+                assert_eq!(outputs["approvedBy"], serde_json::json!(["alice"]));
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn revert_restores_what_the_stage_replaced_once() {
+        let c = campaign();
+        let mut s = promoted(state("canary"), &["s00"], at(0));
+        s.stage = Some("rollback".into());
+        let d = decide(&c, &s, &world(3, &[]), at(1));
+        let want = BTreeMap::from([(
+            "s00".to_string(),
+            BTreeMap::from([("MODEL".to_string(), Some("v3".to_string()))]),
+        )]);
+        assert_eq!(
+            d,
+            Decision::Revert {
+                sites: want.clone()
+            }
+        );
+        let s = record(s, &d, Some(("revert1".into(), want)), at(1));
+        match decide(&c, &s, &world(3, &[]), at(1)) {
+            Decision::Advance { next: None, .. } => {}
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn wait_stage_and_a_missing_input() {
+        let c = campaign();
+        let s = record(
+            state("soak"),
+            &Decision::Wait {
+                until: None,
+                why: String::new(),
+            },
+            None,
+            at(0),
+        );
+        assert!(matches!(
+            decide(&c, &s, &world(1, &[]), at(0)),
+            Decision::Wait { .. }
+        ));
+        assert!(matches!(
+            decide(&c, &s, &world(1, &[]), at(1)),
+            Decision::Advance { next: None, .. }
+        ));
+        let mut s = state("canary");
+        s.inputs.clear();
+        match decide(&c, &s, &world(1, &[]), at(0)) {
+            Decision::Fail(why) => assert!(why.contains("no input \"model\""), "{why}"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    /// Drives the fleet stage to its end, purely: each promoted site reports
+    /// `ok` or not an hour after its promote.
+    fn drive(
+        n: usize,
+        size: u32,
+        tolerance: usize,
+        ok: &[bool],
+    ) -> (ActivationState, Vec<Vec<String>>) {
+        let mut c = campaign();
+        c.stages[2].batch = Some(Batch {
+            size: Amount::Percent(size),
+            failure_tolerance: Amount::Count(tolerance),
+        });
+        let mut s = state("fleet");
+        let mut promotes = Vec::new();
+        let mut progress = BTreeMap::new();
+        for hour in 0..200 {
+            let w = World {
+                sites: sites(n),
+                progress: progress.clone(),
+                approvals: Vec::new(),
+            };
+            let d = decide(&c, &s, &w, at(hour));
+            match &d {
+                Decision::Promote { sites, .. } => {
+                    promotes.push(sites.clone());
+                    for site in sites {
+                        let i: usize = site[1..].parse().unwrap();
+                        let p = if ok[i % ok.len()] {
+                            SiteProgress::Reached
+                        } else {
+                            SiteProgress::Failed("HealthTimeout".into())
+                        };
+                        progress.insert(site.clone(), p);
+                    }
+                    s = record(s, &d, Some((format!("c{hour}"), BTreeMap::new())), at(hour));
+                }
+                Decision::Advance { .. } => return (record(s, &d, None, at(hour)), promotes),
+                Decision::Wait { .. } => s = record(s, &d, None, at(hour)),
+                d => panic!("{d:?}"),
+            }
+        }
+        panic!("did not finish")
+    }
+
+    proptest! {
+        /// Invariant 12 and the fan-out: every site of the ring is promoted
+        /// at most once, in order, one batch at a time; once more sites
+        /// failed than tolerated nothing more is promoted; and the same
+        /// observations replayed give the same states.
+        #[test]
+        fn fan_out_is_ordered_bounded_and_replayable(
+            n in 2usize..30,
+            size in 1u32..=100,
+            tolerance in 0usize..4,
+            ok in proptest::collection::vec(proptest::bool::weighted(0.8), 1..8),
+        ) {
+            let (end, promotes) = drive(n, size, tolerance, &ok);
+            let (again, promotes_again) = drive(n, size, tolerance, &ok);
+            prop_assert_eq!(&end, &again);
+            prop_assert_eq!(&promotes, &promotes_again);
+            let flat: Vec<&String> = promotes.iter().flatten().collect();
+            let mut sorted = flat.clone();
+            sorted.sort();
+            sorted.dedup();
+            prop_assert_eq!(sorted.len(), flat.len(), "a site promoted twice");
+            prop_assert_eq!(&sorted, &flat, "batches out of order");
+            let outputs = &end.stages["fleet"].outputs;
+            let failed = outputs["failed"].as_u64().unwrap() as usize;
+            if failed > tolerance {
+                prop_assert_eq!(outputs["stopped"].clone(), serde_json::json!(true));
+                // The batch that crossed the tolerance was the last one.
+                let before_last: usize = promotes[..promotes.len() - 1]
+                    .iter()
+                    .flatten()
+                    .filter(|s| !ok[s[1..].parse::<usize>().unwrap() % ok.len()])
+                    .count();
+                prop_assert!(before_last <= tolerance);
+            } else {
+                prop_assert_eq!(flat.len(), n - 1, "every main site promoted");
+            }
+        }
+    }
+}
