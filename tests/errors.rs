@@ -498,7 +498,7 @@ fn ten_broken_files_give_ten_errors_and_the_good_symphony_still_counts() {
         ),
         (
             "kind: Symphonie\nmetadata: {name: e}\n",
-            "2: kind: unknown kind \"Symphonie\" (did you mean \"Symphony\"?); one of Site, Target, MaintenanceWindow, Synthesizer, Symphony",
+            "2: kind: unknown kind \"Symphonie\" (did you mean \"Symphony\"?); one of Site, Target, MaintenanceWindow, Synthesizer, Symphony, Campaign, Activation",
         ),
         (
             "kind: Synthesizer\nmetadata: {name: f}\nspec: {manifests: ./m, command: [./r]}\n",

@@ -58,6 +58,14 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
         }
         None => {}
     }
+    // Only when there are any: a repository without campaigns reads as before.
+    if !fleet.campaigns.is_empty() || !fleet.activations.is_empty() {
+        summary.push_str(&format!(
+            ", {}, {}",
+            count(fleet.campaigns.len(), "campaign"),
+            count(fleet.activations.len(), "activation")
+        ));
+    }
     match a.repo.output {
         Output::Json => {
             let mut out = json!({
@@ -72,6 +80,10 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
             });
             if fleet.has_sites() {
                 out["sites"] = json!(fleet.sites.len());
+            }
+            if !fleet.campaigns.is_empty() || !fleet.activations.is_empty() {
+                out["campaigns"] = json!(fleet.campaigns.len());
+                out["activations"] = json!(fleet.activations.len());
             }
             if let Some(site) = &a.site.site {
                 out["site"] = json!(site);

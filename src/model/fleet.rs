@@ -30,6 +30,11 @@ pub struct Fleet {
     /// Campaigns and activations (DESIGN.md section 10).
     pub campaigns: BTreeMap<String, super::campaign::Campaign>,
     pub activations: BTreeMap<String, super::campaign::Activation>,
+    /// Campaigns and activations named in the repository that could not be
+    /// loaded, with the reasons (an activation fails with its campaign):
+    /// broken is not gone, so a running activation holds rather than ends.
+    pub failed_campaigns: BTreeMap<String, Vec<Diagnostic>>,
+    pub failed_activations: BTreeMap<String, Vec<Diagnostic>>,
 }
 
 impl Fleet {

@@ -20,6 +20,8 @@ use super::{CompositionId, Diagnostic, Digest, Operator, Origin, Requirement, Si
 use crate::source::{split, Entry, Snapshot};
 use crate::window::{parse_duration, parse_timezone, Schedule, Window};
 
+mod campaigns;
+
 /// The outcome of loading one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
@@ -160,6 +162,7 @@ pub fn load(snap: &Snapshot, root: &str) -> Loaded {
 
     l.resolve_symphonies(objs.symphonies, &inputs, &mut fleet);
     l.check_dependencies(&mut fleet);
+    l.resolve_campaigns(objs.campaigns, objs.activations, &mut fleet);
     l.errors.sort();
     l.finish(fleet)
 }
@@ -276,6 +279,8 @@ struct Objects {
     windows: Vec<(Doc, Object<MaintenanceWindowSpec>)>,
     targets: Vec<(Doc, Object<TargetSpec>)>,
     sites: Vec<(Doc, Object<SiteSpec>)>,
+    campaigns: Vec<(Doc, Object<CampaignSpec>)>,
+    activations: Vec<(Doc, Object<ActivationSpec>)>,
 }
 
 impl Objects {
@@ -285,6 +290,8 @@ impl Objects {
             "Synthesizer" => self.synthesizers.retain(|(_, o)| o.metadata.name != name),
             "MaintenanceWindow" => self.windows.retain(|(_, o)| o.metadata.name != name),
             "Site" => self.sites.retain(|(_, o)| o.metadata.name != name),
+            "Campaign" => self.campaigns.retain(|(_, o)| o.metadata.name != name),
+            "Activation" => self.activations.retain(|(_, o)| o.metadata.name != name),
             _ => self.targets.retain(|(_, o)| o.metadata.name != name),
         }
     }
@@ -335,6 +342,25 @@ impl Loader {
             errors: self.errors,
             warnings: self.warnings,
             unreadable: self.unreadable,
+        }
+    }
+
+    /// ` (x.yaml:3 failed to load: ...)`: where object `kind` `name`, not
+    /// found, was perhaps meant to be defined.
+    fn failed_to_load(&self, kind: &str, name: &str) -> String {
+        let failed: Vec<String> = self
+            .unparsed
+            .iter()
+            .filter(|(d, text)| might_define(&d.file, text, kind, name))
+            .map(|(d, _)| match d.line {
+                Some(line) => format!("{}:{line} failed to load: {}", d.file, d.message),
+                None => format!("{} failed to load: {}", d.file, d.message),
+            })
+            .collect();
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed.join("; "))
         }
     }
 
@@ -421,6 +447,8 @@ impl Loader {
             "Synthesizer" => typed(&doc).map(|o| objs.synthesizers.push((doc, o))),
             "MaintenanceWindow" => typed(&doc).map(|o| objs.windows.push((doc, o))),
             "Site" => typed(&doc).map(|o| objs.sites.push((doc, o))),
+            "Campaign" => typed(&doc).map(|o| objs.campaigns.push((doc, o))),
+            "Activation" => typed(&doc).map(|o| objs.activations.push((doc, o))),
             _ => typed(&doc).map(|o| objs.targets.push((doc, o))),
         };
         if let Err(d) = result {
@@ -1020,22 +1048,7 @@ impl SymphonyResolver<'_> {
             self.inherited.extend(ds);
             return false;
         }
-        // Defined, perhaps, in a file that did not load: say which.
-        let failed: Vec<String> = self
-            .loader
-            .unparsed
-            .iter()
-            .filter(|(d, text)| might_define(&d.file, text, kind, name))
-            .map(|(d, _)| match d.line {
-                Some(line) => format!("{}:{line} failed to load: {}", d.file, d.message),
-                None => format!("{} failed to load: {}", d.file, d.message),
-            })
-            .collect();
-        let failed = if failed.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", failed.join("; "))
-        };
+        let failed = self.loader.failed_to_load(kind, name);
         self.err(
             field,
             format!(
@@ -1051,78 +1064,14 @@ impl SymphonyResolver<'_> {
         let Some(spec) = spec else {
             return SiteSelector::default();
         };
-        for (k, v) in &spec.match_labels {
-            let field = position::join("spec.sites.matchLabels", k);
-            if let Err(m) = check_label_key(k).and_then(|()| check_label_value(v)) {
-                self.err(&field, m);
-            }
-        }
-        let mut match_expressions = Vec::new();
-        for (i, e) in spec.match_expressions.iter().enumerate() {
-            let at = |f: &str| format!("spec.sites.matchExpressions[{i}].{f}");
-            if let Err(m) = check_label_key(&e.key) {
-                self.err(&at("key"), m);
-            }
-            let Some(operator) = Operator::parse(&e.operator) else {
-                self.err(
-                    &at("operator"),
-                    format!(
-                        "unknown operator {:?}{}; one of {}",
-                        e.operator,
-                        did_you_mean(&e.operator, Operator::ALL),
-                        Operator::ALL.join(", ")
-                    ),
-                );
-                continue;
-            };
-            if operator.takes_values() && e.values.is_empty() {
-                self.err(
-                    &at("operator"),
-                    format!("{operator} needs a non-empty `values`"),
-                );
-            } else if !operator.takes_values() && !e.values.is_empty() {
-                self.err(&at("values"), format!("{operator} takes no `values`"));
-            }
-            for (j, v) in e.values.iter().enumerate() {
-                if let Err(m) = check_label_value(v) {
-                    self.err(&at(&format!("values[{j}]")), m);
-                }
-            }
-            match_expressions.push(Requirement {
-                key: e.key.clone(),
-                operator,
-                values: e.values.iter().cloned().collect(),
-            });
-        }
-        let sites = &self.fleet.sites;
-        if let Some(names) = &spec.names {
-            for (i, n) in names.iter().enumerate() {
-                if sites.is_empty() || sites.contains_key(n) {
-                    continue;
-                }
-                let field = format!("spec.sites.names[{i}]");
-                if self
-                    .loader
-                    .broken
-                    .contains_key(&("Site".to_string(), n.clone()))
-                {
-                    self.err(&field, format!("Site {n:?} is invalid (see its own error)"));
-                } else {
-                    self.err(
-                        &field,
-                        format!(
-                            "no Site named {n:?}{}",
-                            did_you_mean(n, sites.keys().map(String::as_str))
-                        ),
-                    );
-                }
-            }
-        }
-        SiteSelector {
-            match_labels: spec.match_labels.clone(),
-            match_expressions,
-            names: spec.names.as_ref().map(|n| n.iter().cloned().collect()),
-        }
+        site_selector(
+            self.doc,
+            self.fleet,
+            self.loader,
+            spec,
+            "spec.sites",
+            &mut self.errors,
+        )
     }
 
     fn compositions(&mut self, symphony: &str, spec: &SymphonySpec) -> Vec<Composition> {
@@ -1412,6 +1361,88 @@ impl SymphonyResolver<'_> {
             }
         }
         out
+    }
+}
+
+/// Type-checks a site selector written at `at` (a Symphony's `spec.sites`,
+/// a promote's `sites`): label syntax, operators, and `names` that no Site
+/// has (only when the repository has Sites).
+fn site_selector(
+    doc: &Doc,
+    fleet: &Fleet,
+    loader: &Loader,
+    spec: &SiteSelectorSpec,
+    at: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> SiteSelector {
+    let mut err = |field: &str, message: String| errors.push(doc.diag(field, message));
+    for (k, v) in &spec.match_labels {
+        let field = position::join(&position::join(at, "matchLabels"), k);
+        if let Err(m) = check_label_key(k).and_then(|()| check_label_value(v)) {
+            err(&field, m);
+        }
+    }
+    let mut match_expressions = Vec::new();
+    for (i, e) in spec.match_expressions.iter().enumerate() {
+        let at = |f: &str| format!("{at}.matchExpressions[{i}].{f}");
+        if let Err(m) = check_label_key(&e.key) {
+            err(&at("key"), m);
+        }
+        let Some(operator) = Operator::parse(&e.operator) else {
+            err(
+                &at("operator"),
+                format!(
+                    "unknown operator {:?}{}; one of {}",
+                    e.operator,
+                    did_you_mean(&e.operator, Operator::ALL),
+                    Operator::ALL.join(", ")
+                ),
+            );
+            continue;
+        };
+        if operator.takes_values() && e.values.is_empty() {
+            err(
+                &at("operator"),
+                format!("{operator} needs a non-empty `values`"),
+            );
+        } else if !operator.takes_values() && !e.values.is_empty() {
+            err(&at("values"), format!("{operator} takes no `values`"));
+        }
+        for (j, v) in e.values.iter().enumerate() {
+            if let Err(m) = check_label_value(v) {
+                err(&at(&format!("values[{j}]")), m);
+            }
+        }
+        match_expressions.push(Requirement {
+            key: e.key.clone(),
+            operator,
+            values: e.values.iter().cloned().collect(),
+        });
+    }
+    let sites = &fleet.sites;
+    if let Some(names) = &spec.names {
+        for (i, n) in names.iter().enumerate() {
+            if sites.is_empty() || sites.contains_key(n) {
+                continue;
+            }
+            let field = format!("{at}.names[{i}]");
+            if loader.broken.contains_key(&("Site".to_string(), n.clone())) {
+                err(&field, format!("Site {n:?} is invalid (see its own error)"));
+            } else {
+                err(
+                    &field,
+                    format!(
+                        "no Site named {n:?}{}",
+                        did_you_mean(n, sites.keys().map(String::as_str))
+                    ),
+                );
+            }
+        }
+    }
+    SiteSelector {
+        match_labels: spec.match_labels.clone(),
+        match_expressions,
+        names: spec.names.as_ref().map(|n| n.iter().cloned().collect()),
     }
 }
 

@@ -90,6 +90,8 @@ impl Fleet {
             failed_sites: self.failed_sites.clone(),
             campaigns: self.campaigns.clone(),
             activations: self.activations.clone(),
+            failed_campaigns: self.failed_campaigns.clone(),
+            failed_activations: self.failed_activations.clone(),
         })
     }
 

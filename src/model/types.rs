@@ -10,12 +10,14 @@ use serde::{Deserialize, Serialize};
 pub use super::wellknown::API_VERSION;
 
 /// The kinds fermata reads, in the order they are resolved.
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 7] = [
     "Site",
     "Target",
     "MaintenanceWindow",
     "Synthesizer",
     "Symphony",
+    "Campaign",
+    "Activation",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -356,10 +358,38 @@ pub struct RevertSpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BatchSpec {
     /// Sites per batch: `10%` of the selection (rounded up) or a count.
+    #[serde(deserialize_with = "count_or_share")]
     pub size: String,
     /// Failed sites tolerated before the fan-out stops: `2%` or a count;
     /// none when absent.
+    #[serde(default, deserialize_with = "some_count_or_share")]
     pub failure_tolerance: Option<String>,
+}
+
+/// `5` or `"10%"`, read as text: YAML reads `size: 5` as a number, and a
+/// user should not have to quote it.
+fn count_or_share<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a count (`5`) or a share of the sites (`10%`)")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+fn some_count_or_share<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    count_or_share(d).map(Some)
 }
 
 #[derive(Debug, Clone, Deserialize)]
