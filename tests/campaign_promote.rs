@@ -87,8 +87,9 @@ fn a_promote_commit_changes_only_the_values_and_names_its_step() {
     assert_eq!(
         changed,
         [
-            "-  env: [{name: INTERVAL, value: 15s}]",
-            "+  env: [{name: INTERVAL, value: \"30s\"}, {name: VISION_MODEL, value: \"v4\"}]",
+            "-    - {name: INTERVAL, value: 15s}",
+            "+    - {name: INTERVAL, value: \"30s\"}",
+            "+    - {name: VISION_MODEL, value: \"v4\"}",
         ]
     );
     assert_eq!(

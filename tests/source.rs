@@ -11,7 +11,7 @@ fn validates_the_example_fleet() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(
         run.stdout.trim(),
-        "ok: 3 symphonies, 4 compositions, 2 windows, 2 targets, 3 sites"
+        "ok: 3 symphonies, 4 compositions, 2 windows, 2 targets, 3 sites, 1 campaign, 0 activations"
     );
 }
 

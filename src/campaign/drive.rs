@@ -70,6 +70,9 @@ pub struct Driver {
 /// needs at most one per batch and one to finish).
 const MAX_TRANSITIONS: usize = 256;
 
+/// Stages one self-driving activation may go through in one pass.
+const MAX_STAGES_PER_DRIVE: usize = 32;
+
 impl Driver {
     fn source(&self) -> Result<GitSource, DriveError> {
         Ok(GitSource::open(
@@ -249,6 +252,53 @@ impl Driver {
         )))
     }
 
+    /// Self-driving mode (`fermata run`): every activation of a
+    /// `selfDriving` campaign on the watched branch, stepped until it
+    /// waits, finishes or fails. A failure of one is its own outcome, not
+    /// the others'.
+    pub fn drive_all(&self, now: DateTime<Utc>) -> Result<Vec<(String, Outcome)>, DriveError> {
+        let (_, fleet) = self.fleet()?;
+        let mut names: Vec<String> = fleet
+            .activations
+            .values()
+            .filter(|a| {
+                fleet
+                    .campaigns
+                    .get(&a.campaign)
+                    .is_some_and(|c| c.self_driving)
+            })
+            .map(|a| a.name.clone())
+            .collect();
+        for s in self.states()? {
+            let driving = fleet
+                .campaigns
+                .get(&s.campaign)
+                .is_some_and(|c| c.self_driving);
+            if driving && s.phase == Phase::Running && !names.contains(&s.activation) {
+                names.push(s.activation);
+            }
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let mut last = Outcome::Finished;
+            for _ in 0..MAX_STAGES_PER_DRIVE {
+                match self.step(&name, now) {
+                    Ok((Outcome::Advanced, _)) => last = Outcome::Advanced,
+                    Ok((o, _)) => {
+                        last = o;
+                        break;
+                    }
+                    Err(e) => {
+                        last = Outcome::Failed(crate::errors::chain(&e));
+                        break;
+                    }
+                }
+            }
+            out.push((name, last));
+        }
+        Ok(out)
+    }
+
     /// A new activation's first state, from its committed Activation.
     fn start(
         &self,
@@ -412,19 +462,27 @@ impl Driver {
             if !message.lines().any(|l| l.trim() == trailer) {
                 continue;
             }
+            let named = message
+                .lines()
+                .find_map(|l| l.strip_prefix("Fermata-Approver: "))
+                .map(str::to_string)
+                .unwrap_or_else(|| c.author().name().unwrap_or("unknown").to_string());
             let by = match source.verify(Revision(oid), &self.trust, Utc::now()) {
-                Ok(Signer::Unchecked) => c.author().name().unwrap_or("unknown").to_string(),
+                Ok(Signer::Unchecked) => named,
                 Ok(Signer::Ssh {
                     principals,
                     fingerprint,
-                }) => format!("{} ({fingerprint})", principals.join(",")),
+                }) => format!(
+                    "{named}, signed by {} ({fingerprint})",
+                    principals.join(",")
+                ),
                 Ok(Signer::Gpg {
                     fingerprint,
                     user_id,
                     ..
                 }) => match user_id {
-                    Some(u) => format!("{u} ({fingerprint})"),
-                    None => fingerprint,
+                    Some(u) => format!("{named}, signed by {u} ({fingerprint})"),
+                    None => format!("{named}, signed by {fingerprint}"),
                 },
                 Err(e) => {
                     tracing::warn!(commit = %oid, error = %e, "approval refused: it does not pass the signature policy");

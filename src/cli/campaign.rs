@@ -120,6 +120,10 @@ pub struct ApproveArgs {
     /// The stage approved; the activation's current one when absent.
     #[arg(long)]
     pub stage: Option<String>,
+    /// Who approves (`$USER` when absent); under --trusted-keys the key
+    /// that signed is recorded beside it.
+    #[arg(long)]
+    pub who: Option<String>,
     #[command(flatten)]
     pub at: Where,
     #[command(flatten)]
@@ -299,7 +303,10 @@ fn approve(a: &ApproveArgs) -> anyhow::Result<ExitCode> {
                 )
             })?,
     };
-    let who = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let who = match &a.who {
+        Some(w) => w.clone(),
+        None => std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+    };
     let path = format!("campaigns/approvals/{}/{stage}/{who}.yaml", a.activation);
     let body = serde_yaml::to_string(&serde_json::json!({
         "activation": a.activation, "stage": stage, "by": who, "reason": a.reason,
@@ -314,7 +321,7 @@ fn approve(a: &ApproveArgs) -> anyhow::Result<ExitCode> {
     let mut message = commit::message(&step, &format!("approved by {who}"))
         .replace(&format!("Fermata-Stage: {stage}\n"), "");
     message.push_str(&format!(
-        "Fermata-Approve: {}/{stage}\nFermata-Reason: {}\n",
+        "Fermata-Approve: {}/{stage}\nFermata-Approver: {who}\nFermata-Reason: {}\n",
         a.activation,
         a.reason.replace('\n', " ")
     ));

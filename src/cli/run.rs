@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// (summary.md, fleet.svg, fleet.json) to fermata/fleet; central mode only.
     #[arg(long, env = "FERMATA_PUBLISH_FLEET", conflicts_with = "site")]
     pub publish_fleet: bool,
+    /// Sign the commits self-driving campaigns make with this SSH private
+    /// key (`ssh-keygen -Y sign`), for sites under a signature policy.
+    #[arg(long, env = "FERMATA_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
     /// One pass, then exit: 1 if anything failed.
     #[arg(long)]
     pub once: bool,
@@ -275,6 +279,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         // One reconciler per state directory, for as long as this one runs.
         let _lock = StateLock::acquire(&r.ctx.settings.state_dir)?;
         let fleet = a.publish_fleet.then(|| FleetPublisher::of(&r));
+        let campaigns = CampaignDriver::of(&r, a);
         fetch_or_warn(&mut r).await;
         check_site(&r).await?;
         if a.once {
@@ -286,6 +291,11 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
                     &c.to_string()[..7],
                     crate::fleet::FLEET_BRANCH
                 );
+            }
+            if let Some(c) = &campaigns {
+                for (name, outcome) in c.drive(r.ctx.clock.now()) {
+                    outln!("campaign {name}: {outcome:?}");
+                }
             }
             return Ok(exit_code(&reports));
         }
@@ -340,6 +350,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
             }
             if let Some(f) = fleet.as_ref().filter(|_| outcome.leading) {
                 tokio::task::block_in_place(|| f.publish(clock_now.now()));
+            }
+            if let Some(c) = campaigns.as_ref().filter(|_| outcome.leading) {
+                tokio::task::block_in_place(|| c.drive(clock_now.now()));
             }
         })
         .await;
@@ -429,6 +442,47 @@ impl FleetPublisher {
             Err(e) => {
                 tracing::error!(error = %crate::errors::chain(&e), "cannot publish the fleet view");
                 None
+            }
+        }
+    }
+}
+
+/// Self-driving campaigns (DESIGN.md section 10), advanced after every
+/// pass of a central `fermata run` on a repository it writes in place:
+/// sites' status branches moving, an approval merged, a window opening and
+/// the interval are the events that wake it.
+struct CampaignDriver(crate::campaign::drive::Driver);
+
+impl CampaignDriver {
+    fn of(r: &Reconciler, a: &RunArgs) -> Option<CampaignDriver> {
+        let s = &r.ctx.settings;
+        if s.site.is_some() || r.ctx.source.remote().is_some() {
+            return None;
+        }
+        Some(CampaignDriver(crate::campaign::drive::Driver {
+            repo: r.ctx.source.git_dir().to_path_buf(),
+            branch: s.branches.first()?.clone(),
+            status_branch: s.status_branch.clone(),
+            signing: a
+                .signing_key
+                .clone()
+                .map(|key| crate::campaign::commit::Signing::Ssh { key }),
+            trust: s.signatures.clone(),
+        }))
+    }
+
+    /// Each activation stepped; failures are logged, never the pass's.
+    fn drive(&self, now: DateTime<Utc>) -> Vec<(String, crate::campaign::drive::Outcome)> {
+        match self.0.drive_all(now) {
+            Ok(outcomes) => {
+                for (name, o) in &outcomes {
+                    tracing::info!(activation = %name, outcome = ?o, "campaign stepped");
+                }
+                outcomes
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::errors::chain(&e), "cannot drive campaigns");
+                Vec::new()
             }
         }
     }

@@ -1,7 +1,8 @@
 #!/bin/sh
 # A KRM function in a few lines of shell. fermata passes the composition's
 # synthesisEnv both as the ResourceList's functionConfig (a ConfigMap) and as
-# environment variables, so a script can simply use $ENDPOINT and $INTERVAL.
+# environment variables, so a script can simply use $ENDPOINT and $INTERVAL
+# (and the site's values: $COLLECTOR_VERSION, which campaigns roll out).
 set -eu
 cat >/dev/null
 cat <<YAML
@@ -24,5 +25,5 @@ items:
         metadata: {labels: {app: collector}}
         spec:
           containers:
-            - {name: collector, image: "otel/opentelemetry-collector:0.115.0"}
+            - {name: collector, image: "otel/opentelemetry-collector:${COLLECTOR_VERSION}"}
 YAML

@@ -1,0 +1,475 @@
+//! Campaigns driven in stepped mode, as a CI job would (DESIGN.md section
+//! 10): `fermata campaign step` against a bare repository, with real site
+//! agents (`fermata run --once --site S`, processes) reconciling what each
+//! promote commits. Canary, approval, the fleet in batches, and a failed
+//! canary rolled back by a revert commit.
+
+mod util;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use util::{bare_clone, minimal, Run, TestRepo};
+
+const NOW: &str = "2026-12-01T10:00:00Z";
+
+/// Four plants: s1 the canary, s2..s4 the main ring; each runs `line`,
+/// rendered with its MODEL (a command synthesizer that fails on `broken`).
+fn fleet() -> TestRepo {
+    let repo = TestRepo::new();
+    let mut sites = String::new();
+    for (i, ring) in [(1, "canary"), (2, "main"), (3, "main"), (4, "main")] {
+        sites.push_str(&format!(
+            "apiVersion: fermata.dev/v1alpha1\nkind: Site\nmetadata: {{name: s{i}, labels: {{ring: {ring}}}}}\nspec:\n  # the model each plant runs\n  env:\n    - {{name: MODEL, value: \"v3\"}}\n---\n"
+        ));
+    }
+    minimal(&repo)
+        .remove("target.yaml")
+        .write("sites.yaml", &sites)
+        .write(
+            "target.yaml",
+            "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: line}\nspec:\n  directory: {path: line}\n",
+        )
+        .write(
+            "vision/synth.yaml",
+            "apiVersion: fermata.dev/v1alpha1\nkind: Synthesizer\nmetadata: {name: vision}\nspec:\n  command: [./render.sh]\n",
+        )
+        .write(
+            "vision/render.sh",
+            "#!/bin/sh\ncat >/dev/null\nif [ \"$MODEL\" = broken ]; then echo 'model broken' >&2; exit 1; fi\ncat <<EOF\napiVersion: config.kubernetes.io/v1\nkind: ResourceList\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: vision, namespace: line}\n  data: {model: \"$MODEL\"}\nEOF\n",
+        )
+        .write(
+            "symphony.yaml",
+            "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {name: line}\nspec:\n  target: line\n  variations:\n    - name: vision\n      synthesizer: {name: vision}\n",
+        )
+        .write("campaign.yaml", CAMPAIGN);
+    std::fs::set_permissions(
+        repo.path().join("vision/render.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    repo.commit("fleet and campaign");
+    repo
+}
+
+const CAMPAIGN: &str = "apiVersion: fermata.dev/v1alpha1
+kind: Campaign
+metadata: {name: vision-rollout}
+spec:
+  firstStage: canary
+  stages:
+    - name: canary
+      promote:
+        sites: {matchLabels: {ring: canary}}
+        set: {MODEL: \"${inputs.model}\"}
+      await: {state: installed, timeout: 8h}
+      next: [{when: \"outputs.failed == 0\", stage: approve}, {stage: rollback}]
+    - name: approve
+      approval: {approvers: 1}
+      next: [{stage: fleet}]
+    - name: fleet
+      promote:
+        sites: {matchLabels: {ring: main}}
+        set: {MODEL: \"${inputs.model}\"}
+      batch: {size: 50%, failureTolerance: 0}
+      await: {state: installed, timeout: 8h}
+    - name: rollback
+      revert: {stage: canary}
+";
+
+fn activation(name: &str, model: &str) -> String {
+    format!(
+        "apiVersion: fermata.dev/v1alpha1\nkind: Activation\nmetadata: {{name: {name}}}\nspec:\n  campaign: vision-rollout\n  inputs: {{model: \"{model}\"}}\n"
+    )
+}
+
+struct Fleet {
+    _work: TestRepo,
+    _dir: tempfile::TempDir,
+    bare: PathBuf,
+    agents: Vec<tempfile::TempDir>,
+}
+
+impl Fleet {
+    fn new(activations: &[(&str, &str)]) -> Fleet {
+        Fleet::with(activations, None)
+    }
+
+    fn with(activations: &[(&str, &str)], concurrency: Option<u32>) -> Fleet {
+        let work = fleet();
+        if let Some(n) = concurrency {
+            work.write(
+                "campaign.yaml",
+                &CAMPAIGN.replace(
+                    "  firstStage: canary\n",
+                    &format!("  firstStage: canary\n  concurrency: {n}\n"),
+                ),
+            );
+        }
+        for (name, model) in activations {
+            work.write(
+                &format!("activations/{name}.yaml"),
+                &activation(name, model),
+            );
+        }
+        work.commit("activations");
+        let dir = tempfile::tempdir().unwrap();
+        let bare = bare_clone(work.path(), dir.path(), "fleet.git");
+        Fleet {
+            _work: work,
+            _dir: dir,
+            bare,
+            agents: (0..4).map(|_| tempfile::tempdir().unwrap()).collect(),
+        }
+    }
+
+    fn campaign(&self, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
+            .arg("campaign")
+            .args(args)
+            .arg("--repo")
+            .arg(&self.bare)
+            .env("FERMATA_NOW", NOW)
+            .env("USER", "alice")
+            .output()
+            .expect("fermata runs");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn step(&self, activation: &str) -> (i32, serde_json::Value, Run) {
+        let run = self.campaign(&["step", activation]);
+        let json = serde_json::from_str(&run.stdout).unwrap_or(serde_json::Value::Null);
+        (run.code, json, run)
+    }
+
+    /// Site `i`'s agent reconciles once.
+    fn agent(&self, i: usize) -> Run {
+        util::fermata_at(
+            self.agents[i - 1].path(),
+            &[
+                "run",
+                "--once",
+                "--repo",
+                self.bare.to_str().unwrap(),
+                "--branch",
+                "main",
+                "--site",
+                &format!("s{i}"),
+            ],
+            NOW,
+            &[],
+        )
+    }
+
+    /// The model site `i` runs now.
+    fn model(&self, i: usize) -> Option<String> {
+        let current = self.agents[i - 1]
+            .path()
+            .join("targets/line/line/vision/current/manifest.yaml");
+        let text = std::fs::read_to_string(current).ok()?;
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("model: "))
+            .map(|m| m.trim_matches('"').to_string())
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        util::git(&self.bare, args)
+    }
+}
+
+fn assert_step(f: &Fleet, activation: &str, code: i32, stage: &str) -> serde_json::Value {
+    let (got, json, run) = f.step(activation);
+    assert_eq!(got, code, "{run:?}");
+    assert_eq!(json["stage"], serde_json::json!(stage), "{run:?}");
+    json
+}
+
+#[test]
+fn canary_approval_and_the_fleet_in_batches() {
+    let f = Fleet::new(&[("vision-v4", "v4")]);
+    for i in 1..=4 {
+        assert_eq!(f.agent(i).code, 0);
+        assert_eq!(f.model(i).as_deref(), Some("v3"));
+    }
+    // Canary: one promote commit, then it waits for s1.
+    assert_step(&f, "vision-v4", 3, "canary");
+    let log = f.git(&["log", "-1", "--format=%s%n%b", "main"]);
+    assert!(
+        log.contains("campaign vision-v4 stage canary batch 1/1"),
+        "{log}"
+    );
+    assert!(log.contains("Fermata-Activation: vision-v4"), "{log}");
+    let diff = f.git(&["show", "--format=", "main", "--", "sites.yaml"]);
+    assert_eq!(
+        diff.lines()
+            .filter(|l| l.starts_with('-') && !l.starts_with("---"))
+            .count(),
+        1,
+        "one value changed, the rest byte for byte: {diff}"
+    );
+    // Stepping again while s1 has not reconciled: still waiting, no new commit.
+    let head = f.git(&["rev-parse", "main"]);
+    assert_step(&f, "vision-v4", 3, "canary");
+    assert_eq!(f.git(&["rev-parse", "main"]), head, "no duplicate promote");
+    assert_eq!(f.agent(1).code, 0);
+    assert_eq!(f.model(1).as_deref(), Some("v4"));
+    assert_eq!(f.model(2).as_deref(), Some("v3"), "only the canary moved");
+    // Approval.
+    assert_step(&f, "vision-v4", 0, "approve");
+    let (code, json, run) = f.step("vision-v4");
+    assert_eq!(code, 3, "{run:?}");
+    assert!(
+        json["why"].as_str().unwrap_or("").contains("approval"),
+        "{run:?}"
+    );
+    let approved = f.campaign(&["approve", "vision-v4", "--reason", "canary looks good"]);
+    assert_eq!(approved.code, 0, "{approved:?}");
+    assert_step(&f, "vision-v4", 0, "fleet");
+    // The fleet, in batches of 50% of three: s2, s3, then s4.
+    assert_step(&f, "vision-v4", 3, "fleet");
+    for i in [2, 3] {
+        assert_eq!(f.agent(i).code, 0);
+    }
+    assert_eq!(
+        f.model(4).as_deref(),
+        Some("v3"),
+        "the second batch is not promoted yet"
+    );
+    assert_step(&f, "vision-v4", 3, "fleet");
+    assert_eq!(f.agent(4).code, 0);
+    let json = f.step("vision-v4").1;
+    assert_eq!(json["outcome"], "finished", "{json}");
+    assert_eq!(json["outputs"]["fleet"]["succeeded"], 3, "{json}");
+    for i in 1..=4 {
+        assert_eq!(f.model(i).as_deref(), Some("v4"), "s{i}");
+    }
+    let show = f.campaign(&["show", "vision-v4"]);
+    assert!(
+        show.stdout.contains("approved approve by alice"),
+        "{show:?}"
+    );
+    // Every transition is a commit on the status branch.
+    let history = f.git(&[
+        "log",
+        "--format=%s",
+        "fermata/status",
+        "--",
+        "campaigns/vision-v4.yaml",
+    ]);
+    assert!(history.lines().count() >= 6, "{history}");
+}
+
+#[test]
+fn a_failed_canary_is_rolled_back_by_a_revert_commit() {
+    let f = Fleet::new(&[("vision-broken", "broken")]);
+    assert_eq!(f.agent(1).code, 0);
+    assert_step(&f, "vision-broken", 3, "canary");
+    assert_ne!(
+        f.agent(1).code,
+        0,
+        "the canary fails to render the broken model"
+    );
+    assert_eq!(
+        f.model(1).as_deref(),
+        Some("v3"),
+        "still the last applied state"
+    );
+    // failed == 1: rollback, which restores the value in one commit.
+    assert_step(&f, "vision-broken", 0, "rollback");
+    let json = f.step("vision-broken").1;
+    assert_eq!(json["outcome"], "finished", "{json}");
+    let sites = f.git(&["show", "main:sites.yaml"]);
+    assert_eq!(sites.matches("value: \"v3\"").count(), 4, "{sites}");
+    let log = f.git(&["log", "-1", "--format=%s", "main"]);
+    assert!(log.contains("stage rollback"), "{log}");
+    assert_eq!(f.agent(1).code, 0);
+    assert_eq!(f.model(1).as_deref(), Some("v3"));
+}
+
+#[test]
+fn concurrency_one_queues_the_second_activation() {
+    let f = Fleet::with(&[("a-first", "v4"), ("b-second", "v5")], Some(1));
+    assert_step(&f, "a-first", 3, "canary");
+    let head = f.git(&["rev-parse", "main"]);
+    let (code, json, run) = f.step("b-second");
+    assert_eq!(code, 3, "{run:?}");
+    assert!(
+        json["why"]
+            .as_str()
+            .unwrap_or("")
+            .contains("behind a-first"),
+        "{run:?}"
+    );
+    assert_eq!(
+        f.git(&["rev-parse", "main"]),
+        head,
+        "the queued one promotes nothing"
+    );
+}
+
+/// A driver killed after its promote commit and before the state commit
+/// that records it: the next step finds the promote by its trailers and
+/// records it, without a second commit (invariant 12).
+#[test]
+fn a_step_interrupted_after_its_promote_resumes_without_a_duplicate() {
+    let f = Fleet::new(&[("vision-v4", "v4")]);
+    assert_step(&f, "vision-v4", 3, "canary");
+    let promoted = f.git(&["rev-parse", "main"]);
+    // Lose every state commit of that step, as a kill -9 before them would.
+    f.git(&["update-ref", "-d", "refs/heads/fermata/status"]);
+    let json = assert_step(&f, "vision-v4", 3, "canary");
+    assert_eq!(
+        f.git(&["rev-parse", "main"]),
+        promoted,
+        "no second promote: {json}"
+    );
+    let show = f.campaign(&["show", "vision-v4", "--format", "json"]);
+    let state: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(
+        state["stages"]["canary"]["batches"][0]["commit"],
+        serde_json::json!(promoted.trim()),
+        "{show:?}"
+    );
+    assert_eq!(
+        state["stages"]["canary"]["batches"][0]["replaced"]["s1"]["values"]["MODEL"]["value"],
+        serde_json::json!("v3"),
+        "what it replaced, read off the promote's parent: {show:?}"
+    );
+}
+
+fn ssh_key(dir: &std::path::Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_string())
+}
+
+/// Under `--trusted-keys`, an approval counts only when a listed key signed
+/// it: an unsigned one (or one by another key) is refused, a signed one is
+/// recorded with its signer.
+#[test]
+fn an_approval_must_be_signed_by_a_trusted_key() {
+    let f = Fleet::new(&[("vision-v4", "v4")]);
+    let keys = tempfile::tempdir().unwrap();
+    let (alice, public) = ssh_key(keys.path(), "alice");
+    let (mallory, _) = ssh_key(keys.path(), "mallory");
+    let allowed = keys.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("alice@plant {public}\n")).unwrap();
+    let trusted = ["--trusted-keys", allowed.to_str().unwrap()];
+    let step = |f: &Fleet| {
+        let mut args = vec!["step", "vision-v4"];
+        args.extend(trusted);
+        let run = f.campaign(&args);
+        let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+        (run.code, json, run)
+    };
+    assert_eq!(step(&f).0, 3);
+    assert_eq!(f.agent(1).code, 0);
+    assert_eq!(step(&f).1["stage"], "approve");
+    for (what, key) in [
+        ("unsigned", None),
+        ("signed by another key", Some(&mallory)),
+    ] {
+        let mut args = vec!["approve", "vision-v4", "--reason", "looks fine"];
+        if let Some(k) = key {
+            args.extend(["--signing-key", k.to_str().unwrap()]);
+        }
+        assert_eq!(f.campaign(&args).code, 0, "{what}");
+        let (code, json, run) = step(&f);
+        assert_eq!(
+            (code, json["stage"].clone()),
+            (3, "approve".into()),
+            "{what}: {run:?}"
+        );
+    }
+    let signed = f.campaign(&[
+        "approve",
+        "vision-v4",
+        "--reason",
+        "canary fine",
+        "--signing-key",
+        alice.to_str().unwrap(),
+    ]);
+    assert_eq!(signed.code, 0, "{signed:?}");
+    let (code, json, run) = step(&f);
+    assert_eq!(
+        (code, json["stage"].clone()),
+        (0, "fleet".into()),
+        "{run:?}"
+    );
+    let show = f.campaign(&["show", "vision-v4", "--format", "json"]);
+    let state: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    let approvals = state["approvals"].as_array().unwrap();
+    assert_eq!(approvals.len(), 1, "{show:?}");
+    let by = approvals[0]["by"].as_str().unwrap();
+    assert!(by.contains("alice@plant"), "the signer is recorded: {by}");
+}
+
+/// A self-driving campaign advances inside a central `fermata run`: the
+/// pass reconciles every site, then the campaign steps on what they report.
+#[test]
+fn a_self_driving_campaign_advances_inside_fermata_run() {
+    let work = fleet();
+    work.write(
+        "campaign.yaml",
+        &CAMPAIGN.replace(
+            "  firstStage: canary\n",
+            "  firstStage: canary\n  selfDriving: true\n",
+        ),
+    );
+    work.write("activations/v4.yaml", &activation("vision-v4", "v4"));
+    work.commit("self-driving");
+    let dir = tempfile::tempdir().unwrap();
+    let bare = bare_clone(work.path(), dir.path(), "fleet.git");
+    let state = tempfile::tempdir().unwrap();
+    let once = || {
+        util::fermata_at(
+            state.path(),
+            &[
+                "run",
+                "--once",
+                "--repo",
+                bare.to_str().unwrap(),
+                "--branch",
+                "main",
+            ],
+            NOW,
+            &[],
+        )
+    };
+    let first = once();
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(
+        first.stdout.contains("campaign vision-v4: Waiting"),
+        "{first:?}"
+    );
+    // The canary's promote is on main; the next pass applies it at s1, and
+    // the campaign moves on to its approval.
+    let second = once();
+    assert!(
+        second.stdout.contains("campaign vision-v4: Waiting"),
+        "{second:?}"
+    );
+    let model = std::fs::read_to_string(
+        state
+            .path()
+            .join("targets/s1/line/line/vision/current/manifest.yaml"),
+    )
+    .unwrap();
+    assert!(model.contains("v4"), "{model}");
+    let status = util::git(&bare, &["show", "fermata/status:campaigns/vision-v4.yaml"]);
+    assert!(status.contains("stage: approve"), "{status}");
+}
