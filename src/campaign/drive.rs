@@ -210,6 +210,16 @@ impl Driver {
                     state = engine::record(state, &decision, Some(done), now);
                     self.save(&state, &format!("{stage} reverted"))?;
                 }
+                Decision::Verify(v) => {
+                    let (passed, detail) = super::verify::check(v);
+                    let verified = Decision::Verified { passed, detail };
+                    state = engine::record(state, &verified, None, now);
+                    let word = if passed { "passed" } else { "failed" };
+                    self.save(&state, &format!("{stage} verify {word}"))?;
+                }
+                Decision::Verified { .. } => {
+                    return Err(DriveError::Invalid("the engine decided a result".into()));
+                }
                 Decision::Approve(found) => {
                     let by: Vec<&str> = found.iter().map(|a| a.by.as_str()).collect();
                     let what = format!("{stage} approved by {}", by.join(", "));

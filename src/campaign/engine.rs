@@ -54,6 +54,14 @@ pub enum Decision {
     },
     /// Record these approvals (found, not recorded yet).
     Approve(Vec<Approval>),
+    /// Run this check; its result becomes the stage's outputs (`passed`,
+    /// `detail`), which `next` reads.
+    Verify(crate::model::campaign::Verify),
+    /// What the check found (made by the driver from [`Decision::Verify`]).
+    Verified {
+        passed: bool,
+        detail: String,
+    },
     /// The stage is done: its outputs, and the stage `next` picked (`None`:
     /// the activation is finished).
     Advance {
@@ -176,10 +184,18 @@ pub fn decide(
                 Decision::Revert { sites }
             }
         }
-        Action::Verify(_) => Decision::Fail(format!(
-            "stage {}: verify stages are not run by this version yet",
-            stage.name
-        )),
+        Action::Verify(v) => {
+            if stage.site.is_some() {
+                return Decision::Fail(format!(
+                    "stage {}: a verify run by a site's agent (site:) is not supported by this version yet",
+                    stage.name
+                ));
+            }
+            match rec.outputs.get("passed") {
+                Some(_) => done(rec.outputs.clone(), BTreeMap::new()),
+                None => Decision::Verify(v.clone()),
+            }
+        }
     }
 }
 
@@ -384,7 +400,15 @@ pub fn record(
             state.phase = Phase::Failed;
             state.error = Some(why.clone());
         }
-        Decision::Wait { .. } => {
+        Decision::Verified { passed, detail } => {
+            if let Some(rec) = state.current(now) {
+                rec.outputs
+                    .insert("passed".into(), serde_json::json!(passed));
+                rec.outputs
+                    .insert("detail".into(), serde_json::json!(detail));
+            }
+        }
+        Decision::Wait { .. } | Decision::Verify(_) => {
             state.current(now);
         }
     }
@@ -655,6 +679,39 @@ mod tests {
             Decision::Fail(why) => assert!(why.contains("no input \"model\""), "{why}"),
             d => panic!("{d:?}"),
         }
+    }
+
+    #[test]
+    fn verify_runs_once_and_its_result_picks_next() {
+        let mut c = campaign();
+        let check = crate::model::campaign::Verify::Command {
+            argv: vec!["true".into()],
+            timeout: Duration::from_secs(5),
+        };
+        c.stages
+            .push(stage("smoke", Action::Verify(check.clone()), &[]));
+        let s = state("smoke");
+        assert_eq!(
+            decide(&c, &s, &world(1, &[]), at(0)),
+            Decision::Verify(check)
+        );
+        let verified = Decision::Verified {
+            passed: false,
+            detail: "true: exit 1".into(),
+        };
+        let s = record(s, &verified, None, at(0));
+        match decide(&c, &s, &world(1, &[]), at(0)) {
+            Decision::Advance { outputs, .. } => {
+                assert_eq!(outputs["passed"], false);
+                assert_eq!(outputs["detail"], "true: exit 1");
+            }
+            d => panic!("{d:?}"),
+        }
+        c.stages.last_mut().unwrap().site = Some("s00".into());
+        assert!(matches!(
+            decide(&c, &state("smoke"), &world(1, &[]), at(0)),
+            Decision::Fail(_)
+        ));
     }
 
     /// Drives the fleet stage to its end, purely: each promoted site reports

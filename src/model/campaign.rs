@@ -100,7 +100,7 @@ pub struct Await {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verify {
     Http {
         url: String,
