@@ -354,3 +354,25 @@ fn central_mode_reconciles_every_site_on_its_own_instance_and_branch() {
         "{again:?}"
     );
 }
+
+/// A Site value a composition does not use renders it again (its inputs
+/// changed) to the same state: its status keeps naming the commit that
+/// last changed it, so a campaign awaiting a promote waits only for what
+/// the promote changed.
+#[test]
+fn a_site_value_a_composition_does_not_use_keeps_its_source_commit() {
+    let f = fleet();
+    let a = Agent::new("plant-a");
+    assert_eq!(a.once(&f.repo).code, 0);
+    let first = f.repo.git(&["rev-parse", "HEAD"]).trim().to_string();
+    f.repo.write(
+        "sites.yaml",
+        &sites("canary").replacen("spec: {}", "spec: {env: [{name: UNUSED, value: \"1\"}]}", 1),
+    );
+    f.repo.commit("a value nothing uses");
+    assert_eq!(a.once(&f.repo).code, 0);
+    let status = f
+        .repo
+        .git(&["show", "fermata/sites/plant-a:main/eu/app.yaml"]);
+    assert!(status.contains(&format!("commit: {first}")), "{status}");
+}

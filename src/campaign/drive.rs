@@ -394,7 +394,9 @@ impl Driver {
     }
 
     /// Each promoted site of `stage`: whether it reconciled its promote
-    /// commit (or a later one) and everything there is in `want`.
+    /// commit (or a later one) and every composition that commit changed
+    /// there is in `want` (what waits for its window for another reason is
+    /// not this campaign's to wait for).
     fn progress(
         &self,
         state: &ActivationState,
@@ -425,7 +427,14 @@ impl Driver {
                             .as_deref()
                             .is_some_and(|x| contains(x, &batch.commit)) =>
                     {
-                        match r.statuses.iter().find(|s| s.status.state == State::Failed) {
+                        // Affected: what the promote (or a later commit)
+                        // changed there, as each status's source says.
+                        let affected: Vec<_> = r
+                            .statuses
+                            .iter()
+                            .filter(|s| contains(&s.source.commit, &batch.commit))
+                            .collect();
+                        match affected.iter().find(|s| s.status.state == State::Failed) {
                             Some(f) => SiteProgress::Failed(format!(
                                 "{}: {}",
                                 f.composition(),
@@ -435,7 +444,7 @@ impl Driver {
                                     .map(|e| format!("{}: {}", e.code, e.message))
                                     .unwrap_or_else(|| "failed".into())
                             )),
-                            None if r.statuses.iter().all(|s| s.status.state == want) => {
+                            None if affected.iter().all(|s| s.status.state == want) => {
                                 SiteProgress::Reached
                             }
                             None => SiteProgress::NotYet,

@@ -18,6 +18,10 @@ pub struct DemoArgs {
     /// The fleet to copy.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/repo-layout"))]
     pub from: PathBuf,
+    /// Then play the example's campaign through: activate it, step it,
+    /// let the sites reconcile each promote, approve it, to the end.
+    #[arg(long)]
+    pub campaign: bool,
     #[command(flatten)]
     pub clock: ClockArgs,
 }
@@ -83,6 +87,9 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
         let reports = r.pass().await;
         print_reports(&reports, &r.ctx.settings.status_branch);
         let sites: Vec<String> = reports.iter().filter_map(|b| b.site.clone()).collect();
+        if a.campaign {
+            play_campaign(&mut r, &repo_dir, clock.now()).await?;
+        }
         anyhow::Ok((exit_code(&reports), sites))
     })?;
     let repo = repo_dir.display();
@@ -125,6 +132,91 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
         dir.display()
     );
     Ok(code)
+}
+
+/// The example's campaign, start to end: each step as `fermata campaign
+/// step` would take it, each promote reconciled by a central pass.
+async fn play_campaign(
+    r: &mut crate::reconcile::Reconciler,
+    repo: &Path,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    use crate::campaign::commit;
+    use crate::campaign::drive::{Driver, Outcome};
+    const NAME: &str = "collector-0-116";
+    let driver = Driver {
+        repo: repo.to_path_buf(),
+        branch: "main".into(),
+        status_branch: r.ctx.settings.status_branch.clone(),
+        signing: None,
+        trust: crate::source::SignaturePolicy::None,
+    };
+    outln!();
+    outln!("Campaign collector-rollout: COLLECTOR_VERSION 0.115.0 -> 0.116.0, canary first.");
+    let activation = "apiVersion: fermata.dev/v1alpha1\nkind: Activation\nmetadata: {name: collector-0-116}\nspec:\n  campaign: collector-rollout\n  inputs: {version: 0.116.0}\n";
+    let base = commit::head(repo, "main")?;
+    let path = format!("campaigns/activations/{NAME}.yaml");
+    let message =
+        format!("campaign collector-rollout: activate {NAME}\n\nFermata-Activation: {NAME}\n");
+    commit::promote(
+        repo,
+        "main",
+        base,
+        &[(path, activation.to_string())],
+        &message,
+        None,
+    )?;
+    outln!("  $ fermata campaign activate collector-rollout --name {NAME} --input version=0.116.0");
+    for _ in 0..16 {
+        let (outcome, state) = driver.step(NAME, now)?;
+        let stage = state.stage.clone().unwrap_or_else(|| "-".into());
+        outln!("  $ fermata campaign step {NAME}    -> {outcome:?} (stage {stage})");
+        match outcome {
+            Outcome::Finished => break,
+            Outcome::Failed(why) => anyhow::bail!("the campaign failed: {why}"),
+            Outcome::Advanced => continue,
+            Outcome::Waiting(why) if why.contains("approval") => {
+                let base = commit::head(repo, "main")?;
+                let step = commit::Step {
+                    activation: NAME,
+                    stage: &stage,
+                    batch: None,
+                };
+                let mut message = commit::message(&step, "approved by the demo")
+                    .replace(&format!("Fermata-Stage: {stage}\n"), "");
+                message.push_str(&format!("Fermata-Approve: {NAME}/{stage}\nFermata-Approver: demo\nFermata-Reason: the canary looks good\n"));
+                commit::promote(repo, "main", base, &[], &message, None)?;
+                outln!("  $ fermata campaign approve {NAME} --reason 'the canary looks good'");
+            }
+            Outcome::Waiting(_) => {
+                // The sites reconcile what was promoted.
+                r.unsettle();
+                let reports = r.pass().await;
+                let lines: Vec<String> = reports
+                    .iter()
+                    .filter(|b| b.status_commit.is_some())
+                    .map(|b| format!("{} reported", b.site.clone().unwrap_or_default()))
+                    .collect();
+                outln!(
+                    "  (a pass of fermata run: {})",
+                    if lines.is_empty() {
+                        "nothing new".into()
+                    } else {
+                        lines.join(", ")
+                    }
+                );
+            }
+        }
+    }
+    let log = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["log", "--oneline", "-8", "main"])
+        .output()?;
+    outln!();
+    outln!("What the campaign committed (git log --oneline main):");
+    out!("{}", String::from_utf8_lossy(&log.stdout));
+    Ok(())
 }
 
 fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {

@@ -162,6 +162,9 @@ struct Work {
     action: Option<ActionKind>,
     /// Plans only: the target's diff and the artifacts needed.
     plan: Option<PlanDetail>,
+    /// Rendered again for new inputs: the digest and commit it had, kept
+    /// as `since` if the rendering comes out the same.
+    unchanged_since: Option<(Digest, Option<String>)>,
 }
 
 impl Work {
@@ -185,6 +188,7 @@ impl Work {
             ungated: Vec::new(),
             action: None,
             plan: None,
+            unchanged_since: None,
         }
     }
 
@@ -227,6 +231,7 @@ impl Work {
             ungated: Vec::new(),
             action: None,
             plan: None,
+            unchanged_since: None,
         }
     }
 
@@ -1302,8 +1307,16 @@ impl Reconciler {
                 w.since = r.commit;
                 w.skipped = r.skipped;
             }
-            _ => {
-                w.since = Some(source.commit.clone());
+            other => {
+                // A new input may render the same state (a Site value that
+                // this composition does not use): its commit is then kept.
+                w.since = match other {
+                    Some(r) => {
+                        w.unchanged_since = Some((r.digest, r.commit));
+                        Some(source.commit.clone())
+                    }
+                    None => Some(source.commit.clone()),
+                };
                 w.key = Some((base, key));
             }
         }
@@ -1470,6 +1483,11 @@ impl Reconciler {
             .map(|r| r.key.to_string())
             .collect();
         w.skipped = skipped;
+        if let Some((digest, commit)) = w.unchanged_since.take() {
+            if digest == state.digest {
+                w.since = commit;
+            }
+        }
         if let Some((base, key)) = w.key.take() {
             self.remember(w, fleet, source, state.digest, base, key);
         }
@@ -1498,7 +1516,7 @@ impl Reconciler {
                 digest,
                 components: w.components.clone(),
                 target: Some(w.comp.target.clone()),
-                commit: Some(source.commit.clone()),
+                commit: w.since.clone().or_else(|| Some(source.commit.clone())),
                 window: w.comp.window.clone(),
                 depends_on: w.comp.depends_on.iter().map(|d| d.to_string()).collect(),
                 skipped: w.skipped.clone(),
