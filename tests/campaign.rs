@@ -473,3 +473,71 @@ fn a_self_driving_campaign_advances_inside_fermata_run() {
     let status = util::git(&bare, &["show", "fermata/status:campaigns/vision-v4.yaml"]);
     assert!(status.contains("stage: approve"), "{status}");
 }
+
+/// Remote execution: a verify stage with `site: s2` is run by s2's agent
+/// after its pass, which writes the result to its own branch; the driver
+/// reads it there and the stage's outputs carry it.
+#[test]
+fn a_check_runs_at_its_site_and_the_driver_reads_the_result() {
+    let work = fleet();
+    let check = "apiVersion: fermata.dev/v1alpha1
+kind: Campaign
+metadata: {name: vision-rollout}
+spec:
+  firstStage: smoke
+  stages:
+    - name: smoke
+      site: s2
+      verify: {command: [\"true\"]}
+      next: [{when: \"outputs.passed\", stage: soak}]
+    - name: soak
+      wait: {duration: 1m}
+";
+    work.write("campaign.yaml", check);
+    work.write("activations/check.yaml", &activation("check", "v4"));
+    work.commit("a check at s2");
+    let dir = tempfile::tempdir().unwrap();
+    let f = Fleet {
+        bare: bare_clone(work.path(), dir.path(), "fleet.git"),
+        _work: work,
+        _dir: dir,
+        agents: (0..4).map(|_| tempfile::tempdir().unwrap()).collect(),
+    };
+    let (code, json, run) = f.step("check");
+    assert_eq!(code, 3, "{run:?}");
+    assert!(
+        json["why"]
+            .as_str()
+            .unwrap_or("")
+            .contains("site s2's agent"),
+        "{run:?}"
+    );
+    let other = f.agent(1);
+    assert!(
+        !other.stdout.contains("campaign check"),
+        "not s1's to run: {other:?}"
+    );
+    let agent = f.agent(2);
+    assert!(
+        agent
+            .stdout
+            .contains("campaign check check/smoke: run at this site"),
+        "{agent:?}"
+    );
+    let again = f.agent(2);
+    assert!(
+        !again.stdout.contains("campaign check"),
+        "run once: {again:?}"
+    );
+    let (code, json, run) = f.step("check");
+    assert_eq!(code, 0, "{run:?}");
+    assert_eq!(json["stage"], "soak", "{run:?}");
+    assert_eq!(json["outputs"]["smoke"]["passed"], true, "{run:?}");
+    assert!(
+        json["outputs"]["smoke"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("s2: "),
+        "{run:?}"
+    );
+}

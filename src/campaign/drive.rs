@@ -217,8 +217,11 @@ impl Driver {
                     let word = if passed { "passed" } else { "failed" };
                     self.save(&state, &format!("{stage} verify {word}"))?;
                 }
-                Decision::Verified { .. } => {
-                    return Err(DriveError::Invalid("the engine decided a result".into()));
+                Decision::Verified { passed, .. } => {
+                    // A site's agent ran it (remote execution).
+                    let word = if *passed { "passed" } else { "failed" };
+                    state = engine::record(state, &decision, None, now);
+                    self.save(&state, &format!("{stage} verify {word} at its site"))?;
                 }
                 Decision::Approve(found) => {
                     let by: Vec<&str> = found.iter().map(|a| a.by.as_str()).collect();
@@ -388,6 +391,14 @@ impl Driver {
             }
             if let Action::Approval { .. } = &stage.action {
                 world.approvals = self.approvals(&state.activation, &stage.name)?;
+            }
+            if let (Action::Verify(_), Some(site)) = (&stage.action, &stage.site) {
+                let repo = git2::Repository::open(&self.repo)
+                    .map_err(|e| DriveError::Invalid(format!("{}: {e}", self.repo.display())))?;
+                if let Some(r) = super::remote::result(&repo, site, &state.activation, &stage.name)
+                {
+                    world.remote.insert(stage.name.clone(), r);
+                }
             }
         }
         Ok(world)

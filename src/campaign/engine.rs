@@ -36,6 +36,19 @@ pub struct World {
     /// Approvals found (signed commits, merged pull requests) for this
     /// activation, any stage.
     pub approvals: Vec<Approval>,
+    /// Results of checks site agents ran for this activation, by stage.
+    pub remote: BTreeMap<String, RemoteResult>,
+}
+
+/// A check a site's agent ran for a stage (remote execution), as it wrote
+/// it on its own status branch: for the stage run that started at
+/// `started` (a later run of the same stage needs a new result).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteResult {
+    pub started: DateTime<Utc>,
+    pub passed: bool,
+    pub detail: String,
 }
 
 /// What to do now.
@@ -184,18 +197,24 @@ pub fn decide(
                 Decision::Revert { sites }
             }
         }
-        Action::Verify(v) => {
-            if stage.site.is_some() {
-                return Decision::Fail(format!(
-                    "stage {}: a verify run by a site's agent (site:) is not supported by this version yet",
-                    stage.name
-                ));
-            }
-            match rec.outputs.get("passed") {
-                Some(_) => done(rec.outputs.clone(), BTreeMap::new()),
-                None => Decision::Verify(v.clone()),
-            }
-        }
+        Action::Verify(v) => match (rec.outputs.get("passed"), &stage.site) {
+            (Some(_), _) => done(rec.outputs.clone(), BTreeMap::new()),
+            (None, None) => Decision::Verify(v.clone()),
+            // Remote execution: the site's agent runs it and reports.
+            (None, Some(site)) => match world.remote.get(&stage.name) {
+                Some(r) if rec.started.is_some_and(|t| t == r.started) => Decision::Verified {
+                    passed: r.passed,
+                    detail: format!("{site}: {}", r.detail),
+                },
+                _ => Decision::Wait {
+                    until: None,
+                    why: format!(
+                        "stage {}: waiting for site {site}'s agent to run the check",
+                        stage.name
+                    ),
+                },
+            },
+        },
     }
 }
 
@@ -533,6 +552,7 @@ mod tests {
                 .map(|(s, p)| (s.to_string(), p.clone()))
                 .collect(),
             approvals: Vec::new(),
+            remote: BTreeMap::new(),
         }
     }
 
@@ -707,11 +727,41 @@ mod tests {
             }
             d => panic!("{d:?}"),
         }
+        // Run by s00's agent: wait for its result of this run of the stage.
         c.stages.last_mut().unwrap().site = Some("s00".into());
+        let waiting = Decision::Wait {
+            until: None,
+            why: String::new(),
+        };
+        let s = record(state("smoke"), &waiting, None, at(0));
         assert!(matches!(
-            decide(&c, &state("smoke"), &world(1, &[]), at(0)),
-            Decision::Fail(_)
+            decide(&c, &s, &world(1, &[]), at(0)),
+            Decision::Wait { .. }
         ));
+        let mut w = world(1, &[]);
+        let stale = RemoteResult {
+            started: at(-5),
+            passed: true,
+            detail: "an earlier run".into(),
+        };
+        w.remote.insert("smoke".into(), stale);
+        assert!(
+            matches!(decide(&c, &s, &w, at(0)), Decision::Wait { .. }),
+            "a stale result"
+        );
+        let fresh = RemoteResult {
+            started: at(0),
+            passed: true,
+            detail: "exit 0".into(),
+        };
+        w.remote.insert("smoke".into(), fresh);
+        assert_eq!(
+            decide(&c, &s, &w, at(1)),
+            Decision::Verified {
+                passed: true,
+                detail: "s00: exit 0".into()
+            }
+        );
     }
 
     /// Drives the fleet stage to its end, purely: each promoted site reports
@@ -735,6 +785,7 @@ mod tests {
                 sites: sites(n),
                 progress: progress.clone(),
                 approvals: Vec::new(),
+                remote: BTreeMap::new(),
             };
             let d = decide(&c, &s, &w, at(hour));
             match &d {

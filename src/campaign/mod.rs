@@ -9,5 +9,6 @@ pub mod commit;
 pub mod drive;
 pub mod edit;
 pub mod engine;
+pub mod remote;
 pub mod state;
 pub mod verify;

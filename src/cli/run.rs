@@ -280,6 +280,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         let _lock = StateLock::acquire(&r.ctx.settings.state_dir)?;
         let fleet = a.publish_fleet.then(|| FleetPublisher::of(&r));
         let campaigns = CampaignDriver::of(&r, a);
+        let checks = SiteChecks::of(&r);
         fetch_or_warn(&mut r).await;
         check_site(&r).await?;
         if a.once {
@@ -295,6 +296,11 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
             if let Some(c) = &campaigns {
                 for (name, outcome) in c.drive(r.ctx.clock.now()) {
                     outln!("campaign {name}: {outcome:?}");
+                }
+            }
+            if let Some(c) = &checks {
+                for ran in c.run() {
+                    outln!("campaign check {ran}: run at this site");
                 }
             }
             return Ok(exit_code(&reports));
@@ -353,6 +359,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
             }
             if let Some(c) = campaigns.as_ref().filter(|_| outcome.leading) {
                 tokio::task::block_in_place(|| c.drive(clock_now.now()));
+            }
+            if let Some(c) = &checks {
+                tokio::task::block_in_place(|| c.run());
             }
         })
         .await;
@@ -482,6 +491,97 @@ impl CampaignDriver {
             }
             Err(e) => {
                 tracing::warn!(error = %crate::errors::chain(&e), "cannot drive campaigns");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// A site agent's part in campaigns: the checks a stage asks this site to
+/// run (remote execution), after every pass.
+struct SiteChecks {
+    git_dir: PathBuf,
+    branch: String,
+    status_branch: String,
+    site: String,
+    sink: crate::status::StatusRepo,
+    /// The watched head and activation states last looked at: unchanged,
+    /// nothing is loaded again.
+    seen: std::sync::Mutex<Option<(git2::Oid, git2::Oid)>>,
+}
+
+impl SiteChecks {
+    fn of(r: &Reconciler) -> Option<SiteChecks> {
+        let s = &r.ctx.settings;
+        let site = s.site.clone()?;
+        let git_dir = r.ctx.source.git_dir().to_path_buf();
+        Some(SiteChecks {
+            sink: crate::status::StatusRepo::new(
+                git_dir.clone(),
+                r.ctx.source.remote().map(str::to_string),
+                "fermata/status",
+                Some(site.clone()),
+            ),
+            git_dir,
+            branch: s.branches.first()?.clone(),
+            // Where drivers keep activation states (a site's own status
+            // branch is its `fermata/sites/<site>`).
+            status_branch: "fermata/status".into(),
+            site,
+            seen: Default::default(),
+        })
+    }
+
+    /// The checks run; failures are logged, never the pass's. Costs one
+    /// ref lookup while no activation state exists or nothing moved.
+    fn run(&self) -> Vec<String> {
+        let Ok(repo) = git2::Repository::open(&self.git_dir) else {
+            return Vec::new();
+        };
+        let id = |spec: String| repo.revparse_single(&spec).ok().map(|o| o.id());
+        let Some(states) = id(format!("refs/heads/{}:campaigns", self.status_branch)) else {
+            return Vec::new();
+        };
+        let Some(head) = id(format!("refs/heads/{}", self.branch)) else {
+            return Vec::new();
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == Some((head, states)) {
+            return Vec::new();
+        }
+        let fleet = match crate::source::GitSource::open(
+            &self.git_dir.display().to_string(),
+            std::path::Path::new("."),
+        )
+        .and_then(|g| {
+            let rev = g.resolve(&format!("refs/heads/{}", self.branch))?;
+            g.snapshot(rev)
+        }) {
+            Ok(snap) => crate::model::load(&snap, "").fleet,
+            Err(e) => {
+                tracing::warn!(error = %crate::errors::chain(&e), "cannot read campaigns");
+                return Vec::new();
+            }
+        };
+        if fleet.campaigns.is_empty() {
+            *seen = Some((head, states));
+            return Vec::new();
+        }
+        match crate::campaign::remote::run_for_site(
+            &self.git_dir,
+            &fleet,
+            &self.status_branch,
+            &self.sink,
+            &self.site,
+        ) {
+            // Looked at: until something moves, nothing to do (a failure
+            // is tried again next pass).
+            Ok(ran) => {
+                *seen = Some((head, states));
+                ran
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::errors::chain(&e), "cannot report campaign checks");
                 Vec::new()
             }
         }
