@@ -666,6 +666,75 @@ impl Driver {
     }
 }
 
+/// Approves `stage` of `activation` as `who`: a commit on `branch` adding
+/// the approval file, with the trailers the driver looks for
+/// (`Fermata-Approve`, `Fermata-Approver`, `Fermata-Reason`), signed with
+/// `signing` where a signature policy holds. Not a step's own commit:
+/// `find_step` must not take it for the stage's promote.
+pub fn approve(
+    repo: &Path,
+    branch: &str,
+    (activation, stage): (&str, &str),
+    who: &str,
+    reason: &str,
+    signing: Option<&commit::Signing>,
+) -> Result<git2::Oid, DriveError> {
+    let path = format!("campaigns/approvals/{activation}/{stage}/{who}.yaml");
+    let body = serde_yaml::to_string(&serde_json::json!({
+        "activation": activation, "stage": stage, "by": who, "reason": reason,
+    }))
+    .map_err(|e| DriveError::Invalid(e.to_string()))?;
+    let step = commit::Step {
+        activation,
+        stage,
+        batch: None,
+    };
+    let mut message = commit::message(&step, &format!("approved by {who}"))
+        .replace(&format!("{}: {stage}\n", commit::TRAILER_STAGE), "");
+    message.push_str(&format!(
+        "Fermata-Approve: {activation}/{stage}\nFermata-Approver: {who}\nFermata-Reason: {}\n",
+        reason.replace('\n', " ")
+    ));
+    let base = commit::head(repo, branch)?;
+    Ok(commit::promote(
+        repo,
+        branch,
+        base,
+        &[(path, body)],
+        &message,
+        signing,
+    )?)
+}
+
+/// Starts `name`, an activation of `campaign` with `inputs`: a committed
+/// Activation under `campaigns/activations/`.
+pub fn activate(
+    repo: &Path,
+    branch: &str,
+    (campaign, name): (&str, &str),
+    inputs: &BTreeMap<String, String>,
+    signing: Option<&commit::Signing>,
+) -> Result<git2::Oid, DriveError> {
+    let body = serde_yaml::to_string(&serde_json::json!({
+        "apiVersion": crate::model::types::API_VERSION,
+        "kind": "Activation",
+        "metadata": {"name": name},
+        "spec": {"campaign": campaign, "inputs": inputs},
+    }))
+    .map_err(|e| DriveError::Invalid(e.to_string()))?;
+    let path = format!("campaigns/activations/{name}.yaml");
+    let message = format!("campaign {campaign}: activate {name}\n\nFermata-Activation: {name}\n");
+    let base = commit::head(repo, branch)?;
+    Ok(commit::promote(
+        repo,
+        branch,
+        base,
+        &[(path, body)],
+        &message,
+        signing,
+    )?)
+}
+
 /// The file Site `site` is defined in.
 fn site_file(fleet: &Fleet, site: &str) -> Result<String, DriveError> {
     fleet

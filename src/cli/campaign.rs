@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::run::ClockArgs;
-use crate::campaign::commit::{self, Signing};
-use crate::campaign::drive::{Driver, Outcome};
+use crate::campaign::commit::Signing;
+use crate::campaign::drive::{self, Driver, Outcome};
 use crate::campaign::state::ActivationState;
 use crate::source::SignaturePolicy;
 
@@ -307,31 +307,12 @@ fn approve(a: &ApproveArgs) -> anyhow::Result<ExitCode> {
         Some(w) => w.clone(),
         None => std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
     };
-    let path = format!("campaigns/approvals/{}/{stage}/{who}.yaml", a.activation);
-    let body = serde_yaml::to_string(&serde_json::json!({
-        "activation": a.activation, "stage": stage, "by": who, "reason": a.reason,
-    }))?;
-    let step = commit::Step {
-        activation: &a.activation,
-        stage: &stage,
-        batch: None,
-    };
-    // Not a step's commit (find_step must not take it for the stage's own):
-    // the approval trailers are what the driver looks for.
-    let mut message = commit::message(&step, &format!("approved by {who}"))
-        .replace(&format!("Fermata-Stage: {stage}\n"), "");
-    message.push_str(&format!(
-        "Fermata-Approve: {}/{stage}\nFermata-Approver: {who}\nFermata-Reason: {}\n",
-        a.activation,
-        a.reason.replace('\n', " ")
-    ));
-    let base = commit::head(&a.at.repo, &a.at.branch)?;
-    let id = commit::promote(
+    let id = drive::approve(
         &a.at.repo,
         &a.at.branch,
-        base,
-        &[(path, body)],
-        &message,
+        (&a.activation, &stage),
+        &who,
+        &a.reason,
         a.keys.signing().as_ref(),
     )?;
     outln!(
@@ -344,29 +325,12 @@ fn approve(a: &ApproveArgs) -> anyhow::Result<ExitCode> {
 
 fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
     crate::model::load::check_name(&a.name).map_err(|m| anyhow::anyhow!("--name: {m}"))?;
-    let inputs: BTreeMap<&str, &str> = a
-        .inputs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let body = serde_yaml::to_string(&serde_json::json!({
-        "apiVersion": crate::model::types::API_VERSION,
-        "kind": "Activation",
-        "metadata": {"name": a.name},
-        "spec": {"campaign": a.campaign, "inputs": inputs},
-    }))?;
-    let path = format!("campaigns/activations/{}.yaml", a.name);
-    let message = format!(
-        "campaign {}: activate {}\n\nFermata-Activation: {}\n",
-        a.campaign, a.name, a.name
-    );
-    let base = commit::head(&a.at.repo, &a.at.branch)?;
-    let id = commit::promote(
+    let inputs: BTreeMap<String, String> = a.inputs.iter().cloned().collect();
+    let id = drive::activate(
         &a.at.repo,
         &a.at.branch,
-        base,
-        &[(path, body)],
-        &message,
+        (&a.campaign, &a.name),
+        &inputs,
         a.keys.signing().as_ref(),
     )?;
     outln!(

@@ -141,7 +141,6 @@ async fn play_campaign(
     repo: &Path,
     now: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<()> {
-    use crate::campaign::commit;
     use crate::campaign::drive::{Driver, Outcome};
     const NAME: &str = "collector-0-116";
     let driver = Driver {
@@ -153,19 +152,8 @@ async fn play_campaign(
     };
     outln!();
     outln!("Campaign collector-rollout: COLLECTOR_VERSION 0.115.0 -> 0.116.0, canary first.");
-    let activation = "apiVersion: fermata.dev/v1alpha1\nkind: Activation\nmetadata: {name: collector-0-116}\nspec:\n  campaign: collector-rollout\n  inputs: {version: 0.116.0}\n";
-    let base = commit::head(repo, "main")?;
-    let path = format!("campaigns/activations/{NAME}.yaml");
-    let message =
-        format!("campaign collector-rollout: activate {NAME}\n\nFermata-Activation: {NAME}\n");
-    commit::promote(
-        repo,
-        "main",
-        base,
-        &[(path, activation.to_string())],
-        &message,
-        None,
-    )?;
+    let inputs = std::collections::BTreeMap::from([("version".to_string(), "0.116.0".to_string())]);
+    crate::campaign::drive::activate(repo, "main", ("collector-rollout", NAME), &inputs, None)?;
     outln!("  $ fermata campaign activate collector-rollout --name {NAME} --input version=0.116.0");
     for _ in 0..16 {
         let (outcome, state) = driver.step(NAME, now)?;
@@ -176,16 +164,15 @@ async fn play_campaign(
             Outcome::Failed(why) => anyhow::bail!("the campaign failed: {why}"),
             Outcome::Advanced => continue,
             Outcome::Waiting(why) if why.contains("approval") => {
-                let base = commit::head(repo, "main")?;
-                let step = commit::Step {
-                    activation: NAME,
-                    stage: &stage,
-                    batch: None,
-                };
-                let mut message = commit::message(&step, "approved by the demo")
-                    .replace(&format!("Fermata-Stage: {stage}\n"), "");
-                message.push_str(&format!("Fermata-Approve: {NAME}/{stage}\nFermata-Approver: demo\nFermata-Reason: the canary looks good\n"));
-                commit::promote(repo, "main", base, &[], &message, None)?;
+                let who = (NAME, stage.as_str());
+                crate::campaign::drive::approve(
+                    repo,
+                    "main",
+                    who,
+                    "demo",
+                    "the canary looks good",
+                    None,
+                )?;
                 outln!("  $ fermata campaign approve {NAME} --reason 'the canary looks good'");
             }
             Outcome::Waiting(_) => {
