@@ -482,7 +482,7 @@ fn publish_fleet_commits_once_per_change() {
     assert_eq!(
         subject,
         format!(
-            "fleet main@{}: 4 sites, 1 at the newest commit, 3 lagging",
+            "fleet main @ {}: 4 sites, 1 at the newest commit, 3 lagging",
             short(&fleet.new)
         )
     );

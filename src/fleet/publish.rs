@@ -37,19 +37,9 @@ pub fn publish(
     Ok(repo.publish_files(&files(&view), &subject(&view))?)
 }
 
-/// `fleet main@3f2a1c0: 4 sites, 2 at the newest commit, 2 lagging`.
+/// The view's headline ([`FleetView::headline`]).
 fn subject(view: &FleetView) -> String {
-    format!(
-        "fleet {}@{}: {} sites, {} at the newest commit, {} lagging",
-        view.branch,
-        view.head
-            .as_deref()
-            .map(short)
-            .unwrap_or_else(|| "-".into()),
-        view.totals.sites,
-        view.totals.at_head,
-        view.totals.lagging
-    )
+    view.headline()
 }
 
 /// The branch's files for `view`.

@@ -75,17 +75,7 @@ pub fn render(view: &FleetView) -> String {
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="-apple-system, Segoe UI, Helvetica, Arial, sans-serif" font-size="12">"#
     );
-    let title = format!(
-        "fleet {} @ {}: {} sites, {} at the newest commit, {} lagging",
-        view.branch,
-        view.head
-            .as_deref()
-            .map(short)
-            .unwrap_or_else(|| "-".into()),
-        view.totals.sites,
-        view.totals.at_head,
-        view.totals.lagging
-    );
+    let title = view.headline();
     let _ = writeln!(out, "<title>{}</title>", esc(&title));
     let _ = writeln!(
         out,

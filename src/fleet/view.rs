@@ -135,6 +135,22 @@ pub struct CompositionView {
     pub error: Option<StatusErrorInfo>,
 }
 
+impl FleetView {
+    /// `fleet main @ 3f2a1c0: 4 sites, 2 at the newest commit, 2 lagging`:
+    /// the table's first line, the SVG's title, `fermata/fleet`'s subject.
+    pub fn headline(&self) -> String {
+        let head = self
+            .head
+            .as_deref()
+            .map(short)
+            .unwrap_or_else(|| "-".into());
+        format!(
+            "fleet {} @ {head}: {} sites, {} at the newest commit, {} lagging",
+            self.branch, self.totals.sites, self.totals.at_head, self.totals.lagging
+        )
+    }
+}
+
 /// Why a site is not at the newest commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -445,16 +461,7 @@ fn severity(name: &str) -> u8 {
 pub fn table(view: &FleetView) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let head = view
-        .head
-        .as_deref()
-        .map(short)
-        .unwrap_or_else(|| "-".into());
-    let _ = writeln!(
-        out,
-        "fleet {} @ {head}: {} sites, {} at the newest commit, {} lagging",
-        view.branch, view.totals.sites, view.totals.at_head, view.totals.lagging
-    );
+    let _ = writeln!(out, "{}", view.headline());
     let _ = writeln!(
         out,
         "{:<16} {:<20} {:<28} {:<12} {:<8} {:<6} NOTE",
