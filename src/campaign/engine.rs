@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::state::{ActivationState, Approval, BatchRecord, Phase, SiteResult, StageRecord};
+use crate::forge::PrState;
 use crate::model::campaign::{Action, Campaign, Stage};
 use crate::model::Site;
 
@@ -36,6 +37,9 @@ pub struct World {
     /// Approvals found (signed commits, merged pull requests) for this
     /// activation, any stage.
     pub approvals: Vec<Approval>,
+    /// The state of each pull request of the running stage's batches not
+    /// recorded as merged yet (`pullRequest: true`), as the forge says.
+    pub pull_requests: BTreeMap<u64, PrState>,
 }
 
 /// What to do now.
@@ -54,6 +58,13 @@ pub enum Decision {
     },
     /// Record these approvals (found, not recorded yet).
     Approve(Vec<Approval>),
+    /// The pull request of batch `batch` (from 1) was merged: from now on
+    /// its promote is `commit`, the merge commit, which the await reads.
+    Merged {
+        batch: usize,
+        pull_request: u64,
+        commit: String,
+    },
     /// Run this check; its result becomes the stage's outputs (`passed`,
     /// `detail`), which `next` reads.
     Verify(crate::model::campaign::Verify),
@@ -225,7 +236,38 @@ fn promote(
     let deadline =
         await_.map(|a| started + chrono::Duration::from_std(a.timeout).unwrap_or_default());
     let mut results: BTreeMap<String, SiteResult> = BTreeMap::new();
+    // A pull request not merged yet holds its batch's sites: pending while
+    // it is open, failed once closed unmerged.
+    let mut unmerged: Option<u64> = None;
+    for (i, b) in rec.batches.iter().enumerate() {
+        let Some(n) = b.pull_request.filter(|_| !b.merged) else {
+            continue;
+        };
+        let r = match world.pull_requests.get(&n) {
+            Some(PrState::Merged { merge_commit }) => {
+                return Decision::Merged {
+                    batch: i + 1,
+                    pull_request: n,
+                    // A fast-forward merge: the branch's commit is on the base.
+                    commit: merge_commit.clone().unwrap_or_else(|| b.commit.clone()),
+                };
+            }
+            Some(PrState::Closed) => SiteResult::Failed {
+                reason: format!("pull request #{n} was closed without merging"),
+            },
+            Some(PrState::Open) | None => {
+                unmerged = Some(n);
+                SiteResult::Pending
+            }
+        };
+        for site in &b.sites {
+            results.insert(site.clone(), r.clone());
+        }
+    }
     for site in rec.batches.iter().flat_map(|b| &b.sites) {
+        if results.contains_key(site) {
+            continue;
+        }
         let r = match (await_, world.progress.get(site)) {
             (None, _) | (Some(_), Some(SiteProgress::Reached)) => SiteResult::Succeeded,
             (Some(_), Some(SiteProgress::Failed(why))) => SiteResult::Failed {
@@ -256,6 +298,12 @@ fn promote(
     if failed > tolerance {
         // Past the tolerance: no more batches; `next` decides.
         return done(outputs(true), results);
+    }
+    if let Some(n) = unmerged {
+        return Decision::Wait {
+            until: None,
+            why: format!("stage {}: pull request #{n} not merged yet", stage.name),
+        };
     }
     if pending > 0 {
         return Decision::Wait {
@@ -372,7 +420,18 @@ pub fn record(
                     commit,
                     sites,
                     replaced,
+                    pull_request: None,
+                    merged: false,
                 });
+            }
+        }
+        Decision::Merged { batch, commit, .. } => {
+            if let Some(b) = state
+                .current(now)
+                .and_then(|rec| rec.batches.get_mut(batch.saturating_sub(1)))
+            {
+                b.commit = commit.clone();
+                b.merged = true;
             }
         }
         Decision::Approve(found) => {
@@ -533,6 +592,7 @@ mod tests {
                 .map(|(s, p)| (s.to_string(), p.clone()))
                 .collect(),
             approvals: Vec::new(),
+            pull_requests: BTreeMap::new(),
         }
     }
 
@@ -734,7 +794,7 @@ mod tests {
             let w = World {
                 sites: sites(n),
                 progress: progress.clone(),
-                approvals: Vec::new(),
+                ..World::default()
             };
             let d = decide(&c, &s, &w, at(hour));
             match &d {
