@@ -665,6 +665,62 @@ mod tests {
     }
 
     #[test]
+    fn a_pull_request_batch_waits_for_its_merge_or_fails_when_closed() {
+        let c = campaign();
+        let mut s = promoted(state("canary"), &["s00"], at(0));
+        s.stages.get_mut("canary").unwrap().batches[0].pull_request = Some(7);
+        let with = |pr: Option<PrState>| {
+            let mut w = world(5, &[("s00", SiteProgress::Reached)]);
+            w.pull_requests.extend(pr.map(|p| (7, p)));
+            w
+        };
+        let merged = |m: Option<&str>| PrState::Merged {
+            merge_commit: m.map(str::to_string),
+        };
+        for (name, pr) in [("unknown", None), ("open", Some(PrState::Open))] {
+            match decide(&c, &s, &with(pr), at(9)) {
+                Decision::Wait { until: None, why } => {
+                    assert!(
+                        why.contains("pull request #7 not merged yet"),
+                        "{name}: {why}"
+                    )
+                }
+                d => panic!("{name}: {d:?}"),
+            }
+        }
+        for (m, want) in [(Some("m1"), "m1"), (None, "c0ffee")] {
+            let d = decide(&c, &s, &with(Some(merged(m))), at(1));
+            let expected = Decision::Merged {
+                batch: 1,
+                pull_request: 7,
+                commit: want.into(),
+            };
+            assert_eq!(d, expected, "merge commit {m:?}");
+        }
+        let d = decide(&c, &s, &with(Some(merged(Some("m1")))), at(1));
+        let s2 = record(s.clone(), &d, None, at(1));
+        let b = &s2.stages["canary"].batches[0];
+        assert_eq!((b.commit.as_str(), b.merged), ("m1", true));
+        match decide(&c, &s2, &with(Some(PrState::Closed)), at(2)) {
+            Decision::Advance { outputs, next, .. } => {
+                assert_eq!(outputs["succeeded"], 1, "merged: the await reads the site");
+                assert_eq!(next.as_deref(), Some("approve"));
+            }
+            d => panic!("{d:?}"),
+        }
+        match decide(&c, &s, &with(Some(PrState::Closed)), at(1)) {
+            Decision::Advance { outputs, sites, .. } => {
+                assert_eq!(outputs["failed"], 1);
+                let want = SiteResult::Failed {
+                    reason: "pull request #7 was closed without merging".into(),
+                };
+                assert_eq!(sites["s00"], want);
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
     fn approval_waits_records_and_advances() {
         let c = campaign();
         let s = state("approve");
