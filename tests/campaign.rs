@@ -2,8 +2,11 @@
 //! 10): `fermata campaign step` against a bare repository, with real site
 //! agents (`fermata run --once --site S`, processes) reconciling what each
 //! promote commits. Canary, approval, the fleet in batches, and a failed
-//! canary rolled back by a revert commit.
+//! canary rolled back by a revert commit; a promote proposed as a pull
+//! request on the fake forge (`util/fake_forge.rs`) hosting the repository.
 
+#[path = "util/fake_forge.rs"]
+mod fake_forge;
 mod util;
 
 use std::path::PathBuf;
@@ -96,16 +99,19 @@ impl Fleet {
     }
 
     fn with(activations: &[(&str, &str)], concurrency: Option<u32>) -> Fleet {
+        let campaign = match concurrency {
+            Some(n) => CAMPAIGN.replace(
+                "  firstStage: canary\n",
+                &format!("  firstStage: canary\n  concurrency: {n}\n"),
+            ),
+            None => CAMPAIGN.to_string(),
+        };
+        Fleet::with_campaign(activations, &campaign)
+    }
+
+    fn with_campaign(activations: &[(&str, &str)], campaign: &str) -> Fleet {
         let work = fleet();
-        if let Some(n) = concurrency {
-            work.write(
-                "campaign.yaml",
-                &CAMPAIGN.replace(
-                    "  firstStage: canary\n",
-                    &format!("  firstStage: canary\n  concurrency: {n}\n"),
-                ),
-            );
-        }
+        work.write("campaign.yaml", campaign);
         for (name, model) in activations {
             work.write(
                 &format!("activations/{name}.yaml"),
@@ -472,6 +478,163 @@ fn a_self_driving_campaign_advances_inside_fermata_run() {
     assert!(model.contains("v4"), "{model}");
     let status = util::git(&bare, &["show", "fermata/status:campaigns/vision-v4.yaml"]);
     assert!(status.contains("stage: approve"), "{status}");
+}
+
+/// The campaign with its canary proposed as a pull request.
+fn pr_fleet(activation: &str, model: &str) -> Fleet {
+    let campaign = CAMPAIGN.replacen(
+        "        set: {MODEL: \"${inputs.model}\"}\n",
+        "        set: {MODEL: \"${inputs.model}\"}\n        pullRequest: true\n",
+        1,
+    );
+    assert!(campaign.contains("pullRequest: true"));
+    Fleet::with_campaign(&[(activation, model)], &campaign)
+}
+
+/// A fake GitHub hosting the fleet's bare repository, on a runtime of its own.
+fn forge_for(f: &Fleet) -> (tokio::runtime::Runtime, fake_forge::FakeForge) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let forge = rt.block_on(fake_forge::FakeForge::start(fake_forge::Flavour::GitHub));
+    forge.host(&f.bare);
+    (rt, forge)
+}
+
+/// `fermata campaign step` with the forge flags, as a CI job would run it.
+fn step_on(
+    f: &Fleet,
+    forge: &fake_forge::FakeForge,
+    activation: &str,
+) -> (i32, serde_json::Value, Run) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
+        .args(["campaign", "step", activation, "--repo"])
+        .arg(&f.bare)
+        .args(["--forge", "github", "--forge-url", &forge.api_url()])
+        .args([
+            "--forge-repo",
+            forge.repo(),
+            "--forge-token-env",
+            "FAKE_FORGE_TOKEN",
+        ])
+        .env("FAKE_FORGE_TOKEN", fake_forge::TOKEN)
+        .env("FERMATA_NOW", NOW)
+        .output()
+        .expect("fermata runs");
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let json = serde_json::from_str(&run.stdout).unwrap_or(serde_json::Value::Null);
+    (run.code, json, run)
+}
+
+#[test]
+fn a_promote_as_pull_request_waits_for_its_merge() {
+    let f = pr_fleet("vision-v4", "v4");
+    let (_rt, forge) = forge_for(&f);
+    assert_eq!(f.agent(1).code, 0);
+    let main = f.git(&["rev-parse", "main"]);
+    let (code, json, run) = step_on(&f, &forge, "vision-v4");
+    assert_eq!(code, 3, "{run:?}");
+    assert!(
+        json["why"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pull request #1 not merged yet"),
+        "{run:?}"
+    );
+    assert_eq!(
+        f.git(&["rev-parse", "main"]),
+        main,
+        "nothing committed to main"
+    );
+    let branch = "fermata/campaign/vision-v4/canary-1";
+    let subject = f.git(&["log", "-1", "--format=%s", branch]);
+    assert!(
+        subject.contains("campaign vision-v4 stage canary batch 1/1: set MODEL=v4 on s1"),
+        "{subject}"
+    );
+    assert_eq!(
+        f.git(&["rev-parse", &format!("{branch}~1")]),
+        main,
+        "based on main's head"
+    );
+    let prs = forge.prs();
+    assert_eq!(prs.len(), 1, "{prs:?}");
+    assert_eq!(
+        (prs[0].head_branch.as_str(), prs[0].base.as_str()),
+        (branch, "main")
+    );
+    assert_eq!(prs[0].title, subject);
+    // Stepping again while it is open: no second pull request, no commit.
+    let (code, _, run) = step_on(&f, &forge, "vision-v4");
+    assert_eq!(code, 3, "{run:?}");
+    assert_eq!(forge.prs().len(), 1);
+    assert_eq!(forge.count("POST", "/pulls"), 1, "{:?}", forge.requests());
+    assert_eq!(f.git(&["rev-parse", "main"]), main);
+    assert_eq!(f.agent(1).code, 0);
+    assert_eq!(
+        f.model(1).as_deref(),
+        Some("v3"),
+        "not merged: not rolled out"
+    );
+    // A reviewer merges it: then the canary rolls out and the stage goes on.
+    let merge = forge.merge(1);
+    let (code, json, run) = step_on(&f, &forge, "vision-v4");
+    assert_eq!(code, 3, "{run:?}");
+    assert!(
+        json["why"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not installed yet"),
+        "{run:?}"
+    );
+    let state = f.git(&["show", "fermata/status:campaigns/vision-v4.yaml"]);
+    assert!(state.contains(&format!("commit: {merge}")), "{state}");
+    assert!(state.contains("pullRequest: 1"), "{state}");
+    assert_eq!(f.agent(1).code, 0);
+    assert_eq!(f.model(1).as_deref(), Some("v4"));
+    assert_eq!(f.model(2), None, "s2's agent never ran");
+    let (code, json, run) = step_on(&f, &forge, "vision-v4");
+    assert_eq!(code, 0, "{run:?}");
+    assert_eq!(json["stage"], "approve", "{run:?}");
+    assert_eq!(json["outputs"]["canary"]["succeeded"], 1, "{run:?}");
+    assert_eq!(forge.prs().len(), 1);
+}
+
+#[test]
+fn a_pull_request_closed_unmerged_fails_its_batch() {
+    let f = pr_fleet("vision-v5", "v5");
+    let (_rt, forge) = forge_for(&f);
+    let (code, _, run) = step_on(&f, &forge, "vision-v5");
+    assert_eq!(code, 3, "{run:?}");
+    forge.update_pr(1, |p| p.fate = fake_forge::Fate::Closed);
+    let (code, json, run) = step_on(&f, &forge, "vision-v5");
+    assert_eq!(code, 0, "{run:?}");
+    assert_eq!(
+        json["stage"], "rollback",
+        "failed == 1 picks rollback: {run:?}"
+    );
+    assert_eq!(json["outputs"]["canary"]["failed"], 1, "{run:?}");
+    let state = f.git(&["show", "fermata/status:campaigns/vision-v5.yaml"]);
+    assert!(
+        state.contains("pull request #1 was closed without merging"),
+        "{state}"
+    );
+    assert_eq!(forge.prs().len(), 1, "no second pull request");
+}
+
+#[test]
+fn a_pull_request_promote_without_a_forge_fails_naming_the_flag() {
+    let f = pr_fleet("vision-v6", "v6");
+    let main = f.git(&["rev-parse", "main"]);
+    let (code, json, run) = f.step("vision-v6");
+    assert_eq!(code, 1, "{run:?}");
+    assert!(
+        json["why"].as_str().unwrap_or("").contains("--forge"),
+        "{run:?}"
+    );
+    assert_eq!(f.git(&["rev-parse", "main"]), main);
 }
 
 /// Remote execution: a verify stage with `site: s2` is run by s2's agent

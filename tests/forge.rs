@@ -602,6 +602,51 @@ async fn built_from_flags_with_a_token_file(f: Flavour) {
     assert_eq!(forge.open_pull_requests("main").await.unwrap().len(), 1);
 }
 
+fn create_path(f: Flavour) -> &'static str {
+    match f {
+        Flavour::GitLab => "/merge_requests",
+        _ => "/pulls",
+    }
+}
+
+async fn open_pull_request_opens_once_then_finds_it_again(f: Flavour) {
+    let fake = FakeForge::start(f).await;
+    // The same branch name in a fork is another pull request's head.
+    fake.add_pr(FakePr::open(1, "main", "fermata/campaign/a/canary-1").by_fork("someone/fleet"));
+    let forge = forge(&fake);
+    let head = "fermata/campaign/a/canary-1";
+    let pr = forge
+        .open_pull_request(head, "main", "campaign a stage canary batch 1/1", "body")
+        .await
+        .unwrap();
+    assert_eq!(pr.number, 2);
+    assert_eq!((pr.head_branch.as_str(), pr.base.as_str()), (head, "main"));
+    assert_eq!(pr.state, PrState::Open);
+    assert!(!pr.from_fork);
+    assert_eq!(pr.title, "campaign a stage canary batch 1/1");
+    let again = forge
+        .open_pull_request(head, "main", "campaign a stage canary batch 1/1", "body")
+        .await
+        .unwrap();
+    assert_eq!(again.number, 2);
+    assert_eq!(fake.prs().len(), 2);
+    assert_eq!(fake.count("POST", create_path(f)), 1, "created once");
+    assert_eq!(forge.pull_request(2).await.unwrap().state, PrState::Open);
+}
+
+async fn open_pull_request_after_a_lost_answer_makes_no_duplicate(f: Flavour) {
+    let fake = FakeForge::start(f).await;
+    // The pull request is opened, but the proxy answers 502.
+    fake.fail_next_after_applying(reqwest::Method::POST, 502);
+    let pr = forge(&fake)
+        .open_pull_request("feature", "main", "t", "b")
+        .await
+        .unwrap();
+    assert_eq!(pr.number, 1);
+    assert_eq!(fake.prs().len(), 1, "{:?}", fake.prs());
+    assert_eq!(fake.count("POST", create_path(f)), 1, "never sent twice");
+}
+
 macro_rules! per_flavour {
     ($($test:ident),* $(,)?) => {
         mod github {
@@ -636,4 +681,6 @@ per_flavour!(
     wrong_token_is_a_clear_401_without_the_token,
     token_never_appears_in_logs_or_errors,
     built_from_flags_with_a_token_file,
+    open_pull_request_opens_once_then_finds_it_again,
+    open_pull_request_after_a_lost_answer_makes_no_duplicate,
 );

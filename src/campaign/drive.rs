@@ -9,18 +9,27 @@
 //! looks for the commit of that activation, stage and batch (its trailers)
 //! on the branch and records that one instead.
 //!
+//! A promote with `pullRequest: true` commits to a branch of its own,
+//! `fermata/campaign/<activation>/<stage>-<batch>`, opens a pull request from
+//! it into the watched branch through the forge, and waits until it is
+//! merged (then its merge commit is the promote the await reads) or closed
+//! (then its sites failed). The forge is only asked: whether a pull request
+//! was merged is its answer, passed to the engine as an observation.
+//!
 //! This version drives a repository read and written in place (a working
 //! tree or a bare repository: a CI job's clone, a server's repository);
 //! pushing to a remote is the job of whatever runs it (`git push`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use super::engine::{self, Decision, Replaced, SiteProgress, World};
 use super::state::{ActivationState, Approval, Phase};
 use super::{commit, edit};
+use crate::forge::{Forge, ForgeError, PrState};
 use crate::model::campaign::{Action, Campaign};
 use crate::model::Fleet;
 use crate::source::{GitSource, Revision, SignaturePolicy, Signer};
@@ -48,6 +57,8 @@ pub enum DriveError {
     Fleet(#[from] crate::fleet::FleetError),
     #[error(transparent)]
     Commit(#[from] commit::CommitError),
+    #[error(transparent)]
+    Forge(#[from] ForgeError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -64,6 +75,9 @@ pub struct Driver {
     /// What an approval commit must satisfy (`None`: any commit counts,
     /// its author is the approver).
     pub trust: SignaturePolicy,
+    /// Where promotes with `pullRequest: true` open their pull requests
+    /// (`--forge`); without one such a stage fails.
+    pub forge: Option<Arc<dyn Forge>>,
 }
 
 /// Transitions one step may make before it must stop (a guard: a stage
@@ -200,10 +214,81 @@ impl Driver {
                     of,
                     sites,
                     set,
+                } if proposes(&campaign, &stage) => {
+                    let Some(forge) = self.forge.clone() else {
+                        let why = format!(
+                            "stage {stage}: a promote with pullRequest: true needs a forge to open it on: \
+                             pass --forge github|gitea|gitlab (with --forge-repo and a token)"
+                        );
+                        state = engine::record(state, &Decision::Fail(why.clone()), None, now);
+                        self.save(&state, &format!("{stage} failed"))?;
+                        return Ok((Outcome::Failed(why), state));
+                    };
+                    let branch = pull_request_branch(&state.activation, &stage, *batch);
+                    self.ready_branch(&branch, &state.activation, &stage, *batch)?;
+                    let (commit, replaced) =
+                        self.promote(&branch, &fleet, &state, &stage, *batch, *of, sites, set)?;
+                    let title = commit::message(
+                        &commit::Step {
+                            activation: &state.activation,
+                            stage: &stage,
+                            batch: Some((*batch, *of)),
+                        },
+                        &commit::set_summary(set, sites),
+                    );
+                    let title = title.lines().next().unwrap_or_default().to_string();
+                    let body = format!(
+                        "Campaign {} (activation {}) proposes this change for stage {stage}, batch {batch} of {of}. \
+                         Merging it continues the stage; closing it unmerged fails these sites: {}.",
+                        state.campaign,
+                        state.activation,
+                        sites.join(", ")
+                    );
+                    let pr =
+                        on_runtime(forge.open_pull_request(&branch, &self.branch, &title, &body))?;
+                    state = engine::record(state, &decision, Some((commit, replaced)), now);
+                    if let Some(b) = state
+                        .stages
+                        .get_mut(&stage)
+                        .and_then(|r| r.batches.last_mut())
+                    {
+                        b.pull_request = Some(pr.number);
+                    }
+                    self.save(
+                        &state,
+                        &format!(
+                            "{stage} batch {batch}/{of} proposed in pull request #{}",
+                            pr.number
+                        ),
+                    )?;
+                }
+                Decision::Promote {
+                    batch,
+                    of,
+                    sites,
+                    set,
                 } => {
-                    let done = self.promote(&fleet, &state, &stage, *batch, *of, sites, set)?;
+                    let done = self.promote(
+                        &self.branch,
+                        &fleet,
+                        &state,
+                        &stage,
+                        *batch,
+                        *of,
+                        sites,
+                        set,
+                    )?;
                     state = engine::record(state, &decision, Some(done), now);
                     self.save(&state, &format!("{stage} batch {batch}/{of} promoted"))?;
+                }
+                Decision::Merged {
+                    batch,
+                    pull_request,
+                    ..
+                } => {
+                    let what = format!("{stage} batch {batch} pull request #{pull_request} merged");
+                    state = engine::record(state, &decision, None, now);
+                    self.save(&state, &what)?;
                 }
                 Decision::Revert { sites } => {
                     let done = self.revert(&fleet, &state, &stage, sites)?;
@@ -389,6 +474,7 @@ impl Driver {
             {
                 world.progress = self.progress(state, &stage.name, a.state)?;
             }
+            world.pull_requests = self.pull_requests(state, &stage.name)?;
             if let Action::Approval { .. } = &stage.action {
                 world.approvals = self.approvals(&state.activation, &stage.name)?;
             }
@@ -537,11 +623,64 @@ impl Driver {
         Ok(out)
     }
 
-    /// One promote commit (or the one an interrupted run already made:
-    /// then what it replaced is read off its parent).
+    /// What the forge says of each pull request of `stage` not recorded as
+    /// merged yet.
+    fn pull_requests(
+        &self,
+        state: &ActivationState,
+        stage: &str,
+    ) -> Result<BTreeMap<u64, PrState>, DriveError> {
+        let mut out = BTreeMap::new();
+        let Some(rec) = state.stages.get(stage) else {
+            return Ok(out);
+        };
+        for b in rec.batches.iter().filter(|b| !b.merged) {
+            let Some(n) = b.pull_request else {
+                continue;
+            };
+            let Some(forge) = &self.forge else {
+                return Err(DriveError::Invalid(format!(
+                    "stage {stage} waits for pull request #{n}: pass --forge github|gitea|gitlab \
+                     (with --forge-repo and a token) to read it"
+                )));
+            };
+            let pr = on_runtime(forge.pull_request(n))?;
+            out.insert(n, pr.state);
+        }
+        Ok(out)
+    }
+
+    /// The branch of a batch's pull request, at the watched branch's head,
+    /// unless it already holds the batch's commit (an interrupted step made
+    /// it): that one is proposed again, never a second.
+    fn ready_branch(
+        &self,
+        branch: &str,
+        activation: &str,
+        stage: &str,
+        batch: usize,
+    ) -> Result<(), DriveError> {
+        let repo = git2::Repository::open(&self.repo)
+            .map_err(|e| DriveError::Invalid(format!("{}: {e}", self.repo.display())))?;
+        let name = format!("refs/heads/{branch}");
+        if repo.refname_to_id(&name).is_ok()
+            && commit::find_step(&self.repo, branch, activation, stage, Some(batch), 500)?.is_some()
+        {
+            return Ok(());
+        }
+        let head = commit::head(&self.repo, &self.branch)?;
+        repo.reference(&name, head, true, "fermata: campaign pull request branch")
+            .map_err(|e| DriveError::Invalid(format!("cannot create {name}: {e}")))?;
+        Ok(())
+    }
+
+    /// One promote commit on `into` (the watched branch, or a pull
+    /// request's) or the one an interrupted run already made there: then
+    /// what it replaced is read off its parent.
     #[allow(clippy::too_many_arguments)]
     fn promote(
         &self,
+        into: &str,
         fleet: &Fleet,
         state: &ActivationState,
         stage: &str,
@@ -550,17 +689,11 @@ impl Driver {
         sites: &[String],
         set: &BTreeMap<String, String>,
     ) -> Result<(String, Replaced), DriveError> {
-        let found = commit::find_step(
-            &self.repo,
-            &self.branch,
-            &state.activation,
-            stage,
-            Some(batch),
-            500,
-        )?;
+        let found =
+            commit::find_step(&self.repo, into, &state.activation, stage, Some(batch), 500)?;
         let base = match found {
             Some(id) => self.parent(id)?,
-            None => commit::head(&self.repo, &self.branch)?,
+            None => commit::head(&self.repo, into)?,
         };
         let mut replaced = Replaced::new();
         let mut files: BTreeMap<String, String> = BTreeMap::new();
@@ -587,7 +720,7 @@ impl Driver {
         let edits: Vec<(String, String)> = files.into_iter().collect();
         let id = commit::promote(
             &self.repo,
-            &self.branch,
+            into,
             base,
             &edits,
             &message,
@@ -733,6 +866,40 @@ pub fn activate(
         &message,
         signing,
     )?)
+}
+
+/// Whether `stage` of `campaign` proposes its promotes as pull requests.
+fn proposes(campaign: &Campaign, stage: &str) -> bool {
+    matches!(
+        campaign.stage(stage).map(|s| &s.action),
+        Some(Action::Promote {
+            pull_request: true,
+            ..
+        })
+    )
+}
+
+/// `fermata/campaign/<activation>/<stage>-<batch>`: one branch per batch.
+pub fn pull_request_branch(activation: &str, stage: &str, batch: usize) -> String {
+    format!("fermata/campaign/{activation}/{stage}-{batch}")
+}
+
+/// Runs a forge call on a runtime of its own on a thread of its own, so
+/// it runs the same from the CLI and from inside `fermata run`'s runtime.
+fn on_runtime<T: Send>(
+    call: impl std::future::Future<Output = Result<T, ForgeError>> + Send,
+) -> Result<T, DriveError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| DriveError::Invalid(format!("cannot start a runtime: {e}")))?;
+            Ok(rt.block_on(call)?)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(DriveError::Invalid("the forge call panicked".into())))
+    })
 }
 
 /// The file Site `site` is defined in.

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::state::{ActivationState, Approval, BatchRecord, Phase, SiteResult, StageRecord};
+use crate::forge::PrState;
 use crate::model::campaign::{Action, Campaign, Stage};
 use crate::model::Site;
 
@@ -38,6 +39,9 @@ pub struct World {
     pub approvals: Vec<Approval>,
     /// Results of checks site agents ran for this activation, by stage.
     pub remote: BTreeMap<String, RemoteResult>,
+    /// The state of each pull request of the running stage's batches not
+    /// recorded as merged yet (`pullRequest: true`), as the forge says.
+    pub pull_requests: BTreeMap<u64, PrState>,
 }
 
 /// A check a site's agent ran for a stage (remote execution), as it wrote
@@ -67,6 +71,13 @@ pub enum Decision {
     },
     /// Record these approvals (found, not recorded yet).
     Approve(Vec<Approval>),
+    /// The pull request of batch `batch` (from 1) was merged: from now on
+    /// its promote is `commit`, the merge commit, which the await reads.
+    Merged {
+        batch: usize,
+        pull_request: u64,
+        commit: String,
+    },
     /// Run this check; its result becomes the stage's outputs (`passed`,
     /// `detail`), which `next` reads.
     Verify(crate::model::campaign::Verify),
@@ -244,7 +255,38 @@ fn promote(
     let deadline =
         await_.map(|a| started + chrono::Duration::from_std(a.timeout).unwrap_or_default());
     let mut results: BTreeMap<String, SiteResult> = BTreeMap::new();
+    // A pull request not merged yet holds its batch's sites: pending while
+    // it is open, failed once closed unmerged.
+    let mut unmerged: Option<u64> = None;
+    for (i, b) in rec.batches.iter().enumerate() {
+        let Some(n) = b.pull_request.filter(|_| !b.merged) else {
+            continue;
+        };
+        let r = match world.pull_requests.get(&n) {
+            Some(PrState::Merged { merge_commit }) => {
+                return Decision::Merged {
+                    batch: i + 1,
+                    pull_request: n,
+                    // A fast-forward merge: the branch's commit is on the base.
+                    commit: merge_commit.clone().unwrap_or_else(|| b.commit.clone()),
+                };
+            }
+            Some(PrState::Closed) => SiteResult::Failed {
+                reason: format!("pull request #{n} was closed without merging"),
+            },
+            Some(PrState::Open) | None => {
+                unmerged = Some(n);
+                SiteResult::Pending
+            }
+        };
+        for site in &b.sites {
+            results.insert(site.clone(), r.clone());
+        }
+    }
     for site in rec.batches.iter().flat_map(|b| &b.sites) {
+        if results.contains_key(site) {
+            continue;
+        }
         let r = match (await_, world.progress.get(site)) {
             (None, _) | (Some(_), Some(SiteProgress::Reached)) => SiteResult::Succeeded,
             (Some(_), Some(SiteProgress::Failed(why))) => SiteResult::Failed {
@@ -275,6 +317,12 @@ fn promote(
     if failed > tolerance {
         // Past the tolerance: no more batches; `next` decides.
         return done(outputs(true), results);
+    }
+    if let Some(n) = unmerged {
+        return Decision::Wait {
+            until: None,
+            why: format!("stage {}: pull request #{n} not merged yet", stage.name),
+        };
     }
     if pending > 0 {
         return Decision::Wait {
@@ -391,7 +439,18 @@ pub fn record(
                     commit,
                     sites,
                     replaced,
+                    pull_request: None,
+                    merged: false,
                 });
+            }
+        }
+        Decision::Merged { batch, commit, .. } => {
+            if let Some(b) = state
+                .current(now)
+                .and_then(|rec| rec.batches.get_mut(batch.saturating_sub(1)))
+            {
+                b.commit = commit.clone();
+                b.merged = true;
             }
         }
         Decision::Approve(found) => {
@@ -553,6 +612,7 @@ mod tests {
                 .collect(),
             approvals: Vec::new(),
             remote: BTreeMap::new(),
+            pull_requests: BTreeMap::new(),
         }
     }
 
@@ -621,6 +681,62 @@ mod tests {
                 }
                 _ => panic!("{name}: {d:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_pull_request_batch_waits_for_its_merge_or_fails_when_closed() {
+        let c = campaign();
+        let mut s = promoted(state("canary"), &["s00"], at(0));
+        s.stages.get_mut("canary").unwrap().batches[0].pull_request = Some(7);
+        let with = |pr: Option<PrState>| {
+            let mut w = world(5, &[("s00", SiteProgress::Reached)]);
+            w.pull_requests.extend(pr.map(|p| (7, p)));
+            w
+        };
+        let merged = |m: Option<&str>| PrState::Merged {
+            merge_commit: m.map(str::to_string),
+        };
+        for (name, pr) in [("unknown", None), ("open", Some(PrState::Open))] {
+            match decide(&c, &s, &with(pr), at(9)) {
+                Decision::Wait { until: None, why } => {
+                    assert!(
+                        why.contains("pull request #7 not merged yet"),
+                        "{name}: {why}"
+                    )
+                }
+                d => panic!("{name}: {d:?}"),
+            }
+        }
+        for (m, want) in [(Some("m1"), "m1"), (None, "c0ffee")] {
+            let d = decide(&c, &s, &with(Some(merged(m))), at(1));
+            let expected = Decision::Merged {
+                batch: 1,
+                pull_request: 7,
+                commit: want.into(),
+            };
+            assert_eq!(d, expected, "merge commit {m:?}");
+        }
+        let d = decide(&c, &s, &with(Some(merged(Some("m1")))), at(1));
+        let s2 = record(s.clone(), &d, None, at(1));
+        let b = &s2.stages["canary"].batches[0];
+        assert_eq!((b.commit.as_str(), b.merged), ("m1", true));
+        match decide(&c, &s2, &with(Some(PrState::Closed)), at(2)) {
+            Decision::Advance { outputs, next, .. } => {
+                assert_eq!(outputs["succeeded"], 1, "merged: the await reads the site");
+                assert_eq!(next.as_deref(), Some("approve"));
+            }
+            d => panic!("{d:?}"),
+        }
+        match decide(&c, &s, &with(Some(PrState::Closed)), at(1)) {
+            Decision::Advance { outputs, sites, .. } => {
+                assert_eq!(outputs["failed"], 1);
+                let want = SiteResult::Failed {
+                    reason: "pull request #7 was closed without merging".into(),
+                };
+                assert_eq!(sites["s00"], want);
+            }
+            d => panic!("{d:?}"),
         }
     }
 
@@ -784,8 +900,7 @@ mod tests {
             let w = World {
                 sites: sites(n),
                 progress: progress.clone(),
-                approvals: Vec::new(),
-                remote: BTreeMap::new(),
+                ..World::default()
             };
             let d = decide(&c, &s, &w, at(hour));
             match &d {

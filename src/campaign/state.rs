@@ -50,11 +50,19 @@ pub struct StageRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchRecord {
+    /// The commit on the watched branch that carries the promote; for a
+    /// pull request not merged yet, the commit of its branch.
     pub commit: String,
     pub sites: Vec<String>,
     /// Per site, what the edit replaced (each key's value as it was
     /// written, or absent): what a revert restores byte for byte.
     pub replaced: BTreeMap<String, super::edit::Replaced>,
+    /// `pullRequest: true`: the pull request the commit was proposed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<u64>,
+    /// The pull request was merged: `commit` is then its merge commit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub merged: bool,
 }
 
 /// Who approved a stage, and how it was established.

@@ -86,6 +86,9 @@ pub struct StepArgs {
     pub at: Where,
     #[command(flatten)]
     pub keys: Keys,
+    /// Where promotes with `pullRequest: true` open their pull requests.
+    #[command(flatten)]
+    pub forge: crate::forge::ForgeArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -158,6 +161,7 @@ fn driver(at: &Where, keys: &Keys) -> anyhow::Result<Driver> {
         status_branch: at.status_branch.clone(),
         signing: keys.signing(),
         trust: keys.trust()?,
+        forge: None,
     })
 }
 
@@ -172,7 +176,8 @@ pub fn run(a: &CampaignArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn step(a: &StepArgs) -> anyhow::Result<ExitCode> {
-    let d = driver(&a.at, &a.keys)?;
+    let mut d = driver(&a.at, &a.keys)?;
+    d.forge = a.forge.build().context("--forge")?;
     let now = a.at.clock.clock().now();
     let (outcome, state) = d.step(&a.activation, now)?;
     let (word, why, code) = match &outcome {

@@ -149,6 +149,7 @@ async fn play_campaign(
         status_branch: r.ctx.settings.status_branch.clone(),
         signing: None,
         trust: crate::source::SignaturePolicy::None,
+        forge: None,
     };
     outln!();
     outln!("Campaign collector-rollout: COLLECTOR_VERSION 0.115.0 -> 0.116.0, canary first.");

@@ -477,6 +477,7 @@ impl CampaignDriver {
                 .clone()
                 .map(|key| crate::campaign::commit::Signing::Ssh { key }),
             trust: s.signatures.clone(),
+            forge: r.pulls.as_ref().and_then(|p| p.forge.clone()),
         }))
     }
 

@@ -9,7 +9,10 @@
 //! would still be followed), then `PATCH /repos/{o}/{r}/issues/comments/{id}`
 //! or `POST /repos/{o}/{r}/issues/{n}/comments`. Statuses:
 //! `POST /repos/{o}/{r}/statuses/{sha}` (Gitea's states: pending, success,
-//! error, failure, warning; fermata uses the first four).
+//! error, failure, warning; fermata uses the first four). Campaign pull
+//! requests: `POST /repos/{o}/{r}/pulls` with `head`, `base`, `title` and
+//! `body` (201; 409 "pull request already exists for these targets" when one
+//! is open; 404 when a branch does not exist).
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
@@ -201,6 +204,47 @@ impl Forge for Gitea {
     async fn set_status(&self, sha: &str, status: &CommitStatus) -> Result<(), ForgeError> {
         let url = self.repo_url(&["statuses", sha]);
         super::post_github_status(&self.client, &url, status, DESCRIPTION_LIMIT).await
+    }
+
+    async fn open_pull_request(
+        &self,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<PullRequest, ForgeError> {
+        super::open(self, head, base, title, body).await
+    }
+}
+
+#[async_trait]
+impl super::Pulls for Gitea {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn list_open(&self, base: &str) -> Result<Vec<PullRequest>, ForgeError> {
+        self.open_pull_requests(base).await
+    }
+
+    async fn create(
+        &self,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<PullRequest, ForgeError> {
+        let url = self.repo_url(&["pulls"]);
+        let request = serde_json::json!({"head": head, "base": base, "title": title, "body": body});
+        let pull: Pull = self
+            .client
+            .send_json(Method::POST, &url, &request, http::Replay::Once)
+            .await?;
+        Ok(pull.into_pull_request())
+    }
+
+    fn exists_already(&self, e: &ForgeError) -> bool {
+        super::exists_already(e, 409)
     }
 }
 

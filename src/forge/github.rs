@@ -9,6 +9,9 @@
 //! or `POST /repos/{o}/{r}/issues/{n}/comments`. Statuses:
 //! `POST /repos/{o}/{r}/statuses/{sha}` with GitHub's own states (error,
 //! failure, pending, success) and a description of at most 140 characters.
+//! Campaign pull requests: `POST /repos/{o}/{r}/pulls` with `title`, `head`,
+//! `base` and `body` (201 with the pull request; 422 "A pull request already
+//! exists for OWNER:BRANCH." when one from that head into that base is open).
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
@@ -212,6 +215,47 @@ impl Forge for GitHub {
     async fn set_status(&self, sha: &str, status: &CommitStatus) -> Result<(), ForgeError> {
         let url = self.repo_url(&["statuses", sha]);
         super::post_github_status(&self.client, &url, status, DESCRIPTION_LIMIT).await
+    }
+
+    async fn open_pull_request(
+        &self,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<PullRequest, ForgeError> {
+        super::open(self, head, base, title, body).await
+    }
+}
+
+#[async_trait]
+impl super::Pulls for GitHub {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn list_open(&self, base: &str) -> Result<Vec<PullRequest>, ForgeError> {
+        self.open_pull_requests(base).await
+    }
+
+    async fn create(
+        &self,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<PullRequest, ForgeError> {
+        let url = self.repo_url(&["pulls"]);
+        let request = serde_json::json!({"title": title, "head": head, "base": base, "body": body});
+        let pull: Pull = self
+            .client
+            .send_json(Method::POST, &url, &request, http::Replay::Once)
+            .await?;
+        Ok(pull.into_pull_request())
+    }
+
+    fn exists_already(&self, e: &ForgeError) -> bool {
+        super::exists_already(e, 422)
     }
 }
 

@@ -11,7 +11,10 @@
 //! states (pending, running, success, failed, canceled). GitLab refuses to
 //! set a pending (or running) status to the same state again ("Cannot
 //! transition status via :enqueue from :pending"): that answer means the
-//! status already is what was asked, and is taken as success.
+//! status already is what was asked, and is taken as success. Campaign
+//! merge requests: `POST /projects/:id/merge_requests` with `source_branch`,
+//! `target_branch`, `title` and `description` (201; 409 "Another open merge
+//! request already exists for this source branch: !N" when one is open).
 
 use async_trait::async_trait;
 use reqwest::Method;
@@ -218,6 +221,51 @@ impl Forge for GitLab {
             }
             Err(e) => Err(e),
         }
+    }
+
+    async fn open_pull_request(
+        &self,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<PullRequest, ForgeError> {
+        super::open(self, head, base, title, body).await
+    }
+}
+
+#[async_trait]
+impl super::Pulls for GitLab {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn list_open(&self, base: &str) -> Result<Vec<PullRequest>, ForgeError> {
+        self.open_pull_requests(base).await
+    }
+
+    async fn create(
+        &self,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<PullRequest, ForgeError> {
+        let url = self.project_url(&["merge_requests"]);
+        let request = json!({"source_branch": head, "target_branch": base, "title": title, "description": body});
+        let mr: MergeRequest = self
+            .client
+            .send_json(Method::POST, &url, &request, Replay::Once)
+            .await?;
+        mr.into_pull_request().ok_or_else(|| ForgeError::Decode {
+            forge: "gitlab",
+            url: url.to_string(),
+            message: "the new merge request has no head commit (sha is null)".into(),
+        })
+    }
+
+    fn exists_already(&self, e: &ForgeError) -> bool {
+        super::exists_already(e, 409)
     }
 }
 

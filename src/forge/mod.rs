@@ -1,8 +1,9 @@
 //! Forges: the hosting services pull requests live on (GitHub, Gitea or
-//! Forgejo, GitLab). fermata uses them for three things only: listing open
+//! Forgejo, GitLab). fermata uses them for four things only: listing open
 //! pull requests against watched branches, keeping one plan comment per pull
-//! request and site up to date, and posting commit statuses. Everything else
-//! it learns from Git itself.
+//! request and site up to date, posting commit statuses, and opening the
+//! pull request of a campaign's promote (`pullRequest: true`). Everything
+//! else it learns from Git itself.
 
 use std::fmt;
 
@@ -154,6 +155,74 @@ pub trait Forge: Send + Sync + fmt::Debug {
     ) -> Result<u64, ForgeError>;
     /// Sets the status `status.context` of commit `sha`.
     async fn set_status(&self, sha: &str, status: &CommitStatus) -> Result<(), ForgeError>;
+    /// Opens a pull request from branch `head` of this repository into
+    /// `base`, or returns the open one from `head` into `base` there already
+    /// is: never a second one (a campaign step may run again after a crash).
+    async fn open_pull_request(
+        &self,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<PullRequest, ForgeError>;
+}
+
+/// How each provider creates a pull request, for the shared [`open`].
+#[async_trait]
+pub(crate) trait Pulls: Sync {
+    fn client(&self) -> &http::Client;
+    /// Open pull requests into `base`.
+    async fn list_open(&self, base: &str) -> Result<Vec<PullRequest>, ForgeError>;
+    /// Creates one, sent once ([`http::Replay::Once`]).
+    async fn create(
+        &self,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<PullRequest, ForgeError>;
+    /// Whether an error answer to [`Pulls::create`] says such a pull request
+    /// is open already (GitHub 422 "A pull request already exists", Gitea
+    /// 409, GitLab 409 "Another open merge request already exists").
+    fn exists_already(&self, e: &ForgeError) -> bool;
+}
+
+/// [`Forge::open_pull_request`] for every provider: the open one from `head`
+/// (of this repository, not a fork) into `base` if there is one, else a new
+/// one. When creating fails in a way that may have created it anyway, or
+/// because one appeared meanwhile, the open ones are listed again before
+/// anything else: a lost answer never becomes a second pull request.
+pub(crate) async fn open<P: Pulls + ?Sized>(
+    api: &P,
+    head: &str,
+    base: &str,
+    title: &str,
+    body: &str,
+) -> Result<PullRequest, ForgeError> {
+    let mut failures = 0;
+    loop {
+        let open = api.list_open(base).await?;
+        if let Some(found) = open
+            .into_iter()
+            .find(|p| p.head_branch == head && !p.from_fork)
+        {
+            return Ok(found);
+        }
+        match api.create(head, base, title, body).await {
+            Ok(p) => return Ok(p),
+            Err(e)
+                if (e.may_have_landed() || api.exists_already(&e))
+                    && failures < api.client().settings().retries =>
+            {
+                failures += 1;
+                let wait = api.client().backoff(failures);
+                tracing::warn!(forge = api.client().kind(), head, base, error = %e, retry = failures,
+                    "opening the pull request may have failed; looking for it before trying again");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// One comment, as [`upsert`] needs it.
@@ -255,6 +324,12 @@ pub(crate) async fn upsert<C: Comments + ?Sized>(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// An error answer `status` whose message says the thing exists already.
+pub(crate) fn exists_already(e: &ForgeError, status: u16) -> bool {
+    matches!(e, ForgeError::Http { status: s, message, .. }
+        if *s == status && message.to_ascii_lowercase().contains("already exist"))
 }
 
 /// `text` cut to at most `max` characters (not bytes), for forges that refuse

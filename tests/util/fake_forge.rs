@@ -40,12 +40,24 @@
 //!   GitLab 429 with `RateLimit-*` and `Retry-After`, Gitea's reverse proxy
 //!   429 with `Retry-After`), lasting until a given instant, and connections
 //!   cut halfway through an answer.
+//! - **Opening pull requests** (`POST .../pulls`, GitLab `POST
+//!   .../merge_requests`): 201 with the new one; one already open from that
+//!   head into that base is GitHub's 422 "A pull request already exists for
+//!   acme:BRANCH.", Gitea's 409 "pull request already exists for these
+//!   targets [...]", GitLab's 409 "Another open merge request already exists
+//!   for this source branch: !N". With a hosted repository
+//!   ([`FakeForge::host`]) branches are read from it: a missing one is
+//!   refused (GitHub 422 `invalid`, Gitea 404, GitLab 400), as is a head with
+//!   no commits over the base (GitHub 422 "No commits between ..."), and
+//!   [`FakeForge::merge`] merges as the forge's button does (a merge commit
+//!   on the base branch).
 //! - A **request log** (method, path and query as sent, status, whether
 //!   credentials came along) and accessors for what tests check.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -196,6 +208,8 @@ struct Store {
     /// Rate limited until this instant (epoch seconds).
     limited_until: Option<u64>,
     log: Vec<Logged>,
+    /// The git directory of the repository the forge hosts, if any.
+    git: Option<PathBuf>,
 }
 
 /// One running fake forge; the server stops when it is dropped.
@@ -229,6 +243,7 @@ impl FakeForge {
             injections: VecDeque::new(),
             limited_until: None,
             log: Vec::new(),
+            git: None,
         }));
         let app = axum::Router::new()
             .fallback(handle)
@@ -278,6 +293,88 @@ impl FakeForge {
 
     pub fn add_pr(&self, pr: FakePr) {
         self.store().prs.push(pr);
+    }
+
+    /// Hosts this (bare) repository: new pull requests' branches are read
+    /// from it, and [`FakeForge::merge`] merges in it.
+    pub fn host(&self, git_dir: &Path) {
+        self.store().git = Some(git_dir.to_path_buf());
+    }
+
+    /// Pull request `number`, as the fake has it now.
+    pub fn pr(&self, number: u64) -> Option<FakePr> {
+        self.store()
+            .prs
+            .iter()
+            .find(|p| p.number == number)
+            .cloned()
+    }
+
+    /// Every pull request, in the order they were added or opened.
+    pub fn prs(&self) -> Vec<FakePr> {
+        self.store().prs.clone()
+    }
+
+    /// The merge button: a merge commit of the head on the base branch of
+    /// the hosted repository (`git merge-tree`, `git commit-tree`, the base
+    /// moved only if it did not move meanwhile), and the pull request merged
+    /// with it. Returns the merge commit.
+    pub fn merge(&self, number: u64) -> String {
+        let mut store = self.store();
+        let git_dir = store.git.clone().expect("merge needs a hosted repository");
+        let pr = store
+            .prs
+            .iter_mut()
+            .find(|p| p.number == number)
+            .expect("no such pull request");
+        assert_eq!(pr.fate, Fate::Open, "only an open pull request merges");
+        let git = |args: &[&str]| -> String {
+            let out = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(&git_dir)
+                .args(args)
+                .env("GIT_AUTHOR_NAME", "Reviewer")
+                .env("GIT_AUTHOR_EMAIL", "reviewer@example.com")
+                .env("GIT_COMMITTER_NAME", "Forge")
+                .env("GIT_COMMITTER_EMAIL", "noreply@example.com")
+                .output()
+                .expect("git runs");
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let base = git(&["rev-parse", &format!("refs/heads/{}", pr.base)]);
+        let head = git(&["rev-parse", &format!("refs/heads/{}", pr.head_branch)]);
+        let tree = git(&["merge-tree", "--write-tree", &base, &head]);
+        let message = format!(
+            "Merge pull request #{number} from acme/{}\n\n{}",
+            pr.head_branch, pr.title
+        );
+        let merge = git(&[
+            "commit-tree",
+            &tree,
+            "-p",
+            &base,
+            "-p",
+            &head,
+            "-m",
+            &message,
+        ]);
+        git(&[
+            "update-ref",
+            &format!("refs/heads/{}", pr.base),
+            &merge,
+            &base,
+        ]);
+        pr.head_sha = head;
+        pr.fate = Fate::Merged {
+            merge_commit: Some(merge.clone()),
+            squash_commit: None,
+        };
+        merge
     }
 
     /// Changes pull request `number` as a push to its head or a merge would.
@@ -764,6 +861,53 @@ impl Store {
         }
     }
 
+    /// Branch `name`'s head commit: from the hosted repository, or, without
+    /// one, any branch exists with a made-up commit.
+    fn branch(&self, name: &str) -> Option<String> {
+        let Some(dir) = &self.git else {
+            return Some(sha_of(10_000 + self.prs.len() as u64));
+        };
+        let repo = git2::Repository::open(dir).ok()?;
+        repo.refname_to_id(&format!("refs/heads/{name}"))
+            .ok()
+            .map(|o| o.to_string())
+    }
+
+    /// Whether `head` has commits `base` does not (always, without a
+    /// hosted repository).
+    fn ahead(&self, head: &str, base: &str) -> bool {
+        let Some(dir) = &self.git else {
+            return true;
+        };
+        let Ok(repo) = git2::Repository::open(dir) else {
+            return false;
+        };
+        match (git2::Oid::from_str(head), git2::Oid::from_str(base)) {
+            (Ok(h), Ok(b)) => h != b && !repo.graph_descendant_of(b, h).unwrap_or(false),
+            _ => false,
+        }
+    }
+
+    /// The open pull request from branch `head` of the repository into `base`.
+    fn open_from(&self, head: &str, base: &str) -> Option<FakePr> {
+        self.prs
+            .iter()
+            .find(|p| {
+                p.fate == Fate::Open && p.fork.is_none() && p.head_branch == head && p.base == base
+            })
+            .cloned()
+    }
+
+    /// A new open pull request (numbers follow the highest there is).
+    fn open_pr(&mut self, head: &str, base: &str, title: &str, head_sha: String) -> FakePr {
+        let number = self.prs.iter().map(|p| p.number).max().unwrap_or(0) + 1;
+        let mut pr = FakePr::open(number, base, head);
+        pr.title = title.to_string();
+        pr.head_sha = head_sha;
+        self.prs.push(pr.clone());
+        pr
+    }
+
     fn pr(&self, number: &str) -> Option<FakePr> {
         let n: u64 = number.parse().ok()?;
         self.prs.iter().find(|p| p.number == n).cloned()
@@ -809,6 +953,53 @@ impl Store {
                 Some(p) => respond(200, vec![], self.github_pull(&p, true)),
                 None => self.not_found("Pull"),
             },
+            ("POST", ["pulls"]) => {
+                let field = |key: &str| Self::body_text(&body, key).filter(|v| !v.is_empty());
+                let (Some(title), Some(head), Some(base)) =
+                    (field("title"), field("head"), field("base"))
+                else {
+                    let missing = ["title", "head", "base"]
+                        .into_iter()
+                        .find(|k| field(k).is_none())
+                        .unwrap_or("title");
+                    return github_invalid(
+                        "PullRequest",
+                        missing,
+                        "missing_field",
+                        &format!("{missing} wasn't supplied."),
+                    );
+                };
+                // `owner:branch` names a branch of the owner's repository.
+                let head = match head.split_once(':') {
+                    Some(("acme", b)) => b.to_string(),
+                    Some(_) => return github_invalid("PullRequest", "head", "invalid", ""),
+                    None => head,
+                };
+                let Some(base_sha) = self.branch(&base) else {
+                    return github_invalid("PullRequest", "base", "invalid", "");
+                };
+                let Some(head_sha) = self.branch(&head) else {
+                    return github_invalid("PullRequest", "head", "invalid", "");
+                };
+                if self.open_from(&head, &base).is_some() {
+                    return github_invalid(
+                        "PullRequest",
+                        "",
+                        "custom",
+                        &format!("A pull request already exists for acme:{head}."),
+                    );
+                }
+                if !self.ahead(&head_sha, &base_sha) {
+                    return github_invalid(
+                        "PullRequest",
+                        "",
+                        "custom",
+                        &format!("No commits between {base} and {head}"),
+                    );
+                }
+                let p = self.open_pr(&head, &base, &title, head_sha);
+                respond(201, vec![], self.github_pull(&p, true))
+            }
             ("GET", ["issues", n, "comments"]) => {
                 let Some(p) = self.pr(n) else {
                     return self.not_found("Issue");
@@ -1075,6 +1266,42 @@ impl Store {
                 Some(p) => respond(200, vec![], self.gitea_pull(&p)),
                 None => self.not_found("Pull"),
             },
+            ("POST", ["pulls"]) => {
+                let field = |key: &str| Self::body_text(&body, key).filter(|v| !v.is_empty());
+                let (Some(head), Some(base)) = (field("head"), field("base")) else {
+                    return respond(
+                        422,
+                        vec![],
+                        json!({"message": "[Head]: Required; [Base]: Required", "url": self.swagger()}),
+                    );
+                };
+                let title = field("title").unwrap_or_default();
+                let (Some(base_sha), Some(head_sha)) = (self.branch(&base), self.branch(&head))
+                else {
+                    return self.not_found("");
+                };
+                if let Some(p) = self.open_from(&head, &base) {
+                    let message = format!(
+                        "pull request already exists for these targets [id: {}, issue_id: {}, head_repo_id: {REPO_ID}, base_repo_id: {REPO_ID}, head_branch: {head}, base_branch: {base}]",
+                        10_000 + p.number,
+                        p.number
+                    );
+                    return respond(
+                        409,
+                        vec![],
+                        json!({"message": message, "url": self.swagger()}),
+                    );
+                }
+                if !self.ahead(&head_sha, &base_sha) {
+                    return respond(
+                        409,
+                        vec![],
+                        json!({"message": "There are no changes between the head and the base", "url": self.swagger()}),
+                    );
+                }
+                let p = self.open_pr(&head, &base, &title, head_sha);
+                respond(201, vec![], self.gitea_pull(&p))
+            }
             ("GET", ["issues", n, "comments"]) => {
                 let Some(p) = self.pr(n) else {
                     return self.not_found("Issue");
@@ -1243,6 +1470,43 @@ impl Store {
                 Some(p) => respond(200, vec![], self.gitlab_mr(&p)),
                 None => self.not_found(""),
             },
+            ("POST", ["merge_requests"]) => {
+                let field = |key: &str| Self::body_text(&body, key).filter(|v| !v.is_empty());
+                let missing = ["source_branch", "target_branch", "title"]
+                    .into_iter()
+                    .find(|k| field(k).is_none());
+                if let Some(k) = missing {
+                    return respond(400, vec![], json!({"error": format!("{k} is missing")}));
+                }
+                let (head, base) = (
+                    field("source_branch").unwrap_or_default(),
+                    field("target_branch").unwrap_or_default(),
+                );
+                let title = field("title").unwrap_or_default();
+                if let Some(p) = self.open_from(&head, &base) {
+                    return respond(
+                        409,
+                        vec![],
+                        json!({"message": [format!("Another open merge request already exists for this source branch: !{}", p.number)]}),
+                    );
+                }
+                let Some(head_sha) = self.branch(&head) else {
+                    return respond(
+                        400,
+                        vec![],
+                        json!({"message": {"source_branch": ["is invalid"]}}),
+                    );
+                };
+                if self.branch(&base).is_none() {
+                    return respond(
+                        400,
+                        vec![],
+                        json!({"message": {"target_branch": ["is invalid"]}}),
+                    );
+                }
+                let p = self.open_pr(&head, &base, &title, head_sha);
+                respond(201, vec![], self.gitlab_mr(&p))
+            }
             ("GET", ["merge_requests", iid, "notes"]) => {
                 let Some(p) = self.pr(iid) else {
                     return self.not_found("");
