@@ -704,3 +704,100 @@ spec:
         "{run:?}"
     );
 }
+
+/// A fleet stage in batches of one site, no failure tolerated: the first
+/// site fails to render the model, so the fan-out stops there and the
+/// other sites are never promoted.
+#[test]
+fn a_batch_past_its_failure_tolerance_stops_the_fan_out() {
+    let campaign = "apiVersion: fermata.dev/v1alpha1
+kind: Campaign
+metadata: {name: vision-rollout}
+spec:
+  firstStage: fleet
+  stages:
+    - name: fleet
+      promote:
+        sites: {matchLabels: {ring: main}}
+        set: {MODEL: \"${inputs.model}\"}
+      batch: {size: 1, failureTolerance: 0}
+      await: {state: installed, timeout: 8h}
+";
+    let f = Fleet::with_campaign(&[("broken", "broken")], campaign);
+    assert_step(&f, "broken", 3, "fleet");
+    assert_ne!(f.agent(2).code, 0, "s2 cannot render the broken model");
+    let json = f.step("broken").1;
+    assert_eq!(json["outcome"], "finished", "{json}");
+    assert_eq!(json["outputs"]["fleet"]["failed"], 1, "{json}");
+    assert_eq!(json["outputs"]["fleet"]["stopped"], true, "{json}");
+    let sites = f.git(&["show", "main:sites.yaml"]);
+    assert_eq!(
+        sites.matches("\"broken\"").count(),
+        1,
+        "only s2 promoted: {sites}"
+    );
+}
+
+/// Two activations of two campaigns run side by side, each with its own
+/// state and its own commits, neither waiting for the other.
+#[test]
+fn two_activations_of_two_campaigns_run_side_by_side() {
+    let f = Fleet::new(&[("vision-v4", "v4")]);
+    let tuning = "apiVersion: fermata.dev/v1alpha1
+kind: Campaign
+metadata: {name: tuning}
+spec:
+  firstStage: main
+  stages:
+    - name: main
+      promote:
+        sites: {matchLabels: {ring: main}}
+        set: {LOG_LEVEL: debug}
+      await: {state: installed, timeout: 8h}
+---
+apiVersion: fermata.dev/v1alpha1
+kind: Activation
+metadata: {name: debug-logs}
+spec: {campaign: tuning}
+";
+    let work = tempfile::tempdir().unwrap();
+    util::git(work.path(), &["clone", "-q", f.bare.to_str().unwrap(), "w"]);
+    let w = work.path().join("w");
+    std::fs::write(w.join("tuning.yaml"), tuning).unwrap();
+    util::git(&w, &["add", "-A"]);
+    util::git(
+        &w,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "tuning",
+        ],
+    );
+    util::git(&w, &["push", "-q", "origin", "main"]);
+    assert_step(&f, "vision-v4", 3, "canary");
+    assert_step(&f, "debug-logs", 3, "main");
+    let subjects = f.git(&["log", "-2", "--format=%s", "main"]);
+    assert!(
+        subjects.contains("campaign debug-logs stage main batch 1/1"),
+        "{subjects}"
+    );
+    assert!(
+        subjects.contains("campaign vision-v4 stage canary batch 1/1"),
+        "{subjects}"
+    );
+    for i in 1..=4 {
+        assert_eq!(f.agent(i).code, 0, "s{i}");
+    }
+    assert_step(&f, "vision-v4", 0, "approve");
+    let json = f.step("debug-logs").1;
+    assert_eq!(json["outcome"], "finished", "{json}");
+    let list = f.campaign(&["list"]);
+    assert!(
+        list.stdout.contains("vision-v4") && list.stdout.contains("debug-logs"),
+        "{list:?}"
+    );
+}

@@ -42,8 +42,10 @@ pub enum Outcome {
     Advanced,
     /// The last stage finished.
     Finished,
-    /// The current stage waits (for sites, an approval, time): why.
-    Waiting(String),
+    /// The current stage waits (for sites, an approval, time): why, and
+    /// by when at the latest something will have changed (a wait's end, an
+    /// await's timeout), if known.
+    Waiting(String, Option<DateTime<Utc>>),
     Failed(String),
 }
 
@@ -201,7 +203,7 @@ impl Driver {
                 ))
             })?;
         if let Some(queued) = self.queued_behind(&campaign, &state)? {
-            return Ok((Outcome::Waiting(queued), state));
+            return Ok((Outcome::Waiting(queued, None), state));
         }
         for _ in 0..MAX_TRANSITIONS {
             let (_, fleet) = self.fleet()?;
@@ -328,14 +330,14 @@ impl Driver {
                     };
                     return Ok((outcome, state));
                 }
-                Decision::Wait { why, .. } => {
+                Decision::Wait { why, until } => {
                     // Only the stage's start is new: recorded once.
                     let started = state.stages.get(&stage).and_then(|r| r.started).is_some();
                     if !started {
                         state = engine::record(state, &decision, None, now);
                         self.save(&state, &format!("{stage} started"))?;
                     }
-                    return Ok((Outcome::Waiting(why.clone()), state));
+                    return Ok((Outcome::Waiting(why.clone(), *until), state));
                 }
                 Decision::Fail(why) => {
                     let why = why.clone();

@@ -183,7 +183,7 @@ fn step(a: &StepArgs) -> anyhow::Result<ExitCode> {
     let (word, why, code) = match &outcome {
         Outcome::Advanced => ("advanced", None, 0),
         Outcome::Finished => ("finished", None, 0),
-        Outcome::Waiting(why) => ("waiting", Some(why.as_str()), 3),
+        Outcome::Waiting(why, _) => ("waiting", Some(why.as_str()), 3),
         Outcome::Failed(why) => ("failed", Some(why.as_str()), 1),
     };
     let outputs: BTreeMap<&String, &BTreeMap<String, serde_json::Value>> =

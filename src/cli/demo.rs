@@ -164,7 +164,7 @@ async fn play_campaign(
             Outcome::Finished => break,
             Outcome::Failed(why) => anyhow::bail!("the campaign failed: {why}"),
             Outcome::Advanced => continue,
-            Outcome::Waiting(why) if why.contains("approval") => {
+            Outcome::Waiting(why, _) if why.contains("approval") => {
                 let who = (NAME, stage.as_str());
                 crate::campaign::drive::approve(
                     repo,
@@ -176,7 +176,7 @@ async fn play_campaign(
                 )?;
                 outln!("  $ fermata campaign approve {NAME} --reason 'the canary looks good'");
             }
-            Outcome::Waiting(_) => {
+            Outcome::Waiting(..) => {
                 // The sites reconcile what was promoted.
                 r.unsettle();
                 let reports = r.pass().await;

@@ -344,6 +344,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         };
         let observer = server.as_ref().map(|(state, _, _)| state.clone());
         let clock_now = clock.clone();
+        let timer = CampaignTimer::new(triggers.sender());
         let result = reconcile::run(r, clock, triggers, |outcome: &PassOutcome<'_>| {
             for b in outcome.reports.iter().filter(|b| !b.unchanged) {
                 tracing::info!(branch = %b.branch, rev = ?b.revision, commit = ?b.status_commit, "pass done");
@@ -358,7 +359,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
                 tokio::task::block_in_place(|| f.publish(clock_now.now()));
             }
             if let Some(c) = campaigns.as_ref().filter(|_| outcome.leading) {
-                tokio::task::block_in_place(|| c.drive(clock_now.now()));
+                let now = clock_now.now();
+                let outcomes = tokio::task::block_in_place(|| c.drive(now));
+                timer.arm(&outcomes, now);
             }
             if let Some(c) = &checks {
                 tokio::task::block_in_place(|| c.run());
@@ -495,6 +498,48 @@ impl CampaignDriver {
                 Vec::new()
             }
         }
+    }
+}
+
+/// Wakes the run loop when a campaign's wait ends or an await times out,
+/// so that does not wait for the next interval. One timer at a time: the
+/// earliest still ahead.
+struct CampaignTimer {
+    wake: tokio::sync::mpsc::Sender<&'static str>,
+    armed: std::sync::Arc<std::sync::Mutex<Option<DateTime<Utc>>>>,
+}
+
+impl CampaignTimer {
+    fn new(wake: tokio::sync::mpsc::Sender<&'static str>) -> CampaignTimer {
+        CampaignTimer {
+            wake,
+            armed: Default::default(),
+        }
+    }
+
+    fn arm(&self, outcomes: &[(String, crate::campaign::drive::Outcome)], now: DateTime<Utc>) {
+        use crate::campaign::drive::Outcome;
+        let Some(at) = outcomes
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Outcome::Waiting(_, until) => *until,
+                _ => None,
+            })
+            .filter(|t| *t > now)
+            .min()
+        else {
+            return;
+        };
+        let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
+        if armed.is_some_and(|a| a > now && a <= at) {
+            return;
+        }
+        *armed = Some(at);
+        let (wake, delay) = (self.wake.clone(), (at - now).to_std().unwrap_or_default());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay + std::time::Duration::from_millis(10)).await;
+            let _ = wake.try_send("campaign timer");
+        });
     }
 }
 
@@ -703,5 +748,46 @@ pub fn print_reports(reports: &[BranchReport], status_branch: &str) {
             };
             outln!("  status: committed {} to {to}", &c.to_string()[..7]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::campaign::drive::Outcome;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// The loop is woken when the earliest wait ends, once per timer: a
+    /// later wait does not re-arm it, an earlier one does.
+    #[tokio::test(start_paused = true)]
+    async fn a_campaign_timer_wakes_the_loop_at_the_earliest_wait() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let timer = CampaignTimer::new(tx);
+        let now = at("2026-12-01T10:00:00Z");
+        let waiting = |until: &str| {
+            let o = Outcome::Waiting("wait".into(), Some(at(until)));
+            vec![("a".to_string(), o), ("b".to_string(), Outcome::Finished)]
+        };
+        timer.arm(&waiting("2026-12-01T11:00:00Z"), now);
+        timer.arm(&waiting("2026-12-01T12:00:00Z"), now);
+        let started = tokio::time::Instant::now();
+        assert_eq!(rx.recv().await, Some("campaign timer"));
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_secs(3600)
+                && waited < std::time::Duration::from_secs(3601),
+            "{waited:?}"
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "the later wait did not arm a second timer"
+        );
+        // Nothing ahead (a wait already over): no timer.
+        timer.arm(&waiting("2026-12-01T09:00:00Z"), now);
+        tokio::time::sleep(std::time::Duration::from_secs(7200)).await;
+        assert!(rx.try_recv().is_err());
     }
 }
