@@ -58,7 +58,8 @@ pub struct Where {
 /// How commits are signed and approvals checked.
 #[derive(Debug, Clone, Args)]
 pub struct Keys {
-    /// Sign campaign commits with this SSH private key (ssh-keygen -Y sign).
+    /// Sign campaign commits with this key: an OpenSSH private key
+    /// (ssh-keygen -Y sign) or an armored OpenPGP secret key, without a passphrase.
     #[arg(long)]
     pub signing_key: Option<PathBuf>,
     /// An allowed_signers file: approvals count only when signed by one of its keys.
@@ -67,8 +68,12 @@ pub struct Keys {
 }
 
 impl Keys {
-    fn signing(&self) -> Option<Signing> {
-        self.signing_key.clone().map(|key| Signing::Ssh { key })
+    fn signing(&self) -> anyhow::Result<Option<Signing>> {
+        self.signing_key
+            .as_deref()
+            .map(Signing::from_key_file)
+            .transpose()
+            .context("--signing-key")
     }
 
     fn trust(&self) -> anyhow::Result<SignaturePolicy> {
@@ -159,7 +164,7 @@ fn driver(at: &Where, keys: &Keys) -> anyhow::Result<Driver> {
         repo: at.repo.clone(),
         branch: at.branch.clone(),
         status_branch: at.status_branch.clone(),
-        signing: keys.signing(),
+        signing: keys.signing()?,
         trust: keys.trust()?,
         forge: None,
     })
@@ -318,7 +323,7 @@ fn approve(a: &ApproveArgs) -> anyhow::Result<ExitCode> {
         (&a.activation, &stage),
         &who,
         &a.reason,
-        a.keys.signing().as_ref(),
+        a.keys.signing()?.as_ref(),
     )?;
     outln!(
         "approved {}/{stage}: commit {}",
@@ -336,7 +341,7 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
         &a.at.branch,
         (&a.campaign, &a.name),
         &inputs,
-        a.keys.signing().as_ref(),
+        a.keys.signing()?.as_ref(),
     )?;
     outln!(
         "activation {} of {}: commit {}",

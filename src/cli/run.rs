@@ -52,8 +52,9 @@ pub struct RunArgs {
     /// (summary.md, fleet.svg, fleet.json) to fermata/fleet; central mode only.
     #[arg(long, env = "FERMATA_PUBLISH_FLEET", conflicts_with = "site")]
     pub publish_fleet: bool,
-    /// Sign the commits self-driving campaigns make with this SSH private
-    /// key (`ssh-keygen -Y sign`), for sites under a signature policy.
+    /// Sign the commits self-driving campaigns make with this key, for sites
+    /// under a signature policy: an OpenSSH private key (`ssh-keygen -Y
+    /// sign`) or an armored OpenPGP secret key, without a passphrase.
     #[arg(long, env = "FERMATA_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
     /// One pass, then exit: 1 if anything failed.
@@ -475,10 +476,16 @@ impl CampaignDriver {
             repo: r.ctx.source.git_dir().to_path_buf(),
             branch: s.branches.first()?.clone(),
             status_branch: s.status_branch.clone(),
-            signing: a
-                .signing_key
-                .clone()
-                .map(|key| crate::campaign::commit::Signing::Ssh { key }),
+            signing: match a.signing_key.as_deref() {
+                None => None,
+                Some(key) => match crate::campaign::commit::Signing::from_key_file(key) {
+                    Ok(signing) => Some(signing),
+                    Err(e) => {
+                        tracing::error!(error = %e, "--signing-key: campaigns are not driven");
+                        return None;
+                    }
+                },
+            },
             trust: s.signatures.clone(),
             forge: r.pulls.as_ref().and_then(|p| p.forge.clone()),
         }))
