@@ -280,7 +280,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         // One reconciler per state directory, for as long as this one runs.
         let _lock = StateLock::acquire(&r.ctx.settings.state_dir)?;
         let fleet = a.publish_fleet.then(|| FleetPublisher::of(&r));
-        let campaigns = CampaignDriver::of(&r, a);
+        let campaigns = CampaignDriver::of(&r, a)?;
         let checks = SiteChecks::of(&r);
         fetch_or_warn(&mut r).await;
         check_site(&r).await?;
@@ -467,28 +467,30 @@ impl FleetPublisher {
 struct CampaignDriver(crate::campaign::drive::Driver);
 
 impl CampaignDriver {
-    fn of(r: &Reconciler, a: &RunArgs) -> Option<CampaignDriver> {
+    /// `None` where campaigns are not driven (a site agent, a mirror); a
+    /// `--signing-key` that cannot sign fails at start, not at the first step.
+    fn of(r: &Reconciler, a: &RunArgs) -> anyhow::Result<Option<CampaignDriver>> {
         let s = &r.ctx.settings;
+        let signing = a
+            .signing_key
+            .as_deref()
+            .map(crate::campaign::commit::Signing::from_key_file)
+            .transpose()
+            .context("--signing-key")?;
+        let Some(branch) = s.branches.first() else {
+            return Ok(None);
+        };
         if s.site.is_some() || r.ctx.source.remote().is_some() {
-            return None;
+            return Ok(None);
         }
-        Some(CampaignDriver(crate::campaign::drive::Driver {
+        Ok(Some(CampaignDriver(crate::campaign::drive::Driver {
             repo: r.ctx.source.git_dir().to_path_buf(),
-            branch: s.branches.first()?.clone(),
+            branch: branch.clone(),
             status_branch: s.status_branch.clone(),
-            signing: match a.signing_key.as_deref() {
-                None => None,
-                Some(key) => match crate::campaign::commit::Signing::from_key_file(key) {
-                    Ok(signing) => Some(signing),
-                    Err(e) => {
-                        tracing::error!(error = %e, "--signing-key: campaigns are not driven");
-                        return None;
-                    }
-                },
-            },
+            signing,
             trust: s.signatures.clone(),
             forge: r.pulls.as_ref().and_then(|p| p.forge.clone()),
-        }))
+        })))
     }
 
     /// Each activation stepped; failures are logged, never the pass's.
