@@ -428,6 +428,17 @@ fn an_approval_must_be_signed_by_a_trusted_key() {
 /// pass reconciles every site, then the campaign steps on what they report.
 #[test]
 fn a_self_driving_campaign_advances_inside_fermata_run() {
+    self_driving(false);
+}
+
+/// The same through a URL: `fermata run` drives the campaign in its mirror
+/// and pushes every commit to the remote.
+#[test]
+fn a_self_driving_campaign_advances_inside_fermata_run_on_a_url() {
+    self_driving(true);
+}
+
+fn self_driving(url: bool) {
     let work = fleet();
     work.write(
         "campaign.yaml",
@@ -441,17 +452,14 @@ fn a_self_driving_campaign_advances_inside_fermata_run() {
     let dir = tempfile::tempdir().unwrap();
     let bare = bare_clone(work.path(), dir.path(), "fleet.git");
     let state = tempfile::tempdir().unwrap();
+    let repo = match url {
+        true => format!("file://{}", bare.display()),
+        false => bare.display().to_string(),
+    };
     let once = || {
         util::fermata_at(
             state.path(),
-            &[
-                "run",
-                "--once",
-                "--repo",
-                bare.to_str().unwrap(),
-                "--branch",
-                "main",
-            ],
+            &["run", "--once", "--repo", &repo, "--branch", "main"],
             NOW,
             &[],
         )
@@ -799,5 +807,53 @@ spec: {campaign: tuning}
     assert!(
         list.stdout.contains("vision-v4") && list.stdout.contains("debug-logs"),
         "{list:?}"
+    );
+}
+
+/// Driven through a URL: the campaign commands keep a mirror under their
+/// state directory, fetch it before each step and push each commit (and
+/// each state) to the remote, as a CI job without a clone of its own would.
+#[test]
+fn a_campaign_is_driven_through_a_mirror_of_a_url() {
+    let f = Fleet::new(&[("vision-v4", "v4")]);
+    let state = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", f.bare.display());
+    let step = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
+            .args([
+                "campaign",
+                "step",
+                "vision-v4",
+                "--repo",
+                &url,
+                "--state-dir",
+            ])
+            .arg(state.path())
+            .env("FERMATA_NOW", NOW)
+            .output()
+            .expect("fermata runs");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (
+            out.status.code(),
+            json,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, json, err) = step();
+    assert_eq!(code, Some(3), "{json} {err}");
+    let log = f.git(&["log", "-1", "--format=%s", "main"]);
+    assert!(
+        log.contains("campaign vision-v4 stage canary batch 1/1"),
+        "pushed: {log}"
+    );
+    let saved = f.git(&["show", "fermata/status:campaigns/vision-v4.yaml"]);
+    assert!(saved.contains("stage: canary"), "{saved}");
+    assert_eq!(f.agent(1).code, 0);
+    assert_eq!(f.model(1).as_deref(), Some("v4"));
+    let (code, json, err) = step();
+    assert_eq!(
+        (code, json["stage"].clone()),
+        (Some(0), "approve".into()),
+        "{err}"
     );
 }

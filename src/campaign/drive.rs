@@ -80,6 +80,10 @@ pub struct Driver {
     /// Where promotes with `pullRequest: true` open their pull requests
     /// (`--forge`); without one such a stage fails.
     pub forge: Option<Arc<dyn Forge>>,
+    /// Set when `repo` is fermata's mirror of a remote: each step fetches
+    /// it first, and every commit is pushed there (compare-and-swap) before
+    /// anything records it.
+    pub mirror: Option<GitSource>,
 }
 
 /// Transitions one step may make before it must stop (a guard: a stage
@@ -97,8 +101,17 @@ impl Driver {
         )?)
     }
 
+    fn remote(&self) -> Option<String> {
+        self.mirror.as_ref()?.remote().map(str::to_string)
+    }
+
     fn status(&self) -> StatusRepo {
-        StatusRepo::new(self.git_dir(), None, self.status_branch.clone(), None)
+        StatusRepo::new(
+            self.git_dir(),
+            self.remote(),
+            self.status_branch.clone(),
+            None,
+        )
     }
 
     fn git_dir(&self) -> PathBuf {
@@ -180,6 +193,11 @@ impl Driver {
         activation: &str,
         now: DateTime<Utc>,
     ) -> Result<(Outcome, ActivationState), DriveError> {
+        if let Some(m) = &self.mirror {
+            // What the remote holds now: a commit an earlier step could not
+            // push is gone from the mirror, so it is never recorded.
+            m.fetch()?;
+        }
         let (_, fleet) = self.fleet()?;
         let mut state = match self.state(activation)? {
             Some(s) => s,
@@ -720,10 +738,10 @@ impl Driver {
         };
         let message = commit::message(&step, &commit::set_summary(set, sites));
         let edits: Vec<(String, String)> = files.into_iter().collect();
-        let id = commit::promote(
+        let id = commit_and_push(
             &self.repo,
-            into,
-            base,
+            self.remote().as_deref(),
+            (into, base),
             &edits,
             &message,
             self.signing.as_ref(),
@@ -773,10 +791,10 @@ impl Driver {
         };
         let message = commit::message(&step, &commit::restore_summary(keys, &names));
         let edits: Vec<(String, String)> = files.into_iter().collect();
-        let id = commit::promote(
+        let id = commit_and_push(
             &self.repo,
-            &self.branch,
-            base,
+            self.remote().as_deref(),
+            (&self.branch, base),
             &edits,
             &message,
             self.signing.as_ref(),
@@ -807,7 +825,7 @@ impl Driver {
 /// `signing` where a signature policy holds. Not a step's own commit:
 /// `find_step` must not take it for the stage's promote.
 pub fn approve(
-    repo: &Path,
+    (repo, remote): (&Path, Option<&str>),
     branch: &str,
     (activation, stage): (&str, &str),
     who: &str,
@@ -831,20 +849,20 @@ pub fn approve(
         reason.replace('\n', " ")
     ));
     let base = commit::head(repo, branch)?;
-    Ok(commit::promote(
+    commit_and_push(
         repo,
-        branch,
-        base,
+        remote,
+        (branch, base),
         &[(path, body)],
         &message,
         signing,
-    )?)
+    )
 }
 
 /// Starts `name`, an activation of `campaign` with `inputs`: a committed
 /// Activation under `campaigns/activations/`.
 pub fn activate(
-    repo: &Path,
+    (repo, remote): (&Path, Option<&str>),
     branch: &str,
     (campaign, name): (&str, &str),
     inputs: &BTreeMap<String, String>,
@@ -860,14 +878,47 @@ pub fn activate(
     let path = format!("campaigns/activations/{name}.yaml");
     let message = format!("campaign {campaign}: activate {name}\n\nFermata-Activation: {name}\n");
     let base = commit::head(repo, branch)?;
-    Ok(commit::promote(
+    commit_and_push(
         repo,
-        branch,
-        base,
+        remote,
+        (branch, base),
         &[(path, body)],
         &message,
         signing,
-    )?)
+    )
+}
+
+/// One commit on `branch` over `base` (see [`commit::promote`]), pushed to
+/// `remote` when the repository is a mirror, only if the remote still holds
+/// what the branch held (`base`; nothing, for a new pull-request branch);
+/// otherwise an error, and the step is taken again on what the remote holds.
+fn commit_and_push(
+    repo: &Path,
+    remote: Option<&str>,
+    (branch, base): (&str, git2::Oid),
+    edits: &[(String, String)],
+    message: &str,
+    signing: Option<&commit::Signing>,
+) -> Result<git2::Oid, DriveError> {
+    let opened = git2::Repository::open(repo)
+        .map_err(|e| DriveError::Invalid(format!("{}: {e}", repo.display())))?;
+    let name = format!("refs/heads/{branch}");
+    let old = opened.find_reference(&name).ok().and(Some(base));
+    let id = commit::promote(repo, branch, base, edits, message, signing)?;
+    if let Some(url) = remote {
+        let to = StatusRepo::new(
+            opened.path().to_path_buf(),
+            Some(url.to_string()),
+            branch,
+            None,
+        );
+        if !to.push_ref(&name, old, id)? {
+            return Err(DriveError::Invalid(format!(
+                "{branch} moved on {url} while this step committed: step again"
+            )));
+        }
+    }
+    Ok(id)
 }
 
 /// Whether `stage` of `campaign` proposes its promotes as pull requests.

@@ -14,7 +14,7 @@ use super::run::ClockArgs;
 use crate::campaign::commit::Signing;
 use crate::campaign::drive::{self, Driver, Outcome};
 use crate::campaign::state::ActivationState;
-use crate::source::SignaturePolicy;
+use crate::source::{GitSource, SignaturePolicy};
 
 #[derive(Debug, Args)]
 pub struct CampaignArgs {
@@ -42,9 +42,14 @@ pub enum CampaignCommand {
 /// Where the campaign lives.
 #[derive(Debug, Clone, Args)]
 pub struct Where {
-    /// A local repository (a working tree or a bare one), read and written in place.
+    /// A local repository (a working tree or a bare one), read and written
+    /// in place; or a URL, mirrored under --state-dir, fetched before each
+    /// step and pushed to (compare-and-swap) after each commit.
     #[arg(long, env = "FERMATA_REPO")]
-    pub repo: PathBuf,
+    pub repo: String,
+    /// Where a URL's mirror lives.
+    #[arg(long, env = "FERMATA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// The watched branch: campaigns, Sites and promotes.
     #[arg(long, default_value = "main")]
     pub branch: String,
@@ -159,14 +164,28 @@ fn parse_input(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?}: expected key=value"))
 }
 
+impl Where {
+    /// The repository worked on: the one given, or the mirror of a URL.
+    fn open(&self) -> anyhow::Result<(PathBuf, Option<GitSource>)> {
+        if !crate::source::is_url(&self.repo) {
+            return Ok((PathBuf::from(&self.repo), None));
+        }
+        let state = super::default_state_dir(self.state_dir.clone());
+        let mirror = GitSource::open(&self.repo, &state).context("--repo")?;
+        Ok((mirror.git_dir().to_path_buf(), Some(mirror)))
+    }
+}
+
 fn driver(at: &Where, keys: &Keys) -> anyhow::Result<Driver> {
+    let (repo, mirror) = at.open()?;
     Ok(Driver {
-        repo: at.repo.clone(),
+        repo,
         branch: at.branch.clone(),
         status_branch: at.status_branch.clone(),
         signing: keys.signing()?,
         trust: keys.trust()?,
         forge: None,
+        mirror,
     })
 }
 
@@ -317,8 +336,12 @@ fn approve(a: &ApproveArgs) -> anyhow::Result<ExitCode> {
         Some(w) => w.clone(),
         None => std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
     };
+    let (repo, mirror) = a.at.open()?;
+    if let Some(m) = &mirror {
+        m.fetch()?;
+    }
     let id = drive::approve(
-        &a.at.repo,
+        (&repo, mirror.as_ref().and_then(|m| m.remote())),
         &a.at.branch,
         (&a.activation, &stage),
         &who,
@@ -336,8 +359,12 @@ fn approve(a: &ApproveArgs) -> anyhow::Result<ExitCode> {
 fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
     crate::model::load::check_name(&a.name).map_err(|m| anyhow::anyhow!("--name: {m}"))?;
     let inputs: BTreeMap<String, String> = a.inputs.iter().cloned().collect();
+    let (repo, mirror) = a.at.open()?;
+    if let Some(m) = &mirror {
+        m.fetch()?;
+    }
     let id = drive::activate(
-        &a.at.repo,
+        (&repo, mirror.as_ref().and_then(|m| m.remote())),
         &a.at.branch,
         (&a.campaign, &a.name),
         &inputs,

@@ -150,11 +150,18 @@ async fn play_campaign(
         signing: None,
         trust: crate::source::SignaturePolicy::None,
         forge: None,
+        mirror: None,
     };
     outln!();
     outln!("Campaign collector-rollout: COLLECTOR_VERSION 0.115.0 -> 0.116.0, canary first.");
     let inputs = std::collections::BTreeMap::from([("version".to_string(), "0.116.0".to_string())]);
-    crate::campaign::drive::activate(repo, "main", ("collector-rollout", NAME), &inputs, None)?;
+    crate::campaign::drive::activate(
+        (repo, None),
+        "main",
+        ("collector-rollout", NAME),
+        &inputs,
+        None,
+    )?;
     outln!("  $ fermata campaign activate collector-rollout --name {NAME} --input version=0.116.0");
     for _ in 0..16 {
         let (outcome, state) = driver.step(NAME, now)?;
@@ -167,7 +174,7 @@ async fn play_campaign(
             Outcome::Waiting(why, _) if why.contains("approval") => {
                 let who = (NAME, stage.as_str());
                 crate::campaign::drive::approve(
-                    repo,
+                    (repo, None),
                     "main",
                     who,
                     "demo",

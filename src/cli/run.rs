@@ -467,7 +467,7 @@ impl FleetPublisher {
 struct CampaignDriver(crate::campaign::drive::Driver);
 
 impl CampaignDriver {
-    /// `None` where campaigns are not driven (a site agent, a mirror); a
+    /// `None` where campaigns are not driven (a site agent); a
     /// `--signing-key` that cannot sign fails at start, not at the first step.
     fn of(r: &Reconciler, a: &RunArgs) -> anyhow::Result<Option<CampaignDriver>> {
         let s = &r.ctx.settings;
@@ -480,10 +480,16 @@ impl CampaignDriver {
         let Some(branch) = s.branches.first() else {
             return Ok(None);
         };
-        if s.site.is_some() || r.ctx.source.remote().is_some() {
+        if s.site.is_some() {
             return Ok(None);
         }
+        // A URL: the same mirror the reconciler reads, pushed to.
+        let mirror = match r.ctx.source.remote() {
+            Some(_) => Some(crate::source::GitSource::open(&s.repo, &s.state_dir)?),
+            None => None,
+        };
         Ok(Some(CampaignDriver(crate::campaign::drive::Driver {
+            mirror,
             repo: r.ctx.source.git_dir().to_path_buf(),
             branch: branch.clone(),
             status_branch: s.status_branch.clone(),

@@ -314,6 +314,29 @@ impl StatusRepo {
         )
     }
 
+    /// Pushes `name` from `old` to `new` on this repository's remote, only
+    /// if the remote still holds `old` (compare-and-swap, any transport):
+    /// whether it landed (`false`: the remote moved; nothing was changed
+    /// there). Without a remote there is nothing to push: `true`.
+    pub fn push_ref(&self, name: &str, old: Option<Oid>, new: Oid) -> Result<bool, StatusError> {
+        let Some(url) = &self.remote else {
+            return Ok(true);
+        };
+        let repo = self.open()?;
+        let update = RefUpdate {
+            name: name.to_string(),
+            old,
+            new,
+        };
+        match self.push(&repo, url, &[update])? {
+            Pushed::Done => Ok(true),
+            Pushed::Rejected(why, _) => {
+                tracing::info!(%name, %why, "push rejected: the remote moved");
+                Ok(false)
+            }
+        }
+    }
+
     /// The notes ref summaries go to (`refs/notes/fermata`, or the site's).
     pub fn notes_ref(&self) -> &str {
         &self.notes_ref
