@@ -857,3 +857,174 @@ fn a_campaign_is_driven_through_a_mirror_of_a_url() {
         "{err}"
     );
 }
+
+/// An approval proposed as a pull request: stepping waits while it is
+/// open; a reviewer merging it on the forge approves, and who merged it is
+/// recorded beside who asked.
+#[test]
+fn an_approval_by_a_merged_pull_request() {
+    let f = Fleet::new(&[("vision-v4", "v4")]);
+    let (_rt, forge) = forge_for(&f);
+    assert_eq!(f.step("vision-v4").0, 3);
+    assert_eq!(f.agent(1).code, 0);
+    assert_step(&f, "vision-v4", 0, "approve");
+    let proposed = Command::new(env!("CARGO_BIN_EXE_fermata"))
+        .args([
+            "campaign",
+            "approve",
+            "vision-v4",
+            "--reason",
+            "canary fine",
+            "--pull-request",
+        ])
+        .args(["--repo", f.bare.to_str().unwrap()])
+        .args(["--forge", "github", "--forge-url", &forge.api_url()])
+        .args([
+            "--forge-repo",
+            forge.repo(),
+            "--forge-token-env",
+            "FAKE_FORGE_TOKEN",
+        ])
+        .env("FAKE_FORGE_TOKEN", fake_forge::TOKEN)
+        .env("USER", "bob")
+        .output()
+        .expect("fermata runs");
+    let out = String::from_utf8_lossy(&proposed.stdout);
+    assert!(
+        proposed.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&proposed.stderr)
+    );
+    assert!(out.contains("pull request #1"), "{out}");
+    let (code, json, run) = step_on(&f, &forge, "vision-v4");
+    assert_eq!(
+        (code, json["stage"].clone()),
+        (3, "approve".into()),
+        "open: {run:?}"
+    );
+    forge.merge(1);
+    let (code, json, run) = step_on(&f, &forge, "vision-v4");
+    assert_eq!(
+        (code, json["stage"].clone()),
+        (0, "fleet".into()),
+        "merged: {run:?}"
+    );
+    let by = json["outputs"]["approve"]["approvedBy"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        by.contains("bob") && by.contains("merged by Forge"),
+        "{json}"
+    );
+}
+
+/// The whole flow over a canary and nine plants whose line applies only in
+/// its nightly window, driven by `--now`: by day a promote is staged at a
+/// site but not installed, so the campaign waits; at night the sites
+/// install it and the campaign moves on, batch after batch.
+#[test]
+fn canary_approval_and_nine_plants_in_their_windows() {
+    const DAY: &str = "2026-12-01T10:00:00Z";
+    const NIGHT: &str = "2026-12-02T02:30:00Z";
+    let work = fleet();
+    let mut sites = String::new();
+    for i in 1..=10 {
+        let ring = if i == 1 { "canary" } else { "main" };
+        sites.push_str(&format!(
+            "apiVersion: fermata.dev/v1alpha1\nkind: Site\nmetadata: {{name: s{i}, labels: {{ring: {ring}}}}}\nspec:\n  env:\n    - {{name: MODEL, value: \"v3\"}}\n---\n"
+        ));
+    }
+    work.write("sites.yaml", &sites)
+        .write(
+            "window.yaml",
+            "apiVersion: fermata.dev/v1alpha1\nkind: MaintenanceWindow\nmetadata: {name: night}\nspec: {schedule: \"0 2 * * *\", duration: 2h, timezone: UTC}\n",
+        )
+        .write(
+            "symphony.yaml",
+            "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {name: line}\nspec:\n  target: line\n  window: night\n  variations:\n    - name: vision\n      synthesizer: {name: vision}\n",
+        )
+        .write("campaign.yaml", &CAMPAIGN.replace("timeout: 8h", "timeout: 2d"))
+        .write("activations/v4.yaml", &activation("vision-v4", "v4"));
+    work.commit("ten plants, nightly windows");
+    let dir = tempfile::tempdir().unwrap();
+    let bare = bare_clone(work.path(), dir.path(), "fleet.git");
+    let agents: Vec<tempfile::TempDir> = (0..10).map(|_| tempfile::tempdir().unwrap()).collect();
+    let agent = |i: usize, now: &str| {
+        let run = util::fermata_at(
+            agents[i - 1].path(),
+            &[
+                "run",
+                "--once",
+                "--repo",
+                bare.to_str().unwrap(),
+                "--branch",
+                "main",
+                "--site",
+                &format!("s{i}"),
+            ],
+            now,
+            &[],
+        );
+        assert_eq!(run.code, 0, "s{i} at {now}: {run:?}");
+    };
+    let campaign = |args: &[&str], now: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
+            .arg("campaign")
+            .args(args)
+            .args(["--repo", bare.to_str().unwrap()])
+            .env("FERMATA_NOW", now)
+            .env("USER", "alice")
+            .output()
+            .expect("fermata runs");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code().unwrap_or(-1), json)
+    };
+    let step = |now: &str| campaign(&["step", "vision-v4"], now);
+    let f_git = |dir: &std::path::Path, args: &[&str]| util::git(dir, args);
+    let installed = |i: usize| {
+        let m = agents[i - 1]
+            .path()
+            .join("targets/line/line/vision/current/manifest.yaml");
+        std::fs::read_to_string(m)
+            .unwrap_or_default()
+            .contains("v4")
+    };
+    // By day: the canary's promote is staged at s1, not installed: waiting.
+    assert_eq!(step(DAY).0, 3);
+    agent(1, DAY);
+    assert!(!installed(1), "staged only, outside its window");
+    let (code, json) = step(DAY);
+    assert_eq!(
+        (code, json["stage"].clone()),
+        (3, "canary".into()),
+        "{json}"
+    );
+    // At night s1 installs it; the campaign asks for its approval.
+    agent(1, NIGHT);
+    assert!(installed(1));
+    assert_eq!(step(NIGHT).1["stage"], "approve");
+    assert_eq!(
+        campaign(&["approve", "vision-v4", "--reason", "canary ok"], NIGHT).0,
+        0
+    );
+    assert_eq!(step(NIGHT).1["stage"], "fleet");
+    // Nine plants in batches of half (5, then 4), each installing in its
+    // window; every plant's agent runs as it would on its own schedule.
+    for promoted in [5, 9] {
+        let (code, json) = step(NIGHT);
+        assert_eq!((code, json["stage"].clone()), (3, "fleet".into()), "{json}");
+        let shown = f_git(&bare, &["show", "main:sites.yaml"]);
+        assert_eq!(shown.matches("\"v4\"").count(), 1 + promoted, "{shown}");
+        for i in 2..=10 {
+            agent(i, NIGHT);
+        }
+    }
+    let (code, json) = step(NIGHT);
+    assert_eq!(
+        (code, json["outcome"].clone()),
+        (0, "finished".into()),
+        "{json}"
+    );
+    assert_eq!(json["outputs"]["fleet"]["succeeded"], 9, "{json}");
+    assert!((1..=10).all(installed));
+}

@@ -598,11 +598,14 @@ impl Driver {
             if !message.lines().any(|l| l.trim() == trailer) {
                 continue;
             }
-            let named = message
+            let mut named = message
                 .lines()
                 .find_map(|l| l.strip_prefix("Fermata-Approver: "))
                 .map(str::to_string)
                 .unwrap_or_else(|| c.author().name().unwrap_or("unknown").to_string());
+            if let Some(merger) = merged_by(&repo, &self.branch, oid) {
+                named = format!("{named}, merged by {merger}");
+            }
             let by = match source.verify(Revision(oid), &self.trust, Utc::now()) {
                 Ok(Signer::Unchecked) => named,
                 Ok(Signer::Ssh {
@@ -741,7 +744,7 @@ impl Driver {
         let id = commit_and_push(
             &self.repo,
             self.remote().as_deref(),
-            (into, base),
+            (into, base, into != self.branch),
             &edits,
             &message,
             self.signing.as_ref(),
@@ -794,7 +797,7 @@ impl Driver {
         let id = commit_and_push(
             &self.repo,
             self.remote().as_deref(),
-            (&self.branch, base),
+            (&self.branch, base, false),
             &edits,
             &message,
             self.signing.as_ref(),
@@ -832,6 +835,71 @@ pub fn approve(
     reason: &str,
     signing: Option<&commit::Signing>,
 ) -> Result<git2::Oid, DriveError> {
+    let (path, body, message) = approval(activation, stage, who, reason)?;
+    let base = commit::head(repo, branch)?;
+    commit_and_push(
+        repo,
+        remote,
+        (branch, base, false),
+        &[(path, body)],
+        &message,
+        signing,
+    )
+}
+
+/// Proposes the approval of `stage` of `activation` as a pull request:
+/// the approval commit on `fermata/approve/<activation>/<stage>`, at the
+/// watched branch's head; merging it (a reviewer's act) is what approves,
+/// and the driver records who merged it. Returns the pull request number.
+pub fn propose_approval(
+    (repo, remote): (&Path, Option<&str>),
+    branch: &str,
+    (activation, stage): (&str, &str),
+    who: &str,
+    reason: &str,
+    (signing, forge): (Option<&commit::Signing>, &dyn Forge),
+) -> Result<u64, DriveError> {
+    let (path, body, message) = approval(activation, stage, who, reason)?;
+    let head = commit::head(repo, branch)?;
+    let proposal = format!("fermata/approve/{activation}/{stage}");
+    let opened = git2::Repository::open(repo)
+        .map_err(|e| DriveError::Invalid(format!("{}: {e}", repo.display())))?;
+    if opened
+        .refname_to_id(&format!("refs/heads/{proposal}"))
+        .is_err()
+    {
+        opened
+            .reference(
+                &format!("refs/heads/{proposal}"),
+                head,
+                false,
+                "fermata: approval proposal",
+            )
+            .map_err(|e| DriveError::Invalid(format!("cannot create {proposal}: {e}")))?;
+        commit_and_push(
+            repo,
+            remote,
+            (&proposal, head, true),
+            &[(path, body)],
+            &message,
+            signing,
+        )?;
+    }
+    let title = format!("Approve campaign {activation} stage {stage}");
+    let body =
+        format!("{reason}\n\nMerging this approves stage `{stage}` of activation `{activation}`.");
+    let pr = on_runtime(forge.open_pull_request(&proposal, branch, &title, &body))?;
+    Ok(pr.number)
+}
+
+/// The approval file, its content and the commit message with the
+/// trailers the driver looks for.
+fn approval(
+    activation: &str,
+    stage: &str,
+    who: &str,
+    reason: &str,
+) -> Result<(String, String, String), DriveError> {
     let path = format!("campaigns/approvals/{activation}/{stage}/{who}.yaml");
     let body = serde_yaml::to_string(&serde_json::json!({
         "activation": activation, "stage": stage, "by": who, "reason": reason,
@@ -848,15 +916,7 @@ pub fn approve(
         "Fermata-Approve: {activation}/{stage}\nFermata-Approver: {who}\nFermata-Reason: {}\n",
         reason.replace('\n', " ")
     ));
-    let base = commit::head(repo, branch)?;
-    commit_and_push(
-        repo,
-        remote,
-        (branch, base),
-        &[(path, body)],
-        &message,
-        signing,
-    )
+    Ok((path, body, message))
 }
 
 /// Starts `name`, an activation of `campaign` with `inputs`: a committed
@@ -881,7 +941,7 @@ pub fn activate(
     commit_and_push(
         repo,
         remote,
-        (branch, base),
+        (branch, base, false),
         &[(path, body)],
         &message,
         signing,
@@ -890,12 +950,14 @@ pub fn activate(
 
 /// One commit on `branch` over `base` (see [`commit::promote`]), pushed to
 /// `remote` when the repository is a mirror, only if the remote still holds
-/// what the branch held (`base`; nothing, for a new pull-request branch);
-/// otherwise an error, and the step is taken again on what the remote holds.
+/// `base` there, or, for a branch of fermata's own made for a pull request
+/// (`proposal`), holds no such branch yet; otherwise an error, and the step
+/// is taken again on what the remote holds (the refused commit is never
+/// recorded: the next fetch drops it).
 fn commit_and_push(
     repo: &Path,
     remote: Option<&str>,
-    (branch, base): (&str, git2::Oid),
+    (branch, base, proposal): (&str, git2::Oid, bool),
     edits: &[(String, String)],
     message: &str,
     signing: Option<&commit::Signing>,
@@ -903,7 +965,7 @@ fn commit_and_push(
     let opened = git2::Repository::open(repo)
         .map_err(|e| DriveError::Invalid(format!("{}: {e}", repo.display())))?;
     let name = format!("refs/heads/{branch}");
-    let old = opened.find_reference(&name).ok().and(Some(base));
+    let old = (!proposal).then_some(base);
     let id = commit::promote(repo, branch, base, edits, message, signing)?;
     if let Some(url) = remote {
         let to = StatusRepo::new(
@@ -953,6 +1015,31 @@ fn on_runtime<T: Send>(
         .join()
         .unwrap_or_else(|_| Err(DriveError::Invalid("the forge call panicked".into())))
     })
+}
+
+/// Who brought `commit` onto `branch` by a merge (a pull request merged
+/// by a reviewer: the merge's committer), if a merge did.
+fn merged_by(repo: &git2::Repository, branch: &str, commit: git2::Oid) -> Option<String> {
+    let mut at = repo
+        .find_reference(&format!("refs/heads/{branch}"))
+        .ok()?
+        .peel_to_commit()
+        .ok()?;
+    let mut merge = None;
+    // Down the first parents while they still hold it: the last one that
+    // does is where it arrived.
+    loop {
+        if at.id() == commit {
+            break;
+        }
+        if !repo.graph_descendant_of(at.id(), commit).ok()? {
+            break;
+        }
+        merge = Some(at.clone());
+        at = at.parent(0).ok()?;
+    }
+    let m = merge.filter(|m| m.parent_count() > 1 || m.id() != commit)?;
+    (m.parent_count() > 1).then(|| m.committer().name().unwrap_or("unknown").to_string())
 }
 
 /// The file Site `site` is defined in.

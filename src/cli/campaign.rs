@@ -137,6 +137,13 @@ pub struct ApproveArgs {
     /// that signed is recorded beside it.
     #[arg(long)]
     pub who: Option<String>,
+    /// Propose the approval as a pull request instead: merging it (by a
+    /// reviewer, on the forge) approves, and who merged it is recorded.
+    #[arg(long)]
+    pub pull_request: bool,
+    /// The forge the pull request goes to.
+    #[command(flatten)]
+    pub forge: crate::forge::ForgeArgs,
     #[command(flatten)]
     pub at: Where,
     #[command(flatten)]
@@ -339,6 +346,26 @@ fn approve(a: &ApproveArgs) -> anyhow::Result<ExitCode> {
     let (repo, mirror) = a.at.open()?;
     if let Some(m) = &mirror {
         m.fetch()?;
+    }
+    if a.pull_request {
+        let Some(forge) = a.forge.build().context("--forge")? else {
+            bail!(
+                "--pull-request needs --forge github|gitea|gitlab (with --forge-repo and a token)"
+            );
+        };
+        let n = drive::propose_approval(
+            (&repo, mirror.as_ref().and_then(|m| m.remote())),
+            &a.at.branch,
+            (&a.activation, &stage),
+            &who,
+            &a.reason,
+            (a.keys.signing()?.as_ref(), forge.as_ref()),
+        )?;
+        outln!(
+            "approval of {}/{stage} proposed in pull request #{n}: merging it approves",
+            a.activation
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let id = drive::approve(
         (&repo, mirror.as_ref().and_then(|m| m.remote())),
