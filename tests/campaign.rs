@@ -86,6 +86,28 @@ fn activation(name: &str, model: &str) -> String {
     )
 }
 
+/// `fermata campaign ARGS` at `now`, as user `alice` unless `env` says.
+fn campaign_cmd(args: &[&str], now: &str, env: &[(&str, &str)]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
+        .arg("campaign")
+        .args(args)
+        .env("FERMATA_NOW", now)
+        .env("USER", "alice")
+        .envs(env.iter().copied())
+        .output()
+        .expect("fermata runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The JSON a `step` printed (null when it printed none).
+fn json_of(run: &Run) -> serde_json::Value {
+    serde_json::from_str(&run.stdout).unwrap_or(serde_json::Value::Null)
+}
+
 struct Fleet {
     _work: TestRepo,
     _dir: tempfile::TempDir,
@@ -130,20 +152,9 @@ impl Fleet {
     }
 
     fn campaign(&self, args: &[&str]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
-            .arg("campaign")
-            .args(args)
-            .arg("--repo")
-            .arg(&self.bare)
-            .env("FERMATA_NOW", NOW)
-            .env("USER", "alice")
-            .output()
-            .expect("fermata runs");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        let mut all = args.to_vec();
+        all.extend(["--repo", self.bare.to_str().unwrap()]);
+        campaign_cmd(&all, NOW, &[])
     }
 
     fn step(&self, activation: &str) -> (i32, serde_json::Value, Run) {
@@ -513,27 +524,20 @@ fn step_on(
     forge: &fake_forge::FakeForge,
     activation: &str,
 ) -> (i32, serde_json::Value, Run) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
-        .args(["campaign", "step", activation, "--repo"])
-        .arg(&f.bare)
-        .args(["--forge", "github", "--forge-url", &forge.api_url()])
-        .args([
-            "--forge-repo",
-            forge.repo(),
-            "--forge-token-env",
-            "FAKE_FORGE_TOKEN",
-        ])
-        .env("FAKE_FORGE_TOKEN", fake_forge::TOKEN)
-        .env("FERMATA_NOW", NOW)
-        .output()
-        .expect("fermata runs");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    let json = serde_json::from_str(&run.stdout).unwrap_or(serde_json::Value::Null);
-    (run.code, json, run)
+    let run = on_forge(f, forge, &["step", activation], &[]);
+    (run.code, json_of(&run), run)
+}
+
+/// `fermata campaign ARGS` on `f`'s repository with the fake forge's flags.
+fn on_forge(f: &Fleet, forge: &fake_forge::FakeForge, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let api = forge.api_url();
+    let mut all = args.to_vec();
+    all.extend(["--repo", f.bare.to_str().unwrap(), "--forge", "github"]);
+    all.extend(["--forge-url", &api, "--forge-repo", forge.repo()]);
+    all.extend(["--forge-token-env", "FAKE_FORGE_TOKEN"]);
+    let mut env = env.to_vec();
+    env.push(("FAKE_FORGE_TOKEN", fake_forge::TOKEN));
+    campaign_cmd(&all, NOW, &env)
 }
 
 #[test]
@@ -818,26 +822,18 @@ fn a_campaign_is_driven_through_a_mirror_of_a_url() {
     let f = Fleet::new(&[("vision-v4", "v4")]);
     let state = tempfile::tempdir().unwrap();
     let url = format!("file://{}", f.bare.display());
+    let state_dir = state.path().to_str().unwrap();
     let step = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
-            .args([
-                "campaign",
-                "step",
-                "vision-v4",
-                "--repo",
-                &url,
-                "--state-dir",
-            ])
-            .arg(state.path())
-            .env("FERMATA_NOW", NOW)
-            .output()
-            .expect("fermata runs");
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        (
-            out.status.code(),
-            json,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let args = [
+            "step",
+            "vision-v4",
+            "--repo",
+            &url,
+            "--state-dir",
+            state_dir,
+        ];
+        let run = campaign_cmd(&args, NOW, &[]);
+        (Some(run.code), json_of(&run), run.stderr)
     };
     let (code, json, err) = step();
     assert_eq!(code, Some(3), "{json} {err}");
@@ -868,33 +864,16 @@ fn an_approval_by_a_merged_pull_request() {
     assert_eq!(f.step("vision-v4").0, 3);
     assert_eq!(f.agent(1).code, 0);
     assert_step(&f, "vision-v4", 0, "approve");
-    let proposed = Command::new(env!("CARGO_BIN_EXE_fermata"))
-        .args([
-            "campaign",
-            "approve",
-            "vision-v4",
-            "--reason",
-            "canary fine",
-            "--pull-request",
-        ])
-        .args(["--repo", f.bare.to_str().unwrap()])
-        .args(["--forge", "github", "--forge-url", &forge.api_url()])
-        .args([
-            "--forge-repo",
-            forge.repo(),
-            "--forge-token-env",
-            "FAKE_FORGE_TOKEN",
-        ])
-        .env("FAKE_FORGE_TOKEN", fake_forge::TOKEN)
-        .env("USER", "bob")
-        .output()
-        .expect("fermata runs");
-    let out = String::from_utf8_lossy(&proposed.stdout);
-    assert!(
-        proposed.status.success(),
-        "{out} {}",
-        String::from_utf8_lossy(&proposed.stderr)
-    );
+    let args = [
+        "approve",
+        "vision-v4",
+        "--reason",
+        "canary fine",
+        "--pull-request",
+    ];
+    let proposed = on_forge(&f, &forge, &args, &[("USER", "bob")]);
+    let out = &proposed.stdout;
+    assert_eq!(proposed.code, 0, "{proposed:?}");
     assert!(out.contains("pull request #1"), "{out}");
     let (code, json, run) = step_on(&f, &forge, "vision-v4");
     assert_eq!(
@@ -968,16 +947,10 @@ fn canary_approval_and_nine_plants_in_their_windows() {
         assert_eq!(run.code, 0, "s{i} at {now}: {run:?}");
     };
     let campaign = |args: &[&str], now: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_fermata"))
-            .arg("campaign")
-            .args(args)
-            .args(["--repo", bare.to_str().unwrap()])
-            .env("FERMATA_NOW", now)
-            .env("USER", "alice")
-            .output()
-            .expect("fermata runs");
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        (out.status.code().unwrap_or(-1), json)
+        let mut all = args.to_vec();
+        all.extend(["--repo", bare.to_str().unwrap()]);
+        let run = campaign_cmd(&all, now, &[]);
+        (run.code, json_of(&run))
     };
     let step = |now: &str| campaign(&["step", "vision-v4"], now);
     let f_git = |dir: &std::path::Path, args: &[&str]| util::git(dir, args);
