@@ -30,6 +30,7 @@ macro_rules! errln {
 
 mod apply_now;
 mod campaign;
+mod completions;
 mod demo;
 mod fleet;
 mod plan;
@@ -93,6 +94,10 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print the rendered resources of each composition as a YAML stream.
     Render(render::RenderArgs),
+    /// A completion script for a shell, on stdout.
+    Completions(completions::CompletionsArgs),
+    /// The man page, on stdout (roff).
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -225,6 +230,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Campaign(a) => campaign::run(&a),
         Command::Validate(a) => validate::run(&a),
         Command::Render(a) => render::run(&a),
+        Command::Completions(a) => completions::completions(&a),
+        Command::Man => completions::man(),
     }
 }
 
