@@ -389,32 +389,19 @@ fn advance(
     }
 }
 
-/// `${inputs.NAME}` in each value, from the activation's inputs.
+/// `${inputs.NAME}` in each value, from the activation's inputs: the
+/// loader's expansion, so what `validate` checked is what is committed.
 pub fn resolve(
     set: &BTreeMap<String, String>,
     inputs: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for (k, v) in set {
-        let mut s = String::new();
-        let mut rest = v.as_str();
-        while let Some(i) = rest.find("${inputs.") {
-            s.push_str(&rest[..i]);
-            let after = &rest[i + "${inputs.".len()..];
-            let Some(end) = after.find('}') else {
-                return Err(format!("{k}: unclosed ${{inputs."));
-            };
-            let name = &after[..end];
-            let value = inputs
-                .get(name)
-                .ok_or_else(|| format!("{k}: no input {name:?} in the activation"))?;
-            s.push_str(value);
-            rest = &after[end + 1..];
-        }
-        s.push_str(rest);
-        out.insert(k.clone(), s);
-    }
-    Ok(out)
+    set.iter()
+        .map(|(k, v)| {
+            let value = crate::model::campaign::expand_inputs(v, inputs)
+                .map_err(|e| format!("{k}: {e}"))?;
+            Ok((k.clone(), value))
+        })
+        .collect()
 }
 
 /// `state` with `decision` carried out (`commit`: the promote or revert
