@@ -156,22 +156,10 @@ impl Driver {
     pub fn states(&self) -> Result<Vec<ActivationState>, DriveError> {
         let repo = git2::Repository::open(&self.repo)
             .map_err(|e| DriveError::Invalid(format!("{}: {e}", self.repo.display())))?;
-        let Ok(tree) = repo
-            .revparse_single(&format!("refs/heads/{}:campaigns", self.status_branch))
-            .and_then(|o| o.peel_to_tree())
-        else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for e in tree.iter() {
-            let Some(name) = e.name().ok().and_then(|n| n.strip_suffix(".yaml")) else {
-                continue;
-            };
-            if let Some(s) = self.state(name)? {
-                out.push(s);
-            }
-        }
-        Ok(out)
+        read_states(&repo, &self.status_branch)
+            .into_iter()
+            .map(|r| r.map_err(DriveError::Invalid))
+            .collect()
     }
 
     fn save(&self, state: &ActivationState, what: &str) -> Result<(), DriveError> {
@@ -223,8 +211,12 @@ impl Driver {
         if let Some(queued) = self.queued_behind(&campaign, &state)? {
             return Ok((Outcome::Waiting(queued, None), state));
         }
-        for _ in 0..MAX_TRANSITIONS {
-            let (_, fleet) = self.fleet()?;
+        let mut fleet = fleet;
+        for transition in 0..MAX_TRANSITIONS {
+            // Read again after each transition: a promote moved the branch.
+            if transition > 0 {
+                fleet = self.fleet()?.1;
+            }
             let world = self.observe(&campaign, &fleet, &state)?;
             let decision = engine::decide(&campaign, &state, &world, now);
             let stage = state.stage.clone().unwrap_or_default();
@@ -1040,6 +1032,34 @@ fn merged_by(repo: &git2::Repository, branch: &str, commit: git2::Oid) -> Option
     }
     let m = merge.filter(|m| m.parent_count() > 1 || m.id() != commit)?;
     (m.parent_count() > 1).then(|| m.committer().name().unwrap_or("unknown").to_string())
+}
+
+/// Every activation state file (`campaigns/<activation>.yaml`) on
+/// `status_branch` of `repo`, each as parsed, or why it cannot be.
+pub fn read_states(
+    repo: &git2::Repository,
+    status_branch: &str,
+) -> Vec<Result<ActivationState, String>> {
+    let Ok(tree) = repo
+        .revparse_single(&format!("refs/heads/{status_branch}:campaigns"))
+        .and_then(|o| o.peel_to_tree())
+    else {
+        return Vec::new();
+    };
+    tree.iter()
+        .filter_map(|e| {
+            let name = e.name().ok()?.strip_suffix(".yaml")?.to_string();
+            let path = ActivationState::path(&name);
+            let parsed = e
+                .to_object(repo)
+                .and_then(|o| o.peel_to_blob())
+                .map_err(|err| format!("{path}: {err}"))
+                .and_then(|b| {
+                    serde_yaml::from_slice(b.content()).map_err(|err| format!("{path}: {err}"))
+                });
+            Some(parsed)
+        })
+        .collect()
 }
 
 /// The file Site `site` is defined in.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::engine::RemoteResult;
-use super::state::{ActivationState, Phase};
+use super::state::Phase;
 use crate::model::campaign::Action;
 use crate::model::Fleet;
 use crate::status::{site_branch, StatusRepo};
@@ -53,7 +53,11 @@ pub fn run_for_site(
     };
     let mut files = BTreeMap::new();
     let mut ran = Vec::new();
-    for state in states(&repo, status_branch) {
+    // One that cannot be read is the driver's to report, not this site's.
+    for state in super::drive::read_states(&repo, status_branch)
+        .into_iter()
+        .flatten()
+    {
         if state.phase != Phase::Running {
             continue;
         }
@@ -91,20 +95,4 @@ pub fn run_for_site(
         sites.publish_paths(&files, &message)?;
     }
     Ok(ran)
-}
-
-/// Every activation state on `status_branch`.
-fn states(repo: &git2::Repository, status_branch: &str) -> Vec<ActivationState> {
-    let Ok(tree) = repo
-        .revparse_single(&format!("refs/heads/{status_branch}:campaigns"))
-        .and_then(|o| o.peel_to_tree())
-    else {
-        return Vec::new();
-    };
-    tree.iter()
-        .filter_map(|e| {
-            let blob = e.to_object(repo).ok()?.peel_to_blob().ok()?;
-            serde_yaml::from_slice(blob.content()).ok()
-        })
-        .collect()
 }
