@@ -358,22 +358,6 @@ fn a_step_interrupted_after_its_promote_resumes_without_a_duplicate() {
     );
 }
 
-fn ssh_key(dir: &std::path::Path, name: &str) -> (PathBuf, String) {
-    let key = dir.join(name);
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key)
-        .output()
-        .expect("ssh-keygen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    (key, public.trim().to_string())
-}
-
 /// Under `--trusted-keys`, an approval counts only when a listed key signed
 /// it: an unsigned one (or one by another key) is refused, a signed one is
 /// recorded with its signer.
@@ -381,8 +365,8 @@ fn ssh_key(dir: &std::path::Path, name: &str) -> (PathBuf, String) {
 fn an_approval_must_be_signed_by_a_trusted_key() {
     let f = Fleet::new(&[("vision-v4", "v4")]);
     let keys = tempfile::tempdir().unwrap();
-    let (alice, public) = ssh_key(keys.path(), "alice");
-    let (mallory, _) = ssh_key(keys.path(), "mallory");
+    let (alice, public) = util::ssh_key(keys.path(), "alice");
+    let (mallory, _) = util::ssh_key(keys.path(), "mallory");
     let allowed = keys.path().join("allowed_signers");
     std::fs::write(&allowed, format!("alice@plant {public}\n")).unwrap();
     let trusted = ["--trusted-keys", allowed.to_str().unwrap()];

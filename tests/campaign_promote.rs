@@ -6,7 +6,6 @@
 mod util;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use fermata::campaign::commit::{
     find_step, head, message, promote, read_file, restore_summary, set_summary, CommitError,
@@ -249,27 +248,11 @@ fn bad_paths_are_refused() {
     }
 }
 
-fn ssh_key(dir: &Path) -> (std::path::PathBuf, String) {
-    let key = dir.join("id_ed25519");
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "fermata", "-f"])
-        .arg(&key)
-        .output()
-        .expect("ssh-keygen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    (key, public.trim().to_string())
-}
-
 #[test]
 fn an_ssh_signed_promote_passes_the_signature_policy() {
     let repo = TestRepo::example();
     let keys = tempfile::tempdir().unwrap();
-    let (key, public) = ssh_key(keys.path());
+    let (key, public) = util::ssh_key(keys.path(), "id_ed25519");
     let allowed = keys.path().join("allowed_signers");
     std::fs::write(&allowed, format!("fermata@localhost {public}\n")).unwrap();
     let signing = Signing::Ssh { key };

@@ -276,3 +276,21 @@ impl Drop for GitDaemon {
         let _ = self.0.wait();
     }
 }
+
+/// A new ed25519 key `dir/name` without a passphrase (comment `name`), by
+/// `ssh-keygen`: its private key file and its public key line.
+pub fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    (key, public.trim().to_string())
+}
