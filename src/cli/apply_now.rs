@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
-use super::run::{exit_code, fetch_or_warn, print_reports, RunArgs, StateWriter};
+use super::run::{exit_code, fetch_or_warn, print_reports, ReconcilerArgs, StateWriter};
 use super::Accountable;
 use crate::reconcile::requests::Request;
 use crate::reconcile::Mode;
@@ -20,7 +20,7 @@ pub struct ApplyNowArgs {
     #[command(flatten)]
     pub by: Accountable,
     #[command(flatten)]
-    pub run: RunArgs,
+    pub run: ReconcilerArgs,
 }
 
 pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {

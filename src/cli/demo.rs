@@ -81,7 +81,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let run = <Demo as clap::Parser>::try_parse_from(argv)?.run;
     let rt = tokio::runtime::Runtime::new()?;
-    let clock = run.clock.clock();
+    let clock = run.base.clock.clock();
     let (code, sites) = rt.block_on(async {
         let mut r = run.reconciler()?;
         let reports = r.pass().await;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::json;
 
-use super::run::{fetch_or_warn, RunArgs};
+use super::run::{fetch_or_warn, ReconcilerArgs};
 use super::Output;
 use crate::reconcile::{BranchReport, Mode};
 use crate::report::markdown::{plan_markdown, PlanHeader};
@@ -15,7 +15,7 @@ use crate::report::markdown::{plan_markdown, PlanHeader};
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    pub run: RunArgs,
+    pub run: ReconcilerArgs,
     /// Plan this revision (a commit, tag or rev-parse expression) instead of
     /// the head of each branch, against what the targets hold.
     #[arg(long)]

@@ -20,8 +20,12 @@ use crate::source::SignaturePolicy;
 use crate::status::State;
 use crate::window::{Clock, FixedClock, SystemClock};
 
+/// What every command that builds a reconciler needs (`run`, `plan`,
+/// `apply-now`, `ungate`, `rollback`): where the fleet is, where state and
+/// targets live, what to trust. Daemon flags live on [`RunArgs`] only, so
+/// `plan --help` lists no `--listen`.
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {
+pub struct ReconcilerArgs {
     /// A local repository (read in place) or a URL (mirrored under the state directory).
     #[arg(long, env = "FERMATA_REPO")]
     pub repo: String,
@@ -31,9 +35,6 @@ pub struct RunArgs {
     /// Load objects only below this folder of the repository.
     #[arg(long, env = "FERMATA_PATH", default_value = "")]
     pub path: String,
-    /// How often each branch is fetched (plus up to 10% jitter).
-    #[arg(long, env = "FERMATA_INTERVAL", default_value = "30s", value_parser = parse_interval)]
-    pub interval: Duration,
     /// Mirrors, the artifact store, caches and relative directory targets live here.
     #[arg(long, env = "FERMATA_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -48,6 +49,64 @@ pub struct RunArgs {
     /// fermata/sites/SITE and notes ref refs/notes/fermata-sites/SITE.
     #[arg(long, env = "FERMATA_SITE")]
     pub site: Option<String>,
+    /// Stage and apply only commits signed this way (`ssh` or `gpg`), by a key of --trusted-keys.
+    #[arg(
+        long,
+        env = "FERMATA_VERIFY_SIGNATURES",
+        value_enum,
+        value_name = "FORMAT",
+        requires = "trusted_keys"
+    )]
+    pub verify_signatures: Option<SignatureFormat>,
+    /// The keys that may sign commits: an OpenSSH `allowed_signers` file (`ssh`), or an
+    /// OpenPGP keyring exported by `gpg --export` or `gpg --armor --export` (`gpg`).
+    #[arg(
+        long,
+        env = "FERMATA_TRUSTED_KEYS",
+        value_name = "FILE",
+        requires = "verify_signatures"
+    )]
+    pub trusted_keys: Option<PathBuf>,
+    /// How long a Kubernetes target's resources may stay unhealthy after an
+    /// apply before the composition is failed (`HealthTimeout`).
+    #[arg(
+        long,
+        env = "FERMATA_HEALTH_TIMEOUT",
+        default_value = "10m",
+        value_parser = parse_interval
+    )]
+    pub health_timeout: Duration,
+    /// A folder `file://` artifacts may come from (repeatable, or comma-separated);
+    /// none by default: only repository paths and http(s) URLs. Resolved with
+    /// symlinks, so a link under a root to a file outside is refused.
+    #[arg(
+        long = "artifact-root",
+        env = "FERMATA_ARTIFACT_ROOTS",
+        value_delimiter = ',',
+        value_name = "DIR"
+    )]
+    pub artifact_roots: Vec<PathBuf>,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
+    /// How long a Git server may stay silent (any one read or write, TLS
+    /// and SSH handshakes included) before a fetch or push fails.
+    #[arg(long, env = "FERMATA_GIT_TIMEOUT", default_value = "30s", value_parser = parse_interval)]
+    pub git_timeout: Duration,
+    /// How long connecting to a Git server may take before a fetch or push fails.
+    #[arg(long, env = "FERMATA_GIT_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+    pub git_connect_timeout: Duration,
+    #[command(flatten)]
+    pub clock: ClockArgs,
+}
+
+/// `fermata run`: the reconciler's flags and the daemon's own.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub base: ReconcilerArgs,
+    /// How often each branch is fetched (plus up to 10% jitter).
+    #[arg(long, env = "FERMATA_INTERVAL", default_value = "30s", value_parser = parse_interval)]
+    pub interval: Duration,
     /// After each pass, commit the fleet view of every site's status branch
     /// (summary.md, fleet.svg, fleet.json) to fermata/fleet; central mode only.
     #[arg(long, env = "FERMATA_PUBLISH_FLEET", conflicts_with = "site")]
@@ -76,33 +135,6 @@ pub struct RunArgs {
         requires = "listen"
     )]
     pub webhook_secret_file: Option<PathBuf>,
-    /// Stage and apply only commits signed this way (`ssh` or `gpg`), by a key of --trusted-keys.
-    #[arg(
-        long,
-        env = "FERMATA_VERIFY_SIGNATURES",
-        value_enum,
-        value_name = "FORMAT",
-        requires = "trusted_keys"
-    )]
-    pub verify_signatures: Option<SignatureFormat>,
-    /// The keys that may sign commits: an OpenSSH `allowed_signers` file (`ssh`), or an
-    /// OpenPGP keyring exported by `gpg --export` or `gpg --armor --export` (`gpg`).
-    #[arg(
-        long,
-        env = "FERMATA_TRUSTED_KEYS",
-        value_name = "FILE",
-        requires = "verify_signatures"
-    )]
-    pub trusted_keys: Option<PathBuf>,
-    /// How long a Kubernetes target's resources may stay unhealthy after an
-    /// apply before the composition is failed (`HealthTimeout`).
-    #[arg(
-        long,
-        env = "FERMATA_HEALTH_TIMEOUT",
-        default_value = "10m",
-        value_parser = parse_interval
-    )]
-    pub health_timeout: Duration,
     /// Branches matching this glob (e.g. `preview/*`) get a plan of their
     /// head against the first watched branch, as a note under
     /// `refs/notes/fermata-plan` (pushed): plans for hosts without a forge API.
@@ -130,25 +162,6 @@ pub struct RunArgs {
     /// This replica's identity in the Lease: the pod name, or host name and pid.
     #[arg(long, env = "POD_NAME")]
     pub lease_identity: Option<String>,
-    /// A folder `file://` artifacts may come from (repeatable, or comma-separated);
-    /// none by default: only repository paths and http(s) URLs. Resolved with
-    /// symlinks, so a link under a root to a file outside is refused.
-    #[arg(
-        long = "artifact-root",
-        env = "FERMATA_ARTIFACT_ROOTS",
-        value_delimiter = ',',
-        value_name = "DIR"
-    )]
-    pub artifact_roots: Vec<PathBuf>,
-    #[command(flatten)]
-    pub limits: super::LimitArgs,
-    /// How long a Git server may stay silent (any one read or write, TLS
-    /// and SSH handshakes included) before a fetch or push fails.
-    #[arg(long, env = "FERMATA_GIT_TIMEOUT", default_value = "30s", value_parser = parse_interval)]
-    pub git_timeout: Duration,
-    /// How long connecting to a Git server may take before a fetch or push fails.
-    #[arg(long, env = "FERMATA_GIT_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
-    pub git_connect_timeout: Duration,
     /// `/readyz` answers 503 while a fetch and pass have run for longer than
     /// this: the loop is stuck, no pass has completed while one was due.
     #[arg(long, env = "FERMATA_READY_STALE", default_value = "15m", value_parser = parse_interval)]
@@ -168,8 +181,6 @@ pub struct RunArgs {
     pub min_pass_interval: Duration,
     #[command(flatten)]
     pub forge: crate::forge::ForgeArgs,
-    #[command(flatten)]
-    pub clock: ClockArgs,
 }
 
 fn parse_glob(s: &str) -> Result<glob::Pattern, String> {
@@ -207,7 +218,7 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     crate::window::parse_duration(s).map_err(|e| e.to_string())
 }
 
-impl RunArgs {
+impl ReconcilerArgs {
     /// Validated settings: the status branch is never a watched one.
     pub fn reconciler(&self) -> anyhow::Result<Reconciler> {
         // Before the first remote call (opening a mirror fetches).
@@ -231,7 +242,7 @@ impl RunArgs {
             repo: self.repo.clone(),
             branches: self.branches.clone(),
             path: self.path.clone(),
-            interval: self.interval,
+            interval: Duration::from_secs(30),
             target_root: self
                 .target_root
                 .clone()
@@ -259,6 +270,15 @@ impl RunArgs {
             );
         }
         r.ctx.settings = settings;
+        Ok(r)
+    }
+}
+
+impl RunArgs {
+    /// The reconciler with the daemon's poll interval and pull request planning.
+    pub fn reconciler(&self) -> anyhow::Result<Reconciler> {
+        let mut r = self.base.reconciler()?;
+        r.ctx.settings.interval = self.interval;
         let forge = self.forge.build().context("--forge")?;
         if self.plan_branches.is_some() || forge.is_some() {
             r.pulls = Some(Arc::new(PullSettings {

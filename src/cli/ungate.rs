@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
-use super::run::{exit_code, fetch_or_warn, print_reports, RunArgs, StateWriter};
+use super::run::{exit_code, fetch_or_warn, print_reports, ReconcilerArgs, StateWriter};
 use super::Accountable;
 use crate::model::{self, CompositionId};
 use crate::reconcile::requests::Request;
@@ -25,7 +25,7 @@ pub struct UngateArgs {
     #[command(flatten)]
     pub by: Accountable,
     #[command(flatten)]
-    pub run: RunArgs,
+    pub run: ReconcilerArgs,
 }
 
 pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
