@@ -114,9 +114,11 @@ pub struct RepoArgs {
     /// (file://, https://, ssh://, git://) mirrored under the state directory.
     #[arg(long)]
     pub repo: String,
-    /// Branch, tag, commit or any rev-parse expression.
-    #[arg(long, default_value = "HEAD")]
-    pub rev: String,
+    /// Branch, tag, commit or any rev-parse expression. Without it, a
+    /// working tree is read as `git add --all` would commit it (so the
+    /// command serves as a pre-commit check), a bare repository or URL at HEAD.
+    #[arg(long)]
+    pub rev: Option<String>,
     /// Load objects only below this folder of the repository, like Flux's `path`.
     #[arg(long, default_value = "")]
     pub path: String,
@@ -135,8 +137,13 @@ impl RepoArgs {
     /// Opens the source, resolves the revision and loads its fleet.
     pub fn load(&self) -> anyhow::Result<(Snapshot, Loaded)> {
         let source = GitSource::open(&self.repo, &self.state_dir())?;
-        let rev = source.resolve(&self.rev)?;
-        let snap = source.snapshot(rev)?;
+        let snap = match &self.rev {
+            Some(rev) => source.snapshot(source.resolve(rev)?)?,
+            None => match source.worktree_snapshot()? {
+                Some(snap) => snap,
+                None => source.snapshot(source.resolve("HEAD")?)?,
+            },
+        };
         let loaded = model::load(&snap, &self.path);
         Ok((snap, loaded))
     }

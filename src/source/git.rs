@@ -462,42 +462,43 @@ impl GitSource {
             .find_commit(rev.0)
             .and_then(|c| c.tree())
             .map_err(err)?;
-        let mut blobs: Vec<(String, Oid, i32)> = Vec::new();
-        let mut submodules = Vec::new();
-        tree.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
-            if e.kind() == Some(ObjectType::Blob) {
-                if let Ok(name) = e.name() {
-                    blobs.push((format!("{dir}{name}"), e.id(), e.filemode()));
-                }
-            } else if e.kind() == Some(ObjectType::Commit) {
-                if let Ok(name) = e.name() {
-                    submodules.push(format!("{dir}{name}"));
-                }
-            }
-            git2::TreeWalkResult::Ok
-        })
-        .map_err(err)?;
-        let odb = repo.odb().map_err(err)?;
-        let mut entries = BTreeMap::new();
-        for (path, oid, mode) in blobs {
-            let (size, _) = odb.read_header(oid).map_err(err)?;
-            let entry = if mode == 0o120000 {
-                let blob = repo.find_blob(oid).map_err(err)?;
-                Entry::Symlink {
-                    target: String::from_utf8_lossy(blob.content()).into_owned(),
-                }
-            } else if size as u64 > MAX_FILE_SIZE {
-                Entry::Oversize { size: size as u64 }
-            } else {
-                let blob = repo.find_blob(oid).map_err(err)?;
-                Entry::File {
-                    data: Arc::from(blob.content()),
-                    executable: mode == 0o100755,
-                }
-            };
-            entries.insert(path, entry);
+        read_tree(&repo, &tree, rev).map_err(err)
+    }
+
+    /// The files of the working tree as `git add --all` would commit them
+    /// (ignored files left out, deleted ones gone), for `validate` as a
+    /// pre-commit check; `None` for a bare repository or a mirror. Blobs
+    /// are written to the object database, as `git stash create` does; the
+    /// index file is never written, so what the user staged stays staged.
+    /// The snapshot's revision is HEAD's commit (zero on an unborn branch).
+    pub fn worktree_snapshot(&self) -> Result<Option<Snapshot>, SourceError> {
+        if self.mirrored {
+            return Ok(None);
         }
-        Ok(Snapshot::new(rev, entries).with_submodules(submodules))
+        let err = |source| SourceError::WorkTree {
+            path: self.url.clone(),
+            source,
+        };
+        let repo = Repository::open(&self.url).map_err(err)?;
+        if repo.is_bare() {
+            return Ok(None);
+        }
+        let head = repo
+            .head()
+            .ok()
+            .and_then(|h| h.peel_to_commit().ok())
+            .map(|c| Revision(c.id()))
+            .unwrap_or(Revision(Oid::ZERO_SHA1));
+        let mut index = repo.index().map_err(err)?;
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .map_err(err)?;
+        index.update_all(["*"], None).map_err(err)?;
+        let tree = index
+            .write_tree()
+            .and_then(|id| repo.find_tree(id))
+            .map_err(err)?;
+        read_tree(&repo, &tree, head).map(Some).map_err(err)
     }
 
     /// Blocking; see [`Source::verify`].
@@ -516,6 +517,50 @@ impl GitSource {
         })?;
         policy.verify(&repo, rev.0, now)
     }
+}
+
+/// Every file of `tree`, read into memory (symlinks as their targets, files
+/// over [`MAX_FILE_SIZE`] only by size).
+fn read_tree(
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+    rev: Revision,
+) -> Result<Snapshot, git2::Error> {
+    let mut blobs: Vec<(String, Oid, i32)> = Vec::new();
+    let mut submodules = Vec::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
+        if e.kind() == Some(ObjectType::Blob) {
+            if let Ok(name) = e.name() {
+                blobs.push((format!("{dir}{name}"), e.id(), e.filemode()));
+            }
+        } else if e.kind() == Some(ObjectType::Commit) {
+            if let Ok(name) = e.name() {
+                submodules.push(format!("{dir}{name}"));
+            }
+        }
+        git2::TreeWalkResult::Ok
+    })?;
+    let odb = repo.odb()?;
+    let mut entries = BTreeMap::new();
+    for (path, oid, mode) in blobs {
+        let (size, _) = odb.read_header(oid)?;
+        let entry = if mode == 0o120000 {
+            let blob = repo.find_blob(oid)?;
+            Entry::Symlink {
+                target: String::from_utf8_lossy(blob.content()).into_owned(),
+            }
+        } else if size as u64 > MAX_FILE_SIZE {
+            Entry::Oversize { size: size as u64 }
+        } else {
+            let blob = repo.find_blob(oid)?;
+            Entry::File {
+                data: Arc::from(blob.content()),
+                executable: mode == 0o100755,
+            }
+        };
+        entries.insert(path, entry);
+    }
+    Ok(Snapshot::new(rev, entries).with_submodules(submodules))
 }
 
 /// Every git2 call runs on the blocking pool: a fetch that waits for the

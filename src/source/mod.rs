@@ -76,6 +76,12 @@ pub enum SourceError {
         #[source]
         source: git2::Error,
     },
+    #[error("cannot read the working tree of {path}")]
+    WorkTree {
+        path: String,
+        #[source]
+        source: git2::Error,
+    },
     /// A blocking git call panicked or was cancelled.
     #[error("git task failed: {0}")]
     Task(String),
