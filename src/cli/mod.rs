@@ -73,7 +73,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Reconcile: poll branches, stage every new commit, apply in windows, write status to Git.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// The example fleet end to end in a fresh demo repository (does not touch this one).
     Demo(demo::DemoArgs),
     /// The actions a pass would take now, and why those that wait do; writes nothing.
