@@ -192,6 +192,16 @@ fn a_dependency_must_be_ready_first() {
     assert!(!state.path().join("targets/site/shop/web/current").exists());
     let st = git(repo.path(), &["show", "fermata/status:main/shop/web.yaml"]);
     assert!(st.contains("reason: WaitingOnDependency"), "{st}");
+    // The status and the summary name the dependency and where it is.
+    assert!(
+        st.contains("message: waiting on shop/db (staged, WindowClosed)"),
+        "{st}"
+    );
+    let summary = git(repo.path(), &["show", "fermata/status:main/summary.md"]);
+    assert!(
+        summary.contains("| WaitingOnDependency: waiting on shop/db (staged, WindowClosed) |"),
+        "{summary}"
+    );
     // db applies in its window, then web in the same pass.
     let run = fermata(
         state.path(),

@@ -109,17 +109,19 @@ fn stage_on_commit_apply_in_window_status_in_git() {
 
     let log = status_commits(repo.path());
     assert_eq!(log.len(), 3, "one status commit per changed pass: {log:?}");
-    assert!(
-        log[0].starts_with(&format!("main@{}: 1 installed", &b[..7])),
-        "{log:?}"
+    // Each subject says what changed; the body the counts.
+    assert_eq!(
+        log,
+        [
+            format!("main@{}: shop/app staged -> installed", &b[..7]),
+            format!("main@{}: shop/app installed -> staged", &b[..7]),
+            format!("main@{}: shop/app new -> installed", &a[..7]),
+        ]
     );
+    let body = git(repo.path(), &["log", "-1", "--format=%b", "fermata/status"]);
     assert!(
-        log[1].starts_with(&format!("main@{}: 1 staged", &b[..7])),
-        "{log:?}"
-    );
-    assert!(
-        log[2].starts_with(&format!("main@{}: 1 installed", &a[..7])),
-        "{log:?}"
+        body.starts_with(&format!("main@{}: 1 installed\n", &b[..7])),
+        "{body}"
     );
     let trailer = git(repo.path(), &["log", "-1", "--format=%B", "fermata/status"]);
     assert!(
@@ -497,7 +499,7 @@ fn status_prints_table_yaml_json_and_margo() {
 fn sites_sharing_a_repository_do_not_overwrite_each_other() {
     let repo = TestRepo::new();
     util::minimal(&repo);
-    repo.commit("one");
+    let head = repo.commit("one");
     let p = repo.path().to_str().unwrap();
     let (a, b) = (Site::new(), Site::new());
     assert_eq!(
@@ -543,7 +545,18 @@ fn sites_sharing_a_repository_do_not_overwrite_each_other() {
                 "main",
             ],
         );
-        assert_eq!(note, subject);
+        let counts = git(
+            repo.path(),
+            &["log", "-1", "--format=%b", &format!("fermata/sites/{site}")],
+        );
+        assert_eq!(
+            subject,
+            format!("{site} main@{}: shop/app new -> installed", &head[..7])
+        );
+        assert!(
+            counts.starts_with(&format!("{note}\n")),
+            "the note is the body's counts: {counts}"
+        );
     }
     let shared = git(
         repo.path(),
@@ -826,4 +839,31 @@ fn pushing_status_to_a_shallow_clone_works() {
     assert_eq!(run.code, 0, "{run:?}");
     let st = util::git(&shallow, &["show", "fermata/status:main/shop/app.yaml"]);
     assert!(st.contains("state: installed"), "{st}");
+}
+
+/// `summary.md` tells a waiting composition when its window opens, in the
+/// window's zone, in UTC and how far off; time passing alone (the distance
+/// shrinking) is no change, so later passes commit nothing.
+#[test]
+fn a_waiting_composition_shows_its_next_opening_without_a_commit_per_pass() {
+    let repo = TestRepo::new();
+    let site = Site::new();
+    windowed(&repo, "a");
+    repo.commit("A");
+    assert_eq!(site.once(&repo, CLOSED).code, 0);
+    let summary = git(repo.path(), &["show", "fermata/status:main/summary.md"]);
+    assert!(
+        summary.contains("| sat: opens Sat 28 Nov 02:00 UTC (in 6d 20h) | WindowClosed |"),
+        "{summary}"
+    );
+    let tip = git(repo.path(), &["rev-parse", "fermata/status"]);
+    for later in ["2026-11-21T09:00:00Z", "2026-11-27T23:59:00Z"] {
+        let run = site.once(&repo, later);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    assert_eq!(
+        git(repo.path(), &["rev-parse", "fermata/status"]),
+        tip,
+        "no status commit while only the distance changed"
+    );
 }

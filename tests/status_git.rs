@@ -163,9 +163,15 @@ fn first_publish_creates_branch_tree_message_and_note() {
     assert_eq!(
         git(dir, &["log", "-1", "--format=%B", BRANCH]),
         format!(
-            "main@{short}: 1 installed, 1 staged\n\nFermata-Source: main@{}",
+            "main@{short}: line-control/vision new -> staged, line-control/db new -> installed\n\n\
+             main@{short}: 1 installed, 1 staged\n\nFermata-Source: main@{}",
             src.commit
         )
+    );
+    // The notes commit says who wrote it, not libgit2's default message.
+    assert_eq!(
+        git(dir, &["log", "-1", "--format=%s", "refs/notes/fermata"]),
+        format!("Notes added by fermata: status of {short}")
     );
     assert_eq!(
         git(dir, &["log", "-1", "--format=%an <%ae>|%cn <%ce>", BRANCH]),
@@ -251,7 +257,10 @@ fn one_changed_status_is_one_commit_touching_only_its_file() {
     assert!(changed.contains(&at(900).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
     assert_eq!(
         git(dir, &["log", "-1", "--format=%s", BRANCH]),
-        format!("main@{}: 2 installed", &src.commit[..7])
+        format!(
+            "main@{}: line-control/vision staged -> installed, 1 unchanged",
+            &src.commit[..7]
+        )
     );
     // The note on the source commit is overwritten, not appended to.
     assert_eq!(
@@ -367,7 +376,7 @@ fn two_sites_write_only_their_own_branch_and_notes_ref() {
                 "fermata/sites/site-b"
             ]
         ),
-        format!("site-b main@{short}: 1 failed|site-b")
+        format!("site-b main@{short}: line-control/vision new -> failed|site-b")
     );
     let b_tip = rev(dir, "fermata/sites/site-b");
 

@@ -242,6 +242,28 @@ impl Work {
             && !matches!(self.observed.health, Some(Health::Unhealthy(_)))
     }
 
+    /// In a word or two, as one waiting on it reads it: `failed`, `staged,
+    /// WindowClosed`, `installed, not Ready`.
+    fn came_to(&self) -> String {
+        if self.error.is_some() {
+            return "failed".to_string();
+        }
+        let word = if self.digest.is_some() && self.observed.applied == self.digest {
+            if self.ready() {
+                return "Ready".to_string();
+            }
+            "installed, not Ready"
+        } else if self.digest.is_some() && self.observed.staged == self.digest {
+            "staged"
+        } else {
+            "pending"
+        };
+        match self.waiting {
+            Some(r) if word != "installed, not Ready" => format!("{word}, {r}"),
+            _ => word.to_string(),
+        }
+    }
+
     /// What became of it, as the pass left it: `state` as its status says.
     fn outcome(&self, state: State, window: Option<String>) -> CompositionOutcome {
         CompositionOutcome {
@@ -252,9 +274,12 @@ impl Work {
             window,
             error: self.error.clone(),
             waiting: self.waiting,
-            message: match self.overridden {
-                Some(_) => "applied outside its window (apply-now)".to_string(),
-                None => String::new(),
+            message: match (&self.overridden, self.waiting) {
+                (Some(_), _) => "applied outside its window (apply-now)".to_string(),
+                (None, Some(r)) if !self.waiting_message.is_empty() => {
+                    format!("{r}: {}", self.waiting_message)
+                }
+                (None, _) => String::new(),
             },
             action: self.action,
         }
@@ -845,6 +870,9 @@ impl Reconciler {
     ) {
         let fleet = &pass.fleet;
         let mut rollout = Rollout::default();
+        // What each composition visited so far came to, for the message of
+        // one waiting on it.
+        let mut came_to: HashMap<CompositionId, String> = HashMap::new();
         for w in work.iter_mut() {
             if w.error.is_none() && w.digest.is_none() {
                 self.render(w, &pass.snap, fleet, &pass.source).await;
@@ -887,6 +915,9 @@ impl Reconciler {
                 if w.waiting == Some(Reason::PrunePending) {
                     w.waiting_message = holds.get(&w.comp.id.symphony).cloned().unwrap_or_default();
                 }
+                if w.waiting == Some(Reason::WaitingOnDependency) {
+                    w.waiting_message = waiting_on(&w.comp.depends_on, &rollout, &came_to);
+                }
                 w.rendered = None;
                 self.note_override(w);
                 if let Some(next) = window
@@ -922,6 +953,7 @@ impl Reconciler {
                 }
             };
             rollout.observe(&w.comp.id, outcome);
+            came_to.insert(w.comp.id.clone(), w.came_to());
         }
     }
 
@@ -1100,7 +1132,7 @@ impl Reconciler {
         }
         let update = StatusUpdate {
             source: pass.source.clone(),
-            table: table(report, &summary),
+            table: table(report, &summary, pass.now),
             statuses,
             summary,
         };
@@ -1229,7 +1261,7 @@ impl Reconciler {
         );
         let update = StatusUpdate {
             source: source_ref,
-            table: table(&report, &summary),
+            table: table(&report, &summary, now),
             statuses,
             summary,
         };
@@ -2470,6 +2502,24 @@ fn held_symphonies<'a>(
         }
     }
     held
+}
+
+/// `waiting on line-control/db (staged, WindowClosed)`: the dependencies
+/// not Ready, each with what it came to this pass.
+fn waiting_on(
+    depends_on: &[CompositionId],
+    rollout: &Rollout,
+    came_to: &HashMap<CompositionId, String>,
+) -> String {
+    let on: Vec<String> = depends_on
+        .iter()
+        .filter(|d| !rollout.is_ready(d))
+        .map(|d| match came_to.get(d) {
+            Some(state) => format!("{d} ({state})"),
+            None => format!("{d} (not reconciled on this branch)"),
+        })
+        .collect();
+    format!("waiting on {}", on.join(", "))
 }
 
 fn condition(t: &str, ok: bool, reason: &str, message: String, now: DateTime<Utc>) -> Condition {

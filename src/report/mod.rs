@@ -180,18 +180,29 @@ impl Row {
     }
 }
 
-/// `summary.md`: what a person reads on the forge.
-pub fn table(report: &BranchReport, summary: &str) -> String {
+/// `summary.md`: what a person reads on the forge. A composition waiting
+/// for its window shows the next opening in the window's zone and in UTC,
+/// and how far off it is from `now` (the pass that wrote it): the relative
+/// part is left out when deciding whether the file changed
+/// ([`crate::status::same_summary`]), so it never makes a commit of its own.
+pub fn table(report: &BranchReport, summary: &str, now: DateTime<Utc>) -> String {
     let mut t = format!(
         "# {summary}\n\n| composition | state | digest | window | note |\n|---|---|---|---|---|\n"
     );
     for r in &report.rows {
+        let window = match (&r.window, r.note.starts_with(WINDOW_CLOSED)) {
+            (Some(name), true) => match report.windows.get(name) {
+                Some(info) => window_cell(name, info, now),
+                None => name.clone(),
+            },
+            (w, _) => w.clone().unwrap_or_default(),
+        };
         t.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
             r.id,
             r.state,
             r.digest.map(|d| d.short()).unwrap_or_default(),
-            r.window.clone().unwrap_or_default(),
+            window,
             r.note.replace('|', "\\|"),
         ));
     }
@@ -208,4 +219,61 @@ pub fn table(report: &BranchReport, summary: &str) -> String {
         t.push_str(&format!("\n- error: {}", e.replace('|', "\\|")));
     }
     t
+}
+
+/// The reason a composition waiting for its window reports.
+const WINDOW_CLOSED: &str = "WindowClosed";
+
+/// `weekend: opens Sat 28 Nov 02:00 CET (01:00 UTC, in 1d 9h)`.
+fn window_cell(name: &str, info: &WindowInfo, now: DateTime<Utc>) -> String {
+    let Some(next) = info.next_open else {
+        return format!("{name}: never opens");
+    };
+    let utc = next.format("%H:%M UTC");
+    let local = match info.zone.parse::<chrono_tz::Tz>() {
+        Ok(tz) if tz != chrono_tz::UTC => next
+            .with_timezone(&tz)
+            .format("%a %d %b %H:%M %Z")
+            .to_string(),
+        _ => next.format("%a %d %b %H:%M UTC").to_string(),
+    };
+    let utc = if local.ends_with("UTC") {
+        String::new()
+    } else {
+        format!("{utc}, ")
+    };
+    format!(
+        "{name}: opens {local} ({utc}{})",
+        crate::status::relative(next - now)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_window_cell_gives_zone_utc_and_distance() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 26, 10, 30, 0).unwrap();
+        let next = Utc.with_ymd_and_hms(2026, 11, 28, 1, 0, 0).unwrap();
+        let info = |zone: &str| WindowInfo {
+            zone: zone.into(),
+            open: false,
+            next_open: Some(next),
+        };
+        assert_eq!(
+            window_cell("weekend", &info("Europe/Berlin"), now),
+            "weekend: opens Sat 28 Nov 02:00 CET (01:00 UTC, in 1d 14h)"
+        );
+        assert_eq!(
+            window_cell("weekend", &info("UTC"), now),
+            "weekend: opens Sat 28 Nov 01:00 UTC (in 1d 14h)"
+        );
+        let never = WindowInfo {
+            next_open: None,
+            ..info("UTC")
+        };
+        assert_eq!(window_cell("w", &never, now), "w: never opens");
+    }
 }

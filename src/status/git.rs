@@ -37,7 +37,7 @@ use git2::{
 
 use nix::fcntl::Flock;
 
-use super::DeploymentStatus;
+use super::{DeploymentStatus, State};
 use crate::model::Digest;
 use crate::source::SourceRef;
 
@@ -223,6 +223,62 @@ struct Plan {
     /// An unused blob (the branch moved, a retry) is harmless garbage.
     writes: BTreeMap<String, (Oid, usize)>,
     removes: BTreeSet<String>,
+    /// The statuses that change, for the commit subject.
+    changes: Vec<Change>,
+    /// Statuses kept as they are.
+    unchanged: usize,
+}
+
+/// One composition's status moving on the branch: `None` before is a new
+/// composition (or an unreadable old file), `None` after a removed one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub id: String,
+    pub from: Option<State>,
+    pub to: Option<State>,
+}
+
+/// At most this many changes are named one by one in a subject; more are
+/// counted by transition.
+const NAMED_CHANGES: usize = 3;
+
+/// What a status commit changes, for its subject:
+/// `line-control/vision staged -> installed, 11 unchanged`. A few changes
+/// are named; many are counted by transition (`40 staged -> installed`),
+/// so a subject stays one readable line for a fleet of thousands.
+pub fn describe_changes(changes: &[Change], unchanged: usize) -> String {
+    fn state(s: Option<State>) -> &'static str {
+        s.map(State::as_str).unwrap_or("new")
+    }
+    fn transition(c: &Change) -> String {
+        match (c.from, c.to) {
+            (_, None) => "removed".to_string(),
+            (None, Some(to)) => format!("new -> {}", to.as_str()),
+            (Some(from), Some(to)) if from == to => format!("{} (updated)", to.as_str()),
+            (from, Some(to)) => format!("{} -> {}", state(from), to.as_str()),
+        }
+    }
+    let mut parts: Vec<String> = if changes.len() <= NAMED_CHANGES {
+        changes
+            .iter()
+            .map(|c| format!("{} {}", c.id, transition(c)))
+            .collect()
+    } else {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for c in changes {
+            *counts.entry(transition(c)).or_default() += 1;
+        }
+        let mut counted: Vec<(String, usize)> = counts.into_iter().collect();
+        counted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counted
+            .into_iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect()
+    };
+    if unchanged > 0 || parts.is_empty() {
+        parts.push(format!("{unchanged} unchanged"));
+    }
+    parts.join(", ")
 }
 
 impl Plan {
@@ -374,7 +430,6 @@ impl StatusRepo {
         self.refuse_checked_out(&repo)?;
         let base = self.base_dir(&update.source.branch);
         let summary = one_line(&update.summary);
-        let message = self.commit_message(&summary, &update.source);
         let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL).map_err(self.git("signature"))?;
         let target = self
             .remote
@@ -422,6 +477,8 @@ impl StatusRepo {
             } else {
                 let tree = self.apply(&repo, tip_tree.as_ref(), &plan)?;
                 let parents: Vec<_> = tip.iter().collect();
+                let changes = describe_changes(&plan.changes, plan.unchanged);
+                let message = self.commit_message(&summary, &changes, &update.source);
                 let id = repo
                     .commit(None, &sig, &sig, &message, &tree, &parents)
                     .map_err(self.git("commit"))?;
@@ -863,8 +920,10 @@ impl StatusRepo {
             let id = s.composition();
             let path = format!("{base}/{id}.yaml");
             let fingerprint = s.fingerprint();
+            let mut from = None;
             if let Some(old) = existing.remove(id) {
                 if self.seen_fingerprint(old) == Some(fingerprint) {
+                    plan.unchanged += 1;
                     continue;
                 }
                 let blob = repo
@@ -874,10 +933,17 @@ impl StatusRepo {
                 if let Ok(old_status) = parse_status(blob.content()) {
                     self.remember(old, old_status.fingerprint());
                     if s.same_as(&old_status) {
+                        plan.unchanged += 1;
                         continue;
                     }
+                    from = Some(old_status.status.state);
                 }
             }
+            plan.changes.push(Change {
+                id: id.to_string(),
+                from,
+                to: Some(s.status.state),
+            });
             let yaml = serde_yaml::to_string(s).map_err(|e| StatusError::BadStatusFile {
                 branch: self.branch.clone(),
                 path: path.clone(),
@@ -889,7 +955,17 @@ impl StatusRepo {
             self.remember(oid, fingerprint);
             plan.writes.insert(path, (oid, yaml.len()));
         }
-        for id in existing.keys() {
+        for (id, blob) in &existing {
+            let from = repo
+                .find_blob(*blob)
+                .ok()
+                .and_then(|b| parse_status(b.content()).ok())
+                .map(|s| s.status.state);
+            plan.changes.push(Change {
+                id: id.clone(),
+                from,
+                to: None,
+            });
             plan.removes.insert(format!("{base}/{id}.yaml"));
         }
         let summary_same = match old_summary {
@@ -897,7 +973,7 @@ impl StatusRepo {
                 let blob = repo
                     .find_blob(id)
                     .map_err(self.git(format!("read {base}/{SUMMARY_FILE}")))?;
-                blob.content() == update.table.as_bytes()
+                super::same_summary(&String::from_utf8_lossy(blob.content()), &update.table)
             }
             None => false,
         };
@@ -985,9 +1061,15 @@ impl StatusRepo {
         }
     }
 
-    fn commit_message(&self, summary: &str, source: &SourceRef) -> String {
+    /// Subject: what changed (`main@3f2a1c0: app/a staged -> installed, 3
+    /// unchanged`); body: the counts the note also carries; then trailers.
+    fn commit_message(&self, summary: &str, changes: &str, source: &SourceRef) -> String {
+        let head = summary.split_once(": ").map_or(summary, |(head, _)| head);
+        // `(force-pushed over 1a2b3c4)` belongs in the subject too.
+        let aside = summary.find(" (").map_or("", |i| &summary[i..]);
         let mut msg = format!(
-            "{}\n\nFermata-Source: {}@{}\n",
+            "{}\n\n{}\n\nFermata-Source: {}@{}\n",
+            self.subject(&format!("{head}: {changes}{aside}")),
             self.subject(summary),
             source.branch,
             source.commit.to_ascii_lowercase()
@@ -1022,7 +1104,7 @@ impl StatusRepo {
         if old.as_deref() == Some(new.as_str()) {
             return Ok(());
         }
-        repo.note(sig, sig, Some(&self.notes_ref), commit, &new, true)
+        note(repo, sig, &self.notes_ref, commit, &new, "status")
             .map_err(self.git(format!("write note on {commit}")))?;
         Ok(())
     }
@@ -1212,7 +1294,7 @@ impl StatusRepo {
             if writing.is_none() {
                 writing = Some(self.writer_lock()?);
             }
-            repo.note(&sig, &sig, Some(plan_ref), commit, &new, true)
+            note(&repo, &sig, plan_ref, commit, &new, "plan")
                 .map_err(self.git(format!("write plan note on {commit}")))?;
             let Some(url) = &self.remote else {
                 return Ok(true);
@@ -1458,6 +1540,38 @@ fn copy_loose(from: &Repository, to: &Repository, tip: Oid) -> Result<(), git2::
     Ok(())
 }
 
+/// Writes (or overwrites) the note on `commit` under `notes_ref` in a notes
+/// commit whose message says fermata wrote it: libgit2 would leave "Notes
+/// added by 'git_note_create' from libgit2" in `git log --all`. libgit2
+/// has no message parameter, so its commit is reworded in place; the ref
+/// moves from libgit2's commit to ours only if nothing moved it between.
+fn note(
+    repo: &Repository,
+    sig: &Signature,
+    notes_ref: &str,
+    commit: Oid,
+    content: &str,
+    what: &str,
+) -> Result<(), git2::Error> {
+    repo.note(sig, sig, Some(notes_ref), commit, content, true)?;
+    let written = repo.refname_to_id(notes_ref)?;
+    let c = repo.find_commit(written)?;
+    let short = commit.to_string();
+    let message = format!("Notes added by fermata: {what} of {}\n", &short[..7]);
+    let parents: Vec<_> = c.parents().collect();
+    let parents: Vec<_> = parents.iter().collect();
+    let ours = repo.commit(
+        None,
+        &c.author(),
+        &c.committer(),
+        &message,
+        &c.tree()?,
+        &parents,
+    )?;
+    repo.reference_matching(notes_ref, ours, true, written, "fermata: note")?;
+    Ok(())
+}
+
 fn ref_id(repo: &Repository, name: &str) -> Option<Oid> {
     repo.find_reference(name).ok().and_then(|r| r.target())
 }
@@ -1649,6 +1763,47 @@ mod tests {
             // Spread over the range, not all at once.
             let distinct: BTreeSet<_> = waits.iter().collect();
             assert!(distinct.len() > 10, "attempt {attempt}: {distinct:?}");
+        }
+    }
+
+    #[test]
+    fn change_subjects_name_a_few_and_count_many() {
+        use State::*;
+        let c = |id: &str, from, to| Change {
+            id: id.into(),
+            from,
+            to,
+        };
+        let rows: Vec<(Vec<Change>, usize, &str)> = vec![
+            (vec![], 4, "4 unchanged"),
+            (vec![], 0, "0 unchanged"),
+            (
+                vec![c("line-control/vision", Some(Staged), Some(Installed))],
+                11,
+                "line-control/vision staged -> installed, 11 unchanged",
+            ),
+            (
+                vec![
+                    c("a/x", None, Some(Staged)),
+                    c("a/y", Some(Installed), None),
+                    c("a/z", Some(Installed), Some(Installed)),
+                ],
+                0,
+                "a/x new -> staged, a/y removed, a/z installed (updated)",
+            ),
+            (
+                vec![
+                    c("a/1", Some(Staged), Some(Installed)),
+                    c("a/2", Some(Staged), Some(Installed)),
+                    c("a/3", Some(Staged), Some(Installed)),
+                    c("a/4", Some(Installed), Some(Failed)),
+                ],
+                996,
+                "3 staged -> installed, 1 installed -> failed, 996 unchanged",
+            ),
+        ];
+        for (changes, unchanged, want) in rows {
+            assert_eq!(describe_changes(&changes, unchanged), want);
         }
     }
 

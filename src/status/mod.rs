@@ -5,6 +5,7 @@
 mod git;
 pub mod ids;
 pub mod margo;
+mod summary;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub use git::{
     StatusUpdate, NOTES_REF, PLAN_NOTES_REF, SITE_BRANCH_PREFIX, SITE_NOTES_PREFIX,
     SITE_PLAN_NOTES_PREFIX,
 };
+pub use summary::{relative, same_summary};
 
 /// Where a reconciler reports: held as `Arc<dyn StatusSink>`, so the
 /// reconciler does not know it is Git (tests may record instead). Async:
