@@ -40,14 +40,17 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
         r.set_mode(Mode::Reconcile);
         let now = r.ctx.clock.now();
         let mut granted = Vec::new();
-        for row in reports.iter().flat_map(|b| &b.rows) {
+        for (site, row) in reports
+            .iter()
+            .flat_map(|b| b.rows.iter().map(move |row| (b.site.as_deref(), row)))
+        {
             let matches = match a.target.split_once('/') {
                 Some(_) => row.id.to_string() == a.target,
                 None => row.id.symphony == a.target,
             };
             if matches && row.state == State::Staged {
                 if let Some(d) = row.digest {
-                    r.requests().record(&Request::ApplyNow {
+                    r.requests_of(site).record(&Request::ApplyNow {
                         composition: row.id.to_string(),
                         grant: Override {
                             who: who.clone(),

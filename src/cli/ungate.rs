@@ -36,6 +36,9 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
         let writer = StateWriter::take(&r.ctx.settings.state_dir)?;
         fetch_or_warn(&mut r).await;
         let mut found = false;
+        // Central mode: every site agent the composition is placed at
+        // keeps its own records.
+        let mut sites: Vec<String> = Vec::new();
         for branch in &r.ctx.settings.branches {
             let rev = r
                 .ctx
@@ -47,6 +50,13 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
             if let Some(c) = loaded.fleet.composition(&a.composition) {
                 found |= c.scheduling_gates.contains(&a.gate);
             }
+            if r.ctx.settings.site.is_none() && loaded.fleet.has_sites() {
+                for site in loaded.fleet.sites_of(&a.composition) {
+                    if !sites.iter().any(|s| s == site) {
+                        sites.push(site.to_string());
+                    }
+                }
+            }
         }
         if !found {
             bail!(
@@ -57,7 +67,7 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let now = r.ctx.clock.now();
-        r.requests().record(&Request::Ungate {
+        let request = Request::Ungate {
             composition: a.composition.to_string(),
             ungate: Ungate {
                 gate: a.gate.clone(),
@@ -65,7 +75,13 @@ pub fn run(a: &UngateArgs) -> anyhow::Result<ExitCode> {
                 why: a.by.reason.clone(),
                 at: now,
             },
-        })?;
+        };
+        if sites.is_empty() {
+            r.requests().record(&request)?;
+        }
+        for site in &sites {
+            r.requests_of(Some(site)).record(&request)?;
+        }
         match writer {
             StateWriter::Daemon(pid) => {
                 StateWriter::wake(pid, &format!("{} gate {} lifted", a.composition, a.gate));

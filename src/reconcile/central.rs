@@ -60,12 +60,18 @@ impl<A> Central<A> {
     }
 }
 
+/// Where the agent of `site` keeps its memory (and the `ungate` and
+/// `apply-now` records it acts on) under a central reconciler's state dir.
+pub fn site_state_dir(state_dir: &std::path::Path, site: &str) -> std::path::PathBuf {
+    state_dir.join("sites").join(site)
+}
+
 /// A site agent's context, from the central one: the same seams, with the
 /// site's settings, targets and status sink.
 pub(super) fn site_context(central: &Context, site: &str) -> Context {
     let mut settings = central.settings.clone();
     settings.site = Some(site.to_string());
-    settings.state_dir = central.settings.state_dir.join("sites").join(site);
+    settings.state_dir = site_state_dir(&central.settings.state_dir, site);
     settings.target_root = central.settings.target_root.join(site);
     Context {
         targets: central

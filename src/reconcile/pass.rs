@@ -410,6 +410,17 @@ impl Reconciler {
         &self.requests
     }
 
+    /// The records `site`'s agent acts on: in central mode each site agent
+    /// has its own (`None`: this reconciler's own).
+    pub fn requests_of(&self, site: Option<&str>) -> super::requests::Requests {
+        match site {
+            Some(site) if self.ctx.settings.site.is_none() => Requests::new(
+                &super::central::site_state_dir(&self.ctx.settings.state_dir, site),
+            ),
+            _ => self.requests.clone(),
+        }
+    }
+
     /// One dry-run pass of `base` (at `revision`): what a plan shows.
     pub async fn plan_branch(&mut self, base: &str) -> BranchReport {
         self.pass_branch(base).await

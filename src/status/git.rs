@@ -275,7 +275,11 @@ pub fn describe_changes(changes: &[Change], unchanged: usize) -> String {
             .map(|(t, n)| format!("{n} {t}"))
             .collect()
     };
-    if unchanged > 0 || parts.is_empty() {
+    // No status moved: the commit records that a new commit was reconciled.
+    if parts.is_empty() {
+        parts.push("reconciled".to_string());
+    }
+    if unchanged > 0 {
         parts.push(format!("{unchanged} unchanged"));
     }
     parts.join(", ")
@@ -1775,8 +1779,8 @@ mod tests {
             to,
         };
         let rows: Vec<(Vec<Change>, usize, &str)> = vec![
-            (vec![], 4, "4 unchanged"),
-            (vec![], 0, "0 unchanged"),
+            (vec![], 4, "reconciled, 4 unchanged"),
+            (vec![], 0, "reconciled"),
             (
                 vec![c("line-control/vision", Some(Staged), Some(Installed))],
                 11,
