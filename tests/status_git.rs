@@ -83,11 +83,18 @@ fn update(source: &SourceRef, statuses: Vec<DeploymentStatus>) -> StatusUpdate {
             s.metadata.deployment_id, s.status.state
         ));
     }
+    let now = statuses
+        .iter()
+        .map(|s| s.metadata.time_stamp)
+        .max()
+        .unwrap_or_default();
     StatusUpdate {
         source: source.clone(),
         statuses,
         summary,
         table,
+        now,
+        windows: Default::default(),
     }
 }
 
@@ -152,7 +159,8 @@ fn first_publish_creates_branch_tree_message_and_note() {
         [
             "main/line-control/db.yaml",
             "main/line-control/vision.yaml",
-            "main/summary.md"
+            "main/summary.md",
+            "main/timeline.svg"
         ]
     );
     let vision: DeploymentStatus =
@@ -248,7 +256,7 @@ fn one_changed_status_is_one_commit_touching_only_its_file() {
     assert_eq!(new.to_string(), rev(dir, BRANCH));
     assert_eq!(
         git(dir, &["diff", "--name-only", &old, BRANCH]),
-        "main/line-control/vision.yaml\nmain/summary.md"
+        "main/line-control/vision.yaml\nmain/summary.md\nmain/timeline.svg"
     );
     // The unchanged status keeps its bytes, old time stamp included.
     assert_eq!(show(dir, BRANCH, "main/line-control/db.yaml"), old_db);
@@ -300,11 +308,13 @@ fn removed_composition_loses_its_file_and_other_branches_stay() {
         [
             "main/next/shop/web.yaml",
             "main/next/summary.md",
+            "main/next/timeline.svg",
             "main/shop/web.yaml",
-            "main/summary.md"
+            "main/summary.md",
+            "main/timeline.svg"
         ]
     );
-    // Removing every composition keeps the summary only.
+    // Removing every composition keeps the summary and the picture only.
     sr.publish(&update(&src, vec![]))
         .unwrap()
         .expect("a commit");
@@ -313,7 +323,9 @@ fn removed_composition_loses_its_file_and_other_branches_stay() {
         [
             "main/next/shop/web.yaml",
             "main/next/summary.md",
-            "main/summary.md"
+            "main/next/timeline.svg",
+            "main/summary.md",
+            "main/timeline.svg"
         ]
     );
 }
@@ -362,7 +374,11 @@ fn two_sites_write_only_their_own_branch_and_notes_ref() {
     for branch in ["fermata/sites/site-a", "fermata/sites/site-b"] {
         assert_eq!(
             files(dir, branch),
-            ["main/line-control/vision.yaml", "main/summary.md"]
+            [
+                "main/line-control/vision.yaml",
+                "main/summary.md",
+                "main/timeline.svg"
+            ]
         );
     }
     let short = &src.commit[..7];
@@ -397,7 +413,7 @@ fn two_sites_write_only_their_own_branch_and_notes_ref() {
                 "fermata/sites/site-a"
             ]
         ),
-        "main/line-control/vision.yaml\nmain/summary.md"
+        "main/line-control/vision.yaml\nmain/summary.md\nmain/timeline.svg"
     );
     // One note per site, and `git log` shows them all side by side.
     let site_note = |site: &str| {
@@ -557,7 +573,8 @@ fn mirror_pushes_and_rebases_on_a_moved_remote() {
         [
             "main/line-control/vision.yaml",
             "main/shop/web.yaml",
-            "main/summary.md"
+            "main/summary.md",
+            "main/timeline.svg"
         ]
     );
     // Rebuilt on the remote's tip: only what differs from it was written.
@@ -566,7 +583,7 @@ fn mirror_pushes_and_rebases_on_a_moved_remote() {
             &remote,
             &["diff", "--name-only", &format!("{BRANCH}^"), BRANCH]
         ),
-        "main/line-control/vision.yaml\nmain/summary.md"
+        "main/line-control/vision.yaml\nmain/summary.md\nmain/timeline.svg"
     );
     let a_file: DeploymentStatus =
         serde_yaml::from_str(&show(&remote, BRANCH, "main/line-control/vision.yaml")).unwrap();
@@ -733,7 +750,7 @@ fn unparseable_status_file_is_an_error_naming_it() {
     .expect("a commit");
     assert_eq!(
         files(dir, BRANCH),
-        ["main/shop/web.yaml", "main/summary.md"]
+        ["main/shop/web.yaml", "main/summary.md", "main/timeline.svg"]
     );
     assert_eq!(sr.read().unwrap().len(), 1);
 }
@@ -776,7 +793,12 @@ fn rebases_on_a_remote_branch_moved_without_notes() {
     assert_eq!(rev(&remote, &format!("{branch}^")), hand);
     assert_eq!(
         files(&remote, branch),
-        ["main/shop/web.yaml", "main/summary.md", "site-x/NOTE.md"]
+        [
+            "main/shop/web.yaml",
+            "main/summary.md",
+            "main/timeline.svg",
+            "site-x/NOTE.md"
+        ]
     );
     assert_eq!(
         git(

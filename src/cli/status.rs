@@ -17,6 +17,8 @@ pub enum Format {
     Json,
     /// Margo's DeploymentStatusManifest JSON, one per composition.
     Margo,
+    /// `timeline.svg` of `--branch`: what was staged and applied when.
+    Svg,
 }
 
 #[derive(Debug, Args)]
@@ -33,6 +35,12 @@ pub struct StatusArgs {
     pub state_dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// With `--format svg`: the watched branch whose history to draw (the
+    /// repository's default branch when absent).
+    #[arg(long)]
+    pub branch: Option<String>,
+    #[command(flatten)]
+    pub clock: super::run::ClockArgs,
 }
 
 pub fn run(a: &StatusArgs) -> anyhow::Result<ExitCode> {
@@ -45,6 +53,16 @@ pub fn run(a: &StatusArgs) -> anyhow::Result<ExitCode> {
         branch,
         a.site.clone(),
     );
+    if let Format::Svg = a.format {
+        let branch = match &a.branch {
+            Some(b) => b.clone(),
+            None => source.default_branch().unwrap_or_else(|| "main".into()),
+        };
+        let now = a.clock.clock().now();
+        let t = repo.timeline(&branch, now, windows(&source, &branch, now))?;
+        out!("{}", crate::status::timeline::render(&t));
+        return Ok(ExitCode::SUCCESS);
+    }
     let statuses = repo.read()?;
     match a.format {
         Format::Table => {
@@ -91,6 +109,7 @@ pub fn run(a: &StatusArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Format::Json => outln!("{}", serde_json::to_string_pretty(&statuses)?),
+        Format::Svg => {}
         Format::Margo => {
             let m: Vec<DeploymentStatusManifest> = statuses
                 .iter()
@@ -100,4 +119,21 @@ pub fn run(a: &StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The openings of `branch`'s windows over the picture's span; none when
+/// the branch cannot be read (the picture is still drawn).
+fn windows(
+    source: &GitSource,
+    branch: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::status::timeline::Openings {
+    let Ok(snap) = source
+        .resolve(&format!("refs/heads/{branch}"))
+        .and_then(|rev| source.snapshot(rev))
+    else {
+        return Default::default();
+    };
+    let fleet = crate::model::load(&snap, "").fleet;
+    crate::status::timeline::openings(fleet.windows.iter().map(|(n, mw)| (n, &mw.window)), now)
 }

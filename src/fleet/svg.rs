@@ -13,34 +13,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::view::{short, CompositionView, FleetView};
+use crate::status::timeline::{colour, PALETTE as STATES};
 use crate::status::State;
 
 const CELL: usize = 22;
 const GAP: usize = 2;
 /// Per character of a label, in the 12px sans-serif used.
 const CHAR_W: usize = 7;
-
-/// Colours of the states (GitHub's Primer palette), least severe first, and
-/// of a composition the site does not have.
-const STATES: [(&str, &str); 9] = [
-    ("installed", "#2da44e"),
-    ("removed", "#d0d7de"),
-    ("pending", "#bf8700"),
-    ("staged", "#54aeff"),
-    ("staging", "#218bff"),
-    ("installing", "#0969da"),
-    ("removing", "#fb8f44"),
-    ("failed", "#cf222e"),
-    ("absent", "#ffffff"),
-];
-
-fn colour(state: &str) -> &'static str {
-    STATES
-        .iter()
-        .find(|(s, _)| *s == state)
-        .map(|(_, c)| *c)
-        .unwrap_or("#8c959f")
-}
 
 /// The heatmap of `view`.
 pub fn render(view: &FleetView) -> String {

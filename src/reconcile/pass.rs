@@ -1144,6 +1144,8 @@ impl Reconciler {
         let update = StatusUpdate {
             source: pass.source.clone(),
             table: table(report, &summary, pass.now),
+            now: pass.now,
+            windows: window_openings(&pass.fleet, &statuses, pass.now),
             statuses,
             summary,
         };
@@ -1273,6 +1275,8 @@ impl Reconciler {
         let update = StatusUpdate {
             source: source_ref,
             table: table(&report, &summary, now),
+            now,
+            windows: window_openings(&last, &statuses, now),
             statuses,
             summary,
         };
@@ -2513,6 +2517,21 @@ fn held_symphonies<'a>(
         }
     }
     held
+}
+
+/// The openings of the windows `statuses` name, over the span
+/// `timeline.svg` shows.
+fn window_openings(
+    fleet: &Fleet,
+    statuses: &[DeploymentStatus],
+    now: DateTime<Utc>,
+) -> crate::status::timeline::Openings {
+    let named = statuses
+        .iter()
+        .filter_map(|s| s.status.window.as_ref())
+        .filter_map(|w| fleet.windows.get_key_value(&w.name))
+        .map(|(name, mw)| (name, &mw.window));
+    crate::status::timeline::openings(named, now)
 }
 
 /// `waiting on line-control/db (staged, WindowClosed)`: the dependencies

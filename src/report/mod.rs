@@ -186,9 +186,14 @@ impl Row {
 /// part is left out when deciding whether the file changed
 /// ([`crate::status::same_summary`]), so it never makes a commit of its own.
 pub fn table(report: &BranchReport, summary: &str, now: DateTime<Utc>) -> String {
-    let mut t = format!(
-        "# {summary}\n\n| composition | state | digest | window | note |\n|---|---|---|---|---|\n"
-    );
+    let mut t = format!("# {summary}\n\n");
+    if report.rows.len() <= crate::status::timeline::MAX_ROWS {
+        t.push_str(&format!(
+            "![What was staged and applied when, the last {} days](timeline.svg)\n\n",
+            crate::status::timeline::DAYS
+        ));
+    }
+    t.push_str("| composition | state | digest | window | note |\n|---|---|---|---|---|\n");
     for r in &report.rows {
         let window = match (&r.window, r.note.starts_with(WINDOW_CLOSED)) {
             (Some(name), true) => match report.windows.get(name) {

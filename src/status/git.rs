@@ -24,6 +24,7 @@
 //! so publishing works the same in a bare mirror and in the user's own
 //! repository, and never touches a working tree.
 
+use chrono::{DateTime, Utc};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ use git2::{
 
 use nix::fcntl::Flock;
 
-use super::{DeploymentStatus, State};
+use super::{timeline, DeploymentStatus, State};
 use crate::model::Digest;
 use crate::source::SourceRef;
 
@@ -115,6 +116,9 @@ const AUTHOR_EMAIL: &str = "fermata@localhost";
 
 const SUMMARY_FILE: &str = "summary.md";
 
+/// At most this many status commits are read for `timeline.svg`.
+const MAX_HISTORY: usize = 500;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     /// The blocking task that wrote it panicked or was cancelled.
@@ -189,8 +193,14 @@ pub struct StatusUpdate {
     /// `main@3f2a1c0: 12 installed, 3 staged, 1 failed`: commit subject and note.
     pub summary: String,
     /// `summary.md`: a table a person reads on the forge. Compared byte for
-    /// byte, so it must not carry time stamps or every pass would commit.
+    /// byte (relative times aside, [`super::same_summary`]), so it must not
+    /// carry time stamps or every pass would commit.
     pub table: String,
+    /// The pass's instant, for `timeline.svg`'s `now`.
+    pub now: DateTime<Utc>,
+    /// Openings of the windows the branch's compositions use, by name, over
+    /// the span `timeline.svg` shows.
+    pub windows: timeline::Openings,
 }
 
 /// The status branch of a repository.
@@ -462,7 +472,10 @@ impl StatusRepo {
                 Some(c) => Some(c.tree().map_err(self.git("read tip tree"))?),
                 None => None,
             };
-            let plan = self.plan(&repo, tip_tree.as_ref(), &base, update)?;
+            let mut plan = self.plan(&repo, tip_tree.as_ref(), &base, update)?;
+            if !plan.is_empty() && update.statuses.len() <= timeline::MAX_ROWS {
+                self.add_timeline(&repo, before.0, &base, update, &mut plan)?;
+            }
             tracing::debug!(
                 ms = started.elapsed().as_millis() as u64,
                 writes = plan.writes.len(),
@@ -989,6 +1002,185 @@ impl StatusRepo {
             plan.writes.insert(path, (oid, update.table.len()));
         }
         Ok(plan)
+    }
+
+    /// The picture of `source_branch`'s history on the status branch as
+    /// it stands (`fermata status --format svg`).
+    pub fn timeline(
+        &self,
+        source_branch: &str,
+        now: DateTime<Utc>,
+        windows: timeline::Openings,
+    ) -> Result<timeline::Timeline, StatusError> {
+        let repo = self.open()?;
+        let mut t = timeline::Timeline {
+            now,
+            windows,
+            ..Default::default()
+        };
+        let since = t.from();
+        let base = self.base_dir(source_branch);
+        self.history(&repo, self.tip_id(&repo)?, &base, since, &mut t)
+            .map_err(self.git(format!("read the history of {base}")))?;
+        t.rows.retain(|_, r| {
+            r.changes
+                .last()
+                .is_some_and(|(at, state)| state.is_some() || *at >= since)
+        });
+        Ok(t)
+    }
+
+    /// Writes `timeline.svg` into `plan`: the branch's history read from
+    /// the status commits (the last [`timeline::DAYS`] days, at most
+    /// [`MAX_HISTORY`] commits), then this update.
+    fn add_timeline(
+        &self,
+        repo: &Repository,
+        tip: Option<Oid>,
+        base: &str,
+        update: &StatusUpdate,
+        plan: &mut Plan,
+    ) -> Result<(), StatusError> {
+        let mut t = timeline::Timeline {
+            now: update.now,
+            windows: update.windows.clone(),
+            ..Default::default()
+        };
+        let since = t.from();
+        self.history(repo, tip, base, since, &mut t)
+            .map_err(self.git(format!("read the history of {base}")))?;
+        let stamps: HashMap<&str, &DeploymentStatus> = update
+            .statuses
+            .iter()
+            .map(|s| (s.composition(), s))
+            .collect();
+        for c in &plan.changes {
+            let row = t.rows.entry(c.id.clone()).or_default();
+            match stamps.get(c.id.as_str()) {
+                Some(s) => {
+                    row.window = s.status.window.as_ref().map(|w| w.name.clone());
+                    row.changes.push((s.metadata.time_stamp, c.to));
+                }
+                None => row.changes.push((update.now, None)),
+            }
+        }
+        let short = update
+            .source
+            .commit
+            .get(..7)
+            .unwrap_or_default()
+            .to_string();
+        if t.commits.last().map(|(_, c)| c) != Some(&short) {
+            t.commits.push((update.now, short));
+        }
+        // Rows gone before the picture starts are left out.
+        t.rows.retain(|_, r| {
+            r.changes
+                .last()
+                .is_some_and(|(at, state)| state.is_some() || *at >= since)
+        });
+        let svg = timeline::render(&t);
+        let path = format!("{base}/{}", timeline::FILE);
+        let oid = repo
+            .blob(svg.as_bytes())
+            .map_err(self.git(format!("write {path}")))?;
+        plan.writes.insert(path, (oid, svg.len()));
+        Ok(())
+    }
+
+    /// The states each composition of `base` went through, oldest first,
+    /// and the reconciled commits, from the status commits up to `tip`.
+    fn history(
+        &self,
+        repo: &Repository,
+        tip: Option<Oid>,
+        base: &str,
+        since: DateTime<Utc>,
+        t: &mut timeline::Timeline,
+    ) -> Result<(), git2::Error> {
+        let mut chain = Vec::new();
+        let mut next = tip;
+        while let Some(id) = next {
+            if chain.len() >= MAX_HISTORY {
+                break;
+            }
+            let c = repo.find_commit(id)?;
+            next = c.parent_id(0).ok();
+            let older = c.time().seconds() < since.timestamp();
+            chain.push(c);
+            if older {
+                break;
+            }
+        }
+        let mut last: HashMap<String, Oid> = HashMap::new();
+        let mut listed: HashMap<Oid, Vec<(String, Oid)>> = HashMap::new();
+        for c in chain.iter().rev() {
+            let tree = c.tree()?;
+            let Some(dir) = subtree(repo, &tree, base)? else {
+                continue;
+            };
+            let mut now: HashMap<String, Oid> = HashMap::new();
+            for e in dir.iter() {
+                let (Ok(sym), Some(ObjectType::Tree)) = (e.name(), e.kind()) else {
+                    continue;
+                };
+                let files = match listed.entry(e.id()) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                        repo.find_tree(e.id())?
+                            .iter()
+                            .filter_map(|f| {
+                                let var = f.name().ok()?.strip_suffix(".yaml")?;
+                                Some((format!("{sym}/{var}"), f.id()))
+                            })
+                            .collect(),
+                    ),
+                };
+                now.extend(files.iter().cloned());
+            }
+            let mut instant = None;
+            let mut changed = Vec::new();
+            for (id, blob) in &now {
+                if last.get(id) == Some(blob) {
+                    continue;
+                }
+                let Ok(st) = parse_status(repo.find_blob(*blob)?.content()) else {
+                    continue;
+                };
+                instant = instant.max(Some(st.metadata.time_stamp));
+                changed.push((id.clone(), st));
+            }
+            let instant = instant.unwrap_or_else(|| {
+                DateTime::from_timestamp(c.time().seconds(), 0).unwrap_or(t.now)
+            });
+            for (id, st) in changed {
+                let row = t.rows.entry(id).or_default();
+                row.window = st.status.window.as_ref().map(|w| w.name.clone());
+                row.changes
+                    .push((st.metadata.time_stamp, Some(st.status.state)));
+            }
+            for id in last.keys().filter(|id| !now.contains_key(*id)) {
+                t.rows
+                    .entry(id.clone())
+                    .or_default()
+                    .changes
+                    .push((instant, None));
+            }
+            last = now;
+            let source = c
+                .message()
+                .ok()
+                .and_then(|m| m.lines().find_map(|l| l.strip_prefix("Fermata-Source: ")))
+                .and_then(|s| s.rsplit_once('@'))
+                .and_then(|(_, hex)| hex.get(..7))
+                .map(str::to_string);
+            if let Some(short) = source {
+                if t.commits.last().map(|(_, c)| c) != Some(&short) {
+                    t.commits.push((instant, short));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn seen_fingerprint(&self, blob: Oid) -> Option<Digest> {

@@ -6,6 +6,7 @@ mod git;
 pub mod ids;
 pub mod margo;
 mod summary;
+pub mod timeline;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

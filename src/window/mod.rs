@@ -154,6 +154,28 @@ impl Window {
             .collect()
     }
 
+    /// The openings (start, end) that overlap `[from, to]`, at most 1,000:
+    /// what a picture of the window over a span shades.
+    pub fn openings_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        let Ok(len) = chrono::TimeDelta::from_std(self.duration) else {
+            return Vec::new();
+        };
+        let Some(start) = from.checked_sub_signed(len) else {
+            return Vec::new();
+        };
+        self.schedule
+            .firings_from(start, self.tz)
+            .take_while(|&s| s <= to)
+            .map(|s| (s, s + len))
+            .filter(|&(_, end)| end >= from)
+            .take(1000)
+            .collect()
+    }
+
     /// [`Window::state_at`] the clock's current instant.
     pub fn state(&self, clock: &dyn Clock) -> WindowState {
         self.state_at(clock.now())
