@@ -2185,9 +2185,9 @@ mod self_test {
         kube::Client::try_from(config).expect("client")
     }
 
-    fn api_error(e: kube::Error) -> kube::core::ErrorResponse {
+    fn api_error(e: kube::Error) -> kube::core::Status {
         match e {
-            kube::Error::Api(r) => r,
+            kube::Error::Api(r) => *r,
             other => panic!("not an API error: {other}"),
         }
     }
