@@ -59,6 +59,7 @@ impl Cluster {
             namespace: Some(namespace.into()),
             kubeconfig: Some(self.kubeconfig().display().to_string()),
             force_conflicts: force,
+            ..KubernetesSpec::default()
         };
         KubernetesTarget::new(spec, Duration::from_secs(600), self.clock.clone())
     }

@@ -89,12 +89,14 @@ impl Target for FakeTarget {
             StateGoal::DryRun => Ok(Outcome {
                 changed: true,
                 diff: Some(format!("+ {id}")),
+                staging: None,
             }),
             StateGoal::Stage => {
                 h.staged = Some((*desired.rendered).clone());
                 Ok(Outcome {
                     changed: true,
                     diff: None,
+                    staging: None,
                 })
             }
             StateGoal::Apply => {
@@ -106,6 +108,7 @@ impl Target for FakeTarget {
                 Ok(Outcome {
                     changed: true,
                     diff: None,
+                    staging: None,
                 })
             }
         }
@@ -183,6 +186,7 @@ impl Target for FakeTarget {
         Ok(Outcome {
             changed: true,
             diff: None,
+            staging: None,
         })
     }
 }

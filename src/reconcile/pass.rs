@@ -1671,16 +1671,40 @@ impl Reconciler {
             artifacts,
         };
         if decision.stage {
-            let staged = target.apply(&desired, StateGoal::Stage).await;
-            if let Err(e) = staged {
-                w.fail(
-                    ErrorCode::StagingFailed,
+            match target.apply(&desired, StateGoal::Stage).await {
+                Err(e) => {
+                    w.fail(
+                        ErrorCode::StagingFailed,
+                        w.comp.target.clone(),
+                        e.to_string(),
+                    );
+                    return;
+                }
+                // Not staged yet: nothing may be applied (not even in an
+                // open window) before the target has prepared all of it.
+                Ok(crate::target::Outcome {
+                    staging: Some(what),
+                    ..
+                }) => {
+                    tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), waiting = %what, "staging");
+                    w.waiting = Some(Reason::Staging);
+                    w.waiting_message = what;
+                }
+                Ok(_) => {
+                    tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), "staged");
+                }
+            }
+        }
+        if w.waiting == Some(Reason::Staging) {
+            match target.get(&w.comp.id).await {
+                Ok(o) => w.observed = o,
+                Err(e) => w.fail(
+                    ErrorCode::TargetUnavailable,
                     w.comp.target.clone(),
                     e.to_string(),
-                );
-                return;
+                ),
             }
-            tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), "staged");
+            return;
         }
         match decision.apply {
             // Staging may have taken a while: the window is judged again
@@ -2334,6 +2358,8 @@ impl Reconciler {
             State::Failed
         } else if w.digest.is_some() && w.observed.applied == w.digest {
             State::Installed
+        } else if w.waiting == Some(Reason::Staging) {
+            State::Staging
         } else if w.digest.is_some() && w.observed.staged == w.digest {
             State::Staged
         } else {
@@ -2353,6 +2379,7 @@ impl Reconciler {
             State::Installed => State::Installed,
             State::Failed => State::Failed,
             State::Staged => State::Staged,
+            State::Staging => State::Staging,
             _ => State::Pending,
         };
         DeploymentStatus {
@@ -2492,12 +2519,16 @@ fn conditions_of(w: &Work, window: Option<&WindowStatus>, now: DateTime<Utc>) ->
     let staged = condition(
         "Staged",
         staged_ok,
-        match (staged_ok, failed) {
-            (true, _) => "Staged",
-            (false, true) => "Failed",
-            (false, false) => "Pending",
+        match (staged_ok, failed, w.waiting) {
+            (true, _, _) => "Staged",
+            (false, true, _) => "Failed",
+            (false, false, Some(Reason::Staging)) => "Staging",
+            (false, false, _) => "Pending",
         },
-        String::new(),
+        match w.waiting {
+            Some(Reason::Staging) if !staged_ok => w.waiting_message.clone(),
+            _ => String::new(),
+        },
         now,
     );
     let why_waiting = match (&w.waiting, window) {
