@@ -287,3 +287,319 @@ fn pre_pull_off_stages_without_pods() {
     assert!(c.pull_pods().is_empty());
     assert!(c.deployment().is_some());
 }
+
+// ---------------------------------------------------------------------------
+// Artifacts delivered to a claim.
+
+const TOKEN: &str = "s3cret-artifact-token";
+
+/// fermata's `--listen` routes (the real `fermata::serve` router, serving
+/// the artifact store of `state`), hosted by the test, since `run --once`
+/// serves nothing; stopped when dropped.
+struct StoreServer {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StoreServer {
+    fn start(state: &std::path::Path) -> StoreServer {
+        let dir = state.join("artifacts").join("sha256");
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let (tx, _rx) = tokio::sync::mpsc::channel(1);
+                let st = fermata::serve::ServeState::new(vec!["main".into()], None, tx)
+                    .serve_artifacts(fermata::serve::ArtifactAccess {
+                        dir,
+                        token: TOKEN.as_bytes().to_vec(),
+                    });
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                addr_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("send");
+                let _ = fermata::serve::serve(
+                    listener,
+                    std::sync::Arc::new(st),
+                    fermata::serve::ServeLimits::default(),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await;
+            });
+        });
+        StoreServer {
+            addr: addr_rx.recv().expect("server address"),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StoreServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The delivery Job's script (`fermata::target::kube::deliver::SCRIPT`),
+/// step for step in Rust, with its messages: the FAKE runs this where a
+/// cluster would run busybox. Over real HTTP, from the real store server.
+fn deliver_like_the_script(run: &kube_fake::JobRun) -> Result<(), String> {
+    use sha2::Digest as _;
+    let env = |k: &str| run.env.get(k).cloned().unwrap_or_default();
+    let dest = run
+        .host_path(&env("FERMATA_DEST"))
+        .ok_or("FERMATA_DEST is not on a mounted claim")?;
+    let want = env("FERMATA_SHA256");
+    if std::fs::read(&dest).is_ok_and(|b| hex::encode(sha2::Sha256::digest(&b)) == want) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dest.parent().expect("parent")).map_err(|e| e.to_string())?;
+    let tmp = dest.with_extension("part.fake");
+    let url = env("FERMATA_URL");
+    let token = env("FERMATA_TOKEN");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let body = rt.block_on(async {
+        let mut req = reqwest::Client::new().get(&url);
+        if !token.is_empty() {
+            req = req.header("Authorization", format!("Bearer {token}"));
+        }
+        let resp = req.send().await.ok()?.error_for_status().ok()?;
+        resp.bytes().await.ok()
+    });
+    let fail = |m: String| {
+        let _ = std::fs::remove_file(&tmp);
+        Err(m)
+    };
+    let Some(body) = body else {
+        return fail(format!("download of {url} failed"));
+    };
+    std::fs::write(&tmp, &body).map_err(|e| e.to_string())?;
+    let size = env("FERMATA_SIZE");
+    if !size.is_empty() && body.len().to_string() != size {
+        return fail(format!(
+            "size mismatch: got {} bytes, expected {size}",
+            body.len()
+        ));
+    }
+    let got = hex::encode(sha2::Sha256::digest(&body));
+    if got != want {
+        return fail(format!("sha256 mismatch: got {got}, expected {want}"));
+    }
+    std::fs::rename(&tmp, &dest).map_err(|e| e.to_string())
+}
+
+const WEIGHTS: &[u8] = b"model weights v3, forty-two bytes of them.";
+
+/// A fleet whose ConfigMap names the path of artifact `model` in the claim,
+/// with the claim and the token Secret in the cluster.
+fn artifact_fleet(repo: &TestRepo, c: &Cluster, server: &StoreServer) -> String {
+    use sha2::Digest as _;
+    let hex = hex::encode(sha2::Sha256::digest(WEIGHTS));
+    c.fake.create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "models", "namespace": "default"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}));
+    c.fake.create(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "fermata-artifact-token", "namespace": "default"},
+        "data": {"token": base64(TOKEN.as_bytes())}}));
+    repo.write(
+        "target.yaml",
+        &format!(
+            "apiVersion: fermata.dev/v1alpha1
+kind: Target
+metadata: {{name: site}}
+spec:
+  kubernetes:
+    kubeconfig: {}
+    context: fake
+    namespace: default
+    artifacts: {{claim: models, storeUrl: \"http://{}\"}}
+",
+            c.kubeconfig(),
+            server.addr
+        ),
+    )
+    .write("window.yaml", SAT_WINDOW)
+    .write(
+        "synth/model.bin",
+        std::str::from_utf8(WEIGHTS).expect("text"),
+    )
+    .write(
+        "synth/app.yaml",
+        &format!(
+            "{SYNTH}  artifacts:\n    - {{name: model, url: model.bin, sha256: {hex}, size: {}}}\n",
+            WEIGHTS.len()
+        ),
+    )
+    .write(
+        "synth/manifests/cm.yaml",
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {name: app}
+data: {model: \"/models/${artifact.model.path}\"}
+",
+    )
+    .write(
+        "symphony.yaml",
+        "apiVersion: fermata.dev/v1alpha1
+kind: Symphony
+metadata: {name: shop}
+spec:
+  window: sat
+  variations:
+    - synthesizer: {name: app}
+",
+    );
+    hex
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn jobs(c: &Cluster) -> Vec<String> {
+    c.fake
+        .objects()
+        .into_keys()
+        .filter(|k| k.starts_with("batch/jobs/"))
+        .collect()
+}
+
+#[test]
+fn an_artifact_is_delivered_verified_and_referenced() {
+    let c = Cluster::new();
+    c.fake.on_job("fermata-fetch-", deliver_like_the_script);
+    let state = tempfile::tempdir().expect("state");
+    let server = StoreServer::start(state.path());
+    let repo = TestRepo::new();
+    let hex = artifact_fleet(&repo, &c, &server);
+    repo.commit("a model on a claim");
+
+    let run = run_once(state.path(), &repo, CLOSED);
+    assert_eq!(run.code, 0, "{run:?}");
+    let st = status(&repo);
+    assert_eq!(st["status"]["state"].as_str(), Some("staging"), "{st:?}");
+    assert!(
+        condition(&st, "Staged")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("delivering artifact(s) model to claim models")),
+        "{st:?}"
+    );
+    assert_eq!(jobs(&c).len(), 1, "one delivery Job");
+    c.fake.settle();
+    let file = c
+        .fake
+        .claim_dir("default", "models")
+        .join("sha256")
+        .join(&hex);
+    assert_eq!(std::fs::read(&file).expect("delivered"), WEIGHTS);
+
+    // The Job completed: recorded, deleted, staged; applied in the window.
+    let run = run_once(state.path(), &repo, CLOSED);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(status(&repo)["status"]["state"].as_str(), Some("staged"));
+    assert!(jobs(&c).is_empty(), "the Job is deleted when done");
+    let ledger = c
+        .fake
+        .object(
+            "v1",
+            "ConfigMap",
+            Some("default"),
+            "fermata-artifacts-models",
+        )
+        .expect("the claim's record");
+    assert_eq!(ledger["data"][&hex], json!(WEIGHTS.len().to_string()));
+    assert!(c
+        .fake
+        .object("v1", "ConfigMap", Some("default"), "app")
+        .is_none());
+
+    let run = run_once(state.path(), &repo, OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    let cm = c
+        .fake
+        .object("v1", "ConfigMap", Some("default"), "app")
+        .expect("applied");
+    assert_eq!(cm["data"]["model"], json!(format!("/models/sha256/{hex}")));
+}
+
+#[test]
+fn a_corrupt_artifact_in_transit_is_refused() {
+    let c = Cluster::new();
+    let state = tempfile::tempdir().expect("state");
+    let store_dir = state.path().join("artifacts").join("sha256");
+    // The bytes change between fermata's store and the cluster.
+    c.fake.on_job("fermata-fetch-", move |run| {
+        let hex = run.env.get("FERMATA_SHA256").cloned().unwrap_or_default();
+        let mut bytes = WEIGHTS.to_vec();
+        bytes[0] ^= 0xff;
+        std::fs::write(store_dir.join(&hex), &bytes).map_err(|e| e.to_string())?;
+        deliver_like_the_script(run)
+    });
+    let server = StoreServer::start(state.path());
+    let repo = TestRepo::new();
+    let hex = artifact_fleet(&repo, &c, &server);
+    repo.commit("a model on a claim");
+
+    let run = run_once(state.path(), &repo, CLOSED);
+    assert_eq!(run.code, 0, "{run:?}");
+    c.fake.settle();
+    let run = run_once(state.path(), &repo, OPEN);
+    assert_eq!(run.code, 1, "{run:?}");
+    let st = status(&repo);
+    assert_eq!(st["status"]["state"].as_str(), Some("failed"), "{st:?}");
+    let message = st["status"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("artifact model (sha256 ")
+            && message.contains("was not delivered to claim models: sha256 mismatch: got ")
+            && message.contains(&format!("expected {hex}")),
+        "{message}"
+    );
+    let claim = c.fake.claim_dir("default", "models").join("sha256");
+    assert!(
+        !claim.join(&hex).exists(),
+        "nothing under the digest's name"
+    );
+    assert!(
+        c.fake
+            .object("v1", "ConfigMap", Some("default"), "app")
+            .is_none(),
+        "nothing applied, even in the window"
+    );
+}

@@ -76,6 +76,14 @@ pub struct RunArgs {
         requires = "listen"
     )]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Enables GET /artifacts/sha256/DIGEST for bearers of the token in this file (Kubernetes artifact Jobs).
+    #[arg(
+        long,
+        env = "FERMATA_ARTIFACT_TOKEN_FILE",
+        value_name = "PATH",
+        requires = "listen"
+    )]
+    pub artifact_token_file: Option<PathBuf>,
     /// Stage and apply only commits signed this way (`ssh` or `gpg`), by a key of --trusted-keys.
     #[arg(
         long,
@@ -322,10 +330,21 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
                     .as_deref()
                     .map(serve::read_secret)
                     .transpose()?;
-                let state = Arc::new(
+                let token = a
+                    .artifact_token_file
+                    .as_deref()
+                    .map(serve::read_secret)
+                    .transpose()?;
+                let mut state =
                     ServeState::new(r.ctx.settings.branches.clone(), secret, triggers.sender())
-                        .watch_progress(triggers.progress(), a.ready_stale),
-                );
+                        .watch_progress(triggers.progress(), a.ready_stale);
+                if let Some(token) = token {
+                    state = state.serve_artifacts(serve::ArtifactAccess {
+                        dir: r.ctx.settings.state_dir.join("artifacts").join("sha256"),
+                        token,
+                    });
+                }
+                let state = Arc::new(state);
                 let limits = serve::ServeLimits {
                     header_timeout: a.http_header_timeout,
                     max_connections: a.http_max_connections as usize,

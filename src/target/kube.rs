@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -53,6 +54,7 @@ use crate::model::{Artifact, CompositionId, Digest};
 use crate::synth::{Rendered, Resource, COMPOSITION_ANNOTATION, DIGEST_ANNOTATION};
 use crate::window::Clock;
 
+pub mod deliver;
 pub mod prepull;
 
 /// Type of the inventory record Secrets.
@@ -1186,7 +1188,153 @@ impl KubernetesTarget {
     async fn prepare(&self, desired: &Desired) -> Result<Option<String>, TargetError> {
         let mut waiting = Vec::new();
         waiting.extend(self.pre_pull(&desired.rendered).await?);
+        waiting.extend(self.deliver(&desired.rendered).await?);
         Ok((!waiting.is_empty()).then(|| waiting.join("; ")))
+    }
+
+    /// One step of the delivery of artifacts to the claim (see
+    /// [`deliver`]): records and deletes Jobs that completed, fails on one
+    /// that failed, starts the missing ones. `Some`: still delivering.
+    async fn deliver(&self, r: &Rendered) -> Result<Option<String>, TargetError> {
+        let Some(spec) = &self.spec.artifacts else {
+            return Ok(None);
+        };
+        if r.artifacts.is_empty() {
+            return Ok(None);
+        }
+        let conn = self.conn().await?;
+        let ns = &conn.namespace;
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(conn.client.clone(), ns);
+        match claims.get_opt(&spec.claim).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(TargetError::Kubernetes {
+                    resource: format!("PersistentVolumeClaim {ns}/{}", spec.claim),
+                    message: "does not exist: the Target's artifacts go to this claim; create it"
+                        .into(),
+                })
+            }
+            Err(e) => {
+                return Err(kube_err(
+                    format!("PersistentVolumeClaim {ns}/{}", spec.claim),
+                    &e,
+                ))
+            }
+        }
+        let ledgers: Api<ConfigMap> = Api::namespaced(conn.client.clone(), ns);
+        let ledger = deliver::ledger_name(&spec.claim);
+        let delivered: BTreeSet<String> = match ledgers.get_opt(&ledger).await {
+            Ok(cm) => cm
+                .and_then(|c| c.data)
+                .map(|d| d.into_keys().collect())
+                .unwrap_or_default(),
+            Err(e) => return Err(kube_err(format!("ConfigMap {ns}/{ledger}"), &e)),
+        };
+        let jobs: Api<Job> = Api::namespaced(conn.client.clone(), ns);
+        let pods: Api<Pod> = Api::namespaced(conn.client.clone(), ns);
+        let mut waiting = Vec::new();
+        let mut failures = Vec::new();
+        for a in r
+            .artifacts
+            .iter()
+            .filter(|a| !delivered.contains(&a.sha256.to_hex()))
+        {
+            let name = deliver::job_name(&spec.claim, &a.sha256);
+            let job = jobs
+                .get_opt(&name)
+                .await
+                .map_err(|e| kube_err(format!("Job {ns}/{name}"), &e))?;
+            let Some(job) = job else {
+                let object = deliver::job_object(spec, a, ns).map_err(TargetError::Invalid)?;
+                let job: Job = serde_json::from_value(object)
+                    .map_err(|e| TargetError::Invalid(format!("Job {name}: {e}")))?;
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(_) => {
+                        tracing::info!(composition = %r.id, artifact = %a.name, claim = %spec.claim, "delivering")
+                    }
+                    Err(e) if is_status(&e, 409) => {}
+                    Err(e) => return Err(kube_err(format!("Job {ns}/{name}"), &e)),
+                }
+                waiting.push(a.name.clone());
+                continue;
+            };
+            let job_value = serde_json::to_value(&job).unwrap_or(Value::Null);
+            let own_pods: Vec<Value> = match pods
+                .list(&ListParams::default().labels(&format!("job-name={name}")))
+                .await
+            {
+                Ok(list) => list
+                    .items
+                    .iter()
+                    .filter_map(|p| serde_json::to_value(p).ok())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            match deliver::job_state(&job_value, &own_pods) {
+                deliver::JobState::Running => waiting.push(a.name.clone()),
+                deliver::JobState::Failed(why) => {
+                    failures.push(deliver::failure_message(a, &spec.claim, &why));
+                }
+                deliver::JobState::Done => {
+                    self.record_delivered(&ledgers, &ledger, a).await?;
+                    match jobs.delete(&name, &DeleteParams::background()).await {
+                        Ok(_) => {}
+                        Err(e) if is_status(&e, 404) => {}
+                        Err(e) => return Err(kube_err(format!("Job {ns}/{name}"), &e)),
+                    }
+                    tracing::info!(composition = %r.id, artifact = %a.name, claim = %spec.claim, "delivered");
+                }
+            }
+        }
+        if !failures.is_empty() {
+            return Err(TargetError::Kubernetes {
+                resource: format!("artifacts of {}", r.id),
+                message: failures.join("; "),
+            });
+        }
+        Ok((!waiting.is_empty()).then(|| {
+            format!(
+                "delivering artifact(s) {} to claim {}",
+                waiting.join(", "),
+                spec.claim
+            )
+        }))
+    }
+
+    /// Adds `a` to the claim's ledger, by merge patch: other keys stay.
+    async fn record_delivered(
+        &self,
+        ledgers: &Api<ConfigMap>,
+        ledger: &str,
+        a: &crate::model::Artifact,
+    ) -> Result<(), TargetError> {
+        let size = a.size.map(|s| s.to_string()).unwrap_or_default();
+        let patch = json!({"data": {a.sha256.to_hex(): size}});
+        let where_ = || format!("ConfigMap {ledger}");
+        match ledgers
+            .patch(ledger, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(kube_err(where_(), &e)),
+        }
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": ledger, "labels": {deliver::JOB_LABEL: "ledger"}},
+            "data": {a.sha256.to_hex(): size},
+        }))
+        .map_err(|e| TargetError::Invalid(format!("{}: {e}", where_())))?;
+        match ledgers.create(&PostParams::default(), &cm).await {
+            Ok(_) => Ok(()),
+            // Another composition created it first: add to it.
+            Err(e) if is_status(&e, 409) => ledgers
+                .patch(ledger, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+                .map_err(|e| kube_err(where_(), &e)),
+            Err(e) => Err(kube_err(where_(), &e)),
+        }
     }
 
     /// Every pre-pull Pod of `id`, whatever digest it pulled for.

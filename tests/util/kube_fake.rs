@@ -310,6 +310,24 @@ current-context: {context}
         s.objects.insert(t.key(None, name), obj);
     }
 
+    /// Stores a new object as a create would (a namespaced one in its
+    /// `metadata.namespace`): what an operator set up beforehand.
+    pub fn create(&self, obj: Value) {
+        let mut s = self.lock();
+        let av = obj["apiVersion"].as_str().unwrap_or_default().to_string();
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let t = s.type_of(&av, &kind).expect("known kind");
+        let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let key = t.key(ns.as_deref(), &name);
+        let obj = s.stamp_new(&t, obj, false);
+        s.objects.insert(key.clone(), obj);
+        s.after_write(&t, &key);
+    }
+
     /// The images present on a node, as its `status.images` names them.
     pub fn node_images(&self, node: &str) -> BTreeSet<String> {
         let s = self.lock();
