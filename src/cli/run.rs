@@ -76,6 +76,14 @@ pub struct RunArgs {
         requires = "listen"
     )]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Target writes (stage, apply) of different symphonies in flight at once; 1 for one at a time.
+    #[arg(
+        long,
+        env = "FERMATA_APPLY_CONCURRENCY",
+        value_name = "N",
+        default_value_t = crate::reconcile::DEFAULT_APPLY_CONCURRENCY
+    )]
+    pub apply_concurrency: usize,
     /// Enables GET /artifacts/sha256/DIGEST for bearers of the token in this file (Kubernetes artifact Jobs).
     #[arg(
         long,
@@ -254,6 +262,7 @@ impl RunArgs {
             health_timeout: self.health_timeout,
             synth_limits: self.limits.limits(),
             artifact_roots: self.artifact_roots.clone(),
+            apply_concurrency: self.apply_concurrency.max(1),
         };
         if let Some(site) = &settings.site {
             crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;
