@@ -1690,9 +1690,7 @@ impl Reconciler {
         fetched: &BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>,
         source: &SourceRef,
     ) -> Option<TargetIo> {
-        let Some(target) = w.target.clone() else {
-            return None;
-        };
+        let target = w.target.clone()?;
         let hold = self.may_write().err();
         if hold == Some(Hold::NotLeading) {
             w.fail(
