@@ -57,7 +57,7 @@
 //!   matches stays Pending, `Unschedulable`;
 //! - a Job is run by the rule the test registered for its name prefix
 //!   ([`FakeKube::on_job`]), on a thread of its own (a rule may do real
-//!   I/O, such as the artifact download of `tests/util/artifact_job.rs`),
+//!   I/O, such as the artifact download `tests/kube_staging.rs` registers),
 //!   then marked Complete or Failed with the rule's message;
 //!   [`FakeKube::settle`] waits for every rule started so far; without a
 //!   rule a Job keeps no status, as without a controller;
