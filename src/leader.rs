@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 
 /// How leadership is held.
@@ -162,8 +162,8 @@ impl Elector {
         let mut spec = LeaseSpec {
             holder_identity: Some(me.clone()),
             lease_duration_seconds: Some(self.settings.lease_duration.as_secs().max(1) as i32),
-            acquire_time: Some(MicroTime(Utc::now())),
-            renew_time: Some(MicroTime(Utc::now())),
+            acquire_time: Some(MicroTime(Timestamp::now())),
+            renew_time: Some(MicroTime(Timestamp::now())),
             lease_transitions: Some(0),
             ..LeaseSpec::default()
         };
@@ -289,7 +289,7 @@ impl Elector {
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
-        spec.renew_time = Some(MicroTime(Utc::now()));
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
         match self
             .api
             .replace(&self.settings.name, &PostParams::default(), &lease)

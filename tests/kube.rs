@@ -59,6 +59,7 @@ impl Cluster {
             namespace: Some(namespace.into()),
             kubeconfig: Some(self.kubeconfig().display().to_string()),
             force_conflicts: force,
+            ..KubernetesSpec::default()
         };
         KubernetesTarget::new(spec, Duration::from_secs(600), self.clock.clone())
     }
@@ -931,6 +932,69 @@ spec:
             && run.stdout.contains("`forceConflicts`"),
         "{run:?}"
     );
+}
+
+#[test]
+fn staging_settings_of_a_kubernetes_target_are_checked_with_file_and_line() {
+    let repo = TestRepo::new();
+    repo.write(
+        "target.yaml",
+        "apiVersion: fermata.dev/v1alpha1
+kind: Target
+metadata: {name: a}
+spec:
+  kubernetes:
+    prePull: {maxPerNode: 0}
+---
+apiVersion: fermata.dev/v1alpha1
+kind: Target
+metadata: {name: b}
+spec:
+  kubernetes:
+    artifacts: {claim: Models_1, direct: true}
+---
+apiVersion: fermata.dev/v1alpha1
+kind: Target
+metadata: {name: c}
+spec:
+  kubernetes:
+    artifacts: {claim: models}
+---
+apiVersion: fermata.dev/v1alpha1
+kind: Target
+metadata: {name: d}
+spec:
+  kubernetes:
+    artifacts: {claim: models, storeUrl: \"ftp://x\"}
+---
+apiVersion: fermata.dev/v1alpha1
+kind: Target
+metadata: {name: ok}
+spec:
+  kubernetes:
+    prePull: {maxPerNode: 4}
+    artifacts: {claim: models, storeUrl: \"http://fermata.fermata:8080\"}
+",
+    );
+    repo.commit("targets");
+    let run = util::fermata(&[
+        "validate",
+        "--repo",
+        repo.path().to_str().expect("utf-8"),
+        "--no-render",
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let lines = run.lines();
+    assert_eq!(lines.len(), 4, "{run:?}");
+    let expect = [
+        "target.yaml:6: spec.kubernetes.prePull.maxPerNode: must be at least 1",
+        "target.yaml:13: spec.kubernetes.artifacts.claim: \"Models_1\" is not a PersistentVolumeClaim name",
+        "target.yaml:20: spec.kubernetes.artifacts: set `storeUrl`",
+        "target.yaml:27: spec.kubernetes.artifacts.storeUrl: \"ftp://x\" is not an http:// or https:// URL",
+    ];
+    for want in expect {
+        assert!(lines.iter().any(|l| l.contains(want)), "{want} in {run:?}");
+    }
 }
 
 #[test]

@@ -47,6 +47,11 @@ struct FakeTarget {
     failing: Mutex<HashSet<String>>,
     /// Compositions reported unhealthy once applied.
     unhealthy: Mutex<HashSet<String>>,
+    /// Applies in progress, and what was seen of them: the most at once,
+    /// and whether two of one symphony ever overlapped.
+    in_flight: Mutex<Vec<String>>,
+    most_in_flight: Mutex<usize>,
+    same_symphony_overlap: Mutex<bool>,
 }
 
 impl std::fmt::Debug for FakeTarget {
@@ -78,6 +83,24 @@ impl FakeTarget {
 impl Target for FakeTarget {
     async fn apply(&self, desired: &Desired, goal: StateGoal) -> Result<Outcome, TargetError> {
         let id = desired.rendered.id.to_string();
+        if goal == StateGoal::Apply {
+            // Stay in flight for a few polls, so that writes the pass runs
+            // side by side are seen overlapping (no timer involved).
+            {
+                let mut f = self.in_flight.lock().unwrap();
+                let sym = desired.rendered.id.symphony.clone();
+                if f.iter().any(|x| x.starts_with(&format!("{sym}/"))) {
+                    *self.same_symphony_overlap.lock().unwrap() = true;
+                }
+                f.push(id.clone());
+                let mut most = self.most_in_flight.lock().unwrap();
+                *most = (*most).max(f.len());
+            }
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            self.in_flight.lock().unwrap().retain(|x| *x != id);
+        }
         self.calls.lock().unwrap().push(match goal {
             StateGoal::Stage => Call::Stage(id.clone()),
             StateGoal::Apply => Call::Apply(id.clone()),
@@ -89,12 +112,14 @@ impl Target for FakeTarget {
             StateGoal::DryRun => Ok(Outcome {
                 changed: true,
                 diff: Some(format!("+ {id}")),
+                staging: None,
             }),
             StateGoal::Stage => {
                 h.staged = Some((*desired.rendered).clone());
                 Ok(Outcome {
                     changed: true,
                     diff: None,
+                    staging: None,
                 })
             }
             StateGoal::Apply => {
@@ -106,6 +131,7 @@ impl Target for FakeTarget {
                 Ok(Outcome {
                     changed: true,
                     diff: None,
+                    staging: None,
                 })
             }
         }
@@ -183,6 +209,7 @@ impl Target for FakeTarget {
         Ok(Outcome {
             changed: true,
             diff: None,
+            staging: None,
         })
     }
 }
@@ -288,6 +315,59 @@ fn staging_never_applies_and_a_closed_window_holds_until_it_opens() {
     );
     assert_eq!(row(&b, "shop/b").state.as_str(), "installed");
     assert_eq!(h.target.applied_tag("shop/a").as_deref(), Some("a"));
+}
+
+#[test]
+fn applies_of_different_symphonies_overlap_and_one_symphony_keeps_its_order() {
+    for (concurrency, overlapping) in [(1, false), (16, true)] {
+        let repo = TestRepo::new();
+        util::minimal(&repo);
+        for sym in ["shop", "line", "yard"] {
+            repo.write(
+                &format!("{sym}.yaml"),
+                &format!(
+                    "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: {sym}}}\nspec:\n  variations:\n    - {}\n    - {}\n",
+                    var("a"),
+                    var("b")
+                ),
+            );
+        }
+        repo.remove("symphony.yaml");
+        repo.commit("three symphonies of two");
+        let h = Harness::new(OPEN);
+        let mut r = h.reconciler(&repo);
+        r.ctx.settings.apply_concurrency = concurrency;
+        let b = h.pass(&mut r);
+        assert!(b.errors.is_empty(), "{b:?}");
+        let most = *h.target.most_in_flight.lock().unwrap();
+        assert_eq!(
+            most > 1,
+            overlapping,
+            "--apply-concurrency {concurrency}: {most} at once"
+        );
+        assert!(
+            !*h.target.same_symphony_overlap.lock().unwrap(),
+            "one symphony's compositions are never written at once"
+        );
+        let applies: Vec<Call> = h
+            .target
+            .writes()
+            .into_iter()
+            .filter(|c| matches!(c, Call::Apply(_)))
+            .collect();
+        assert_eq!(applies.len(), 6);
+        for sym in ["shop", "line", "yard"] {
+            let at = |v: &str| {
+                applies
+                    .iter()
+                    .position(|c| *c == Call::Apply(format!("{sym}/{v}")))
+            };
+            assert!(
+                at("a") < at("b"),
+                "{sym}: list order (OrderedReady): {applies:?}"
+            );
+        }
+    }
 }
 
 #[test]

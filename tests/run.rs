@@ -530,7 +530,10 @@ fn sites_sharing_a_repository_do_not_overwrite_each_other() {
                 &format!("fermata/sites/{site}"),
             ],
         );
-        assert_eq!(tree, "main/shop/app.yaml\nmain/summary.md\nmain/timeline.svg", "{site}");
+        assert_eq!(
+            tree, "main/shop/app.yaml\nmain/summary.md\nmain/timeline.svg",
+            "{site}"
+        );
         let subject = git(
             repo.path(),
             &["log", "-1", "--format=%s", &format!("fermata/sites/{site}")],

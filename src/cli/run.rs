@@ -95,6 +95,14 @@ pub struct ReconcilerArgs {
     /// How long connecting to a Git server may take before a fetch or push fails.
     #[arg(long, env = "FERMATA_GIT_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
     pub git_connect_timeout: Duration,
+    /// Target writes (stage, apply) of different symphonies in flight at once; 1 for one at a time.
+    #[arg(
+        long,
+        env = "FERMATA_APPLY_CONCURRENCY",
+        value_name = "N",
+        default_value_t = crate::reconcile::DEFAULT_APPLY_CONCURRENCY
+    )]
+    pub apply_concurrency: usize,
     #[command(flatten)]
     pub clock: ClockArgs,
 }
@@ -135,6 +143,14 @@ pub struct RunArgs {
         requires = "listen"
     )]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Enables GET /artifacts/sha256/DIGEST for bearers of the token in this file (Kubernetes artifact Jobs).
+    #[arg(
+        long,
+        env = "FERMATA_ARTIFACT_TOKEN_FILE",
+        value_name = "PATH",
+        requires = "listen"
+    )]
+    pub artifact_token_file: Option<PathBuf>,
     /// Branches matching this glob (e.g. `preview/*`) get a plan of their
     /// head against the first watched branch, as a note under
     /// `refs/notes/fermata-plan` (pushed): plans for hosts without a forge API.
@@ -257,6 +273,7 @@ impl ReconcilerArgs {
             health_timeout: self.health_timeout,
             synth_limits: self.limits.limits(),
             artifact_roots: self.artifact_roots.clone(),
+            apply_concurrency: self.apply_concurrency.max(1),
         };
         if let Some(site) = &settings.site {
             crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;
@@ -342,10 +359,21 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
                     .as_deref()
                     .map(serve::read_secret)
                     .transpose()?;
-                let state = Arc::new(
+                let token = a
+                    .artifact_token_file
+                    .as_deref()
+                    .map(serve::read_secret)
+                    .transpose()?;
+                let mut state =
                     ServeState::new(r.ctx.settings.branches.clone(), secret, triggers.sender())
-                        .watch_progress(triggers.progress(), a.ready_stale),
-                );
+                        .watch_progress(triggers.progress(), a.ready_stale);
+                if let Some(token) = token {
+                    state = state.serve_artifacts(serve::ArtifactAccess {
+                        dir: r.ctx.settings.state_dir.join("artifacts").join("sha256"),
+                        token,
+                    });
+                }
+                let state = Arc::new(state);
                 let limits = serve::ServeLimits {
                     header_timeout: a.http_header_timeout,
                     max_connections: a.http_max_connections as usize,

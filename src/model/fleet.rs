@@ -131,6 +131,13 @@ pub enum SynthKind {
     Command { argv: Vec<String> },
 }
 
+/// Where an artifact lies in a Kubernetes target's artifact claim, relative
+/// to its root: what `${artifact.NAME.path}` expands to, and where the
+/// delivery Job writes it.
+pub fn artifact_claim_path(sha256: &Digest) -> String {
+    format!("sha256/{}", sha256.to_hex())
+}
+
 /// A large file staged before the window and verified by digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Artifact {

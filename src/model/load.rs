@@ -572,7 +572,7 @@ impl Loader {
                     ))
                 }
                 (Some(d), None) => Ok(TargetKind::Directory { path: d.path }),
-                (None, Some(k)) => Ok(TargetKind::Kubernetes(k)),
+                (None, Some(k)) => check_kubernetes(&doc, &k).map(|()| TargetKind::Kubernetes(k)),
                 (Some(_), Some(_)) => Err(doc.diag(
                     "spec",
                     "set exactly one of `directory` and `kubernetes`, not both",
@@ -1485,6 +1485,46 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Err(format!(
             "{name:?} is not a valid name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
         ))
+    }
+}
+
+/// The Kubernetes target's own settings: pre-pull bound, artifact claim.
+fn check_kubernetes(doc: &Doc, k: &super::types::KubernetesSpec) -> Result<(), Diagnostic> {
+    if k.pre_pull.max_per_node == Some(0) {
+        return Err(doc.diag(
+            "spec.kubernetes.prePull.maxPerNode",
+            "must be at least 1 (set `enabled: false` to pull nothing at stage)",
+        ));
+    }
+    let Some(a) = &k.artifacts else {
+        return Ok(());
+    };
+    let subdomain = !a.claim.is_empty()
+        && a.claim.len() <= 253
+        && a.claim.split('.').all(|part| check_name(part).is_ok());
+    if !subdomain {
+        return Err(doc.diag(
+            "spec.kubernetes.artifacts.claim",
+            format!(
+                "{:?} is not a PersistentVolumeClaim name (lowercase letters, digits, `-` and `.`)",
+                a.claim
+            ),
+        ));
+    }
+    match (&a.store_url, a.direct) {
+        (Some(_), true) => Err(doc.diag(
+            "spec.kubernetes.artifacts.storeUrl",
+            "set either `storeUrl` (download from fermata's store) or `direct: true` (from each artifact's URL), not both",
+        )),
+        (None, false) => Err(doc.diag(
+            "spec.kubernetes.artifacts",
+            "set `storeUrl` (fermata's --listen address as the cluster reaches it) or `direct: true` (the cluster reaches each artifact's URL)",
+        )),
+        (Some(u), false) if !(u.starts_with("http://") || u.starts_with("https://")) => Err(doc.diag(
+            "spec.kubernetes.artifacts.storeUrl",
+            format!("{u:?} is not an http:// or https:// URL"),
+        )),
+        _ => Ok(()),
     }
 }
 

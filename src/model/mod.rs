@@ -17,8 +17,8 @@ pub mod wellknown;
 
 pub use diag::{Diagnostic, Origin};
 pub use fleet::{
-    Artifact, Bound, Composition, Fleet, MaintenanceWindow, Symphony, SynthKind, Synthesizer,
-    Target, TargetKind,
+    artifact_claim_path, Artifact, Bound, Composition, Fleet, MaintenanceWindow, Symphony,
+    SynthKind, Synthesizer, Target, TargetKind,
 };
 pub use ids::{CompositionId, Digest};
 pub use load::{load, Loaded};

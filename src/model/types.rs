@@ -250,6 +250,64 @@ pub struct KubernetesSpec {
     /// manager owns instead of failing with a conflict.
     #[serde(default)]
     pub force_conflicts: bool,
+    /// Container images pulled onto the nodes at stage (on by default).
+    #[serde(default)]
+    pub pre_pull: PrePullSpec,
+    /// A PersistentVolumeClaim the composition's artifacts are written to
+    /// at stage; none by default (artifacts stay in fermata's store).
+    #[serde(default)]
+    pub artifacts: Option<ClaimSpec>,
+}
+
+/// `spec.kubernetes.prePull`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrePullSpec {
+    /// `false`: images are pulled when the workloads start, inside the window.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Images pulled at once on one node (at least 1); 2 when absent.
+    #[serde(default)]
+    pub max_per_node: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for PrePullSpec {
+    fn default() -> Self {
+        PrePullSpec {
+            enabled: true,
+            max_per_node: None,
+        }
+    }
+}
+
+/// `spec.kubernetes.artifacts`: where and how artifacts reach the cluster.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClaimSpec {
+    /// The PersistentVolumeClaim, in the target namespace; files go to
+    /// `sha256/<digest>` in it.
+    pub claim: String,
+    /// fermata's `--listen` address as the cluster reaches it (e.g.
+    /// `http://fermata.fermata.svc:8080`): Jobs download
+    /// `<storeUrl>/artifacts/sha256/<digest>` from it.
+    #[serde(default)]
+    pub store_url: Option<String>,
+    /// The Secret (in the target namespace) whose key `token` holds the
+    /// bearer token of `--artifact-token-file`; `fermata-artifact-token`
+    /// when absent.
+    #[serde(default)]
+    pub token_secret: Option<String>,
+    /// Download from each artifact's own URL instead: the cluster can reach it.
+    #[serde(default)]
+    pub direct: bool,
+    /// Image of the download Jobs (`sh`, `wget`, `sha256sum`, `mv`);
+    /// `busybox:1.37` when absent.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// A staged rollout across the fleet (DESIGN.md section 10): stages, each

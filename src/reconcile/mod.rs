@@ -50,7 +50,13 @@ pub struct Settings {
     pub synth_limits: crate::synth::Limits,
     /// The only folders `file://` artifacts may come from (`--artifact-root`).
     pub artifact_roots: Vec<PathBuf>,
+    /// Target writes (stage, apply) of different symphonies in flight at
+    /// once (`--apply-concurrency`); 1 writes one composition at a time.
+    pub apply_concurrency: usize,
 }
+
+/// `--apply-concurrency` by default.
+pub const DEFAULT_APPLY_CONCURRENCY: usize = 16;
 
 impl Settings {
     /// `fermata run`'s defaults for branch `branch` of `repo`, everything
@@ -74,6 +80,7 @@ impl Settings {
             health_timeout: Duration::from_secs(600),
             synth_limits: crate::synth::Limits::default(),
             artifact_roots: Vec::new(),
+            apply_concurrency: DEFAULT_APPLY_CONCURRENCY,
         }
     }
 }

@@ -871,6 +871,13 @@ impl Reconciler {
     /// Per composition, in order: render if needed, decide (gates, prune
     /// holds, dependencies, rollout, window), then stage and apply what the
     /// decision allows. Sets each composition's action and waiting reason.
+    ///
+    /// The target writes of compositions of different symphonies overlap,
+    /// at most `apply_concurrency` at once: a composition's decision waits
+    /// only for those of its own symphony (list order, `OrderedReady`,
+    /// `maxUnavailable`) and of its dependencies, so the order DESIGN.md
+    /// sections 4 and 6 ask for holds, while a window opening over a
+    /// thousand staged symphonies is not a thousand round trips in a row.
     async fn roll_out(
         &mut self,
         pass: &Pass,
@@ -884,7 +891,31 @@ impl Reconciler {
         // What each composition visited so far came to, for the message of
         // one waiting on it.
         let mut came_to: HashMap<CompositionId, String> = HashMap::new();
-        for w in work.iter_mut() {
+        let limit = self.ctx.settings.apply_concurrency.max(1);
+        let mut inflight: futures_util::stream::FuturesUnordered<
+            futures_util::future::BoxFuture<'static, (usize, IoDone)>,
+        > = futures_util::stream::FuturesUnordered::new();
+        // Index and composition of each write in flight.
+        let mut busy: Vec<(usize, CompositionId)> = Vec::new();
+        for i in 0..work.len() {
+            loop {
+                let w = &work[i];
+                let waits = busy.iter().any(|(_, id)| {
+                    id.symphony == w.comp.id.symphony || w.comp.depends_on.contains(id)
+                });
+                if !waits && inflight.len() < limit {
+                    break;
+                }
+                let Some((j, done)) = futures_util::StreamExt::next(&mut inflight).await else {
+                    break;
+                };
+                busy.retain(|(k, _)| *k != j);
+                let w = &mut work[j];
+                done.apply_to(w);
+                self.after_decision(w, fleet, holds, report);
+                self.observe_one(w, &mut rollout, &mut came_to);
+            }
+            let w = &mut work[i];
             if w.error.is_none() && w.digest.is_none() {
                 self.render(w, &pass.snap, fleet, &pass.source).await;
             }
@@ -921,51 +952,86 @@ impl Reconciler {
                     _ if w.observed.applied.is_none() => Some(ActionKind::Create),
                     _ => Some(ActionKind::Update),
                 };
-                self.execute(w, decision, &pass.snap, fleet, fetched, &pass.source)
-                    .await;
-                if w.waiting == Some(Reason::PrunePending) {
-                    w.waiting_message = holds.get(&w.comp.id.symphony).cloned().unwrap_or_default();
-                }
-                if w.waiting == Some(Reason::WaitingOnDependency) {
-                    w.waiting_message = waiting_on(&w.comp.depends_on, &rollout, &came_to);
-                }
-                w.rendered = None;
-                self.note_override(w);
-                if let Some(next) = window
-                    .filter(|_| w.waiting == Some(Reason::WindowClosed))
-                    .and_then(|mw| mw.window.state_at(self.ctx.clock.now()).next_open)
+                if let Some(io) = self
+                    .execute(w, decision, &pass.snap, fleet, fetched, &pass.source)
+                    .await
                 {
-                    report.wake_at(next);
+                    busy.push((i, w.comp.id.clone()));
+                    inflight.push(Box::pin(async move { (i, io.run().await) }));
+                    continue;
                 }
+                self.after_decision(w, fleet, holds, report);
             }
-            if let (Some(Health::Failed(why)), None) = (&w.observed.health, &w.error) {
-                let why = why.clone();
-                w.fail(ErrorCode::HealthTimeout, w.comp.target.clone(), why);
-            }
-            let outcome = if w.ready() {
-                // Decisions need only the digests and health, not the components.
-                let memo = Observed {
-                    components: Vec::new(),
-                    ..w.observed.clone()
-                };
-                self.caches.observed.insert(w.record_key.clone(), memo);
-                rollout::Outcome::Ready
-            } else {
-                self.caches.observed.remove(&w.record_key);
-                // Unavailable: applied but not Ready, or being applied now
-                // (in a plan, where nothing is applied, that is every action
-                // that would run).
-                let in_flight = w.observed.applied.is_some()
-                    || (w.action.is_some() && w.waiting.is_none() && w.error.is_none());
-                if in_flight {
-                    rollout::Outcome::InFlight
-                } else {
-                    rollout::Outcome::Held
-                }
-            };
-            rollout.observe(&w.comp.id, outcome);
-            came_to.insert(w.comp.id.clone(), w.came_to());
+            self.observe_one(w, &mut rollout, &mut came_to);
         }
+        while let Some((j, done)) = futures_util::StreamExt::next(&mut inflight).await {
+            let w = &mut work[j];
+            done.apply_to(w);
+            self.after_decision(w, fleet, holds, report);
+            self.observe_one(w, &mut rollout, &mut came_to);
+        }
+    }
+
+    /// What follows a decision once its writes are done.
+    fn after_decision(
+        &mut self,
+        w: &mut Work,
+        fleet: &Fleet,
+        holds: &HashMap<String, String>,
+        report: &mut BranchReport,
+    ) {
+        if w.waiting == Some(Reason::PrunePending) {
+            w.waiting_message = holds.get(&w.comp.id.symphony).cloned().unwrap_or_default();
+        }
+        w.rendered = None;
+        self.note_override(w);
+        let window = w.comp.window.as_ref().and_then(|n| fleet.windows.get(n));
+        if let Some(next) = window
+            .filter(|_| w.waiting == Some(Reason::WindowClosed))
+            .and_then(|mw| mw.window.state_at(self.ctx.clock.now()).next_open)
+        {
+            report.wake_at(next);
+        }
+    }
+
+    /// The composition's health and readiness, for the rollout of the
+    /// compositions after it.
+    fn observe_one(
+        &mut self,
+        w: &mut Work,
+        rollout: &mut Rollout,
+        came_to: &mut HashMap<CompositionId, String>,
+    ) {
+        if w.waiting == Some(Reason::WaitingOnDependency) {
+            w.waiting_message = waiting_on(&w.comp.depends_on, rollout, came_to);
+        }
+        if let (Some(Health::Failed(why)), None) = (&w.observed.health, &w.error) {
+            let why = why.clone();
+            w.fail(ErrorCode::HealthTimeout, w.comp.target.clone(), why);
+        }
+        let outcome = if w.ready() {
+            // Decisions need only the digests and health, not the components.
+            let memo = Observed {
+                components: Vec::new(),
+                ..w.observed.clone()
+            };
+            self.caches.observed.insert(w.record_key.clone(), memo);
+            rollout::Outcome::Ready
+        } else {
+            self.caches.observed.remove(&w.record_key);
+            // Unavailable: applied but not Ready, or being applied now
+            // (in a plan, where nothing is applied, that is every action
+            // that would run).
+            let in_flight = w.observed.applied.is_some()
+                || (w.action.is_some() && w.waiting.is_none() && w.error.is_none());
+            if in_flight {
+                rollout::Outcome::InFlight
+            } else {
+                rollout::Outcome::Held
+            }
+        };
+        rollout.observe(&w.comp.id, outcome);
+        came_to.insert(w.comp.id.clone(), w.came_to());
     }
 
     /// Each composition's status and table row, built once from its work
@@ -1665,6 +1731,8 @@ impl Reconciler {
             .collect()
     }
 
+    /// Everything of a decision up to the target's I/O (checks, render,
+    /// artifacts), which it returns to be run, possibly beside others'.
     async fn execute(
         &mut self,
         w: &mut Work,
@@ -1673,10 +1741,8 @@ impl Reconciler {
         fleet: &Arc<Fleet>,
         fetched: &BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>,
         source: &SourceRef,
-    ) {
-        let Some(target) = w.target.clone() else {
-            return;
-        };
+    ) -> Option<TargetIo> {
+        let target = w.target.clone()?;
         let hold = self.may_write().err();
         if hold == Some(Hold::NotLeading) {
             w.fail(
@@ -1684,7 +1750,7 @@ impl Reconciler {
                 "",
                 "leadership lost during the pass: nothing written",
             );
-            return;
+            return None;
         }
         let needs_desired = decision.stage || matches!(decision.apply, Apply::Now { .. });
         let planning = hold == Some(Hold::Plan);
@@ -1696,20 +1762,18 @@ impl Reconciler {
                 self.plan_detail(w, target.as_ref(), snap, fleet, source)
                     .await;
             }
-            return;
+            return None;
         }
         // A cached digest alone does not carry the state to stage: render it.
         if w.rendered.is_none() && !self.render(w, snap, fleet, source).await {
-            return;
+            return None;
         }
-        let Some(rendered) = w.rendered.clone() else {
-            return;
-        };
+        let rendered = w.rendered.clone()?;
         let artifacts = match self.artifact_files(&rendered, fetched) {
             Ok(a) => a,
             Err((url, e)) => {
                 w.fail(ErrorCode::ArtifactFailed, url, e);
-                return;
+                return None;
             }
         };
         let desired = Desired {
@@ -1717,49 +1781,15 @@ impl Reconciler {
             source: source.clone(),
             artifacts,
         };
-        if decision.stage {
-            let staged = target.apply(&desired, StateGoal::Stage).await;
-            if let Err(e) = staged {
-                w.fail(
-                    ErrorCode::StagingFailed,
-                    w.comp.target.clone(),
-                    e.to_string(),
-                );
-                return;
-            }
-            tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), "staged");
-        }
-        match decision.apply {
-            // Staging may have taken a while: the window is judged again
-            // right before the apply starts (invariant 2).
-            Apply::Now { overridden: false }
-                if w.comp
-                    .window
-                    .as_ref()
-                    .and_then(|n| fleet.windows.get(n))
-                    .is_some_and(|mw| !mw.window.is_open(self.ctx.clock.now())) =>
-            {
-                w.waiting = Some(Reason::WindowClosed);
-            }
-            Apply::Now { overridden } => {
-                let applied = target.apply(&desired, StateGoal::Apply).await;
-                if let Err(e) = applied {
-                    w.fail(ErrorCode::ApplyFailed, w.comp.target.clone(), e.to_string());
-                    return;
-                }
-                tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), overridden, "applied");
-            }
-            Apply::Wait(r) => w.waiting = Some(r),
-            Apply::Done => {}
-        }
-        match target.get(&w.comp.id).await {
-            Ok(o) => w.observed = o,
-            Err(e) => w.fail(
-                ErrorCode::TargetUnavailable,
-                w.comp.target.clone(),
-                e.to_string(),
-            ),
-        }
+        Some(TargetIo {
+            id: w.comp.id.clone(),
+            target,
+            desired,
+            decision,
+            window: w.comp.window.clone(),
+            fleet: fleet.clone(),
+            clock: self.ctx.clock.clone(),
+        })
     }
 
     /// Where the store keeps each artifact of `rendered`, by name: fetched
@@ -2381,6 +2411,8 @@ impl Reconciler {
             State::Failed
         } else if w.digest.is_some() && w.observed.applied == w.digest {
             State::Installed
+        } else if w.waiting == Some(Reason::Staging) {
+            State::Staging
         } else if w.digest.is_some() && w.observed.staged == w.digest {
             State::Staged
         } else {
@@ -2400,6 +2432,7 @@ impl Reconciler {
             State::Installed => State::Installed,
             State::Failed => State::Failed,
             State::Staged => State::Staged,
+            State::Staging => State::Staging,
             _ => State::Pending,
         };
         DeploymentStatus {
@@ -2497,6 +2530,103 @@ impl Held<'_> {
 /// The symphonies of this branch that keep their applied state although
 /// they are not in the loaded fleet: those that failed to load, and, while a
 /// file cannot be read, every one known from earlier passes that is absent.
+/// A decision's target I/O: stage, then apply if the decision and the
+/// window still allow, then read what the target holds. Owns what it needs,
+/// so writes for different compositions can run side by side.
+struct TargetIo {
+    id: CompositionId,
+    target: Arc<dyn Target>,
+    desired: Desired,
+    decision: plan::Decision,
+    window: Option<String>,
+    fleet: Arc<Fleet>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What the I/O found, to be recorded on the composition's work.
+#[derive(Default)]
+struct IoDone {
+    waiting: Option<Reason>,
+    waiting_message: Option<String>,
+    observed: Option<Observed>,
+    failed: Option<(ErrorCode, String)>,
+}
+
+impl IoDone {
+    fn apply_to(self, w: &mut Work) {
+        if let Some(r) = self.waiting {
+            w.waiting = Some(r);
+        }
+        if let Some(m) = self.waiting_message {
+            w.waiting_message = m;
+        }
+        if let Some(o) = self.observed {
+            w.observed = o;
+        }
+        if let Some((code, message)) = self.failed {
+            w.fail(code, w.comp.target.clone(), message);
+        }
+    }
+}
+
+impl TargetIo {
+    async fn run(self) -> IoDone {
+        let mut done = IoDone::default();
+        let digest = self.desired.rendered.digest.short();
+        if self.decision.stage {
+            match self.target.apply(&self.desired, StateGoal::Stage).await {
+                Err(e) => {
+                    done.failed = Some((ErrorCode::StagingFailed, e.to_string()));
+                    return done;
+                }
+                // Not staged yet: nothing may be applied (not even in an
+                // open window) before the target has prepared all of it.
+                Ok(crate::target::Outcome {
+                    staging: Some(what),
+                    ..
+                }) => {
+                    tracing::info!(composition = %self.id, %digest, waiting = %what, "staging");
+                    done.waiting = Some(Reason::Staging);
+                    done.waiting_message = Some(what);
+                    return self.observe(done).await;
+                }
+                Ok(_) => tracing::info!(composition = %self.id, %digest, "staged"),
+            }
+        }
+        match self.decision.apply {
+            // Staging may have taken a while: the window is judged again
+            // right before the apply starts (invariant 2).
+            Apply::Now { overridden: false }
+                if self
+                    .window
+                    .as_ref()
+                    .and_then(|n| self.fleet.windows.get(n))
+                    .is_some_and(|mw| !mw.window.is_open(self.clock.now())) =>
+            {
+                done.waiting = Some(Reason::WindowClosed);
+            }
+            Apply::Now { overridden } => {
+                if let Err(e) = self.target.apply(&self.desired, StateGoal::Apply).await {
+                    done.failed = Some((ErrorCode::ApplyFailed, e.to_string()));
+                    return done;
+                }
+                tracing::info!(composition = %self.id, %digest, overridden, "applied");
+            }
+            Apply::Wait(r) => done.waiting = Some(r),
+            Apply::Done => {}
+        }
+        self.observe(done).await
+    }
+
+    async fn observe(&self, mut done: IoDone) -> IoDone {
+        match self.target.get(&self.id).await {
+            Ok(o) => done.observed = Some(o),
+            Err(e) => done.failed = Some((ErrorCode::TargetUnavailable, e.to_string())),
+        }
+        done
+    }
+}
+
 fn held_symphonies<'a>(
     fleet: &'a Fleet,
     unreadable: &'a BTreeMap<String, model::Diagnostic>,
@@ -2572,12 +2702,16 @@ fn conditions_of(w: &Work, window: Option<&WindowStatus>, now: DateTime<Utc>) ->
     let staged = condition(
         "Staged",
         staged_ok,
-        match (staged_ok, failed) {
-            (true, _) => "Staged",
-            (false, true) => "Failed",
-            (false, false) => "Pending",
+        match (staged_ok, failed, w.waiting) {
+            (true, _, _) => "Staged",
+            (false, true, _) => "Failed",
+            (false, false, Some(Reason::Staging)) => "Staging",
+            (false, false, _) => "Pending",
         },
-        String::new(),
+        match w.waiting {
+            Some(Reason::Staging) if !staged_ok => w.waiting_message.clone(),
+            _ => String::new(),
+        },
         now,
     );
     let why_waiting = match (&w.waiting, window) {

@@ -7,6 +7,7 @@
 //! [`ServeState::observe`]) and only writes by sending on the loop's trigger
 //! channel: it never touches the reconciler itself.
 
+mod artifacts;
 mod conn;
 mod metrics;
 mod webhook;
@@ -27,6 +28,7 @@ use axum::Router;
 use tokio::sync::mpsc;
 
 use crate::reconcile::{PassOutcome, Progress};
+pub use artifacts::ArtifactAccess;
 pub use conn::{raise_fd_limit, ServeLimits};
 use metrics::Metrics;
 
@@ -58,6 +60,8 @@ pub struct ServeState {
     trigger: mpsc::Sender<&'static str>,
     /// Delivery ids of recent webhooks, so a replayed one is ignored.
     deliveries: Mutex<webhook::Deliveries>,
+    /// `GET /artifacts/sha256/<digest>`; `None`: 404.
+    artifacts: Option<ArtifactAccess>,
 }
 
 /// What `/readyz` says.
@@ -92,7 +96,14 @@ impl ServeState {
             branches,
             trigger,
             deliveries: Mutex::new(webhook::Deliveries::default()),
+            artifacts: None,
         }
+    }
+
+    /// Serves the artifact store to holders of the token (`--artifact-token-file`).
+    pub fn serve_artifacts(mut self, access: ArtifactAccess) -> ServeState {
+        self.artifacts = Some(access);
+        self
     }
 
     /// `/readyz` fails once the loop ([`crate::reconcile::Triggers::progress`])
@@ -151,6 +162,7 @@ pub fn app(state: Arc<ServeState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/hooks/git", post(webhook::push))
+        .route("/artifacts/sha256/{digest}", get(artifacts::get))
         .with_state(state)
 }
 

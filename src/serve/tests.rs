@@ -373,3 +373,53 @@ async fn a_burst_of_distinct_deliveries_is_at_most_one_pending_wakeup() {
         "exactly one wake-up pending"
     );
 }
+
+#[tokio::test]
+async fn artifacts_are_served_only_to_bearers_of_the_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let content = b"weights";
+    let digest = crate::model::Digest::of(content);
+    std::fs::write(dir.path().join(digest.to_hex()), content).expect("write");
+    let (st, _rx) = state(None);
+    let uri = format!("/artifacts/sha256/{}", digest.to_hex());
+    assert_eq!(
+        call(&st, get(&uri)).await.0,
+        StatusCode::NOT_FOUND,
+        "no token configured"
+    );
+
+    let (tx, _rx) = mpsc::channel(8);
+    let st = Arc::new(
+        ServeState::new(vec!["main".into()], None, tx).serve_artifacts(ArtifactAccess {
+            dir: dir.path().to_path_buf(),
+            token: b"tok".to_vec(),
+        }),
+    );
+    let with = |uri: &str, token: &str| {
+        Request::get(uri)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request")
+    };
+    assert_eq!(call(&st, get(&uri)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(&st, with(&uri, "nope")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&st, with(&uri, "tok")).await,
+        (StatusCode::OK, "weights".into())
+    );
+    let missing = format!(
+        "/artifacts/sha256/{}",
+        crate::model::Digest::of(b"x").to_hex()
+    );
+    assert_eq!(
+        call(&st, with(&missing, "tok")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&st, with("/artifacts/sha256/..%2Fetc", "tok")).await.0,
+        StatusCode::BAD_REQUEST
+    );
+}

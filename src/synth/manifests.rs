@@ -1,20 +1,24 @@
 //! The `manifests:` synthesizer: every YAML file of a folder, in path order,
 //! with `${VAR}` from synthesisEnv (else the site's env), `${binding.KEY.path}`
 //! from bound objects and `${site.name}`, `${site.labels.KEY}`,
-//! `${site.env.NAME}` from the site it is rendered for.
+//! `${site.env.NAME}` from the site it is rendered for, and
+//! `${artifact.NAME.path}`: where the synthesizer's artifact `NAME` lies in
+//! a Kubernetes target's artifact claim (`sha256/<digest>`, relative to the
+//! claim's root: mount the claim and join, or use it as a `subPath`).
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::subst::substitute;
 use super::{Resource, SynthError};
-use crate::model::Composition;
+use crate::model::{Artifact, Composition};
 use crate::source::{Entry, Snapshot};
 
 pub(super) fn render(
     snap: &Snapshot,
     dir: &str,
     comp: &Composition,
+    artifacts: &[Artifact],
 ) -> Result<Vec<Resource>, SynthError> {
     let mut out = Vec::new();
     for (path, entry) in snap.under(dir) {
@@ -40,12 +44,13 @@ pub(super) fn render(
             Entry::File { data, .. } => data,
         };
         let text = std::str::from_utf8(data).map_err(|_| file_err("file is not UTF-8".into()))?;
-        let text =
-            substitute(text, |name| lookup(comp, name)).map_err(|e| SynthError::Template {
+        let text = substitute(text, |name| lookup(comp, artifacts, name)).map_err(|e| {
+            SynthError::Template {
                 file: path.to_string(),
                 line: e.line,
                 message: e.message,
-            })?;
+            }
+        })?;
         for de in serde_yaml::Deserializer::from_str(&text) {
             let doc = serde_yaml::Value::deserialize(de).map_err(|e| SynthError::Template {
                 file: path.to_string(),
@@ -67,10 +72,37 @@ pub(super) fn render(
     Ok(out)
 }
 
+/// `${artifact.NAME.path}`: the artifact's path in a claim.
+fn artifact_value(artifacts: &[Artifact], name: &str, rest: &str) -> Result<String, String> {
+    let Some((artifact, "path")) = rest.rsplit_once('.') else {
+        return Err(format!(
+            "${{{name}}}: write ${{artifact.NAME.path}} (the only field of an artifact)"
+        ));
+    };
+    artifacts
+        .iter()
+        .find(|a| a.name == artifact)
+        .map(|a| crate::model::artifact_claim_path(&a.sha256))
+        .ok_or_else(|| {
+            let known: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
+            format!(
+                "${{{name}}}: the synthesizer has no artifact {artifact:?} (it has: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+}
+
 /// Resolves one `${...}` name for `comp`.
-fn lookup(comp: &Composition, name: &str) -> Result<String, String> {
+fn lookup(comp: &Composition, artifacts: &[Artifact], name: &str) -> Result<String, String> {
     if let Some(path) = name.strip_prefix("site.") {
         return super::site_value(comp, name, path);
+    }
+    if let Some(rest) = name.strip_prefix("artifact.") {
+        return artifact_value(artifacts, name, rest);
     }
     let Some(path) = name.strip_prefix("binding.") else {
         // A site's env is there too, under what the symphony sets.

@@ -312,7 +312,7 @@ pub fn render(
         .get(&comp.synthesizer)
         .ok_or_else(|| SynthError::UnknownSynthesizer(comp.synthesizer.clone()))?;
     let resources = match &synth.kind {
-        SynthKind::Manifests { dir } => manifests::render(snap, dir, comp)?,
+        SynthKind::Manifests { dir } => manifests::render(snap, dir, comp, &synth.artifacts)?,
         SynthKind::Command { argv } => command::render(snap, synth, argv, comp, limits)?,
     };
     Rendered::new(comp, resources, synth.artifacts.clone())

@@ -168,6 +168,7 @@ impl Target for DirectoryTarget {
             Ok(Outcome {
                 changed,
                 diff: None,
+                staging: None,
             })
         })
         .await
@@ -354,6 +355,7 @@ impl Site {
         Ok(Outcome {
             changed,
             diff: None,
+            staging: None,
         })
     }
 
@@ -832,6 +834,7 @@ impl Site {
             return Ok(Outcome {
                 changed: false,
                 diff: None,
+                staging: None,
             });
         }
         let (record, manifest) = match applied {
@@ -860,6 +863,7 @@ impl Site {
         Ok(Outcome {
             changed: true,
             diff: Some(diff),
+            staging: None,
         })
     }
 

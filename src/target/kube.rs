@@ -31,9 +31,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::ByteString;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiResource, Scope};
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,9 @@ use crate::model::wellknown::{
 use crate::model::{Artifact, CompositionId, Digest};
 use crate::synth::{Rendered, Resource, COMPOSITION_ANNOTATION, DIGEST_ANNOTATION};
 use crate::window::Clock;
+
+pub mod deliver;
+pub mod prepull;
 
 /// Type of the inventory record Secrets.
 pub const RECORD_TYPE: &str = INVENTORY;
@@ -96,6 +100,9 @@ pub struct KubernetesTarget {
     /// Staged digests whose record could not be written yet (the target
     /// namespace does not exist before the first apply creates it).
     staged: Mutex<HashMap<CompositionId, Staged>>,
+    /// The state whose dry run passed while its images or artifacts are
+    /// still being prepared: not dry-run again on every pass.
+    validated: Mutex<HashMap<CompositionId, Digest>>,
 }
 
 struct Conn {
@@ -585,6 +592,7 @@ impl KubernetesTarget {
             conn: tokio::sync::OnceCell::new(),
             kinds: Mutex::new(HashMap::new()),
             staged: Mutex::new(HashMap::new()),
+            validated: Mutex::new(HashMap::new()),
         }
     }
 
@@ -662,6 +670,12 @@ impl KubernetesTarget {
 
     fn lock_kinds(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Kind>> {
         self.kinds.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_validated(&self) -> std::sync::MutexGuard<'_, HashMap<CompositionId, Digest>> {
+        self.validated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_staged(&self) -> std::sync::MutexGuard<'_, HashMap<CompositionId, Staged>> {
@@ -1087,6 +1101,49 @@ impl KubernetesTarget {
         if staged == Some(r.digest) {
             return Ok(Outcome::default());
         }
+        if self.lock_validated().get(&r.id) != Some(&r.digest) {
+            self.validate(desired, &record, first).await?;
+            self.lock_validated().insert(r.id.clone(), r.digest);
+        }
+        if let Some(waiting) = self.prepare(desired).await? {
+            return Ok(Outcome {
+                changed: true,
+                diff: None,
+                staging: Some(waiting),
+            });
+        }
+        self.lock_validated().remove(&r.id);
+        let staged = Self::staged_of(r);
+        let record = Record {
+            staged: Some(staged.clone()),
+            ..record
+        };
+        match self.try_write_record(&r.id, &record).await? {
+            Ok(()) => {
+                self.lock_staged().remove(&r.id);
+            }
+            Err(e) if is_status(&e, 404) => {
+                tracing::debug!(composition = %r.id, "target namespace missing: the stage is kept in memory");
+                self.lock_staged().insert(r.id.clone(), staged);
+            }
+            Err(e) => return Err(kube_err(format!("inventory record of {}", r.id), &e)),
+        }
+        Ok(Outcome {
+            changed: true,
+            ..Outcome::default()
+        })
+    }
+
+    /// The server-side dry run of every resource, and the record an apply
+    /// would write checked against the Secret limit: what can be refused
+    /// before the window is refused now.
+    async fn validate(
+        &self,
+        desired: &Desired,
+        record: &Record,
+        first: bool,
+    ) -> Result<(), TargetError> {
+        let r = &desired.rendered;
         let planned = self.plan(r).await?;
         if first {
             self.check_namespace(&planned).await?;
@@ -1122,25 +1179,279 @@ impl KubernetesTarget {
             });
             self.apply_one(p, r, prev, true).await?;
         }
-        let staged = Self::staged_of(r);
-        let record = Record {
-            staged: Some(staged.clone()),
-            ..record
+        Ok(())
+    }
+
+    /// What staging does on the cluster beyond the dry run: images pulled
+    /// onto the nodes ([`prepull`]), artifacts written to the claim. What
+    /// it still waits for, if anything.
+    async fn prepare(&self, desired: &Desired) -> Result<Option<String>, TargetError> {
+        let mut waiting = Vec::new();
+        waiting.extend(self.pre_pull(&desired.rendered).await?);
+        waiting.extend(self.deliver(&desired.rendered).await?);
+        Ok((!waiting.is_empty()).then(|| waiting.join("; ")))
+    }
+
+    /// One step of the delivery of artifacts to the claim (see
+    /// [`deliver`]): records and deletes Jobs that completed, fails on one
+    /// that failed, starts the missing ones. `Some`: still delivering.
+    async fn deliver(&self, r: &Rendered) -> Result<Option<String>, TargetError> {
+        let Some(spec) = &self.spec.artifacts else {
+            return Ok(None);
         };
-        match self.try_write_record(&r.id, &record).await? {
-            Ok(()) => {
-                self.lock_staged().remove(&r.id);
-            }
-            Err(e) if is_status(&e, 404) => {
-                tracing::debug!(composition = %r.id, "target namespace missing: the stage is kept in memory");
-                self.lock_staged().insert(r.id.clone(), staged);
-            }
-            Err(e) => return Err(kube_err(format!("inventory record of {}", r.id), &e)),
+        if r.artifacts.is_empty() {
+            return Ok(None);
         }
-        Ok(Outcome {
-            changed: true,
-            diff: None,
-        })
+        let conn = self.conn().await?;
+        let ns = &conn.namespace;
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(conn.client.clone(), ns);
+        match claims.get_opt(&spec.claim).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(TargetError::Kubernetes {
+                    resource: format!("PersistentVolumeClaim {ns}/{}", spec.claim),
+                    message: "does not exist: the Target's artifacts go to this claim; create it"
+                        .into(),
+                })
+            }
+            Err(e) => {
+                return Err(kube_err(
+                    format!("PersistentVolumeClaim {ns}/{}", spec.claim),
+                    &e,
+                ))
+            }
+        }
+        let ledgers: Api<ConfigMap> = Api::namespaced(conn.client.clone(), ns);
+        let ledger = deliver::ledger_name(&spec.claim);
+        let delivered: BTreeSet<String> = match ledgers.get_opt(&ledger).await {
+            Ok(cm) => cm
+                .and_then(|c| c.data)
+                .map(|d| d.into_keys().collect())
+                .unwrap_or_default(),
+            Err(e) => return Err(kube_err(format!("ConfigMap {ns}/{ledger}"), &e)),
+        };
+        let jobs: Api<Job> = Api::namespaced(conn.client.clone(), ns);
+        let pods: Api<Pod> = Api::namespaced(conn.client.clone(), ns);
+        let mut waiting = Vec::new();
+        let mut failures = Vec::new();
+        for a in r
+            .artifacts
+            .iter()
+            .filter(|a| !delivered.contains(&a.sha256.to_hex()))
+        {
+            let name = deliver::job_name(&spec.claim, &a.sha256);
+            let job = jobs
+                .get_opt(&name)
+                .await
+                .map_err(|e| kube_err(format!("Job {ns}/{name}"), &e))?;
+            let Some(job) = job else {
+                let object = deliver::job_object(spec, a, ns).map_err(TargetError::Invalid)?;
+                let job: Job = serde_json::from_value(object)
+                    .map_err(|e| TargetError::Invalid(format!("Job {name}: {e}")))?;
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(_) => {
+                        tracing::info!(composition = %r.id, artifact = %a.name, claim = %spec.claim, "delivering")
+                    }
+                    Err(e) if is_status(&e, 409) => {}
+                    Err(e) => return Err(kube_err(format!("Job {ns}/{name}"), &e)),
+                }
+                waiting.push(a.name.clone());
+                continue;
+            };
+            let job_value = serde_json::to_value(&job).unwrap_or(Value::Null);
+            let own_pods: Vec<Value> = match pods
+                .list(&ListParams::default().labels(&format!("job-name={name}")))
+                .await
+            {
+                Ok(list) => list
+                    .items
+                    .iter()
+                    .filter_map(|p| serde_json::to_value(p).ok())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            match deliver::job_state(&job_value, &own_pods) {
+                deliver::JobState::Running => waiting.push(a.name.clone()),
+                deliver::JobState::Failed(why) => {
+                    failures.push(deliver::failure_message(a, &spec.claim, &why));
+                }
+                deliver::JobState::Done => {
+                    self.record_delivered(&ledgers, &ledger, a).await?;
+                    match jobs.delete(&name, &DeleteParams::background()).await {
+                        Ok(_) => {}
+                        Err(e) if is_status(&e, 404) => {}
+                        Err(e) => return Err(kube_err(format!("Job {ns}/{name}"), &e)),
+                    }
+                    tracing::info!(composition = %r.id, artifact = %a.name, claim = %spec.claim, "delivered");
+                }
+            }
+        }
+        if !failures.is_empty() {
+            return Err(TargetError::Kubernetes {
+                resource: format!("artifacts of {}", r.id),
+                message: failures.join("; "),
+            });
+        }
+        Ok((!waiting.is_empty()).then(|| {
+            format!(
+                "delivering artifact(s) {} to claim {}",
+                waiting.join(", "),
+                spec.claim
+            )
+        }))
+    }
+
+    /// Adds `a` to the claim's ledger, by merge patch: other keys stay.
+    async fn record_delivered(
+        &self,
+        ledgers: &Api<ConfigMap>,
+        ledger: &str,
+        a: &crate::model::Artifact,
+    ) -> Result<(), TargetError> {
+        let size = a.size.map(|s| s.to_string()).unwrap_or_default();
+        let patch = json!({"data": {a.sha256.to_hex(): size}});
+        let where_ = || format!("ConfigMap {ledger}");
+        match ledgers
+            .patch(ledger, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(kube_err(where_(), &e)),
+        }
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": ledger, "labels": {deliver::JOB_LABEL: "ledger"}},
+            "data": {a.sha256.to_hex(): size},
+        }))
+        .map_err(|e| TargetError::Invalid(format!("{}: {e}", where_())))?;
+        match ledgers.create(&PostParams::default(), &cm).await {
+            Ok(_) => Ok(()),
+            // Another composition created it first: add to it.
+            Err(e) if is_status(&e, 409) => ledgers
+                .patch(ledger, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+                .map_err(|e| kube_err(where_(), &e)),
+            Err(e) => Err(kube_err(where_(), &e)),
+        }
+    }
+
+    /// Every pre-pull Pod of `id`, whatever digest it pulled for.
+    async fn delete_pull_pods(&self, id: &CompositionId) -> Result<(), TargetError> {
+        let conn = self.conn().await?;
+        let pods_api: Api<Pod> = Api::namespaced(conn.client.clone(), &conn.namespace);
+        let lp = ListParams::default().labels(&format!(
+            "{}={}",
+            prepull::PREPULL_LABEL,
+            composition_label(id)
+        ));
+        let pods = match pods_api.list(&lp).await {
+            Ok(list) => list.items,
+            Err(e) if is_status(&e, 404) || is_status(&e, 403) => return Ok(()),
+            Err(e) => return Err(kube_err(format!("pre-pull Pods of {id}"), &e)),
+        };
+        for name in pods.iter().filter_map(|p| p.metadata.name.as_deref()) {
+            match pods_api.delete(name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(kube_err(format!("pre-pull Pod {name}"), &e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// One step of the pre-pull (see [`prepull`]): cleans up, fails on a
+    /// pull that failed, starts the next batches. `Some`: still pulling.
+    async fn pre_pull(&self, r: &Rendered) -> Result<Option<String>, TargetError> {
+        if !self.spec.pre_pull.enabled {
+            return Ok(None);
+        }
+        let workloads: Vec<prepull::Workload> = r
+            .resources
+            .iter()
+            .filter(|x| !left_alone(&x.object, &r.annotations))
+            .filter_map(|x| prepull::workload_of(&x.object))
+            .collect();
+        let conn = self.conn().await?;
+        let label = composition_label(&r.id);
+        let pods_api: Api<Pod> = Api::namespaced(conn.client.clone(), &conn.namespace);
+        let where_pods = || format!("pre-pull Pods in namespace {}", conn.namespace);
+        let lp = ListParams::default().labels(&format!("{}={label}", prepull::PREPULL_LABEL));
+        let pods: Vec<prepull::PullPod> = match pods_api.list(&lp).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter_map(|p| prepull::PullPod::from_object(&serde_json::to_value(p).ok()?))
+                .collect(),
+            Err(e) if is_status(&e, 404) => Vec::new(),
+            Err(e) => return Err(kube_err(where_pods(), &e)),
+        };
+        if workloads.is_empty() && pods.is_empty() {
+            return Ok(None);
+        }
+        let nodes: Vec<prepull::Node> = if workloads.is_empty() {
+            Vec::new()
+        } else {
+            let nodes_api: Api<Node> = Api::all(conn.client.clone());
+            match nodes_api.list(&ListParams::default()).await {
+                Ok(list) => list
+                    .items
+                    .iter()
+                    .filter_map(|n| serde_json::to_value(n).ok())
+                    .map(|n| prepull::Node::from_object(&n))
+                    .collect(),
+                Err(e) => {
+                    let mut err = kube_err("nodes", &e);
+                    if let TargetError::Kubernetes { message, .. } = &mut err {
+                        message.push_str(
+                            "; pre-pulling images needs `list` on nodes: grant it, or set \
+                             `prePull: {enabled: false}` on the Target",
+                        );
+                    }
+                    return Err(err);
+                }
+            }
+        };
+        let missing = prepull::missing(&workloads, &nodes);
+        let max = self
+            .spec
+            .pre_pull
+            .max_per_node
+            .unwrap_or(prepull::DEFAULT_MAX_PER_NODE);
+        let step = prepull::step(&label, &r.digest, &missing, &pods, max);
+        for name in &step.delete {
+            match pods_api.delete(name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(kube_err(format!("pre-pull Pod {name}"), &e)),
+            }
+        }
+        if !step.failed.is_empty() {
+            return Err(TargetError::Kubernetes {
+                resource: format!("pre-pull of {}", r.id),
+                message: prepull::failure_message(&step.failed),
+            });
+        }
+        for p in &step.create {
+            let object = prepull::pod_object(p, &conn.namespace, &label, &r.digest);
+            let pod: Pod = serde_json::from_value(object)
+                .map_err(|e| TargetError::Invalid(format!("pre-pull Pod {}: {e}", p.name)))?;
+            match pods_api.create(&PostParams::default(), &pod).await {
+                Ok(_) => {
+                    tracing::info!(composition = %r.id, node = %p.node, images = %p.images.join(","), "pre-pulling");
+                }
+                Err(e) if is_status(&e, 409) => {}
+                // The namespace comes with the composition: nothing can be
+                // pulled in it before the apply creates it.
+                Err(e) if is_status(&e, 404) => {
+                    tracing::debug!(composition = %r.id, "target namespace missing: images are pulled at apply");
+                    return Ok(None);
+                }
+                Err(e) => return Err(kube_err(format!("pre-pull Pod {}", p.name), &e)),
+            }
+        }
+        Ok((!step.done()).then(|| prepull::pending_message(&step.pending)))
     }
 
     async fn apply_now(&self, desired: &Desired) -> Result<Outcome, TargetError> {
@@ -1161,7 +1472,7 @@ impl KubernetesTarget {
             self.write_record(id, &record).await?;
             return Ok(Outcome {
                 changed: true,
-                diff: None,
+                ..Outcome::default()
             });
         }
         let mut planned = self.plan(r).await?;
@@ -1262,7 +1573,7 @@ impl KubernetesTarget {
         tracing::info!(composition = %id, digest = %r.digest.short(), "applied");
         Ok(Outcome {
             changed: true,
-            diff: None,
+            ..Outcome::default()
         })
     }
 
@@ -1396,6 +1707,7 @@ impl KubernetesTarget {
         Ok(Outcome {
             changed,
             diff: Some(out),
+            staging: None,
         })
     }
 
@@ -1499,6 +1811,8 @@ impl KubernetesTarget {
 
     async fn remove(&self, id: &CompositionId) -> Result<(), TargetError> {
         self.lock_staged().remove(id);
+        self.lock_validated().remove(id);
+        self.delete_pull_pods(id).await?;
         let Some(record) = self.read_record(id).await? else {
             return Ok(());
         };

@@ -100,6 +100,10 @@ pub struct Outcome {
     pub changed: bool,
     /// A human-readable diff of applied against desired, for plans (`DryRun`).
     pub diff: Option<String>,
+    /// `Stage` only: what the target is still preparing (images pulling,
+    /// artifacts being delivered). The state is not staged yet and must
+    /// not be applied: stage it again on a later pass.
+    pub staging: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

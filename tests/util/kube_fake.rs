@@ -41,6 +41,30 @@
 //!   a ConfigMap data value that is not a string: 400, as the decoder says;
 //! - every error is a `kind: Status` body with `reason`, `code`, `message`.
 //!
+//! Simulated controllers and nodes (the FAKE decides what a kubelet or the
+//! Job controller would report; no container ever runs):
+//! - Nodes (cluster-scoped) exist only as the test adds them
+//!   ([`FakeKube::add_node`]: labels, taints, `spec.unschedulable`, the
+//!   images present in `status.images`);
+//! - a Pod bound to a node (`spec.nodeName`, or the first node its
+//!   `nodeSelector` matches) gets a status from its images: present or
+//!   pullable -> each container Running (`restartPolicy: Always`) or
+//!   Terminated `Completed`, and a pulled image joins the node's images; an
+//!   image the test marked unpullable ([`FakeKube::unpullable`]) -> Waiting
+//!   `ErrImagePull` (then `ImagePullBackOff` on the next request) with a
+//!   message naming the image; one marked slow ([`FakeKube::slow`]) ->
+//!   Waiting `ContainerCreating` until [`FakeKube::release`]. A Pod no node
+//!   matches stays Pending, `Unschedulable`;
+//! - a Job is run by the rule the test registered for its name prefix
+//!   ([`FakeKube::on_job`]), on a thread of its own (a rule may do real
+//!   I/O, such as the artifact download `tests/kube_staging.rs` registers),
+//!   then marked Complete or Failed with the rule's message;
+//!   [`FakeKube::settle`] waits for every rule started so far; without a
+//!   rule a Job keeps no status, as without a controller;
+//! - a PersistentVolumeClaim is Bound at once; what a rule writes to a claim
+//!   goes to a directory of the fake's ([`FakeKube::claim_dir`]);
+//! - [`FakeKube::set_latency`] delays every request, for benchmarks.
+//!
 //! The test's handle ([`FakeKube`]) reads and changes the store directly
 //! (`object`, `objects` for byte-for-byte snapshots, `update`, `set_status`
 //! as a controller would), counts writes that were not dry runs
@@ -61,7 +85,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -73,6 +98,8 @@ use serde_json::{json, Map, Value};
 pub struct FakeKube {
     addr: SocketAddr,
     store: Arc<Mutex<Store>>,
+    /// What the pods' volumes and claims hold (see [`FakeKube::claim_dir`]).
+    volumes: Arc<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -100,7 +127,13 @@ impl FakeKube {
     /// Starts the server on its own thread and runtime, so that sync tests,
     /// async tests and child processes can all talk to it.
     pub fn start() -> FakeKube {
+        let volumes = Arc::new(tempfile::tempdir().expect("fake volumes"));
         let store = Arc::new(Mutex::new(Store::new()));
+        {
+            let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+            s.me = Arc::downgrade(&store);
+            s.volumes = volumes.path().to_path_buf();
+        }
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shared = store.clone();
@@ -130,6 +163,7 @@ impl FakeKube {
         FakeKube {
             addr,
             store,
+            volumes,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -248,6 +282,113 @@ current-context: {context}
             count,
         });
     }
+
+    /// Adds a node: `labels`, `taints` (a JSON array, as `spec.taints`),
+    /// `unschedulable`, and the images present on it (`status.images`).
+    pub fn add_node(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        taints: Value,
+        unschedulable: bool,
+        images: &[&str],
+    ) {
+        let mut s = self.lock();
+        let t = s.type_of("v1", "Node").expect("nodes are served");
+        let labels: Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .chain([("kubernetes.io/hostname".to_string(), json!(name))])
+            .collect();
+        let obj = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"taints": taints, "unschedulable": unschedulable},
+            "status": {"images": images.iter().map(|i| json!({"names": [i], "sizeBytes": 1000})).collect::<Vec<_>>()},
+        });
+        let obj = s.stamp_new(&t, obj, false);
+        s.objects.insert(t.key(None, name), obj);
+    }
+
+    /// Stores a new object as a create would (a namespaced one in its
+    /// `metadata.namespace`): what an operator set up beforehand.
+    pub fn create(&self, obj: Value) {
+        let mut s = self.lock();
+        let av = obj["apiVersion"].as_str().unwrap_or_default().to_string();
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let t = s.type_of(&av, &kind).expect("known kind");
+        let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let key = t.key(ns.as_deref(), &name);
+        let obj = s.stamp_new(&t, obj, false);
+        s.objects.insert(key.clone(), obj);
+        s.after_write(&t, &key);
+    }
+
+    /// The images present on a node, as its `status.images` names them.
+    pub fn node_images(&self, node: &str) -> BTreeSet<String> {
+        let s = self.lock();
+        s.objects
+            .get(&(String::new(), "nodes".into(), String::new(), node.into()))
+            .map(node_image_names)
+            .unwrap_or_default()
+    }
+
+    /// Pulls of `image` fail (`ErrImagePull`, then `ImagePullBackOff`).
+    pub fn unpullable(&self, image: &str) {
+        self.lock().unpullable.insert(normalize_image(image));
+    }
+
+    /// Pulls of `image` stay in `ContainerCreating` until [`FakeKube::release`].
+    pub fn slow(&self, image: &str) {
+        self.lock().slow.insert(normalize_image(image));
+    }
+
+    /// A slow image's pulls complete (at the next request).
+    pub fn release(&self, image: &str) {
+        let mut s = self.lock();
+        s.slow.remove(&normalize_image(image));
+        s.run_kubelets();
+    }
+
+    /// Jobs whose name starts with `prefix` are run by `rule`: `Ok` marks
+    /// the Job Complete, `Err(message)` Failed with that message.
+    pub fn on_job(
+        &self,
+        prefix: &str,
+        rule: impl Fn(&JobRun) -> Result<(), String> + Send + Sync + 'static,
+    ) {
+        self.lock()
+            .job_rules
+            .push((prefix.to_string(), Arc::new(rule)));
+    }
+
+    /// Waits until every Job rule started so far has finished and its Job
+    /// has its status.
+    pub fn settle(&self) {
+        loop {
+            let running = std::mem::take(&mut self.lock().running_jobs);
+            if running.is_empty() {
+                return;
+            }
+            for t in running {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Where the claim `claim` of `namespace` keeps its files.
+    pub fn claim_dir(&self, namespace: &str, claim: &str) -> std::path::PathBuf {
+        claim_path(self.volumes.path(), namespace, claim)
+    }
+
+    /// Every request waits this long before it is served.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
 }
 
 #[derive(Debug)]
@@ -345,6 +486,15 @@ struct Store {
     uids: u64,
     log: Vec<Logged>,
     faults: Vec<Fault>,
+    /// The store itself, for Job rules run on their own threads.
+    me: Weak<Mutex<Store>>,
+    volumes: std::path::PathBuf,
+    latency: Duration,
+    unpullable: BTreeSet<String>,
+    /// Slow images not released yet.
+    slow: BTreeSet<String>,
+    job_rules: Vec<(String, JobRule)>,
+    running_jobs: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Store {
@@ -357,10 +507,20 @@ impl Store {
             T::builtin("", "v1", "Service", "services", true, true),
             T::builtin("", "v1", "ServiceAccount", "serviceaccounts", true, false),
             T::builtin("", "v1", "Pod", "pods", true, true),
+            T::builtin("", "v1", "Node", "nodes", false, true),
+            T::builtin(
+                "",
+                "v1",
+                "PersistentVolumeClaim",
+                "persistentvolumeclaims",
+                true,
+                true,
+            ),
             T::builtin("apps", "v1", "Deployment", "deployments", true, true),
             T::builtin("apps", "v1", "StatefulSet", "statefulsets", true, true),
             T::builtin("apps", "v1", "DaemonSet", "daemonsets", true, true),
             T::builtin("batch", "v1", "Job", "jobs", true, true),
+            T::builtin("batch", "v1", "CronJob", "cronjobs", true, true),
             T::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, false),
             T::builtin(
                 "apiextensions.k8s.io",
@@ -378,6 +538,13 @@ impl Store {
             uids: 0,
             log: Vec::new(),
             faults: Vec::new(),
+            me: Weak::new(),
+            volumes: std::path::PathBuf::new(),
+            latency: Duration::ZERO,
+            unpullable: BTreeSet::new(),
+            slow: BTreeSet::new(),
+            job_rules: Vec::new(),
+            running_jobs: Vec::new(),
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let t = s.types[0].clone();
@@ -464,7 +631,20 @@ impl Store {
     }
 
     /// Keeps derived state in step after a write of `obj` of type `t`.
-    fn after_write(&mut self, t: &ResourceType, name: &str) {
+    fn after_write(&mut self, t: &ResourceType, key: &Key) {
+        let name = key.3.as_str();
+        match t.kind.as_str() {
+            "Pod" => self.run_kubelets(),
+            "Job" => self.start_job(key),
+            "PersistentVolumeClaim" => {
+                if let Some(o) = self.objects.get_mut(key) {
+                    if o["status"]["phase"].as_str() != Some("Bound") {
+                        o["status"] = json!({"phase": "Bound"});
+                    }
+                }
+            }
+            _ => {}
+        }
         if t.kind == "CustomResourceDefinition" {
             self.types.retain(|x| x.crd.as_deref() != Some(name));
             let key = t.key(None, name);
@@ -654,7 +834,12 @@ async fn handle(
         .unwrap_or_default()
         .trim()
         .to_string();
+    let latency = store.lock().unwrap_or_else(|e| e.into_inner()).latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+    s.run_kubelets();
     s.log.push(Logged {
         method: method.to_string(),
         path: uri.path().to_string(),
@@ -1122,8 +1307,8 @@ fn create(s: &mut Store, target: &Target, mut obj: Value, manager: &str, dry_run
         }],
     );
     if !dry_run {
-        s.objects.insert(key, obj.clone());
-        s.after_write(&t, &name);
+        s.objects.insert(key.clone(), obj.clone());
+        s.after_write(&t, &key);
     }
     Ok((StatusCode::CREATED, obj))
 }
@@ -1350,7 +1535,7 @@ fn finish_write(
         s.revision += 1;
         meta_mut(new).insert("resourceVersion".into(), json!(s.revision.to_string()));
         s.objects.insert(key.clone(), new.clone());
-        s.after_write(t, &key.3);
+        s.after_write(t, &key);
     }
     ok(new.clone())
 }
@@ -1639,8 +1824,8 @@ fn apply(
             }],
         );
         if !dry_run {
-            s.objects.insert(key, obj.clone());
-            s.after_write(&t, name);
+            s.objects.insert(key.clone(), obj.clone());
+            s.after_write(&t, &key);
         }
         return Ok((StatusCode::CREATED, obj));
     };
@@ -2065,6 +2250,359 @@ fn containers(pod: &Value, at: &str, bad: &mut impl FnMut(&str, String)) {
 }
 
 // ---------------------------------------------------------------------------
+// Simulated kubelets, Job controller and claims: the FAKE decides.
+
+/// What a Job rule decides from: the Job, its first container's command and
+/// environment (`secretKeyRef`s resolved from the store when the Job was
+/// created), and where its claim mounts are on disk.
+#[derive(Debug, Clone)]
+pub struct JobRun {
+    pub job: Value,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Mount path in the container -> the claim's directory.
+    pub mounts: BTreeMap<String, std::path::PathBuf>,
+}
+
+impl JobRun {
+    /// The host path of `path` inside the container, through its mounts.
+    pub fn host_path(&self, path: &str) -> Option<std::path::PathBuf> {
+        self.mounts
+            .iter()
+            .filter(|(m, _)| {
+                path == m.as_str() || path.starts_with(&format!("{}/", m.trim_end_matches('/')))
+            })
+            .max_by_key(|(m, _)| m.len())
+            .map(|(m, dir)| dir.join(path[m.len()..].trim_start_matches('/')))
+    }
+}
+
+type JobRule = Arc<dyn Fn(&JobRun) -> Result<(), String> + Send + Sync>;
+
+fn claim_path(root: &Path, namespace: &str, claim: &str) -> std::path::PathBuf {
+    let dir = root.join(namespace).join(claim);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// An image reference as the kubelet resolves it: `nginx` is
+/// `docker.io/library/nginx:latest`.
+fn normalize_image(image: &str) -> String {
+    let (name, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (image, None),
+    };
+    let (repo, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, Some(t)),
+        _ => (name, None),
+    };
+    let first = repo.split('/').next().unwrap_or_default();
+    let repo = if repo.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+    {
+        repo.to_string()
+    } else if repo.contains('/') {
+        format!("docker.io/{repo}")
+    } else {
+        format!("docker.io/library/{repo}")
+    };
+    match (tag, digest) {
+        (_, Some(d)) => format!("{repo}@{d}"),
+        (Some(t), None) => format!("{repo}:{t}"),
+        (None, None) => format!("{repo}:latest"),
+    }
+}
+
+fn node_image_names(node: &Value) -> BTreeSet<String> {
+    node["status"]["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["names"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
+impl Store {
+    fn nodes(&self) -> Vec<(Key, Value)> {
+        self.objects
+            .iter()
+            .filter(|(k, _)| k.0.is_empty() && k.1 == "nodes")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The node a pod runs on: its `nodeName`, else the first node its
+    /// `nodeSelector` matches (the scheduler binds it there).
+    fn bind(&self, pod: &Value) -> Option<String> {
+        if let Some(n) = pod["spec"]["nodeName"].as_str() {
+            return Some(n.to_string());
+        }
+        let selector = pod["spec"]["nodeSelector"].as_object();
+        self.nodes().into_iter().find_map(|(k, node)| {
+            let labels = node["metadata"]["labels"].as_object();
+            let fits = selector
+                .into_iter()
+                .flatten()
+                .all(|(lk, lv)| labels.and_then(|l| l.get(lk)) == Some(lv));
+            (fits && node["spec"]["unschedulable"].as_bool() != Some(true)).then(|| k.3.clone())
+        })
+    }
+
+    /// Every pod not finished gets the status its node's kubelet would
+    /// report, as the FAKE decides from the images (see the module doc).
+    /// A fake without nodes has no kubelets: pods keep what tests set.
+    fn run_kubelets(&mut self) {
+        if self.nodes().is_empty() {
+            return;
+        }
+        let pods: Vec<Key> = self
+            .objects
+            .keys()
+            .filter(|k| k.0.is_empty() && k.1 == "pods")
+            .cloned()
+            .collect();
+        for key in pods {
+            let pod = self.objects[&key].clone();
+            if matches!(
+                pod["status"]["phase"].as_str(),
+                Some("Succeeded" | "Failed")
+            ) {
+                continue;
+            }
+            let Some(node) = self.bind(&pod) else {
+                let status = json!({"phase": "Pending", "conditions": [{
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": "0/N nodes are available: no node matches the pod"}]});
+                self.set_pod_status(&key, None, status);
+                continue;
+            };
+            let node_key = (
+                String::new(),
+                "nodes".to_string(),
+                String::new(),
+                node.clone(),
+            );
+            let Some(node_obj) = self.objects.get(&node_key).cloned() else {
+                let status = json!({"phase": "Pending"});
+                self.set_pod_status(&key, Some(&node), status);
+                continue;
+            };
+            let present: BTreeSet<String> = node_image_names(&node_obj)
+                .iter()
+                .map(|n| normalize_image(n))
+                .collect();
+            let restart = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
+            let previous = |name: &str| {
+                pod["status"]["containerStatuses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["name"].as_str() == Some(name))
+                    .and_then(|c| c["state"]["waiting"]["reason"].as_str())
+                    .map(str::to_string)
+            };
+            let mut pulled = Vec::new();
+            let mut statuses = Vec::new();
+            let (mut waiting, mut running) = (false, false);
+            let containers = pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(pod["spec"]["containers"].as_array().into_iter().flatten());
+            for c in containers {
+                let name = c["name"].as_str().unwrap_or_default();
+                let image = c["image"].as_str().unwrap_or_default();
+                let norm = normalize_image(image);
+                let state = if present.contains(&norm)
+                    || (!self.unpullable.contains(&norm) && !self.slow.contains(&norm))
+                {
+                    if !present.contains(&norm) {
+                        pulled.push(norm.clone());
+                    }
+                    if restart == "Always" {
+                        running = true;
+                        json!({"running": {"startedAt": now()}})
+                    } else {
+                        json!({"terminated": {"exitCode": 0, "reason": "Completed"}})
+                    }
+                } else if self.unpullable.contains(&norm) {
+                    waiting = true;
+                    if previous(name)
+                        .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+                    {
+                        json!({"waiting": {"reason": "ImagePullBackOff",
+                            "message": format!("Back-off pulling image \"{image}\": ErrImagePull: {image}: not found")}})
+                    } else {
+                        json!({"waiting": {"reason": "ErrImagePull",
+                            "message": format!("failed to pull and unpack image \"{norm}\": {norm}: not found")}})
+                    }
+                } else {
+                    waiting = true;
+                    json!({"waiting": {"reason": "ContainerCreating"}})
+                };
+                statuses.push(json!({"name": name, "image": image, "ready": state.get("running").is_some(), "state": state}));
+            }
+            let phase = if waiting {
+                "Pending"
+            } else if running {
+                "Running"
+            } else {
+                "Succeeded"
+            };
+            if !pulled.is_empty() {
+                if let Some(n) = self.objects.get_mut(&node_key) {
+                    let list = n["status"]["images"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    let mut list = list;
+                    for p in pulled {
+                        list.push(json!({"names": [p], "sizeBytes": 1000}));
+                    }
+                    n["status"]["images"] = json!(list);
+                }
+            }
+            let status = json!({"phase": phase, "containerStatuses": statuses});
+            self.set_pod_status(&key, Some(&node), status);
+        }
+    }
+
+    fn set_pod_status(&mut self, key: &Key, node: Option<&str>, status: Value) {
+        let Some(pod) = self.objects.get(key) else {
+            return;
+        };
+        let mut new = pod.clone();
+        if let Some(n) = node {
+            new["spec"]["nodeName"] = json!(n);
+        }
+        new["status"] = status;
+        if new != *pod {
+            self.revision += 1;
+            new["metadata"]["resourceVersion"] = json!(self.revision.to_string());
+            self.objects.insert(key.clone(), new);
+        }
+    }
+
+    /// A new Job is run by its rule on a thread of its own.
+    fn start_job(&mut self, key: &Key) {
+        let Some(job) = self.objects.get(key).cloned() else {
+            return;
+        };
+        if job["status"]["startTime"].is_string() {
+            return;
+        }
+        let Some(rule) = self
+            .job_rules
+            .iter()
+            .find(|(prefix, _)| key.3.starts_with(prefix.as_str()))
+            .map(|(_, r)| r.clone())
+        else {
+            return;
+        };
+        if let Some(o) = self.objects.get_mut(key) {
+            o["status"] = json!({"startTime": now(), "active": 1});
+        }
+        let ns = key.2.clone();
+        let pod = &job["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let mut env = BTreeMap::new();
+        for e in container["env"].as_array().into_iter().flatten() {
+            let name = e["name"].as_str().unwrap_or_default().to_string();
+            if let Some(v) = e["value"].as_str() {
+                env.insert(name, v.to_string());
+            } else if let Some(r) = e["valueFrom"]["secretKeyRef"].as_object() {
+                let secret = self.objects.get(&(
+                    String::new(),
+                    "secrets".into(),
+                    ns.clone(),
+                    r.get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .into(),
+                ));
+                let key = r.get("key").and_then(Value::as_str).unwrap_or_default();
+                if let Some(v) = secret
+                    .and_then(|s| s["data"][key].as_str())
+                    .and_then(base64_decode)
+                {
+                    env.insert(name, v);
+                }
+            }
+        }
+        let mut mounts = BTreeMap::new();
+        for v in pod["volumes"].as_array().into_iter().flatten() {
+            let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() else {
+                continue;
+            };
+            let vname = v["name"].as_str().unwrap_or_default();
+            for m in container["volumeMounts"].as_array().into_iter().flatten() {
+                if m["name"].as_str() == Some(vname) {
+                    let path = m["mountPath"].as_str().unwrap_or_default().to_string();
+                    mounts.insert(path, claim_path(&self.volumes, &ns, claim));
+                }
+            }
+        }
+        let run = JobRun {
+            job: job.clone(),
+            command: container["command"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(container["args"].as_array().into_iter().flatten())
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            env,
+            mounts,
+        };
+        let me = self.me.clone();
+        let key = key.clone();
+        let thread = std::thread::spawn(move || {
+            let result = rule(&run);
+            let Some(store) = me.upgrade() else {
+                return;
+            };
+            let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+            s.revision += 1;
+            let rv = s.revision.to_string();
+            let Some(o) = s.objects.get_mut(&key) else {
+                return;
+            };
+            o["status"] = match result {
+                Ok(()) => json!({"startTime": o["status"]["startTime"], "succeeded": 1,
+                    "completionTime": now(),
+                    "conditions": [{"type": "Complete", "status": "True"}]}),
+                Err(message) => json!({"startTime": o["status"]["startTime"], "failed": 1,
+                    "conditions": [{"type": "Failed", "status": "True",
+                        "reason": "BackoffLimitExceeded", "message": message}]}),
+            };
+            o["metadata"]["resourceVersion"] = json!(rv);
+        });
+        self.running_jobs.push(thread);
+    }
+}
+
+fn base64_decode(s: &str) -> Option<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c)? as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+// ---------------------------------------------------------------------------
 // Label selectors.
 
 #[derive(Debug, PartialEq)]
@@ -2185,9 +2723,9 @@ mod self_test {
         kube::Client::try_from(config).expect("client")
     }
 
-    fn api_error(e: kube::Error) -> kube::core::ErrorResponse {
+    fn api_error(e: kube::Error) -> kube::core::Status {
         match e {
-            kube::Error::Api(r) => r,
+            kube::Error::Api(r) => *r,
             other => panic!("not an API error: {other}"),
         }
     }

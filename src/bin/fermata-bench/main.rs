@@ -7,9 +7,12 @@
 //! one variation, and reports peak RSS. Run with `cargo run --release --bin
 //! fermata-bench -- --symphonies 1000 --variations 10`.
 //!
-//! `fermata-bench fleet --sites 1000` is the fleet bench ([`fleet`]).
+//! `fermata-bench fleet --sites 1000` is the fleet bench ([`fleet`]);
+//! `fermata-bench kube --compositions 1000 --latency-ms 10` the window's
+//! opening on Kubernetes, one write at a time against concurrent ([`kube`]).
 
 mod fleet;
+mod kube;
 
 use std::path::Path;
 use std::process::Command;
@@ -40,6 +43,10 @@ enum Bench {
     /// Many site agents reporting one commit at once, against the shared
     /// status branch they used before.
     Fleet(fleet::FleetArgs),
+    /// The pass at a window's opening over staged Kubernetes compositions,
+    /// against the fake API server with latency: one at a time, then
+    /// concurrent.
+    Kube(kube::KubeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +76,7 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.fleet {
         Some(Bench::Fleet(f)) => fleet::run(&f),
+        Some(Bench::Kube(k)) => kube::run(&k),
         None => pass_bench(&cli.pass),
     }
 }

@@ -27,6 +27,10 @@ pub enum Reason {
     PrunePending,
     /// `Parallel`: as many compositions as `maxUnavailable` are not Ready.
     MaxUnavailable,
+    /// The target is still preparing the state (images pulling, artifacts
+    /// being delivered): it is not staged, so it is not applied, even in
+    /// an open window; the next pass stages it again.
+    Staging,
 }
 
 impl std::fmt::Display for Reason {
@@ -44,6 +48,7 @@ impl Reason {
             Reason::WaitingForReady => "WaitingForReady",
             Reason::PrunePending => "WaitingForPrune",
             Reason::MaxUnavailable => "MaxUnavailable",
+            Reason::Staging => "StagingInProgress",
         }
     }
 }

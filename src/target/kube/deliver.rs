@@ -1,0 +1,356 @@
+//! Artifacts delivered to the cluster at stage (issue 15 point 2): a Target
+//! with `spec.kubernetes.artifacts: {claim: models, ...}` gets every
+//! artifact of a staged composition written to that PersistentVolumeClaim,
+//! at `sha256/<digest>` (what `${artifact.NAME.path}` expands to), before
+//! the composition counts as staged.
+//!
+//! How: one Job per claim and digest (`fermata-fetch-<hash>`), mounting the
+//! claim at `/artifacts`, running [`SCRIPT`] in a small image (busybox by
+//! default: `sh`, `wget`, `sha256sum`, `mv`). It downloads from fermata's
+//! own store (`<storeUrl>/artifacts/sha256/<digest>`, served on `--listen`
+//! to bearers of the `--artifact-token-file` token, which the Job reads
+//! from a Secret the operator creates in the target namespace) or, with
+//! `direct: true`, from the artifact's own URL; it checks size and sha256,
+//! and only then renames the file into place (a partial or corrupt file
+//! never has the final name; a file already there and whole is kept). Its
+//! failure message goes to `/dev/termination-log`, so status quotes it.
+//!
+//! What is on a claim is recorded in a ConfigMap `fermata-artifacts-<claim>`
+//! (one key per digest, the size as value), written by merge patch so
+//! compositions sharing a claim only add keys: a recorded digest is not
+//! fetched again. A Job that completed is recorded and deleted; a Job that
+//! failed is kept (with `ttlSecondsAfterFinished` of an hour, after which
+//! Kubernetes deletes it and the next stage tries again) and the stage fails
+//! naming the artifact and the verifier's message.
+//!
+//! Garbage collection: files are left on the claim and recorded, never
+//! deleted by fermata. Every applied and staged generation keeps its files
+//! (an older one's too, which a rollback may want); free space by removing
+//! `sha256/<digest>` files and their ConfigMap keys by hand.
+//!
+//! The decisions here are pure; the executor in [`super`] reads and writes.
+
+use serde_json::{json, Value};
+
+use crate::model::types::ClaimSpec;
+use crate::model::{artifact_claim_path, Artifact, Digest};
+
+/// Where Jobs mount the claim.
+pub const MOUNT: &str = "/artifacts";
+/// Image of the Jobs unless the Target names one.
+pub const DEFAULT_IMAGE: &str = "busybox:1.37";
+/// Secret holding the store's token (key `token`) unless the Target names one.
+pub const DEFAULT_TOKEN_SECRET: &str = "fermata-artifact-token";
+/// Label on delivery Jobs, valued with the claim.
+pub const JOB_LABEL: &str = "fermata.dev/artifact-claim";
+
+/// The download, check and rename, as `sh -c` runs it; parameters come in
+/// the environment (`FERMATA_URL`, `FERMATA_SHA256`, `FERMATA_SIZE` (may
+/// be empty), `FERMATA_DEST`, `FERMATA_TOKEN` when from the store).
+/// `tests/kube_staging.rs` runs the same steps in Rust for the fake.
+pub const SCRIPT: &str = r#"set -eu
+dest="$FERMATA_DEST"
+fail() { echo "$1" | tee /dev/termination-log >&2; rm -f "$tmp"; exit 1; }
+tmp="$dest.part.$(hostname)"
+if [ -f "$dest" ] && [ "$(sha256sum "$dest" | cut -d' ' -f1)" = "$FERMATA_SHA256" ]; then exit 0; fi
+mkdir -p "$(dirname "$dest")"
+if [ -n "${FERMATA_TOKEN:-}" ]; then
+  wget -q -O "$tmp" --header "Authorization: Bearer $FERMATA_TOKEN" "$FERMATA_URL" || fail "download of $FERMATA_URL failed"
+else
+  wget -q -O "$tmp" "$FERMATA_URL" || fail "download of $FERMATA_URL failed"
+fi
+size="$(wc -c < "$tmp" | tr -d ' ')"
+if [ -n "${FERMATA_SIZE:-}" ] && [ "$size" != "$FERMATA_SIZE" ]; then fail "size mismatch: got $size bytes, expected $FERMATA_SIZE"; fi
+got="$(sha256sum "$tmp" | cut -d' ' -f1)"
+if [ "$got" != "$FERMATA_SHA256" ]; then fail "sha256 mismatch: got $got, expected $FERMATA_SHA256"; fi
+mv -f "$tmp" "$dest"
+"#;
+
+/// The ConfigMap recording what is on `claim`.
+pub fn ledger_name(claim: &str) -> String {
+    let name = format!("fermata-artifacts-{claim}");
+    if name.len() <= 253 {
+        name
+    } else {
+        format!(
+            "fermata-artifacts-h-{}",
+            &Digest::of(claim.as_bytes()).to_hex()[..40]
+        )
+    }
+}
+
+/// The Job delivering `digest` to `claim`: one per pair, stable, so a
+/// stage run again (after a crash) finds it again.
+pub fn job_name(claim: &str, digest: &Digest) -> String {
+    let key = format!("{claim}\n{}", digest.to_hex());
+    format!(
+        "fermata-fetch-{}",
+        &Digest::of(key.as_bytes()).to_hex()[..24]
+    )
+}
+
+/// Where the Job downloads `a` from.
+pub fn source_url(spec: &ClaimSpec, a: &Artifact) -> Result<String, String> {
+    if spec.direct {
+        let remote = a.repo_path.is_none()
+            && (a.url.starts_with("http://") || a.url.starts_with("https://"));
+        if !remote {
+            return Err(format!(
+                "artifact {} ({}) cannot be downloaded by the cluster (`direct: true` needs an \
+                 http(s) URL): set `storeUrl` on the Target to serve it from fermata's store",
+                a.name, a.url
+            ));
+        }
+        return Ok(a.url.clone());
+    }
+    let base = spec.store_url.as_deref().unwrap_or_default();
+    Ok(format!(
+        "{}/artifacts/sha256/{}",
+        base.trim_end_matches('/'),
+        a.sha256.to_hex()
+    ))
+}
+
+/// The Job writing `a` to the claim, in `namespace`.
+pub fn job_object(spec: &ClaimSpec, a: &Artifact, namespace: &str) -> Result<Value, String> {
+    let url = source_url(spec, a)?;
+    let mut env = vec![
+        json!({"name": "FERMATA_URL", "value": url}),
+        json!({"name": "FERMATA_SHA256", "value": a.sha256.to_hex()}),
+        json!({"name": "FERMATA_SIZE", "value": a.size.map(|s| s.to_string()).unwrap_or_default()}),
+        json!({"name": "FERMATA_DEST", "value": format!("{MOUNT}/{}", artifact_claim_path(&a.sha256))}),
+    ];
+    if !spec.direct {
+        env.push(
+            json!({"name": "FERMATA_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": spec.token_secret.as_deref().unwrap_or(DEFAULT_TOKEN_SECRET),
+            "key": "token"}}}),
+        );
+    }
+    Ok(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(&spec.claim, &a.sha256),
+            "namespace": namespace,
+            "labels": {JOB_LABEL: spec.claim},
+            "annotations": {"fermata.dev/artifact": a.name, "fermata.dev/sha256": a.sha256.to_hex()},
+        },
+        "spec": {
+            "backoffLimit": 2,
+            "ttlSecondsAfterFinished": 3600,
+            "template": {
+                "metadata": {"labels": {JOB_LABEL: spec.claim}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": false,
+                    "containers": [{
+                        "name": "fetch",
+                        "image": spec.image.as_deref().unwrap_or(DEFAULT_IMAGE),
+                        "command": ["sh", "-c", SCRIPT],
+                        "env": env,
+                        "volumeMounts": [{"name": "claim", "mountPath": MOUNT}],
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                    }],
+                    "volumes": [{"name": "claim", "persistentVolumeClaim": {"claimName": spec.claim}}],
+                },
+            },
+        },
+    }))
+}
+
+/// Where a delivery Job stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Done,
+    /// Why, in the Job's (or its pods') words.
+    Failed(String),
+}
+
+/// The state of `job`; `pods` are its pods, whose termination messages say
+/// why better than the Job's own condition ("reached the backoff limit").
+pub fn job_state(job: &Value, pods: &[Value]) -> JobState {
+    let condition = |t: &str| {
+        job["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"].as_str() == Some(t) && c["status"].as_str() == Some("True"))
+    };
+    if condition("Complete").is_some() {
+        return JobState::Done;
+    }
+    let Some(failed) = condition("Failed") else {
+        return JobState::Running;
+    };
+    let from_pods = pods
+        .iter()
+        .flat_map(|p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|c| c["state"]["terminated"]["message"].as_str())
+        .map(str::trim)
+        .find(|m| !m.is_empty());
+    JobState::Failed(
+        from_pods
+            .or_else(|| failed["message"].as_str())
+            .or_else(|| failed["reason"].as_str())
+            .unwrap_or("failed")
+            .to_string(),
+    )
+}
+
+/// What a failed delivery says in status.
+pub fn failure_message(a: &Artifact, claim: &str, why: &str) -> String {
+    format!(
+        "artifact {} (sha256 {}) was not delivered to claim {claim}: {why}",
+        a.name,
+        a.sha256.short()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(url: &str) -> Artifact {
+        Artifact {
+            name: "model".into(),
+            url: url.into(),
+            repo_path: None,
+            sha256: Digest::of(b"weights"),
+            size: Some(7),
+        }
+    }
+
+    fn store_spec() -> ClaimSpec {
+        ClaimSpec {
+            claim: "models".into(),
+            store_url: Some("http://fermata.fermata:8080/".into()),
+            ..ClaimSpec::default()
+        }
+    }
+
+    #[test]
+    fn the_job_downloads_from_the_store_with_the_token_and_writes_by_digest() {
+        let a = artifact("https://models.example/v3.onnx");
+        let job = job_object(&store_spec(), &a, "line").expect("job");
+        let hex = a.sha256.to_hex();
+        assert_eq!(
+            job["metadata"]["name"],
+            json!(job_name("models", &a.sha256))
+        );
+        let c = &job["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], json!(DEFAULT_IMAGE));
+        assert_eq!(c["command"], json!(["sh", "-c", SCRIPT]));
+        let env: Vec<&Value> = c["env"].as_array().expect("env").iter().collect();
+        let value = |n: &str| {
+            env.iter()
+                .find(|e| e["name"] == json!(n))
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(
+            value("FERMATA_URL"),
+            Some(json!(format!(
+                "http://fermata.fermata:8080/artifacts/sha256/{hex}"
+            )))
+        );
+        assert_eq!(value("FERMATA_SHA256"), Some(json!(hex)));
+        assert_eq!(value("FERMATA_SIZE"), Some(json!("7")));
+        assert_eq!(
+            value("FERMATA_DEST"),
+            Some(json!(format!("/artifacts/sha256/{hex}")))
+        );
+        assert!(env.iter().any(|e| e["valueFrom"]["secretKeyRef"]
+            == json!({"name": DEFAULT_TOKEN_SECRET, "key": "token"})));
+        assert_eq!(
+            job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            json!("models")
+        );
+    }
+
+    #[test]
+    fn direct_downloads_need_a_url_the_cluster_can_reach() {
+        let spec = ClaimSpec {
+            claim: "models".into(),
+            direct: true,
+            ..ClaimSpec::default()
+        };
+        let a = artifact("https://models.example/v3.onnx");
+        let job = job_object(&spec, &a, "line").expect("job");
+        let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert_eq!(env[0]["value"], json!("https://models.example/v3.onnx"));
+        assert!(
+            !env.to_string().contains("FERMATA_TOKEN"),
+            "no token for a URL of its own"
+        );
+        let mut repo = artifact("models/v3.onnx");
+        repo.repo_path = Some("models/v3.onnx".into());
+        let e = job_object(&spec, &repo, "line").expect_err("a repository file");
+        assert!(e.contains("storeUrl"), "{e}");
+    }
+
+    #[test]
+    fn the_script_verifies_size_and_sha256_before_the_rename() {
+        let at = |needle: &str| {
+            SCRIPT
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle} not in the script"))
+        };
+        assert!(at("size mismatch: got $size bytes, expected $FERMATA_SIZE") < at("mv -f"));
+        assert!(at("sha256 mismatch: got $got, expected $FERMATA_SHA256") < at("mv -f"));
+        assert!(at("--header \"Authorization: Bearer $FERMATA_TOKEN\"") < at("mv -f"));
+        assert!(SCRIPT.contains("tee /dev/termination-log"));
+        assert!(SCRIPT.starts_with("set -eu\n"));
+    }
+
+    #[test]
+    fn job_states_prefer_the_verifiers_words() {
+        let job = |conds: Value| json!({"status": {"conditions": conds}});
+        let cases = [
+            ("no status", job(json!([])), vec![], JobState::Running),
+            (
+                "complete",
+                job(json!([{"type": "Complete", "status": "True"}])),
+                vec![],
+                JobState::Done,
+            ),
+            (
+                "failed, no pods",
+                job(
+                    json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit"}]),
+                ),
+                vec![],
+                JobState::Failed("Job has reached the specified backoff limit".into()),
+            ),
+            (
+                "failed, a pod's termination message",
+                job(
+                    json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+                ),
+                vec![
+                    json!({"status": {"containerStatuses": [{"state": {"terminated":
+                    {"exitCode": 1, "message": "sha256 mismatch: got a, expected b\n"}}}]}}),
+                ],
+                JobState::Failed("sha256 mismatch: got a, expected b".into()),
+            ),
+        ];
+        for (name, j, pods, want) in cases {
+            assert_eq!(job_state(&j, &pods), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn names_are_stable_and_valid() {
+        let d = Digest::of(b"x");
+        assert_eq!(job_name("models", &d), job_name("models", &d));
+        assert_ne!(job_name("models", &d), job_name("other", &d));
+        assert!(job_name("models", &d).len() <= 63);
+        assert_eq!(ledger_name("models"), "fermata-artifacts-models");
+    }
+}
