@@ -1,16 +1,19 @@
-//! A restart on an unchanged commit: the directory target's applied files
-//! are trusted by their `stat` (as git's index does) instead of being read,
-//! so drift that moved a file's times is still seen at once; what `stat`
-//! cannot see is left to the full read of every resync (unit-tested in
-//! `src/target/dir/tests.rs`).
+//! A restart on an unchanged commit (a fresh reconciler on the same state
+//! directory): the directory target's applied files are trusted by their
+//! `stat` (as git's index does) instead of being read, so the first pass
+//! costs stats, not reads; drift that moved a file's times is still seen
+//! at once. What `stat` cannot see is left to the full read of every
+//! resync (unit-tested in `src/target/dir/tests.rs`).
 
 mod util;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use util::{run_once, TestRepo, MANIFEST, SYNTH, TARGET};
-
-const NOW: &str = "2026-11-21T03:00:00Z";
+use fermata::reconcile::{BranchReport, Reconciler, Settings};
+use fermata::status::State;
+use fermata::window::SystemClock;
+use util::{TestRepo, MANIFEST, SYNTH, TARGET};
 
 const SYMPHONY: &str = "apiVersion: fermata.dev/v1alpha1
 kind: Symphony
@@ -36,6 +39,28 @@ fn applied_manifest(state: &Path) -> PathBuf {
     state.join("targets/site/shop/eu/current/manifest.yaml")
 }
 
+/// A fresh reconciler on `state` (a restart), and its first pass.
+fn restart(repo: &TestRepo, state: &Path) -> (Reconciler, Vec<BranchReport>) {
+    let settings = Settings::defaults(repo.path().to_str().unwrap(), "main", state);
+    let mut r = Reconciler::new(settings, Arc::new(SystemClock)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reports = rt.block_on(async {
+        r.fetch().await.unwrap();
+        r.pass().await
+    });
+    (r, reports)
+}
+
+/// What the pass said of `shop/eu`: `None` when it skipped the branch.
+fn state_of(reports: &[BranchReport]) -> Option<State> {
+    let rows: Vec<_> = reports.iter().flat_map(|b| &b.rows).collect();
+    if rows.is_empty() {
+        assert!(reports.iter().all(|b| b.unchanged), "{reports:?}");
+        return None;
+    }
+    Some(rows[0].state)
+}
+
 /// The manifest's content changed, its size kept (`v1` becomes `v2`).
 fn rewrite_same_size(path: &Path) {
     let text = std::fs::read_to_string(path).unwrap();
@@ -45,40 +70,33 @@ fn rewrite_same_size(path: &Path) {
     assert_eq!(std::fs::metadata(path).unwrap().len() as usize, text.len());
 }
 
-/// The row of `shop/eu` in a pass's table.
-fn row(out: &util::Run) -> String {
-    out.stdout
-        .lines()
-        .find(|l| l.contains("shop/eu"))
-        .unwrap_or_else(|| panic!("no row for shop/eu: {out:?}"))
-        .to_string()
-}
-
-fn applied_and_settled() -> (TestRepo, tempfile::TempDir) {
+/// Applied, then restarted on the unchanged commit: the first pass is
+/// skipped on the strength of the targets' stat alone.
+fn applied_and_restarted() -> (TestRepo, tempfile::TempDir) {
     let repo = fleet();
     let state = tempfile::tempdir().unwrap();
-    let first = run_once(state.path(), &repo, NOW);
-    assert_eq!(first.code, 0, "{first:?}");
-    assert!(row(&first).contains("installed"), "{first:?}");
-    // Unchanged, in a new process: trusted by stat, nothing written.
-    let again = run_once(state.path(), &repo, NOW);
-    assert_eq!(again.code, 0, "{again:?}");
+    let (_, reports) = restart(&repo, state.path());
+    assert_eq!(state_of(&reports), Some(State::Installed));
+    let (_, reports) = restart(&repo, state.path());
+    assert_eq!(state_of(&reports), None, "a settled commit is not passed again");
     (repo, state)
 }
 
 #[test]
 fn a_restart_sees_a_same_size_rewrite_by_its_times() {
-    let (repo, state) = applied_and_settled();
+    let (repo, state) = applied_and_restarted();
     rewrite_same_size(&applied_manifest(state.path()));
-    let out = run_once(state.path(), &repo, NOW);
-    let row = row(&out);
-    assert!(!row.contains("installed"), "drift not seen: {out:?}");
-    assert!(out.stdout.contains("manifest.yaml"), "{out:?}");
+    let (_, reports) = restart(&repo, state.path());
+    let st = state_of(&reports);
+    assert!(
+        st.is_some_and(|s| s != State::Installed),
+        "drift not seen: {reports:?}"
+    );
 }
 
 #[test]
 fn a_restart_sees_a_rewrite_that_kept_its_mtime() {
-    let (repo, state) = applied_and_settled();
+    let (repo, state) = applied_and_restarted();
     let manifest = applied_manifest(state.path());
     let mtime = std::fs::metadata(&manifest).unwrap().modified().unwrap();
     rewrite_same_size(&manifest);
@@ -93,6 +111,19 @@ fn a_restart_sees_a_rewrite_that_kept_its_mtime() {
         std::fs::metadata(&manifest).unwrap().modified().unwrap(),
         mtime
     );
-    let out = run_once(state.path(), &repo, NOW);
-    assert!(!row(&out).contains("installed"), "drift not seen: {out:?}");
+    let (_, reports) = restart(&repo, state.path());
+    assert!(
+        state_of(&reports).is_some_and(|s| s != State::Installed),
+        "drift not seen: {reports:?}"
+    );
+}
+
+/// After a skipped first pass, the next one reads every target in full.
+#[test]
+fn the_pass_after_a_restart_reads_in_full() {
+    let (repo, state) = applied_and_restarted();
+    let (mut r, _) = restart(&repo, state.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reports = rt.block_on(r.pass());
+    assert_eq!(state_of(&reports), Some(State::Installed));
 }

@@ -37,7 +37,7 @@ use crate::status::{
 };
 use crate::synth::{self, Rendered};
 use crate::target::{
-    Desired, Health, MetadataChange, Observed, SourceRef, StateGoal, Target, Targets,
+    Desired, Health, MetadataChange, Observed, SourceRef, StateGoal, Switch, Target, Targets,
 };
 use crate::window::Clock;
 
@@ -55,6 +55,9 @@ struct Caches {
     observed: HashMap<RecordKey, Observed>,
     /// When each branch last read every target in full.
     resynced: HashMap<String, std::time::Instant>,
+    /// Branches past their first pass in this process (or unsettled by an
+    /// operator record): only a first pass may stand on `persisted.settled`.
+    started: HashSet<String>,
 }
 
 /// Everything one fermata instance needs across passes.
@@ -134,6 +137,15 @@ struct Scope<'a> {
 
 /// Verified artifacts in the store, by digest (or why not).
 type Fetched = BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>;
+
+/// An apply waiting to run in a batch ([`Target::apply_staged`]).
+struct Deferred {
+    /// Its place in the pass's work.
+    index: usize,
+    target: Arc<dyn Target>,
+    switch: Switch,
+    overridden: bool,
+}
 
 /// The work on one composition during a pass.
 struct Work {
@@ -396,6 +408,14 @@ impl Reconciler {
     }
 
     /// Bytes of artifacts downloaded into the store by this process.
+    /// Every first pass reads the targets in full, even on a commit the
+    /// last process left settled: for a process that runs one pass only
+    /// (`run --once`), which no later pass would check after.
+    pub fn no_restart_shortcut(&mut self) {
+        let branches = self.ctx.settings.branches.iter().cloned();
+        self.caches.started.extend(branches);
+    }
+
     pub fn artifact_bytes(&self) -> u64 {
         self.ctx.store.bytes_written()
     }
@@ -523,6 +543,8 @@ impl Reconciler {
         let recorded = self.requests.load();
         if recorded != self.recorded {
             self.caches.settled.clear();
+            let branches = self.ctx.settings.branches.iter().cloned();
+            self.caches.started.extend(branches);
             self.recorded = recorded;
         }
         let mut out = Vec::new();
@@ -584,6 +606,12 @@ impl Reconciler {
             report.unchanged = true;
             return report;
         }
+        if self.settled_before_restart(branch, rev).await {
+            // The full check is the next pass's (a resync: content read).
+            tracing::info!(%rev, "settled before the restart, and the targets stat unchanged");
+            report.unchanged = true;
+            return report;
+        }
         // Invariant 8, before anything of the commit is read. A settled
         // revision passed it already: the policy is fixed for the process.
         match self.verify(rev, now).await {
@@ -604,6 +632,12 @@ impl Reconciler {
         self.roll_out(&pass, &mut work, &holds, &fetched, &mut report)
             .await;
         lap("roll out");
+        let mut used: Vec<Arc<dyn Target>> = Vec::new();
+        for t in work.iter().filter_map(|w| w.target.as_ref()) {
+            if !used.iter().any(|u| Arc::ptr_eq(u, t)) {
+                used.push(t.clone());
+            }
+        }
         let compositions_done = work
             .iter()
             .all(|w| w.error.is_none() && (w.ready() || w.waiting == Some(Reason::GatePresent)));
@@ -626,6 +660,13 @@ impl Reconciler {
         lap("statuses");
         self.report_status(&pass, statuses, &mut report).await;
         lap("status written");
+        if self.may_write().is_ok() {
+            for t in used {
+                if let Err(e) = t.checkpoint().await {
+                    tracing::warn!(error = %e, "cannot write the target's index");
+                }
+            }
+        }
         let settled = plan::settled(&plan::BranchFacts {
             compositions_done,
             removing: report.rows.iter().any(|r| r.state == State::Removing),
@@ -643,10 +684,54 @@ impl Reconciler {
             self.caches
                 .settled
                 .insert(branch.to_string(), (rev, std::time::Instant::now()));
+            self.persisted
+                .settled
+                .insert(branch.to_string(), rev.to_string());
         } else {
             self.caches.settled.remove(branch);
+            self.persisted.settled.remove(branch);
         }
         report
+    }
+
+    /// A fresh process's first pass on a branch whose last pass (before the
+    /// restart) left nothing to do at `rev`: whether every composition's
+    /// target still holds, by a cheap check (`stat`), exactly what was
+    /// applied. Then that pass is skipped; the next one reads everything
+    /// in full (a resync). Once per branch and process.
+    async fn settled_before_restart(&mut self, branch: &str, rev: Revision) -> bool {
+        if !self.caches.started.insert(branch.to_string())
+            || self.fetch_error.is_some()
+            || self.planning()
+            || self.persisted.settled.get(branch) != Some(&rev.to_string())
+            || self
+                .persisted
+                .orphan_writes
+                .keys()
+                .any(|k| k.branch == branch)
+            || self.persisted.retiring.keys().any(|k| k.branch == branch)
+        {
+            return false;
+        }
+        type Applied = Vec<(CompositionId, Digest)>;
+        let mut by_target: Vec<(Arc<dyn Target>, Applied)> = Vec::new();
+        for (key, rec) in self.records_of(branch, None) {
+            let Some(kind) = &rec.target_kind else {
+                return false;
+            };
+            let target = self.target_of(kind);
+            let item = (key.id, rec.digest);
+            match by_target.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &target)) {
+                Some((_, items)) => items.push(item),
+                None => by_target.push((target, vec![item])),
+            }
+        }
+        for (target, items) in by_target {
+            if !target.unchanged(&items).await.into_iter().all(|u| u) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Resolves the branch (or `plan --rev`) to a commit. A branch that is
@@ -845,17 +930,31 @@ impl Reconciler {
     ) {
         let fleet = &pass.fleet;
         let mut rollout = Rollout::default();
-        for w in work.iter_mut() {
+        // Applies that switch a staged state, waiting to run as one batch
+        // per target: independent of each other by construction, since one
+        // that would wait for an earlier one runs the batch first.
+        let mut batch: Vec<Deferred> = Vec::new();
+        for i in 0..work.len() {
+            let w = &mut work[i];
             if w.error.is_none() && w.digest.is_none() {
                 self.render(w, &pass.snap, fleet, &pass.source).await;
             }
             let sym = fleet.symphonies.get(&w.comp.id.symphony);
-            let admission = rollout.admit(
-                &w.comp.id,
-                &w.comp.depends_on,
-                sym.map(|s| s.rollout.strategy).unwrap_or_default(),
-                sym.map(|s| s.rollout.max_unavailable).unwrap_or(1),
-            );
+            let admit = |rollout: &Rollout, w: &Work| {
+                rollout.admit(
+                    &w.comp.id,
+                    &w.comp.depends_on,
+                    sym.map(|s| s.rollout.strategy).unwrap_or_default(),
+                    sym.map(|s| s.rollout.max_unavailable).unwrap_or(1),
+                )
+            };
+            let mut admission = admit(&rollout, w);
+            if (!admission.dependencies_ready || admission.wait.is_some()) && !batch.is_empty() {
+                // It may wait only for what the batch holds: run it first.
+                self.run_batch(fleet, work, &mut batch, &mut rollout).await;
+                admission = admit(&rollout, &work[i]);
+            }
+            let w = &mut work[i];
             let window = w.comp.window.as_ref().and_then(|n| fleet.windows.get(n));
             let facts = Facts {
                 desired: w.digest,
@@ -882,8 +981,15 @@ impl Reconciler {
                     _ if w.observed.applied.is_none() => Some(ActionKind::Create),
                     _ => Some(ActionKind::Update),
                 };
-                self.execute(w, decision, &pass.snap, fleet, fetched, &pass.source)
+                let deferred = self
+                    .execute(w, decision, &pass.snap, fleet, fetched, &pass.source)
                     .await;
+                if let Some(d) = deferred {
+                    w.rendered = None;
+                    rollout.observe(&w.comp.id, rollout::Outcome::InFlight);
+                    batch.push(Deferred { index: i, ..d });
+                    continue;
+                }
                 if w.waiting == Some(Reason::PrunePending) {
                     w.waiting_message = holds.get(&w.comp.id.symphony).cloned().unwrap_or_default();
                 }
@@ -896,32 +1002,102 @@ impl Reconciler {
                     report.wake_at(next);
                 }
             }
-            if let (Some(Health::Failed(why)), None) = (&w.observed.health, &w.error) {
-                let why = why.clone();
-                w.fail(ErrorCode::HealthTimeout, w.comp.target.clone(), why);
-            }
-            let outcome = if w.ready() {
-                // Decisions need only the digests and health, not the components.
-                let memo = Observed {
-                    components: Vec::new(),
-                    ..w.observed.clone()
-                };
-                self.caches.observed.insert(w.record_key.clone(), memo);
-                rollout::Outcome::Ready
-            } else {
-                self.caches.observed.remove(&w.record_key);
-                // Unavailable: applied but not Ready, or being applied now
-                // (in a plan, where nothing is applied, that is every action
-                // that would run).
-                let in_flight = w.observed.applied.is_some()
-                    || (w.action.is_some() && w.waiting.is_none() && w.error.is_none());
-                if in_flight {
-                    rollout::Outcome::InFlight
-                } else {
-                    rollout::Outcome::Held
-                }
-            };
+            let outcome = self.conclude(w);
             rollout.observe(&w.comp.id, outcome);
+        }
+        self.run_batch(fleet, work, &mut batch, &mut rollout).await;
+    }
+
+    /// Runs the batched applies, one `apply_staged` per target, and settles
+    /// each as its own apply would have: the window judged again first
+    /// (invariant 2), then what the target holds, then the rollout told.
+    async fn run_batch(
+        &mut self,
+        fleet: &Fleet,
+        work: &mut [Work],
+        batch: &mut Vec<Deferred>,
+        rollout: &mut Rollout,
+    ) {
+        let mut by_target: Vec<(Arc<dyn Target>, Vec<Deferred>)> = Vec::new();
+        for d in batch.drain(..) {
+            let w = &mut work[d.index];
+            let closed = !d.overridden
+                && w.comp
+                    .window
+                    .as_ref()
+                    .and_then(|n| fleet.windows.get(n))
+                    .is_some_and(|mw| !mw.window.is_open(self.ctx.clock.now()));
+            if closed {
+                w.waiting = Some(Reason::WindowClosed);
+            } else if self.may_write() == Err(Hold::NotLeading) {
+                w.fail(
+                    ErrorCode::NotLeader,
+                    "",
+                    "leadership lost during the pass: nothing written",
+                );
+            } else {
+                match by_target
+                    .iter_mut()
+                    .find(|(t, _)| Arc::ptr_eq(t, &d.target))
+                {
+                    Some((_, items)) => items.push(d),
+                    None => by_target.push((d.target.clone(), vec![d])),
+                }
+                continue;
+            }
+            self.note_override(w);
+            let outcome = self.conclude(w);
+            rollout.resolve(&w.comp.id, outcome);
+        }
+        for (target, items) in by_target {
+            let switches: Vec<Switch> = items.iter().map(|d| d.switch.clone()).collect();
+            let results = target.apply_staged(&switches).await;
+            for (d, result) in items.into_iter().zip(results) {
+                let w = &mut work[d.index];
+                match result {
+                    Ok(o) => {
+                        tracing::info!(composition = %w.comp.id, digest = %d.switch.digest.short(), overridden = d.overridden, "applied");
+                        w.observed = Observed {
+                            components: Vec::new(),
+                            ..o
+                        };
+                    }
+                    Err(e) => w.fail(ErrorCode::ApplyFailed, w.comp.target.clone(), e.to_string()),
+                }
+                self.note_override(w);
+                let outcome = self.conclude(w);
+                rollout.resolve(&w.comp.id, outcome);
+            }
+        }
+    }
+
+    /// How a composition ends its turn in the rollout, with its observed
+    /// state remembered while it is Ready.
+    fn conclude(&mut self, w: &mut Work) -> rollout::Outcome {
+        if let (Some(Health::Failed(why)), None) = (&w.observed.health, &w.error) {
+            let why = why.clone();
+            w.fail(ErrorCode::HealthTimeout, w.comp.target.clone(), why);
+        }
+        if w.ready() {
+            // Decisions need only the digests and health, not the components.
+            let memo = Observed {
+                components: Vec::new(),
+                ..w.observed.clone()
+            };
+            self.caches.observed.insert(w.record_key.clone(), memo);
+            rollout::Outcome::Ready
+        } else {
+            self.caches.observed.remove(&w.record_key);
+            // Unavailable: applied but not Ready, or being applied now
+            // (in a plan, where nothing is applied, that is every action
+            // that would run).
+            let in_flight = w.observed.applied.is_some()
+                || (w.action.is_some() && w.waiting.is_none() && w.error.is_none());
+            if in_flight {
+                rollout::Outcome::InFlight
+            } else {
+                rollout::Outcome::Held
+            }
         }
     }
 
@@ -1266,7 +1442,12 @@ impl Reconciler {
         {
             w.observed = memo.clone();
         } else if let Some(t) = &w.target {
-            match t.get(&comp.id).await {
+            let read = if resync {
+                t.verify(&comp.id).await
+            } else {
+                t.get(&comp.id).await
+            };
+            match read {
                 // Status lists components from the render; only the
                 // digests, health and carried metadata matter here.
                 Ok(o) => {
@@ -1626,10 +1807,8 @@ impl Reconciler {
         fleet: &Arc<Fleet>,
         fetched: &BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>,
         source: &SourceRef,
-    ) {
-        let Some(target) = w.target.clone() else {
-            return;
-        };
+    ) -> Option<Deferred> {
+        let target = w.target.clone()?;
         let hold = self.may_write().err();
         if hold == Some(Hold::NotLeading) {
             w.fail(
@@ -1637,7 +1816,7 @@ impl Reconciler {
                 "",
                 "leadership lost during the pass: nothing written",
             );
-            return;
+            return None;
         }
         let needs_desired = decision.stage || matches!(decision.apply, Apply::Now { .. });
         let planning = hold == Some(Hold::Plan);
@@ -1649,20 +1828,50 @@ impl Reconciler {
                 self.plan_detail(w, target.as_ref(), snap, fleet, source)
                     .await;
             }
-            return;
+            return None;
+        }
+        // Staging may have taken a while: the window is judged again right
+        // before the apply starts (invariant 2).
+        let closed = |this: &Self, w: &Work| {
+            w.comp
+                .window
+                .as_ref()
+                .and_then(|n| fleet.windows.get(n))
+                .is_some_and(|mw| !mw.window.is_open(this.ctx.clock.now()))
+        };
+        // A state the target holds staged is switched to in a batch, by its
+        // digest: nothing to render.
+        let batched = |w: &Work, overridden| {
+            Some(Deferred {
+                index: 0,
+                target: target.clone(),
+                switch: Switch {
+                    id: w.comp.id.clone(),
+                    digest: w.digest?,
+                    source: source.clone(),
+                },
+                overridden,
+            })
+        };
+        if let (false, true, Apply::Now { overridden }) =
+            (decision.stage, target.switches_staged(), decision.apply)
+        {
+            if !overridden && closed(self, w) {
+                w.waiting = Some(Reason::WindowClosed);
+                return None;
+            }
+            return batched(w, overridden);
         }
         // A cached digest alone does not carry the state to stage: render it.
         if w.rendered.is_none() && !self.render(w, snap, fleet, source).await {
-            return;
+            return None;
         }
-        let Some(rendered) = w.rendered.clone() else {
-            return;
-        };
+        let rendered = w.rendered.clone()?;
         let artifacts = match self.artifact_files(&rendered, fetched) {
             Ok(a) => a,
             Err((url, e)) => {
                 w.fail(ErrorCode::ArtifactFailed, url, e);
-                return;
+                return None;
             }
         };
         let desired = Desired {
@@ -1678,7 +1887,7 @@ impl Reconciler {
                     w.comp.target.clone(),
                     e.to_string(),
                 );
-                return;
+                return None;
             }
             tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), "staged");
         }
@@ -1698,7 +1907,7 @@ impl Reconciler {
                 let applied = target.apply(&desired, StateGoal::Apply).await;
                 if let Err(e) = applied {
                     w.fail(ErrorCode::ApplyFailed, w.comp.target.clone(), e.to_string());
-                    return;
+                    return None;
                 }
                 tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), overridden, "applied");
             }
@@ -1713,6 +1922,7 @@ impl Reconciler {
                 e.to_string(),
             ),
         }
+        None
     }
 
     /// Where the store keeps each artifact of `rendered`, by name: fetched

@@ -802,3 +802,153 @@ async fn a_metadata_write_keeps_source_artifacts_and_content() {
     assert!(!t.write_metadata(&other, &orphan).await.unwrap().changed);
     assert!(!t.root().join("line-control/other").exists());
 }
+
+fn switch_of(d: &Desired) -> Switch {
+    Switch {
+        id: d.rendered.id.clone(),
+        digest: d.rendered.digest,
+        source: d.source.clone(),
+    }
+}
+
+/// States staged without syncs, then switched as one batch: a crash at
+/// any step of the batch leaves each composition on its old state or its
+/// new one, complete; the same batch after a restart finishes it.
+#[tokio::test]
+async fn a_batched_switch_of_unsynced_stages_survives_a_crash_at_any_step() {
+    let other = CompositionId::new("line-control", "other");
+    let old = [
+        desired(rendered("old")),
+        desired(rendered_for(&other, vec![configmap("cfg", "old")])),
+    ];
+    let new = [
+        desired(rendered("new")),
+        desired(rendered_for(&other, vec![configmap("cfg", "new")])),
+    ];
+    let switches: Vec<Switch> = new.iter().map(switch_of).collect();
+    let setup = || async {
+        let (tmp, t) = fixture();
+        for (o, n) in old.iter().zip(&new) {
+            run(&t, o, StateGoal::Apply).await;
+            run(&t, n, StateGoal::Stage).await;
+        }
+        (tmp, t)
+    };
+    let current_of = |t: &DirectoryTarget, i: usize| {
+        let dir = t
+            .root()
+            .join("line-control")
+            .join(&new[i].rendered.id.variation);
+        let manifest = fs::read_to_string(dir.join("current/manifest.yaml")).unwrap();
+        let state = [&old[i], &new[i]]
+            .into_iter()
+            .find(|d| d.rendered.manifest_yaml() == manifest)
+            .expect("current is the old state or the new one");
+        let site = DirectoryTarget::new(t.root())
+            .site(&state.rendered.id)
+            .unwrap();
+        site.verify(&dir.join("current"), &state.rendered.digest)
+            .expect("current is complete");
+        state.rendered.digest
+    };
+    let mut crashes = 0;
+    for steps in 0..20 {
+        let (_tmp, t) = setup().await;
+        let results = t.crashing_after(steps).apply_staged(&switches).await;
+        if results.iter().any(Result::is_err) {
+            crashes += 1;
+        }
+        for (i, r) in results.iter().enumerate() {
+            let now = current_of(&t, i);
+            match r {
+                Ok(o) => assert_eq!(o.applied, Some(now), "after {steps} steps"),
+                Err(_) => assert!(now == old[i].rendered.digest || now == new[i].rendered.digest),
+            }
+        }
+        let restarted = DirectoryTarget::new(t.root());
+        for r in restarted.apply_staged(&switches).await {
+            let o = r.unwrap();
+            assert_eq!(o.health, Some(Health::Healthy));
+        }
+        for (i, n) in new.iter().enumerate() {
+            assert_eq!(current_of(&t, i), n.rendered.digest, "after {steps} steps");
+            let o = restarted.verify(&n.rendered.id).await.unwrap();
+            assert_eq!(
+                (o.applied, o.staged),
+                (Some(n.rendered.digest), Some(n.rendered.digest))
+            );
+        }
+        assert_eq!(history(&t).last(), Some(&new[0].rendered.digest.to_hex()));
+        assert!(names(&comp_dir(&t).join(".fermata/tmp")).is_empty());
+    }
+    assert!(crashes >= 6, "only {crashes} crashes simulated");
+
+    // A state that is not staged is refused, alone.
+    let (_tmp, t) = setup().await;
+    let missing = desired(rendered("never staged"));
+    let results = t
+        .apply_staged(&[switch_of(&missing), switches[1].clone()])
+        .await;
+    assert!(matches!(results[0], Err(TargetError::NotStaged { .. })));
+    assert!(results[1].is_ok());
+}
+
+/// After a restart, `unchanged` trusts the index only while the applied
+/// files stat as they did: a same-size rewrite moves mtime and ctime.
+#[tokio::test]
+async fn a_restart_sees_a_rewritten_file_by_its_stat() {
+    let (tmp, t) = fixture();
+    let a = with_artifact("a", &tmp.path().join("store"), b"weights");
+    run(&t, &a, StateGoal::Apply).await;
+    t.checkpoint().await.unwrap();
+    let applied = [(id(), a.rendered.digest)];
+    let restarted = DirectoryTarget::new(t.root());
+    assert_eq!(restarted.unchanged(&applied).await, [true]);
+    let other = desired(rendered("b"));
+    assert_eq!(
+        restarted.unchanged(&[(id(), other.rendered.digest)]).await,
+        [false],
+        "another digest is not what is applied"
+    );
+
+    let manifest = comp_dir(&t).join("current/manifest.yaml");
+    let text = fs::read_to_string(&manifest).unwrap();
+    fs::write(&manifest, text.replace("value: a", "value: A")).unwrap();
+    assert_eq!(fs::metadata(&manifest).unwrap().len() as usize, text.len());
+    let restarted = DirectoryTarget::new(t.root());
+    assert_eq!(restarted.unchanged(&applied).await, [false]);
+    let Some(Health::Unhealthy(why)) = restarted.get(&id()).await.unwrap().health else {
+        panic!("a rewritten manifest is unhealthy")
+    };
+    assert!(why.contains("manifest.yaml"), "{why}");
+}
+
+/// What `stat` cannot see (here: the index recorded after the rewrite, as
+/// a rewrite within the file system's timestamp granularity would leave
+/// it) `get` trusts, and `verify` (every resync) catches by content.
+#[tokio::test]
+async fn verify_catches_what_stat_cannot_see() {
+    let (_tmp, t) = fixture();
+    let a = desired(rendered("a"));
+    run(&t, &a, StateGoal::Apply).await;
+    let state = comp_dir(&t).join(state_link(&a));
+    let manifest = state.join("manifest.yaml");
+    let text = fs::read_to_string(&manifest).unwrap();
+    fs::write(&manifest, text.replace("value: a", "value: A")).unwrap();
+    let site = t.site(&id()).unwrap();
+    let record = site.read_record(&state).unwrap();
+    site.remember(&state, &record, None);
+
+    assert_eq!(t.get(&id()).await.unwrap().health, Some(Health::Healthy));
+    let Some(Health::Unhealthy(why)) = t.verify(&id()).await.unwrap().health else {
+        panic!("verify reads the content")
+    };
+    assert!(why.contains("manifest.yaml"), "{why}");
+    assert!(
+        matches!(
+            t.get(&id()).await.unwrap().health,
+            Some(Health::Unhealthy(_))
+        ),
+        "a state found broken is not trusted again"
+    );
+}
