@@ -78,7 +78,11 @@ fn applied_and_restarted() -> (TestRepo, tempfile::TempDir) {
     let (_, reports) = restart(&repo, state.path());
     assert_eq!(state_of(&reports), Some(State::Installed));
     let (_, reports) = restart(&repo, state.path());
-    assert_eq!(state_of(&reports), None, "a settled commit is not passed again");
+    assert_eq!(
+        state_of(&reports),
+        None,
+        "a settled commit is not passed again"
+    );
     (repo, state)
 }
 

@@ -498,6 +498,29 @@ fn sync_fs(dir: &Path) -> Result<(), TargetError> {
     }
 }
 
+/// Up to this many switches sync the files they need one by one; more
+/// sync the whole file system at once. `syncfs` also flushes whatever else
+/// is dirty on it (a neighbour's build), which one composition's few
+/// files should not wait for; ten thousand should.
+const SYNC_FILES_UP_TO: usize = 8;
+
+/// How a batch of `n` switches makes its states durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// fsync of each state's files and dirs, then of each renamed entry's dir.
+    Files,
+    /// One `syncfs` before the renames, one after.
+    FileSystem,
+}
+
+fn durability(n: usize) -> Durability {
+    if n <= SYNC_FILES_UP_TO {
+        Durability::Files
+    } else {
+        Durability::FileSystem
+    }
+}
+
 /// [`Target::apply_staged`]: every item's state checked complete, one
 /// sync, every switch (and history line), one more sync, then what each
 /// holds. An item that fails fails alone; a failed sync fails every item
@@ -519,10 +542,13 @@ fn switch_all(
             Err(e) => results[i] = Some(Err(e)),
         }
     }
-    let synced = if ready.is_empty() {
-        Ok(())
-    } else {
-        sync_fs(root)
+    let how = durability(ready.len());
+    let synced = match how {
+        _ if ready.is_empty() => Ok(()),
+        Durability::FileSystem => sync_fs(root),
+        Durability::Files => ready
+            .iter()
+            .try_for_each(|(_, site, record, s)| site.sync_state(&s.digest, record)),
     };
     let mut switched = Vec::new();
     for (i, site, record, switch) in ready {
@@ -539,7 +565,13 @@ fn switch_all(
         }
     }
     if !switched.is_empty() {
-        if let Err(e) = sync_fs(root) {
+        let synced = match how {
+            Durability::FileSystem => sync_fs(root),
+            Durability::Files => switched
+                .iter()
+                .try_for_each(|(_, site, _, _)| site.sync_pointers()),
+        };
+        if let Err(e) = synced {
             // Switched, only perhaps not durably: said, not undone.
             tracing::warn!(error = %e, "syncing after a batch of switches failed");
         }
@@ -973,12 +1005,37 @@ impl Site {
         let digest = desired.rendered.digest;
         let mut changed = self.stage(desired, StateGoal::Apply)?;
         if !self.points_to(CURRENT, &digest)? || self.history_behind(&digest)? {
-            sync_fs(&self.dir)?;
+            let record = self
+                .read_record(&self.state(&digest))
+                .map_err(TargetError::Invalid)?;
+            self.sync_state(&digest, &record)?;
             changed |= self.switch_to(&digest, &desired.source)?;
-            sync_dir(&self.dir)?;
-            sync_dir(&self.meta())?;
+            self.sync_pointers()?;
         }
         Ok(changed)
+    }
+
+    /// Makes a state written unsynced durable: its files, its dirs, its
+    /// entry in `states/`.
+    fn sync_state(&self, digest: &Digest, record: &Record) -> Result<(), TargetError> {
+        let dir = self.state(digest);
+        let fsync = |p: &Path| File::open(p).and_then(|f| f.sync_all()).map_err(io_err(p));
+        fsync(&dir.join(RECORD))?;
+        fsync(&dir.join(MANIFEST))?;
+        if !record.artifacts.is_empty() {
+            for a in &record.artifacts {
+                fsync(&dir.join(ARTIFACTS).join(&a.name))?;
+            }
+            sync_dir(&dir.join(ARTIFACTS))?;
+        }
+        sync_dir(&dir)?;
+        sync_dir(&self.states())
+    }
+
+    /// Makes the renames of a switch durable: `current`, `staged`, history.
+    fn sync_pointers(&self) -> Result<(), TargetError> {
+        sync_dir(&self.dir)?;
+        sync_dir(&self.meta())
     }
 
     /// Whether the history's newest entry is not `digest`.

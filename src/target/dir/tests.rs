@@ -811,49 +811,40 @@ fn switch_of(d: &Desired) -> Switch {
     }
 }
 
-/// States staged without syncs, then switched as one batch: a crash at
-/// any step of the batch leaves each composition on its old state or its
-/// new one, complete; the same batch after a restart finishes it.
-#[tokio::test]
-async fn a_batched_switch_of_unsynced_stages_survives_a_crash_at_any_step() {
-    let other = CompositionId::new("line-control", "other");
-    let old = [
-        desired(rendered("old")),
-        desired(rendered_for(&other, vec![configmap("cfg", "old")])),
-    ];
-    let new = [
-        desired(rendered("new")),
-        desired(rendered_for(&other, vec![configmap("cfg", "new")])),
-    ];
-    let switches: Vec<Switch> = new.iter().map(switch_of).collect();
-    let setup = || async {
-        let (tmp, t) = fixture();
-        for (o, n) in old.iter().zip(&new) {
-            run(&t, o, StateGoal::Apply).await;
-            run(&t, n, StateGoal::Stage).await;
-        }
-        (tmp, t)
+/// States staged without syncs, then switched as one batch of `n`: a
+/// crash after each of `steps` steps of the batch leaves each composition
+/// on its old state or its new one, complete; the same batch after a
+/// restart finishes it. Returns how many runs crashed.
+async fn batch_crashes(n: usize, steps: impl Iterator<Item = usize>) -> usize {
+    let ids: Vec<CompositionId> = (0..n)
+        .map(|i| CompositionId::new("line-control", format!("v{i}")))
+        .collect();
+    let of = |value: &str| -> Vec<Desired> {
+        ids.iter()
+            .map(|id| desired(rendered_for(id, vec![configmap("cfg", value)])))
+            .collect()
     };
+    let (old, new) = (of("old"), of("new"));
+    let switches: Vec<Switch> = new.iter().map(switch_of).collect();
     let current_of = |t: &DirectoryTarget, i: usize| {
-        let dir = t
-            .root()
-            .join("line-control")
-            .join(&new[i].rendered.id.variation);
+        let dir = t.root().join("line-control").join(&ids[i].variation);
         let manifest = fs::read_to_string(dir.join("current/manifest.yaml")).unwrap();
         let state = [&old[i], &new[i]]
             .into_iter()
             .find(|d| d.rendered.manifest_yaml() == manifest)
             .expect("current is the old state or the new one");
-        let site = DirectoryTarget::new(t.root())
-            .site(&state.rendered.id)
-            .unwrap();
+        let site = DirectoryTarget::new(t.root()).site(&ids[i]).unwrap();
         site.verify(&dir.join("current"), &state.rendered.digest)
             .expect("current is complete");
         state.rendered.digest
     };
     let mut crashes = 0;
-    for steps in 0..20 {
-        let (_tmp, t) = setup().await;
+    for steps in steps {
+        let (_tmp, t) = fixture();
+        for (o, n) in old.iter().zip(&new) {
+            run(&t, o, StateGoal::Apply).await;
+            run(&t, n, StateGoal::Stage).await;
+        }
         let results = t.crashing_after(steps).apply_staged(&switches).await;
         if results.iter().any(Result::is_err) {
             crashes += 1;
@@ -867,30 +858,43 @@ async fn a_batched_switch_of_unsynced_stages_survives_a_crash_at_any_step() {
         }
         let restarted = DirectoryTarget::new(t.root());
         for r in restarted.apply_staged(&switches).await {
-            let o = r.unwrap();
-            assert_eq!(o.health, Some(Health::Healthy));
+            assert_eq!(r.unwrap().health, Some(Health::Healthy));
         }
-        for (i, n) in new.iter().enumerate() {
-            assert_eq!(current_of(&t, i), n.rendered.digest, "after {steps} steps");
-            let o = restarted.verify(&n.rendered.id).await.unwrap();
-            assert_eq!(
-                (o.applied, o.staged),
-                (Some(n.rendered.digest), Some(n.rendered.digest))
-            );
+        for (i, d) in new.iter().enumerate() {
+            assert_eq!(current_of(&t, i), d.rendered.digest, "after {steps} steps");
+            let o = restarted.verify(&ids[i]).await.unwrap();
+            let digest = Some(d.rendered.digest);
+            assert_eq!((o.applied, o.staged), (digest, digest));
+            let dir = t.root().join("line-control").join(&ids[i].variation);
+            assert!(names(&dir.join(".fermata/tmp")).is_empty());
         }
-        assert_eq!(history(&t).last(), Some(&new[0].rendered.digest.to_hex()));
-        assert!(names(&comp_dir(&t).join(".fermata/tmp")).is_empty());
     }
-    assert!(crashes >= 6, "only {crashes} crashes simulated");
+    crashes
+}
+
+#[tokio::test]
+async fn a_batched_switch_of_unsynced_stages_survives_a_crash_at_any_step() {
+    // Two switches sync their files; twelve sync the file system.
+    assert!(batch_crashes(2, 0..20).await >= 6);
+    let many = SYNC_FILES_UP_TO + 4;
+    assert!(batch_crashes(many, (0..many * 7).step_by(5)).await >= 10);
 
     // A state that is not staged is refused, alone.
-    let (_tmp, t) = setup().await;
-    let missing = desired(rendered("never staged"));
+    let (_tmp, t) = fixture();
+    let staged = desired(rendered("staged"));
+    run(&t, &staged, StateGoal::Stage).await;
+    let missing = desired(rendered_for(
+        &CompositionId::new("line-control", "other"),
+        vec![configmap("cfg", "never staged")],
+    ));
     let results = t
-        .apply_staged(&[switch_of(&missing), switches[1].clone()])
+        .apply_staged(&[switch_of(&missing), switch_of(&staged)])
         .await;
     assert!(matches!(results[0], Err(TargetError::NotStaged { .. })));
-    assert!(results[1].is_ok());
+    assert_eq!(
+        results[1].as_ref().unwrap().applied,
+        Some(staged.rendered.digest)
+    );
 }
 
 /// After a restart, `unchanged` trusts the index only while the applied
@@ -951,4 +955,16 @@ async fn verify_catches_what_stat_cannot_see() {
         ),
         "a state found broken is not trusted again"
     );
+}
+
+#[test]
+fn a_few_switches_sync_their_files_many_the_file_system() {
+    for (n, want) in [
+        (1, Durability::Files),
+        (SYNC_FILES_UP_TO, Durability::Files),
+        (SYNC_FILES_UP_TO + 1, Durability::FileSystem),
+        (10_000, Durability::FileSystem),
+    ] {
+        assert_eq!(durability(n), want, "{n} switches");
+    }
 }
