@@ -51,15 +51,23 @@ fn restart(repo: &TestRepo, state: &Path) -> (Reconciler, Vec<BranchReport>) {
     (r, reports)
 }
 
-/// What the pass said of `shop/eu`: `None` when it skipped the branch.
-fn state_of(reports: &[BranchReport]) -> Option<State> {
+/// What the pass said of `shop/eu`: its state and whether it is Ready
+/// (an applied state found damaged stays `installed`, not Ready); `None`
+/// when the pass skipped the branch.
+fn state_of(reports: &[BranchReport]) -> Option<(State, bool)> {
     let rows: Vec<_> = reports.iter().flat_map(|b| &b.rows).collect();
     if rows.is_empty() {
         assert!(reports.iter().all(|b| b.unchanged), "{reports:?}");
         return None;
     }
-    Some(rows[0].state)
+    let ready = reports
+        .iter()
+        .flat_map(|b| &b.symphonies)
+        .any(|(name, ready, _)| name == "shop" && *ready == 1);
+    Some((rows[0].state, ready))
 }
+
+const READY: Option<(State, bool)> = Some((State::Installed, true));
 
 /// The manifest's content changed, its size kept (`v1` becomes `v2`).
 fn rewrite_same_size(path: &Path) {
@@ -76,7 +84,7 @@ fn applied_and_restarted() -> (TestRepo, tempfile::TempDir) {
     let repo = fleet();
     let state = tempfile::tempdir().unwrap();
     let (_, reports) = restart(&repo, state.path());
-    assert_eq!(state_of(&reports), Some(State::Installed));
+    assert_eq!(state_of(&reports), READY);
     let (_, reports) = restart(&repo, state.path());
     assert_eq!(
         state_of(&reports),
@@ -91,9 +99,9 @@ fn a_restart_sees_a_same_size_rewrite_by_its_times() {
     let (repo, state) = applied_and_restarted();
     rewrite_same_size(&applied_manifest(state.path()));
     let (_, reports) = restart(&repo, state.path());
-    let st = state_of(&reports);
-    assert!(
-        st.is_some_and(|s| s != State::Installed),
+    assert_eq!(
+        state_of(&reports),
+        Some((State::Installed, false)),
         "drift not seen: {reports:?}"
     );
 }
@@ -116,8 +124,9 @@ fn a_restart_sees_a_rewrite_that_kept_its_mtime() {
         mtime
     );
     let (_, reports) = restart(&repo, state.path());
-    assert!(
-        state_of(&reports).is_some_and(|s| s != State::Installed),
+    assert_eq!(
+        state_of(&reports),
+        Some((State::Installed, false)),
         "drift not seen: {reports:?}"
     );
 }
@@ -129,5 +138,5 @@ fn the_pass_after_a_restart_reads_in_full() {
     let (mut r, _) = restart(&repo, state.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reports = rt.block_on(r.pass());
-    assert_eq!(state_of(&reports), Some(State::Installed));
+    assert_eq!(state_of(&reports), READY);
 }
