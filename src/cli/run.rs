@@ -322,6 +322,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         fetch_or_warn(&mut r).await;
         check_site(&r).await?;
         if a.once {
+            r.no_restart_shortcut();
             let reports = r.pass().await;
             print_reports(&reports, &r.ctx.settings.status_branch);
             if let Some(Some(c)) = fleet.as_ref().map(|f| f.publish(r.ctx.clock.now())) {

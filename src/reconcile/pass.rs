@@ -37,7 +37,7 @@ use crate::status::{
 };
 use crate::synth::{self, Rendered};
 use crate::target::{
-    Desired, Health, MetadataChange, Observed, SourceRef, StateGoal, Target, Targets,
+    Desired, Health, MetadataChange, Observed, SourceRef, StateGoal, Switch, Target, Targets,
 };
 use crate::window::Clock;
 
@@ -55,6 +55,9 @@ struct Caches {
     observed: HashMap<RecordKey, Observed>,
     /// When each branch last read every target in full.
     resynced: HashMap<String, std::time::Instant>,
+    /// Branches past their first pass in this process (or unsettled by an
+    /// operator record): only a first pass may stand on `persisted.settled`.
+    started: HashSet<String>,
 }
 
 /// Everything one fermata instance needs across passes.
@@ -134,6 +137,22 @@ struct Scope<'a> {
 
 /// Verified artifacts in the store, by digest (or why not).
 type Fetched = BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>;
+
+/// An apply waiting to run in a batch ([`Target::apply_staged`]).
+struct Deferred {
+    /// Its place in the pass's work.
+    index: usize,
+    target: Arc<dyn Target>,
+    switch: Switch,
+    overridden: bool,
+}
+
+/// What [`Reconciler::execute`] leaves to run: a switch to a staged state
+/// for its target's batch, or a composition's own target I/O.
+enum Exec {
+    Batch(Deferred),
+    Io(TargetIo),
+}
 
 /// The work on one composition during a pass.
 struct Work {
@@ -432,6 +451,14 @@ impl Reconciler {
     }
 
     /// Bytes of artifacts downloaded into the store by this process.
+    /// Every first pass reads the targets in full, even on a commit the
+    /// last process left settled: for a process that runs one pass only
+    /// (`run --once`), which no later pass would check after.
+    pub fn no_restart_shortcut(&mut self) {
+        let branches = self.ctx.settings.branches.iter().cloned();
+        self.caches.started.extend(branches);
+    }
+
     pub fn artifact_bytes(&self) -> u64 {
         self.ctx.store.bytes_written()
     }
@@ -559,6 +586,8 @@ impl Reconciler {
         let recorded = self.requests.load();
         if recorded != self.recorded {
             self.caches.settled.clear();
+            let branches = self.ctx.settings.branches.iter().cloned();
+            self.caches.started.extend(branches);
             self.recorded = recorded;
         }
         let mut out = Vec::new();
@@ -620,6 +649,12 @@ impl Reconciler {
             report.unchanged = true;
             return report;
         }
+        if self.settled_before_restart(branch, rev).await {
+            // The full check is the next pass's (a resync: content read).
+            tracing::info!(%rev, "settled before the restart, and the targets stat unchanged");
+            report.unchanged = true;
+            return report;
+        }
         // Invariant 8, before anything of the commit is read. A settled
         // revision passed it already: the policy is fixed for the process.
         match self.verify(rev, now).await {
@@ -640,6 +675,12 @@ impl Reconciler {
         self.roll_out(&pass, &mut work, &holds, &fetched, &mut report)
             .await;
         lap("roll out");
+        let mut used: Vec<Arc<dyn Target>> = Vec::new();
+        for t in work.iter().filter_map(|w| w.target.as_ref()) {
+            if !used.iter().any(|u| Arc::ptr_eq(u, t)) {
+                used.push(t.clone());
+            }
+        }
         let compositions_done = work
             .iter()
             .all(|w| w.error.is_none() && (w.ready() || w.waiting == Some(Reason::GatePresent)));
@@ -662,6 +703,13 @@ impl Reconciler {
         lap("statuses");
         self.report_status(&pass, statuses, &mut report).await;
         lap("status written");
+        if self.may_write().is_ok() {
+            for t in used {
+                if let Err(e) = t.checkpoint().await {
+                    tracing::warn!(error = %e, "cannot write the target's index");
+                }
+            }
+        }
         let settled = plan::settled(&plan::BranchFacts {
             compositions_done,
             removing: report.rows.iter().any(|r| r.state == State::Removing),
@@ -679,10 +727,54 @@ impl Reconciler {
             self.caches
                 .settled
                 .insert(branch.to_string(), (rev, std::time::Instant::now()));
+            self.persisted
+                .settled
+                .insert(branch.to_string(), rev.to_string());
         } else {
             self.caches.settled.remove(branch);
+            self.persisted.settled.remove(branch);
         }
         report
+    }
+
+    /// A fresh process's first pass on a branch whose last pass (before the
+    /// restart) left nothing to do at `rev`: whether every composition's
+    /// target still holds, by a cheap check (`stat`), exactly what was
+    /// applied. Then that pass is skipped; the next one reads everything
+    /// in full (a resync). Once per branch and process.
+    async fn settled_before_restart(&mut self, branch: &str, rev: Revision) -> bool {
+        if !self.caches.started.insert(branch.to_string())
+            || self.fetch_error.is_some()
+            || self.planning()
+            || self.persisted.settled.get(branch) != Some(&rev.to_string())
+            || self
+                .persisted
+                .orphan_writes
+                .keys()
+                .any(|k| k.branch == branch)
+            || self.persisted.retiring.keys().any(|k| k.branch == branch)
+        {
+            return false;
+        }
+        type Applied = Vec<(CompositionId, Digest)>;
+        let mut by_target: Vec<(Arc<dyn Target>, Applied)> = Vec::new();
+        for (key, rec) in self.records_of(branch, None) {
+            let Some(kind) = &rec.target_kind else {
+                return false;
+            };
+            let target = self.target_of(kind);
+            let item = (key.id, rec.digest);
+            match by_target.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &target)) {
+                Some((_, items)) => items.push(item),
+                None => by_target.push((target, vec![item])),
+            }
+        }
+        for (target, items) in by_target {
+            if !target.unchanged(&items).await.into_iter().all(|u| u) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Resolves the branch (or `plan --rev`) to a commit. A branch that is
@@ -897,6 +989,10 @@ impl Reconciler {
         > = futures_util::stream::FuturesUnordered::new();
         // Index and composition of each write in flight.
         let mut busy: Vec<(usize, CompositionId)> = Vec::new();
+        // Applies that switch a staged state, waiting to run as one batch
+        // per target: independent of each other by construction, since one
+        // that would wait for an earlier one runs the batch first.
+        let mut batch: Vec<Deferred> = Vec::new();
         for i in 0..work.len() {
             loop {
                 let w = &work[i];
@@ -920,12 +1016,22 @@ impl Reconciler {
                 self.render(w, &pass.snap, fleet, &pass.source).await;
             }
             let sym = fleet.symphonies.get(&w.comp.id.symphony);
-            let admission = rollout.admit(
-                &w.comp.id,
-                &w.comp.depends_on,
-                sym.map(|s| s.rollout.strategy).unwrap_or_default(),
-                sym.map(|s| s.rollout.max_unavailable).unwrap_or(1),
-            );
+            let admit = |rollout: &Rollout, w: &Work| {
+                rollout.admit(
+                    &w.comp.id,
+                    &w.comp.depends_on,
+                    sym.map(|s| s.rollout.strategy).unwrap_or_default(),
+                    sym.map(|s| s.rollout.max_unavailable).unwrap_or(1),
+                )
+            };
+            let mut admission = admit(&rollout, w);
+            if (!admission.dependencies_ready || admission.wait.is_some()) && !batch.is_empty() {
+                // It may wait only for what the batch holds: run it first.
+                self.run_batch(fleet, work, &mut batch, &mut rollout, &mut came_to)
+                    .await;
+                admission = admit(&rollout, &work[i]);
+            }
+            let w = &mut work[i];
             let window = w.comp.window.as_ref().and_then(|n| fleet.windows.get(n));
             let facts = Facts {
                 desired: w.digest,
@@ -952,15 +1058,23 @@ impl Reconciler {
                     _ if w.observed.applied.is_none() => Some(ActionKind::Create),
                     _ => Some(ActionKind::Update),
                 };
-                if let Some(io) = self
+                match self
                     .execute(w, decision, &pass.snap, fleet, fetched, &pass.source)
                     .await
                 {
-                    busy.push((i, w.comp.id.clone()));
-                    inflight.push(Box::pin(async move { (i, io.run().await) }));
-                    continue;
+                    Some(Exec::Batch(d)) => {
+                        w.rendered = None;
+                        rollout.observe(&w.comp.id, rollout::Outcome::InFlight);
+                        batch.push(Deferred { index: i, ..d });
+                        continue;
+                    }
+                    Some(Exec::Io(io)) => {
+                        busy.push((i, w.comp.id.clone()));
+                        inflight.push(Box::pin(async move { (i, io.run().await) }));
+                        continue;
+                    }
+                    None => self.after_decision(w, fleet, holds, report),
                 }
-                self.after_decision(w, fleet, holds, report);
             }
             self.observe_one(w, &mut rollout, &mut came_to);
         }
@@ -970,6 +1084,8 @@ impl Reconciler {
             self.after_decision(w, fleet, holds, report);
             self.observe_one(w, &mut rollout, &mut came_to);
         }
+        self.run_batch(fleet, work, &mut batch, &mut rollout, &mut came_to)
+            .await;
     }
 
     /// What follows a decision once its writes are done.
@@ -1005,11 +1121,85 @@ impl Reconciler {
         if w.waiting == Some(Reason::WaitingOnDependency) {
             w.waiting_message = waiting_on(&w.comp.depends_on, rollout, came_to);
         }
+        let outcome = self.conclude(w);
+        rollout.observe(&w.comp.id, outcome);
+        came_to.insert(w.comp.id.clone(), w.came_to());
+    }
+
+    /// Runs the batched applies, one `apply_staged` per target, and settles
+    /// each as its own apply would have: the window judged again first
+    /// (invariant 2), then what the target holds, then the rollout told.
+    async fn run_batch(
+        &mut self,
+        fleet: &Fleet,
+        work: &mut [Work],
+        batch: &mut Vec<Deferred>,
+        rollout: &mut Rollout,
+        came_to: &mut HashMap<CompositionId, String>,
+    ) {
+        let mut by_target: Vec<(Arc<dyn Target>, Vec<Deferred>)> = Vec::new();
+        for d in batch.drain(..) {
+            let w = &mut work[d.index];
+            let closed = !d.overridden
+                && w.comp
+                    .window
+                    .as_ref()
+                    .and_then(|n| fleet.windows.get(n))
+                    .is_some_and(|mw| !mw.window.is_open(self.ctx.clock.now()));
+            if closed {
+                w.waiting = Some(Reason::WindowClosed);
+            } else if self.may_write() == Err(Hold::NotLeading) {
+                w.fail(
+                    ErrorCode::NotLeader,
+                    "",
+                    "leadership lost during the pass: nothing written",
+                );
+            } else {
+                match by_target
+                    .iter_mut()
+                    .find(|(t, _)| Arc::ptr_eq(t, &d.target))
+                {
+                    Some((_, items)) => items.push(d),
+                    None => by_target.push((d.target.clone(), vec![d])),
+                }
+                continue;
+            }
+            self.note_override(w);
+            let outcome = self.conclude(w);
+            rollout.resolve(&w.comp.id, outcome);
+            came_to.insert(w.comp.id.clone(), w.came_to());
+        }
+        for (target, items) in by_target {
+            let switches: Vec<Switch> = items.iter().map(|d| d.switch.clone()).collect();
+            let results = target.apply_staged(&switches).await;
+            for (d, result) in items.into_iter().zip(results) {
+                let w = &mut work[d.index];
+                match result {
+                    Ok(o) => {
+                        tracing::info!(composition = %w.comp.id, digest = %d.switch.digest.short(), overridden = d.overridden, "applied");
+                        w.observed = Observed {
+                            components: Vec::new(),
+                            ..o
+                        };
+                    }
+                    Err(e) => w.fail(ErrorCode::ApplyFailed, w.comp.target.clone(), e.to_string()),
+                }
+                self.note_override(w);
+                let outcome = self.conclude(w);
+                rollout.resolve(&w.comp.id, outcome);
+                came_to.insert(w.comp.id.clone(), w.came_to());
+            }
+        }
+    }
+
+    /// How a composition ends its turn in the rollout, with its observed
+    /// state remembered while it is Ready.
+    fn conclude(&mut self, w: &mut Work) -> rollout::Outcome {
         if let (Some(Health::Failed(why)), None) = (&w.observed.health, &w.error) {
             let why = why.clone();
             w.fail(ErrorCode::HealthTimeout, w.comp.target.clone(), why);
         }
-        let outcome = if w.ready() {
+        if w.ready() {
             // Decisions need only the digests and health, not the components.
             let memo = Observed {
                 components: Vec::new(),
@@ -1029,9 +1219,7 @@ impl Reconciler {
             } else {
                 rollout::Outcome::Held
             }
-        };
-        rollout.observe(&w.comp.id, outcome);
-        came_to.insert(w.comp.id.clone(), w.came_to());
+        }
     }
 
     /// Each composition's status and table row, built once from its work
@@ -1379,7 +1567,12 @@ impl Reconciler {
         {
             w.observed = memo.clone();
         } else if let Some(t) = &w.target {
-            match t.get(&comp.id).await {
+            let read = if resync {
+                t.verify(&comp.id).await
+            } else {
+                t.get(&comp.id).await
+            };
+            match read {
                 // Status lists components from the render; only the
                 // digests, health and carried metadata matter here.
                 Ok(o) => {
@@ -1741,7 +1934,7 @@ impl Reconciler {
         fleet: &Arc<Fleet>,
         fetched: &BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>,
         source: &SourceRef,
-    ) -> Option<TargetIo> {
+    ) -> Option<Exec> {
         let target = w.target.clone()?;
         let hold = self.may_write().err();
         if hold == Some(Hold::NotLeading) {
@@ -1764,6 +1957,38 @@ impl Reconciler {
             }
             return None;
         }
+        // Staging may have taken a while: the window is judged again right
+        // before the apply starts (invariant 2).
+        let closed = |this: &Self, w: &Work| {
+            w.comp
+                .window
+                .as_ref()
+                .and_then(|n| fleet.windows.get(n))
+                .is_some_and(|mw| !mw.window.is_open(this.ctx.clock.now()))
+        };
+        // A state the target holds staged is switched to in a batch, by its
+        // digest: nothing to render.
+        let batched = |w: &Work, overridden| {
+            Some(Exec::Batch(Deferred {
+                index: 0,
+                target: target.clone(),
+                switch: Switch {
+                    id: w.comp.id.clone(),
+                    digest: w.digest?,
+                    source: source.clone(),
+                },
+                overridden,
+            }))
+        };
+        if let (false, true, Apply::Now { overridden }) =
+            (decision.stage, target.switches_staged(), decision.apply)
+        {
+            if !overridden && closed(self, w) {
+                w.waiting = Some(Reason::WindowClosed);
+                return None;
+            }
+            return batched(w, overridden);
+        }
         // A cached digest alone does not carry the state to stage: render it.
         if w.rendered.is_none() && !self.render(w, snap, fleet, source).await {
             return None;
@@ -1781,7 +2006,7 @@ impl Reconciler {
             source: source.clone(),
             artifacts,
         };
-        Some(TargetIo {
+        Some(Exec::Io(TargetIo {
             id: w.comp.id.clone(),
             target,
             desired,
@@ -1789,7 +2014,7 @@ impl Reconciler {
             window: w.comp.window.clone(),
             fleet: fleet.clone(),
             clock: self.ctx.clock.clone(),
-        })
+        }))
     }
 
     /// Where the store keeps each artifact of `rendered`, by name: fetched

@@ -118,6 +118,11 @@ pub struct Persisted {
     /// Pull requests planned, commit statuses posted, plan notes written.
     #[serde(default)]
     pub pulls: super::pulls::PullState,
+    /// Per branch, the revision whose last pass left nothing to do: after a
+    /// restart on it, a cheap check of the targets (`Target::unchanged`)
+    /// stands in for the first pass.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settled: BTreeMap<String, String>,
 }
 
 /// A composition's deployment on a target it was moved away from.

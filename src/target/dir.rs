@@ -23,6 +23,21 @@
 //! `tmp/`, which every `Stage`/`Apply`/`delete` clears first. Error paths do
 //! no cleanup of their own: a failed call leaves what a crash at that point
 //! would, and the next call recovers the same way.
+//!
+//! Durability (power loss) is bought once per switch, not per file: a
+//! staged state need not survive a power loss until something switches to
+//! it (a lost or torn one fails its check and is staged again), so staging
+//! writes without syncs; a switch syncs the file system (`syncfs`) before
+//! its renames, then once more after them (a batch of switches,
+//! [`Target::apply_staged`], shares both syncs).
+//!
+//! What was written or checked in full is remembered by `stat` (size,
+//! times, inode, as git's index does): a state whose files still stat the
+//! same is not read again, and `.fermata-index` at the root keeps that
+//! across restarts, so a restart on an unchanged commit stats instead of
+//! reading ([`Target::unchanged`]). What `stat` cannot see (a rewrite that
+//! kept size and times) is caught by [`Target::verify`], which the
+//! reconciler runs on every resync.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -35,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Component, Desired, Health, MetadataChange, Observed, Outcome, SourceRef, StateFlag, StateGoal,
-    Target, TargetError,
+    Switch, Target, TargetError,
 };
 use crate::model::{Artifact, CompositionId, Digest};
 use crate::synth::{Rendered, Resource};
@@ -62,14 +77,129 @@ pub struct DirectoryTarget {
     root: PathBuf,
     faults: Faults,
     verified: Verified,
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
 }
 
-/// Artifact files already hashed, by what `stat` says of them (device, inode,
-/// size, modification time): like git's index, a file is hashed again only
-/// when it may have changed, so `Running` checks every artifact's content
-/// without reading gigabytes on every pass.
+/// Artifact files already hashed, by what `stat` says of them (device,
+/// inode, size, modification time; not the change time, which every new
+/// hard link to a shared artifact moves): like git's index, a file is
+/// hashed again only when it may have changed, so `Running` checks every
+/// artifact's content without reading gigabytes on every pass.
 type Verified =
     std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(u64, u64, u64, i64, i64), Digest>>>;
+
+/// What `stat` says of a file: device, inode, size, modification and
+/// change times (the change time moves with any write, even one that set
+/// the modification time back).
+type StatKey = (u64, u64, u64, i64, i64, i64, i64);
+
+fn stat_key(m: &fs::Metadata) -> StatKey {
+    use std::os::unix::fs::MetadataExt;
+    (
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+}
+
+/// The index file at the root: the state dirs written or checked in full,
+/// with what their files' `stat` said then.
+const INDEX: &str = ".fermata-index";
+
+/// State dirs known complete, by path: the artifacts they hold and the
+/// fingerprint of their files' `stat` when they were written or checked.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Whether `.fermata-index` was read yet (lazily, on first use).
+    loaded: bool,
+    /// Changed since the index was last written.
+    dirty: bool,
+    states: std::collections::HashMap<PathBuf, SeenState>,
+}
+
+/// One line of `.fermata-index`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SeenState {
+    /// The state dir, relative to the root.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    state: String,
+    artifacts: Vec<String>,
+    fingerprint: Digest,
+}
+
+/// The fingerprint of a state dir's files' `stat`: its record, manifest
+/// and artifacts (named by the record).
+fn fingerprint(dir: &Path, artifacts: &[String]) -> io::Result<Digest> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let files = [RECORD, MANIFEST]
+        .iter()
+        .map(|f| dir.join(f))
+        .chain(artifacts.iter().map(|a| dir.join(ARTIFACTS).join(a)));
+    for path in files {
+        let (dev, ino, size, mt, mtn, ct, ctn) = stat_key(&fs::symlink_metadata(path)?);
+        for n in [dev, ino, size] {
+            h.update(n.to_le_bytes());
+        }
+        for n in [mt, mtn, ct, ctn] {
+            h.update(n.to_le_bytes());
+        }
+    }
+    Ok(Digest(h.finalize().into()))
+}
+
+impl Seen {
+    fn load(&mut self, root: &Path) {
+        if self.loaded {
+            return;
+        }
+        self.loaded = true;
+        let Ok(text) = fs::read_to_string(root.join(INDEX)) else {
+            return;
+        };
+        // Only a cache: a line that does not parse (a torn write) is skipped.
+        for line in text.lines() {
+            if let Ok(mut s) = serde_json::from_str::<SeenState>(line) {
+                let dir = root.join(std::mem::take(&mut s.state));
+                if dir.starts_with(root) && !s.state.contains("..") {
+                    self.states.insert(dir, s);
+                }
+            }
+        }
+    }
+
+    fn save(&mut self, root: &Path) -> Result<(), TargetError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for (dir, s) in &self.states {
+            let Ok(rel) = dir.strip_prefix(root) else {
+                continue;
+            };
+            let line = SeenState {
+                state: rel.to_string_lossy().into_owned(),
+                ..s.clone()
+            };
+            if let Ok(json) = serde_json::to_string(&line) {
+                text.push_str(&json);
+                text.push('\n');
+            }
+        }
+        // No sync: a lost or torn index only costs a full read.
+        let path = root.join(INDEX);
+        let tmp = root.join(format!("{INDEX}.tmp-{}", std::process::id()));
+        fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(io_err(&path))?;
+        self.dirty = false;
+        Ok(())
+    }
+}
 
 impl DirectoryTarget {
     /// Nothing is touched until the first call; crash leftovers of a
@@ -80,6 +210,7 @@ impl DirectoryTarget {
             root: root.into(),
             faults: Faults::default(),
             verified: Verified::default(),
+            seen: Default::default(),
         }
     }
 
@@ -103,8 +234,11 @@ impl DirectoryTarget {
         Ok(Site {
             id: id.clone(),
             dir: self.root.join(&id.symphony).join(&id.variation),
+            root: self.root.clone(),
             faults: self.faults.clone(),
             verified: self.verified.clone(),
+            seen: self.seen.clone(),
+            full: false,
         })
     }
 
@@ -118,6 +252,7 @@ impl DirectoryTarget {
                 left: Some(std::sync::Arc::new(steps.into())),
             },
             verified: self.verified.clone(),
+            seen: self.seen.clone(),
         }
     }
 }
@@ -136,6 +271,68 @@ impl Target for DirectoryTarget {
     async fn get(&self, id: &CompositionId) -> Result<Observed, TargetError> {
         let site = self.site(id)?;
         blocking(move || site.observe()).await
+    }
+
+    async fn verify(&self, id: &CompositionId) -> Result<Observed, TargetError> {
+        let site = Site {
+            full: true,
+            ..self.site(id)?
+        };
+        blocking(move || site.observe()).await
+    }
+
+    fn switches_staged(&self) -> bool {
+        true
+    }
+
+    async fn apply_staged(&self, batch: &[Switch]) -> Vec<Result<Observed, TargetError>> {
+        let items: Vec<_> = batch
+            .iter()
+            .map(|s| (self.site(&s.id), s.clone()))
+            .collect();
+        let (root, n) = (self.root.clone(), batch.len());
+        match tokio::task::spawn_blocking(move || switch_all(&root, items)).await {
+            Ok(results) => results,
+            Err(e) => (0..n)
+                .map(|_| {
+                    Err(TargetError::io(
+                        "directory target task",
+                        io::Error::other(e.to_string()),
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    async fn unchanged(&self, applied: &[(CompositionId, Digest)]) -> Vec<bool> {
+        let sites: Vec<_> = applied
+            .iter()
+            .map(|(id, d)| self.site(id).map(|s| (s, *d)))
+            .collect();
+        let n = applied.len();
+        tokio::task::spawn_blocking(move || {
+            sites
+                .into_iter()
+                .map(|s| s.is_ok_and(|(site, d)| site.unchanged(&d)))
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|_| vec![false; n])
+    }
+
+    async fn checkpoint(&self) -> Result<(), TargetError> {
+        let (root, seen) = (self.root.clone(), self.seen.clone());
+        blocking(move || {
+            let mut seen = seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            seen.load(&root);
+            if !root.is_dir() {
+                return Ok(());
+            }
+            seen.save(&root)
+        })
+        .await
     }
 
     async fn delete(&self, id: &CompositionId) -> Result<(), TargetError> {
@@ -285,6 +482,135 @@ fn sync_dir(dir: &Path) -> Result<(), TargetError> {
         .map_err(io_err(dir))
 }
 
+/// Makes everything written on the file system holding `dir` durable, in
+/// one call: what a switch needs of the states it switches to, however
+/// many, written unsynced by staging.
+fn sync_fs(dir: &Path) -> Result<(), TargetError> {
+    #[cfg(target_os = "linux")]
+    {
+        let f = File::open(dir).map_err(io_err(dir))?;
+        nix::unistd::syncfs(&f).map_err(|e| TargetError::io(dir.display(), e.into()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        nix::unistd::sync();
+        Ok(())
+    }
+}
+
+/// Up to this many switches sync the files they need one by one; more
+/// sync the whole file system at once. `syncfs` also flushes whatever else
+/// is dirty on it (a neighbour's build), which one composition's few
+/// files should not wait for; ten thousand should.
+const SYNC_FILES_UP_TO: usize = 8;
+
+/// How a batch of `n` switches makes its states durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// fsync of each state's files and dirs, then of each renamed entry's dir.
+    Files,
+    /// One `syncfs` before the renames, one after.
+    FileSystem,
+}
+
+fn durability(n: usize) -> Durability {
+    if n <= SYNC_FILES_UP_TO {
+        Durability::Files
+    } else {
+        Durability::FileSystem
+    }
+}
+
+/// [`Target::apply_staged`]: every item's state checked complete, one
+/// sync, every switch (and history line), one more sync, then what each
+/// holds. An item that fails fails alone; a failed sync fails every item
+/// that would have switched after it (nothing is switched unsynced).
+fn switch_all(
+    root: &Path,
+    items: Vec<(Result<Site, TargetError>, Switch)>,
+) -> Vec<Result<Observed, TargetError>> {
+    let mut results: Vec<Option<Result<Observed, TargetError>>> = Vec::new();
+    let mut ready = Vec::new();
+    for (i, (site, switch)) in items.into_iter().enumerate() {
+        results.push(None);
+        let prepared = site.and_then(|site| {
+            let record = site.prepare_switch(&switch.digest)?;
+            Ok((site, record))
+        });
+        match prepared {
+            Ok((site, record)) => ready.push((i, site, record, switch)),
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
+    let how = durability(ready.len());
+    let synced = match how {
+        _ if ready.is_empty() => Ok(()),
+        Durability::FileSystem => sync_fs(root),
+        Durability::Files => ready
+            .iter()
+            .try_for_each(|(_, site, record, s)| site.sync_state(&s.digest, record)),
+    };
+    let mut switched = Vec::new();
+    for (i, site, record, switch) in ready {
+        if let Err(e) = &synced {
+            results[i] = Some(Err(TargetError::Invalid(format!(
+                "{}: not switched: syncing the staged states failed: {e}",
+                site.id
+            ))));
+            continue;
+        }
+        match site.switch_to(&switch.digest, &switch.source) {
+            Ok(_) => switched.push((i, site, record, switch.digest)),
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
+    if !switched.is_empty() {
+        let synced = match how {
+            Durability::FileSystem => sync_fs(root),
+            Durability::Files => switched
+                .iter()
+                .try_for_each(|(_, site, _, _)| site.sync_pointers()),
+        };
+        if let Err(e) = synced {
+            // Switched, only perhaps not durably: said, not undone.
+            tracing::warn!(error = %e, "syncing after a batch of switches failed");
+        }
+    }
+    for (i, site, record, digest) in switched {
+        if let Err(e) = site.gc() {
+            tracing::warn!(composition = %site.id, error = %e, "state garbage collection failed");
+        }
+        tracing::info!(composition = %site.id, digest = %digest.short(), "applied");
+        results[i] = Some(Ok(applied_observed(digest, record)));
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(TargetError::Invalid("not switched".into()))))
+        .collect()
+}
+
+/// What a composition holds right after a switch to `record`'s state.
+fn applied_observed(digest: Digest, record: Record) -> Observed {
+    let source = Some(record.source).filter(|s| !s.branch.is_empty());
+    Observed {
+        applied: Some(digest),
+        staged: Some(digest),
+        components: record
+            .components
+            .into_iter()
+            .map(|c| Component {
+                name: c.name,
+                flag: StateFlag::Applied,
+            })
+            .collect(),
+        health: Some(Health::Healthy),
+        annotations: record.annotations,
+        labels: record.labels,
+        source,
+    }
+}
+
 /// The digest a pointer target names, if it is exactly `.fermata/states/<hex>`.
 fn parse_pointer(target: &Path) -> Option<Digest> {
     let parts: Vec<_> = target.components().collect();
@@ -303,8 +629,13 @@ fn parse_pointer(target: &Path) -> Option<Digest> {
 struct Site {
     id: CompositionId,
     dir: PathBuf,
+    /// The target's root: the file system a switch syncs, the index's place.
+    root: PathBuf,
     faults: Faults,
     verified: Verified,
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+    /// Check every state's content, whatever `stat` says ([`Target::verify`]).
+    full: bool,
 }
 
 impl Site {
@@ -436,11 +767,113 @@ impl Site {
                 "{} is not a directory",
                 dir.display()
             ))),
-            Ok(_) => Ok(match self.verify(&dir, digest) {
-                Ok(record) => StateCheck::Complete(Box::new(record)),
-                Err(reason) => StateCheck::Broken(reason),
-            }),
+            Ok(_) => {
+                if !self.full {
+                    if let Some(record) = self.known(&dir, digest) {
+                        return Ok(StateCheck::Complete(Box::new(record)));
+                    }
+                }
+                // Stat before and after the read, as git does: a file
+                // changed meanwhile is not remembered as checked.
+                let before = self.seen_state(&dir, None);
+                Ok(match self.verify(&dir, digest) {
+                    Ok(record) => {
+                        if let Some(before) = before {
+                            self.remember(&dir, &record, Some(before));
+                        }
+                        StateCheck::Complete(Box::new(record))
+                    }
+                    Err(reason) => {
+                        self.forget(&dir);
+                        StateCheck::Broken(reason)
+                    }
+                })
+            }
         }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.load(&self.root);
+        seen
+    }
+
+    /// The fingerprint of `dir`'s files now, with the artifacts the index
+    /// (or `record`) names; `None` where one cannot be stat'ed.
+    fn seen_state(&self, dir: &Path, record: Option<&Record>) -> Option<SeenState> {
+        let artifacts = match record {
+            Some(r) => r.artifacts.iter().map(|a| a.name.clone()).collect(),
+            None => {
+                let known = self.seen().states.get(dir).map(|s| s.artifacts.clone());
+                match known {
+                    Some(a) => a,
+                    None => self
+                        .read_record(dir)
+                        .ok()?
+                        .artifacts
+                        .into_iter()
+                        .map(|a| a.name)
+                        .collect(),
+                }
+            }
+        };
+        let fingerprint = fingerprint(dir, &artifacts).ok()?;
+        Some(SeenState {
+            state: String::new(),
+            artifacts,
+            fingerprint,
+        })
+    }
+
+    /// Whether `dir` stats as it did when it was last written or checked.
+    fn stats_as_seen(&self, dir: &Path) -> bool {
+        let Some(known) = self.seen().states.get(dir).cloned() else {
+            return false;
+        };
+        fingerprint(dir, &known.artifacts).is_ok_and(|f| f == known.fingerprint)
+    }
+
+    /// The record of a state dir that stats as it did when it was last
+    /// written or checked in full: no content read but the record's.
+    fn known(&self, dir: &Path, digest: &Digest) -> Option<Record> {
+        if !self.stats_as_seen(dir) {
+            return None;
+        }
+        let record = self.read_record(dir).ok()?;
+        (record.digest == *digest && record.id == self.id).then_some(record)
+    }
+
+    /// Remembers `dir` as checked (or written) with `record`, if its files
+    /// still stat as `before` (taken before the check), or at all.
+    fn remember(&self, dir: &Path, record: &Record, before: Option<SeenState>) {
+        let Some(now) = self.seen_state(dir, Some(record)) else {
+            return;
+        };
+        if before.is_some_and(|b| b.fingerprint != now.fingerprint) {
+            return;
+        }
+        let mut seen = self.seen();
+        if seen.states.get(dir) != Some(&now) {
+            seen.states.insert(dir.to_path_buf(), now);
+            seen.dirty = true;
+        }
+    }
+
+    fn forget(&self, dir: &Path) {
+        let mut seen = self.seen();
+        if seen.states.remove(dir).is_some() {
+            seen.dirty = true;
+        }
+    }
+
+    /// `Target::unchanged` for this composition: `current` names `digest`
+    /// and its files stat as they did when written or checked.
+    fn unchanged(&self, digest: &Digest) -> bool {
+        matches!(self.pointer(CURRENT), Ok(Pointer::State(d)) if d == *digest)
+            && self.stats_as_seen(&self.state(digest))
     }
 
     fn read_record(&self, dir: &Path) -> Result<Record, String> {
@@ -458,15 +891,11 @@ impl Site {
         meta: &fs::Metadata,
         want: &Digest,
     ) -> Result<(), String> {
-        use std::os::unix::fs::MetadataExt;
-        let key = (
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-        );
-        let known = self.verified.lock().ok().and_then(|v| v.get(&key).copied());
+        let (dev, ino, size, mtime, mtime_nsec, _, _) = stat_key(meta);
+        let key = (dev, ino, size, mtime, mtime_nsec);
+        let known = (!self.full)
+            .then(|| self.verified.lock().ok().and_then(|v| v.get(&key).copied()))
+            .flatten();
         let got = match known {
             Some(d) => d,
             None => {
@@ -572,28 +1001,90 @@ impl Site {
     }
 
     /// Stages (if needed) and switches `current` by one rename, then records
-    /// the apply; whether anything was written.
+    /// the apply; whether anything was written. The staged state is made
+    /// durable (one `syncfs`) before the switch, the switch after it.
     fn apply(&self, desired: &Desired) -> Result<bool, TargetError> {
         let digest = desired.rendered.digest;
         let mut changed = self.stage(desired, StateGoal::Apply)?;
+        if !self.points_to(CURRENT, &digest)? || self.history_behind(&digest)? {
+            let record = self
+                .read_record(&self.state(&digest))
+                .map_err(TargetError::Invalid)?;
+            self.sync_state(&digest, &record)?;
+            changed |= self.switch_to(&digest, &desired.source)?;
+            self.sync_pointers()?;
+        }
+        Ok(changed)
+    }
+
+    /// Makes a state written unsynced durable: its files, its dirs, its
+    /// entry in `states/`.
+    fn sync_state(&self, digest: &Digest, record: &Record) -> Result<(), TargetError> {
+        let dir = self.state(digest);
+        let fsync = |p: &Path| File::open(p).and_then(|f| f.sync_all()).map_err(io_err(p));
+        fsync(&dir.join(RECORD))?;
+        fsync(&dir.join(MANIFEST))?;
+        if !record.artifacts.is_empty() {
+            for a in &record.artifacts {
+                fsync(&dir.join(ARTIFACTS).join(&a.name))?;
+            }
+            sync_dir(&dir.join(ARTIFACTS))?;
+        }
+        sync_dir(&dir)?;
+        sync_dir(&self.states())
+    }
+
+    /// Makes the renames of a switch durable: `current`, `staged`, history.
+    fn sync_pointers(&self) -> Result<(), TargetError> {
+        sync_dir(&self.dir)?;
+        sync_dir(&self.meta())
+    }
+
+    /// Whether the history's newest entry is not `digest`.
+    fn history_behind(&self, digest: &Digest) -> Result<bool, TargetError> {
+        Ok(self.history()?.last().map(|(d, _)| d) != Some(digest))
+    }
+
+    /// What a batched switch to `digest` needs first: leftovers cleared,
+    /// the state complete. Writes nothing else.
+    fn prepare_switch(&self, digest: &Digest) -> Result<Record, TargetError> {
+        self.recover()?;
+        match self.check_state(digest)? {
+            StateCheck::Complete(record) => Ok(*record),
+            StateCheck::Missing | StateCheck::Broken(_) => Err(TargetError::NotStaged {
+                id: self.id.clone(),
+                digest: digest.to_hex(),
+            }),
+        }
+    }
+
+    /// Points `staged` and `current` at the complete state `digest` and
+    /// records the apply, syncing nothing (the caller syncs before and
+    /// after); whether anything was written.
+    fn switch_to(&self, digest: &Digest, source: &SourceRef) -> Result<bool, TargetError> {
+        let mut changed = false;
+        if !self.points_to(STAGED, digest)? {
+            self.switch(STAGED, digest)?;
+            changed = true;
+        }
         let previous = match self.pointer(CURRENT)? {
             Pointer::State(d) => Some(d),
             _ => None,
         };
-        if previous != Some(digest) {
-            self.switch(CURRENT, &digest)?;
-            tracing::info!(composition = %self.id, digest = %digest.short(), "applied");
+        if previous != Some(*digest) {
+            self.switch(CURRENT, digest)?;
+            tracing::debug!(composition = %self.id, digest = %digest.short(), "switched");
             changed = true;
         }
         // A crash between a switch and its history write leaves the history
         // behind `current`: the previous state is caught up with this one.
         let mut history = self.history()?;
         let mut behind = false;
-        if let Some(p) = previous.filter(|p| *p != digest) {
+        if let Some(p) = previous.filter(|p| p != digest) {
             behind |= catch_up(&mut history, p, || self.history_line(&p, None));
         }
-        behind |= catch_up(&mut history, digest, || {
-            self.history_line(&digest, Some(&desired.source))
+        behind |= catch_up(&mut history, *digest, || {
+            self.history_line(digest, Some(source))
         });
         if behind {
             self.write_history(&history)?;
@@ -661,28 +1152,30 @@ impl Site {
             for (src, a) in &sources {
                 self.link_or_copy(src, &artifacts.join(&a.name))?;
             }
-            sync_dir(&artifacts)?;
         }
         self.write_file(&dir.join(RECORD), record.as_bytes())?;
-        sync_dir(&dir)?;
         Ok(dir)
     }
 
-    /// Renames a built state dir into place: the moment it exists.
+    /// Renames a built state dir into place: the moment it exists. Not
+    /// synced: a switch to it syncs first. Remembered as checked, since
+    /// this process wrote it.
     fn install(&self, built: &Path, digest: &Digest) -> Result<(), TargetError> {
         let dest = self.state(digest);
         self.step()?;
         fs::rename(built, &dest).map_err(io_err(&dest))?;
-        sync_dir(&self.states())
+        if let Ok(record) = self.read_record(&dest) {
+            self.remember(&dest, &record, None);
+        }
+        Ok(())
     }
 
+    /// Writes without a sync: nothing written here counts until a switch,
+    /// which syncs the file system first.
     fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<(), TargetError> {
         self.step()?;
         File::create(path)
-            .and_then(|mut f| {
-                f.write_all(bytes)?;
-                f.sync_all()
-            })
+            .and_then(|mut f| f.write_all(bytes))
             .map_err(io_err(path))
     }
 
@@ -693,15 +1186,13 @@ impl Site {
         if let Err(e) = fs::hard_link(src, dest) {
             tracing::debug!(src = %src.display(), error = %e, "cannot hard-link the artifact, copying it");
             fs::copy(src, dest).map_err(io_err(src))?;
-            File::open(dest)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(dest))?;
         }
         Ok(())
     }
 
     /// Points `name` at a state by one rename of a fresh symlink over it, so
     /// a reader sees the old state or the new one, never neither or a mix.
+    /// Not synced: callers switching `current` sync around it.
     fn switch(&self, name: &str, digest: &Digest) -> Result<(), TargetError> {
         self.ensure_dirs()?;
         let tmp = self.tmp_path(name);
@@ -710,13 +1201,13 @@ impl Site {
         std::os::unix::fs::symlink(&target, &tmp).map_err(io_err(&tmp))?;
         let dest = self.dir.join(name);
         self.step()?;
-        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-        sync_dir(&self.dir)
+        fs::rename(&tmp, &dest).map_err(io_err(&dest))
     }
 
     /// Removes a state dir without it ever being seen half-deleted: renamed
     /// into `tmp/` first, so a crash leaves only a leftover there.
     fn discard(&self, path: &Path) -> Result<(), TargetError> {
+        self.forget(path);
         let trash = self.tmp_path("discard");
         self.step()?;
         fs::rename(path, &trash).map_err(io_err(path))?;
@@ -776,8 +1267,7 @@ impl Site {
         self.write_file(&tmp, text.as_bytes())?;
         let dest = self.meta().join(HISTORY);
         self.step()?;
-        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-        sync_dir(&self.meta())
+        fs::rename(&tmp, &dest).map_err(io_err(&dest))
     }
 
     /// Removes every state except the last [`KEEP_APPLIED`] applied and the
@@ -1019,6 +1509,12 @@ impl Site {
     /// Unlinks `current` first (what is applied disappears at once), then
     /// removes the whole dir, then the symphony dir if that left it empty.
     fn delete(&self) -> Result<(), TargetError> {
+        {
+            let mut seen = self.seen();
+            let before = seen.states.len();
+            seen.states.retain(|dir, _| !dir.starts_with(&self.dir));
+            seen.dirty |= seen.states.len() != before;
+        }
         let current = self.dir.join(CURRENT);
         if fs::symlink_metadata(&current).is_ok_and(|m| !m.is_dir()) {
             self.step()?;

@@ -132,6 +132,16 @@ impl TargetError {
     }
 }
 
+/// A composition to switch to the state it has staged: an item of
+/// [`Target::apply_staged`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch {
+    pub id: CompositionId,
+    pub digest: Digest,
+    /// The commit the state comes from, for the target's history.
+    pub source: SourceRef,
+}
+
 /// A change to the metadata of what is applied, with resources and
 /// artifacts left as they are: the two-phase protocol's prune and the
 /// orphan mark. A value, so a plan can show it and a test can compare it.
@@ -199,8 +209,51 @@ pub trait Target: Send + Sync + fmt::Debug {
     /// `Stage` and `Apply` are idempotent: a state already staged (applied)
     /// is not written again, and `Outcome::changed` says so.
     async fn apply(&self, desired: &Desired, goal: StateGoal) -> Result<Outcome, TargetError>;
-    /// What the target holds for `id`.
+    /// What the target holds for `id`. A target may trust what it wrote or
+    /// verified before where a cheap check (a `stat`, as git's index does)
+    /// shows nothing changed since; [`Target::verify`] checks in full.
     async fn get(&self, id: &CompositionId) -> Result<Observed, TargetError>;
+    /// [`Target::get`], checking content in full whatever was verified
+    /// before: a resync, so that what a cheap check cannot see (a rewrite
+    /// that kept size and timestamps) does not stay.
+    async fn verify(&self, id: &CompositionId) -> Result<Observed, TargetError> {
+        self.get(id).await
+    }
+    /// Whether [`Target::apply_staged`] switches staged states as a batch;
+    /// if not, each composition is applied by its own `apply` call.
+    fn switches_staged(&self) -> bool {
+        false
+    }
+    /// Applies every item of `batch` (different compositions, none waiting
+    /// for another) by switching to the state it has staged, as one unit of
+    /// durability: the syncs a single apply makes are made once for the
+    /// batch. A crash leaves each composition on its old state or its new
+    /// one, each complete. Per item, in order: what the target holds now,
+    /// or why it was not switched ([`TargetError::NotStaged`]: stage it
+    /// first). Targets without batches refuse every item.
+    async fn apply_staged(&self, batch: &[Switch]) -> Vec<Result<Observed, TargetError>> {
+        batch
+            .iter()
+            .map(|s| {
+                Err(TargetError::NotStaged {
+                    id: s.id.clone(),
+                    digest: s.digest.to_hex(),
+                })
+            })
+            .collect()
+    }
+    /// Whether each `(id, digest)` is, by a cheap check only, exactly the
+    /// applied state the target last wrote or verified in full (`false`:
+    /// not known; read it with `get`). What lets a restart on an unchanged
+    /// commit skip the pass. Default: never known.
+    async fn unchanged(&self, applied: &[(CompositionId, Digest)]) -> Vec<bool> {
+        vec![false; applied.len()]
+    }
+    /// The end of a pass: a target that keeps what it verified (for
+    /// `unchanged` after a restart) writes it down now, once, not per call.
+    async fn checkpoint(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
     /// Removes everything of `id` from the target; done when it returns Ok.
     async fn delete(&self, id: &CompositionId) -> Result<(), TargetError>;
     /// Every composition the target holds anything of.

@@ -102,7 +102,7 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<()> {
     let root = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
     let work = root.join("work");
-    generate(&work, a.symphonies, a.variations, 2)?;
+    generate(&work, a.symphonies, a.variations, 2, None)?;
     let serve = root.join("serve");
     std::fs::create_dir_all(&serve)?;
     let pushes_log = root.join("pushes.log");

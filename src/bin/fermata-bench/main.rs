@@ -4,7 +4,11 @@
 //! Generates N symphonies x M variations (manifests synthesizers, ~5
 //! resources each) in a bare repository served over file://, then times a
 //! cold pass, a no-op pass next to `git fetch`, and a pass after a change to
-//! one variation, and reports peak RSS. Run with `cargo run --release --bin
+//! one variation, and reports peak RSS; then the same fleet under one
+//! maintenance window on a clock it moves: staging with the window closed,
+//! the pass at its opening (switching only), a fresh reconciler on the
+//! unchanged commit; and, as the cold pass's floor, the same files written
+//! plainly. Run with `cargo run --release --bin
 //! fermata-bench -- --symphonies 1000 --variations 10`.
 //!
 //! `fermata-bench fleet --sites 1000` is the fleet bench ([`fleet`]);
@@ -22,7 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use fermata::reconcile::{Reconciler, Settings};
-use fermata::window::SystemClock;
+use fermata::status::State;
+use fermata::window::{FixedClock, SystemClock};
 
 /// jemalloc: glibc's per-thread arenas fragment under tokio's blocking pool
 /// (measured by fermata-bench: 226 MiB peak RSS on 10,000 compositions with
@@ -87,7 +92,7 @@ fn pass_bench(a: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&root)?;
     let work = root.join("work");
     let t = Instant::now();
-    generate(&work, a.symphonies, a.variations, a.synthesizers)?;
+    generate(&work, a.symphonies, a.variations, a.synthesizers, None)?;
     git(
         &root,
         &[
@@ -123,6 +128,12 @@ fn pass_bench(a: &Args) -> anyhow::Result<()> {
         anyhow::Ok(t.elapsed())
     })?;
     println!("cold pass (render, stage, apply, status):   {cold:>10.2?}");
+    let plain = plain_write(&state.join("targets/site"), &root.join("plain"))?;
+    println!("the same files written plainly (no sync):   {plain:>10.2?}");
+    println!(
+        "  ratio cold / plain write:                 {:>10.2}   (target <= 3)",
+        cold.as_secs_f64() / plain.as_secs_f64()
+    );
 
     let mut noop = Vec::new();
     let mut fetch = Vec::new();
@@ -184,7 +195,151 @@ fn pass_bench(a: &Args) -> anyhow::Result<()> {
         "peak RSS:                                   {:>7.1} MiB   (target < 200 MiB)",
         rss as f64 / 1024.0
     );
+    drop(r);
+    window_bench(a, &root, &rt)
+}
+
+/// The same fleet under one maintenance window, on a clock the bench
+/// moves: staging while the window is closed, then the pass at its opening
+/// (switching only), then a fresh reconciler on the unchanged commit.
+fn window_bench(a: &Args, root: &Path, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let work = root.join("window-work");
+    generate(
+        &work,
+        a.symphonies,
+        a.variations,
+        a.synthesizers,
+        Some("nightly"),
+    )?;
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap_or_default(),
+            "window-remote.git",
+        ],
+    )?;
+    let url = format!("file://{}", root.join("window-remote.git").display());
+    git(
+        root,
+        &["clone", "-q", "--mirror", &url, "window-mirror.git"],
+    )?;
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).context("date")?;
+    let at = |h, m| {
+        day.and_hms_opt(h, m, 0)
+            .map(|t| t.and_utc())
+            .context("time")
+    };
+    let clock = Arc::new(FixedClock::new(at(0, 0)?));
+    let state = root.join("window-state");
+    let settings = Settings::defaults(url, "main", &state);
+    let want = a.symphonies * a.variations;
+    let mut r = Reconciler::new(settings.clone(), clock.clone())?;
+    // `state`: what every composition must be, unless the pass found the
+    // branch settled (then it reports none).
+    let timed_pass = |r: &mut Reconciler, state: State| {
+        rt.block_on(async {
+            let t = Instant::now();
+            r.fetch().await?;
+            let reports = r.pass().await;
+            let elapsed = t.elapsed();
+            if !reports.iter().all(|b| b.unchanged) {
+                check(&reports, want)?;
+            }
+            let wrong = reports
+                .iter()
+                .flat_map(|b| &b.rows)
+                .filter(|row| row.state != state)
+                .count();
+            if wrong > 0 {
+                bail!("{wrong} compositions not {state:?}");
+            }
+            anyhow::Ok((elapsed, reports))
+        })
+    };
+    let (staging, _) = timed_pass(&mut r, State::Staged)?;
+    println!("window closed: staging pass:                {staging:>10.2?}");
+    clock.set(at(2, 0)?);
+    let (opening, _) = timed_pass(&mut r, State::Installed)?;
+    println!("window opens: apply of {want} staged:      {opening:>10.2?}");
+    println!(
+        "  ratio opening / staging:                  {:>9.2}%   (target <= 10%)",
+        100.0 * opening.as_secs_f64() / staging.as_secs_f64()
+    );
+    drop(r);
+
+    // A restart: a fresh reconciler (nothing cached but state.json) on the
+    // unchanged commit, next to plain `git fetch` of the same remote.
+    clock.set(at(2, 30)?);
+    let mut fetch = Vec::new();
+    for _ in 0..a.repeat {
+        let t = Instant::now();
+        git(&root.join("window-mirror.git"), &["fetch", "-q", "origin"])?;
+        fetch.push(t.elapsed());
+    }
+    let fetch = median(fetch);
+    let mut r = Reconciler::new(settings, clock.clone())?;
+    let (restart, reports) = timed_pass(&mut r, State::Installed)?;
+    if reports.iter().any(|b| b.status_commit.is_some()) {
+        bail!("a restart on an unchanged commit committed status");
+    }
+    let skipped = reports.iter().all(|b| b.unchanged);
+    println!(
+        "restart on the unchanged commit:            {restart:>10.2?}   (pass skipped: {skipped})"
+    );
+    println!("plain `git fetch` (same remote):            {fetch:>10.2?}");
+    println!(
+        "  ratio restart / git fetch:                {:>10.2}   (target <= 3)",
+        restart.as_secs_f64() / fetch.as_secs_f64()
+    );
+    let (verify, _) = timed_pass(&mut r, State::Installed)?;
+    println!("  next pass (full verify of the targets):   {verify:>10.2?}");
     Ok(())
+}
+
+/// What a directory target holds, read into memory.
+enum Node {
+    Dir(std::path::PathBuf),
+    File(std::path::PathBuf, Vec<u8>),
+    Link(std::path::PathBuf, std::path::PathBuf),
+}
+
+/// Writes the tree under `from` again under `to` with plain writes (no
+/// sync, no rename): the floor a directory target's write can get near.
+/// Only the writing is timed.
+fn plain_write(from: &Path, to: &Path) -> anyhow::Result<Duration> {
+    fn read(base: &Path, dir: &Path, out: &mut Vec<Node>) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let rel = path.strip_prefix(base)?.to_path_buf();
+            let meta = std::fs::symlink_metadata(&path)?;
+            if meta.is_symlink() {
+                out.push(Node::Link(rel, std::fs::read_link(&path)?));
+            } else if meta.is_dir() {
+                out.push(Node::Dir(rel));
+                read(base, &path, out)?;
+            } else {
+                out.push(Node::File(rel, std::fs::read(&path)?));
+            }
+        }
+        Ok(())
+    }
+    let mut nodes = Vec::new();
+    read(from, from, &mut nodes)?;
+    let t = Instant::now();
+    std::fs::create_dir_all(to)?;
+    for node in &nodes {
+        match node {
+            Node::Dir(p) => std::fs::create_dir(to.join(p))?,
+            Node::File(p, bytes) => std::fs::write(to.join(p), bytes)?,
+            Node::Link(p, target) => std::os::unix::fs::symlink(target, to.join(p))?,
+        }
+    }
+    let elapsed = t.elapsed();
+    std::fs::remove_dir_all(to)?;
+    Ok(elapsed)
 }
 
 fn check(reports: &[fermata::reconcile::BranchReport], want: usize) -> anyhow::Result<()> {
@@ -220,13 +375,23 @@ pub(crate) fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Writes the fleet into a new repository at `dir` and commits it.
+/// With `window`, one MaintenanceWindow of that name (02:00 UTC for 3
+/// hours, daily) governs every symphony.
 pub(crate) fn generate(
     dir: &Path,
     symphonies: usize,
     variations: usize,
     synthesizers: usize,
+    window: Option<&str>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("symphonies"))?;
+    if let Some(w) = window {
+        std::fs::write(
+            dir.join("window.yaml"),
+            format!("apiVersion: fermata.dev/v1alpha1\nkind: MaintenanceWindow\nmetadata: {{name: {w}}}\nspec: {{schedule: \"0 2 * * *\", duration: 3h, timezone: UTC}}\n"),
+        )?;
+    }
+    let window_line = window.map_or(String::new(), |w| format!("  window: {w}\n"));
     std::fs::write(
         dir.join("target.yaml"),
         "apiVersion: fermata.dev/v1alpha1\nkind: Target\nmetadata: {name: site}\nspec:\n  directory: {path: site}\n",
@@ -258,7 +423,7 @@ pub(crate) fn generate(
     }
     for n in 0..symphonies {
         let mut y = format!(
-            "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: sym-{n:04}}}\nspec:\n  rollout: {{strategy: Parallel, maxUnavailable: 100}}\n  synthesisEnv: [{{name: NS, value: ns-{n}}}]\n  variations:\n"
+            "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: sym-{n:04}}}\nspec:\n{window_line}  rollout: {{strategy: Parallel, maxUnavailable: 100}}\n  synthesisEnv: [{{name: NS, value: ns-{n}}}]\n  variations:\n"
         );
         for v in 0..variations {
             y.push_str(&format!(

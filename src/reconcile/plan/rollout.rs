@@ -3,9 +3,20 @@
 //! Compositions are visited in order (dependencies first, then variation
 //! order). [`Rollout::admit`] says, before a composition's apply, whether
 //! its dependencies are Ready and whether the strategy holds it;
-//! [`Rollout::observe`] records how it ended, for the ones after it.
+//! [`Rollout::observe`] records how it ended, for the ones after it. An
+//! apply that is batched with others ends later: it is observed `InFlight`
+//! when it joins the batch and [`Rollout::resolve`]d when the batch is done.
 
 use std::collections::{HashMap, HashSet};
+
+fn decrement(map: &mut HashMap<String, u32>, key: &str) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
 
 use super::Reason;
 use crate::model::types::Strategy;
@@ -15,8 +26,8 @@ use crate::model::CompositionId;
 #[derive(Debug, Default)]
 pub struct Rollout {
     ready: HashSet<CompositionId>,
-    /// `OrderedReady`: symphonies with a composition not Ready yet.
-    blocked: HashSet<String>,
+    /// `OrderedReady`: per symphony, compositions not Ready yet.
+    blocked: HashMap<String, u32>,
     /// `Parallel`: per symphony, compositions being applied or applied and not Ready.
     unavailable: HashMap<String, u32>,
 }
@@ -52,7 +63,7 @@ impl Rollout {
         let wait = match strategy {
             Strategy::OrderedReady => self
                 .blocked
-                .contains(sym)
+                .contains_key(sym)
                 .then_some(Reason::WaitingForReady),
             Strategy::Parallel => (self.unavailable.get(sym).copied().unwrap_or(0)
                 >= max_unavailable.max(1))
@@ -70,11 +81,24 @@ impl Rollout {
                 self.ready.insert(id.clone());
             }
             Outcome::InFlight | Outcome::Held => {
-                self.blocked.insert(id.symphony.clone());
+                *self.blocked.entry(id.symphony.clone()).or_default() += 1;
                 if outcome == Outcome::InFlight {
                     *self.unavailable.entry(id.symphony.clone()).or_default() += 1;
                 }
             }
+        }
+    }
+
+    /// How a composition observed `InFlight` (its apply batched) ended once
+    /// the batch ran: as if it had been observed so in the first place.
+    pub fn resolve(&mut self, id: &CompositionId, outcome: Outcome) {
+        if outcome == Outcome::InFlight {
+            return;
+        }
+        decrement(&mut self.unavailable, &id.symphony);
+        if outcome == Outcome::Ready {
+            decrement(&mut self.blocked, &id.symphony);
+            self.ready.insert(id.clone());
         }
     }
 
@@ -199,6 +223,63 @@ mod tests {
         ];
         for (name, steps, want) in cases {
             assert_eq!(run(&steps), want, "{name}");
+        }
+    }
+
+    /// A batched apply observed `InFlight`, then resolved: afterwards the
+    /// rollout admits exactly what it would had it been observed so at once.
+    #[test]
+    fn resolving_a_batched_apply_equals_observing_its_end() {
+        use Outcome::*;
+        use Strategy::*;
+        let held = |r| Admission {
+            dependencies_ready: true,
+            wait: Some(r),
+        };
+        let not_ready = Admission {
+            dependencies_ready: false,
+            wait: None,
+        };
+        // (strategy, maxUnavailable, how the batched s/a ends, what s/b then
+        // gets, what web/a depending on s/a gets)
+        let cases = [
+            (OrderedReady, 1, Ready, GO, GO),
+            (
+                OrderedReady,
+                1,
+                Held,
+                held(Reason::WaitingForReady),
+                not_ready,
+            ),
+            (
+                OrderedReady,
+                1,
+                InFlight,
+                held(Reason::WaitingForReady),
+                not_ready,
+            ),
+            (Parallel, 1, Ready, GO, GO),
+            (Parallel, 1, Held, GO, not_ready),
+            (
+                Parallel,
+                1,
+                InFlight,
+                held(Reason::MaxUnavailable),
+                not_ready,
+            ),
+        ];
+        for (strategy, max, end, b, web) in cases {
+            let (a, deps) = (id("s/a"), [id("s/a")]);
+            let mut batched = Rollout::default();
+            batched.observe(&a, InFlight);
+            batched.resolve(&a, end);
+            let mut direct = Rollout::default();
+            direct.observe(&a, end);
+            for r in [&batched, &direct] {
+                let case = format!("{strategy:?} {max} {end:?}");
+                assert_eq!(r.admit(&id("s/b"), &[], strategy, max), b, "{case}");
+                assert_eq!(r.admit(&id("web/a"), &deps, strategy, max), web, "{case}");
+            }
         }
     }
 }

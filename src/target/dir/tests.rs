@@ -802,3 +802,169 @@ async fn a_metadata_write_keeps_source_artifacts_and_content() {
     assert!(!t.write_metadata(&other, &orphan).await.unwrap().changed);
     assert!(!t.root().join("line-control/other").exists());
 }
+
+fn switch_of(d: &Desired) -> Switch {
+    Switch {
+        id: d.rendered.id.clone(),
+        digest: d.rendered.digest,
+        source: d.source.clone(),
+    }
+}
+
+/// States staged without syncs, then switched as one batch of `n`: a
+/// crash after each of `steps` steps of the batch leaves each composition
+/// on its old state or its new one, complete; the same batch after a
+/// restart finishes it. Returns how many runs crashed.
+async fn batch_crashes(n: usize, steps: impl Iterator<Item = usize>) -> usize {
+    let ids: Vec<CompositionId> = (0..n)
+        .map(|i| CompositionId::new("line-control", format!("v{i}")))
+        .collect();
+    let of = |value: &str| -> Vec<Desired> {
+        ids.iter()
+            .map(|id| desired(rendered_for(id, vec![configmap("cfg", value)])))
+            .collect()
+    };
+    let (old, new) = (of("old"), of("new"));
+    let switches: Vec<Switch> = new.iter().map(switch_of).collect();
+    let current_of = |t: &DirectoryTarget, i: usize| {
+        let dir = t.root().join("line-control").join(&ids[i].variation);
+        let manifest = fs::read_to_string(dir.join("current/manifest.yaml")).unwrap();
+        let state = [&old[i], &new[i]]
+            .into_iter()
+            .find(|d| d.rendered.manifest_yaml() == manifest)
+            .expect("current is the old state or the new one");
+        let site = DirectoryTarget::new(t.root()).site(&ids[i]).unwrap();
+        site.verify(&dir.join("current"), &state.rendered.digest)
+            .expect("current is complete");
+        state.rendered.digest
+    };
+    let mut crashes = 0;
+    for steps in steps {
+        let (_tmp, t) = fixture();
+        for (o, n) in old.iter().zip(&new) {
+            run(&t, o, StateGoal::Apply).await;
+            run(&t, n, StateGoal::Stage).await;
+        }
+        let results = t.crashing_after(steps).apply_staged(&switches).await;
+        if results.iter().any(Result::is_err) {
+            crashes += 1;
+        }
+        for (i, r) in results.iter().enumerate() {
+            let now = current_of(&t, i);
+            match r {
+                Ok(o) => assert_eq!(o.applied, Some(now), "after {steps} steps"),
+                Err(_) => assert!(now == old[i].rendered.digest || now == new[i].rendered.digest),
+            }
+        }
+        let restarted = DirectoryTarget::new(t.root());
+        for r in restarted.apply_staged(&switches).await {
+            assert_eq!(r.unwrap().health, Some(Health::Healthy));
+        }
+        for (i, d) in new.iter().enumerate() {
+            assert_eq!(current_of(&t, i), d.rendered.digest, "after {steps} steps");
+            let o = restarted.verify(&ids[i]).await.unwrap();
+            let digest = Some(d.rendered.digest);
+            assert_eq!((o.applied, o.staged), (digest, digest));
+            let dir = t.root().join("line-control").join(&ids[i].variation);
+            assert!(names(&dir.join(".fermata/tmp")).is_empty());
+        }
+    }
+    crashes
+}
+
+#[tokio::test]
+async fn a_batched_switch_of_unsynced_stages_survives_a_crash_at_any_step() {
+    // Two switches sync their files; twelve sync the file system.
+    assert!(batch_crashes(2, 0..20).await >= 6);
+    let many = SYNC_FILES_UP_TO + 4;
+    assert!(batch_crashes(many, (0..many * 7).step_by(5)).await >= 10);
+
+    // A state that is not staged is refused, alone.
+    let (_tmp, t) = fixture();
+    let staged = desired(rendered("staged"));
+    run(&t, &staged, StateGoal::Stage).await;
+    let missing = desired(rendered_for(
+        &CompositionId::new("line-control", "other"),
+        vec![configmap("cfg", "never staged")],
+    ));
+    let results = t
+        .apply_staged(&[switch_of(&missing), switch_of(&staged)])
+        .await;
+    assert!(matches!(results[0], Err(TargetError::NotStaged { .. })));
+    assert_eq!(
+        results[1].as_ref().unwrap().applied,
+        Some(staged.rendered.digest)
+    );
+}
+
+/// After a restart, `unchanged` trusts the index only while the applied
+/// files stat as they did: a same-size rewrite moves mtime and ctime.
+#[tokio::test]
+async fn a_restart_sees_a_rewritten_file_by_its_stat() {
+    let (tmp, t) = fixture();
+    let a = with_artifact("a", &tmp.path().join("store"), b"weights");
+    run(&t, &a, StateGoal::Apply).await;
+    t.checkpoint().await.unwrap();
+    let applied = [(id(), a.rendered.digest)];
+    let restarted = DirectoryTarget::new(t.root());
+    assert_eq!(restarted.unchanged(&applied).await, [true]);
+    let other = desired(rendered("b"));
+    assert_eq!(
+        restarted.unchanged(&[(id(), other.rendered.digest)]).await,
+        [false],
+        "another digest is not what is applied"
+    );
+
+    let manifest = comp_dir(&t).join("current/manifest.yaml");
+    let text = fs::read_to_string(&manifest).unwrap();
+    fs::write(&manifest, text.replace("value: a", "value: A")).unwrap();
+    assert_eq!(fs::metadata(&manifest).unwrap().len() as usize, text.len());
+    let restarted = DirectoryTarget::new(t.root());
+    assert_eq!(restarted.unchanged(&applied).await, [false]);
+    let Some(Health::Unhealthy(why)) = restarted.get(&id()).await.unwrap().health else {
+        panic!("a rewritten manifest is unhealthy")
+    };
+    assert!(why.contains("manifest.yaml"), "{why}");
+}
+
+/// What `stat` cannot see (here: the index recorded after the rewrite, as
+/// a rewrite within the file system's timestamp granularity would leave
+/// it) `get` trusts, and `verify` (every resync) catches by content.
+#[tokio::test]
+async fn verify_catches_what_stat_cannot_see() {
+    let (_tmp, t) = fixture();
+    let a = desired(rendered("a"));
+    run(&t, &a, StateGoal::Apply).await;
+    let state = comp_dir(&t).join(state_link(&a));
+    let manifest = state.join("manifest.yaml");
+    let text = fs::read_to_string(&manifest).unwrap();
+    fs::write(&manifest, text.replace("value: a", "value: A")).unwrap();
+    let site = t.site(&id()).unwrap();
+    let record = site.read_record(&state).unwrap();
+    site.remember(&state, &record, None);
+
+    assert_eq!(t.get(&id()).await.unwrap().health, Some(Health::Healthy));
+    let Some(Health::Unhealthy(why)) = t.verify(&id()).await.unwrap().health else {
+        panic!("verify reads the content")
+    };
+    assert!(why.contains("manifest.yaml"), "{why}");
+    assert!(
+        matches!(
+            t.get(&id()).await.unwrap().health,
+            Some(Health::Unhealthy(_))
+        ),
+        "a state found broken is not trusted again"
+    );
+}
+
+#[test]
+fn a_few_switches_sync_their_files_many_the_file_system() {
+    for (n, want) in [
+        (1, Durability::Files),
+        (SYNC_FILES_UP_TO, Durability::Files),
+        (SYNC_FILES_UP_TO + 1, Durability::FileSystem),
+        (10_000, Durability::FileSystem),
+    ] {
+        assert_eq!(durability(n), want, "{n} switches");
+    }
+}

@@ -1,0 +1,142 @@
+//! A restart on an unchanged commit (a fresh reconciler on the same state
+//! directory): the directory target's applied files are trusted by their
+//! `stat` (as git's index does) instead of being read, so the first pass
+//! costs stats, not reads; drift that moved a file's times is still seen
+//! at once. What `stat` cannot see is left to the full read of every
+//! resync (unit-tested in `src/target/dir/tests.rs`).
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fermata::reconcile::{BranchReport, Reconciler, Settings};
+use fermata::status::State;
+use fermata::window::SystemClock;
+use util::{TestRepo, MANIFEST, SYNTH, TARGET};
+
+const SYMPHONY: &str = "apiVersion: fermata.dev/v1alpha1
+kind: Symphony
+metadata: {name: shop}
+spec:
+  variations:
+    - name: eu
+      synthesizer: {name: app}
+      synthesisEnv: [{name: TAG, value: v1}]
+";
+
+fn fleet() -> TestRepo {
+    let repo = TestRepo::new();
+    repo.write("target.yaml", TARGET)
+        .write("synth/app.yaml", SYNTH)
+        .write("synth/manifests/cm.yaml", MANIFEST)
+        .write("symphony.yaml", SYMPHONY)
+        .commit("fleet");
+    repo
+}
+
+fn applied_manifest(state: &Path) -> PathBuf {
+    state.join("targets/site/shop/eu/current/manifest.yaml")
+}
+
+/// A fresh reconciler on `state` (a restart), and its first pass.
+fn restart(repo: &TestRepo, state: &Path) -> (Reconciler, Vec<BranchReport>) {
+    let settings = Settings::defaults(repo.path().to_str().unwrap(), "main", state);
+    let mut r = Reconciler::new(settings, Arc::new(SystemClock)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reports = rt.block_on(async {
+        r.fetch().await.unwrap();
+        r.pass().await
+    });
+    (r, reports)
+}
+
+/// What the pass said of `shop/eu`: its state and whether it is Ready
+/// (an applied state found damaged stays `installed`, not Ready); `None`
+/// when the pass skipped the branch.
+fn state_of(reports: &[BranchReport]) -> Option<(State, bool)> {
+    let rows: Vec<_> = reports.iter().flat_map(|b| &b.rows).collect();
+    if rows.is_empty() {
+        assert!(reports.iter().all(|b| b.unchanged), "{reports:?}");
+        return None;
+    }
+    let ready = reports
+        .iter()
+        .flat_map(|b| &b.symphonies)
+        .any(|(name, ready, _)| name == "shop" && *ready == 1);
+    Some((rows[0].state, ready))
+}
+
+const READY: Option<(State, bool)> = Some((State::Installed, true));
+
+/// The manifest's content changed, its size kept (`v1` becomes `v2`).
+fn rewrite_same_size(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let drifted = text.replace("v1", "v2");
+    assert_ne!(drifted, text);
+    std::fs::write(path, &drifted).unwrap();
+    assert_eq!(std::fs::metadata(path).unwrap().len() as usize, text.len());
+}
+
+/// Applied, then restarted on the unchanged commit: the first pass is
+/// skipped on the strength of the targets' stat alone.
+fn applied_and_restarted() -> (TestRepo, tempfile::TempDir) {
+    let repo = fleet();
+    let state = tempfile::tempdir().unwrap();
+    let (_, reports) = restart(&repo, state.path());
+    assert_eq!(state_of(&reports), READY);
+    let (_, reports) = restart(&repo, state.path());
+    assert_eq!(
+        state_of(&reports),
+        None,
+        "a settled commit is not passed again"
+    );
+    (repo, state)
+}
+
+#[test]
+fn a_restart_sees_a_same_size_rewrite_by_its_times() {
+    let (repo, state) = applied_and_restarted();
+    rewrite_same_size(&applied_manifest(state.path()));
+    let (_, reports) = restart(&repo, state.path());
+    assert_eq!(
+        state_of(&reports),
+        Some((State::Installed, false)),
+        "drift not seen: {reports:?}"
+    );
+}
+
+#[test]
+fn a_restart_sees_a_rewrite_that_kept_its_mtime() {
+    let (repo, state) = applied_and_restarted();
+    let manifest = applied_manifest(state.path());
+    let mtime = std::fs::metadata(&manifest).unwrap().modified().unwrap();
+    rewrite_same_size(&manifest);
+    // `touch -r`: the modification time set back; the change time moves.
+    std::fs::File::options()
+        .write(true)
+        .open(&manifest)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&manifest).unwrap().modified().unwrap(),
+        mtime
+    );
+    let (_, reports) = restart(&repo, state.path());
+    assert_eq!(
+        state_of(&reports),
+        Some((State::Installed, false)),
+        "drift not seen: {reports:?}"
+    );
+}
+
+/// After a skipped first pass, the next one reads every target in full.
+#[test]
+fn the_pass_after_a_restart_reads_in_full() {
+    let (repo, state) = applied_and_restarted();
+    let (mut r, _) = restart(&repo, state.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reports = rt.block_on(r.pass());
+    assert_eq!(state_of(&reports), READY);
+}
