@@ -147,6 +147,9 @@ struct Deferred {
     overridden: bool,
 }
 
+/// How long a switch may wait in its pass's batch for others to join it.
+const BATCH_AGE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
 /// What [`Reconciler::execute`] leaves to run: a switch to a staged state
 /// for its target's batch, or a composition's own target I/O.
 enum Exec {
@@ -993,7 +996,17 @@ impl Reconciler {
         // per target: independent of each other by construction, since one
         // that would wait for an earlier one runs the batch first.
         let mut batch: Vec<Deferred> = Vec::new();
+        // When the oldest switch in the batch joined it: a batch older than
+        // BATCH_AGE runs before the next decision, so a long pass keeps
+        // applying while its window is open instead of staging everything
+        // first and finding the window closed at the end.
+        let mut batch_since: Option<DateTime<Utc>> = None;
         for i in 0..work.len() {
+            if batch_since.is_some_and(|t| self.ctx.clock.now() - t >= BATCH_AGE) {
+                self.run_batch(fleet, work, &mut batch, &mut rollout, &mut came_to)
+                    .await;
+                batch_since = None;
+            }
             loop {
                 let w = &work[i];
                 let waits = busy.iter().any(|(_, id)| {
@@ -1029,6 +1042,7 @@ impl Reconciler {
                 // It may wait only for what the batch holds: run it first.
                 self.run_batch(fleet, work, &mut batch, &mut rollout, &mut came_to)
                     .await;
+                batch_since = None;
                 admission = admit(&rollout, &work[i]);
             }
             let w = &mut work[i];
@@ -1065,6 +1079,7 @@ impl Reconciler {
                     Some(Exec::Batch(d)) => {
                         w.rendered = None;
                         rollout.observe(&w.comp.id, rollout::Outcome::InFlight);
+                        batch_since.get_or_insert_with(|| self.ctx.clock.now());
                         batch.push(Deferred { index: i, ..d });
                         continue;
                     }
@@ -1148,6 +1163,8 @@ impl Reconciler {
                     .is_some_and(|mw| !mw.window.is_open(self.ctx.clock.now()));
             if closed {
                 w.waiting = Some(Reason::WindowClosed);
+                // Every switch in a batch is of a state its target holds staged.
+                w.observed.staged = Some(d.switch.digest);
             } else if self.may_write() == Err(Hold::NotLeading) {
                 w.fail(
                     ErrorCode::NotLeader,
@@ -2006,6 +2023,35 @@ impl Reconciler {
             source: source.clone(),
             artifacts,
         };
+        // Staged and switched to in one pass (a cold start, a commit while
+        // the window is open): staged now, switched with the pass's batch,
+        // so the switches share their syncs instead of one apply each.
+        if let (true, true, Apply::Now { overridden }) =
+            (decision.stage, target.switches_staged(), decision.apply)
+        {
+            if let Err(e) = target.apply(&desired, StateGoal::Stage).await {
+                w.fail(
+                    ErrorCode::StagingFailed,
+                    w.comp.target.clone(),
+                    e.to_string(),
+                );
+                return None;
+            }
+            tracing::info!(composition = %w.comp.id, digest = %desired.rendered.digest.short(), "staged");
+            if overridden || !closed(self, w) {
+                return batched(w, overridden);
+            }
+            w.waiting = Some(Reason::WindowClosed);
+            match target.get(&w.comp.id).await {
+                Ok(o) => w.observed = o,
+                Err(e) => w.fail(
+                    ErrorCode::TargetUnavailable,
+                    w.comp.target.clone(),
+                    e.to_string(),
+                ),
+            }
+            return None;
+        }
         Some(Exec::Io(TargetIo {
             id: w.comp.id.clone(),
             target,
