@@ -163,17 +163,20 @@ impl Show {
     }
 }
 
-/// `cargo run --` when this binary is a cargo build in a `target` folder,
-/// else its own name: hints must work as printed.
+/// `cargo run --` when this binary is a cargo build (in `debug/` or
+/// `release/` of a cargo target directory, which cargo marks with
+/// `CACHEDIR.TAG`, whatever `CARGO_TARGET_DIR` says), else its own name:
+/// hints must work as printed.
 fn invocation() -> String {
     let exe = std::env::current_exe().ok();
-    let in_target = exe.as_ref().is_some_and(|p| {
-        let parts: Vec<_> = p.components().map(|c| c.as_os_str().to_owned()).collect();
-        parts
-            .windows(2)
-            .any(|w| w[0] == "target" && (w[1] == "debug" || w[1] == "release"))
+    let built = exe.as_ref().and_then(|p| p.parent()).is_some_and(|dir| {
+        dir.file_name()
+            .is_some_and(|n| n == "debug" || n == "release")
+            && dir
+                .parent()
+                .is_some_and(|target| target.join("CACHEDIR.TAG").exists())
     });
-    if in_target {
+    if built {
         "cargo run --".to_string()
     } else {
         exe.and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
