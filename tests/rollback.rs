@@ -256,7 +256,27 @@ fn fermata_rollback_switches_back_by_hand_and_records_who_and_why() {
     // The next pass, window open: v2 stays rolled back.
     let run = util::run_once(state.path(), &repo, LATER_OPEN);
     assert_eq!(applied_tag(&comp), "v1", "{}", run.stderr);
-    // Until a new commit.
+    // Unless apply-now is granted for it (here outside the window).
+    let run = util::fermata_at(
+        state.path(),
+        &[
+            "apply-now",
+            "shop/app",
+            "--reason",
+            "fixed on the line",
+            "--who",
+            "ops",
+            "--repo",
+            p,
+            "--branch",
+            "main",
+        ],
+        "2026-11-21T06:00:00Z",
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(applied_tag(&comp), "v2", "apply-now lifts the hold");
+    // Or a new commit.
     fleet(&repo, "v3", None);
     util::run_once(state.path(), &repo, LATER_OPEN);
     assert_eq!(applied_tag(&comp), "v3");

@@ -1218,7 +1218,13 @@ impl Reconciler {
         let forgets = w.digest.is_some() && !self.planning() && self.may_write().is_ok();
         if let Some((file, r)) = self.recorded.rollbacks.get(&id) {
             let digest = r.digest.parse::<Digest>().ok();
-            if plan::rollback::held(digest, w.digest, grant) {
+            if digest != w.digest {
+                if forgets {
+                    if let Err(e) = self.requests.forget(file) {
+                        tracing::warn!(error = %e, file, "cannot forget a done rollback record");
+                    }
+                }
+            } else if self.rollback_request(&id).is_some() {
                 let cause = format!("fermata rollback by {} at {}: {}", r.who, r.at, r.why);
                 w.fail(
                     ErrorCode::RolledBack,
@@ -1226,10 +1232,6 @@ impl Reconciler {
                     rolled_back(&cause),
                 );
                 return;
-            } else if digest != w.digest && forgets {
-                if let Err(e) = self.requests.forget(file) {
-                    tracing::warn!(error = %e, file, "cannot forget a done rollback record");
-                }
             }
         }
         if let Some(rb) = self.persisted.rolled_back.get(&w.record_key) {
@@ -1240,6 +1242,18 @@ impl Reconciler {
                 self.persisted.rolled_back.remove(&w.record_key);
             }
         }
+    }
+
+    /// The `fermata rollback` of `id` in force: none where an `apply-now`
+    /// for the same state was granted after it (the newer record wins).
+    fn rollback_request(&self, id: &str) -> Option<(&String, &crate::status::Override)> {
+        let (file, r) = self.recorded.rollbacks.get(id)?;
+        let lifted = self
+            .recorded
+            .overrides
+            .get(id)
+            .is_some_and(|(_, o)| o.digest == r.digest && o.at >= r.at);
+        (!lifted).then_some((file, r))
     }
 
     /// After the roll out: each composition whose desired state failed to
@@ -1260,9 +1274,7 @@ impl Reconciler {
                 _ => None,
             };
             let requested = self
-                .recorded
-                .rollbacks
-                .get(&w.comp.id.to_string())
+                .rollback_request(&w.comp.id.to_string())
                 .and_then(|(_, o)| o.digest.parse::<Digest>().ok());
             let facts = plan::rollback::Facts {
                 policy: fleet
@@ -1313,9 +1325,16 @@ impl Reconciler {
                     self.caches.observed.remove(&w.record_key);
                 }
                 Ok(None) => {
-                    if let Some(e) = w.error.as_mut() {
-                        e.message
-                            .push_str("; nothing was applied before it: nothing to roll back to");
+                    const NOTHING: &str = "nothing was applied before it: nothing to roll back to";
+                    match w.error.as_mut() {
+                        // By hand: held, but still applied.
+                        Some(e) if failure.is_none() => {
+                            if let Some(cause) = e.message.strip_suffix(&rolled_back("")) {
+                                e.message = format!("{cause}; {NOTHING}");
+                            }
+                        }
+                        Some(e) => e.message.push_str(&format!("; {NOTHING}")),
+                        None => {}
                     }
                 }
                 Err(e) => {
