@@ -1155,3 +1155,69 @@ spec:
     let st = status(&repo);
     assert_eq!(st["status"]["state"].as_str(), Some("installed"), "{st:?}");
 }
+
+#[test]
+fn a_health_timeout_with_rollback_auto_applies_the_previous_state_again() {
+    let c = Cluster::new();
+    let repo = TestRepo::new();
+    let manifests = "apiVersion: v1
+kind: Namespace
+metadata: {name: line}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: main, image: \"nginx:${TAG}\"}]}
+";
+    kube_fleet(&repo, &c.kubeconfig(), manifests);
+    let symphony = |tag: &str| {
+        format!("apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: shop}}\nspec:\n  rollback: auto\n  variations:\n    - synthesizer: {{name: app}}\n      synthesisEnv: [{{name: TAG, value: {tag}}}]\n")
+    };
+    let image = || {
+        c.fake
+            .object("apps/v1", "Deployment", Some("default"), "web")
+            .expect("deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+            .clone()
+    };
+    repo.write("symphony.yaml", &symphony("v1"));
+    repo.commit("v1");
+    let state_dir = tempfile::tempdir().expect("state");
+    let run = run_once(state_dir.path(), &repo, T0);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(image(), json!("nginx:v1"));
+
+    repo.write("symphony.yaml", &symphony("v2"));
+    repo.commit("v2");
+    let run = run_once(state_dir.path(), &repo, "2026-11-21T02:31:00Z");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(image(), json!("nginx:v2"));
+
+    // No controller moves it: 11 minutes later its health check timed out,
+    // and v1 is applied again.
+    let run = run_once(state_dir.path(), &repo, "2026-11-21T02:42:00Z");
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(image(), json!("nginx:v1"), "rolled back on the cluster");
+    let st = status(&repo);
+    assert_eq!(st["status"]["state"].as_str(), Some("failed"), "{st:?}");
+    assert_eq!(st["status"]["error"]["code"].as_str(), Some("RolledBack"));
+    let msg = st["status"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        msg.starts_with("HealthTimeout: not healthy 10m after the apply"),
+        "the cause: {msg}"
+    );
+    assert_ne!(st["status"]["applied"], st["status"]["digest"], "{st:?}");
+
+    // Not applied again in a later pass.
+    run_once(state_dir.path(), &repo, "2026-11-21T02:50:00Z");
+    assert_eq!(image(), json!("nginx:v1"));
+    assert_eq!(
+        status(&repo)["status"]["error"]["code"].as_str(),
+        Some("RolledBack")
+    );
+}

@@ -10,6 +10,7 @@ use super::run::{exit_code, fetch_or_warn, print_reports, ReconcilerArgs, StateW
 use super::Accountable;
 use crate::reconcile::requests::Request;
 use crate::reconcile::Mode;
+use crate::report::ErrorCode;
 use crate::status::{Override, State};
 
 #[derive(Debug, Args)]
@@ -48,7 +49,11 @@ pub fn run(a: &ApplyNowArgs) -> anyhow::Result<ExitCode> {
                 Some(_) => row.id.to_string() == a.target,
                 None => row.id.symphony == a.target,
             };
-            if matches && row.state == State::Staged {
+            // A rolled-back state is staged too, only held: apply-now
+            // lifts the hold (the row's note starts with its error code).
+            let rolled_back = row.state == State::Failed
+                && row.note.starts_with(&format!("{}:", ErrorCode::RolledBack));
+            if matches && (row.state == State::Staged || rolled_back) {
                 if let Some(d) = row.digest {
                     r.requests_of(site).record(&Request::ApplyNow {
                         composition: row.id.to_string(),

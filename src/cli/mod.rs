@@ -35,6 +35,7 @@ mod demo;
 mod fleet;
 mod plan;
 mod render;
+mod rollback;
 mod run;
 mod status;
 mod ungate;
@@ -80,6 +81,8 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Break glass: apply what is staged for SYM[/VAR] now, outside its window.
     ApplyNow(apply_now::ApplyNowArgs),
+    /// Switch SYM[/VAR] back to its previous applied state and hold the current one.
+    Rollback(rollback::RollbackArgs),
     /// Lift a scheduling gate of SYM/VAR without a commit, recorded in its status.
     Ungate(ungate::UngateArgs),
     /// List maintenance windows, whether each is open, and its next openings.
@@ -230,6 +233,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => demo::run(&a),
         Command::Plan(a) => plan::run(&a),
         Command::ApplyNow(a) => apply_now::run(&a),
+        Command::Rollback(a) => rollback::run(&a),
         Command::Ungate(a) => ungate::run(&a),
         Command::Windows(a) => windows::run(&a),
         Command::Status(a) => status::run(&a),

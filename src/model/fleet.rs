@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::types::{KubernetesSpec, Rollout};
+use super::types::{KubernetesSpec, RollbackPolicy, Rollout};
 use super::{CompositionId, Diagnostic, Digest, Origin, Site, SiteSelector};
 use crate::window::Window;
 
@@ -56,6 +56,8 @@ pub struct Symphony {
     pub name: String,
     pub origin: Origin,
     pub rollout: Rollout,
+    /// `spec.rollback`: whether a failed apply is switched back by itself.
+    pub rollback: RollbackPolicy,
     /// `spec.sites`: where it is placed; the default selects every site.
     pub sites: SiteSelector,
     /// In the order the variations were written: `OrderedReady` follows it.

@@ -766,6 +766,7 @@ impl Loader {
                 edges: Vec::new(),
             };
             let sites = s.selector(o.spec.sites.as_ref());
+            let rollback = s.rollback(o.spec.rollback.as_deref());
             let compositions = s.compositions(&name, &o.spec);
             let SymphonyResolver {
                 errors,
@@ -781,6 +782,7 @@ impl Loader {
                     name: name.clone(),
                     origin: doc.origin(""),
                     rollout: o.spec.rollout.clone(),
+                    rollback,
                     sites,
                     compositions,
                 };
@@ -1072,6 +1074,24 @@ impl SymphonyResolver<'_> {
             "spec.sites",
             &mut self.errors,
         )
+    }
+
+    /// `spec.rollback`: off when absent.
+    fn rollback(&mut self, spec: Option<&str>) -> RollbackPolicy {
+        let Some(value) = spec else {
+            return RollbackPolicy::Off;
+        };
+        RollbackPolicy::parse(value).unwrap_or_else(|| {
+            self.errors.push(self.doc.diag(
+                "spec.rollback",
+                format!(
+                    "unknown value {value:?}{}; one of {}",
+                    did_you_mean(value, RollbackPolicy::ALL.iter().copied()),
+                    RollbackPolicy::ALL.join(", ")
+                ),
+            ));
+            RollbackPolicy::Off
+        })
     }
 
     fn compositions(&mut self, symphony: &str, spec: &SymphonySpec) -> Vec<Composition> {
@@ -1677,6 +1697,28 @@ mod tests {
             errors(&[("s.yaml", s)]),
             ["s.yaml:7: spec.variations[1].synthesizer.name: duplicate variation name \"app\" (also at line 6); without `name`, a variation is named after its synthesizer"]
         );
+    }
+
+    #[test]
+    fn rollback_takes_auto_or_off_and_says_where_otherwise() {
+        let s = |v: &str| {
+            format!("apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: s}}\nspec:\n  target: t\n  rollback: {v}\n  variations:\n    - synthesizer: {{name: app}}\n")
+        };
+        assert_eq!(
+            errors(&[("s.yaml", &s("autp"))]),
+            ["s.yaml:6: spec.rollback: unknown value \"autp\" (did you mean \"auto\"?); one of auto, off"]
+        );
+        for (v, want) in [("auto", RollbackPolicy::Auto), ("off", RollbackPolicy::Off)] {
+            let text = s(v);
+            let files: Vec<_> = BASE
+                .iter()
+                .copied()
+                .chain([("s.yaml", text.as_str())])
+                .collect();
+            let loaded = load(&snap(&files), "");
+            assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+            assert_eq!(loaded.fleet.symphonies["s"].rollback, want, "{v}");
+        }
     }
 
     #[test]

@@ -178,6 +178,7 @@ mod tests {
             name: name.into(),
             origin: origin(),
             rollout: Rollout::default(),
+            rollback: Default::default(),
             sites,
             compositions: comps,
         }

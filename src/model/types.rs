@@ -52,6 +52,9 @@ pub struct SymphonySpec {
     pub synthesis_env: Vec<EnvVar>,
     /// Which sites the symphony is placed on; every site when absent.
     pub sites: Option<SiteSelectorSpec>,
+    /// `auto` or `off` (the default): a string here so that a misspelt one
+    /// gets a did-you-mean with file and line instead of serde's message.
+    pub rollback: Option<String>,
     pub variations: Vec<Variation>,
 }
 
@@ -108,6 +111,28 @@ impl Default for Rollout {
         Rollout {
             strategy: Strategy::default(),
             max_unavailable: 1,
+        }
+    }
+}
+
+/// What a failed apply inside the window leads to (`spec.rollback`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub enum RollbackPolicy {
+    /// The failed state stays applied; status says failed.
+    #[default]
+    Off,
+    /// Switch back to the previous applied state before the window closes.
+    Auto,
+}
+
+impl RollbackPolicy {
+    pub const ALL: &'static [&'static str] = &["auto", "off"];
+
+    pub fn parse(s: &str) -> Option<RollbackPolicy> {
+        match s {
+            "auto" => Some(RollbackPolicy::Auto),
+            "off" => Some(RollbackPolicy::Off),
+            _ => None,
         }
     }
 }

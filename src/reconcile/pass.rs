@@ -312,6 +312,12 @@ impl Work {
     }
 }
 
+/// The status message of a rolled-back state: the cause, and that the state
+/// before it is what is applied (its digest is status's `applied`).
+fn rolled_back(cause: &str) -> String {
+    format!("{cause}; rolled back: the previous applied state is applied again")
+}
+
 /// Targets are read in full at least this often, even on a settled branch,
 /// so drift on a target (a deleted file, a changed symlink) does not stay.
 /// Measured on the monotonic clock: a fixed `--now` must not stop it.
@@ -422,6 +428,8 @@ impl Reconciler {
                     Request::ApplyNow { composition, grant } => {
                         self.persisted.overrides.insert(composition, grant);
                     }
+                    // state.json never held these.
+                    Request::Rollback { .. } => {}
                 }
             }
         }
@@ -677,6 +685,7 @@ impl Reconciler {
         let holds = self.prune_phase(&mut work, &pass.fleet, &mut report).await;
         self.roll_out(&pass, &mut work, &holds, &fetched, &mut report)
             .await;
+        self.roll_back(&pass.fleet, &mut work).await;
         lap("roll out");
         let mut used: Vec<Arc<dyn Target>> = Vec::new();
         for t in work.iter().filter_map(|w| w.target.as_ref()) {
@@ -1046,6 +1055,9 @@ impl Reconciler {
                 admission = admit(&rollout, &work[i]);
             }
             let w = &mut work[i];
+            if w.error.is_none() {
+                self.hold_rolled_back(w);
+            }
             let window = w.comp.window.as_ref().and_then(|n| fleet.windows.get(n));
             let facts = Facts {
                 desired: w.digest,
@@ -1205,6 +1217,149 @@ impl Reconciler {
                 let outcome = self.conclude(w);
                 rollout.resolve(&w.comp.id, outcome);
                 came_to.insert(w.comp.id.clone(), w.came_to());
+            }
+        }
+    }
+
+    /// A desired state rolled back (by `rollback: auto` or `fermata
+    /// rollback`) is not applied again, and reports failed with why, until
+    /// a commit changes the desired digest or `apply-now` is granted for it;
+    /// then the memory of it (or the operator's record) is forgotten.
+    fn hold_rolled_back(&mut self, w: &mut Work) {
+        let id = w.comp.id.to_string();
+        let grant = self
+            .recorded
+            .overrides
+            .get(&id)
+            .and_then(|(_, o)| o.digest.parse::<Digest>().ok());
+        let forgets = w.digest.is_some() && !self.planning() && self.may_write().is_ok();
+        if let Some((file, r)) = self.recorded.rollbacks.get(&id) {
+            let digest = r.digest.parse::<Digest>().ok();
+            if digest != w.digest {
+                if forgets {
+                    if let Err(e) = self.requests.forget(file) {
+                        tracing::warn!(error = %e, file, "cannot forget a done rollback record");
+                    }
+                }
+            } else if self.rollback_request(&id).is_some() {
+                let cause = format!("fermata rollback by {} at {}: {}", r.who, r.at, r.why);
+                w.fail(
+                    ErrorCode::RolledBack,
+                    w.comp.target.clone(),
+                    rolled_back(&cause),
+                );
+                return;
+            }
+        }
+        if let Some(rb) = self.persisted.rolled_back.get(&w.record_key) {
+            if plan::rollback::held(Some(rb.digest), w.digest, grant) {
+                let message = rolled_back(&rb.cause);
+                w.fail(ErrorCode::RolledBack, w.comp.target.clone(), message);
+            } else if forgets {
+                self.persisted.rolled_back.remove(&w.record_key);
+            }
+        }
+    }
+
+    /// The `fermata rollback` of `id` in force: none where an `apply-now`
+    /// for the same state was granted after it (the newer record wins).
+    fn rollback_request(&self, id: &str) -> Option<(&String, &crate::status::Override)> {
+        let (file, r) = self.recorded.rollbacks.get(id)?;
+        let lifted = self
+            .recorded
+            .overrides
+            .get(id)
+            .is_some_and(|(_, o)| o.digest == r.digest && o.at >= r.at);
+        (!lifted).then_some((file, r))
+    }
+
+    /// After the roll out: each composition whose desired state failed to
+    /// apply (or to become healthy) in its open window with `rollback:
+    /// auto`, or that `fermata rollback` names, is switched back to its
+    /// previous applied state, and remembered so it is not retried.
+    async fn roll_back(&mut self, fleet: &Fleet, work: &mut [Work]) {
+        if self.planning() || self.may_write().is_err() {
+            return;
+        }
+        for w in work.iter_mut() {
+            let Some(target) = w.target.clone() else {
+                continue;
+            };
+            let failure = match w.error.as_ref().map(CompositionError::code) {
+                Some(ErrorCode::ApplyFailed) => Some(plan::rollback::Failure::Apply),
+                Some(ErrorCode::HealthTimeout) => Some(plan::rollback::Failure::HealthTimeout),
+                _ => None,
+            };
+            let requested = self
+                .rollback_request(&w.comp.id.to_string())
+                .and_then(|(_, o)| o.digest.parse::<Digest>().ok());
+            let facts = plan::rollback::Facts {
+                policy: fleet
+                    .symphonies
+                    .get(&w.comp.id.symphony)
+                    .map(|s| s.rollback)
+                    .unwrap_or_default(),
+                failure,
+                desired: w.digest,
+                applied: w.observed.applied,
+                window_open: w
+                    .comp
+                    .window
+                    .as_ref()
+                    .and_then(|n| fleet.windows.get(n))
+                    .map(|mw| mw.window.is_open(self.ctx.clock.now())),
+                overridden: w.overridden.is_some(),
+                requested,
+            };
+            let Some(failed) = w.digest.filter(|_| plan::rollback::roll_back(&facts)) else {
+                continue;
+            };
+            let cause = match (&w.error, failure) {
+                (Some(e), Some(_)) => format!("{}: {}", e.code(), e.message),
+                _ => String::new(),
+            };
+            match target.rollback(&w.comp.id, &failed).await {
+                Ok(Some(now)) => {
+                    tracing::warn!(composition = %w.comp.id, from = %failed.short(), to = %now.short(), %cause, "rolled back");
+                    match target.get(&w.comp.id).await {
+                        Ok(o) => w.observed = o,
+                        Err(e) => {
+                            tracing::warn!(composition = %w.comp.id, error = %e, "cannot read the rolled-back state")
+                        }
+                    }
+                    if failure.is_some() {
+                        let message = rolled_back(&cause);
+                        w.fail(ErrorCode::RolledBack, w.comp.target.clone(), message);
+                        self.persisted.rolled_back.insert(
+                            w.record_key.clone(),
+                            super::state::RolledBack {
+                                digest: failed,
+                                at: self.ctx.clock.now(),
+                                cause,
+                            },
+                        );
+                    }
+                    self.caches.observed.remove(&w.record_key);
+                }
+                Ok(None) => {
+                    const NOTHING: &str = "nothing was applied before it: nothing to roll back to";
+                    match w.error.as_mut() {
+                        // By hand: held, but still applied.
+                        Some(e) if failure.is_none() => {
+                            if let Some(cause) = e.message.strip_suffix(&rolled_back("")) {
+                                e.message = format!("{cause}; {NOTHING}");
+                            }
+                        }
+                        Some(e) => e.message.push_str(&format!("; {NOTHING}")),
+                        None => {}
+                    }
+                }
+                Err(e) => {
+                    let why = format!("; rolling back failed: {e}");
+                    if let Some(err) = w.error.as_mut() {
+                        err.message.push_str(&why);
+                    }
+                }
             }
         }
     }

@@ -1,5 +1,5 @@
-//! What operators record without a commit: `fermata ungate` and `fermata
-//! apply-now` (DESIGN.md invariant 9: nothing an operator recorded is lost).
+//! What operators record without a commit: `fermata ungate`, `fermata
+//! apply-now` and `fermata rollback` (DESIGN.md invariant 9: nothing an operator recorded is lost).
 //!
 //! Each record is one file under `<state-dir>/requests/`, named uniquely,
 //! written once (temp file, fsync, rename, fsync of the folder) and never
@@ -34,14 +34,22 @@ pub enum Request {
         #[serde(flatten)]
         grant: Override,
     },
+    /// `composition`'s applied state (`grant.digest`) switched back to the
+    /// one before it, and held from being applied again until the desired
+    /// digest changes.
+    Rollback {
+        composition: String,
+        #[serde(flatten)]
+        grant: Override,
+    },
 }
 
 impl Request {
     pub fn composition(&self) -> &str {
         match self {
-            Request::Ungate { composition, .. } | Request::ApplyNow { composition, .. } => {
-                composition
-            }
+            Request::Ungate { composition, .. }
+            | Request::ApplyNow { composition, .. }
+            | Request::Rollback { composition, .. } => composition,
         }
     }
 }
@@ -60,6 +68,8 @@ pub struct Recorded {
     pub ungated: BTreeMap<String, BTreeMap<String, (String, Ungate)>>,
     /// Per composition: the newest grant.
     pub overrides: BTreeMap<String, (String, Override)>,
+    /// Per composition: the newest `fermata rollback`.
+    pub rollbacks: BTreeMap<String, (String, Override)>,
     /// Files of this load that a newer record replaced.
     superseded: Vec<String>,
 }
@@ -156,6 +166,10 @@ impl Requests {
                     .map(|(n, _)| n),
                 Request::ApplyNow { composition, grant } => out
                     .overrides
+                    .insert(composition, (name, grant))
+                    .map(|(n, _)| n),
+                Request::Rollback { composition, grant } => out
+                    .rollbacks
                     .insert(composition, (name, grant))
                     .map(|(n, _)| n),
             };

@@ -123,6 +123,19 @@ pub struct Persisted {
     /// stands in for the first pass.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settled: BTreeMap<String, String>,
+    /// Per `branch:symphony/variation`: the desired state `rollback: auto`
+    /// switched away from, not applied again until a commit changes the
+    /// desired digest (or `apply-now` is granted for it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rolled_back: BTreeMap<RecordKey, RolledBack>,
+}
+
+/// A state rolled back: which, when, why (the failure's message).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolledBack {
+    pub digest: Digest,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub cause: String,
 }
 
 /// A composition's deployment on a target it was moved away from.

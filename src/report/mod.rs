@@ -91,6 +91,10 @@ pub enum ErrorCode {
     DeleteFailed,
     /// Still unhealthy `--health-timeout` after the apply.
     HealthTimeout,
+    /// Its apply failed (or timed out healthy) and the previous applied
+    /// state was applied again (`rollback: auto`, `fermata rollback`): the
+    /// message says why.
+    RolledBack,
     /// Leadership was lost during the pass: nothing written.
     NotLeader,
     /// The commit fails the signature policy.
@@ -113,6 +117,7 @@ impl ErrorCode {
             ErrorCode::ApplyFailed => "ApplyFailed",
             ErrorCode::DeleteFailed => "DeleteFailed",
             ErrorCode::HealthTimeout => "HealthTimeout",
+            ErrorCode::RolledBack => "RolledBack",
             ErrorCode::NotLeader => "NotLeader",
             ErrorCode::UntrustedCommit => "UntrustedCommit",
             ErrorCode::InvalidObject => "InvalidObject",

@@ -335,6 +335,20 @@ impl Target for DirectoryTarget {
         .await
     }
 
+    /// Switches `current` back to the newest complete state of the history
+    /// before `failed` (the last [`KEEP_APPLIED`] are kept for this), with
+    /// the durability of any switch. `staged` keeps naming `failed`: it is
+    /// still staged, only no longer applied.
+    async fn rollback(
+        &self,
+        id: &CompositionId,
+        failed: &Digest,
+    ) -> Result<Option<Digest>, TargetError> {
+        let site = self.site(id)?;
+        let failed = *failed;
+        blocking(move || site.rollback(&failed)).await
+    }
+
     async fn delete(&self, id: &CompositionId) -> Result<(), TargetError> {
         let site = self.site(id)?;
         blocking(move || site.delete()).await
@@ -1091,6 +1105,54 @@ impl Site {
             changed = true;
         }
         Ok(changed)
+    }
+
+    /// [`Target::rollback`]. The history loses `failed` first, by its one
+    /// rename, then `current` switches: a crash between the two leaves
+    /// `current` on `failed`, and the next call (which a restart makes,
+    /// the reconciler having not recorded the rollback yet) finds the same
+    /// previous state and finishes the switch.
+    fn rollback(&self, failed: &Digest) -> Result<Option<Digest>, TargetError> {
+        self.recover()?;
+        let current = match self.pointer(CURRENT)? {
+            Pointer::State(d) => d,
+            Pointer::Absent => return Ok(None),
+            Pointer::Foreign(why) => {
+                return Err(TargetError::Invalid(format!(
+                    "{}: cannot roll back: {why}",
+                    self.id
+                )))
+            }
+        };
+        if current != *failed {
+            // The failed apply never switched, or was rolled back already.
+            return Ok(Some(current));
+        }
+        let mut history = self.history()?;
+        history.retain(|(d, _)| d != failed);
+        let (previous, record) = loop {
+            let Some((d, _)) = history.last() else {
+                return Ok(None);
+            };
+            let d = *d;
+            match self.check_state(&d)? {
+                StateCheck::Complete(record) => break (d, *record),
+                StateCheck::Missing | StateCheck::Broken(_) => {
+                    tracing::warn!(composition = %self.id, digest = %d.short(),
+                        "previous state missing or damaged: rolling back past it");
+                    history.pop();
+                }
+            }
+        };
+        self.write_history(&history)?;
+        self.sync_state(&previous, &record)?;
+        self.switch(CURRENT, &previous)?;
+        self.sync_pointers()?;
+        if let Err(e) = self.gc() {
+            tracing::warn!(composition = %self.id, error = %e, "state garbage collection failed");
+        }
+        tracing::info!(composition = %self.id, from = %failed.short(), to = %previous.short(), "rolled back");
+        Ok(Some(previous))
     }
 
     /// Writes a complete state dir under `tmp/` and returns its path. Input

@@ -170,6 +170,9 @@ struct Record {
     /// inventory: written before it creates anything, cleared when it is
     /// recorded, so a crash in between leaves nothing unknown to prune.
     pending: Vec<Ref>,
+    /// The applied state before `applied`, what [`Target::rollback`]
+    /// applies again. Dropped where it would not fit in the Secret.
+    previous: Option<AppliedState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -721,6 +724,7 @@ impl KubernetesTarget {
             applied: parse_field(&data, "applied.json", &at)?,
             staged: parse_field(&data, "staged.json", &at)?,
             pending: parse_field(&data, "pending.json", &at)?.unwrap_or_default(),
+            previous: parse_field(&data, "previous.json", &at)?,
         }))
     }
 
@@ -748,7 +752,18 @@ impl KubernetesTarget {
         if !record.pending.is_empty() {
             data.insert("pending.json".into(), to_json(&record.pending)?);
         }
-        let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size_of = |data: &BTreeMap<String, String>| -> usize {
+            data.iter().map(|(k, v)| k.len() + v.len()).sum()
+        };
+        if let Some(p) = &record.previous {
+            let previous = to_json(p)?;
+            if size_of(&data) + previous.len() <= RECORD_LIMIT {
+                data.insert("previous.json".into(), previous);
+            } else {
+                tracing::warn!(composition = %id, "the previous applied state does not fit in the inventory record: it cannot be rolled back to");
+            }
+        }
+        let size = size_of(&data);
         if size > RECORD_LIMIT {
             return Err(TargetError::Invalid(format!(
                 "{id}: the inventory record (Secret {namespace}/{}) would hold {size} bytes, \
@@ -1161,6 +1176,7 @@ impl KubernetesTarget {
             )),
             staged: Some(Self::staged_of(r)),
             pending: Vec::new(),
+            previous: None,
         };
         self.record_object(&r.id, &after, &conn.namespace)?;
         let missing = self.missing_namespaces(&planned).await?;
@@ -1499,6 +1515,7 @@ impl KubernetesTarget {
             )),
             staged: Some(Self::staged_of(r)),
             pending: Vec::new(),
+            previous: None,
         };
         self.record_object(id, &check, &conn.namespace)?;
 
@@ -1563,10 +1580,15 @@ impl KubernetesTarget {
             Some(a) if !wrote => a.at,
             _ => self.clock.now(),
         };
+        let previous = match prev {
+            Some(a) if a.digest != r.digest => Some(a.clone()),
+            _ => record.previous.clone(),
+        };
         let record = Record {
             applied: Some(self.applied_state(desired, &planned, prev, inventory, at)),
             staged: Some(Self::staged_of(r)),
             pending: Vec::new(),
+            previous,
         };
         self.write_record(id, &record).await?;
         self.lock_staged().remove(id);
@@ -1940,6 +1962,14 @@ impl Target for KubernetesTarget {
         Ok(self.applied_with_source(id).await?.map(|(r, _)| r))
     }
 
+    async fn rollback(
+        &self,
+        id: &CompositionId,
+        failed: &Digest,
+    ) -> Result<Option<Digest>, TargetError> {
+        self.roll_back(id, failed).await
+    }
+
     /// Applies the applied state with `change` made, under the commit it
     /// came from. Only annotations changed: only the metadata apply runs
     /// (the bodies are unchanged, see [`AppliedResource::body`]).
@@ -1977,6 +2007,14 @@ impl KubernetesTarget {
         let Some(a) = self.read_record(id).await?.and_then(|r| r.applied) else {
             return Ok(None);
         };
+        Self::rendered_of(id, a).map(Some)
+    }
+
+    /// A state as the inventory record holds it, rendered again.
+    fn rendered_of(
+        id: &CompositionId,
+        a: AppliedState,
+    ) -> Result<(Rendered, SourceRef), TargetError> {
         let mut resources = Vec::with_capacity(a.resources.len());
         for x in a.resources {
             resources.push(
@@ -1997,7 +2035,49 @@ impl KubernetesTarget {
             .collect();
         let rendered =
             Rendered::from_parts(id.clone(), resources, a.annotations, a.labels, artifacts);
-        Ok(Some((rendered, a.source)))
+        Ok((rendered, a.source))
+    }
+
+    /// [`Target::rollback`]: the previous state from the inventory record,
+    /// applied again (where `failed` is not the applied one, the applied
+    /// one is: the failed apply may have written part of its resources).
+    /// Then the record forgets `failed` as a previous state, so a second
+    /// rollback does not return to it.
+    async fn roll_back(
+        &self,
+        id: &CompositionId,
+        failed: &Digest,
+    ) -> Result<Option<Digest>, TargetError> {
+        let Some(record) = self.read_record(id).await? else {
+            return Ok(None);
+        };
+        let back = match record.applied {
+            Some(a) if a.digest == *failed => record.previous,
+            applied => applied,
+        };
+        let Some(back) = back else {
+            return Ok(None);
+        };
+        let (rendered, source) = Self::rendered_of(id, back)?;
+        let digest = rendered.digest;
+        let desired = Desired {
+            rendered: Arc::new(rendered),
+            source,
+            artifacts: BTreeMap::new(),
+        };
+        self.apply_now(&desired).await?;
+        if let Some(mut record) = self.read_record(id).await? {
+            if record
+                .previous
+                .as_ref()
+                .is_some_and(|p| p.digest == *failed)
+            {
+                record.previous = None;
+                self.write_record(id, &record).await?;
+            }
+        }
+        tracing::info!(composition = %id, from = %failed.short(), to = %digest.short(), "rolled back");
+        Ok(Some(digest))
     }
 }
 

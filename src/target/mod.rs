@@ -254,6 +254,22 @@ pub trait Target: Send + Sync + fmt::Debug {
     async fn checkpoint(&self) -> Result<(), TargetError> {
         Ok(())
     }
+    /// Makes the state applied before `failed` the applied one again (a
+    /// failed apply or health check, DESIGN.md section 2 `rollback`); the
+    /// digest applied now, or `None` when there is nothing to go back to.
+    /// Idempotent: where `failed` is not (or no longer) applied, what is
+    /// applied is the state before it, and stays (a target that may have
+    /// applied part of `failed` writes that state again).
+    async fn rollback(
+        &self,
+        id: &CompositionId,
+        failed: &Digest,
+    ) -> Result<Option<Digest>, TargetError> {
+        let _ = failed;
+        Err(TargetError::Invalid(format!(
+            "{id}: this target cannot roll back"
+        )))
+    }
     /// Removes everything of `id` from the target; done when it returns Ok.
     async fn delete(&self, id: &CompositionId) -> Result<(), TargetError>;
     /// Every composition the target holds anything of.

@@ -5,11 +5,13 @@
 //! [`rollout`] is the symphony-wide accounting that feeds it (dependencies
 //! Ready, `OrderedReady`, `maxUnavailable`); [`removal`] says whether a
 //! removed variation may be deleted now; [`prune`] whether phase 1 of the
-//! annotation protocol may write now; [`settled`] whether a branch has
-//! nothing left to do until its commit changes.
+//! annotation protocol may write now; [`rollback`] whether a failed state
+//! is switched back; [`settled`] whether a branch has nothing left to do
+//! until its commit changes.
 
 pub mod prune;
 pub mod removal;
+pub mod rollback;
 pub mod rollout;
 
 use serde::Serialize;

@@ -968,3 +968,89 @@ fn a_few_switches_sync_their_files_many_the_file_system() {
         assert_eq!(durability(n), want, "{n} switches");
     }
 }
+
+#[tokio::test]
+async fn rollback_switches_back_through_the_kept_states() {
+    let (_tmp, t) = fixture();
+    let (a, b, c) = (
+        desired(rendered("a")),
+        desired(rendered("b")),
+        desired(rendered("c")),
+    );
+    let (da, db, dc) = (a.rendered.digest, b.rendered.digest, c.rendered.digest);
+    assert_eq!(
+        t.rollback(&id(), &da).await.unwrap(),
+        None,
+        "nothing applied"
+    );
+    run(&t, &a, StateGoal::Apply).await;
+    assert_eq!(
+        t.rollback(&id(), &da).await.unwrap(),
+        None,
+        "nothing before a"
+    );
+    assert_eq!(link(&t, "current"), Some(state_link(&a)));
+    run(&t, &b, StateGoal::Apply).await;
+    run(&t, &c, StateGoal::Apply).await;
+
+    assert_eq!(t.rollback(&id(), &dc).await.unwrap(), Some(db));
+    assert_eq!(link(&t, "current"), Some(state_link(&b)));
+    assert_eq!(link(&t, "staged"), Some(state_link(&c)), "c stays staged");
+    assert_eq!(t.get(&id()).await.unwrap().applied, Some(db));
+    assert_eq!(t.get(&id()).await.unwrap().health, Some(Health::Healthy));
+    assert_eq!(
+        history(&t).len(),
+        2,
+        "c left the history: {:?}",
+        history(&t)
+    );
+    // Again for the same failed state: nothing more (idempotent).
+    assert_eq!(t.rollback(&id(), &dc).await.unwrap(), Some(db));
+    assert_eq!(link(&t, "current"), Some(state_link(&b)));
+    // A failed apply that never switched: what is applied stays.
+    let d = desired(rendered("d"));
+    assert_eq!(
+        t.rollback(&id(), &d.rendered.digest).await.unwrap(),
+        Some(db)
+    );
+    // b itself rolled back: a, the oldest kept state.
+    assert_eq!(t.rollback(&id(), &db).await.unwrap(), Some(da));
+    assert_eq!(link(&t, "current"), Some(state_link(&a)));
+    current_is_one_complete_state(&t, &[&a, &b, &c]);
+}
+
+#[tokio::test]
+async fn a_crashed_rollback_converges_on_restart() {
+    let (a, b) = (desired(rendered("a")), desired(rendered("b")));
+    let setup = || async {
+        let (tmp, t) = fixture();
+        run(&t, &a, StateGoal::Apply).await;
+        run(&t, &b, StateGoal::Apply).await;
+        (tmp, t)
+    };
+    let clean = {
+        let (_tmp, t) = setup().await;
+        t.rollback(&id(), &b.rendered.digest).await.unwrap();
+        shape(&t)
+    };
+    let mut crashes = 0;
+    for steps in 0..12 {
+        let (_tmp, t) = setup().await;
+        if t.crashing_after(steps)
+            .rollback(&id(), &b.rendered.digest)
+            .await
+            .is_err()
+        {
+            crashes += 1;
+        }
+        current_is_one_complete_state(&t, &[&a, &b]);
+        let restarted = DirectoryTarget::new(t.root());
+        assert_eq!(
+            restarted.rollback(&id(), &b.rendered.digest).await.unwrap(),
+            Some(a.rendered.digest),
+            "crashed after {steps} steps"
+        );
+        assert_eq!(shape(&t), clean, "crashed after {steps} steps");
+    }
+    assert!(crashes > 3, "only {crashes} crashes simulated");
+}
