@@ -32,8 +32,8 @@ use crate::source::{
     Entry, Revision, SignaturePolicy, Signer, Snapshot, SourceError, UntrustedCommit,
 };
 use crate::status::{
-    summarize, ComponentStatus, Condition, DeploymentStatus, Override, State, StatusBody,
-    StatusMetadata, StatusSink, StatusUpdate, WindowStatus,
+    summarize, Condition, DeploymentStatus, Override, State, StatusBody, StatusMetadata,
+    StatusSink, StatusUpdate, WindowStatus,
 };
 use crate::synth::{self, Rendered};
 use crate::target::{
@@ -1177,10 +1177,7 @@ impl Reconciler {
                 match result {
                     Ok(o) => {
                         tracing::info!(composition = %w.comp.id, digest = %d.switch.digest.short(), overridden = d.overridden, "applied");
-                        w.observed = Observed {
-                            components: Vec::new(),
-                            ..o
-                        };
+                        w.observed = o;
                     }
                     Err(e) => w.fail(ErrorCode::ApplyFailed, w.comp.target.clone(), e.to_string()),
                 }
@@ -1573,14 +1570,9 @@ impl Reconciler {
                 t.get(&comp.id).await
             };
             match read {
-                // Status lists components from the render; only the
-                // digests, health and carried metadata matter here.
-                Ok(o) => {
-                    w.observed = Observed {
-                        components: Vec::new(),
-                        ..o
-                    }
-                }
+                // Decisions read the digests, health and carried
+                // metadata; status reads the components too.
+                Ok(o) => w.observed = o,
                 Err(e) => {
                     w.fail(
                         ErrorCode::TargetUnavailable,
@@ -2632,17 +2624,43 @@ impl Reconciler {
         now: DateTime<Utc>,
         window: Option<WindowStatus>,
     ) -> DeploymentStatus {
-        let state = if w.error.is_some() {
-            State::Failed
-        } else if w.digest.is_some() && w.observed.applied == w.digest {
-            State::Installed
-        } else if w.waiting == Some(Reason::Staging) {
-            State::Staging
-        } else if w.digest.is_some() && w.observed.staged == w.digest {
-            State::Staged
+        let error = w.error.as_ref().map(CompositionError::info);
+        // Rendering failed: the components of the last rendering, so each
+        // still has its entry (Margo requires one per component).
+        let last;
+        let names: &[String] = if w.components.is_empty() {
+            last = self
+                .persisted
+                .renders
+                .get(&w.record_key)
+                .map(|r| r.components.clone())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| {
+                    w.observed
+                        .components
+                        .iter()
+                        .map(|c| c.name.clone())
+                        .collect()
+                });
+            &last
         } else {
-            State::Pending
+            &w.components
         };
+        let (state, mut components) = plan::state::states(&plan::state::StateFacts {
+            error: w.error.as_ref().map(|e| e.code()).zip(error.as_ref()),
+            desired: w.digest,
+            applied: w.observed.applied,
+            staged: w.observed.staged,
+            staging: w.waiting == Some(Reason::Staging),
+            health: w.observed.health.as_ref(),
+            components: names,
+            observed: &w.observed.components,
+        });
+        for c in &mut components {
+            if w.skipped.contains(&c.name) {
+                c.skipped = Some("reconcile-when".to_string());
+            }
+        }
         let mut conditions = conditions_of(w, window.as_ref(), now);
         if let Some(e) = &self.fetch_error {
             conditions.push(condition(
@@ -2653,13 +2671,6 @@ impl Reconciler {
                 now,
             ));
         }
-        let component_state = match state {
-            State::Installed => State::Installed,
-            State::Failed => State::Failed,
-            State::Staged => State::Staged,
-            State::Staging => State::Staging,
-            _ => State::Pending,
-        };
         DeploymentStatus {
             api_version: model::types::API_VERSION.to_string(),
             kind: "DeploymentStatus".to_string(),
@@ -2682,22 +2693,11 @@ impl Reconciler {
                 applied: w.observed.applied.map(|d| d.to_hex()),
                 window,
                 conditions,
-                error: w.error.as_ref().map(CompositionError::info),
+                error,
                 r#override: w.overridden.clone(),
                 symphony: None,
                 ungated: w.ungated.clone(),
-                components: w
-                    .components
-                    .iter()
-                    .map(|name| ComponentStatus {
-                        name: name.clone(),
-                        state: component_state,
-                        skipped: w
-                            .skipped
-                            .contains(name)
-                            .then(|| "reconcile-when".to_string()),
-                    })
-                    .collect(),
+                components,
             },
         }
     }

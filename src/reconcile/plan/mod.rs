@@ -11,6 +11,7 @@
 pub mod prune;
 pub mod removal;
 pub mod rollout;
+pub mod state;
 
 use serde::Serialize;
 
