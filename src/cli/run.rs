@@ -76,6 +76,15 @@ pub struct ReconcilerArgs {
         value_parser = parse_interval
     )]
     pub health_timeout: Duration,
+    /// How long a removed variation's status file stays on the status
+    /// branch, in state `removed`, once its target confirmed the delete.
+    #[arg(
+        long,
+        env = "FERMATA_REMOVED_RETENTION",
+        default_value = "7d",
+        value_parser = parse_interval
+    )]
+    pub removed_retention: Duration,
     /// A folder `file://` artifacts may come from (repeatable, or comma-separated);
     /// none by default: only repository paths and http(s) URLs. Resolved with
     /// symlinks, so a link under a root to a file outside is refused.
@@ -274,6 +283,7 @@ impl ReconcilerArgs {
             synth_limits: self.limits.limits(),
             artifact_roots: self.artifact_roots.clone(),
             apply_concurrency: self.apply_concurrency.max(1),
+            removed_retention: self.removed_retention,
         };
         if let Some(site) = &settings.site {
             crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;

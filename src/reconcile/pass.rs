@@ -20,7 +20,7 @@ use super::plan::rollout::{self, Rollout};
 use super::plan::{self, Apply, Facts, Reason};
 use super::pulls::Planner;
 use super::requests::{Recorded, Requests};
-use super::state::{PendingWrite, Persisted, RecordKey, RenderRecord};
+use super::state::{PendingWrite, Persisted, RecordKey, RemovedStatus, RenderRecord};
 use super::Settings;
 use crate::model::types::Strategy;
 use crate::model::wellknown::{self, ORPHANED_FROM};
@@ -2294,6 +2294,45 @@ impl Reconciler {
         self.orphan_writes(branch, fleet, report).await;
         self.retire(branch, fleet, statuses, report).await;
         self.report_orphaned(&scope, statuses, report);
+        self.report_removed(branch, &live, now, statuses, report);
+    }
+
+    /// Statuses of variations removed and deleted within the retention
+    /// (`--removed-retention`): `removed`, then pruned. One defined again
+    /// is live and drops its record.
+    fn report_removed(
+        &mut self,
+        branch: &str,
+        live: &HashSet<RecordKey>,
+        now: DateTime<Utc>,
+        statuses: &mut Vec<DeploymentStatus>,
+        report: &mut BranchReport,
+    ) {
+        let keep = chrono::TimeDelta::from_std(self.ctx.settings.removed_retention)
+            .unwrap_or(chrono::TimeDelta::MAX);
+        let listed: HashSet<String> = statuses
+            .iter()
+            .map(|s| s.composition().to_string())
+            .collect();
+        self.persisted.removed.retain(|k, r| {
+            k.branch != branch
+                || (!live.contains(k)
+                    && !listed.contains(&k.id.to_string())
+                    && now.signed_duration_since(r.at) < keep)
+        });
+        for (_, r) in self
+            .persisted
+            .removed
+            .iter()
+            .filter(|(k, _)| k.branch == branch)
+        {
+            let mut st = r.status.clone();
+            st.source.branch = branch.to_string();
+            statuses.push(st);
+            if let Some(end) = r.at.checked_add_signed(keep) {
+                report.wake_at(end);
+            }
+        }
     }
 
     /// A composition whose symphony is gone: dropped from status at once;
@@ -2357,6 +2396,15 @@ impl Reconciler {
             Removal::Delete => match self.delete(target.as_deref(), id).await {
                 Ok(()) => {
                     tracing::info!(composition = %id, "removed");
+                    let mut st = self.status_of(&w, scope.source, scope.now, None);
+                    mark_removed(&mut st, scope.now);
+                    self.persisted.removed.insert(
+                        key.clone(),
+                        RemovedStatus {
+                            at: scope.now,
+                            status: st,
+                        },
+                    );
                     self.persisted.renders.remove(key);
                     self.caches.observed.remove(key);
                     let kind = recorded_kind(&rec.target_kind, &rec.target, scope.fleet);
@@ -3013,6 +3061,26 @@ fn mark_removing(st: &mut DeploymentStatus, reason: &str, message: String) {
         ready.reason = reason.to_string();
         ready.message = message;
     }
+}
+
+/// A status as a confirmed delete leaves it: `removed`, every component
+/// too, with nothing applied and `Ready` saying so.
+fn mark_removed(st: &mut DeploymentStatus, now: DateTime<Utc>) {
+    st.status.state = State::Removed;
+    st.status.applied = None;
+    st.status.window = None;
+    st.status.error = None;
+    for c in &mut st.status.components {
+        c.state = State::Removed;
+        c.error = None;
+    }
+    st.status.conditions = vec![condition(
+        "Ready",
+        false,
+        "Removed",
+        "removed from the branch and deleted from its target".to_string(),
+        now,
+    )];
 }
 
 /// The definition of a Target recorded with a composition, else (records

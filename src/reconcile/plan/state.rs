@@ -69,17 +69,18 @@ pub fn states(f: &StateFacts<'_>) -> (State, Vec<ComponentStatus>) {
         .iter()
         .map(|name| {
             let runs = flag(name) == Some(StateFlag::Applied);
+            let kept = if runs {
+                State::Installed
+            } else {
+                State::Pending
+            };
             let (state, error) = match (state, f.error) {
-                (State::Failed, Some((code, _))) => match named(name) {
+                // Nothing of it was applied: it stays as it was, with the
+                // error where it names this component.
+                (State::Failed, Some((code, _))) if before_install(code) => (kept, named(name)),
+                (State::Failed, Some(_)) => match named(name) {
                     Some(e) => (State::Failed, Some(e)),
-                    None if any_named || before_install(code) => (
-                        if runs {
-                            State::Installed
-                        } else {
-                            State::Pending
-                        },
-                        None,
-                    ),
+                    None if any_named => (kept, None),
                     // The composition's error says it.
                     None => (State::Failed, None),
                 },
@@ -160,6 +161,7 @@ mod tests {
             ("render failed, never installed", StateFacts { error: Some((ErrorCode::RenderFailed, &other_err)), desired: None, ..base }, Failed, [Pending, Pending], [false, false]),
             ("artifact failed", StateFacts { error: Some((ErrorCode::ArtifactFailed, &other_err)), ..base }, Failed, [Pending, Pending], [false, false]),
             ("staging failed", StateFacts { error: Some((ErrorCode::StagingFailed, &other_err)), ..base }, Failed, [Pending, Pending], [false, false]),
+            ("dry run refused db", StateFacts { error: Some((ErrorCode::StagingFailed, &db_err)), ..base }, Failed, [Pending, Pending], [true, false]),
             ("render failed, old state runs", StateFacts { error: Some((ErrorCode::RenderFailed, &other_err)), desired: None, applied: d(1), observed: &both, ..base }, Failed, [Installed, Installed], [false, false]),
             ("apply failed on db", StateFacts { error: Some((ErrorCode::ApplyFailed, &db_err)), observed: &only_db, applied: d(1), ..base }, Failed, [Failed, Pending], [true, false]),
             ("apply failed on db, web ran before", StateFacts { error: Some((ErrorCode::ApplyFailed, &db_err)), observed: &both, applied: d(1), ..base }, Failed, [Failed, Installed], [true, false]),
