@@ -5,6 +5,7 @@
 mod git;
 pub mod ids;
 pub mod margo;
+pub mod northbound;
 mod summary;
 pub mod timeline;
 
