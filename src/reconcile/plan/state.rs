@@ -127,6 +127,10 @@ mod tests {
         }
     }
 
+    /// What, the facts, the composition's state, the components' states,
+    /// whether each carries an error.
+    type Case<'a> = (&'a str, StateFacts<'a>, State, [State; 2], [bool; 2]);
+
     #[test]
     fn states_table() {
         use State::*;
@@ -150,7 +154,7 @@ mod tests {
             observed: &[],
         };
         #[rustfmt::skip]
-        let cases: Vec<(&str, StateFacts, State, [State; 2], [bool; 2])> = vec![
+        let cases: Vec<Case> = vec![
             ("nothing yet", base, Pending, [Pending, Pending], [false, false]),
             ("staging", StateFacts { staging: true, ..base }, Staging, [Staging, Staging], [false, false]),
             ("staged", StateFacts { staged: d(2), ..base }, Staged, [Staged, Staged], [false, false]),
