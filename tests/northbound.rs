@@ -5,6 +5,7 @@
 
 #[path = "util/fake_wos.rs"]
 mod fake_wos;
+mod util;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -211,4 +212,47 @@ async fn a_hanging_wos_does_not_delay_the_pass() {
     release.send(()).expect("the request still hangs");
     let got = next(&mut wos).await;
     assert_eq!(got.body["status"]["state"], "installed", "latest wins");
+}
+
+#[test]
+fn the_margo_flags_are_checked_at_start() {
+    let repo = util::TestRepo::new();
+    util::minimal(&repo);
+    repo.commit("one");
+    let state = tempfile::tempdir().unwrap();
+    let p = repo.path().to_str().unwrap();
+    let base = ["run", "--once", "--repo", p, "--branch", "main"];
+    let now = "2026-11-21T02:30:00Z";
+
+    let mut args = base.to_vec();
+    args.extend(["--margo-wos", "http://127.0.0.1:9"]);
+    let run = util::fermata_at(state.path(), &args, now, &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--margo-client-id"), "{run:?}");
+
+    let token = state.path().join("token");
+    std::fs::write(&token, "  \n").unwrap();
+    let token = token.to_string_lossy().to_string();
+    let mut args = base.to_vec();
+    args.extend([
+        "--margo-wos",
+        "http://127.0.0.1:9",
+        "--margo-client-id",
+        "d1",
+    ]);
+    args.extend(["--margo-token-file", &token]);
+    let run = util::fermata_at(state.path(), &args, now, &[]);
+    assert_eq!(run.code, 2, "refused at start: {run:?}");
+    assert!(
+        run.stderr.contains("--margo-token-file") && run.stderr.contains("empty"),
+        "{run:?}"
+    );
+
+    let mut args = base.to_vec();
+    args.extend(["--margo-wos", "ftp://wos", "--margo-client-id", "d1"]);
+    std::fs::write(&token, "t0k\n").unwrap();
+    args.extend(["--margo-token-file", &token]);
+    let run = util::fermata_at(state.path(), &args, now, &[]);
+    assert_eq!(run.code, 2, "refused at start: {run:?}");
+    assert!(run.stderr.contains("not an http(s) URL"), "{run:?}");
 }
