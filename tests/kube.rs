@@ -1108,6 +1108,18 @@ spec:
         c.fake.object("v1", "Namespace", None, "line").is_none(),
         "nothing applied"
     );
+    // Nothing applied: every component stays pending; the one the dry
+    // run refused carries the error.
+    let components = st["status"]["components"]
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(components.len(), 2, "{st:?}");
+    for c in &components {
+        assert_eq!(c["state"].as_str(), Some("pending"), "{c:?}");
+        let named = c["name"].as_str() == Some("apps/v1/Deployment/default/web");
+        assert_eq!(c["error"].is_mapping(), named, "{c:?}");
+    }
 
     kube_fleet(
         &repo,
@@ -1118,7 +1130,9 @@ spec:
     let run = run_once(state_dir.path(), &repo, T0);
     assert_eq!(run.code, 0, "{run:?}");
     let st = status(&repo);
-    assert_eq!(st["status"]["state"].as_str(), Some("installed"), "{st:?}");
+    // Applied, not healthy yet: installing (issue 16 point 7; it said
+    // `installed` with Ready False before).
+    assert_eq!(st["status"]["state"].as_str(), Some("installing"), "{st:?}");
     assert!(c
         .fake
         .object("apps/v1", "Deployment", Some("default"), "web")

@@ -83,10 +83,27 @@ fn a_removed_variation_is_removing_until_its_window_then_gone() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(!site.dir("shop/b").exists(), "deleted from the target");
     assert!(site.dir("shop/a/current").exists());
+    // Issue 16 point 7: the status stays, `removed`, for the retention
+    // (7 days by default) instead of vanishing (it was dropped at once).
+    let st = git(repo.path(), &["show", "fermata/status:main/shop/b.yaml"]);
+    assert!(st.contains("state: removed"), "{st}");
+    assert!(
+        !st.contains("state: removing"),
+        "components removed too: {st}"
+    );
+    let p = repo.path().to_string_lossy().to_string();
+    let margo = util::fermata(&["status", "--repo", &p, "--format", "margo"]);
+    assert!(margo.stdout.contains("\"removed\""), "{margo:?}");
+
+    // Past the retention, the next pass prunes it.
+    shop(&repo, &format!("{}    # touched\n", var("a")));
+    repo.commit("touch");
+    let run = site.once(&repo, "2026-12-06T02:00:00Z");
+    assert_eq!(run.code, 0, "{run:?}");
     let files = status_files(&repo);
     assert!(
         !files.contains("main/shop/b.yaml"),
-        "status dropped: {files}"
+        "status pruned after the retention: {files}"
     );
     assert!(files.contains("main/shop/a.yaml"), "{files}");
 }

@@ -55,6 +55,7 @@ fn status(id: &str, source: &SourceRef, state: State, t: i64) -> DeploymentStatu
                 name: format!("apps/v1/Deployment/line/{}", id.replace('/', "-")),
                 state,
                 skipped: None,
+                error: None,
             }],
         },
     }

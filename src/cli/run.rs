@@ -76,6 +76,15 @@ pub struct ReconcilerArgs {
         value_parser = parse_interval
     )]
     pub health_timeout: Duration,
+    /// How long a removed variation's status file stays on the status
+    /// branch, in state `removed`, once its target confirmed the delete.
+    #[arg(
+        long,
+        env = "FERMATA_REMOVED_RETENTION",
+        default_value = "7d",
+        value_parser = parse_interval
+    )]
+    pub removed_retention: Duration,
     /// A folder `file://` artifacts may come from (repeatable, or comma-separated);
     /// none by default: only repository paths and http(s) URLs. Resolved with
     /// symlinks, so a link under a root to a file outside is refused.
@@ -197,6 +206,64 @@ pub struct RunArgs {
     pub min_pass_interval: Duration,
     #[command(flatten)]
     pub forge: crate::forge::ForgeArgs,
+    /// Send each changed Margo DeploymentStatusManifest to this workload
+    /// orchestration server (its base URL), in the background.
+    #[arg(
+        long,
+        env = "FERMATA_MARGO_WOS",
+        value_name = "URL",
+        requires_all = ["margo_client_id", "margo_token_file"]
+    )]
+    pub margo_wos: Option<String>,
+    /// This device's id at the WOS (Margo's `deviceId` in the status path).
+    #[arg(
+        long,
+        env = "FERMATA_MARGO_CLIENT_ID",
+        value_name = "ID",
+        requires = "margo_wos"
+    )]
+    pub margo_client_id: Option<String>,
+    /// The bearer token for the WOS, from this file (surrounding whitespace trimmed).
+    #[arg(
+        long,
+        env = "FERMATA_MARGO_TOKEN_FILE",
+        value_name = "PATH",
+        requires = "margo_wos"
+    )]
+    pub margo_token_file: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// With `--margo-wos`: the status sink wrapped so each published status
+    /// is also offered to the WOS. Must run inside the runtime.
+    fn margo(&self, r: &mut Reconciler) -> anyhow::Result<()> {
+        let (Some(wos), Some(id), Some(path)) = (
+            &self.margo_wos,
+            &self.margo_client_id,
+            &self.margo_token_file,
+        ) else {
+            return Ok(());
+        };
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("--margo-token-file {}: cannot read", path.display()))?;
+        let token = token.trim();
+        if token.is_empty() {
+            bail!("--margo-token-file {}: the file is empty", path.display());
+        }
+        let cfg = crate::status::northbound::NorthboundConfig::new(
+            wos,
+            id,
+            token,
+            &r.ctx.settings.state_dir,
+        );
+        let northbound = crate::status::northbound::Northbound::start(cfg)?;
+        r.ctx.status = Arc::new(crate::status::northbound::NorthboundSink {
+            inner: r.ctx.status.clone(),
+            northbound,
+            site: r.ctx.settings.site.clone(),
+        });
+        Ok(())
+    }
 }
 
 fn parse_glob(s: &str) -> Result<glob::Pattern, String> {
@@ -274,6 +341,7 @@ impl ReconcilerArgs {
             synth_limits: self.limits.limits(),
             artifact_roots: self.artifact_roots.clone(),
             apply_concurrency: self.apply_concurrency.max(1),
+            removed_retention: self.removed_retention,
         };
         if let Some(site) = &settings.site {
             crate::model::load::check_name(site).map_err(|m| anyhow::anyhow!("--site: {m}"))?;
@@ -316,6 +384,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         let mut r = a.reconciler()?;
         // One reconciler per state directory, for as long as this one runs.
         let _lock = StateLock::acquire(&r.ctx.settings.state_dir)?;
+        a.margo(&mut r)?;
         let fleet = a.publish_fleet.then(|| FleetPublisher::of(&r));
         let campaigns = CampaignDriver::of(&r, a)?;
         let checks = SiteChecks::of(&r);

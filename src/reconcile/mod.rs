@@ -53,7 +53,13 @@ pub struct Settings {
     /// Target writes (stage, apply) of different symphonies in flight at
     /// once (`--apply-concurrency`); 1 writes one composition at a time.
     pub apply_concurrency: usize,
+    /// How long a removed variation's status stays on the status branch,
+    /// `removed`, after its delete (`--removed-retention`).
+    pub removed_retention: Duration,
 }
+
+/// `--removed-retention` by default: a week.
+pub const DEFAULT_REMOVED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `--apply-concurrency` by default.
 pub const DEFAULT_APPLY_CONCURRENCY: usize = 16;
@@ -81,6 +87,7 @@ impl Settings {
             synth_limits: crate::synth::Limits::default(),
             artifact_roots: Vec::new(),
             apply_concurrency: DEFAULT_APPLY_CONCURRENCY,
+            removed_retention: DEFAULT_REMOVED_RETENTION,
         }
     }
 }

@@ -20,7 +20,7 @@ use super::plan::rollout::{self, Rollout};
 use super::plan::{self, Apply, Facts, Reason};
 use super::pulls::Planner;
 use super::requests::{Recorded, Requests};
-use super::state::{PendingWrite, Persisted, RecordKey, RenderRecord};
+use super::state::{PendingWrite, Persisted, RecordKey, RemovedStatus, RenderRecord};
 use super::Settings;
 use crate::model::types::Strategy;
 use crate::model::wellknown::{self, ORPHANED_FROM};
@@ -32,8 +32,8 @@ use crate::source::{
     Entry, Revision, SignaturePolicy, Signer, Snapshot, SourceError, UntrustedCommit,
 };
 use crate::status::{
-    summarize, ComponentStatus, Condition, DeploymentStatus, Override, State, StatusBody,
-    StatusMetadata, StatusSink, StatusUpdate, WindowStatus,
+    summarize, Condition, DeploymentStatus, Override, State, StatusBody, StatusMetadata,
+    StatusSink, StatusUpdate, WindowStatus,
 };
 use crate::synth::{self, Rendered};
 use crate::target::{
@@ -1206,10 +1206,7 @@ impl Reconciler {
                 match result {
                     Ok(o) => {
                         tracing::info!(composition = %w.comp.id, digest = %d.switch.digest.short(), overridden = d.overridden, "applied");
-                        w.observed = Observed {
-                            components: Vec::new(),
-                            ..o
-                        };
+                        w.observed = o;
                     }
                     Err(e) => w.fail(ErrorCode::ApplyFailed, w.comp.target.clone(), e.to_string()),
                 }
@@ -1745,14 +1742,9 @@ impl Reconciler {
                 t.get(&comp.id).await
             };
             match read {
-                // Status lists components from the render; only the
-                // digests, health and carried metadata matter here.
-                Ok(o) => {
-                    w.observed = Observed {
-                        components: Vec::new(),
-                        ..o
-                    }
-                }
+                // Decisions read the digests, health and carried
+                // metadata; status reads the components too.
+                Ok(o) => w.observed = o,
                 Err(e) => {
                     w.fail(
                         ErrorCode::TargetUnavailable,
@@ -2503,6 +2495,45 @@ impl Reconciler {
         self.orphan_writes(branch, fleet, report).await;
         self.retire(branch, fleet, statuses, report).await;
         self.report_orphaned(&scope, statuses, report);
+        self.report_removed(branch, &live, now, statuses, report);
+    }
+
+    /// Statuses of variations removed and deleted within the retention
+    /// (`--removed-retention`): `removed`, then pruned. One defined again
+    /// is live and drops its record.
+    fn report_removed(
+        &mut self,
+        branch: &str,
+        live: &HashSet<RecordKey>,
+        now: DateTime<Utc>,
+        statuses: &mut Vec<DeploymentStatus>,
+        report: &mut BranchReport,
+    ) {
+        let keep = chrono::TimeDelta::from_std(self.ctx.settings.removed_retention)
+            .unwrap_or(chrono::TimeDelta::MAX);
+        let listed: HashSet<String> = statuses
+            .iter()
+            .map(|s| s.composition().to_string())
+            .collect();
+        self.persisted.removed.retain(|k, r| {
+            k.branch != branch
+                || (!live.contains(k)
+                    && !listed.contains(&k.id.to_string())
+                    && now.signed_duration_since(r.at) < keep)
+        });
+        for (_, r) in self
+            .persisted
+            .removed
+            .iter()
+            .filter(|(k, _)| k.branch == branch)
+        {
+            let mut st = r.status.clone();
+            st.source.branch = branch.to_string();
+            statuses.push(st);
+            if let Some(end) = r.at.checked_add_signed(keep) {
+                report.wake_at(end);
+            }
+        }
     }
 
     /// A composition whose symphony is gone: dropped from status at once;
@@ -2566,6 +2597,15 @@ impl Reconciler {
             Removal::Delete => match self.delete(target.as_deref(), id).await {
                 Ok(()) => {
                     tracing::info!(composition = %id, "removed");
+                    let mut st = self.status_of(&w, scope.source, scope.now, None);
+                    mark_removed(&mut st, scope.now);
+                    self.persisted.removed.insert(
+                        key.clone(),
+                        RemovedStatus {
+                            at: scope.now,
+                            status: st,
+                        },
+                    );
                     self.persisted.renders.remove(key);
                     self.caches.observed.remove(key);
                     let kind = recorded_kind(&rec.target_kind, &rec.target, scope.fleet);
@@ -2833,17 +2873,43 @@ impl Reconciler {
         now: DateTime<Utc>,
         window: Option<WindowStatus>,
     ) -> DeploymentStatus {
-        let state = if w.error.is_some() {
-            State::Failed
-        } else if w.digest.is_some() && w.observed.applied == w.digest {
-            State::Installed
-        } else if w.waiting == Some(Reason::Staging) {
-            State::Staging
-        } else if w.digest.is_some() && w.observed.staged == w.digest {
-            State::Staged
+        let error = w.error.as_ref().map(CompositionError::info);
+        // Rendering failed: the components of the last rendering, so each
+        // still has its entry (Margo requires one per component).
+        let last;
+        let names: &[String] = if w.components.is_empty() {
+            last = self
+                .persisted
+                .renders
+                .get(&w.record_key)
+                .map(|r| r.components.clone())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| {
+                    w.observed
+                        .components
+                        .iter()
+                        .map(|c| c.name.clone())
+                        .collect()
+                });
+            &last
         } else {
-            State::Pending
+            &w.components
         };
+        let (state, mut components) = plan::state::states(&plan::state::StateFacts {
+            error: w.error.as_ref().map(|e| e.code()).zip(error.as_ref()),
+            desired: w.digest,
+            applied: w.observed.applied,
+            staged: w.observed.staged,
+            staging: w.waiting == Some(Reason::Staging),
+            health: w.observed.health.as_ref(),
+            components: names,
+            observed: &w.observed.components,
+        });
+        for c in &mut components {
+            if w.skipped.contains(&c.name) {
+                c.skipped = Some("reconcile-when".to_string());
+            }
+        }
         let mut conditions = conditions_of(w, window.as_ref(), now);
         if let Some(e) = &self.fetch_error {
             conditions.push(condition(
@@ -2854,13 +2920,6 @@ impl Reconciler {
                 now,
             ));
         }
-        let component_state = match state {
-            State::Installed => State::Installed,
-            State::Failed => State::Failed,
-            State::Staged => State::Staged,
-            State::Staging => State::Staging,
-            _ => State::Pending,
-        };
         DeploymentStatus {
             api_version: model::types::API_VERSION.to_string(),
             kind: "DeploymentStatus".to_string(),
@@ -2883,22 +2942,11 @@ impl Reconciler {
                 applied: w.observed.applied.map(|d| d.to_hex()),
                 window,
                 conditions,
-                error: w.error.as_ref().map(CompositionError::info),
+                error,
                 r#override: w.overridden.clone(),
                 symphony: None,
                 ungated: w.ungated.clone(),
-                components: w
-                    .components
-                    .iter()
-                    .map(|name| ComponentStatus {
-                        name: name.clone(),
-                        state: component_state,
-                        skipped: w
-                            .skipped
-                            .contains(name)
-                            .then(|| "reconcile-when".to_string()),
-                    })
-                    .collect(),
+                components,
             },
         }
     }
@@ -3214,6 +3262,26 @@ fn mark_removing(st: &mut DeploymentStatus, reason: &str, message: String) {
         ready.reason = reason.to_string();
         ready.message = message;
     }
+}
+
+/// A status as a confirmed delete leaves it: `removed`, every component
+/// too, with nothing applied and `Ready` saying so.
+fn mark_removed(st: &mut DeploymentStatus, now: DateTime<Utc>) {
+    st.status.state = State::Removed;
+    st.status.applied = None;
+    st.status.window = None;
+    st.status.error = None;
+    for c in &mut st.status.components {
+        c.state = State::Removed;
+        c.error = None;
+    }
+    st.status.conditions = vec![condition(
+        "Ready",
+        false,
+        "Removed",
+        "removed from the branch and deleted from its target".to_string(),
+        now,
+    )];
 }
 
 /// The definition of a Target recorded with a composition, else (records

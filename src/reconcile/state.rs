@@ -75,6 +75,15 @@ impl<'de> Deserialize<'de> for RecordKey {
     }
 }
 
+/// A removed variation's last status, kept for a while (see
+/// [`Persisted::removed`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RemovedStatus {
+    /// When the delete was confirmed.
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub status: crate::status::DeploymentStatus,
+}
+
 /// The persisted state of one fermata instance.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Persisted {
@@ -105,6 +114,12 @@ pub struct Persisted {
     /// applied state like any other, it waits for the composition's window.
     #[serde(default)]
     pub orphan_writes: BTreeMap<RecordKey, PendingWrite>,
+    /// Removed variations, deleted from their targets: their last status,
+    /// now `removed`, is kept on the status branch until the retention
+    /// (`--removed-retention`) after `at` runs out, so a reader (a Margo
+    /// WOS) sees the removal rather than a file that vanished.
+    #[serde(default)]
+    pub removed: BTreeMap<RecordKey, RemovedStatus>,
     /// Which branch deploys each composition on each target
     /// (`<target key>|<symphony/variation>` to branch): the first branch to
     /// claim it; another branch defining the same composition on the same

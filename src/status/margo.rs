@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{DeploymentStatus, State};
+use super::{DeploymentStatus, State, StatusErrorInfo};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -36,6 +36,19 @@ pub struct MargoError {
 pub struct MargoComponent {
     pub name: String,
     pub state: &'static str,
+    /// Why this component failed, where the error names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<MargoError>,
+}
+
+impl From<&StatusErrorInfo> for MargoError {
+    fn from(e: &StatusErrorInfo) -> Self {
+        MargoError {
+            code: e.code.clone(),
+            source: e.source.clone(),
+            message: e.message.clone(),
+        }
+    }
 }
 
 /// Margo knows no staging: a staged composition is still `pending` there.
@@ -55,11 +68,7 @@ impl From<&DeploymentStatus> for DeploymentStatusManifest {
             device_id: s.metadata.device_id.clone(),
             status: MargoStatus {
                 state: margo_state(s.status.state),
-                error: s.status.error.as_ref().map(|e| MargoError {
-                    code: e.code.clone(),
-                    source: e.source.clone(),
-                    message: e.message.clone(),
-                }),
+                error: s.status.error.as_ref().map(MargoError::from),
             },
             components: s
                 .status
@@ -68,6 +77,7 @@ impl From<&DeploymentStatus> for DeploymentStatusManifest {
                 .map(|c| MargoComponent {
                     name: c.name.clone(),
                     state: margo_state(c.state),
+                    error: c.error.as_ref().map(MargoError::from),
                 })
                 .collect(),
         }

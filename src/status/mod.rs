@@ -5,6 +5,7 @@
 mod git;
 pub mod ids;
 pub mod margo;
+pub mod northbound;
 mod summary;
 pub mod timeline;
 
@@ -250,6 +251,11 @@ pub struct ComponentStatus {
     /// Why fermata leaves it alone, e.g. `reconcile-when`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Why this component failed, where the error names it (a Kubernetes
+    /// apply error on its resource); absent otherwise, so files without
+    /// one stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StatusErrorInfo>,
 }
 
 impl StatusMetadata {

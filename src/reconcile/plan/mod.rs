@@ -13,6 +13,7 @@ pub mod prune;
 pub mod removal;
 pub mod rollback;
 pub mod rollout;
+pub mod state;
 
 use serde::Serialize;
 
