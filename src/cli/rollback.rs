@@ -8,11 +8,12 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
+use super::apply_now::{act, record_grants};
 use super::run::{fetch_or_warn, print_reports, ReconcilerArgs, StateWriter};
 use super::Accountable;
 use crate::reconcile::requests::Request;
 use crate::reconcile::Mode;
-use crate::status::{Override, State};
+use crate::status::State;
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
@@ -26,7 +27,7 @@ pub struct RollbackArgs {
 }
 
 pub fn run(a: &RollbackArgs) -> anyhow::Result<ExitCode> {
-    let who = a.by.who()?;
+    a.by.who()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut r = a.run.reconciler()?;
@@ -37,31 +38,14 @@ pub fn run(a: &RollbackArgs) -> anyhow::Result<ExitCode> {
         r.set_mode(Mode::Plan { revision: None });
         let reports = r.pass().await;
         r.set_mode(Mode::Reconcile);
-        let now = r.ctx.clock.now();
-        let mut recorded = Vec::new();
-        for (site, row) in reports
-            .iter()
-            .flat_map(|b| b.rows.iter().map(move |row| (b.site.as_deref(), row)))
-        {
-            let matches = match a.target.split_once('/') {
-                Some(_) => row.id.to_string() == a.target,
-                None => row.id.symphony == a.target,
-            };
-            if matches && matches!(row.state, State::Installed | State::Failed) {
-                if let Some(d) = row.digest {
-                    r.requests_of(site).record(&Request::Rollback {
-                        composition: row.id.to_string(),
-                        grant: Override {
-                            who: who.clone(),
-                            why: a.by.reason.clone(),
-                            at: now,
-                            digest: d.to_hex(),
-                        },
-                    })?;
-                    recorded.push(row.id.to_string());
-                }
-            }
-        }
+        let recorded = record_grants(
+            &r,
+            &reports,
+            &a.target,
+            &a.by,
+            |row| matches!(row.state, State::Installed | State::Failed),
+            |composition, grant| Request::Rollback { composition, grant },
+        )?;
         if recorded.is_empty() {
             print_reports(&reports, &r.ctx.settings.status_branch);
             bail!(
@@ -69,19 +53,13 @@ pub fn run(a: &RollbackArgs) -> anyhow::Result<ExitCode> {
                 a.target
             );
         }
-        match writer {
-            StateWriter::Daemon(pid) => {
-                StateWriter::wake(pid, &format!("rolling back: {}", recorded.join(", ")));
-                Ok(ExitCode::SUCCESS)
-            }
-            StateWriter::This(_lock) => {
-                errln!("rolling back: {}", recorded.join(", "));
-                r.unsettle();
-                let reports = r.pass().await;
-                print_reports(&reports, &r.ctx.settings.status_branch);
-                // Failed, RolledBack is what was asked for: not an error here.
-                Ok(ExitCode::SUCCESS)
-            }
-        }
+        // Failed, RolledBack is what was asked for: not an error here.
+        act(
+            &mut r,
+            writer,
+            &format!("rolling back: {}", recorded.join(", ")),
+        )
+        .await;
+        Ok(ExitCode::SUCCESS)
     })
 }

@@ -264,6 +264,19 @@ impl Work {
             && !matches!(self.observed.health, Some(Health::Unhealthy(_)))
     }
 
+    /// Reads what its target holds now; a target that cannot be read
+    /// fails the composition.
+    async fn read_from(&mut self, target: &dyn Target) {
+        match target.get(&self.comp.id).await {
+            Ok(o) => self.observed = o,
+            Err(e) => self.fail(
+                ErrorCode::TargetUnavailable,
+                self.comp.target.clone(),
+                e.to_string(),
+            ),
+        }
+    }
+
     /// In a word or two, as one waiting on it reads it: `failed`, `staged,
     /// WindowClosed`, `installed, not Ready`.
     fn came_to(&self) -> String {
@@ -2056,14 +2069,7 @@ impl Reconciler {
             match result {
                 Ok(_) => {
                     tracing::info!(composition = %w.comp.id, keys = %keys.join(","), "pruned annotations");
-                    match target.get(&w.comp.id).await {
-                        Ok(o) => w.observed = o,
-                        Err(e) => w.fail(
-                            ErrorCode::TargetUnavailable,
-                            w.comp.target.clone(),
-                            e.to_string(),
-                        ),
-                    }
+                    w.read_from(target.as_ref()).await;
                 }
                 Err(e) => {
                     held.entry(sym).or_insert_with(|| {
@@ -2189,14 +2195,7 @@ impl Reconciler {
                 return batched(w, overridden);
             }
             w.waiting = Some(Reason::WindowClosed);
-            match target.get(&w.comp.id).await {
-                Ok(o) => w.observed = o,
-                Err(e) => w.fail(
-                    ErrorCode::TargetUnavailable,
-                    w.comp.target.clone(),
-                    e.to_string(),
-                ),
-            }
+            w.read_from(target.as_ref()).await;
             return None;
         }
         Some(Exec::Io(TargetIo {
