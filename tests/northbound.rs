@@ -256,3 +256,39 @@ fn the_margo_flags_are_checked_at_start() {
     assert_eq!(run.code, 2, "refused at start: {run:?}");
     assert!(run.stderr.contains("not an http(s) URL"), "{run:?}");
 }
+
+/// `run --once` ends only after the WOS accepted what its pass changed
+/// (the sender runs in the background, which the process would otherwise
+/// end before it sent anything).
+#[test]
+fn run_once_delivers_before_it_exits() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let wos = rt.block_on(FakeWos::start());
+    let repo = util::TestRepo::new();
+    util::minimal(&repo);
+    repo.commit("one");
+    let state = tempfile::tempdir().unwrap();
+    let token = state.path().join("token");
+    std::fs::write(&token, "t0k\n").unwrap();
+    let p = repo.path().to_str().unwrap();
+    let token = token.to_string_lossy().to_string();
+    let args = [
+        "run",
+        "--once",
+        "--repo",
+        p,
+        "--branch",
+        "main",
+        "--margo-wos",
+        &wos.url,
+        "--margo-client-id",
+        "d1",
+        "--margo-token-file",
+        &token,
+    ];
+    let run = util::fermata_at(state.path(), &args, "2026-11-21T02:30:00Z", &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let got = wos.received();
+    assert_eq!(got.len(), 1, "sent before the process ended: {run:?}");
+    assert_eq!(got[0].body["status"]["state"], "installed");
+}

@@ -236,13 +236,16 @@ pub struct RunArgs {
 impl RunArgs {
     /// With `--margo-wos`: the status sink wrapped so each published status
     /// is also offered to the WOS. Must run inside the runtime.
-    fn margo(&self, r: &mut Reconciler) -> anyhow::Result<()> {
+    fn margo(
+        &self,
+        r: &mut Reconciler,
+    ) -> anyhow::Result<Option<crate::status::northbound::Northbound>> {
         let (Some(wos), Some(id), Some(path)) = (
             &self.margo_wos,
             &self.margo_client_id,
             &self.margo_token_file,
         ) else {
-            return Ok(());
+            return Ok(None);
         };
         let token = std::fs::read_to_string(path)
             .with_context(|| format!("--margo-token-file {}: cannot read", path.display()))?;
@@ -259,12 +262,15 @@ impl RunArgs {
         let northbound = crate::status::northbound::Northbound::start(cfg)?;
         r.ctx.status = Arc::new(crate::status::northbound::NorthboundSink {
             inner: r.ctx.status.clone(),
-            northbound,
+            northbound: northbound.clone(),
             site: r.ctx.settings.site.clone(),
         });
-        Ok(())
+        Ok(Some(northbound))
     }
 }
+
+/// How long `run --once` waits for the WOS to accept what the pass changed.
+const MARGO_FLUSH: Duration = Duration::from_secs(20);
 
 fn parse_glob(s: &str) -> Result<glob::Pattern, String> {
     glob::Pattern::new(s).map_err(|e| format!("{s:?}: {e}"))
@@ -384,7 +390,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
         let mut r = a.reconciler()?;
         // One reconciler per state directory, for as long as this one runs.
         let _lock = StateLock::acquire(&r.ctx.settings.state_dir)?;
-        a.margo(&mut r)?;
+        let margo = a.margo(&mut r)?;
         let fleet = a.publish_fleet.then(|| FleetPublisher::of(&r));
         let campaigns = CampaignDriver::of(&r, a)?;
         let checks = SiteChecks::of(&r);
@@ -394,6 +400,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
             r.no_restart_shortcut();
             let reports = r.pass().await;
             print_reports(&reports, &r.ctx.settings.status_branch);
+            // The sender runs in the background: one pass gives it a
+            // bounded while to deliver before the process ends.
+            if let Some(margo) = &margo {
+                let left = margo.flush(MARGO_FLUSH).await;
+                if left > 0 {
+                    errln!("margo: {left} status(es) not accepted by the WOS within {MARGO_FLUSH:?}; a later run sends them");
+                }
+            }
             if let Some(Some(c)) = fleet.as_ref().map(|f| f.publish(r.ctx.clock.now())) {
                 outln!(
                     "fleet: committed {} to {}",

@@ -89,6 +89,8 @@ struct Queue {
 pub struct Northbound {
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
+    /// Told whenever a manifest was accepted, for [`Northbound::flush`].
+    accepted: Arc<Notify>,
 }
 
 impl Northbound {
@@ -117,6 +119,7 @@ impl Northbound {
                 sent,
             })),
             wake: Arc::new(Notify::new()),
+            accepted: Arc::new(Notify::new()),
         };
         tokio::spawn(nb.clone().send_loop(client, cfg));
         Ok(nb)
@@ -158,6 +161,23 @@ impl Northbound {
         }
     }
 
+    /// Waits until everything queued was accepted, at most `within`; the
+    /// manifests still queued then. For `run --once`, whose process would
+    /// otherwise end before the background task sent anything.
+    pub async fn flush(&self, within: std::time::Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let accepted = self.accepted.notified();
+            let left = self.queue.lock().map(|q| q.pending.len()).unwrap_or(0);
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, accepted).await.is_err() {
+                return left;
+            }
+        }
+    }
+
     async fn send_loop(self, client: reqwest::Client, cfg: NorthboundConfig) {
         let mut wait = cfg.backoff;
         loop {
@@ -170,12 +190,13 @@ impl Northbound {
                 self.wake.notified().await;
                 continue;
             };
-            let url = format!(
-                "{}/device/{}/deployment/{}/status",
-                cfg.wos, cfg.client_id, id
-            );
+            let Some(url) = status_url(&cfg.wos, &cfg.client_id, &id) else {
+                tracing::warn!(deployment = %id, wos = %cfg.wos, "margo: no status URL for it");
+                self.mark_sent(&id, digest, &cfg);
+                continue;
+            };
             let result = client
-                .post(&url)
+                .post(url.clone())
                 .bearer_auth(&cfg.token)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body)
@@ -185,6 +206,7 @@ impl Northbound {
                 Ok(r) if r.status().is_success() => {
                     wait = cfg.backoff;
                     self.mark_sent(&id, digest, &cfg);
+                    self.accepted.notify_waiters();
                 }
                 failed => {
                     let why = match failed {
@@ -199,7 +221,8 @@ impl Northbound {
         }
     }
 
-    /// `digest` was accepted for `id`: dequeued unless a newer one came.
+    /// `digest` was accepted (or can never be sent) for `id`: dequeued
+    /// unless a newer one came.
     fn mark_sent(&self, id: &str, digest: Digest, cfg: &NorthboundConfig) {
         let Ok(mut q) = self.queue.lock() else {
             return;
@@ -220,6 +243,21 @@ impl Northbound {
             Err(e) => tracing::warn!(error = %e, "margo: cannot remember what was sent"),
         }
     }
+}
+
+/// `{wos}/device/{client}/deployment/{deployment}/status`, each id one
+/// percent-encoded path segment: a site-less deployment id is
+/// `symphony/variation`, whose `/` must not become a path separator.
+fn status_url(wos: &str, client: &str, deployment: &str) -> Option<reqwest::Url> {
+    let mut url = reqwest::Url::parse(wos).ok()?;
+    url.path_segments_mut().ok()?.pop_if_empty().extend([
+        "device",
+        client,
+        "deployment",
+        deployment,
+        "status",
+    ]);
+    Some(url)
 }
 
 /// A [`StatusSink`] that also offers every published status to the WOS:
@@ -260,5 +298,34 @@ impl StatusSink for NorthboundSink {
             northbound: self.northbound.clone(),
             site: Some(site.to_string()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_urls_keep_each_id_one_segment() {
+        let rows = [
+            (
+                "http://wos:8080",
+                "d1",
+                "shop/app",
+                "http://wos:8080/device/d1/deployment/shop%2Fapp/status",
+            ),
+            (
+                "https://wos/api/",
+                "d1",
+                "93a06153-1541",
+                "https://wos/api/device/d1/deployment/93a06153-1541/status",
+            ),
+        ];
+        for (wos, client, id, want) in rows {
+            assert_eq!(
+                super::status_url(wos, client, id)
+                    .map(|u| u.to_string())
+                    .as_deref(),
+                Some(want)
+            );
+        }
     }
 }
