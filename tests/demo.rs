@@ -72,6 +72,10 @@ fn the_story_plays_from_any_directory_with_hints_for_cargo() {
         "{out}"
     );
     assert!(out.contains("  cargo run -- windows --repo "), "{out}");
+    assert!(
+        out.contains(":main/timeline.svg > timeline.svg"),
+        "where the picture is: {out}"
+    );
 }
 
 #[test]

@@ -423,6 +423,12 @@ fn hints(
         );
         outln!("  git -C {repo} log --notes='fermata-sites/*' -1 main  # every site's summary beside your commit");
         outln!("  git -C {repo} show fermata/sites/{first}:main/summary.md");
+        outln!("The picture of what was staged and applied when (timeline.svg, embedded in summary.md):");
+        outln!("  git -C {repo} show fermata/sites/{first}:main/timeline.svg > timeline.svg");
+        outln!(
+            "  {me} status --repo {repo} --site {first} --format svg --now {} > timeline.svg",
+            now.to_rfc3339()
+        );
         outln!("  {me} fleet status --repo {repo} --format svg > fleet.svg");
     } else {
         outln!("Where to look:");
