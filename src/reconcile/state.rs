@@ -105,6 +105,11 @@ pub struct Persisted {
     /// since when, so `lastTransitionTime` says when it last changed.
     #[serde(default)]
     pub conditions: BTreeMap<RecordKey, BTreeMap<String, (String, chrono::DateTime<chrono::Utc>)>>,
+    /// Per `branch:symphony/variation`, the digest of the applied state
+    /// last seen healthy: one unhealthy after that has drifted or degraded
+    /// (`installed`, Ready False), not `installing`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub healthy: BTreeMap<RecordKey, String>,
     /// `branch:symphony/variation` of compositions whose symphony was removed,
     /// with that symphony: their status stays `removed (orphaned)`.
     #[serde(default)]

@@ -19,6 +19,10 @@ pub struct StateFacts<'a> {
     /// The target is still preparing the state (`Reason::Staging`).
     pub staging: bool,
     pub health: Option<&'a Health>,
+    /// The applied state was healthy at an earlier pass: unhealthy now, it
+    /// drifted or degraded, and is `installed` (its Ready condition says
+    /// why), not `installing`.
+    pub was_healthy: bool,
     /// The components to report: the rendering's, else the last one's.
     pub components: &'a [String],
     /// What the target reported per component (empty where not read).
@@ -43,6 +47,7 @@ pub fn states(f: &StateFacts<'_>) -> (State, Vec<ComponentStatus>) {
     } else if current {
         match f.health {
             Some(Health::Healthy) => State::Installed,
+            _ if f.was_healthy => State::Installed,
             // Applied, not healthy yet (or no reading yet).
             _ => State::Installing,
         }
@@ -150,6 +155,7 @@ mod tests {
             staged: None,
             staging: false,
             health: None,
+            was_healthy: false,
             components: &names,
             observed: &[],
         };
@@ -160,6 +166,7 @@ mod tests {
             ("staged", StateFacts { staged: d(2), ..base }, Staged, [Staged, Staged], [false, false]),
             ("applied, healthy", StateFacts { applied: d(2), health: Some(&healthy), observed: &both, ..base }, Installed, [Installed, Installed], [false, false]),
             ("applied, unhealthy", StateFacts { applied: d(2), health: Some(&unhealthy), observed: &both, ..base }, Installing, [Installing, Installing], [false, false]),
+            ("healthy before, drifted now", StateFacts { applied: d(2), health: Some(&unhealthy), was_healthy: true, observed: &both, ..base }, Installed, [Installed, Installed], [false, false]),
             ("applied, no reading", StateFacts { applied: d(2), health: Some(&unknown), ..base }, Installing, [Installing, Installing], [false, false]),
             ("applied, no health", StateFacts { applied: d(2), ..base }, Installing, [Installing, Installing], [false, false]),
             ("render failed, never installed", StateFacts { error: Some((ErrorCode::RenderFailed, &other_err)), desired: None, ..base }, Failed, [Pending, Pending], [false, false]),
@@ -196,6 +203,7 @@ mod tests {
             staged: d(2),
             staging: false,
             health: None,
+            was_healthy: false,
             components: &names,
             observed: &[],
         });
