@@ -1181,11 +1181,7 @@ impl Reconciler {
         for d in batch.drain(..) {
             let w = &mut work[d.index];
             let closed = !d.overridden
-                && w.comp
-                    .window
-                    .as_ref()
-                    .and_then(|n| fleet.windows.get(n))
-                    .is_some_and(|mw| !mw.window.is_open(self.ctx.clock.now()));
+                && window_closed(fleet, w.comp.window.as_deref(), self.ctx.clock.now());
             if closed {
                 w.waiting = Some(Reason::WindowClosed);
                 // Every switch in a batch is of a state its target holds staged.
@@ -2140,11 +2136,7 @@ impl Reconciler {
         // Staging may have taken a while: the window is judged again right
         // before the apply starts (invariant 2).
         let closed = |this: &Self, w: &Work| {
-            w.comp
-                .window
-                .as_ref()
-                .and_then(|n| fleet.windows.get(n))
-                .is_some_and(|mw| !mw.window.is_open(this.ctx.clock.now()))
+            window_closed(fleet, w.comp.window.as_deref(), this.ctx.clock.now())
         };
         // A state the target holds staged is switched to in a batch, by its
         // digest: nothing to render.
@@ -3084,11 +3076,7 @@ impl TargetIo {
             // Staging may have taken a while: the window is judged again
             // right before the apply starts (invariant 2).
             Apply::Now { overridden: false }
-                if self
-                    .window
-                    .as_ref()
-                    .and_then(|n| self.fleet.windows.get(n))
-                    .is_some_and(|mw| !mw.window.is_open(self.clock.now())) =>
+                if window_closed(&self.fleet, self.window.as_deref(), self.clock.now()) =>
             {
                 done.waiting = Some(Reason::WindowClosed);
             }
@@ -3337,6 +3325,13 @@ fn may_define_sites(snap: &Snapshot) -> bool {
         Entry::File { data, .. } => data.windows(4).any(|w| w == b"Site"),
         _ => false,
     })
+}
+
+/// Whether the window `name` (if any) is closed at `now`: judged again
+/// right before each write (invariant 2).
+fn window_closed(fleet: &Fleet, name: Option<&str>, now: DateTime<Utc>) -> bool {
+    name.and_then(|n| fleet.windows.get(n))
+        .is_some_and(|mw| !mw.window.is_open(now))
 }
 
 fn window_status(fleet: &Fleet, name: Option<&str>, now: DateTime<Utc>) -> Option<WindowStatus> {

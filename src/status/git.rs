@@ -1013,26 +1013,35 @@ impl StatusRepo {
         windows: timeline::Openings,
     ) -> Result<timeline::Timeline, StatusError> {
         let repo = self.open()?;
+        let base = self.base_dir(source_branch);
+        let mut t = self.read_timeline(&repo, self.tip_id(&repo)?, &base, now, windows)?;
+        t.drop_gone();
+        Ok(t)
+    }
+
+    /// The picture at `now` of what the status commits up to `tip` say of
+    /// `base` (the last [`timeline::DAYS`] days, at most [`MAX_HISTORY`]
+    /// commits).
+    fn read_timeline(
+        &self,
+        repo: &Repository,
+        tip: Option<Oid>,
+        base: &str,
+        now: DateTime<Utc>,
+        windows: timeline::Openings,
+    ) -> Result<timeline::Timeline, StatusError> {
         let mut t = timeline::Timeline {
             now,
             windows,
             ..Default::default()
         };
-        let since = t.from();
-        let base = self.base_dir(source_branch);
-        self.history(&repo, self.tip_id(&repo)?, &base, since, &mut t)
+        self.history(repo, tip, base, t.from(), &mut t)
             .map_err(self.git(format!("read the history of {base}")))?;
-        t.rows.retain(|_, r| {
-            r.changes
-                .last()
-                .is_some_and(|(at, state)| state.is_some() || *at >= since)
-        });
         Ok(t)
     }
 
     /// Writes `timeline.svg` into `plan`: the branch's history read from
-    /// the status commits (the last [`timeline::DAYS`] days, at most
-    /// [`MAX_HISTORY`] commits), then this update.
+    /// the status commits, then this update.
     fn add_timeline(
         &self,
         repo: &Repository,
@@ -1041,14 +1050,7 @@ impl StatusRepo {
         update: &StatusUpdate,
         plan: &mut Plan,
     ) -> Result<(), StatusError> {
-        let mut t = timeline::Timeline {
-            now: update.now,
-            windows: update.windows.clone(),
-            ..Default::default()
-        };
-        let since = t.from();
-        self.history(repo, tip, base, since, &mut t)
-            .map_err(self.git(format!("read the history of {base}")))?;
+        let mut t = self.read_timeline(repo, tip, base, update.now, update.windows.clone())?;
         let stamps: HashMap<&str, &DeploymentStatus> = update
             .statuses
             .iter()
@@ -1064,21 +1066,9 @@ impl StatusRepo {
                 None => row.changes.push((update.now, None)),
             }
         }
-        let short = update
-            .source
-            .commit
-            .get(..7)
-            .unwrap_or_default()
-            .to_string();
-        if t.commits.last().map(|(_, c)| c) != Some(&short) {
-            t.commits.push((update.now, short));
-        }
-        // Rows gone before the picture starts are left out.
-        t.rows.retain(|_, r| {
-            r.changes
-                .last()
-                .is_some_and(|(at, state)| state.is_some() || *at >= since)
-        });
+        let short = update.source.commit.get(..7).unwrap_or_default();
+        t.mark_commit(update.now, short.to_string());
+        t.drop_gone();
         let svg = timeline::render(&t);
         let path = format!("{base}/{}", timeline::FILE);
         let oid = repo
@@ -1175,9 +1165,7 @@ impl StatusRepo {
                 .and_then(|(_, hex)| hex.get(..7))
                 .map(str::to_string);
             if let Some(short) = source {
-                if t.commits.last().map(|(_, c)| c) != Some(&short) {
-                    t.commits.push((instant, short));
-                }
+                t.mark_commit(instant, short);
             }
         }
         Ok(())

@@ -99,6 +99,23 @@ impl Timeline {
     pub fn to(&self) -> DateTime<Utc> {
         self.now + Duration::days(1)
     }
+
+    /// Marks a reconciled commit at `at`, unless it is the one marked last.
+    pub fn mark_commit(&mut self, at: DateTime<Utc>, short: String) {
+        if self.commits.last().map(|(_, c)| c) != Some(&short) {
+            self.commits.push((at, short));
+        }
+    }
+
+    /// Leaves out the rows removed before the picture starts.
+    pub fn drop_gone(&mut self) {
+        let from = self.from();
+        self.rows.retain(|_, r| {
+            r.changes
+                .last()
+                .is_some_and(|(at, state)| state.is_some() || *at >= from)
+        });
+    }
 }
 
 const WIDTH: f64 = 840.0;
