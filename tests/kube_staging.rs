@@ -411,8 +411,6 @@ const WEIGHTS: &[u8] = b"model weights v3, forty-two bytes of them.";
 /// A fleet whose ConfigMap names the path of artifact `model` in the claim,
 /// with the claim and the token Secret in the cluster.
 fn artifact_fleet(repo: &TestRepo, c: &Cluster, server: &StoreServer) -> String {
-    use sha2::Digest as _;
-    let hex = hex::encode(sha2::Sha256::digest(WEIGHTS));
     c.fake.create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": "models", "namespace": "default"},
         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}));
@@ -438,17 +436,6 @@ spec:
     )
     .write("window.yaml", SAT_WINDOW)
     .write(
-        "synth/model.bin",
-        std::str::from_utf8(WEIGHTS).expect("text"),
-    )
-    .write(
-        "synth/app.yaml",
-        &format!(
-            "{SYNTH}  artifacts:\n    - {{name: model, url: model.bin, sha256: {hex}, size: {}}}\n",
-            WEIGHTS.len()
-        ),
-    )
-    .write(
         "synth/manifests/cm.yaml",
         "apiVersion: v1
 kind: ConfigMap
@@ -466,6 +453,24 @@ spec:
   variations:
     - synthesizer: {name: app}
 ",
+    );
+    model(repo, WEIGHTS)
+}
+
+/// The artifact `model` is now `weights`; its digest.
+fn model(repo: &TestRepo, weights: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hex = hex::encode(sha2::Sha256::digest(weights));
+    repo.write(
+        "synth/model.bin",
+        std::str::from_utf8(weights).expect("text"),
+    )
+    .write(
+        "synth/app.yaml",
+        &format!(
+            "{SYNTH}  artifacts:\n    - {{name: model, url: model.bin, sha256: {hex}, size: {}}}\n",
+            weights.len()
+        ),
     );
     hex
 }
@@ -602,4 +607,171 @@ fn a_corrupt_artifact_in_transit_is_refused() {
             .is_none(),
         "nothing applied, even in the window"
     );
+}
+
+/// The GC Job's script (`fermata::target::kube::deliver::GC_SCRIPT`), run
+/// by `sh` on the claim's directory where a cluster would run busybox.
+fn gc_like_the_job(run: &kube_fake::JobRun) -> Result<(), String> {
+    let env = |k: &str| run.env.get(k).cloned().unwrap_or_default();
+    let dir = run
+        .host_path(&env("FERMATA_DIR"))
+        .ok_or("FERMATA_DIR is not on a mounted claim")?;
+    let log = dir.parent().ok_or("no parent")?.join("termination-log");
+    let out = std::process::Command::new("sh")
+        .args(&run.command[1..])
+        .env("FERMATA_GARBAGE", env("FERMATA_GARBAGE"))
+        .env("FERMATA_DIR", &dir)
+        .env("FERMATA_LOG", &log)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn gc_jobs(c: &Cluster) -> Vec<String> {
+    jobs(c)
+        .into_iter()
+        .filter(|k| k.contains("/fermata-gc-"))
+        .collect()
+}
+
+/// The digests the claim's ledger records.
+fn ledger(c: &Cluster) -> Vec<String> {
+    let cm = c
+        .fake
+        .object(
+            "v1",
+            "ConfigMap",
+            Some("default"),
+            "fermata-artifacts-models",
+        )
+        .expect("the claim's record");
+    let mut keys: Vec<String> = cm["data"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+fn on_claim(c: &Cluster, hex: &str) -> bool {
+    c.fake
+        .claim_dir("default", "models")
+        .join("sha256")
+        .join(hex)
+        .exists()
+}
+
+/// Closed window: the delivery starts; its Jobs run; closed: staged.
+fn stage(c: &Cluster, state: &std::path::Path, repo: &TestRepo) {
+    for _ in 0..2 {
+        let run = run_once(state, repo, CLOSED);
+        assert_eq!(run.code, 0, "{run:?}");
+        c.fake.settle();
+    }
+    let st = status(repo);
+    assert_eq!(st["status"]["state"].as_str(), Some("staged"), "{st:?}");
+}
+
+fn apply(state: &std::path::Path, repo: &TestRepo) {
+    let run = run_once(state, repo, OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    let st = status(repo);
+    assert_eq!(st["status"]["state"].as_str(), Some("installed"), "{st:?}");
+    assert!(st["status"]["error"].is_null(), "{st:?}");
+}
+
+#[test]
+fn garbage_collection_keeps_the_applied_staged_and_previous_artifacts() {
+    let c = Cluster::new();
+    c.fake.on_job("fermata-fetch-", deliver_like_the_script);
+    c.fake.on_job("fermata-gc-", gc_like_the_job);
+    let state = tempfile::tempdir().expect("state");
+    let server = StoreServer::start(state.path());
+    let repo = TestRepo::new();
+    let x = artifact_fleet(&repo, &c, &server);
+    repo.commit("A: model x");
+    stage(&c, state.path(), &repo);
+    apply(state.path(), &repo);
+
+    let y = model(&repo, b"model weights, the second of them");
+    repo.commit("B: model y");
+    stage(&c, state.path(), &repo);
+    apply(state.path(), &repo);
+
+    let z = model(&repo, b"model weights, the third of them");
+    repo.commit("C: model z");
+    stage(&c, state.path(), &repo);
+    assert!(
+        gc_jobs(&c).is_empty(),
+        "y applied, z staged, x previous: no garbage"
+    );
+    assert!(on_claim(&c, &x) && on_claim(&c, &y) && on_claim(&c, &z));
+
+    // C applied: x is neither applied (z), staged (z) nor previous (y).
+    apply(state.path(), &repo);
+    assert_eq!(gc_jobs(&c).len(), 1, "one GC Job, not waited for");
+    c.fake.settle();
+    assert!(!on_claim(&c, &x), "x removed from the claim");
+    assert!(
+        on_claim(&c, &y) && on_claim(&c, &z),
+        "previous and applied stay"
+    );
+    let mut want = vec![x.clone(), y.clone(), z.clone()];
+    want.sort();
+    assert_eq!(ledger(&c), want, "recorded until the Job is followed");
+
+    // The next stage finds the Job done: the ledger forgets x, the Job goes.
+    let w = model(&repo, b"model weights, the fourth of them");
+    repo.commit("D: model w");
+    stage(&c, state.path(), &repo);
+    assert!(gc_jobs(&c).is_empty(), "the completed GC Job is deleted");
+    let mut want = vec![y.clone(), z.clone(), w.clone()];
+    want.sort();
+    assert_eq!(
+        ledger(&c),
+        want,
+        "x forgotten; applied, staged, previous kept"
+    );
+    assert!(!on_claim(&c, &x));
+    assert!(on_claim(&c, &y) && on_claim(&c, &z) && on_claim(&c, &w));
+}
+
+#[test]
+fn a_failed_garbage_collection_fails_nothing() {
+    let c = Cluster::new();
+    c.fake.on_job("fermata-fetch-", deliver_like_the_script);
+    c.fake.on_job("fermata-gc-", |_| {
+        Err("rm: can't remove: Read-only file system".into())
+    });
+    let state = tempfile::tempdir().expect("state");
+    let server = StoreServer::start(state.path());
+    let repo = TestRepo::new();
+    let x = artifact_fleet(&repo, &c, &server);
+    repo.commit("A: model x");
+    stage(&c, state.path(), &repo);
+    apply(state.path(), &repo);
+    for (i, weights) in [
+        &b"the second weights"[..],
+        b"the third weights",
+        b"the fourth weights",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        model(&repo, weights);
+        repo.commit(&format!("model {}", i + 2));
+        stage(&c, state.path(), &repo);
+        apply(state.path(), &repo);
+        c.fake.settle();
+    }
+    assert!(!gc_jobs(&c).is_empty(), "the failed GC Jobs are kept");
+    assert!(
+        ledger(&c).contains(&x),
+        "the ledger keeps what was not removed"
+    );
+    assert!(on_claim(&c, &x));
 }

@@ -103,6 +103,9 @@ pub struct KubernetesTarget {
     /// The state whose dry run passed while its images or artifacts are
     /// still being prepared: not dry-run again on every pass.
     validated: Mutex<HashMap<CompositionId, Digest>>,
+    /// The artifacts of stages delivering now (from their first delivery
+    /// step until their record is written): garbage collection keeps them.
+    delivering: Mutex<HashMap<CompositionId, Vec<Digest>>>,
 }
 
 struct Conn {
@@ -159,6 +162,13 @@ fn rank(api_version: &str, kind: &str) -> u8 {
         (Some("v1"), "Namespace") => 1,
         _ => 2,
     }
+}
+
+/// The claim's GC Jobs not finished: the digests they remove.
+#[derive(Debug, Default)]
+struct GcJobs {
+    running: BTreeSet<Digest>,
+    failed: BTreeSet<Digest>,
 }
 
 /// The inventory record, as the Secret's data holds it.
@@ -228,6 +238,10 @@ struct Staged {
     digest: Digest,
     /// Each resource's name and the SHA-256 of its object.
     components: Vec<(String, Digest)>,
+    /// Its artifacts, which garbage collection keeps; absent in a record
+    /// written before they were listed (then nothing is collected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    artifacts: Option<Vec<Digest>>,
 }
 
 fn component_sha(object: &Value) -> Digest {
@@ -596,6 +610,7 @@ impl KubernetesTarget {
             kinds: Mutex::new(HashMap::new()),
             staged: Mutex::new(HashMap::new()),
             validated: Mutex::new(HashMap::new()),
+            delivering: Mutex::new(HashMap::new()),
         }
     }
 
@@ -677,6 +692,12 @@ impl KubernetesTarget {
 
     fn lock_validated(&self) -> std::sync::MutexGuard<'_, HashMap<CompositionId, Digest>> {
         self.validated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_delivering(&self) -> std::sync::MutexGuard<'_, HashMap<CompositionId, Vec<Digest>>> {
+        self.delivering
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -1088,6 +1109,7 @@ impl KubernetesTarget {
                 .iter()
                 .map(|x| (x.key.to_string(), component_sha(&x.object)))
                 .collect(),
+            artifacts: Some(r.artifacts.iter().map(|a| a.sha256).collect()),
         }
     }
 
@@ -1143,6 +1165,8 @@ impl KubernetesTarget {
             }
             Err(e) => return Err(kube_err(format!("inventory record of {}", r.id), &e)),
         }
+        // The record (or the in-memory stage) lists the artifacts now.
+        self.lock_delivering().remove(&r.id);
         Ok(Outcome {
             changed: true,
             ..Outcome::default()
@@ -1218,8 +1242,11 @@ impl KubernetesTarget {
         if r.artifacts.is_empty() {
             return Ok(None);
         }
+        self.lock_delivering()
+            .insert(r.id.clone(), r.artifacts.iter().map(|a| a.sha256).collect());
         let conn = self.conn().await?;
         let ns = &conn.namespace;
+        let gc = self.follow_gc(conn, spec).await?;
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(conn.client.clone(), ns);
         match claims.get_opt(&spec.claim).await {
             Ok(Some(_)) => {}
@@ -1239,6 +1266,8 @@ impl KubernetesTarget {
         }
         let ledgers: Api<ConfigMap> = Api::namespaced(conn.client.clone(), ns);
         let ledger = deliver::ledger_name(&spec.claim);
+        // What a failed GC Job may have removed is fetched again (a whole
+        // file is kept); what a running one removes is waited for.
         let delivered: BTreeSet<String> = match ledgers.get_opt(&ledger).await {
             Ok(cm) => cm
                 .and_then(|c| c.data)
@@ -1250,11 +1279,16 @@ impl KubernetesTarget {
         let pods: Api<Pod> = Api::namespaced(conn.client.clone(), ns);
         let mut waiting = Vec::new();
         let mut failures = Vec::new();
+        let mut collecting = Vec::new();
         for a in r
             .artifacts
             .iter()
-            .filter(|a| !delivered.contains(&a.sha256.to_hex()))
+            .filter(|a| !delivered.contains(&a.sha256.to_hex()) || gc.failed.contains(&a.sha256))
         {
+            if gc.running.contains(&a.sha256) {
+                collecting.push(a.name.clone());
+                continue;
+            }
             let name = deliver::job_name(&spec.claim, &a.sha256);
             let job = jobs
                 .get_opt(&name)
@@ -1274,19 +1308,7 @@ impl KubernetesTarget {
                 waiting.push(a.name.clone());
                 continue;
             };
-            let job_value = serde_json::to_value(&job).unwrap_or(Value::Null);
-            let own_pods: Vec<Value> = match pods
-                .list(&ListParams::default().labels(&format!("job-name={name}")))
-                .await
-            {
-                Ok(list) => list
-                    .items
-                    .iter()
-                    .filter_map(|p| serde_json::to_value(p).ok())
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            match deliver::job_state(&job_value, &own_pods) {
+            match Self::job_state(&pods, &job).await {
                 deliver::JobState::Running => waiting.push(a.name.clone()),
                 deliver::JobState::Failed(why) => {
                     failures.push(deliver::failure_message(a, &spec.claim, &why));
@@ -1308,13 +1330,207 @@ impl KubernetesTarget {
                 message: failures.join("; "),
             });
         }
-        Ok((!waiting.is_empty()).then(|| {
-            format!(
+        let mut says = Vec::new();
+        if !waiting.is_empty() {
+            says.push(format!(
                 "delivering artifact(s) {} to claim {}",
                 waiting.join(", "),
                 spec.claim
-            )
-        }))
+            ));
+        }
+        if !collecting.is_empty() {
+            says.push(format!(
+                "artifact(s) {} wait for the garbage collection on claim {} to end",
+                collecting.join(", "),
+                spec.claim
+            ));
+        }
+        Ok((!says.is_empty()).then(|| says.join("; ")))
+    }
+
+    /// Where `job` stands, with its pods' termination messages.
+    async fn job_state(pods: &Api<Pod>, job: &Job) -> deliver::JobState {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let job_value = serde_json::to_value(job).unwrap_or(Value::Null);
+        let own_pods: Vec<Value> = match pods
+            .list(&ListParams::default().labels(&format!("job-name={name}")))
+            .await
+        {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter_map(|p| serde_json::to_value(p).ok())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        deliver::job_state(&job_value, &own_pods)
+    }
+
+    /// Follows the claim's GC Jobs (see [`deliver`]): one that completed
+    /// has its digests removed from the ledger and is deleted; one that
+    /// failed is logged and kept. What the others remove, or may have.
+    async fn follow_gc(
+        &self,
+        conn: &Conn,
+        spec: &crate::model::types::ClaimSpec,
+    ) -> Result<GcJobs, TargetError> {
+        let ns = &conn.namespace;
+        let jobs: Api<Job> = Api::namespaced(conn.client.clone(), ns);
+        let pods: Api<Pod> = Api::namespaced(conn.client.clone(), ns);
+        let ledgers: Api<ConfigMap> = Api::namespaced(conn.client.clone(), ns);
+        let ledger = deliver::ledger_name(&spec.claim);
+        let lp = ListParams::default().labels(&format!("{}={}", deliver::GC_LABEL, spec.claim));
+        let list = jobs
+            .list(&lp)
+            .await
+            .map_err(|e| kube_err(format!("GC Jobs of claim {ns}/{}", spec.claim), &e))?;
+        let mut out = GcJobs::default();
+        for job in &list.items {
+            let name = job.metadata.name.clone().unwrap_or_default();
+            let value = serde_json::to_value(job).unwrap_or(Value::Null);
+            let Some(digests) = deliver::gc_job_digests(&value) else {
+                tracing::warn!(job = %name, claim = %spec.claim, "a GC Job without a list of digests: left alone");
+                continue;
+            };
+            match Self::job_state(&pods, job).await {
+                deliver::JobState::Running => out.running.extend(digests),
+                deliver::JobState::Failed(why) => {
+                    tracing::warn!(job = %name, claim = %spec.claim, "garbage collection failed (the files stay recorded; it is tried again when the Job expires): {why}");
+                    out.failed.extend(digests);
+                }
+                deliver::JobState::Done => {
+                    let patch = deliver::forget_patch(&digests);
+                    match ledgers
+                        .patch(&ledger, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if is_status(&e, 404) => {}
+                        Err(e) => return Err(kube_err(format!("ConfigMap {ns}/{ledger}"), &e)),
+                    }
+                    match jobs.delete(&name, &DeleteParams::background()).await {
+                        Ok(_) => {}
+                        Err(e) if is_status(&e, 404) => {}
+                        Err(e) => return Err(kube_err(format!("Job {ns}/{name}"), &e)),
+                    }
+                    tracing::info!(claim = %spec.claim, removed = digests.len(), "garbage collected");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the claim must keep ([`deliver::keep_set`]), read now: every
+    /// inventory record of the namespace, the stages in memory, the
+    /// deliveries under way. `None`: unknown, collect nothing.
+    async fn keep_set(
+        &self,
+        conn: &Conn,
+        spec: &crate::model::types::ClaimSpec,
+    ) -> Result<Option<BTreeSet<Digest>>, TargetError> {
+        let ns = &conn.namespace;
+        let lp = ListParams::default().labels(INVENTORY_LABEL);
+        let list = self
+            .records(conn)
+            .list(&lp)
+            .await
+            .map_err(|e| kube_err(format!("inventory records in namespace {ns}"), &e))?;
+        let mut records = Vec::new();
+        for secret in &list.items {
+            let data = record_data(secret);
+            let at = format!(
+                "inventory record Secret {ns}/{}",
+                secret.metadata.name.clone().unwrap_or_default()
+            );
+            let digests = |s: Option<AppliedState>| -> Vec<Digest> {
+                s.map(|a| a.artifacts.iter().map(|x| x.sha256).collect())
+                    .unwrap_or_default()
+            };
+            let staged: Option<Staged> = parse_field(&data, "staged.json", &at)?;
+            records.push(deliver::RecordArtifacts {
+                applied: digests(parse_field(&data, "applied.json", &at)?),
+                previous: digests(parse_field(&data, "previous.json", &at)?),
+                staged_unknown: staged.as_ref().is_some_and(|s| s.artifacts.is_none()),
+                staged: staged.and_then(|s| s.artifacts).unwrap_or_default(),
+            });
+        }
+        for s in self.lock_staged().values() {
+            records.push(deliver::RecordArtifacts {
+                staged: s.artifacts.clone().unwrap_or_default(),
+                staged_unknown: s.artifacts.is_none(),
+                ..Default::default()
+            });
+        }
+        let mut busy: Vec<Digest> = self.lock_delivering().values().flatten().copied().collect();
+        let jobs: Api<Job> = Api::namespaced(conn.client.clone(), ns);
+        let lp = ListParams::default().labels(&format!("{}={}", deliver::JOB_LABEL, spec.claim));
+        let fetching = jobs
+            .list(&lp)
+            .await
+            .map_err(|e| kube_err(format!("delivery Jobs of claim {ns}/{}", spec.claim), &e))?;
+        busy.extend(fetching.items.iter().filter_map(|j| {
+            j.metadata
+                .annotations
+                .as_ref()?
+                .get("fermata.dev/sha256")?
+                .parse::<Digest>()
+                .ok()
+        }));
+        Ok(deliver::keep_set(&records, busy))
+    }
+
+    /// Starts the removal of the claim's garbage, when no GC Job runs:
+    /// the keep set is read last, right before the Job is created, and no
+    /// digest in it is ever in the Job. Not waited for.
+    async fn collect_garbage(&self) -> Result<(), TargetError> {
+        let Some(spec) = &self.spec.artifacts else {
+            return Ok(());
+        };
+        let conn = self.conn().await?;
+        let ns = &conn.namespace;
+        if !self.follow_gc(conn, spec).await?.running.is_empty() {
+            return Ok(());
+        }
+        let ledgers: Api<ConfigMap> = Api::namespaced(conn.client.clone(), ns);
+        let ledger = deliver::ledger_name(&spec.claim);
+        let recorded: BTreeSet<String> = match ledgers.get_opt(&ledger).await {
+            Ok(cm) => cm
+                .and_then(|c| c.data)
+                .map(|d| d.into_keys().collect())
+                .unwrap_or_default(),
+            Err(e) => return Err(kube_err(format!("ConfigMap {ns}/{ledger}"), &e)),
+        };
+        if recorded.is_empty() {
+            return Ok(());
+        }
+        let Some(keep) = self.keep_set(conn, spec).await? else {
+            tracing::debug!(claim = %spec.claim, "a staged state does not list its artifacts: nothing is collected");
+            return Ok(());
+        };
+        let garbage = deliver::garbage(&recorded, &keep);
+        if garbage.is_empty() {
+            return Ok(());
+        }
+        let name = deliver::gc_job_name(&spec.claim, &garbage);
+        let job: Job = serde_json::from_value(deliver::gc_job_object(spec, &garbage, ns))
+            .map_err(|e| TargetError::Invalid(format!("Job {name}: {e}")))?;
+        let jobs: Api<Job> = Api::namespaced(conn.client.clone(), ns);
+        match jobs.create(&PostParams::default(), &job).await {
+            Ok(_) => {
+                tracing::info!(claim = %spec.claim, job = %name, digests = garbage.len(), "collecting garbage")
+            }
+            // The same garbage's Job is there (failed, kept until it expires).
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => return Err(kube_err(format!("Job {ns}/{name}"), &e)),
+        }
+        Ok(())
+    }
+
+    /// [`Self::collect_garbage`], best effort: it never fails the caller.
+    async fn collect_garbage_logged(&self) {
+        if let Err(e) = self.collect_garbage().await {
+            tracing::warn!("garbage collection of the artifact claim: {e}");
+        }
     }
 
     /// Adds `a` to the claim's ledger, by merge patch: other keys stay.
@@ -1834,6 +2050,7 @@ impl KubernetesTarget {
     async fn remove(&self, id: &CompositionId) -> Result<(), TargetError> {
         self.lock_staged().remove(id);
         self.lock_validated().remove(id);
+        self.lock_delivering().remove(id);
         self.delete_pull_pods(id).await?;
         let Some(record) = self.read_record(id).await? else {
             return Ok(());
@@ -1924,11 +2141,16 @@ impl Target for KubernetesTarget {
     /// digest; `Apply` applies (CRDs and Namespaces first), prunes and
     /// records; `DryRun` only reads and dry-runs.
     async fn apply(&self, desired: &Desired, goal: StateGoal) -> Result<Outcome, TargetError> {
-        match goal {
-            StateGoal::DryRun => self.dry_run(desired).await,
-            StateGoal::Stage => self.stage(desired).await,
-            StateGoal::Apply => self.apply_now(desired).await,
+        let out = match goal {
+            StateGoal::DryRun => return self.dry_run(desired).await,
+            StateGoal::Stage => self.stage(desired).await?,
+            StateGoal::Apply => self.apply_now(desired).await?,
+        };
+        // A state recorded: what no state needs any more can go.
+        if out.changed && out.staging.is_none() {
+            self.collect_garbage_logged().await;
         }
+        Ok(out)
     }
 
     async fn get(&self, id: &CompositionId) -> Result<Observed, TargetError> {
@@ -1936,7 +2158,9 @@ impl Target for KubernetesTarget {
     }
 
     async fn delete(&self, id: &CompositionId) -> Result<(), TargetError> {
-        self.remove(id).await
+        self.remove(id).await?;
+        self.collect_garbage_logged().await;
+        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<CompositionId>, TargetError> {

@@ -23,12 +23,23 @@
 //! Kubernetes deletes it and the next stage tries again) and the stage fails
 //! naming the artifact and the verifier's message.
 //!
-//! Garbage collection: files are left on the claim and recorded, never
-//! deleted by fermata. Every applied and staged generation keeps its files
-//! (an older one's too, which a rollback may want); free space by removing
-//! `sha256/<digest>` files and their ConfigMap keys by hand.
+//! Garbage collection: after a stage or an apply, what the ledger records
+//! and no composition of the namespace needs is removed from the claim.
+//! Needed ([`keep_set`]) is every artifact of an inventory record's applied
+//! state, staged state and previous state (the issue names applied and
+//! staged; previous too, because `Target::rollback` applies it again), of a
+//! stage kept in memory, and of a delivery under way. One Job per claim at a
+//! time (`fermata-gc-<hash>`, same image, [`GC_SCRIPT`]) runs `rm -f` on
+//! the garbage; it is not waited for: a later stage or apply finds it done,
+//! removes its keys from the ledger (merge patch with nulls) and deletes it.
+//! A failed one is logged and kept (an hour's TTL, like a failed delivery)
+//! and fails nothing; its digests keep their keys, and a stage needing one
+//! of them fetches it again (the fetch keeps a whole file). A stage needing
+//! a digest a running GC Job removes waits for it.
 //!
 //! The decisions here are pure; the executor in [`super`] reads and writes.
+
+use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
@@ -43,6 +54,14 @@ pub const DEFAULT_IMAGE: &str = "busybox:1.37";
 pub const DEFAULT_TOKEN_SECRET: &str = "fermata-artifact-token";
 /// Label on delivery Jobs, valued with the claim.
 pub const JOB_LABEL: &str = "fermata.dev/artifact-claim";
+
+/// Label on garbage collection Jobs, valued with the claim.
+pub const GC_LABEL: &str = "fermata.dev/artifact-gc";
+/// Annotation of a GC Job listing its digests, space-separated.
+pub const GC_ANNOTATION: &str = "fermata.dev/garbage";
+/// At most this many digests per GC Job (its annotation and environment
+/// stay small); the rest go at a later pass.
+pub const GC_BATCH: usize = 500;
 
 /// The download, check and rename, as `sh -c` runs it; parameters come in
 /// the environment (`FERMATA_URL`, `FERMATA_SHA256`, `FERMATA_SIZE` (may
@@ -213,6 +232,141 @@ pub fn failure_message(a: &Artifact, claim: &str, why: &str) -> String {
     )
 }
 
+/// The artifacts one inventory record's states name (see [`keep_set`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordArtifacts {
+    pub applied: Vec<Digest>,
+    pub staged: Vec<Digest>,
+    /// Kept for `Target::rollback`, which applies the previous state again.
+    pub previous: Vec<Digest>,
+    /// A staged state whose artifacts the record does not list (written
+    /// before it did): what it needs is unknown, so nothing is collected.
+    pub staged_unknown: bool,
+}
+
+/// What must stay on the claim: the artifacts of the applied, staged and
+/// previous states of every record, and `busy` (stages and deliveries
+/// under way). `None` when a record cannot say what it needs: then nothing
+/// is garbage.
+pub fn keep_set<'a>(
+    records: impl IntoIterator<Item = &'a RecordArtifacts>,
+    busy: impl IntoIterator<Item = Digest>,
+) -> Option<BTreeSet<Digest>> {
+    let mut keep: BTreeSet<Digest> = busy.into_iter().collect();
+    for r in records {
+        if r.staged_unknown {
+            return None;
+        }
+        keep.extend(r.applied.iter().chain(&r.staged).chain(&r.previous));
+    }
+    Some(keep)
+}
+
+/// The ledger's digests not in `keep`, at most [`GC_BATCH`], sorted. A key
+/// that is not a digest in fermata's spelling (64 lower-case hex digits) is
+/// not fermata's to remove and is never garbage.
+pub fn garbage<'a>(
+    ledger: impl IntoIterator<Item = &'a String>,
+    keep: &BTreeSet<Digest>,
+) -> Vec<Digest> {
+    let mut out: Vec<Digest> = ledger
+        .into_iter()
+        .filter_map(|k| k.parse::<Digest>().ok().filter(|d| d.to_hex() == *k))
+        .filter(|d| !keep.contains(d))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    out.truncate(GC_BATCH);
+    out
+}
+
+/// Removes each digest of `FERMATA_GARBAGE` (space-separated) from
+/// `FERMATA_DIR`; anything not 64 hex digits is refused before any `rm`,
+/// so nothing in the environment can name another path or run a command.
+/// Globbing is off (`set -f`): a `*` stays a word, and is refused.
+pub const GC_SCRIPT: &str = r#"set -euf
+fail() { echo "$1" | tee "${FERMATA_LOG:-/dev/termination-log}" >&2; exit 1; }
+for d in $FERMATA_GARBAGE; do
+  case "$d" in
+    *[!0-9a-f]*) fail "not a digest: $d" ;;
+  esac
+  [ "${#d}" -eq 64 ] || fail "not a digest: $d"
+done
+for d in $FERMATA_GARBAGE; do
+  rm -f "$FERMATA_DIR/$d"
+done
+"#;
+
+/// The GC Job of `claim` for `garbage`: named by both, so the same
+/// garbage finds the same Job again (after a crash, or failed).
+pub fn gc_job_name(claim: &str, garbage: &[Digest]) -> String {
+    let mut key = claim.to_string();
+    for d in garbage {
+        key.push('\n');
+        key.push_str(&d.to_hex());
+    }
+    format!("fermata-gc-{}", &Digest::of(key.as_bytes()).to_hex()[..24])
+}
+
+/// The digests a GC Job removes, from its annotation; `None` if any is not
+/// a digest (not a Job of ours to finish).
+pub fn gc_job_digests(job: &Value) -> Option<Vec<Digest>> {
+    job["metadata"]["annotations"][GC_ANNOTATION]
+        .as_str()?
+        .split_whitespace()
+        .map(|d| d.parse().ok())
+        .collect()
+}
+
+/// The Job removing `garbage` from the claim, in `namespace`.
+pub fn gc_job_object(spec: &ClaimSpec, garbage: &[Digest], namespace: &str) -> Value {
+    let list = garbage
+        .iter()
+        .map(Digest::to_hex)
+        .collect::<Vec<_>>()
+        .join(" ");
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": gc_job_name(&spec.claim, garbage),
+            "namespace": namespace,
+            "labels": {GC_LABEL: spec.claim},
+            "annotations": {GC_ANNOTATION: list},
+        },
+        "spec": {
+            "backoffLimit": 2,
+            "ttlSecondsAfterFinished": 3600,
+            "template": {
+                "metadata": {"labels": {GC_LABEL: spec.claim}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": false,
+                    "containers": [{
+                        "name": "gc",
+                        "image": spec.image.as_deref().unwrap_or(DEFAULT_IMAGE),
+                        "command": ["sh", "-c", GC_SCRIPT],
+                        "env": [
+                            {"name": "FERMATA_GARBAGE", "value": list},
+                            {"name": "FERMATA_DIR", "value": format!("{MOUNT}/sha256")},
+                        ],
+                        "volumeMounts": [{"name": "claim", "mountPath": MOUNT}],
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                    }],
+                    "volumes": [{"name": "claim", "persistentVolumeClaim": {"claimName": spec.claim}}],
+                },
+            },
+        },
+    })
+}
+
+/// The ledger patch forgetting `digests` (merge patch: null removes a key).
+pub fn forget_patch(digests: &[Digest]) -> Value {
+    let data: serde_json::Map<String, Value> =
+        digests.iter().map(|d| (d.to_hex(), Value::Null)).collect();
+    json!({ "data": data })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +506,169 @@ mod tests {
         assert_ne!(job_name("models", &d), job_name("other", &d));
         assert!(job_name("models", &d).len() <= 63);
         assert_eq!(ledger_name("models"), "fermata-artifacts-models");
+    }
+
+    fn d(n: u8) -> Digest {
+        Digest([n; 32])
+    }
+
+    #[test]
+    fn the_keep_set_is_applied_staged_and_previous_of_every_record() {
+        let rec = |applied: &[u8], staged: &[u8], previous: &[u8]| RecordArtifacts {
+            applied: applied.iter().map(|n| d(*n)).collect(),
+            staged: staged.iter().map(|n| d(*n)).collect(),
+            previous: previous.iter().map(|n| d(*n)).collect(),
+            staged_unknown: false,
+        };
+        let set = |ns: &[u8]| Some(ns.iter().map(|n| d(*n)).collect::<BTreeSet<_>>());
+        type Case = (
+            &'static str,
+            Vec<RecordArtifacts>,
+            Vec<Digest>,
+            Option<BTreeSet<Digest>>,
+        );
+        let cases: Vec<Case> = vec![
+            ("no records", vec![], vec![], set(&[])),
+            (
+                "applied only",
+                vec![rec(&[1], &[1], &[])],
+                vec![],
+                set(&[1]),
+            ),
+            (
+                "applied, staged and previous",
+                vec![rec(&[2], &[3], &[1])],
+                vec![],
+                set(&[1, 2, 3]),
+            ),
+            (
+                "the union over compositions",
+                vec![rec(&[2], &[2], &[1]), rec(&[5], &[6], &[])],
+                vec![],
+                set(&[1, 2, 5, 6]),
+            ),
+            (
+                "a delivery under way",
+                vec![rec(&[2], &[2], &[])],
+                vec![d(9)],
+                set(&[2, 9]),
+            ),
+            (
+                "a staged state that does not list its artifacts keeps everything",
+                vec![
+                    rec(&[2], &[2], &[]),
+                    RecordArtifacts {
+                        staged_unknown: true,
+                        ..rec(&[4], &[], &[])
+                    },
+                ],
+                vec![],
+                None,
+            ),
+        ];
+        for (name, records, busy, want) in cases {
+            assert_eq!(keep_set(&records, busy), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_what_the_ledger_has_and_nothing_keeps() {
+        let keep: BTreeSet<Digest> = [d(1), d(2)].into();
+        let ledger: Vec<String> = vec![
+            d(3).to_hex(),
+            d(1).to_hex(),
+            d(4).to_hex(),
+            "not-a-digest".into(),
+            d(0xab).to_hex().to_uppercase(),
+            format!("sha256:{}", d(6).to_hex()),
+            d(3).to_hex(),
+        ];
+        assert_eq!(garbage(&ledger, &keep), vec![d(3), d(4)]);
+        let many: Vec<String> = (0..=255u8).chain(0..=255).map(|n| d(n).to_hex()).collect();
+        let g = garbage(&many, &BTreeSet::new());
+        assert_eq!(g.len(), 256.min(GC_BATCH));
+    }
+
+    #[test]
+    fn the_gc_job_removes_by_digest_from_the_claim() {
+        let spec = store_spec();
+        let garbage = [d(7), d(8)];
+        let job = gc_job_object(&spec, &garbage, "line");
+        assert_eq!(
+            job["metadata"]["name"],
+            json!(gc_job_name("models", &garbage))
+        );
+        assert_eq!(job["metadata"]["labels"][GC_LABEL], json!("models"));
+        assert_eq!(gc_job_digests(&job), Some(garbage.to_vec()));
+        let c = &job["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["command"], json!(["sh", "-c", GC_SCRIPT]));
+        assert_eq!(c["image"], json!(DEFAULT_IMAGE));
+        let list = c["env"][0]["value"].as_str().expect("FERMATA_GARBAGE");
+        assert!(
+            list.split(' ').all(|x| x.len() == 64
+                && x.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())),
+            "only hex digests reach the shell: {list}"
+        );
+        assert_eq!(c["env"][1]["value"], json!("/artifacts/sha256"));
+        assert_ne!(
+            gc_job_name("models", &garbage),
+            gc_job_name("models", &garbage[..1])
+        );
+        assert_ne!(
+            gc_job_name("models", &garbage),
+            gc_job_name("other", &garbage)
+        );
+        assert!(gc_job_name("models", &garbage).len() <= 63);
+        assert_eq!(
+            forget_patch(&garbage),
+            json!({"data": {d(7).to_hex(): null, d(8).to_hex(): null}})
+        );
+    }
+
+    /// The script, run by `sh` on a directory standing for the claim.
+    fn run_gc(dir: &std::path::Path, garbage: &str) -> std::process::Output {
+        std::process::Command::new("sh")
+            .args(["-c", GC_SCRIPT])
+            .env("FERMATA_GARBAGE", garbage)
+            .env("FERMATA_DIR", dir)
+            .env("FERMATA_LOG", dir.join("log"))
+            .output()
+            .expect("sh")
+    }
+
+    #[test]
+    fn the_gc_script_removes_only_digests() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("sha256");
+        std::fs::create_dir_all(&dir).expect("dir");
+        for n in [1, 2, 3] {
+            std::fs::write(dir.join(d(n).to_hex()), b"x").expect("file");
+        }
+        std::fs::write(tmp.path().join("outside"), b"x").expect("file");
+        let out = run_gc(&dir, &format!("{} {}", d(1).to_hex(), d(4).to_hex()));
+        assert!(out.status.success(), "{out:?}");
+        assert!(!dir.join(d(1).to_hex()).exists(), "removed");
+        assert!(dir.join(d(2).to_hex()).exists() && dir.join(d(3).to_hex()).exists());
+
+        // Nothing but hex reaches `rm`: not a path, not a command.
+        let pwned = tmp.path().join("pwned");
+        for bad in [
+            format!("{} ../outside", d(2).to_hex()),
+            format!("{};touch${{IFS}}{}", d(2).to_hex(), pwned.display()),
+            format!("$(touch {})", pwned.display()),
+            "*".to_string(),
+            d(2).to_hex()[..63].to_string(),
+        ] {
+            let out = run_gc(&dir, &bad);
+            assert!(!out.status.success(), "{bad} refused");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("not a digest"),
+                "{bad}: {out:?}"
+            );
+            assert!(dir.join(d(2).to_hex()).exists(), "{bad}: nothing removed");
+            assert!(tmp.path().join("outside").exists(), "{bad}");
+            assert!(!pwned.exists(), "{bad}: nothing run");
+        }
     }
 }
