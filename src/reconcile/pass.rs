@@ -343,11 +343,11 @@ impl Reconciler {
 
     /// A reconciler on `ctx`, with what the state directory remembers.
     pub fn with_context(ctx: Context) -> Reconciler {
-        let persisted = Persisted::load(&ctx.settings.state_dir);
+        let (persisted, saved) = Persisted::load_saved(&ctx.settings.state_dir);
         let requests = Requests::new(&ctx.settings.state_dir);
         Reconciler {
             caches: Caches {
-                saved: persisted.serialized().ok().map(|(_, d)| d),
+                saved,
                 ..Caches::default()
             },
             ctx,

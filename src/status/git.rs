@@ -442,6 +442,27 @@ impl StatusRepo {
         let source_commit = self.validate(update)?;
         let repo = self.open()?;
         self.refuse_checked_out(&repo)?;
+        // A large update's objects are written into memory and land as one
+        // pack before any ref names them, not as one loose file each
+        // (10,000 status files were 10,000 inodes created at a window's
+        // opening). A small one stays loose: a pack per commit would pile up.
+        let packed = if update.statuses.len() > LOOSE_UP_TO {
+            Some(self.open()?)
+        } else {
+            None
+        };
+        let packed_odb = match &packed {
+            Some(r) => Some(r.odb().map_err(self.git("open object database"))?),
+            None => None,
+        };
+        let mempack = match &packed_odb {
+            Some(odb) => Some(
+                odb.add_new_mempack_backend(1000)
+                    .map_err(self.git("in-memory object database"))?,
+            ),
+            None => None,
+        };
+        let objects = packed.as_ref().unwrap_or(&repo);
         let base = self.base_dir(&update.source.branch);
         let summary = one_line(&update.summary);
         let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL).map_err(self.git("signature"))?;
@@ -472,9 +493,9 @@ impl StatusRepo {
                 Some(c) => Some(c.tree().map_err(self.git("read tip tree"))?),
                 None => None,
             };
-            let mut plan = self.plan(&repo, tip_tree.as_ref(), &base, update)?;
+            let mut plan = self.plan(objects, tip_tree.as_ref(), &base, update)?;
             if !plan.is_empty() && update.statuses.len() <= timeline::MAX_ROWS {
-                self.add_timeline(&repo, before.0, &base, update, &mut plan)?;
+                self.add_timeline(objects, before.0, &base, update, &mut plan)?;
             }
             tracing::debug!(
                 ms = started.elapsed().as_millis() as u64,
@@ -492,13 +513,16 @@ impl StatusRepo {
                 // (an earlier push half-succeeded): only the note may be due.
                 None
             } else {
-                let tree = self.apply(&repo, tip_tree.as_ref(), &plan)?;
+                let tree = self.apply(objects, tip_tree.as_ref(), &plan)?;
                 let parents: Vec<_> = tip.iter().collect();
                 let changes = describe_changes(&plan.changes, plan.unchanged);
                 let message = self.commit_message(&summary, &changes, &update.source);
-                let id = repo
+                let id = objects
                     .commit(None, &sig, &sig, &message, &tree, &parents)
                     .map_err(self.git("commit"))?;
+                if let (Some(packed), Some(mempack)) = (&packed, &mempack) {
+                    write_pack(packed, mempack).map_err(self.git("write the status objects"))?;
+                }
                 match self.move_branch(&repo, id, before.0) {
                     Ok(()) => Some(id),
                     Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists) => {
@@ -1648,6 +1672,24 @@ fn copy_objects(from: &Repository, to: &Repository, tip: Oid) -> Result<(), git2
             copy_loose(from, to, tip)
         }
     }
+}
+
+/// Updates of more statuses than this write their objects as one pack.
+const LOOSE_UP_TO: usize = 64;
+
+/// Moves what `mempack` holds into `repo`'s object database as one pack,
+/// and empties it: the objects are on disk before a ref may name them.
+fn write_pack(repo: &Repository, mempack: &git2::Mempack<'_>) -> Result<(), git2::Error> {
+    use std::io::Write;
+    let mut buf = git2::Buf::new();
+    mempack.dump(repo, &mut buf)?;
+    let odb = repo.odb()?;
+    let mut writer = odb.packwriter()?;
+    writer
+        .write_all(&buf)
+        .map_err(|e| git2::Error::from_str(&format!("writing the pack: {e}")))?;
+    writer.commit()?;
+    mempack.reset()
 }
 
 /// What the remote lacks of `tip`'s history, as one pack, the way a push

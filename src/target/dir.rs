@@ -12,6 +12,8 @@
 //!                                              artifacts, components, manifest checksum
 //! .fermata/states/<digest>/artifacts/<name>    hard link into the artifact store
 //! .fermata/applied                             last applied digests, oldest first
+//! .fermata/next    -> .fermata/states/<digest>  a spare pointer to the staged state,
+//!                                              renamed over `current` by the switch
 //! .fermata/tmp/                                work in progress: anything here is a leftover
 //! ```
 //!
@@ -23,6 +25,14 @@
 //! `tmp/`, which every `Stage`/`Apply`/`delete` clears first. Error paths do
 //! no cleanup of their own: a failed call leaves what a crash at that point
 //! would, and the next call recovers the same way.
+//!
+//! A window's opening only switches, so staging prepares everything the
+//! switch would create: `next` is made beside `staged`, and the switch
+//! renames it over `current` (no new file). The history is appended to, not
+//! rewritten (a torn last line is skipped when read), and trimmed to
+//! [`KEEP_APPLIED`] by the next stage; a batch of switches deletes nothing
+//! either: the states it makes old are collected by the composition's next
+//! stage or apply.
 //!
 //! Durability (power loss) is bought once per switch, not per file: a
 //! staged state need not survive a power loss until something switches to
@@ -63,6 +73,9 @@ const STATES: &str = "states";
 const TMP: &str = "tmp";
 const HISTORY: &str = "applied";
 const CURRENT: &str = "current";
+/// Relative to the composition's dir, like `current`, so that renaming it
+/// there keeps its target right.
+const NEXT: &str = ".fermata/next";
 const STAGED: &str = "staged";
 const MANIFEST: &str = "manifest.yaml";
 const RECORD: &str = "composition.yaml";
@@ -591,10 +604,9 @@ fn switch_all(
             tracing::warn!(error = %e, "syncing after a batch of switches failed");
         }
     }
+    // Nothing is collected here: deleting belongs to staging, not to the
+    // window (the next stage or apply of each composition collects).
     for (i, site, record, digest) in switched {
-        if let Err(e) = site.gc() {
-            tracing::warn!(composition = %site.id, error = %e, "state garbage collection failed");
-        }
         tracing::info!(composition = %site.id, digest = %digest.short(), "applied");
         results[i] = Some(Ok(applied_observed(digest, record)));
     }
@@ -637,6 +649,17 @@ fn parse_pointer(target: &Path) -> Option<Digest> {
         }
         _ => None,
     }
+}
+
+/// `.fermata/applied` as read.
+struct HistoryFile {
+    /// The lines that parse, oldest first.
+    lines: Vec<(Digest, String)>,
+    /// Whether the text ends where a line does (not after a torn append),
+    /// so an append knows to start a line first.
+    ends_line: bool,
+    /// Whether every line parsed.
+    whole: bool,
 }
 
 /// One composition's directory and the file work on it; all blocking.
@@ -1011,6 +1034,25 @@ impl Site {
             self.switch(STAGED, &digest)?;
             changed = true;
         }
+        // What the switch will rename over `current`; not a change anyone
+        // sees (only the switch reads it).
+        if !self.points_to(CURRENT, &digest)? && !self.points_to(NEXT, &digest)? {
+            self.switch(NEXT, &digest)?;
+        }
+        // And the history file the switch appends to (empty: nothing applied).
+        let history = self.meta().join(HISTORY);
+        if !history.exists() {
+            self.step()?;
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&history)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(TargetError::io(history.display(), e)),
+            }
+        }
         Ok(changed)
     }
 
@@ -1050,6 +1092,12 @@ impl Site {
 
     /// Makes the renames of a switch durable: `current`, `staged`, history.
     fn sync_pointers(&self) -> Result<(), TargetError> {
+        let history = self.meta().join(HISTORY);
+        match File::open(&history) {
+            Ok(f) => f.sync_data().map_err(io_err(&history))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(TargetError::io(history.display(), e)),
+        }
         sync_dir(&self.dir)?;
         sync_dir(&self.meta())
     }
@@ -1086,13 +1134,22 @@ impl Site {
             _ => None,
         };
         if previous != Some(*digest) {
-            self.switch(CURRENT, digest)?;
+            if self.points_to(NEXT, digest)? {
+                // Prepared by the stage: one rename, nothing created.
+                let (next, dest) = (self.dir.join(NEXT), self.dir.join(CURRENT));
+                self.step()?;
+                fs::rename(&next, &dest).map_err(io_err(&dest))?;
+            } else {
+                self.switch(CURRENT, digest)?;
+            }
             tracing::debug!(composition = %self.id, digest = %digest.short(), "switched");
             changed = true;
         }
         // A crash between a switch and its history write leaves the history
         // behind `current`: the previous state is caught up with this one.
-        let mut history = self.history()?;
+        let file = self.history_file()?;
+        let (old, clean) = (file.lines, file.ends_line);
+        let mut history = old.clone();
         let mut behind = false;
         if let Some(p) = previous.filter(|p| p != digest) {
             behind |= catch_up(&mut history, p, || self.history_line(&p, None));
@@ -1101,7 +1158,10 @@ impl Site {
             self.history_line(digest, Some(source))
         });
         if behind {
-            self.write_history(&history)?;
+            match history.strip_prefix(old.as_slice()) {
+                Some(new) => self.append_history(new, clean)?,
+                None => self.write_history(&history)?,
+            }
             changed = true;
         }
         Ok(changed)
@@ -1257,7 +1317,7 @@ impl Site {
     /// Not synced: callers switching `current` sync around it.
     fn switch(&self, name: &str, digest: &Digest) -> Result<(), TargetError> {
         self.ensure_dirs()?;
-        let tmp = self.tmp_path(name);
+        let tmp = self.tmp_path(name.rsplit('/').next().unwrap_or(name));
         let target = Path::new(META).join(STATES).join(digest.to_hex());
         self.step()?;
         std::os::unix::fs::symlink(&target, &tmp).map_err(io_err(&tmp))?;
@@ -1287,19 +1347,53 @@ impl Site {
     /// The applied history, oldest first: each digest with its line (which
     /// also says when and from which commit, for people).
     fn history(&self) -> Result<Vec<(Digest, String)>, TargetError> {
+        Ok(self.history_file()?.lines)
+    }
+
+    fn history_file(&self) -> Result<HistoryFile, TargetError> {
         let path = self.meta().join(HISTORY);
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(HistoryFile {
+                    lines: Vec::new(),
+                    ends_line: true,
+                    whole: true,
+                })
+            }
             Err(e) => return Err(TargetError::io(path.display(), e)),
         };
-        Ok(text
-            .lines()
-            .filter_map(|line| {
-                let digest = line.split_whitespace().next()?.parse().ok()?;
-                Some((digest, line.to_string()))
-            })
-            .collect())
+        let parse = |line: &str| -> Option<(Digest, String)> {
+            let digest = line.split_whitespace().next()?.parse().ok()?;
+            Some((digest, line.to_string()))
+        };
+        let lines: Vec<_> = text.lines().filter_map(parse).collect();
+        Ok(HistoryFile {
+            whole: lines.len() == text.lines().count(),
+            ends_line: text.is_empty() || text.ends_with('\n'),
+            lines,
+        })
+    }
+
+    /// Adds lines to the history in place: no file created, as a switch at
+    /// a window's opening should. Not synced (the switch's sync covers it).
+    fn append_history(&self, lines: &[(Digest, String)], clean: bool) -> Result<(), TargetError> {
+        let mut text = String::new();
+        if !clean {
+            text.push('\n');
+        }
+        for (_, line) in lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let path = self.meta().join(HISTORY);
+        self.step()?;
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(io_err(&path))
     }
 
     /// `<digest> <branch>@<commit> <recorded at>`: the digest is what
@@ -1347,9 +1441,15 @@ impl Site {
                 }
             }
         }
+        // Appends (at switches) grow the history, and a torn one leaves a
+        // line that does not parse: trimmed here, off the window.
+        let file = self.history_file()?;
+        let mut history = file.lines;
+        if history.len() > KEEP_APPLIED || !file.whole {
+            self.write_history(&history)?;
+        }
         // `current` is the newest applied state even where a crash kept it
         // out of the history file.
-        let mut history = self.history()?;
         if let Some(current) = pointers[0] {
             catch_up(&mut history, current, String::new);
         }
