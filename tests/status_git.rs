@@ -839,3 +839,39 @@ fn ref_locks_left_by_a_killed_fermata_do_not_block_the_next_publish() {
         assert!(!lock.exists(), "{} left", lock.display());
     }
 }
+
+/// The pack files of a repository's object database.
+fn packs(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join(".git/objects/pack"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_large_update_lands_as_one_pack_and_a_small_change_stays_loose() {
+    let (repo, src) = source_repo();
+    let sr = in_place(&repo, None);
+    let dir = repo.path();
+    let many: Vec<_> = (0..200)
+        .map(|i| status(&format!("fleet/v{i:03}"), &src, State::Staged, 0))
+        .collect();
+    assert_eq!(packs(dir), 0);
+    sr.publish(&update(&src, many.clone())).unwrap().unwrap();
+    assert_eq!(packs(dir), 1, "200 new files: one pack");
+    // Every file is readable from it, by git itself.
+    assert_eq!(files(dir, BRANCH).len(), 200 + 2);
+    git(dir, &["fsck", "--no-dangling"]);
+
+    // One status of the 200 changes: loose objects, no second pack.
+    let mut changed = many;
+    changed[7].status.state = State::Installed;
+    sr.publish(&update(&src, changed)).unwrap().unwrap();
+    assert_eq!(packs(dir), 1);
+    assert!(show(dir, BRANCH, "main/fleet/v007.yaml").contains("installed"));
+}

@@ -237,6 +237,9 @@ struct Plan {
     changes: Vec<Change>,
     /// Statuses kept as they are.
     unchanged: usize,
+    /// Whether the objects were written into the in-memory pack (more than
+    /// [`LOOSE_UP_TO`] files change), to be written out as one pack.
+    packed: bool,
 }
 
 /// One composition's status moving on the branch: `None` before is a new
@@ -446,7 +449,7 @@ impl StatusRepo {
         // pack before any ref names them, not as one loose file each
         // (10,000 status files were 10,000 inodes created at a window's
         // opening). A small one stays loose: a pack per commit would pile up.
-        let packed = if update.statuses.len() > LOOSE_UP_TO {
+        let packed = if update.statuses.len() >= LOOSE_UP_TO {
             Some(self.open()?)
         } else {
             None
@@ -462,7 +465,7 @@ impl StatusRepo {
             ),
             None => None,
         };
-        let objects = packed.as_ref().unwrap_or(&repo);
+
         let base = self.base_dir(&update.source.branch);
         let summary = one_line(&update.summary);
         let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL).map_err(self.git("signature"))?;
@@ -493,7 +496,12 @@ impl StatusRepo {
                 Some(c) => Some(c.tree().map_err(self.git("read tip tree"))?),
                 None => None,
             };
-            let mut plan = self.plan(objects, tip_tree.as_ref(), &base, update)?;
+            let mut plan = self.plan(&repo, packed.as_ref(), tip_tree.as_ref(), &base, update)?;
+            // Where this attempt's objects go: the pack in memory, or loose.
+            let objects = match &packed {
+                Some(p) if plan.packed => p,
+                _ => &repo,
+            };
             if !plan.is_empty() && update.statuses.len() <= timeline::MAX_ROWS {
                 self.add_timeline(objects, before.0, &base, update, &mut plan)?;
             }
@@ -520,8 +528,8 @@ impl StatusRepo {
                 let id = objects
                     .commit(None, &sig, &sig, &message, &tree, &parents)
                     .map_err(self.git("commit"))?;
-                if let (Some(packed), Some(mempack)) = (&packed, &mempack) {
-                    write_pack(packed, mempack).map_err(self.git("write the status objects"))?;
+                if let (true, Some(mempack)) = (plan.packed, &mempack) {
+                    write_pack(objects, mempack).map_err(self.git("write the status objects"))?;
                 }
                 match self.move_branch(&repo, id, before.0) {
                     Ok(()) => Some(id),
@@ -922,6 +930,7 @@ impl StatusRepo {
     fn plan(
         &self,
         repo: &Repository,
+        packed: Option<&Repository>,
         tip: Option<&Tree>,
         base: &str,
         update: &StatusUpdate,
@@ -957,9 +966,10 @@ impl StatusRepo {
                 }
             }
         }
+        // First what changes, then (knowing how many) the writes.
+        let mut changed = Vec::new();
         for s in &update.statuses {
             let id = s.composition();
-            let path = format!("{base}/{id}.yaml");
             let fingerprint = s.fingerprint();
             let mut from = None;
             if let Some(old) = existing.remove(id) {
@@ -969,7 +979,7 @@ impl StatusRepo {
                 }
                 let blob = repo
                     .find_blob(old)
-                    .map_err(self.git(format!("read {path}")))?;
+                    .map_err(self.git(format!("read {base}/{id}.yaml")))?;
                 // An unreadable old file is simply replaced: it is ours to write.
                 if let Ok(old_status) = parse_status(blob.content()) {
                     self.remember(old, old_status.fingerprint());
@@ -985,6 +995,15 @@ impl StatusRepo {
                 from,
                 to: Some(s.status.state),
             });
+            changed.push((s, fingerprint));
+        }
+        plan.packed = packed.is_some() && changed.len() > LOOSE_UP_TO;
+        let repo = match packed {
+            Some(p) if plan.packed => p,
+            _ => repo,
+        };
+        for (s, fingerprint) in changed {
+            let path = format!("{base}/{}.yaml", s.composition());
             let yaml = serde_yaml::to_string(s).map_err(|e| StatusError::BadStatusFile {
                 branch: self.branch.clone(),
                 path: path.clone(),
