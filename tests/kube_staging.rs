@@ -8,7 +8,7 @@ mod kube_fake;
 mod util;
 
 use kube_fake::FakeKube;
-use serde_json::json;
+use serde_json::{json, Value};
 use util::{git, run_once, TestRepo, SAT_WINDOW, SYNTH};
 
 /// Saturday 2026-11-21 02:30 UTC: inside [`SAT_WINDOW`].
@@ -538,16 +538,7 @@ fn an_artifact_is_delivered_verified_and_referenced() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(status(&repo)["status"]["state"].as_str(), Some("staged"));
     assert!(jobs(&c).is_empty(), "the Job is deleted when done");
-    let ledger = c
-        .fake
-        .object(
-            "v1",
-            "ConfigMap",
-            Some("default"),
-            "fermata-artifacts-models",
-        )
-        .expect("the claim's record");
-    assert_eq!(ledger["data"][&hex], json!(WEIGHTS.len().to_string()));
+    assert_eq!(ledger_data(&c)[&hex], json!(WEIGHTS.len().to_string()));
     assert!(c
         .fake
         .object("v1", "ConfigMap", Some("default"), "app")
@@ -638,18 +629,22 @@ fn gc_jobs(c: &Cluster) -> Vec<String> {
         .collect()
 }
 
-/// The digests the claim's ledger records.
-fn ledger(c: &Cluster) -> Vec<String> {
-    let cm = c
-        .fake
+/// The claim's ledger: digest -> size.
+fn ledger_data(c: &Cluster) -> Value {
+    c.fake
         .object(
             "v1",
             "ConfigMap",
             Some("default"),
             "fermata-artifacts-models",
         )
-        .expect("the claim's record");
-    let mut keys: Vec<String> = cm["data"]
+        .expect("the claim's record")["data"]
+        .clone()
+}
+
+/// The digests the claim's ledger records.
+fn ledger(c: &Cluster) -> Vec<String> {
+    let mut keys: Vec<String> = ledger_data(c)
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
