@@ -302,6 +302,14 @@ impl Plan {
     fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.removes.is_empty()
     }
+
+    /// Where this plan's objects are written: the in-memory pack, or loose.
+    fn objects<'r>(&self, loose: &'r Repository, packed: Option<&'r Repository>) -> &'r Repository {
+        match packed {
+            Some(p) if self.packed => p,
+            _ => loose,
+        }
+    }
 }
 
 enum Pushed {
@@ -449,23 +457,19 @@ impl StatusRepo {
         // pack before any ref names them, not as one loose file each
         // (10,000 status files were 10,000 inodes created at a window's
         // opening). A small one stays loose: a pack per commit would pile up.
-        let packed = if update.statuses.len() >= LOOSE_UP_TO {
-            Some(self.open()?)
-        } else {
-            None
-        };
-        let packed_odb = match &packed {
-            Some(r) => Some(r.odb().map_err(self.git("open object database"))?),
-            None => None,
-        };
-        let mempack = match &packed_odb {
-            Some(odb) => Some(
-                odb.add_new_mempack_backend(1000)
-                    .map_err(self.git("in-memory object database"))?,
-            ),
-            None => None,
-        };
-
+        let packed = (update.statuses.len() > LOOSE_UP_TO)
+            .then(|| self.open())
+            .transpose()?;
+        let packed_odb = packed
+            .as_ref()
+            .map(Repository::odb)
+            .transpose()
+            .map_err(self.git("open object database"))?;
+        let mempack = packed_odb
+            .as_ref()
+            .map(|odb| odb.add_new_mempack_backend(1000))
+            .transpose()
+            .map_err(self.git("in-memory object database"))?;
         let base = self.base_dir(&update.source.branch);
         let summary = one_line(&update.summary);
         let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL).map_err(self.git("signature"))?;
@@ -497,11 +501,7 @@ impl StatusRepo {
                 None => None,
             };
             let mut plan = self.plan(&repo, packed.as_ref(), tip_tree.as_ref(), &base, update)?;
-            // Where this attempt's objects go: the pack in memory, or loose.
-            let objects = match &packed {
-                Some(p) if plan.packed => p,
-                _ => &repo,
-            };
+            let objects = plan.objects(&repo, packed.as_ref());
             if !plan.is_empty() && update.statuses.len() <= timeline::MAX_ROWS {
                 self.add_timeline(objects, before.0, &base, update, &mut plan)?;
             }
@@ -998,10 +998,7 @@ impl StatusRepo {
             changed.push((s, fingerprint));
         }
         plan.packed = packed.is_some() && changed.len() > LOOSE_UP_TO;
-        let repo = match packed {
-            Some(p) if plan.packed => p,
-            _ => repo,
-        };
+        let repo = plan.objects(repo, packed);
         for (s, fingerprint) in changed {
             let path = format!("{base}/{}.yaml", s.composition());
             let yaml = serde_yaml::to_string(s).map_err(|e| StatusError::BadStatusFile {
