@@ -108,6 +108,21 @@ pub struct KubernetesTarget {
     delivering: Mutex<HashMap<CompositionId, Vec<Digest>>>,
 }
 
+/// The digests a claim's ledger records (none before the first delivery).
+async fn ledger_keys(
+    ledgers: &Api<ConfigMap>,
+    ns: &str,
+    ledger: &str,
+) -> Result<BTreeSet<String>, TargetError> {
+    match ledgers.get_opt(ledger).await {
+        Ok(cm) => Ok(cm
+            .and_then(|c| c.data)
+            .map(|d| d.into_keys().collect())
+            .unwrap_or_default()),
+        Err(e) => Err(kube_err(format!("ConfigMap {ns}/{ledger}"), &e)),
+    }
+}
+
 struct Conn {
     client: kube::Client,
     namespace: String,
@@ -1268,13 +1283,7 @@ impl KubernetesTarget {
         let ledger = deliver::ledger_name(&spec.claim);
         // What a failed GC Job may have removed is fetched again (a whole
         // file is kept); what a running one removes is waited for.
-        let delivered: BTreeSet<String> = match ledgers.get_opt(&ledger).await {
-            Ok(cm) => cm
-                .and_then(|c| c.data)
-                .map(|d| d.into_keys().collect())
-                .unwrap_or_default(),
-            Err(e) => return Err(kube_err(format!("ConfigMap {ns}/{ledger}"), &e)),
-        };
+        let delivered = ledger_keys(&ledgers, ns, &ledger).await?;
         let jobs: Api<Job> = Api::namespaced(conn.client.clone(), ns);
         let pods: Api<Pod> = Api::namespaced(conn.client.clone(), ns);
         let mut waiting = Vec::new();
@@ -1493,13 +1502,7 @@ impl KubernetesTarget {
         }
         let ledgers: Api<ConfigMap> = Api::namespaced(conn.client.clone(), ns);
         let ledger = deliver::ledger_name(&spec.claim);
-        let recorded: BTreeSet<String> = match ledgers.get_opt(&ledger).await {
-            Ok(cm) => cm
-                .and_then(|c| c.data)
-                .map(|d| d.into_keys().collect())
-                .unwrap_or_default(),
-            Err(e) => return Err(kube_err(format!("ConfigMap {ns}/{ledger}"), &e)),
-        };
+        let recorded = ledger_keys(&ledgers, ns, &ledger).await?;
         if recorded.is_empty() {
             return Ok(());
         }
