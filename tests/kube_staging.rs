@@ -770,3 +770,48 @@ fn a_failed_garbage_collection_fails_nothing() {
     );
     assert!(on_claim(&c, &x));
 }
+
+#[test]
+fn the_claim_is_collected_once_per_pass_not_once_per_apply() {
+    let c = Cluster::new();
+    c.fake.on_job("fermata-fetch-", deliver_like_the_script);
+    c.fake.on_job("fermata-gc-", gc_like_the_job);
+    let state = tempfile::tempdir().expect("state");
+    let server = StoreServer::start(state.path());
+    let repo = TestRepo::new();
+    artifact_fleet(&repo, &c, &server);
+    let variations: String = (0..5)
+        .map(|i| format!("    - {{name: v{i}, synthesizer: {{name: app}}}}\n"))
+        .collect();
+    repo.write(
+        "symphony.yaml",
+        &format!(
+            "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: shop}}\nspec:\n  window: sat\n  rollout: {{strategy: Parallel, maxUnavailable: 5}}\n  variations:\n{variations}"
+        ),
+    );
+    repo.commit("five variations sharing one model");
+    for _ in 0..2 {
+        let run = run_once(state.path(), &repo, CLOSED);
+        assert_eq!(run.code, 0, "{run:?}");
+        c.fake.settle();
+    }
+    // Each collection lists every inventory record of the namespace: the
+    // window's pass applies five compositions and collects once (the other
+    // listing is the pass's own look for compositions it does not know).
+    let from = c.fake.requests().len();
+    let run = run_once(state.path(), &repo, OPEN);
+    assert_eq!(run.code, 0, "{run:?}");
+    let text = git(repo.path(), &["show", "fermata/status:main/shop/v4.yaml"]);
+    assert!(text.contains("state: installed"), "{text}");
+    let listings = c.fake.requests()[from..]
+        .iter()
+        .filter(|r| {
+            r.method == "GET"
+                && r.path.ends_with("/secrets")
+                && r.query
+                    .get("labelSelector")
+                    .is_some_and(|l| l.contains("inventory"))
+        })
+        .count();
+    assert_eq!(listings, 2, "inventory records listed twice in the pass");
+}

@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -106,6 +107,10 @@ pub struct KubernetesTarget {
     /// The artifacts of stages delivering now (from their first delivery
     /// step until their record is written): garbage collection keeps them.
     delivering: Mutex<HashMap<CompositionId, Vec<Digest>>>,
+    /// A state was recorded since the claim's garbage was last collected:
+    /// collected once at the pass's end ([`Target::checkpoint`]), since each
+    /// collection lists every inventory record of the namespace.
+    gc_due: AtomicBool,
 }
 
 /// The digests a claim's ledger records (none before the first delivery).
@@ -626,6 +631,7 @@ impl KubernetesTarget {
             staged: Mutex::new(HashMap::new()),
             validated: Mutex::new(HashMap::new()),
             delivering: Mutex::new(HashMap::new()),
+            gc_due: AtomicBool::new(false),
         }
     }
 
@@ -2149,11 +2155,19 @@ impl Target for KubernetesTarget {
             StateGoal::Stage => self.stage(desired).await?,
             StateGoal::Apply => self.apply_now(desired).await?,
         };
-        // A state recorded: what no state needs any more can go.
+        // A state recorded: what no state needs any more can go, at the
+        // pass's end.
         if out.changed && out.staging.is_none() {
-            self.collect_garbage_logged().await;
+            self.gc_due.store(true, Ordering::Relaxed);
         }
         Ok(out)
+    }
+
+    async fn checkpoint(&self) -> Result<(), TargetError> {
+        if self.gc_due.swap(false, Ordering::Relaxed) {
+            self.collect_garbage_logged().await;
+        }
+        Ok(())
     }
 
     async fn get(&self, id: &CompositionId) -> Result<Observed, TargetError> {

@@ -250,7 +250,8 @@ pub trait Target: Send + Sync + fmt::Debug {
         vec![false; applied.len()]
     }
     /// The end of a pass: a target that keeps what it verified (for
-    /// `unchanged` after a restart) writes it down now, once, not per call.
+    /// `unchanged` after a restart) writes it down now, once, not per call;
+    /// one that collects garbage across compositions collects now.
     async fn checkpoint(&self) -> Result<(), TargetError> {
         Ok(())
     }

@@ -23,14 +23,16 @@
 //! Kubernetes deletes it and the next stage tries again) and the stage fails
 //! naming the artifact and the verifier's message.
 //!
-//! Garbage collection: after a stage or an apply, what the ledger records
-//! and no composition of the namespace needs is removed from the claim.
+//! Garbage collection: at the end of a pass that recorded a state (once
+//! per pass, [`Target::checkpoint`](crate::target::Target::checkpoint)) or
+//! after a delete, what the ledger records and no composition of the
+//! namespace needs is removed from the claim.
 //! Needed ([`keep_set`]) is every artifact of an inventory record's applied
 //! state, staged state and previous state (the issue names applied and
 //! staged; previous too, because `Target::rollback` applies it again), of a
 //! stage kept in memory, and of a delivery under way. One Job per claim at a
 //! time (`fermata-gc-<hash>`, same image, [`GC_SCRIPT`]) runs `rm -f` on
-//! the garbage; it is not waited for: a later stage or apply finds it done,
+//! the garbage; it is not waited for: a later collection finds it done,
 //! removes its keys from the ledger (merge patch with nulls) and deletes it.
 //! A failed one is logged and kept (an hour's TTL, like a failed delivery)
 //! and fails nothing; its digests keep their keys, and a stage needing one
