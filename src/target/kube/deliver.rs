@@ -148,27 +148,49 @@ pub fn job_object(spec: &ClaimSpec, a: &Artifact, namespace: &str) -> Result<Val
             "key": "token"}}}),
         );
     }
-    Ok(json!({
+    Ok(claim_job(
+        spec,
+        namespace,
+        (JOB_LABEL, job_name(&spec.claim, &a.sha256)),
+        json!({"fermata.dev/artifact": a.name, "fermata.dev/sha256": a.sha256.to_hex()}),
+        ("fetch", SCRIPT),
+        env,
+    ))
+}
+
+/// A Job working on the claim (a delivery or a collection): `script` run by
+/// `sh` in the Target's image with the claim mounted at [`MOUNT`], labelled
+/// `label: <claim>`, retried twice, kept an hour after it finished (a failed
+/// one says why until then, and blocks the same work being started again).
+fn claim_job(
+    spec: &ClaimSpec,
+    namespace: &str,
+    (label, name): (&str, String),
+    annotations: Value,
+    (container, script): (&str, &str),
+    env: Vec<Value>,
+) -> Value {
+    json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(&spec.claim, &a.sha256),
+            "name": name,
             "namespace": namespace,
-            "labels": {JOB_LABEL: spec.claim},
-            "annotations": {"fermata.dev/artifact": a.name, "fermata.dev/sha256": a.sha256.to_hex()},
+            "labels": {label: spec.claim},
+            "annotations": annotations,
         },
         "spec": {
             "backoffLimit": 2,
             "ttlSecondsAfterFinished": 3600,
             "template": {
-                "metadata": {"labels": {JOB_LABEL: spec.claim}},
+                "metadata": {"labels": {label: spec.claim}},
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": false,
                     "containers": [{
-                        "name": "fetch",
+                        "name": container,
                         "image": spec.image.as_deref().unwrap_or(DEFAULT_IMAGE),
-                        "command": ["sh", "-c", SCRIPT],
+                        "command": ["sh", "-c", script],
                         "env": env,
                         "volumeMounts": [{"name": "claim", "mountPath": MOUNT}],
                         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -177,7 +199,7 @@ pub fn job_object(spec: &ClaimSpec, a: &Artifact, namespace: &str) -> Result<Val
                 },
             },
         },
-    }))
+    })
 }
 
 /// Where a delivery Job stands.
@@ -327,39 +349,18 @@ pub fn gc_job_object(spec: &ClaimSpec, garbage: &[Digest], namespace: &str) -> V
         .map(Digest::to_hex)
         .collect::<Vec<_>>()
         .join(" ");
-    json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": gc_job_name(&spec.claim, garbage),
-            "namespace": namespace,
-            "labels": {GC_LABEL: spec.claim},
-            "annotations": {GC_ANNOTATION: list},
-        },
-        "spec": {
-            "backoffLimit": 2,
-            "ttlSecondsAfterFinished": 3600,
-            "template": {
-                "metadata": {"labels": {GC_LABEL: spec.claim}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": false,
-                    "containers": [{
-                        "name": "gc",
-                        "image": spec.image.as_deref().unwrap_or(DEFAULT_IMAGE),
-                        "command": ["sh", "-c", GC_SCRIPT],
-                        "env": [
-                            {"name": "FERMATA_GARBAGE", "value": list},
-                            {"name": "FERMATA_DIR", "value": format!("{MOUNT}/sha256")},
-                        ],
-                        "volumeMounts": [{"name": "claim", "mountPath": MOUNT}],
-                        "terminationMessagePolicy": "FallbackToLogsOnError",
-                    }],
-                    "volumes": [{"name": "claim", "persistentVolumeClaim": {"claimName": spec.claim}}],
-                },
-            },
-        },
-    })
+    let env = vec![
+        json!({"name": "FERMATA_GARBAGE", "value": list}),
+        json!({"name": "FERMATA_DIR", "value": format!("{MOUNT}/sha256")}),
+    ];
+    claim_job(
+        spec,
+        namespace,
+        (GC_LABEL, gc_job_name(&spec.claim, garbage)),
+        json!({GC_ANNOTATION: list}),
+        ("gc", GC_SCRIPT),
+        env,
+    )
 }
 
 /// The ledger patch forgetting `digests` (merge patch: null removes a key).
