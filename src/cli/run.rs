@@ -441,12 +441,12 @@ pub fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
                 let secret = a
                     .webhook_secret_file
                     .as_deref()
-                    .map(serve::read_secret)
+                    .map(|p| serve::read_secret(p, "webhook secret"))
                     .transpose()?;
                 let token = a
                     .artifact_token_file
                     .as_deref()
-                    .map(serve::read_secret)
+                    .map(|p| serve::read_secret(p, "artifact token"))
                     .transpose()?;
                 let mut state =
                     ServeState::new(r.ctx.settings.branches.clone(), secret, triggers.sender())

@@ -34,13 +34,14 @@ use metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("webhook secret {path}: {source}")]
+    #[error("{what} {path}: {source}")]
     SecretRead {
+        what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("webhook secret {path} is empty: an empty key would accept any sender")]
-    SecretEmpty { path: PathBuf },
+    #[error("{what} {path} is empty: an empty key would accept any sender")]
+    SecretEmpty { what: &'static str, path: PathBuf },
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -139,16 +140,19 @@ impl ServeState {
     }
 }
 
-/// Reads a webhook secret file; surrounding whitespace (a trailing newline
+/// Reads a secret file (the webhook's secret, the artifact store's token),
+/// named `what` in its errors; surrounding whitespace (a trailing newline
 /// from `echo` or a Kubernetes Secret) is not part of the key.
-pub fn read_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
+pub fn read_secret(path: &Path, what: &'static str) -> Result<Vec<u8>, ServeError> {
     let raw = std::fs::read(path).map_err(|source| ServeError::SecretRead {
+        what,
         path: path.to_path_buf(),
         source,
     })?;
     let key = raw.trim_ascii();
     if key.is_empty() {
         return Err(ServeError::SecretEmpty {
+            what,
             path: path.to_path_buf(),
         });
     }

@@ -232,16 +232,19 @@ fn secret_file_is_trimmed_and_never_empty() {
     let dir = tempfile::tempdir().expect("temp dir");
     let p = dir.path().join("secret");
     std::fs::write(&p, "  s3cret\n").expect("write");
-    assert_eq!(read_secret(&p).expect("read"), b"s3cret");
+    assert_eq!(read_secret(&p, "webhook secret").expect("read"), b"s3cret");
     std::fs::write(&p, "\n").expect("write");
     assert!(matches!(
-        read_secret(&p),
+        read_secret(&p, "webhook secret"),
         Err(ServeError::SecretEmpty { .. })
     ));
     assert!(matches!(
-        read_secret(&dir.path().join("absent")),
+        read_secret(&dir.path().join("absent"), "webhook secret"),
         Err(ServeError::SecretRead { .. })
     ));
+    // Each file is named for what it is.
+    let e = read_secret(&p, "artifact token").expect_err("empty");
+    assert!(e.to_string().starts_with("artifact token "), "{e}");
 }
 
 #[tokio::test]
