@@ -661,12 +661,18 @@ fn on_claim(c: &Cluster, hex: &str) -> bool {
 }
 
 /// Closed window: the delivery starts; its Jobs run; closed: staged.
-fn stage(c: &Cluster, state: &std::path::Path, repo: &TestRepo) {
+/// Two passes with the window closed, the cluster settling after each: the
+/// first starts the deliveries, the second finds them done.
+fn stage_passes(c: &Cluster, state: &std::path::Path, repo: &TestRepo) {
     for _ in 0..2 {
         let run = run_once(state, repo, CLOSED);
         assert_eq!(run.code, 0, "{run:?}");
         c.fake.settle();
     }
+}
+
+fn stage(c: &Cluster, state: &std::path::Path, repo: &TestRepo) {
+    stage_passes(c, state, repo);
     let st = status(repo);
     assert_eq!(st["status"]["state"].as_str(), Some("staged"), "{st:?}");
 }
@@ -790,11 +796,7 @@ fn the_claim_is_collected_once_per_pass_not_once_per_apply() {
         ),
     );
     repo.commit("five variations sharing one model");
-    for _ in 0..2 {
-        let run = run_once(state.path(), &repo, CLOSED);
-        assert_eq!(run.code, 0, "{run:?}");
-        c.fake.settle();
-    }
+    stage_passes(&c, state.path(), &repo);
     // Each collection lists every inventory record of the namespace: the
     // window's pass applies five compositions and collects once (the other
     // listing is the pass's own look for compositions it does not know).
