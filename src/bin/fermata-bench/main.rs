@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use fermata::reconcile::{Reconciler, Settings};
+use fermata::reconcile::{BranchReport, Reconciler, Settings};
 use fermata::status::State;
 use fermata::window::{FixedClock, SystemClock};
 
@@ -72,6 +72,10 @@ struct Args {
     /// Only the window bench (staging, opening, restart): for a profiler.
     #[arg(long)]
     window_only: bool,
+    /// Only the restart (without the full pass after it), on what an
+    /// earlier `--window-only --dir DIR` left in DIR: for a profiler.
+    #[arg(long, requires = "dir")]
+    restart_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,7 +97,7 @@ fn pass_bench(a: &Args) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let root = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
-    if a.window_only {
+    if a.window_only || a.restart_only {
         let rt = tokio::runtime::Runtime::new()?;
         return window_bench(a, &root, &rt);
     }
@@ -210,6 +214,18 @@ fn pass_bench(a: &Args) -> anyhow::Result<()> {
 /// moves: staging while the window is closed, then the pass at its opening
 /// (switching only), then a fresh reconciler on the unchanged commit.
 fn window_bench(a: &Args, root: &Path, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let url = format!("file://{}", root.join("window-remote.git").display());
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).context("date")?;
+    let at = |h, m| {
+        day.and_hms_opt(h, m, 0)
+            .map(|t| t.and_utc())
+            .context("time")
+    };
+    let settings = Settings::defaults(url.clone(), "main", &root.join("window-state"));
+    let want = a.symphonies * a.variations;
+    if a.restart_only {
+        return restart_bench(a, root, rt, settings, Arc::new(FixedClock::new(at(2, 30)?)));
+    }
     let work = root.join("window-work");
     generate(
         &work,
@@ -228,58 +244,64 @@ fn window_bench(a: &Args, root: &Path, rt: &tokio::runtime::Runtime) -> anyhow::
             "window-remote.git",
         ],
     )?;
-    let url = format!("file://{}", root.join("window-remote.git").display());
     git(
         root,
         &["clone", "-q", "--mirror", &url, "window-mirror.git"],
     )?;
-    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).context("date")?;
-    let at = |h, m| {
-        day.and_hms_opt(h, m, 0)
-            .map(|t| t.and_utc())
-            .context("time")
-    };
     let clock = Arc::new(FixedClock::new(at(0, 0)?));
-    let state = root.join("window-state");
-    let settings = Settings::defaults(url, "main", &state);
-    let want = a.symphonies * a.variations;
     let mut r = Reconciler::new(settings.clone(), clock.clone())?;
-    // `state`: what every composition must be, unless the pass found the
-    // branch settled (then it reports none).
-    let timed_pass = |r: &mut Reconciler, state: State| {
-        rt.block_on(async {
-            let t = Instant::now();
-            r.fetch().await?;
-            let reports = r.pass().await;
-            let elapsed = t.elapsed();
-            if !reports.iter().all(|b| b.unchanged) {
-                check(&reports, want)?;
-            }
-            let wrong = reports
-                .iter()
-                .flat_map(|b| &b.rows)
-                .filter(|row| row.state != state)
-                .count();
-            if wrong > 0 {
-                bail!("{wrong} compositions not {state:?}");
-            }
-            anyhow::Ok((elapsed, reports))
-        })
-    };
-    let (staging, _) = timed_pass(&mut r, State::Staged)?;
+    let (staging, _) = timed_pass(rt, &mut r, State::Staged, want)?;
     println!("window closed: staging pass:                {staging:>10.2?}");
     clock.set(at(2, 0)?);
-    let (opening, _) = timed_pass(&mut r, State::Installed)?;
+    let (opening, _) = timed_pass(rt, &mut r, State::Installed, want)?;
     println!("window opens: apply of {want} staged:      {opening:>10.2?}");
     println!(
         "  ratio opening / staging:                  {:>9.2}%   (target <= 10%)",
         100.0 * opening.as_secs_f64() / staging.as_secs_f64()
     );
     drop(r);
-
-    // A restart: a fresh reconciler (nothing cached but state.json) on the
-    // unchanged commit, next to plain `git fetch` of the same remote.
     clock.set(at(2, 30)?);
+    restart_bench(a, root, rt, settings, clock)
+}
+
+/// One timed fetch and pass. `state`: what every composition must be,
+/// unless the pass found the branch settled (then it reports none).
+fn timed_pass(
+    rt: &tokio::runtime::Runtime,
+    r: &mut Reconciler,
+    state: State,
+    want: usize,
+) -> anyhow::Result<(Duration, Vec<BranchReport>)> {
+    rt.block_on(async {
+        let t = Instant::now();
+        r.fetch().await?;
+        let reports = r.pass().await;
+        let elapsed = t.elapsed();
+        if !reports.iter().all(|b| b.unchanged) {
+            check(&reports, want)?;
+        }
+        let wrong = reports
+            .iter()
+            .flat_map(|b| &b.rows)
+            .filter(|row| row.state != state)
+            .count();
+        if wrong > 0 {
+            bail!("{wrong} compositions not {state:?}");
+        }
+        anyhow::Ok((elapsed, reports))
+    })
+}
+
+/// A restart: a fresh reconciler (nothing cached but state.json) on the
+/// unchanged commit, next to plain `git fetch` of the same remote.
+fn restart_bench(
+    a: &Args,
+    root: &Path,
+    rt: &tokio::runtime::Runtime,
+    settings: Settings,
+    clock: Arc<FixedClock>,
+) -> anyhow::Result<()> {
+    let want = a.symphonies * a.variations;
     let mut fetch = Vec::new();
     for _ in 0..a.repeat {
         let t = Instant::now();
@@ -290,9 +312,9 @@ fn window_bench(a: &Args, root: &Path, rt: &tokio::runtime::Runtime) -> anyhow::
     // The process's start counts: loading what the last one saved is part
     // of a restart, as `git fetch` pays its own start.
     let t = Instant::now();
-    let mut r = Reconciler::new(settings, clock.clone())?;
+    let mut r = Reconciler::new(settings, clock)?;
     let started = t.elapsed();
-    let (first, reports) = timed_pass(&mut r, State::Installed)?;
+    let (first, reports) = timed_pass(rt, &mut r, State::Installed, want)?;
     let restart = started + first;
     if reports.iter().any(|b| b.status_commit.is_some()) {
         bail!("a restart on an unchanged commit committed status");
@@ -307,8 +329,10 @@ fn window_bench(a: &Args, root: &Path, rt: &tokio::runtime::Runtime) -> anyhow::
         "  ratio restart / git fetch:                {:>10.2}   (target <= 3)",
         restart.as_secs_f64() / fetch.as_secs_f64()
     );
-    let (verify, _) = timed_pass(&mut r, State::Installed)?;
-    println!("  next pass (full verify of the targets):   {verify:>10.2?}");
+    if !a.restart_only {
+        let (verify, _) = timed_pass(rt, &mut r, State::Installed, want)?;
+        println!("  next pass (full verify of the targets):   {verify:>10.2?}");
+    }
     Ok(())
 }
 
