@@ -871,7 +871,93 @@ fn a_large_update_lands_as_one_pack_and_a_small_change_stays_loose() {
     // One status of the 200 changes: loose objects, no second pack.
     let mut changed = many;
     changed[7].status.state = State::Installed;
-    sr.publish(&update(&src, changed)).unwrap().unwrap();
+    sr.publish(&update(&src, changed.clone())).unwrap().unwrap();
     assert_eq!(packs(dir), 1);
     assert!(show(dir, BRANCH, "main/fleet/v007.yaml").contains("installed"));
+    // A large update again, on the one before: a second pack, and the
+    // history kept (libgit2 drops a parent found through another handle).
+    for s in &mut changed {
+        s.status.state = State::Failed;
+    }
+    sr.publish(&update(&src, changed)).unwrap().unwrap();
+    assert_eq!(packs(dir), 2);
+    assert_eq!(git(dir, &["rev-list", "--count", BRANCH]), "3");
+    git(dir, &["fsck", "--no-dangling"]);
+}
+
+/// The pack files in a bare repository's object database, by name (a
+/// pack is named by its content).
+fn pack_names(git_dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(git_dir.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".pack"))
+        .collect()
+}
+
+#[test]
+fn a_large_update_sends_the_pack_it_wrote_and_a_moved_remote_still_gets_every_object() {
+    let (upstream, src) = source_repo();
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = util::bare_clone(upstream.path(), tmp.path(), "remote.git");
+    let url = format!("file://{}", remote.display());
+    let mirror_a = mirror_of(&remote, tmp.path(), "a.git");
+    let site_a = StatusRepo::new(mirror_a.clone(), Some(url.clone()), BRANCH, None);
+    let fleet = |state: State, t: i64| -> Vec<DeploymentStatus> {
+        (0..200)
+            .map(|i| status(&format!("fleet/v{i:03}"), &src, state, t))
+            .collect()
+    };
+    let new_packs = |dir: &Path, before: &std::collections::BTreeSet<String>| {
+        pack_names(dir)
+            .difference(before)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // First the whole fleet (no parent), then every file changed (on a
+    // parent the remote holds): each time the remote receives the very
+    // pack the mirror wrote, and git finds every object there.
+    for (n, (state, t)) in [(State::Staged, 0), (State::Installed, 60)]
+        .into_iter()
+        .enumerate()
+    {
+        let (local_before, remote_before) = (pack_names(&mirror_a), pack_names(&remote));
+        let commit = site_a
+            .publish(&update(&src, fleet(state, t)))
+            .unwrap()
+            .expect("a commit");
+        assert_eq!(rev(&remote, BRANCH), commit.to_string());
+        let written = new_packs(&mirror_a, &local_before);
+        assert_eq!(written.len(), 1, "the status objects are one pack");
+        // (The notes ref's few objects are sent beside it.)
+        assert!(
+            new_packs(&remote, &remote_before).contains(&written[0]),
+            "the remote holds the same pack"
+        );
+        git(&remote, &["fsck", "--no-dangling"]);
+        assert!(show(&remote, BRANCH, "main/fleet/v123.yaml").contains(state.as_str()));
+        // The history is kept: each commit on the one before.
+        let count = git(&remote, &["rev-list", "--count", BRANCH]);
+        assert_eq!(count, (n + 1).to_string());
+    }
+
+    // Another writer moves the remote: site-a's pack is built on a parent
+    // the remote no longer has at its tip. The push is rejected, rebuilt
+    // on the remote's tip, and the remote still ends up complete.
+    let mirror_b = mirror_of(&remote, tmp.path(), "b.git");
+    let site_b = StatusRepo::new(mirror_b, Some(url.clone()), BRANCH, None);
+    site_b
+        .publish(&update(&src, fleet(State::Removing, 120)))
+        .unwrap()
+        .expect("a commit");
+    let last = site_a
+        .publish(&update(&src, fleet(State::Failed, 180)))
+        .unwrap()
+        .expect("a commit");
+    assert_eq!(rev(&remote, BRANCH), last.to_string());
+    assert_eq!(git(&remote, &["rev-list", "--count", BRANCH]), "4");
+    git(&remote, &["fsck", "--no-dangling"]);
+    assert_eq!(files(&remote, BRANCH).len(), 200 + 2);
+    assert!(show(&remote, BRANCH, "main/fleet/v042.yaml").contains("failed"));
 }

@@ -206,10 +206,10 @@ pub struct StatusUpdate {
 /// The status branch of a repository.
 #[derive(Debug, Clone)]
 pub struct StatusRepo {
-    /// Fingerprints of status blobs already read or written, by blob id: a
-    /// blob id names its content, so an entry never goes stale, and a pass
-    /// that changes one status of thousands parses none of the others.
-    seen: Arc<Mutex<HashMap<Oid, Digest>>>,
+    /// Fingerprints and states of status blobs already read or written, by
+    /// blob id: a blob id names its content, so an entry never goes stale,
+    /// and a pass parses none of the statuses it wrote itself.
+    seen: Arc<Mutex<HashMap<Oid, (Digest, State)>>>,
     git_dir: PathBuf,
     /// Set when `git_dir` is fermata's bare mirror of this URL: publish then
     /// pushes there. `None`: the user's own repository, written in place.
@@ -409,7 +409,7 @@ impl StatusRepo {
             old,
             new,
         };
-        match self.push(&repo, url, &[update])? {
+        match self.push(&repo, url, &[update], None)? {
             Pushed::Done => Ok(true),
             Pushed::Rejected(why, _) => {
                 tracing::info!(%name, %why, "push rejected: the remote moved");
@@ -483,6 +483,8 @@ impl StatusRepo {
         let mut attempts = 0;
         // Our commit, once the remote's branch holds it.
         let mut landed = None;
+        // The last commit's objects, when they were written as one pack.
+        let mut packed_commit = None;
         for attempt in 1..=MAX_ATTEMPTS {
             if attempt > 1 {
                 if started.elapsed() >= MAX_RETRY_TIME {
@@ -522,14 +524,23 @@ impl StatusRepo {
                 None
             } else {
                 let tree = self.apply(objects, tip_tree.as_ref(), &plan)?;
-                let parents: Vec<_> = tip.iter().collect();
+                // The parent must be found through the handle that writes
+                // the commit: libgit2 silently drops a parent owned by
+                // another (a large update was a commit without history).
+                let parent = match before.0 {
+                    Some(id) => Some(objects.find_commit(id).map_err(self.git("read tip"))?),
+                    None => None,
+                };
+                let parents: Vec<_> = parent.iter().collect();
                 let changes = describe_changes(&plan.changes, plan.unchanged);
                 let message = self.commit_message(&summary, &changes, &update.source);
                 let id = objects
                     .commit(None, &sig, &sig, &message, &tree, &parents)
                     .map_err(self.git("commit"))?;
                 if let (true, Some(mempack)) = (plan.packed, &mempack) {
-                    write_pack(objects, mempack).map_err(self.git("write the status objects"))?;
+                    let pack = write_pack(objects, mempack, id, before.0)
+                        .map_err(self.git("write the status objects"))?;
+                    packed_commit = Some(pack);
                 }
                 match self.move_branch(&repo, id, before.0) {
                     Ok(()) => Some(id),
@@ -570,7 +581,7 @@ impl StatusRepo {
                 }),
                 _ => {}
             }
-            match self.push(&repo, url, &updates) {
+            match self.push(&repo, url, &updates, packed_commit.as_ref()) {
                 Ok(Pushed::Done) => return Ok(commit.or(landed)),
                 Ok(Pushed::Rejected(why, moved)) => {
                     if moved.contains(&self.branch_ref()) {
@@ -694,7 +705,7 @@ impl StatusRepo {
                 old: before,
                 new: id,
             };
-            match self.push(&repo, url, &[update]) {
+            match self.push(&repo, url, &[update], None) {
                 Ok(Pushed::Done) => return Ok(Some(id)),
                 Ok(Pushed::Rejected(why, _)) => {
                     tracing::info!(branch = %self.branch, attempt, %why, "push rejected; rebuilding on the remote tip");
@@ -973,21 +984,29 @@ impl StatusRepo {
             let fingerprint = s.fingerprint();
             let mut from = None;
             if let Some(old) = existing.remove(id) {
-                if self.seen_fingerprint(old) == Some(fingerprint) {
-                    plan.unchanged += 1;
-                    continue;
-                }
-                let blob = repo
-                    .find_blob(old)
-                    .map_err(self.git(format!("read {base}/{id}.yaml")))?;
-                // An unreadable old file is simply replaced: it is ours to write.
-                if let Ok(old_status) = parse_status(blob.content()) {
-                    self.remember(old, old_status.fingerprint());
-                    if s.same_as(&old_status) {
+                match self.seen_status(old) {
+                    Some((seen, _)) if seen == fingerprint => {
                         plan.unchanged += 1;
                         continue;
                     }
-                    from = Some(old_status.status.state);
+                    // Written or read by this process: what it held is
+                    // known without parsing it again (a window's opening
+                    // changes every file of a large fleet).
+                    Some((_, state)) => from = Some(state),
+                    None => {
+                        let blob = repo
+                            .find_blob(old)
+                            .map_err(self.git(format!("read {base}/{id}.yaml")))?;
+                        // An unreadable old file is simply replaced: it is ours to write.
+                        if let Ok(old_status) = parse_status(blob.content()) {
+                            self.remember(old, old_status.fingerprint(), old_status.status.state);
+                            if s.same_as(&old_status) {
+                                plan.unchanged += 1;
+                                continue;
+                            }
+                            from = Some(old_status.status.state);
+                        }
+                    }
                 }
             }
             plan.changes.push(Change {
@@ -1009,7 +1028,7 @@ impl StatusRepo {
             let oid = repo
                 .blob(yaml.as_bytes())
                 .map_err(self.git(format!("write {path}")))?;
-            self.remember(oid, fingerprint);
+            self.remember(oid, fingerprint, s.status.state);
             plan.writes.insert(path, (oid, yaml.len()));
         }
         for (id, blob) in &existing {
@@ -1211,13 +1230,13 @@ impl StatusRepo {
         Ok(())
     }
 
-    fn seen_fingerprint(&self, blob: Oid) -> Option<Digest> {
+    fn seen_status(&self, blob: Oid) -> Option<(Digest, State)> {
         self.seen.lock().ok()?.get(&blob).copied()
     }
 
-    fn remember(&self, blob: Oid, fingerprint: Digest) {
+    fn remember(&self, blob: Oid, fingerprint: Digest, state: State) {
         if let Ok(mut seen) = self.seen.lock() {
-            seen.insert(blob, fingerprint);
+            seen.insert(blob, (fingerprint, state));
         }
     }
 
@@ -1341,12 +1360,13 @@ impl StatusRepo {
         repo: &Repository,
         url: &str,
         updates: &[RefUpdate],
+        pack: Option<&CommitPack>,
     ) -> Result<Pushed, StatusError> {
         if updates.is_empty() {
             return Ok(Pushed::Done);
         }
         match local_path(url) {
-            Some(path) => self.push_local(repo, url, &path, updates),
+            Some(path) => self.push_local(repo, url, &path, updates, pack),
             None => self.push_remote(repo, url, updates),
         }
     }
@@ -1377,9 +1397,20 @@ impl StatusRepo {
         url: &str,
         path: &Path,
         updates: &[RefUpdate],
+        pack: Option<&CommitPack>,
     ) -> Result<Pushed, StatusError> {
         let remote = Repository::open(path).map_err(self.git(format!("push to {url}")))?;
         for u in updates {
+            // The remote holds all its branch's history, so a pack of what
+            // the commit adds to that branch's tip is all it lacks.
+            let same = pack.filter(|p| {
+                p.commit == u.new && p.parent == u.old && ref_id(&remote, &u.name) == u.old
+            });
+            if let Some(p) = same {
+                store_pack(&remote, &p.bytes)
+                    .map_err(self.git(format!("push to {url}: write the objects of {}", u.name)))?;
+                continue;
+            }
             copy_objects(repo, &remote, u.new).map_err(|e| {
                 self.shallow(repo, url, &e).unwrap_or_else(|| {
                     self.git(format!("push to {url}: copy objects of {}", u.name))(e)
@@ -1457,6 +1488,8 @@ impl StatusRepo {
         });
         let mut opts = PushOptions::new();
         opts.remote_callbacks(cb);
+        // Every core searches for deltas (libgit2's default is one thread).
+        opts.packbuilder_parallelism(0);
         let specs: Vec<String> = updates.iter().map(|u| format!("{0}:{0}", u.name)).collect();
         match remote.push(&specs, Some(&mut opts)) {
             Ok(()) => {}
@@ -1532,7 +1565,7 @@ impl StatusRepo {
                     ))
                 })?,
             };
-            match self.push(&repo, url, &[update]) {
+            match self.push(&repo, url, &[update], None) {
                 Ok(Pushed::Done) => return Ok(true),
                 Ok(Pushed::Rejected(why, _)) => {
                     reason = why;
@@ -1693,19 +1726,54 @@ fn copy_objects(from: &Repository, to: &Repository, tip: Oid) -> Result<(), git2
 /// Updates of more statuses than this write their objects as one pack.
 const LOOSE_UP_TO: usize = 64;
 
-/// Moves what `mempack` holds into `repo`'s object database as one pack,
-/// and empties it: the objects are on disk before a ref may name them.
-fn write_pack(repo: &Repository, mempack: &git2::Mempack<'_>) -> Result<(), git2::Error> {
-    use std::io::Write;
+/// A status commit's new objects as the one pack written locally. A push
+/// to a local remote whose branch holds the commit's parent writes the same
+/// bytes there: the delta search, most of a large update's cost, runs once.
+struct CommitPack {
+    commit: Oid,
+    parent: Option<Oid>,
+    bytes: Vec<u8>,
+}
+
+/// Moves the objects `commit` adds to its parent (all of which `mempack`
+/// holds, or `repo` already did) into `repo`'s object database as one pack,
+/// and empties `mempack`: the objects are on disk before a ref may name them.
+fn write_pack(
+    repo: &Repository,
+    mempack: &git2::Mempack<'_>,
+    commit: Oid,
+    parent: Option<Oid>,
+) -> Result<CommitPack, git2::Error> {
+    let mut walk = repo.revwalk()?;
+    walk.push(commit)?;
+    if let Some(p) = parent {
+        walk.hide(p)?;
+    }
+    let mut pack = repo.packbuilder()?;
+    // Every core searches for deltas (libgit2's default is one thread).
+    pack.set_threads(0);
+    pack.insert_walk(&mut walk)?;
     let mut buf = git2::Buf::new();
-    mempack.dump(repo, &mut buf)?;
+    pack.write_buf(&mut buf)?;
+    store_pack(repo, &buf)?;
+    mempack.reset()?;
+    Ok(CommitPack {
+        commit,
+        parent,
+        bytes: buf.to_vec(),
+    })
+}
+
+/// Indexes a complete pack into `repo`'s object database.
+fn store_pack(repo: &Repository, bytes: &[u8]) -> Result<(), git2::Error> {
+    use std::io::Write;
     let odb = repo.odb()?;
     let mut writer = odb.packwriter()?;
     writer
-        .write_all(&buf)
+        .write_all(bytes)
         .map_err(|e| git2::Error::from_str(&format!("writing the pack: {e}")))?;
     writer.commit()?;
-    mempack.reset()
+    Ok(())
 }
 
 /// What the remote lacks of `tip`'s history, as one pack, the way a push
@@ -1725,6 +1793,7 @@ fn copy_as_pack(from: &Repository, to: &Repository, tip: Oid) -> Result<(), git2
         }
     }
     let mut pack = from.packbuilder()?;
+    pack.set_threads(0);
     pack.insert_walk(&mut walk)?;
     if pack.object_count() == 0 {
         return Ok(());

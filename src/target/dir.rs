@@ -132,6 +132,11 @@ struct Seen {
     /// Changed since the index was last written.
     dirty: bool,
     states: std::collections::HashMap<PathBuf, SeenState>,
+    /// The records of those state dirs this process wrote or read, in
+    /// memory only: valid exactly while the entry in `states` is (its
+    /// fingerprint covers the record file), and spare a YAML parse per
+    /// composition at every look (a window's opening looks twice).
+    records: std::collections::HashMap<PathBuf, Record>,
 }
 
 /// One line of `.fermata-index`.
@@ -876,11 +881,27 @@ impl Site {
     /// The record of a state dir that stats as it did when it was last
     /// written or checked in full: no content read but the record's.
     fn known(&self, dir: &Path, digest: &Digest) -> Option<Record> {
+        let record = self.seen_record(dir)?;
+        (record.digest == *digest && record.id == self.id).then_some(record)
+    }
+
+    /// The record of a state dir that stats as it did when it was last
+    /// written or checked, from memory where this process has it.
+    fn seen_record(&self, dir: &Path) -> Option<Record> {
         if !self.stats_as_seen(dir) {
             return None;
         }
-        let record = self.read_record(dir).ok()?;
-        (record.digest == *digest && record.id == self.id).then_some(record)
+        let cached = self.seen().records.get(dir).cloned();
+        match cached {
+            Some(r) => Some(r),
+            None => {
+                // Read after the stat matched: a write in between moves the
+                // stat, so the next look does not trust this copy.
+                let r = self.read_record(dir).ok()?;
+                self.seen().records.insert(dir.to_path_buf(), r.clone());
+                Some(r)
+            }
+        }
     }
 
     /// Remembers `dir` as checked (or written) with `record`, if its files
@@ -897,10 +918,12 @@ impl Site {
             seen.states.insert(dir.to_path_buf(), now);
             seen.dirty = true;
         }
+        seen.records.insert(dir.to_path_buf(), record.clone());
     }
 
     fn forget(&self, dir: &Path) {
         let mut seen = self.seen();
+        seen.records.remove(dir);
         if seen.states.remove(dir).is_some() {
             seen.dirty = true;
         }
@@ -1564,7 +1587,11 @@ impl Site {
             }
         }
         if let Some(d) = staged.filter(|d| Some(*d) != applied) {
-            if let Ok(record) = self.read_record(&self.state(&d)) {
+            let dir = self.state(&d);
+            let record = self
+                .seen_record(&dir)
+                .map_or_else(|| self.read_record(&dir), Ok);
+            if let Ok(record) = record {
                 for c in record.components {
                     if applied_components.get(&c.name) != Some(&c.sha256) {
                         flags.insert(c.name, StateFlag::Staged);
@@ -1675,6 +1702,7 @@ impl Site {
             let mut seen = self.seen();
             let before = seen.states.len();
             seen.states.retain(|dir, _| !dir.starts_with(&self.dir));
+            seen.records.retain(|dir, _| !dir.starts_with(&self.dir));
             seen.dirty |= seen.states.len() != before;
         }
         let current = self.dir.join(CURRENT);
