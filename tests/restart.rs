@@ -63,8 +63,13 @@ impl Restarted {
 }
 
 fn restart(repo: &TestRepo, state: &Path) -> Restarted {
+    restart_with(repo, state, |_| {})
+}
+
+fn restart_with(repo: &TestRepo, state: &Path, setup: impl FnOnce(&mut Reconciler)) -> Restarted {
     let settings = Settings::defaults(repo.path().to_str().unwrap(), "main", state);
     let mut r = Reconciler::new(settings, Arc::new(SystemClock)).unwrap();
+    setup(&mut r);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (reports, unchanged) = rt.block_on(async {
         r.fetch().await.unwrap();
@@ -196,6 +201,22 @@ fn a_target_changed_while_no_process_ran_is_repaired_after_a_restart() {
         Some(true),
         "settled again after the repair"
     );
+}
+
+/// Drift found in the background wakes the loop that passes on it
+/// (`fermata run`), which then runs its full pass at once; none found, no
+/// wake-up.
+#[test]
+fn drift_found_in_the_background_wakes_the_loop() {
+    let (repo, state) = applied_and_restarted();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let quiet = restart_with(&repo, state.path(), |r| r.wake_on_drift(tx.clone()));
+    assert_eq!(quiet.unchanged, Some(true));
+    assert!(rx.try_recv().is_err(), "woken without drift");
+    rewrite_same_size(&applied_manifest(state.path()));
+    let drifted = restart_with(&repo, state.path(), |r| r.wake_on_drift(tx.clone()));
+    assert_eq!(drifted.unchanged, Some(false));
+    assert!(rx.try_recv().is_ok(), "drift found, the loop not woken");
 }
 
 /// After a skipped first pass, the next one reads every target in full.

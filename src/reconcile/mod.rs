@@ -192,7 +192,7 @@ pub async fn run(
     } = triggers;
     // Drift a restart's background check finds is repaired now, not at
     // the next interval.
-    r.drift_wake = Some(tx.clone());
+    r.wake_on_drift(tx.clone());
     let _watcher = watch_refs(&r, tx);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -73,7 +73,7 @@ pub struct Reconciler {
     background: Vec<Background>,
     /// Woken when a background check finds the targets changed (`fermata
     /// run`'s loop: a full pass at once rather than at the next interval).
-    pub(super) drift_wake: Option<tokio::sync::mpsc::Sender<&'static str>>,
+    drift_wake: Option<tokio::sync::mpsc::Sender<&'static str>>,
     caches: Caches,
     /// The last fetch error, shown in every status until a fetch succeeds.
     pub fetch_error: Option<String>,
@@ -541,6 +541,13 @@ impl Reconciler {
     pub fn no_restart_shortcut(&mut self) {
         let branches = self.ctx.settings.branches.iter().cloned();
         self.caches.started.extend(branches);
+    }
+
+    /// Sends on `wake` when a restart's background stat check finds a
+    /// target changed: the loop that passes on it then runs its full pass
+    /// at once, not at the next interval.
+    pub fn wake_on_drift(&mut self, wake: tokio::sync::mpsc::Sender<&'static str>) {
+        self.drift_wake = Some(wake);
     }
 
     pub fn artifact_bytes(&self) -> u64 {
