@@ -882,10 +882,17 @@ impl Reconciler {
                 Applied::Known(applied) => applied,
                 Applied::Loading(view) => {
                     let of = of.clone();
-                    tokio::task::spawn_blocking(move || applied_of(view.wait(), &of))
-                        .await
-                        .ok()
-                        .flatten()
+                    // The head answered for the state: the state must agree
+                    // (one set aside as unreadable does not), or it is a change.
+                    tokio::task::spawn_blocking(move || {
+                        let p = view.wait();
+                        (p.settled.get(&of) == Some(&rev))
+                            .then(|| applied_of(p, &of))
+                            .flatten()
+                    })
+                    .await
+                    .ok()
+                    .flatten()
                 }
             };
             let unchanged = match applied {
