@@ -4,6 +4,12 @@
 //! costs stats, not reads; drift that moved a file's times is still seen
 //! at once. What `stat` cannot see is left to the full read of every
 //! resync (unit-tested in `src/target/dir/tests.rs`).
+//!
+//! The first pass after the restart reports the branch unchanged at once
+//! and checks the targets' `stat` in the background
+//! ([`Reconciler::settle_background`]); drift found there is seen, and
+//! repaired where it can be, by the next pass (at once under `fermata run`,
+//! which the check wakes).
 
 mod util;
 
@@ -39,16 +45,43 @@ fn applied_manifest(state: &Path) -> PathBuf {
     state.join("targets/site/shop/eu/current/manifest.yaml")
 }
 
-/// A fresh reconciler on `state` (a restart), and its first pass.
-fn restart(repo: &TestRepo, state: &Path) -> (Reconciler, Vec<BranchReport>) {
+/// A restart: a fresh reconciler on `state`, its first pass, and what its
+/// background stat check found (`Some(true)`: the targets stat unchanged;
+/// `None`: no check, the pass ran in full).
+struct Restarted {
+    r: Reconciler,
+    rt: tokio::runtime::Runtime,
+    reports: Vec<BranchReport>,
+    unchanged: Option<bool>,
+}
+
+impl Restarted {
+    /// The next pass of the same process.
+    fn pass(&mut self) -> Vec<BranchReport> {
+        self.rt.block_on(self.r.pass())
+    }
+}
+
+fn restart(repo: &TestRepo, state: &Path) -> Restarted {
+    restart_with(repo, state, |_| {})
+}
+
+fn restart_with(repo: &TestRepo, state: &Path, setup: impl FnOnce(&mut Reconciler)) -> Restarted {
     let settings = Settings::defaults(repo.path().to_str().unwrap(), "main", state);
     let mut r = Reconciler::new(settings, Arc::new(SystemClock)).unwrap();
+    setup(&mut r);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let reports = rt.block_on(async {
+    let (reports, unchanged) = rt.block_on(async {
         r.fetch().await.unwrap();
-        r.pass().await
+        let reports = r.pass().await;
+        (reports, r.settle_background().await)
     });
-    (r, reports)
+    Restarted {
+        r,
+        rt,
+        reports,
+        unchanged,
+    }
 }
 
 /// What the pass said of `shop/eu`: its state and whether it is Ready
@@ -83,22 +116,33 @@ fn rewrite_same_size(path: &Path) {
 fn applied_and_restarted() -> (TestRepo, tempfile::TempDir) {
     let repo = fleet();
     let state = tempfile::tempdir().unwrap();
-    let (_, reports) = restart(&repo, state.path());
-    assert_eq!(state_of(&reports), READY);
-    let (_, reports) = restart(&repo, state.path());
+    let first = restart(&repo, state.path());
+    assert_eq!(state_of(&first.reports), READY);
+    assert_eq!(first.unchanged, None, "nothing settled before: a full pass");
+    let again = restart(&repo, state.path());
     assert_eq!(
-        state_of(&reports),
+        state_of(&again.reports),
         None,
         "a settled commit is not passed again"
     );
+    assert_eq!(again.unchanged, Some(true), "the targets stat unchanged");
     (repo, state)
+}
+
+/// A restart on drift: the first pass is skipped at once, the background
+/// check finds the drift, and the next pass sees it.
+fn drift_seen(repo: &TestRepo, state: &Path) -> Vec<BranchReport> {
+    let mut restarted = restart(repo, state);
+    assert_eq!(state_of(&restarted.reports), None, "reported at once");
+    assert_eq!(restarted.unchanged, Some(false), "drift not seen by stat");
+    restarted.pass()
 }
 
 #[test]
 fn a_restart_sees_a_same_size_rewrite_by_its_times() {
     let (repo, state) = applied_and_restarted();
     rewrite_same_size(&applied_manifest(state.path()));
-    let (_, reports) = restart(&repo, state.path());
+    let reports = drift_seen(&repo, state.path());
     // Drift makes the target report it unhealthy; it was healthy before,
     // so it stays `installed`, not Ready (not `installing`: nothing installs).
     assert_eq!(
@@ -125,7 +169,7 @@ fn a_restart_sees_a_rewrite_that_kept_its_mtime() {
         std::fs::metadata(&manifest).unwrap().modified().unwrap(),
         mtime
     );
-    let (_, reports) = restart(&repo, state.path());
+    let reports = drift_seen(&repo, state.path());
     // Drift makes the target report it unhealthy; it was healthy before,
     // so it stays `installed`, not Ready (not `installing`: nothing installs).
     assert_eq!(
@@ -135,12 +179,51 @@ fn a_restart_sees_a_rewrite_that_kept_its_mtime() {
     );
 }
 
+/// An applied state taken away while no fermata ran (its `current` link
+/// removed): the restart's background check finds it, and the next pass
+/// applies it again.
+#[test]
+fn a_target_changed_while_no_process_ran_is_repaired_after_a_restart() {
+    let (repo, state) = applied_and_restarted();
+    let manifest = applied_manifest(state.path());
+    let current = manifest.parent().unwrap();
+    assert!(std::fs::symlink_metadata(current).unwrap().is_symlink());
+    std::fs::remove_file(current).unwrap();
+    let reports = drift_seen(&repo, state.path());
+    assert_eq!(state_of(&reports), READY, "not repaired: {reports:?}");
+    assert!(
+        std::fs::read_to_string(&manifest).unwrap().contains("v1"),
+        "applied again"
+    );
+    let again = restart(&repo, state.path());
+    assert_eq!(
+        again.unchanged,
+        Some(true),
+        "settled again after the repair"
+    );
+}
+
+/// Drift found in the background wakes the loop that passes on it
+/// (`fermata run`), which then runs its full pass at once; none found, no
+/// wake-up.
+#[test]
+fn drift_found_in_the_background_wakes_the_loop() {
+    let (repo, state) = applied_and_restarted();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let quiet = restart_with(&repo, state.path(), |r| r.wake_on_drift(tx.clone()));
+    assert_eq!(quiet.unchanged, Some(true));
+    assert!(rx.try_recv().is_err(), "woken without drift");
+    rewrite_same_size(&applied_manifest(state.path()));
+    let drifted = restart_with(&repo, state.path(), |r| r.wake_on_drift(tx.clone()));
+    assert_eq!(drifted.unchanged, Some(false));
+    assert!(rx.try_recv().is_ok(), "drift found, the loop not woken");
+}
+
 /// After a skipped first pass, the next one reads every target in full.
 #[test]
 fn the_pass_after_a_restart_reads_in_full() {
     let (repo, state) = applied_and_restarted();
-    let (mut r, _) = restart(&repo, state.path());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let reports = rt.block_on(r.pass());
+    let mut restarted = restart(&repo, state.path());
+    let reports = restarted.pass();
     assert_eq!(state_of(&reports), READY);
 }

@@ -190,6 +190,9 @@ pub async fn run(
         min_interval,
         progress,
     } = triggers;
+    // Drift a restart's background check finds is repaired now, not at
+    // the next interval.
+    r.wake_on_drift(tx.clone());
     let _watcher = watch_refs(&r, tx);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -20,7 +20,9 @@ use super::plan::rollout::{self, Rollout};
 use super::plan::{self, Apply, Facts, Reason};
 use super::pulls::Planner;
 use super::requests::{Recorded, Requests};
-use super::state::{PendingWrite, Persisted, RecordKey, RemovedStatus, RenderRecord};
+use super::state::{
+    Head, PendingWrite, Persisted, RecordKey, RemovedStatus, RenderRecord, StateLoad, StateView,
+};
 use super::Settings;
 use crate::model::types::Strategy;
 use crate::model::wellknown::{self, ORPHANED_FROM};
@@ -45,8 +47,6 @@ use crate::window::Clock;
 /// rebuilt by a full pass, so losing them costs time, never correctness.
 #[derive(Default)]
 struct Caches {
-    /// What `state.json` holds now, to write it only when it changes.
-    saved: Option<Digest>,
     /// Branches whose last pass left nothing to do, with that revision: an
     /// unchanged commit then costs no load, no render, no target read.
     settled: HashMap<String, (Revision, std::time::Instant)>,
@@ -63,7 +63,17 @@ struct Caches {
 /// Everything one fermata instance needs across passes.
 pub struct Reconciler {
     pub ctx: Context,
-    pub persisted: Persisted,
+    /// What the state directory remembers (loading in the background in a
+    /// fresh process: the first use waits for it).
+    pub persisted: StateLoad,
+    /// What a restart's first pass reads in place of the whole state while
+    /// it loads; dropped at the first save.
+    head: Option<Head>,
+    /// Restarts' stat checks of settled branches, running in the background.
+    background: Vec<Background>,
+    /// Woken when a background check finds the targets changed (`fermata
+    /// run`'s loop: a full pass at once rather than at the next interval).
+    drift_wake: Option<tokio::sync::mpsc::Sender<&'static str>>,
     caches: Caches,
     /// The last fetch error, shown in every status until a fetch succeeds.
     pub fetch_error: Option<String>,
@@ -133,6 +143,52 @@ struct Scope<'a> {
     held: &'a HashSet<String>,
     source: &'a SourceRef,
     now: DateTime<Utc>,
+}
+
+/// A restart's stat check running in the background.
+struct Background {
+    branch: String,
+    task: tokio::task::JoinHandle<bool>,
+}
+
+/// What a composition's target should still hold: where, which, what.
+type AppliedItems = Vec<(TargetKind, CompositionId, Digest)>;
+
+/// What a background check reads the applied states from.
+enum Applied {
+    /// The state, still loading.
+    Loading(StateView),
+    /// Read out already (`None`: a record without its Target's definition).
+    Known(Option<AppliedItems>),
+}
+
+/// What `branch`'s records say is applied; `None` if one does not say where.
+fn applied_of(p: &Persisted, branch: &str) -> Option<AppliedItems> {
+    p.renders
+        .iter()
+        .filter(|(k, _)| k.branch == branch)
+        .map(|(k, rec)| Some((rec.target_kind.clone()?, k.id.clone(), rec.digest)))
+        .collect()
+}
+
+/// Whether every target still holds what `applied` says, by `stat`
+/// ([`Target::unchanged`]), one call per target.
+async fn targets_unchanged(targets: &dyn Targets, applied: AppliedItems) -> bool {
+    type Of = Vec<(CompositionId, Digest)>;
+    let mut by_target: Vec<(Arc<dyn Target>, Of)> = Vec::new();
+    for (kind, id, digest) in applied {
+        let target = targets.get(&kind);
+        match by_target.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &target)) {
+            Some((_, items)) => items.push((id, digest)),
+            None => by_target.push((target, vec![(id, digest)])),
+        }
+    }
+    for (target, items) in by_target {
+        if !target.unchanged(&items).await.into_iter().all(|u| u) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Verified artifacts in the store, by digest (or why not).
@@ -343,15 +399,16 @@ impl Reconciler {
 
     /// A reconciler on `ctx`, with what the state directory remembers.
     pub fn with_context(ctx: Context) -> Reconciler {
-        let (persisted, saved) = Persisted::load_saved(&ctx.settings.state_dir);
+        let persisted = StateLoad::start(&ctx.settings.state_dir);
+        let head = Head::load(&ctx.settings.state_dir);
         let requests = Requests::new(&ctx.settings.state_dir);
         Reconciler {
-            caches: Caches {
-                saved,
-                ..Caches::default()
-            },
+            caches: Caches::default(),
             ctx,
             persisted,
+            head,
+            background: Vec::new(),
+            drift_wake: None,
             fetch_error: None,
             dry_run: false,
             revision: None,
@@ -392,7 +449,10 @@ impl Reconciler {
     pub fn planner(&self, revision: &str, allow_commands: bool) -> Reconciler {
         Reconciler {
             ctx: self.ctx.clone(),
-            persisted: self.persisted.clone(),
+            persisted: StateLoad::ready(Persisted::clone(&self.persisted), None),
+            head: None,
+            background: Vec::new(),
+            drift_wake: None,
             caches: Caches::default(),
             fetch_error: None,
             dry_run: true,
@@ -481,6 +541,13 @@ impl Reconciler {
     pub fn no_restart_shortcut(&mut self) {
         let branches = self.ctx.settings.branches.iter().cloned();
         self.caches.started.extend(branches);
+    }
+
+    /// Sends on `wake` when a restart's background stat check finds a
+    /// target changed: the loop that passes on it then runs its full pass
+    /// at once, not at the next interval.
+    pub fn wake_on_drift(&mut self, wake: tokio::sync::mpsc::Sender<&'static str>) {
+        self.drift_wake = Some(wake);
     }
 
     pub fn artifact_bytes(&self) -> u64 {
@@ -588,6 +655,7 @@ impl Reconciler {
             agent.revision = self.revision.clone();
             agent.allow_commands = self.allow_commands;
             agent.fetch_error = self.fetch_error.clone();
+            agent.drift_wake = self.drift_wake.clone();
             let reports = Box::pin(agent.pass()).await;
             out.extend(central::of_site(&site, reports));
         }
@@ -596,12 +664,17 @@ impl Reconciler {
 
     /// One pass over every branch.
     pub async fn pass(&mut self) -> Vec<BranchReport> {
+        self.take_background().await;
         if self.ctx.settings.site.is_none() {
             if let Some(sites) = self.fleet_sites().await {
                 return self.central_pass(sites).await;
             }
         }
-        if self.may_write().is_ok() {
+        // A trusted head that says state.json holds no operator records
+        // spares waiting for the whole state here.
+        let may_hold_requests =
+            self.persisted.is_ready() || self.head.as_ref().is_none_or(|h| h.requests);
+        if self.may_write().is_ok() && may_hold_requests {
             self.migrate_requests();
         }
         // Operator records are read every pass: a new one (written by
@@ -635,10 +708,14 @@ impl Reconciler {
         // one that did nothing at all need not even look.
         if self.may_write().is_ok() && (reported || !out.iter().all(|b| b.unchanged)) {
             match self.persisted.serialized() {
-                Ok((_, digest)) if self.caches.saved == Some(digest) => {}
+                Ok((_, digest)) if self.persisted.saved() == Some(digest) => {}
                 Ok((bytes, digest)) => {
-                    match Persisted::save(&self.ctx.settings.state_dir, &bytes) {
-                        Ok(()) => self.caches.saved = Some(digest),
+                    self.head = None;
+                    match self
+                        .persisted
+                        .save_all(&self.ctx.settings.state_dir, &bytes)
+                    {
+                        Ok(()) => self.persisted.set_saved(digest),
                         Err(e) => tracing::error!(error = %e, "cannot save state"),
                     }
                 }
@@ -673,9 +750,10 @@ impl Reconciler {
             report.unchanged = true;
             return report;
         }
-        if self.settled_before_restart(branch, rev).await {
-            // The full check is the next pass's (a resync: content read).
-            tracing::info!(%rev, "settled before the restart, and the targets stat unchanged");
+        if self.settled_before_restart(branch, rev) {
+            // The targets' stat is checked in the background; the full
+            // check is the next pass's (a resync: content read).
+            tracing::info!(%rev, "settled before the restart: checking the targets' stat in the background");
             report.unchanged = true;
             return report;
         }
@@ -763,43 +841,126 @@ impl Reconciler {
     }
 
     /// A fresh process's first pass on a branch whose last pass (before the
-    /// restart) left nothing to do at `rev`: whether every composition's
-    /// target still holds, by a cheap check (`stat`), exactly what was
-    /// applied. Then that pass is skipped; the next one reads everything
-    /// in full (a resync). Once per branch and process.
-    async fn settled_before_restart(&mut self, branch: &str, rev: Revision) -> bool {
+    /// restart) left nothing to do at `rev`: that pass is skipped, and
+    /// whether every composition's target still holds exactly what was
+    /// applied is checked in the background, by a cheap check (`stat`, as
+    /// git's index does); drift found wakes the loop ([`Self::drift_wake`]).
+    /// The next pass reads everything in full (a resync) in any case. Once
+    /// per branch and process. While the state loads, a trusted [`Head`]
+    /// answers for it.
+    fn settled_before_restart(&mut self, branch: &str, rev: Revision) -> bool {
         if !self.caches.started.insert(branch.to_string())
             || self.fetch_error.is_some()
             || self.planning()
-            || self.persisted.settled.get(branch) != Some(&rev.to_string())
-            || self
-                .persisted
-                .orphan_writes
-                .keys()
-                .any(|k| k.branch == branch)
-            || self.persisted.retiring.keys().any(|k| k.branch == branch)
         {
             return false;
         }
-        type Applied = Vec<(CompositionId, Digest)>;
-        let mut by_target: Vec<(Arc<dyn Target>, Applied)> = Vec::new();
-        for (key, rec) in self.records_of(branch, None) {
-            let Some(kind) = &rec.target_kind else {
-                return false;
+        let rev = rev.to_string();
+        let settled = match self.head.as_ref().filter(|_| !self.persisted.is_ready()) {
+            Some(head) => head.settled.get(branch) == Some(&rev) && !head.pending.contains(branch),
+            None => {
+                let p = &self.persisted;
+                p.settled.get(branch) == Some(&rev)
+                    && !p.orphan_writes.keys().any(|k| k.branch == branch)
+                    && !p.retiring.keys().any(|k| k.branch == branch)
+            }
+        };
+        if !settled {
+            return false;
+        }
+        let state = match self.persisted.view() {
+            Some(view) => Applied::Loading(view),
+            None => Applied::Known(applied_of(&self.persisted, branch)),
+        };
+        let (targets, wake, of) = (
+            self.ctx.targets.clone(),
+            self.drift_wake.clone(),
+            branch.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            let applied = match state {
+                Applied::Known(applied) => applied,
+                Applied::Loading(view) => {
+                    let of = of.clone();
+                    // The head answered for the state: the state must agree
+                    // (one set aside as unreadable does not), or it is a change.
+                    tokio::task::spawn_blocking(move || {
+                        let p = view.wait();
+                        (p.settled.get(&of) == Some(&rev))
+                            .then(|| applied_of(p, &of))
+                            .flatten()
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+                }
             };
-            let target = self.target_of(kind);
-            let item = (key.id, rec.digest);
-            match by_target.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &target)) {
-                Some((_, items)) => items.push(item),
-                None => by_target.push((target, vec![item])),
+            let unchanged = match applied {
+                Some(applied) => targets_unchanged(&*targets, applied).await,
+                // A record without its Target's definition: not checked.
+                None => false,
+            };
+            if !unchanged {
+                tracing::info!(branch = %of, "targets changed since before the restart: a full pass");
+                if let Some(wake) = wake {
+                    // Full: a wake-up is pending already.
+                    let _ = wake.try_send("targets changed since before the restart");
+                }
             }
-        }
-        for (target, items) in by_target {
-            if !target.unchanged(&items).await.into_iter().all(|u| u) {
-                return false;
-            }
-        }
+            unchanged
+        });
+        self.background.push(Background {
+            branch: branch.to_string(),
+            task,
+        });
         true
+    }
+
+    /// The outcome of restarts' background checks, at the start of a pass:
+    /// one still running is superseded by this pass, which reads every
+    /// target of its branch in full (the first after the shortcut does).
+    async fn take_background(&mut self) {
+        for bg in std::mem::take(&mut self.background) {
+            if !bg.task.is_finished() {
+                tracing::debug!(branch = %bg.branch, "background stat check superseded by a full pass");
+                bg.task.abort();
+                continue;
+            }
+            match bg.task.await {
+                Ok(true) => {
+                    tracing::debug!(branch = %bg.branch, "targets stat unchanged since before the restart")
+                }
+                Ok(false) => {
+                    tracing::info!(branch = %bg.branch, "drift since before the restart: reading the targets in full");
+                    self.caches.settled.remove(&bg.branch);
+                }
+                Err(e) => {
+                    tracing::debug!(branch = %bg.branch, error = %e, "background stat check did not finish")
+                }
+            }
+        }
+    }
+
+    /// Waits for restarts' background stat checks (this reconciler's and
+    /// its site agents'): whether every target stat unchanged (`None`: no
+    /// check ran). A check that failed to finish counts as a change. The
+    /// next pass reads in full either way; this is for whoever must know
+    /// now (benchmarks, tests).
+    pub async fn settle_background(&mut self) -> Option<bool> {
+        let mut all = None;
+        for bg in std::mem::take(&mut self.background) {
+            let unchanged = bg.task.await.unwrap_or(false);
+            if !unchanged {
+                self.caches.settled.remove(&bg.branch);
+            }
+            all = Some(all.unwrap_or(true) && unchanged);
+        }
+        for agent in self.central.agents() {
+            if let Some(u) = Box::pin(agent.settle_background()).await {
+                all = Some(all.unwrap_or(true) && u);
+            }
+        }
+        all
     }
 
     /// Resolves the branch (or `plan --rev`) to a commit. A branch that is

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -426,5 +427,381 @@ mod lock_tests {
         }
         drop(held);
         StateLock::acquire(dir.path()).expect("free again");
+    }
+}
+
+/// What `state.json` gave at start: the state and the digest of its bytes.
+type Loaded = (Persisted, Option<Digest>);
+
+/// `state.json` as a fresh process loads it: parsed on a thread of its own
+/// (10,000 compositions are 6.5 MB of JSON, most of a restart's time),
+/// while the caller fetches. Every use derefs to the [`Persisted`], and the
+/// first one waits for the load: nothing ever sees a half-loaded or empty
+/// state in place of the real one (taking "untracked" compositions from an
+/// empty state would delete them).
+pub struct StateLoad {
+    state: LoadState,
+}
+
+enum LoadState {
+    /// Filled once by the loader thread (`None`: it panicked).
+    Pending(Arc<OnceLock<Option<Loaded>>>),
+    Ready(Box<Persisted>, Option<Digest>),
+}
+
+/// A reader of the state being loaded, for a task that needs it only to
+/// read: it waits for the same load, and never holds up a writer for long.
+#[derive(Clone)]
+pub struct StateView(Arc<OnceLock<Option<Loaded>>>);
+
+impl StateView {
+    /// Waits for the load (blocking: call it off the runtime).
+    pub fn wait(&self) -> &Persisted {
+        &loaded(&self.0).0
+    }
+}
+
+fn loaded(slot: &OnceLock<Option<Loaded>>) -> &Loaded {
+    match slot.wait() {
+        Some(l) => l,
+        // As a joined thread's panic would: never an empty state instead.
+        None => panic!("the thread loading state.json panicked"),
+    }
+}
+
+impl StateLoad {
+    /// Starts loading `<state_dir>/state.json` (as
+    /// [`Persisted::load_saved`]: an unreadable file is set aside) on a
+    /// thread of its own.
+    pub fn start(state_dir: &Path) -> StateLoad {
+        let slot = Arc::new(OnceLock::new());
+        let (dir, fill) = (state_dir.to_path_buf(), slot.clone());
+        let spawned = std::thread::Builder::new()
+            .name("fermata-state-load".into())
+            .spawn(move || {
+                let load = std::panic::AssertUnwindSafe(|| Persisted::load_saved(&dir));
+                let _ = fill.set(std::panic::catch_unwind(load).ok());
+            });
+        match spawned {
+            Ok(_) => StateLoad {
+                state: LoadState::Pending(slot),
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "no thread for loading the state: loading it here");
+                let (p, saved) = Persisted::load_saved(state_dir);
+                StateLoad::ready(p, saved)
+            }
+        }
+    }
+
+    /// A state already in hand, with the digest of what is on disk.
+    pub fn ready(p: Persisted, saved: Option<Digest>) -> StateLoad {
+        StateLoad {
+            state: LoadState::Ready(Box::new(p), saved),
+        }
+    }
+
+    /// Whether the load is done (without waiting for it).
+    pub fn is_ready(&self) -> bool {
+        match &self.state {
+            LoadState::Pending(slot) => slot.get().is_some(),
+            LoadState::Ready(..) => true,
+        }
+    }
+
+    /// A reader of the state for another task, while it still loads
+    /// (`None`: loaded, read it here).
+    pub fn view(&self) -> Option<StateView> {
+        match &self.state {
+            LoadState::Pending(slot) => Some(StateView(slot.clone())),
+            LoadState::Ready(..) => None,
+        }
+    }
+
+    /// The digest of what `state.json` holds (waits for the load).
+    pub fn saved(&self) -> Option<Digest> {
+        match &self.state {
+            LoadState::Pending(slot) => loaded(slot).1,
+            LoadState::Ready(_, saved) => *saved,
+        }
+    }
+
+    /// `state.json` now holds what digests to `saved`.
+    pub fn set_saved(&mut self, saved: Digest) {
+        if let LoadState::Ready(_, d) = self.own() {
+            *d = Some(saved);
+        }
+    }
+
+    /// The state owned here: waits for the load, and takes it from the
+    /// loader (a copy only while a reader still holds it).
+    fn own(&mut self) -> &mut LoadState {
+        if let LoadState::Pending(slot) = &self.state {
+            // Waits, and panics here (before anything is replaced) if the
+            // loader did.
+            loaded(slot);
+            let placeholder = LoadState::Ready(Box::default(), None);
+            let LoadState::Pending(slot) = std::mem::replace(&mut self.state, placeholder) else {
+                unreachable!("matched above")
+            };
+            let (p, saved) = match Arc::try_unwrap(slot) {
+                Ok(cell) => cell.into_inner().flatten().expect("loaded above"),
+                Err(shared) => loaded(&shared).clone(),
+            };
+            self.state = LoadState::Ready(Box::new(p), saved);
+        }
+        &mut self.state
+    }
+}
+
+impl std::ops::Deref for StateLoad {
+    type Target = Persisted;
+
+    fn deref(&self) -> &Persisted {
+        match &self.state {
+            LoadState::Pending(slot) => &loaded(slot).0,
+            LoadState::Ready(p, _) => p,
+        }
+    }
+}
+
+impl std::ops::DerefMut for StateLoad {
+    fn deref_mut(&mut self) -> &mut Persisted {
+        match self.own() {
+            LoadState::Ready(p, _) => p,
+            LoadState::Pending(_) => unreachable!("own() leaves the state ready"),
+        }
+    }
+}
+
+/// Which file a path named when it was looked at: a rename puts another
+/// file (another inode) there, and a rewrite in place moves its size or
+/// times. As git's index trusts a file by its `stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> std::io::Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Ok(FileId {
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// The little a restart's first pass needs of `state.json`, in
+/// `<state-dir>/state-head.json`: which branches were settled at which
+/// revision, with nothing waiting to be written. Read at start in place
+/// of the whole state (still loading, [`StateLoad`]), and trusted only
+/// while `state.json` is the file it was written for: it is written after
+/// `state.json`'s rename, so a crash between the two leaves a head naming
+/// the old file, which is then ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// `state.json` as this head describes it.
+    pub state: FileId,
+    /// [`Persisted::settled`].
+    pub settled: BTreeMap<String, String>,
+    /// Branches with writes waiting for a window (orphan marks, removals
+    /// from an old target): never settled by a glance.
+    pub pending: std::collections::BTreeSet<String>,
+    /// `state.json` still holds operator records of an older fermata
+    /// (ungates, overrides), to be moved out.
+    pub requests: bool,
+}
+
+impl Head {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("state-head.json")
+    }
+
+    /// The head of `p`, which `state.json` holds as `state` says.
+    pub fn of(p: &Persisted, state: FileId) -> Head {
+        let pending = p.orphan_writes.keys().chain(p.retiring.keys());
+        Head {
+            state,
+            settled: p.settled.clone(),
+            pending: pending.map(|k| k.branch.clone()).collect(),
+            requests: !p.ungated.is_empty() || !p.overrides.is_empty(),
+        }
+    }
+
+    /// Writes the head of `p`, just saved as `state.json`: temp file and
+    /// rename (a torn head would only be ignored, but need not be).
+    pub fn save(state_dir: &Path, p: &Persisted) -> std::io::Result<()> {
+        let head = Head::of(p, FileId::of(&Persisted::path(state_dir))?);
+        let bytes = serde_json::to_vec(&head).map_err(std::io::Error::other)?;
+        let path = Self::path(state_dir);
+        let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
+        let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// The head, if there is one, it reads, and `state.json` is still the
+    /// file it was written for; `None` otherwise (then the whole state is
+    /// waited for).
+    pub fn load(state_dir: &Path) -> Option<Head> {
+        let bytes = std::fs::read(Self::path(state_dir)).ok()?;
+        let head: Head = match serde_json::from_slice(&bytes) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %e, "state head unreadable: ignored");
+                return None;
+            }
+        };
+        let now = FileId::of(&Persisted::path(state_dir)).ok()?;
+        if now != head.state {
+            tracing::debug!(?now, was = ?head.state, "state head names another state.json: ignored");
+            return None;
+        }
+        Some(head)
+    }
+}
+
+impl Persisted {
+    /// Saves `bytes` (the [`serialized`](Self::serialized) `self`) as
+    /// `state.json`, then its [`Head`]. A head that cannot be written is
+    /// only a slower next start.
+    pub fn save_all(&self, state_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        Self::save(state_dir, bytes)?;
+        if let Err(e) = Head::save(state_dir, self) {
+            tracing::warn!(error = %e, "cannot write the state head: the next start waits for the whole state");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+
+    fn settled_state() -> Persisted {
+        let mut p = Persisted::default();
+        p.settled.insert("main".into(), "abc".into());
+        p.settled.insert("dev".into(), "def".into());
+        let key: RecordKey = "dev:shop/app".parse().unwrap();
+        p.orphan_writes.insert(
+            key,
+            PendingWrite {
+                target: None,
+                kind: None,
+                window: None,
+            },
+        );
+        p
+    }
+
+    fn save(dir: &Path, p: &Persisted) {
+        p.save_all(dir, &p.serialized().unwrap().0).unwrap();
+    }
+
+    #[test]
+    fn a_head_says_what_was_settled_and_what_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Head::load(dir.path()), None, "no head yet");
+        let p = settled_state();
+        save(dir.path(), &p);
+        let head = Head::load(dir.path()).expect("a fresh head is trusted");
+        assert_eq!(head.settled, p.settled);
+        assert_eq!(head.pending, ["dev".to_string()].into());
+        assert!(!head.requests);
+    }
+
+    #[test]
+    fn a_head_of_another_state_json_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &settled_state());
+        // Rewritten in place, same size: the times (or inode) moved.
+        let path = Persisted::path(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.reverse();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        // Its time moved (set explicitly: a clock tick may be coarser than
+        // this test).
+        let earlier = mtime - std::time::Duration::from_secs(1);
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(earlier).unwrap();
+        assert_eq!(Head::load(dir.path()), None, "stale head trusted");
+        // Gone: nothing to trust either.
+        save(dir.path(), &settled_state());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(Head::load(dir.path()), None);
+    }
+
+    #[test]
+    fn a_crash_between_the_two_renames_leaves_a_head_that_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = settled_state();
+        save(dir.path(), &before);
+        // The next save renamed state.json, and died before the head.
+        let mut after = before.clone();
+        after.settled.insert("main".into(), "new".into());
+        Persisted::save(dir.path(), &after.serialized().unwrap().0).unwrap();
+        assert_eq!(
+            Head::load(dir.path()),
+            None,
+            "the head of the old state.json"
+        );
+        assert_eq!(Persisted::load(dir.path()), after);
+        save(dir.path(), &after);
+        assert_eq!(Head::load(dir.path()).unwrap().settled, after.settled);
+    }
+
+    #[test]
+    fn a_torn_or_garbage_head_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &settled_state());
+        let path = Head::path(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert_eq!(Head::load(dir.path()), None, "torn");
+        std::fs::write(&path, b"\0\xffnot json").unwrap();
+        assert_eq!(Head::load(dir.path()), None, "garbage");
+        std::fs::write(&path, b"{\"settled\":{}}").unwrap();
+        assert_eq!(Head::load(dir.path()), None, "fields missing");
+    }
+
+    #[test]
+    fn a_state_loaded_in_the_background_is_the_state_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = settled_state();
+        save(dir.path(), &p);
+        let mut load = StateLoad::start(dir.path());
+        let view = load.view();
+        assert_eq!(*load, p);
+        let digest = p.serialized().unwrap().1;
+        assert_eq!(load.saved(), Some(digest));
+        assert_eq!(view.as_ref().map(|v| v.wait()), Some(&p));
+        // Written while a reader holds it: the writer has its own copy.
+        load.settled.clear();
+        assert_eq!(view.unwrap().wait(), &p);
+        assert!(load.settled.is_empty());
+    }
+
+    #[test]
+    fn a_state_that_fails_to_parse_loads_as_today() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(Persisted::path(dir.path()), b"{not json").unwrap();
+        let load = StateLoad::start(dir.path());
+        assert_eq!(*load, Persisted::default(), "afresh");
+        assert_eq!(load.saved(), None, "written at the next save");
+        assert!(dir.path().join("state.json.bad").exists(), "set aside");
+        assert!(!Persisted::path(dir.path()).exists());
+        let fresh = StateLoad::start(tempfile::tempdir().unwrap().path());
+        assert_eq!(*fresh, Persisted::default(), "none: a fresh start");
     }
 }

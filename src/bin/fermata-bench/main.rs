@@ -316,6 +316,13 @@ fn restart_bench(
     let started = t.elapsed();
     let (first, reports) = timed_pass(rt, &mut r, State::Installed, want)?;
     let restart = started + first;
+    // What the pass left to the background: nothing hidden.
+    let t = Instant::now();
+    let unchanged = rt.block_on(r.settle_background());
+    let settled = t.elapsed();
+    if unchanged == Some(false) {
+        bail!("the targets changed on an unchanged commit");
+    }
     if reports.iter().any(|b| b.status_commit.is_some()) {
         bail!("a restart on an unchanged commit committed status");
     }
@@ -324,6 +331,9 @@ fn restart_bench(
         "restart on the unchanged commit:            {restart:>10.2?}   (pass skipped: {skipped})"
     );
     println!("  (of which start: {started:.2?}, fetch and first pass: {first:.2?})");
+    println!(
+        "  background stat check, done after the pass: {settled:>8.2?}   (unchanged: {unchanged:?})"
+    );
     println!("plain `git fetch` (same remote):            {fetch:>10.2?}");
     println!(
         "  ratio restart / git fetch:                {:>10.2}   (target <= 3)",
