@@ -402,6 +402,13 @@ impl Reconciler {
         let persisted = StateLoad::start(&ctx.settings.state_dir);
         let head = Head::load(&ctx.settings.state_dir);
         let requests = Requests::new(&ctx.settings.state_dir);
+        let mut central = Central::default();
+        let sites_read = head.as_ref().and_then(|h| h.sites_read.as_ref());
+        if let Some((rev, sites)) = sites_read {
+            if let Ok(oid) = git2::Oid::from_str(rev) {
+                central.remember(Revision(oid), sites.clone());
+            }
+        }
         Reconciler {
             caches: Caches::default(),
             ctx,
@@ -417,7 +424,7 @@ impl Reconciler {
             leadership: crate::leader::Leadership::always(),
             requests,
             recorded: Recorded::default(),
-            central: Central::default(),
+            central,
         }
     }
 
@@ -634,6 +641,16 @@ impl Reconciler {
         match read.await {
             Some((rev, sites, false)) => {
                 self.central.remember(rev, sites.clone());
+                // Kept for a restart; read from the head while the state
+                // loads, so a restart's first pass does not wait for it.
+                let read = Some((rev.to_string(), sites.clone()));
+                let kept = match self.head.as_ref().filter(|_| !self.persisted.is_ready()) {
+                    Some(head) => head.sites_read == read,
+                    None => self.persisted.sites_read == read,
+                };
+                if !kept {
+                    self.persisted.sites_read = read;
+                }
                 (!sites.is_empty()).then_some(sites)
             }
             // Unknown now: the sites known before, if any.

@@ -144,6 +144,10 @@ pub struct Persisted {
     /// stands in for the first pass.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settled: BTreeMap<String, String>,
+    /// The revision last read for Sites, and the sites it named (none: a
+    /// one-site repository): a restart on it need not read the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sites_read: Option<(String, Vec<String>)>,
     /// Per `branch:symphony/variation`: the desired state `rollback: auto`
     /// switched away from, not applied again until a commit changes the
     /// desired digest (or `apply-now` is granted for it).
@@ -618,6 +622,9 @@ pub struct Head {
     /// `state.json` still holds operator records of an older fermata
     /// (ungates, overrides), to be moved out.
     pub requests: bool,
+    /// [`Persisted::sites_read`].
+    #[serde(default)]
+    pub sites_read: Option<(String, Vec<String>)>,
 }
 
 impl Head {
@@ -633,6 +640,7 @@ impl Head {
             settled: p.settled.clone(),
             pending: pending.map(|k| k.branch.clone()).collect(),
             requests: !p.ungated.is_empty() || !p.overrides.is_empty(),
+            sites_read: p.sites_read.clone(),
         }
     }
 
