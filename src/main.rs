@@ -12,6 +12,10 @@ use fermata::cli::{self, Cli, LogFormat};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Read by jemalloc before `main`: see [`fermata::JEMALLOC_CONF`].
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: Option<&'static std::ffi::c_char> = Some(&fermata::JEMALLOC_CONF[0]);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own table; its logs would only bury it. rPGP

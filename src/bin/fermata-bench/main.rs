@@ -35,6 +35,10 @@ use fermata::window::{FixedClock, SystemClock};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// As fermata's own binary: freed pages go back at once.
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: Option<&'static std::ffi::c_char> = Some(&fermata::JEMALLOC_CONF[0]);
+
 #[derive(Debug, Parser)]
 struct Cli {
     #[command(subcommand)]
