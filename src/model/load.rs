@@ -77,60 +77,8 @@ struct Raw {
     doc: Doc,
 }
 
-/// YAML files parsed by earlier loads, by path, with the bytes they were
-/// parsed from: a load that finds the same bytes takes the documents from
-/// here (a commit that changes one symphony of a thousand parses one file;
-/// parsing was most of a load). Kept by whoever loads commit after commit.
-#[derive(Default)]
-pub struct ParseCache {
-    files: std::sync::Mutex<HashMap<String, (std::sync::Arc<[u8]>, Parsed)>>,
-    /// Files parsed (not taken from here) so far.
-    parses: std::sync::atomic::AtomicUsize,
-}
-
-/// One file's documents with their line indexes, or its syntax error.
-type Parsed = Result<Vec<(Value, LineIndex)>, Diagnostic>;
-
-impl ParseCache {
-    fn parse(&self, path: &str, data: &std::sync::Arc<[u8]>, text: &str) -> Parsed {
-        let mut files = self
-            .files
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((bytes, parsed)) = files.get(path) {
-            if std::sync::Arc::ptr_eq(bytes, data) || **bytes == **data {
-                return parsed.clone();
-            }
-        }
-        let parsed = parse_documents(path, text);
-        self.parses
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        files.insert(path.to_string(), (data.clone(), parsed.clone()));
-        parsed
-    }
-
-    /// How many files were parsed, not taken from the cache.
-    pub fn parses(&self) -> usize {
-        self.parses.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Forgets the files a load did not see (deleted, or renamed).
-    fn keep_only(&self, seen: &BTreeSet<&str>) {
-        let mut files = self
-            .files
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        files.retain(|path, _| seen.contains(path.as_str()));
-    }
-}
-
 /// Loads every object under `root` (a folder of the snapshot, `""` for all).
 pub fn load(snap: &Snapshot, root: &str) -> Loaded {
-    load_cached(snap, root, &ParseCache::default())
-}
-
-/// [`load`], parsing only the files `cache` does not hold as they are.
-pub fn load_cached(snap: &Snapshot, root: &str, cache: &ParseCache) -> Loaded {
     let mut l = Loader::default();
     let root = match snap.resolve("", root) {
         Ok(r) if snap.is_dir(&r) => r,
@@ -150,7 +98,7 @@ pub fn load_cached(snap: &Snapshot, root: &str, cache: &ParseCache) -> Loaded {
             return l.finish(Fleet::default());
         }
     };
-    let (docs, syntax) = read_documents(snap, &root, &mut l, cache);
+    let (docs, syntax) = read_documents(snap, &root, &mut l);
     let (raws, inputs) = l.classify(docs);
 
     // Type-check every object, then drop duplicates (which one is meant is
@@ -227,16 +175,13 @@ fn read_documents(
     snap: &Snapshot,
     root: &str,
     l: &mut Loader,
-    cache: &ParseCache,
 ) -> (Vec<Doc>, Vec<(Diagnostic, String)>) {
     let mut docs = Vec::new();
     let mut syntax = Vec::new();
-    let mut seen = BTreeSet::new();
     for (path, entry) in snap.under(root) {
         if !(path.ends_with(".yaml") || path.ends_with(".yml")) {
             continue;
         }
-        seen.insert(path);
         let data = match entry {
             Entry::Oversize { size } => {
                 let d = Diagnostic::new(
@@ -296,45 +241,35 @@ fn read_documents(
             syntax.push((d, text.to_string()));
             continue;
         }
-        let parsed = match entry {
-            Entry::File { data, .. } => cache.parse(path, data, text),
-            _ => parse_documents(path, text),
-        };
-        match parsed {
-            Ok(parsed) => {
-                for (value, lines) in parsed {
-                    if !value.is_mapping() {
-                        continue;
-                    }
-                    docs.push(Doc {
-                        file: path.to_string(),
-                        lines,
-                        value,
-                    });
+        let mut values = Vec::new();
+        for de in serde_yaml::Deserializer::from_str(text) {
+            match Value::deserialize(de) {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    let line = e.location().map(|l| l.line());
+                    syntax.push((
+                        Diagnostic::new(path, line, "", e.to_string()),
+                        text.to_string(),
+                    ));
+                    values.clear();
+                    break;
                 }
             }
-            Err(d) => syntax.push((d, text.to_string())),
         }
-    }
-    cache.keep_only(&seen);
-    (docs, syntax)
-}
-
-/// Every YAML document of `text` (the file `path`), each with its lines.
-fn parse_documents(path: &str, text: &str) -> Parsed {
-    let mut values = Vec::new();
-    for de in serde_yaml::Deserializer::from_str(text) {
-        match Value::deserialize(de) {
-            Ok(v) => values.push(v),
-            Err(e) => {
-                let line = e.location().map(|l| l.line());
-                return Err(Diagnostic::new(path, line, "", e.to_string()));
+        let mut lines = position::index_documents(text).unwrap_or_default();
+        lines.resize(values.len().max(lines.len()), LineIndex::default());
+        for (value, lines) in values.into_iter().zip(lines) {
+            if !value.is_mapping() {
+                continue;
             }
+            docs.push(Doc {
+                file: path.to_string(),
+                lines,
+                value,
+            });
         }
     }
-    let mut lines = position::index_documents(text).unwrap_or_default();
-    lines.resize(values.len().max(lines.len()), LineIndex::default());
-    Ok(values.into_iter().zip(lines).collect())
+    (docs, syntax)
 }
 
 #[derive(Default)]
@@ -1726,44 +1661,6 @@ mod tests {
         format!(
             "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: {name}}}\nspec:\n  variations:\n    - synthesizer: {{name: app}}\n      dependsOn: [{{variation: {depends_on}}}]\n"
         )
-    }
-
-    #[test]
-    fn a_load_parses_only_the_files_that_changed_and_sees_every_change() {
-        let cache = ParseCache::default();
-        let with = |extra: &[(&str, &str)]| {
-            let files: Vec<_> = BASE.iter().chain(extra).copied().collect();
-            load_cached(&snap(&files), "", &cache)
-        };
-        let sym = |name: &str| {
-            format!("apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: {name}}}\nspec:\n  variations:\n    - synthesizer: {{name: app}}\n")
-        };
-        let (a, b) = (sym("a"), sym("b"));
-        let first = with(&[("a.yaml", &a), ("b.yaml", &b)]);
-        assert_eq!(first.fleet.symphonies.len(), 2, "{:?}", first.errors);
-        assert_eq!(cache.parses(), 5, "every file, once");
-        // The same bytes in new buffers (a new commit): nothing parsed.
-        let same = with(&[("a.yaml", &a), ("b.yaml", &b)]);
-        assert_eq!(cache.parses(), 5);
-        assert_eq!(same.fleet.symphonies.len(), 2);
-        assert!(same.errors.is_empty());
-        // One file broken: it alone is parsed, and its error is said.
-        let broken = with(&[("a.yaml", &a), ("b.yaml", "kind: [")]);
-        assert_eq!(cache.parses(), 6);
-        assert_eq!(broken.fleet.symphonies.len(), 1);
-        assert!(
-            broken.unreadable.values().any(|d| d.file == "b.yaml"),
-            "{:?}",
-            broken.unreadable
-        );
-        // Fixed under another name: parsed; the broken file is forgotten.
-        let renamed = with(&[("a.yaml", &a), ("c.yaml", &b)]);
-        assert_eq!(cache.parses(), 7);
-        assert_eq!(renamed.fleet.symphonies.len(), 2);
-        assert!(renamed.unreadable.is_empty());
-        let held = cache.files.lock().unwrap();
-        assert!(!held.contains_key("b.yaml"));
-        assert_eq!(held.len(), 5);
     }
 
     /// Errors as `file:line: field: message`.

@@ -21,7 +21,7 @@ pub use fleet::{
     SynthKind, Synthesizer, Target, TargetKind,
 };
 pub use ids::{CompositionId, Digest};
-pub use load::{load, load_cached, Loaded, ParseCache};
+pub use load::{load, Loaded};
 pub use site::{
     check_label_key, check_label_value, Operator, Requirement, Site, SiteSelector, UnknownSite,
 };

@@ -50,9 +50,6 @@ struct Caches {
     /// Branches whose last pass left nothing to do, with that revision: an
     /// unchanged commit then costs no load, no render, no target read.
     settled: HashMap<String, (Revision, std::time::Instant)>,
-    /// The repository's YAML files as last parsed: a new commit parses
-    /// only the files it changed.
-    parsed: Arc<model::ParseCache>,
     /// What each composition's target held after the last pass, while it was
     /// Ready: an unchanged one is not read again until the next resync.
     observed: HashMap<RecordKey, Observed>,
@@ -1039,11 +1036,10 @@ impl Reconciler {
         report: &mut BranchReport,
     ) -> Option<Pass> {
         let path = self.ctx.settings.path.clone();
-        let parsed = self.caches.parsed.clone();
         let loaded = match self.ctx.source.snapshot(rev).await {
             // Parsing a large tree is CPU work: off the runtime too.
             Ok(snap) => tokio::task::spawn_blocking(move || {
-                let loaded = model::load_cached(&snap, &path, &parsed);
+                let loaded = model::load(&snap, &path);
                 (Arc::new(snap), loaded)
             })
             .await
