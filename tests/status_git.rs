@@ -509,6 +509,36 @@ fn a_deployment_id_annotation_is_kept_and_old_layouts_still_read() {
     assert_eq!(old_status.metadata.composition, None);
 }
 
+/// A bare remote of a source repository, and site-a's mirror of it,
+/// whose status is pushed there.
+struct Pushing {
+    _upstream: TestRepo,
+    src: SourceRef,
+    tmp: tempfile::TempDir,
+    remote: PathBuf,
+    url: String,
+    mirror_a: PathBuf,
+    site_a: StatusRepo,
+}
+
+fn pushing() -> Pushing {
+    let (upstream, src) = source_repo();
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = util::bare_clone(upstream.path(), tmp.path(), "remote.git");
+    let url = format!("file://{}", remote.display());
+    let mirror_a = mirror_of(&remote, tmp.path(), "a.git");
+    let site_a = StatusRepo::new(mirror_a.clone(), Some(url.clone()), BRANCH, None);
+    Pushing {
+        _upstream: upstream,
+        src,
+        tmp,
+        remote,
+        url,
+        mirror_a,
+        site_a,
+    }
+}
+
 /// A bare "remote", and a mirror of it as fermata keeps one.
 fn mirror_of(remote: &Path, into: &Path, name: &str) -> PathBuf {
     git(
@@ -520,57 +550,51 @@ fn mirror_of(remote: &Path, into: &Path, name: &str) -> PathBuf {
 
 #[test]
 fn mirror_pushes_and_rebases_on_a_moved_remote() {
-    let (upstream, src) = source_repo();
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = util::bare_clone(upstream.path(), tmp.path(), "remote.git");
-    let url = format!("file://{}", remote.display());
-    let mirror_a = mirror_of(&remote, tmp.path(), "a.git");
-    let site_a = StatusRepo::new(mirror_a.clone(), Some(url.clone()), BRANCH, None);
-    let a = status("line-control/vision", &src, State::Staged, 0);
+    let p = pushing();
+    let (src, tmp, remote, url) = (&p.src, &p.tmp, &p.remote, &p.url);
+    let (mirror_a, site_a) = (&p.mirror_a, &p.site_a);
+    let a = status("line-control/vision", src, State::Staged, 0);
     let first = site_a
-        .publish(&update(&src, vec![a.clone()]))
+        .publish(&update(src, vec![a.clone()]))
         .unwrap()
         .expect("a commit");
-    assert_eq!(rev(&remote, BRANCH), first.to_string());
+    assert_eq!(rev(remote, BRANCH), first.to_string());
     let short = &src.commit[..7];
-    assert_eq!(
-        note(&remote, &src.commit),
-        format!("main@{short}: 1 staged")
-    );
+    assert_eq!(note(remote, &src.commit), format!("main@{short}: 1 staged"));
 
     // Another writer (a second replica, from its own mirror) moves the
     // remote branch and notes.
-    let mirror_b = mirror_of(&remote, tmp.path(), "b.git");
+    let mirror_b = mirror_of(remote, tmp.path(), "b.git");
     let site_b = StatusRepo::new(mirror_b, Some(url.clone()), BRANCH, None);
-    let b = status("line-control/vision", &src, State::Installed, 0);
-    let b2 = status("shop/web", &src, State::Installed, 0);
+    let b = status("line-control/vision", src, State::Installed, 0);
+    let b2 = status("shop/web", src, State::Installed, 0);
     let second = site_b
-        .publish(&update(&src, vec![b.clone(), b2.clone()]))
+        .publish(&update(src, vec![b.clone(), b2.clone()]))
         .unwrap()
         .expect("a commit");
-    assert_eq!(rev(&remote, BRANCH), second.to_string());
+    assert_eq!(rev(remote, BRANCH), second.to_string());
     assert_eq!(
-        note(&remote, &src.commit),
+        note(remote, &src.commit),
         format!("main@{short}: 2 installed")
     );
 
     // site-a's mirror is behind: its push is rejected, rebuilt on the
     // remote tip and pushed again.
-    assert_eq!(rev(&mirror_a, BRANCH), first.to_string());
+    assert_eq!(rev(mirror_a, BRANCH), first.to_string());
     let mut a2 = restamp(a, 60);
     a2.status.state = State::Removing;
     a2.status.components[0].state = State::Removing;
     let third = site_a
-        .publish(&update(&src, vec![a2.clone(), b2.clone()]))
+        .publish(&update(src, vec![a2.clone(), b2.clone()]))
         .unwrap()
         .expect("a commit");
-    assert_eq!(rev(&remote, BRANCH), third.to_string());
-    assert_eq!(rev(&mirror_a, BRANCH), third.to_string());
-    assert_eq!(rev(&remote, &format!("{BRANCH}^")), second.to_string());
-    assert_eq!(git(&remote, &["rev-list", "--count", BRANCH]), "3");
-    assert_eq!(git(&remote, &["rev-list", "--merges", BRANCH]), "");
+    assert_eq!(rev(remote, BRANCH), third.to_string());
+    assert_eq!(rev(mirror_a, BRANCH), third.to_string());
+    assert_eq!(rev(remote, &format!("{BRANCH}^")), second.to_string());
+    assert_eq!(git(remote, &["rev-list", "--count", BRANCH]), "3");
+    assert_eq!(git(remote, &["rev-list", "--merges", BRANCH]), "");
     assert_eq!(
-        files(&remote, BRANCH),
+        files(remote, BRANCH),
         [
             "main/line-control/vision.yaml",
             "main/shop/web.yaml",
@@ -581,29 +605,29 @@ fn mirror_pushes_and_rebases_on_a_moved_remote() {
     // Rebuilt on the remote's tip: only what differs from it was written.
     assert_eq!(
         git(
-            &remote,
+            remote,
             &["diff", "--name-only", &format!("{BRANCH}^"), BRANCH]
         ),
         "main/line-control/vision.yaml\nmain/summary.md\nmain/timeline.svg"
     );
     let a_file: DeploymentStatus =
-        serde_yaml::from_str(&show(&remote, BRANCH, "main/line-control/vision.yaml")).unwrap();
+        serde_yaml::from_str(&show(remote, BRANCH, "main/line-control/vision.yaml")).unwrap();
     assert_eq!(a_file, a2);
     assert_eq!(
-        note(&remote, &src.commit),
+        note(remote, &src.commit),
         format!("main@{short}: 1 installed, 1 removing")
     );
     assert_eq!(
-        git(&remote, &["rev-list", "--merges", "refs/notes/fermata"]),
+        git(remote, &["rev-list", "--merges", "refs/notes/fermata"]),
         ""
     );
     // Nothing left unpushed in the mirror.
     assert_eq!(
-        rev(&mirror_a, "refs/notes/fermata"),
-        rev(&remote, "refs/notes/fermata")
+        rev(mirror_a, "refs/notes/fermata"),
+        rev(remote, "refs/notes/fermata")
     );
     // The user's branch on the remote is untouched.
-    assert_eq!(rev(&remote, "main"), src.commit);
+    assert_eq!(rev(remote, "main"), src.commit);
 }
 
 #[test]
@@ -897,15 +921,11 @@ fn pack_names(git_dir: &Path) -> std::collections::BTreeSet<String> {
 
 #[test]
 fn a_large_update_sends_the_pack_it_wrote_and_a_moved_remote_still_gets_every_object() {
-    let (upstream, src) = source_repo();
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = util::bare_clone(upstream.path(), tmp.path(), "remote.git");
-    let url = format!("file://{}", remote.display());
-    let mirror_a = mirror_of(&remote, tmp.path(), "a.git");
-    let site_a = StatusRepo::new(mirror_a.clone(), Some(url.clone()), BRANCH, None);
+    let p = pushing();
+    let (src, remote) = (&p.src, &p.remote);
     let fleet = |state: State, t: i64| -> Vec<DeploymentStatus> {
         (0..200)
-            .map(|i| status(&format!("fleet/v{i:03}"), &src, state, t))
+            .map(|i| status(&format!("fleet/v{i:03}"), src, state, t))
             .collect()
     };
     let new_packs = |dir: &Path, before: &std::collections::BTreeSet<String>| {
@@ -922,42 +942,44 @@ fn a_large_update_sends_the_pack_it_wrote_and_a_moved_remote_still_gets_every_ob
         .into_iter()
         .enumerate()
     {
-        let (local_before, remote_before) = (pack_names(&mirror_a), pack_names(&remote));
-        let commit = site_a
-            .publish(&update(&src, fleet(state, t)))
+        let (local_before, remote_before) = (pack_names(&p.mirror_a), pack_names(remote));
+        let commit = p
+            .site_a
+            .publish(&update(src, fleet(state, t)))
             .unwrap()
             .expect("a commit");
-        assert_eq!(rev(&remote, BRANCH), commit.to_string());
-        let written = new_packs(&mirror_a, &local_before);
+        assert_eq!(rev(remote, BRANCH), commit.to_string());
+        let written = new_packs(&p.mirror_a, &local_before);
         assert_eq!(written.len(), 1, "the status objects are one pack");
         // (The notes ref's few objects are sent beside it.)
         assert!(
-            new_packs(&remote, &remote_before).contains(&written[0]),
+            new_packs(remote, &remote_before).contains(&written[0]),
             "the remote holds the same pack"
         );
-        git(&remote, &["fsck", "--no-dangling"]);
-        assert!(show(&remote, BRANCH, "main/fleet/v123.yaml").contains(state.as_str()));
+        git(remote, &["fsck", "--no-dangling"]);
+        assert!(show(remote, BRANCH, "main/fleet/v123.yaml").contains(state.as_str()));
         // The history is kept: each commit on the one before.
-        let count = git(&remote, &["rev-list", "--count", BRANCH]);
+        let count = git(remote, &["rev-list", "--count", BRANCH]);
         assert_eq!(count, (n + 1).to_string());
     }
 
     // Another writer moves the remote: site-a's pack is built on a parent
     // the remote no longer has at its tip. The push is rejected, rebuilt
     // on the remote's tip, and the remote still ends up complete.
-    let mirror_b = mirror_of(&remote, tmp.path(), "b.git");
-    let site_b = StatusRepo::new(mirror_b, Some(url.clone()), BRANCH, None);
+    let mirror_b = mirror_of(remote, p.tmp.path(), "b.git");
+    let site_b = StatusRepo::new(mirror_b, Some(p.url.clone()), BRANCH, None);
     site_b
-        .publish(&update(&src, fleet(State::Removing, 120)))
+        .publish(&update(src, fleet(State::Removing, 120)))
         .unwrap()
         .expect("a commit");
-    let last = site_a
-        .publish(&update(&src, fleet(State::Failed, 180)))
+    let last = p
+        .site_a
+        .publish(&update(src, fleet(State::Failed, 180)))
         .unwrap()
         .expect("a commit");
-    assert_eq!(rev(&remote, BRANCH), last.to_string());
-    assert_eq!(git(&remote, &["rev-list", "--count", BRANCH]), "4");
-    git(&remote, &["fsck", "--no-dangling"]);
-    assert_eq!(files(&remote, BRANCH).len(), 200 + 2);
-    assert!(show(&remote, BRANCH, "main/fleet/v042.yaml").contains("failed"));
+    assert_eq!(rev(remote, BRANCH), last.to_string());
+    assert_eq!(git(remote, &["rev-list", "--count", BRANCH]), "4");
+    git(remote, &["fsck", "--no-dangling"]);
+    assert_eq!(files(remote, BRANCH).len(), 200 + 2);
+    assert!(show(remote, BRANCH, "main/fleet/v042.yaml").contains("failed"));
 }
