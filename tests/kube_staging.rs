@@ -685,15 +685,46 @@ fn apply(state: &std::path::Path, repo: &TestRepo) {
     assert!(st["status"]["error"].is_null(), "{st:?}");
 }
 
-#[test]
-fn garbage_collection_keeps_the_applied_staged_and_previous_artifacts() {
+/// What the garbage collection tests start from: a cluster whose delivery
+/// Jobs write like the script and whose GC Jobs run `gc`, a state dir with
+/// fermata's store served, and a repository holding the artifact fleet
+/// (not committed yet), with the digest of its artifact.
+struct Collecting {
+    c: Cluster,
+    state: tempfile::TempDir,
+    _server: StoreServer,
+    repo: TestRepo,
+    x: String,
+}
+
+fn collecting(
+    gc: impl Fn(&kube_fake::JobRun) -> Result<(), String> + Send + Sync + 'static,
+) -> Collecting {
     let c = Cluster::new();
     c.fake.on_job("fermata-fetch-", deliver_like_the_script);
-    c.fake.on_job("fermata-gc-", gc_like_the_job);
+    c.fake.on_job("fermata-gc-", gc);
     let state = tempfile::tempdir().expect("state");
     let server = StoreServer::start(state.path());
     let repo = TestRepo::new();
     let x = artifact_fleet(&repo, &c, &server);
+    Collecting {
+        c,
+        state,
+        _server: server,
+        repo,
+        x,
+    }
+}
+
+#[test]
+fn garbage_collection_keeps_the_applied_staged_and_previous_artifacts() {
+    let Collecting {
+        c,
+        state,
+        _server,
+        repo,
+        x,
+    } = collecting(gc_like_the_job);
     repo.commit("A: model x");
     stage(&c, state.path(), &repo);
     apply(state.path(), &repo);
@@ -743,15 +774,13 @@ fn garbage_collection_keeps_the_applied_staged_and_previous_artifacts() {
 
 #[test]
 fn a_failed_garbage_collection_fails_nothing() {
-    let c = Cluster::new();
-    c.fake.on_job("fermata-fetch-", deliver_like_the_script);
-    c.fake.on_job("fermata-gc-", |_| {
-        Err("rm: can't remove: Read-only file system".into())
-    });
-    let state = tempfile::tempdir().expect("state");
-    let server = StoreServer::start(state.path());
-    let repo = TestRepo::new();
-    let x = artifact_fleet(&repo, &c, &server);
+    let Collecting {
+        c,
+        state,
+        _server,
+        repo,
+        x,
+    } = collecting(|_| Err("rm: can't remove: Read-only file system".into()));
     repo.commit("A: model x");
     stage(&c, state.path(), &repo);
     apply(state.path(), &repo);
@@ -779,13 +808,13 @@ fn a_failed_garbage_collection_fails_nothing() {
 
 #[test]
 fn the_claim_is_collected_once_per_pass_not_once_per_apply() {
-    let c = Cluster::new();
-    c.fake.on_job("fermata-fetch-", deliver_like_the_script);
-    c.fake.on_job("fermata-gc-", gc_like_the_job);
-    let state = tempfile::tempdir().expect("state");
-    let server = StoreServer::start(state.path());
-    let repo = TestRepo::new();
-    artifact_fleet(&repo, &c, &server);
+    let Collecting {
+        c,
+        state,
+        _server,
+        repo,
+        ..
+    } = collecting(gc_like_the_job);
     let variations: String = (0..5)
         .map(|i| format!("    - {{name: v{i}, synthesizer: {{name: app}}}}\n"))
         .collect();
