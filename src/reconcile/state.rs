@@ -284,16 +284,25 @@ impl Persisted {
         write: impl FnOnce(&mut std::fs::File, &[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         std::fs::create_dir_all(state_dir)?;
-        let path = Self::path(state_dir);
-        let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
-        let result = std::fs::File::create(&tmp)
-            .and_then(|mut f| write(&mut f, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        replace_file(&Self::path(state_dir), |f| write(f, bytes))
     }
+}
+
+/// Replaces the JSON file at `path` by one rename of a temp file that
+/// `write` filled; a failed write leaves no temp file behind, only the old
+/// file.
+fn replace_file(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| write(&mut f))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -649,13 +658,10 @@ impl Head {
     pub fn save(state_dir: &Path, p: &Persisted) -> std::io::Result<()> {
         let head = Head::of(p, FileId::of(&Persisted::path(state_dir))?);
         let bytes = serde_json::to_vec(&head).map_err(std::io::Error::other)?;
-        let path = Self::path(state_dir);
-        let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
-        let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        // Not synced: a head lost in a crash only makes a start wait.
+        replace_file(&Self::path(state_dir), |f| {
+            std::io::Write::write_all(f, &bytes)
+        })
     }
 
     /// The head, if there is one, it reads, and `state.json` is still the
