@@ -550,6 +550,12 @@ impl Reconciler {
         self.caches.started.extend(branches);
     }
 
+    /// The head that answers for the state while it still loads; `None`
+    /// once it is loaded (or when no head is trusted): then read the state.
+    fn head_while_loading(&self) -> Option<&Head> {
+        self.head.as_ref().filter(|_| !self.persisted.is_ready())
+    }
+
     /// Sends on `wake` when a restart's background stat check finds a
     /// target changed: the loop that passes on it then runs its full pass
     /// at once, not at the next interval.
@@ -644,7 +650,7 @@ impl Reconciler {
                 // Kept for a restart; read from the head while the state
                 // loads, so a restart's first pass does not wait for it.
                 let read = Some((rev.to_string(), sites.clone()));
-                let kept = match self.head.as_ref().filter(|_| !self.persisted.is_ready()) {
+                let kept = match self.head_while_loading() {
                     Some(head) => head.sites_read == read,
                     None => self.persisted.sites_read == read,
                 };
@@ -689,8 +695,7 @@ impl Reconciler {
         }
         // A trusted head that says state.json holds no operator records
         // spares waiting for the whole state here.
-        let may_hold_requests =
-            self.persisted.is_ready() || self.head.as_ref().is_none_or(|h| h.requests);
+        let may_hold_requests = self.head_while_loading().is_none_or(|h| h.requests);
         if self.may_write().is_ok() && may_hold_requests {
             self.migrate_requests();
         }
@@ -873,7 +878,7 @@ impl Reconciler {
             return false;
         }
         let rev = rev.to_string();
-        let settled = match self.head.as_ref().filter(|_| !self.persisted.is_ready()) {
+        let settled = match self.head_while_loading() {
             Some(head) => head.settled.get(branch) == Some(&rev) && !head.pending.contains(branch),
             None => {
                 let p = &self.persisted;
