@@ -1732,7 +1732,7 @@ const LOOSE_UP_TO: usize = 64;
 struct CommitPack {
     commit: Oid,
     parent: Option<Oid>,
-    bytes: Vec<u8>,
+    bytes: git2::Buf,
 }
 
 /// Moves the objects `commit` adds to its parent (all of which `mempack`
@@ -1760,7 +1760,7 @@ fn write_pack(
     Ok(CommitPack {
         commit,
         parent,
-        bytes: buf.to_vec(),
+        bytes: buf,
     })
 }
 
