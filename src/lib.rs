@@ -13,6 +13,7 @@ pub mod errors;
 pub mod fleet;
 pub mod forge;
 pub mod leader;
+pub mod libgit2;
 pub mod model;
 pub mod reconcile;
 pub mod report;

@@ -17,6 +17,8 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static MALLOC_CONF: Option<&'static std::ffi::c_char> = Some(&fermata::JEMALLOC_CONF[0]);
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: it sets environment variables.
+    fermata::libgit2::start();
     let cli = Cli::parse();
     // The demo prints its own table; its logs would only bury it. rPGP
     // warns of every packet it skips (in a keyring, in a signature): what

@@ -85,6 +85,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !cli.pass.restart_only {
+        // As fermata's main does; the restart times it as part of its start.
+        fermata::libgit2::start();
+    }
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("FERMATA_LOG") {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -266,17 +270,42 @@ fn window_bench(a: &Args, root: &Path, rt: &tokio::runtime::Runtime) -> anyhow::
     );
     drop(r);
     // The restart in a fresh process: libgit2's start (its TLS setup) is
-    // part of a restart, and this process paid it already.
-    let out = Command::new(std::env::current_exe()?)
-        .args(["--restart-only", "--dir"])
-        .arg(root)
-        .args(["--symphonies", &a.symphonies.to_string()])
-        .args(["--variations", &a.variations.to_string()])
-        .args(["--repeat", &a.repeat.to_string()])
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    if !out.status.success() {
-        bail!("restart: {}", String::from_utf8_lossy(&out.stderr));
+    // part of a restart, and this process paid it already. A user's
+    // SSL_CERT_FILE makes that start read the whole bundle
+    // (`fermata::libgit2`); a service's environment has none, so the restart
+    // is measured both ways when this shell sets one.
+    let vars = ["SSL_CERT_FILE", "SSL_CERT_DIR"];
+    let set = vars.iter().any(|v| std::env::var_os(v).is_some());
+    for clear in [false, true] {
+        if clear && !set {
+            break;
+        }
+        if set {
+            println!(
+                "{}",
+                if clear {
+                    "restart without SSL_CERT_FILE/SSL_CERT_DIR (as a service starts):"
+                } else {
+                    "restart with this shell's SSL_CERT_FILE/SSL_CERT_DIR:"
+                }
+            );
+        }
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["--restart-only", "--dir"])
+            .arg(root)
+            .args(["--symphonies", &a.symphonies.to_string()])
+            .args(["--variations", &a.variations.to_string()])
+            .args(["--repeat", &a.repeat.to_string()]);
+        if clear {
+            for v in vars {
+                cmd.env_remove(v);
+            }
+        }
+        let out = cmd.output()?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            bail!("restart: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
     Ok(())
 }
@@ -329,6 +358,7 @@ fn restart_bench(
     // The process's start counts: loading what the last one saved is part
     // of a restart, as `git fetch` pays its own start.
     let t = Instant::now();
+    fermata::libgit2::start();
     let mut r = Reconciler::new(settings, clock)?;
     let started = t.elapsed();
     let (first, reports) = timed_pass(rt, &mut r, State::Installed, want)?;
