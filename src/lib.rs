@@ -15,6 +15,7 @@ pub mod forge;
 pub mod leader;
 pub mod libgit2;
 pub mod model;
+pub mod par;
 pub mod reconcile;
 pub mod report;
 pub mod serve;

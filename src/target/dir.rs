@@ -137,6 +137,12 @@ struct Seen {
     /// fingerprint covers the record file), and spare a YAML parse per
     /// composition at every look (a window's opening looks twice).
     records: std::collections::HashMap<PathBuf, Record>,
+    /// Compositions whose `tmp/` this process left empty: their `recover`
+    /// has nothing to clear and skips its `readdir` (one per composition
+    /// at a window's opening). Dropped for a composition by every new name
+    /// under its `tmp/` ([`Site::tmp_path`]) and by its delete; a crash of
+    /// an earlier process is covered, as the set starts empty.
+    clean_tmp: std::collections::HashSet<PathBuf>,
 }
 
 /// One line of `.fermata-index`.
@@ -562,19 +568,23 @@ fn switch_all(
     root: &Path,
     items: Vec<(Result<Site, TargetError>, Switch)>,
 ) -> Vec<Result<Observed, TargetError>> {
+    let started = std::time::Instant::now();
+    let mut laps = Vec::new();
     let mut results: Vec<Option<Result<Observed, TargetError>>> = Vec::new();
     let mut ready = Vec::new();
-    for (i, (site, switch)) in items.into_iter().enumerate() {
+    let prepared = crate::par::map(items, |(site, switch)| {
+        let site = site?;
+        let record = site.prepare_switch(&switch.digest)?;
+        Ok((site, record, switch))
+    });
+    for (i, prepared) in prepared.into_iter().enumerate() {
         results.push(None);
-        let prepared = site.and_then(|site| {
-            let record = site.prepare_switch(&switch.digest)?;
-            Ok((site, record))
-        });
         match prepared {
-            Ok((site, record)) => ready.push((i, site, record, switch)),
+            Ok((site, record, switch)) => ready.push((i, site, record, switch)),
             Err(e) => results[i] = Some(Err(e)),
         }
     }
+    laps.push(started.elapsed());
     let how = durability(ready.len());
     let synced = match how {
         _ if ready.is_empty() => Ok(()),
@@ -583,20 +593,28 @@ fn switch_all(
             .iter()
             .try_for_each(|(_, site, record, s)| site.sync_state(&s.digest, record)),
     };
+    laps.push(started.elapsed());
     let mut switched = Vec::new();
-    for (i, site, record, switch) in ready {
-        if let Err(e) = &synced {
+    if let Err(e) = &synced {
+        for (i, site, _, _) in ready {
             results[i] = Some(Err(TargetError::Invalid(format!(
                 "{}: not switched: syncing the staged states failed: {e}",
                 site.id
             ))));
-            continue;
         }
-        match site.switch_to(&switch.digest, &switch.source) {
-            Ok(_) => switched.push((i, site, record, switch.digest)),
-            Err(e) => results[i] = Some(Err(e)),
+    } else {
+        let done = crate::par::map(ready, |(i, site, record, switch)| {
+            let done = site.switch_to(&switch.digest, &switch.source);
+            (i, site, record, switch.digest, done)
+        });
+        for (i, site, record, digest, done) in done {
+            match done {
+                Ok(_) => switched.push((i, site, record, digest)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
         }
     }
+    laps.push(started.elapsed());
     if !switched.is_empty() {
         let synced = match how {
             Durability::FileSystem => sync_fs(root),
@@ -609,6 +627,14 @@ fn switch_all(
             tracing::warn!(error = %e, "syncing after a batch of switches failed");
         }
     }
+    laps.push(started.elapsed());
+    tracing::debug!(
+        switched = switched.len(),
+        ?how,
+        // Until: checked, synced, switched, synced again.
+        ?laps,
+        "batch of switches done"
+    );
     // Nothing is collected here: deleting belongs to staging, not to the
     // window (the next stage or apply of each composition collects).
     for (i, site, record, digest) in switched {
@@ -699,6 +725,7 @@ impl Site {
 
     /// A fresh name under `tmp/`, where everything is work in progress.
     fn tmp_path(&self, what: &str) -> PathBuf {
+        self.seen().clean_tmp.remove(&self.dir);
         self.tmp()
             .join(format!("{what}.{:016x}", rand::random::<u64>()))
     }
@@ -722,8 +749,15 @@ impl Site {
         // housekeeping and does not count as `changed`; a failure is logged,
         // not returned: the call did what it was asked, and the next one
         // collects again.
-        if let Err(e) = self.gc() {
-            tracing::warn!(composition = %self.id, error = %e, "state garbage collection failed");
+        match self.gc() {
+            // Done without error: whatever either put under `tmp/` was
+            // renamed away or removed.
+            Ok(()) => {
+                self.seen().clean_tmp.insert(self.dir.clone());
+            }
+            Err(e) => {
+                tracing::warn!(composition = %self.id, error = %e, "state garbage collection failed")
+            }
         }
         Ok(Outcome {
             changed,
@@ -735,10 +769,16 @@ impl Site {
     /// Clears what an interrupted call left under `tmp/`: half-built state
     /// dirs, temp symlinks and history files, states being discarded.
     fn recover(&self) -> Result<(), TargetError> {
+        if self.seen().clean_tmp.contains(&self.dir) {
+            return Ok(());
+        }
         let tmp = self.tmp();
         let entries = match fs::read_dir(&tmp) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.seen().clean_tmp.insert(self.dir.clone());
+                return Ok(());
+            }
             Err(e) => return Err(TargetError::io(tmp.display(), e)),
         };
         for entry in entries {
@@ -753,6 +793,7 @@ impl Site {
                 gone(fs::remove_file(&path), &path)?;
             }
         }
+        self.seen().clean_tmp.insert(self.dir.clone());
         Ok(())
     }
 
@@ -1703,6 +1744,7 @@ impl Site {
             let before = seen.states.len();
             seen.states.retain(|dir, _| !dir.starts_with(&self.dir));
             seen.records.retain(|dir, _| !dir.starts_with(&self.dir));
+            seen.clean_tmp.remove(&self.dir);
             seen.dirty |= seen.states.len() != before;
         }
         let current = self.dir.join(CURRENT);

@@ -508,6 +508,9 @@ async fn crash_leftovers_are_cleared_and_the_target_converges() {
     )
     .unwrap();
     fs::write(leftovers.join("applied.99"), "partial").unwrap();
+    // The debris stands for a process that crashed: the restarted one has
+    // a fresh handle (this one knows its own writes left `tmp/` empty).
+    let t = DirectoryTarget::new(t.root());
 
     // Reads and plans see through the debris and leave it alone.
     let before = snapshot(tmp.path());
@@ -523,6 +526,34 @@ async fn crash_leftovers_are_cleared_and_the_target_converges() {
     run(&t, &b, StateGoal::Apply).await;
     assert_eq!(link(&t, "current"), Some(state_link(&b)));
     assert!(names(&leftovers).is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_write_leaves_its_debris_to_the_next_call_of_the_same_process() {
+    let mut left = 0;
+    for steps in 1..12 {
+        let (_tmp, t) = fixture();
+        let (a, b) = (desired(rendered("a")), desired(rendered("b")));
+        // Known clean: this handle's own writes left `tmp/` empty.
+        run(&t, &a, StateGoal::Apply).await;
+        let debris = comp_dir(&t).join(".fermata/tmp");
+        if t.crashing_after(steps)
+            .apply(&b, StateGoal::Stage)
+            .await
+            .is_ok()
+        {
+            continue;
+        }
+        if names(&debris).is_empty() {
+            continue;
+        }
+        left += 1;
+        // Same handle, same process: the next call still clears it.
+        run(&t, &b, StateGoal::Apply).await;
+        assert!(names(&debris).is_empty(), "after {steps} steps");
+        assert_eq!(link(&t, "current"), Some(state_link(&b)));
+    }
+    assert!(left >= 2, "only {left} failed writes left debris");
 }
 
 /// What a converged target looks like, for comparing runs.
