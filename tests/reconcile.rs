@@ -52,6 +52,9 @@ struct FakeTarget {
     in_flight: Mutex<Vec<String>>,
     most_in_flight: Mutex<usize>,
     same_symphony_overlap: Mutex<bool>,
+    /// Reads (`get`) in progress, and the most seen at once.
+    reads_in_flight: Mutex<usize>,
+    most_reads_in_flight: Mutex<usize>,
 }
 
 impl std::fmt::Debug for FakeTarget {
@@ -138,6 +141,16 @@ impl Target for FakeTarget {
     }
 
     async fn get(&self, id: &CompositionId) -> Result<Observed, TargetError> {
+        {
+            let mut n = self.reads_in_flight.lock().unwrap();
+            *n += 1;
+            let mut most = self.most_reads_in_flight.lock().unwrap();
+            *most = (*most).max(*n);
+        }
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        *self.reads_in_flight.lock().unwrap() -= 1;
         let held = self.held.lock().unwrap();
         let Some(h) = held.get(&id.to_string()) else {
             return Ok(Observed::default());
@@ -320,20 +333,7 @@ fn staging_never_applies_and_a_closed_window_holds_until_it_opens() {
 #[test]
 fn applies_of_different_symphonies_overlap_and_one_symphony_keeps_its_order() {
     for (concurrency, overlapping) in [(1, false), (16, true)] {
-        let repo = TestRepo::new();
-        util::minimal(&repo);
-        for sym in ["shop", "line", "yard"] {
-            repo.write(
-                &format!("{sym}.yaml"),
-                &format!(
-                    "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: {sym}}}\nspec:\n  variations:\n    - {}\n    - {}\n",
-                    var("a"),
-                    var("b")
-                ),
-            );
-        }
-        repo.remove("symphony.yaml");
-        repo.commit("three symphonies of two");
+        let repo = three_symphonies();
         let h = Harness::new(OPEN);
         let mut r = h.reconciler(&repo);
         r.ctx.settings.apply_concurrency = concurrency;
@@ -368,6 +368,146 @@ fn applies_of_different_symphonies_overlap_and_one_symphony_keeps_its_order() {
             );
         }
     }
+}
+
+/// Three symphonies of two variations each, committed.
+fn three_symphonies() -> TestRepo {
+    let repo = TestRepo::new();
+    util::minimal(&repo);
+    for sym in ["shop", "line", "yard"] {
+        repo.write(
+            &format!("{sym}.yaml"),
+            &format!(
+                "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: {sym}}}\nspec:\n  variations:\n    - {}\n    - {}\n",
+                var("a"),
+                var("b")
+            ),
+        );
+    }
+    repo.remove("symphony.yaml");
+    repo.commit("three symphonies of two");
+    repo
+}
+
+#[test]
+fn a_pass_reads_its_targets_side_by_side_up_to_the_apply_concurrency() {
+    for (concurrency, overlapping) in [(1, false), (16, true)] {
+        let repo = three_symphonies();
+        let h = Harness::new(CLOSED);
+        let mut r = h.reconciler(&repo);
+        r.ctx.settings.apply_concurrency = concurrency;
+        let b = h.pass(&mut r);
+        assert!(b.errors.is_empty(), "{b:?}");
+        assert_eq!(b.rows.len(), 6);
+        let most = *h.target.most_reads_in_flight.lock().unwrap();
+        assert!(most >= 1, "every target was read");
+        assert_eq!(
+            most > 1,
+            overlapping,
+            "--apply-concurrency {concurrency}: {most} reads at once"
+        );
+        assert!(most <= concurrency, "{most} reads at once");
+    }
+}
+
+/// A source that counts the snapshots taken of it (a pass loads one, the
+/// Sites scan reads one per new commit), and otherwise is the git source.
+struct CountingSource {
+    inner: Arc<dyn fermata::source::Source>,
+    snapshots: Mutex<usize>,
+}
+
+#[async_trait::async_trait]
+impl fermata::source::Source for CountingSource {
+    fn url(&self) -> &str {
+        self.inner.url()
+    }
+    async fn fetch(&self) -> Result<(), fermata::source::SourceError> {
+        self.inner.fetch().await
+    }
+    async fn resolve(
+        &self,
+        rev: &str,
+    ) -> Result<fermata::source::Revision, fermata::source::SourceError> {
+        self.inner.resolve(rev).await
+    }
+    async fn snapshot(
+        &self,
+        rev: fermata::source::Revision,
+    ) -> Result<fermata::source::Snapshot, fermata::source::SourceError> {
+        *self.snapshots.lock().unwrap() += 1;
+        self.inner.snapshot(rev).await
+    }
+    async fn verify(
+        &self,
+        rev: fermata::source::Revision,
+        policy: &fermata::source::SignaturePolicy,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<fermata::source::Signer, fermata::source::UntrustedCommit> {
+        self.inner.verify(rev, policy, now).await
+    }
+    fn git_dir(&self) -> &std::path::Path {
+        self.inner.git_dir()
+    }
+    fn remote(&self) -> Option<&str> {
+        self.inner.remote()
+    }
+    async fn default_branch(&self) -> Option<String> {
+        self.inner.default_branch().await
+    }
+    async fn is_descendant(
+        &self,
+        new: fermata::source::Revision,
+        old: fermata::source::Revision,
+    ) -> bool {
+        self.inner.is_descendant(new, old).await
+    }
+    async fn fetch_ref(
+        &self,
+        refname: &str,
+        sha: &str,
+    ) -> Result<fermata::source::Revision, fermata::source::SourceError> {
+        self.inner.fetch_ref(refname, sha).await
+    }
+    async fn branches(
+        &self,
+    ) -> Result<Vec<(String, fermata::source::Revision)>, fermata::source::SourceError> {
+        self.inner.branches().await
+    }
+}
+
+#[test]
+fn the_window_opening_reuses_the_commit_staging_parsed_and_a_new_commit_is_parsed() {
+    let repo = TestRepo::new();
+    shop(&repo, "  window: sat\n", &[&var("a"), &var("b")]);
+    repo.commit("a and b");
+    let h = Harness::new(CLOSED);
+    let mut r = h.reconciler(&repo);
+    let source = Arc::new(CountingSource {
+        inner: r.ctx.source.clone(),
+        snapshots: Mutex::new(0),
+    });
+    r.ctx.source = source.clone();
+    // Snapshots taken: the load's, and the Sites scan's (once per commit).
+    let taken = || *source.snapshots.lock().unwrap();
+    let b = h.pass(&mut r);
+    assert!(b.errors.is_empty(), "{b:?}");
+    let first = taken();
+    assert!(first >= 1);
+    assert_eq!(row(&b, "shop/a").state.as_str(), "staged");
+    // The window opens on the same commit: applied from what staging parsed.
+    h.set(OPEN);
+    let b = h.pass(&mut r);
+    assert_eq!(taken(), first, "the same commit read again");
+    assert_eq!(row(&b, "shop/b").state.as_str(), "installed");
+    assert_eq!(h.target.applied_tag("shop/b").as_deref(), Some("b"));
+    // A new commit is parsed, and what it says is applied.
+    shop(&repo, "  window: sat\n", &[&var("a"), &var("c")]);
+    repo.commit("c instead of b");
+    let b = h.pass(&mut r);
+    assert!(b.errors.is_empty(), "{b:?}");
+    assert!(taken() > first);
+    assert_eq!(h.target.applied_tag("shop/c").as_deref(), Some("c"));
 }
 
 #[test]

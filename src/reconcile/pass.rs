@@ -58,6 +58,29 @@ struct Caches {
     /// Branches past their first pass in this process (or unsettled by an
     /// operator record): only a first pass may stand on `persisted.settled`.
     started: HashSet<String>,
+    /// The last commit loaded, as the pass used it: a window's opening (or a
+    /// resync) passes the revision staging already parsed, and a commit's
+    /// files do not change. One, dropped before another is parsed, so
+    /// parsing never holds two models at once.
+    loaded: Option<LoadedRev>,
+}
+
+/// A commit as a pass uses it: its snapshot, what this process places of
+/// it, its load errors and the files whose objects are unknown.
+type Parsed = (
+    Arc<Snapshot>,
+    Arc<Fleet>,
+    Vec<model::Diagnostic>,
+    BTreeMap<String, model::Diagnostic>,
+);
+
+/// A loaded commit kept for the next pass on the same revision.
+struct LoadedRev {
+    branch: String,
+    rev: Revision,
+    snap: Arc<Snapshot>,
+    fleet: Arc<Fleet>,
+    errors: Vec<model::Diagnostic>,
 }
 
 /// Everything one fermata instance needs across passes.
@@ -214,6 +237,28 @@ enum Exec {
 }
 
 /// The work on one composition during a pass.
+/// A composition's [`Work`] before its target is read: [`Reconciler::desire`]
+/// reads all targets at once between [`Reconciler::prepare`] and
+/// [`Reconciler::desired`].
+struct Prepared {
+    work: Work,
+    /// The render record and the base input key, unless the work is done
+    /// (failed or not placed here).
+    next: Option<(Option<RenderRecord>, String)>,
+    /// Whether the target must be read (no memo of it holds).
+    read: bool,
+}
+
+impl Prepared {
+    fn done(work: Work) -> Self {
+        Prepared {
+            work,
+            next: None,
+            read: false,
+        }
+    }
+}
+
 struct Work {
     comp: Composition,
     target: Option<Arc<dyn Target>>,
@@ -1040,6 +1085,68 @@ impl Reconciler {
         now: DateTime<Utc>,
         report: &mut BranchReport,
     ) -> Option<Pass> {
+        let kept = self
+            .caches
+            .loaded
+            .take()
+            .filter(|k| k.branch == branch && k.rev == rev);
+        let (snap, fleet, errors, unreadable) = match kept {
+            Some(k) => (k.snap, k.fleet, k.errors, BTreeMap::new()),
+            None => self.parse(rev, report).await?,
+        };
+        // Kept only whole: objects unknown this pass may be fetched by the next.
+        if unreadable.is_empty() {
+            self.caches.loaded = Some(LoadedRev {
+                branch: branch.to_string(),
+                rev,
+                snap: snap.clone(),
+                fleet: fleet.clone(),
+                errors: errors.clone(),
+            });
+        }
+        let resync = self
+            .caches
+            .resynced
+            .get(branch)
+            .is_none_or(|at| at.elapsed() >= RESYNC);
+        if resync {
+            self.caches
+                .resynced
+                .insert(branch.to_string(), std::time::Instant::now());
+        }
+        let old = self
+            .persisted
+            .revisions
+            .get(branch)
+            .and_then(|p| git2::Oid::from_str(p).ok())
+            .map(Revision)
+            .filter(|old| *old != rev);
+        let forced = match old {
+            Some(old) if !self.ctx.source.is_descendant(rev, old).await => Some(old),
+            _ => None,
+        };
+        if let Some(old) = forced {
+            tracing::warn!(from = %old, to = %rev, "branch was force-pushed");
+        }
+        Some(Pass {
+            source: SourceRef {
+                branch: branch.to_string(),
+                commit: rev.to_string(),
+            },
+            rev,
+            now,
+            snap,
+            fleet,
+            errors,
+            unreadable,
+            resync,
+            forced,
+        })
+    }
+
+    /// Parses `rev` for this process's site; `None` (said in `report`) when
+    /// it cannot be used at all.
+    async fn parse(&mut self, rev: Revision, report: &mut BranchReport) -> Option<Parsed> {
         let path = self.ctx.settings.path.clone();
         let loaded = match self.ctx.source.snapshot(rev).await {
             // Parsing a large tree is CPU work: off the runtime too.
@@ -1087,44 +1194,12 @@ impl Reconciler {
         for e in &loaded.errors {
             tracing::warn!(error = %e, "invalid object");
         }
-        let resync = self
-            .caches
-            .resynced
-            .get(branch)
-            .is_none_or(|at| at.elapsed() >= RESYNC);
-        if resync {
-            self.caches
-                .resynced
-                .insert(branch.to_string(), std::time::Instant::now());
-        }
-        let old = self
-            .persisted
-            .revisions
-            .get(branch)
-            .and_then(|p| git2::Oid::from_str(p).ok())
-            .map(Revision)
-            .filter(|old| *old != rev);
-        let forced = match old {
-            Some(old) if !self.ctx.source.is_descendant(rev, old).await => Some(old),
-            _ => None,
-        };
-        if let Some(old) = forced {
-            tracing::warn!(from = %old, to = %rev, "branch was force-pushed");
-        }
-        Some(Pass {
-            source: SourceRef {
-                branch: branch.to_string(),
-                commit: rev.to_string(),
-            },
-            rev,
-            now,
+        Some((
             snap,
-            fleet: Arc::new(loaded.fleet),
-            errors: loaded.errors,
-            unreadable: loaded.unreadable,
-            resync,
-            forced,
-        })
+            Arc::new(loaded.fleet),
+            loaded.errors,
+            loaded.unreadable,
+        ))
     }
 
     /// Artifacts first: they come from the synthesizers' definitions, and
@@ -1149,21 +1224,49 @@ impl Reconciler {
     }
 
     /// What is desired and what each target holds, dependencies first.
+    ///
+    /// In three steps: what each composition needs (pure but for the
+    /// caches), then every target read it needs, `apply_concurrency` in
+    /// flight (ten thousand reads one after another were most of a window
+    /// opening's `desire`), then each composition's input key.
     async fn desire(&mut self, pass: &Pass) -> Vec<Work> {
-        let mut work = Vec::new();
         let mut synth_keys: HashMap<String, String> = HashMap::new();
+        let mut prepared = Vec::new();
         for comp in ordered(&pass.fleet) {
-            let w = self
-                .prepare(
-                    &pass.source,
-                    &pass.snap,
-                    &pass.fleet,
-                    comp,
-                    &mut synth_keys,
-                    pass.resync,
-                )
-                .await;
-            work.push(w);
+            let p = self.prepare(
+                &pass.source,
+                &pass.snap,
+                &pass.fleet,
+                comp,
+                &mut synth_keys,
+                pass.resync,
+            );
+            prepared.push(p);
+        }
+        let reads = prepared.iter().enumerate().filter_map(|(i, p)| {
+            let target = p.read.then_some(p.work.target.clone()).flatten()?;
+            let id = p.work.comp.id.clone();
+            let resync = pass.resync;
+            Some(async move {
+                let read = if resync {
+                    target.verify(&id).await
+                } else {
+                    target.get(&id).await
+                };
+                (i, read)
+            })
+        });
+        let limit = self.ctx.settings.apply_concurrency.max(1);
+        let mut reads: Vec<_> = futures_util::StreamExt::collect::<Vec<_>>(
+            futures_util::StreamExt::buffer_unordered(futures_util::stream::iter(reads), limit),
+        )
+        .await;
+        reads.sort_by_key(|(i, _)| *i);
+        let mut reads = reads.into_iter().peekable();
+        let mut work = Vec::with_capacity(prepared.len());
+        for (i, p) in prepared.into_iter().enumerate() {
+            let read = reads.next_if(|(j, _)| *j == i).map(|(_, r)| r);
+            work.push(Self::desired(&pass.source, p, read));
         }
         work
     }
@@ -1914,7 +2017,7 @@ impl Reconciler {
     /// The target, what it holds, and the desired digest if nothing it
     /// depends on changed since it was last rendered (else it is rendered
     /// when needed, one at a time).
-    async fn prepare(
+    fn prepare(
         &mut self,
         source: &SourceRef,
         snap: &Arc<Snapshot>,
@@ -1922,14 +2025,15 @@ impl Reconciler {
         comp: &Composition,
         synth_keys: &mut HashMap<String, String>,
         resync: bool,
-    ) -> Work {
+    ) -> Prepared {
         let mut w = Work::new(comp.clone(), RecordKey::new(&source.branch, &comp.id));
         self.apply_ungates(&mut w);
-        let Some(mut record) = self.place(&mut w, fleet, &source.branch) else {
-            return w;
+        let Some(record) = self.place(&mut w, fleet, &source.branch) else {
+            return Prepared::done(w);
         };
         let base = input_key(snap, fleet, comp, synth_keys);
         let unchanged = record.as_ref().filter(|r| r.base_key == base);
+        let mut read = false;
         if let Some(memo) = self
             .caches
             .observed
@@ -1937,25 +2041,37 @@ impl Reconciler {
             .filter(|o| !resync && unchanged.is_some_and(|r| o.applied == Some(r.digest)))
         {
             w.observed = memo.clone();
-        } else if let Some(t) = &w.target {
-            let read = if resync {
-                t.verify(&comp.id).await
-            } else {
-                t.get(&comp.id).await
-            };
-            match read {
-                // Decisions read the digests, health and carried
-                // metadata; status reads the components too.
-                Ok(o) => w.observed = o,
-                Err(e) => {
-                    w.fail(
-                        ErrorCode::TargetUnavailable,
-                        comp.target.clone(),
-                        e.to_string(),
-                    );
-                    return w;
-                }
+        } else {
+            read = w.target.is_some();
+        }
+        Prepared {
+            work: w,
+            next: Some((record, base)),
+            read,
+        }
+    }
+
+    /// [`Self::prepare`]'s work finished with what its target read said.
+    fn desired(
+        source: &SourceRef,
+        p: Prepared,
+        read: Option<Result<Observed, crate::target::TargetError>>,
+    ) -> Work {
+        let Prepared { mut work, next, .. } = p;
+        let w = &mut work;
+        let Some((mut record, base)) = next else {
+            return work;
+        };
+        match read {
+            // Decisions read the digests, health and carried
+            // metadata; status reads the components too.
+            Some(Ok(o)) => w.observed = o,
+            Some(Err(e)) => {
+                let target = w.comp.target.clone();
+                w.fail(ErrorCode::TargetUnavailable, target, e.to_string());
+                return work;
             }
+            None => {}
         }
         // The desired state also depends on what the composition will carry,
         // and, where reconcile-when leaves resources alone, on what is applied.
@@ -1963,8 +2079,8 @@ impl Reconciler {
         h.update(base.as_bytes());
         h.update(
             serde_json::to_vec(&(
-                annotations::effective(&w.observed.annotations, &comp.annotations),
-                annotations::effective(&w.observed.labels, &comp.labels),
+                annotations::effective(&w.observed.annotations, &w.comp.annotations),
+                annotations::effective(&w.observed.labels, &w.comp.labels),
             ))
             .unwrap_or_default(),
         );
@@ -1992,7 +2108,7 @@ impl Reconciler {
                 w.key = Some((base, key));
             }
         }
-        w
+        work
     }
 
     /// Gates lifted by `fermata ungate` hold no more; a lift whose gate a
