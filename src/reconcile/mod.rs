@@ -51,7 +51,8 @@ pub struct Settings {
     /// The only folders `file://` artifacts may come from (`--artifact-root`).
     pub artifact_roots: Vec<PathBuf>,
     /// Target writes (stage, apply) of different symphonies in flight at
-    /// once (`--apply-concurrency`); 1 writes one composition at a time.
+    /// once (`--apply-concurrency`), and target reads at a pass's start; 1
+    /// reads and writes one composition at a time.
     pub apply_concurrency: usize,
     /// How long a removed variation's status stays on the status branch,
     /// `removed`, after its delete (`--removed-retention`).
