@@ -956,6 +956,14 @@ fn a_large_update_sends_the_pack_it_wrote_and_a_moved_remote_still_gets_every_ob
             new_packs(remote, &remote_before).contains(&written[0]),
             "the remote holds the same pack"
         );
+        // Linked, not indexed again: one file on one file system.
+        let inode = |dir: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(dir.join("objects/pack").join(&written[0]))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(inode(&p.mirror_a), inode(remote), "{}", written[0]);
         git(remote, &["fsck", "--no-dangling"]);
         assert!(show(remote, BRANCH, "main/fleet/v123.yaml").contains(state.as_str()));
         // The history is kept: each commit on the one before.

@@ -1422,8 +1422,12 @@ impl StatusRepo {
                 p.commit == u.new && p.parent == u.old && ref_id(&remote, &u.name) == u.old
             });
             if let Some(p) = same {
-                store_pack(&remote, &p.bytes)
-                    .map_err(self.git(format!("push to {url}: write the objects of {}", u.name)))?;
+                if let Err(e) = link_pack(repo, &remote, &p.bytes) {
+                    tracing::debug!(error = %e, "cannot link the status pack: indexing it again");
+                    store_pack(&remote, &p.bytes).map_err(
+                        self.git(format!("push to {url}: write the objects of {}", u.name)),
+                    )?;
+                }
                 continue;
             }
             copy_objects(repo, &remote, u.new).map_err(|e| {
@@ -1814,6 +1818,35 @@ fn mempack_blob(mempack: &git2::Mempack<'_>, bytes: &[u8]) -> Result<Oid, git2::
         return Err(git2::Error::last_error(rc));
     }
     Ok(oid)
+}
+
+/// Puts the pack `from` indexed from `bytes` into `to` as it is, with its
+/// index: hard links where both are on one file system (a pack never
+/// changes, as `git clone --local` relies on), copies otherwise, each
+/// renamed into place, the index last (it is what makes a pack seen). A
+/// local push of the pack just written so costs two links, not a second
+/// indexing (inflating and hashing every object again). Packs are named by
+/// their trailing checksum, by git and libgit2 alike.
+fn link_pack(from: &Repository, to: &Repository, bytes: &[u8]) -> std::io::Result<()> {
+    let sum = bytes
+        .len()
+        .checked_sub(20)
+        .map(|at| hex::encode(&bytes[at..]))
+        .ok_or_else(|| std::io::Error::other("not a pack"))?;
+    let (src, dst) = (
+        from.path().join("objects").join("pack"),
+        to.path().join("objects").join("pack"),
+    );
+    for ext in ["pack", "idx"] {
+        let name = format!("pack-{sum}.{ext}");
+        let tmp = dst.join(format!("tmp_fermata_{}_{name}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(src.join(&name), &tmp).is_err() {
+            std::fs::copy(src.join(&name), &tmp)?;
+        }
+        std::fs::rename(&tmp, dst.join(&name))?;
+    }
+    Ok(())
 }
 
 /// Indexes a complete pack into `repo`'s object database.
