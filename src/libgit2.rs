@@ -56,11 +56,11 @@ pub fn start_with(
         // The default already; called for libgit2's start, which reads the
         // variables above.
         git2::opts::enable_caching(true);
-        if let Some(Start {
-            after: Some(after), ..
-        }) = &plan
-        {
-            std::env::set_var(openssl_probe::ENV_CERT_FILE, after);
+        // What git2 would have left: the bundle it found, or nothing.
+        match plan.map(|p| p.after) {
+            Some(Some(after)) => std::env::set_var(openssl_probe::ENV_CERT_FILE, after),
+            Some(None) => std::env::remove_var(openssl_probe::ENV_CERT_FILE),
+            None => {}
         }
     });
 }

@@ -63,6 +63,9 @@ struct Caches {
     /// files do not change. One, dropped before another is parsed, so
     /// parsing never holds two models at once.
     loaded: Option<LoadedRev>,
+    /// Keep nothing in `loaded`: central mode's site agents, many in one
+    /// process, would each hold their own copy of the commit between passes.
+    forget_loaded: bool,
 }
 
 /// A commit as a pass uses it: its snapshot, what this process places of
@@ -724,6 +727,7 @@ impl Reconciler {
             agent.allow_commands = self.allow_commands;
             agent.fetch_error = self.fetch_error.clone();
             agent.drift_wake = self.drift_wake.clone();
+            agent.caches.forget_loaded = true;
             let reports = Box::pin(agent.pass()).await;
             out.extend(central::of_site(&site, reports));
         }
@@ -1095,7 +1099,7 @@ impl Reconciler {
             None => self.parse(rev, report).await?,
         };
         // Kept only whole: objects unknown this pass may be fetched by the next.
-        if unreadable.is_empty() {
+        if unreadable.is_empty() && !self.caches.forget_loaded {
             self.caches.loaded = Some(LoadedRev {
                 branch: branch.to_string(),
                 rev,
