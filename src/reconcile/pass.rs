@@ -60,8 +60,8 @@ struct Caches {
     started: HashSet<String>,
     /// The last commit loaded, as the pass used it: a window's opening (or a
     /// resync) passes the revision staging already parsed, and a commit's
-    /// files do not change. One, dropped before another is parsed, so
-    /// parsing never holds two models at once.
+    /// files do not change. One: when another commit is loaded, this one is
+    /// freed on the blocking pool while the new one is parsed.
     loaded: Option<LoadedRev>,
     /// Keep nothing in `loaded`: central mode's site agents, many in one
     /// process, would each hold their own copy of the commit between passes.
@@ -239,10 +239,9 @@ enum Exec {
     Io(TargetIo),
 }
 
-/// The work on one composition during a pass.
 /// A composition's [`Work`] before its target is read: [`Reconciler::desire`]
-/// reads all targets at once between [`Reconciler::prepare`] and
-/// [`Reconciler::desired`].
+/// reads the targets, `apply_concurrency` at a time, between
+/// [`Reconciler::prepare`] and [`Reconciler::desired`].
 struct Prepared {
     work: Work,
     /// The render record and the base input key, unless the work is done
@@ -262,6 +261,7 @@ impl Prepared {
     }
 }
 
+/// The work on one composition during a pass.
 struct Work {
     comp: Composition,
     target: Option<Arc<dyn Target>>,
@@ -2066,10 +2066,11 @@ impl Reconciler {
         p: Prepared,
         read: Option<Result<Observed, crate::target::TargetError>>,
     ) -> Work {
-        let Prepared { mut work, next, .. } = p;
-        let w = &mut work;
+        let Prepared {
+            work: mut w, next, ..
+        } = p;
         let Some((mut record, base)) = next else {
-            return work;
+            return w;
         };
         match read {
             // Decisions read the digests, health and carried
@@ -2078,7 +2079,7 @@ impl Reconciler {
             Some(Err(e)) => {
                 let target = w.comp.target.clone();
                 w.fail(ErrorCode::TargetUnavailable, target, e.to_string());
-                return work;
+                return w;
             }
             None => {}
         }
@@ -2117,7 +2118,7 @@ impl Reconciler {
                 w.key = Some((base, key));
             }
         }
-        work
+        w
     }
 
     /// Gates lifted by `fermata ungate` hold no more; a lift whose gate a
