@@ -16,22 +16,18 @@ pub fn map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R>
     if threads < 2 || items.len() < PARALLEL_FROM {
         return items.into_iter().map(f).collect();
     }
+    // Each chunk in a slot its thread takes, so that a chunk whose thread
+    // could not be started is still there for this one to run.
     let size = items.len().div_ceil(threads);
-    let mut chunks: Vec<Vec<T>> = Vec::with_capacity(threads);
+    let mut slots: Vec<std::sync::Mutex<Option<Vec<T>>>> = Vec::with_capacity(threads);
     let mut items = items.into_iter();
     loop {
         let chunk: Vec<T> = items.by_ref().take(size).collect();
         if chunk.is_empty() {
             break;
         }
-        chunks.push(chunk);
+        slots.push(std::sync::Mutex::new(Some(chunk)));
     }
-    // Each chunk in a slot its thread takes, so that a chunk whose thread
-    // could not be started is still there for this one to run.
-    let slots: Vec<std::sync::Mutex<Option<Vec<T>>>> = chunks
-        .into_iter()
-        .map(|c| std::sync::Mutex::new(Some(c)))
-        .collect();
     let run = |k: usize| -> Vec<R> {
         let chunk = slots[k]
             .lock()

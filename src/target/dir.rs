@@ -774,14 +774,11 @@ impl Site {
         }
         let tmp = self.tmp();
         let entries = match fs::read_dir(&tmp) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.seen().clean_tmp.insert(self.dir.clone());
-                return Ok(());
-            }
+            Ok(entries) => Some(entries),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(TargetError::io(tmp.display(), e)),
         };
-        for entry in entries {
+        for entry in entries.into_iter().flatten() {
             let entry = entry.map_err(io_err(&tmp))?;
             let path = entry.path();
             let is_dir = entry.file_type().map_err(io_err(&path))?.is_dir();
