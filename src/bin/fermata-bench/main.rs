@@ -83,7 +83,16 @@ struct Args {
     restart_only: bool,
 }
 
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` as this process was given them:
+/// libgit2's start (through git2's probe) sets both, so they are read first.
+static SHELL_CERT_VARS: std::sync::OnceLock<[(&str, Option<std::ffi::OsString>); 2]> =
+    std::sync::OnceLock::new();
+
 fn main() -> anyhow::Result<()> {
+    SHELL_CERT_VARS.get_or_init(|| {
+        [openssl_probe::ENV_CERT_FILE, openssl_probe::ENV_CERT_DIR]
+            .map(|v| (v, std::env::var_os(v)))
+    });
     let cli = Cli::parse();
     if !cli.pass.restart_only {
         // As fermata's main does; the restart times it as part of its start.
@@ -284,21 +293,27 @@ fn window_bench(a: &Args, root: &Path, rt: &tokio::runtime::Runtime) -> anyhow::
     // SSL_CERT_FILE makes that start read the whole bundle
     // (`fermata::libgit2`); a service's environment has none, so the restart
     // is measured both ways when this shell sets one.
-    let vars = ["SSL_CERT_FILE", "SSL_CERT_DIR"];
-    let set = vars.iter().any(|v| std::env::var_os(v).is_some());
-    for clear in [false, true] {
-        if clear && !set {
-            break;
-        }
-        if set {
-            println!(
-                "{}",
-                if clear {
-                    "restart without SSL_CERT_FILE/SSL_CERT_DIR (as a service starts):"
-                } else {
-                    "restart with this shell's SSL_CERT_FILE/SSL_CERT_DIR:"
-                }
-            );
+    let vars = SHELL_CERT_VARS
+        .get()
+        .context("the shell's certificate variables")?;
+    let set = vars.iter().any(|(_, value)| value.is_some());
+    let modes: &[(bool, &str)] = if set {
+        &[
+            (
+                false,
+                "restart with this shell's SSL_CERT_FILE/SSL_CERT_DIR:",
+            ),
+            (
+                true,
+                "restart without SSL_CERT_FILE/SSL_CERT_DIR (as a service starts):",
+            ),
+        ]
+    } else {
+        &[(false, "")]
+    };
+    for &(clear, title) in modes {
+        if !title.is_empty() {
+            println!("{title}");
         }
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["--restart-only", "--dir"])
@@ -306,10 +321,12 @@ fn window_bench(a: &Args, root: &Path, rt: &tokio::runtime::Runtime) -> anyhow::
             .args(["--symphonies", &a.symphonies.to_string()])
             .args(["--variations", &a.variations.to_string()])
             .args(["--repeat", &a.repeat.to_string()]);
-        if clear {
-            for v in vars {
-                cmd.env_remove(v);
-            }
+        // The shell's values (this process's own start set them), or none.
+        for (v, value) in vars {
+            match value.as_ref().filter(|_| !clear) {
+                Some(value) => cmd.env(v, value),
+                None => cmd.env_remove(v),
+            };
         }
         let out = cmd.output()?;
         print!("{}", String::from_utf8_lossy(&out.stdout));
