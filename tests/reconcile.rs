@@ -47,14 +47,40 @@ struct FakeTarget {
     failing: Mutex<HashSet<String>>,
     /// Compositions reported unhealthy once applied.
     unhealthy: Mutex<HashSet<String>>,
-    /// Applies in progress, and what was seen of them: the most at once,
-    /// and whether two of one symphony ever overlapped.
-    in_flight: Mutex<Vec<String>>,
-    most_in_flight: Mutex<usize>,
-    same_symphony_overlap: Mutex<bool>,
+    /// Applies in progress, and what was seen of them.
+    applies: Mutex<InFlight>,
+    /// Stagings in progress, and what was seen of them.
+    stages: Mutex<InFlight>,
+    /// Set: each staging stays in flight until this many have started (or
+    /// 10 s passed), so that stagings run side by side are seen so.
+    stage_barrier: Mutex<Option<usize>>,
+    stages_started: Mutex<usize>,
     /// Reads (`get`) in progress, and the most seen at once.
     reads_in_flight: Mutex<usize>,
     most_reads_in_flight: Mutex<usize>,
+}
+
+/// Writes of one kind in progress, the most seen at once, and whether two
+/// of one symphony ever overlapped.
+#[derive(Default)]
+struct InFlight {
+    now: Vec<String>,
+    most: usize,
+    same_symphony: bool,
+}
+
+impl InFlight {
+    fn enter(&mut self, id: &CompositionId) {
+        let sym = format!("{}/", id.symphony);
+        self.same_symphony |= self.now.iter().any(|x| x.starts_with(&sym));
+        self.now.push(id.to_string());
+        self.most = self.most.max(self.now.len());
+    }
+
+    fn leave(&mut self, id: &CompositionId) {
+        let id = id.to_string();
+        self.now.retain(|x| *x != id);
+    }
 }
 
 impl std::fmt::Debug for FakeTarget {
@@ -86,23 +112,29 @@ impl FakeTarget {
 impl Target for FakeTarget {
     async fn apply(&self, desired: &Desired, goal: StateGoal) -> Result<Outcome, TargetError> {
         let id = desired.rendered.id.to_string();
-        if goal == StateGoal::Apply {
+        let writes = match goal {
+            StateGoal::Apply => Some(&self.applies),
+            StateGoal::Stage => Some(&self.stages),
+            StateGoal::DryRun => None,
+        };
+        if let Some(writes) = writes {
             // Stay in flight for a few polls, so that writes the pass runs
             // side by side are seen overlapping (no timer involved).
-            {
-                let mut f = self.in_flight.lock().unwrap();
-                let sym = desired.rendered.id.symphony.clone();
-                if f.iter().any(|x| x.starts_with(&format!("{sym}/"))) {
-                    *self.same_symphony_overlap.lock().unwrap() = true;
-                }
-                f.push(id.clone());
-                let mut most = self.most_in_flight.lock().unwrap();
-                *most = (*most).max(f.len());
-            }
+            writes.lock().unwrap().enter(&desired.rendered.id);
             for _ in 0..4 {
                 tokio::task::yield_now().await;
             }
-            self.in_flight.lock().unwrap().retain(|x| *x != id);
+            if goal == StateGoal::Stage {
+                *self.stages_started.lock().unwrap() += 1;
+                let barrier = *self.stage_barrier.lock().unwrap();
+                let t = std::time::Instant::now();
+                while barrier.is_some_and(|n| *self.stages_started.lock().unwrap() < n)
+                    && t.elapsed() < std::time::Duration::from_secs(10)
+                {
+                    tokio::task::yield_now().await;
+                }
+            }
+            writes.lock().unwrap().leave(&desired.rendered.id);
         }
         self.calls.lock().unwrap().push(match goal {
             StateGoal::Stage => Call::Stage(id.clone()),
@@ -309,8 +341,11 @@ fn staging_never_applies_and_a_closed_window_holds_until_it_opens() {
     let h = Harness::new(CLOSED);
     let mut r = h.reconciler(&repo);
     let b = h.pass(&mut r);
+    // Staged side by side: in either order.
+    let mut writes = h.target.writes();
+    writes.sort_by_key(|c| format!("{c:?}"));
     assert_eq!(
-        h.target.writes(),
+        writes,
         [Call::Stage("shop/a".into()), Call::Stage("shop/b".into())],
         "staged, nothing applied"
     );
@@ -333,22 +368,24 @@ fn staging_never_applies_and_a_closed_window_holds_until_it_opens() {
 #[test]
 fn applies_of_different_symphonies_overlap_and_one_symphony_keeps_its_order() {
     for (concurrency, overlapping) in [(1, false), (16, true)] {
-        let repo = three_symphonies();
+        let repo = three_symphonies("");
         let h = Harness::new(OPEN);
         let mut r = h.reconciler(&repo);
         r.ctx.settings.apply_concurrency = concurrency;
         let b = h.pass(&mut r);
         assert!(b.errors.is_empty(), "{b:?}");
-        let most = *h.target.most_in_flight.lock().unwrap();
+        let applies = h.target.applies.lock().unwrap();
         assert_eq!(
-            most > 1,
+            applies.most > 1,
             overlapping,
-            "--apply-concurrency {concurrency}: {most} at once"
+            "--apply-concurrency {concurrency}: {} at once",
+            applies.most
         );
         assert!(
-            !*h.target.same_symphony_overlap.lock().unwrap(),
-            "one symphony's compositions are never written at once"
+            !applies.same_symphony,
+            "one symphony's compositions are never applied at once"
         );
+        drop(applies);
         let applies: Vec<Call> = h
             .target
             .writes()
@@ -370,15 +407,51 @@ fn applies_of_different_symphonies_overlap_and_one_symphony_keeps_its_order() {
     }
 }
 
-/// Three symphonies of two variations each, committed.
-fn three_symphonies() -> TestRepo {
+#[test]
+fn stagings_run_ahead_of_the_ordered_applies_up_to_the_apply_concurrency() {
+    // Staging changes nothing that runs: a symphony's variations are staged
+    // side by side, while its applies keep their order (the test above).
+    for (concurrency, overlapping) in [(1, false), (16, true)] {
+        let repo = three_symphonies("  window: sat\n");
+        let h = Harness::new(CLOSED);
+        if overlapping {
+            *h.target.stage_barrier.lock().unwrap() = Some(6);
+        }
+        let mut r = h.reconciler(&repo);
+        r.ctx.settings.apply_concurrency = concurrency;
+        let b = h.pass(&mut r);
+        assert!(b.errors.is_empty(), "{b:?}");
+        for row in &b.rows {
+            assert_eq!(row.state.as_str(), "staged", "{row:?}");
+        }
+        let stages = h.target.stages.lock().unwrap();
+        assert_eq!(
+            stages.same_symphony, overlapping,
+            "--apply-concurrency {concurrency}: one symphony's stagings overlap"
+        );
+        let most = if overlapping { 6 } else { 1 };
+        assert_eq!(stages.most, most, "stagings at once");
+        assert_eq!(
+            h.target
+                .writes()
+                .iter()
+                .filter(|c| matches!(c, Call::Stage(_)))
+                .count(),
+            6
+        );
+    }
+}
+
+/// Three symphonies of two variations each, committed; `spec`: more of
+/// each one's spec (indented lines).
+fn three_symphonies(spec: &str) -> TestRepo {
     let repo = TestRepo::new();
-    util::minimal(&repo);
+    util::minimal(&repo).write("window.yaml", util::SAT_WINDOW);
     for sym in ["shop", "line", "yard"] {
         repo.write(
             &format!("{sym}.yaml"),
             &format!(
-                "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: {sym}}}\nspec:\n  variations:\n    - {}\n    - {}\n",
+                "apiVersion: fermata.dev/v1alpha1\nkind: Symphony\nmetadata: {{name: {sym}}}\nspec:\n{spec}  variations:\n    - {}\n    - {}\n",
                 var("a"),
                 var("b")
             ),
@@ -392,7 +465,7 @@ fn three_symphonies() -> TestRepo {
 #[test]
 fn a_pass_reads_its_targets_side_by_side_up_to_the_apply_concurrency() {
     for (concurrency, overlapping) in [(1, false), (16, true)] {
-        let repo = three_symphonies();
+        let repo = three_symphonies("");
         let h = Harness::new(CLOSED);
         let mut r = h.reconciler(&repo);
         r.ctx.settings.apply_concurrency = concurrency;

@@ -6,6 +6,7 @@
 //! A pass is a plain async function of the current state; the loop here only
 //! decides when to run it, so every pass must be (and is) idempotent.
 
+mod ahead;
 pub mod annotations;
 mod central;
 mod context;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
+use super::ahead::{self, Fetched};
 use super::annotations;
 use super::central::{self, Central};
 use super::context::{Context, SetupError};
@@ -37,7 +38,7 @@ use crate::status::{
     summarize, Condition, DeploymentStatus, Override, State, StatusBody, StatusMetadata,
     StatusSink, StatusUpdate, WindowStatus,
 };
-use crate::synth::{self, Rendered};
+use crate::synth::Rendered;
 use crate::target::{
     Desired, Health, MetadataChange, Observed, SourceRef, StateGoal, Switch, Target, Targets,
 };
@@ -218,8 +219,6 @@ async fn targets_unchanged(targets: &dyn Targets, applied: AppliedItems) -> bool
 }
 
 /// Verified artifacts in the store, by digest (or why not).
-type Fetched = BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>;
-
 /// An apply waiting to run in a batch ([`Target::apply_staged`]).
 struct Deferred {
     /// Its place in the pass's work.
@@ -839,7 +838,7 @@ impl Reconciler {
             return report;
         };
         lap("load");
-        let fetched = self.fetch_artifacts(&pass).await;
+        let fetched = Arc::new(self.fetch_artifacts(&pass).await);
         lap("artifacts");
         let mut work = self.desire(&pass).await;
         lap("desire");
@@ -1295,7 +1294,7 @@ impl Reconciler {
         pass: &Pass,
         work: &mut [Work],
         holds: &HashMap<String, String>,
-        fetched: &Fetched,
+        fetched: &Arc<Fetched>,
         report: &mut BranchReport,
     ) {
         let fleet = &pass.fleet;
@@ -1318,6 +1317,7 @@ impl Reconciler {
         // applying while its window is open instead of staging everything
         // first and finding the window closed at the end.
         let mut batch_since: Option<DateTime<Utc>> = None;
+        let mut ahead = Ahead::default();
         for i in 0..work.len() {
             if batch_since.is_some_and(|t| self.ctx.clock.now() - t >= BATCH_AGE) {
                 self.run_batch(fleet, work, &mut batch, &mut rollout, &mut came_to)
@@ -1341,9 +1341,33 @@ impl Reconciler {
                 self.after_decision(w, fleet, holds, report);
                 self.observe_one(w, &mut rollout, &mut came_to);
             }
+            // This composition and the next `limit - 1` render and stage
+            // while the roll out waits on earlier ones ([`ahead`]). Started
+            // after the wait above, so that with a limit of 1 no two target
+            // writes overlap.
+            while ahead.next < work.len().min(i + limit) {
+                let j = ahead.next;
+                ahead.next += 1;
+                if let Some(job) = self.ahead_job(&work[j], pass, fetched) {
+                    let task = ahead.jobs.spawn(job.run());
+                    ahead.index.insert(task.id(), j);
+                }
+            }
             let w = &mut work[i];
-            if w.error.is_none() && w.digest.is_none() {
-                self.render(w, &pass.snap, fleet, &pass.source).await;
+            let preparing = match ahead.take(i).await {
+                Some(done) => self.took_ahead(w, fleet, &pass.source, done),
+                None => {
+                    if w.error.is_none() && w.digest.is_none() {
+                        self.render(w, &pass.snap, fleet, &pass.source).await;
+                    }
+                    false
+                }
+            };
+            if preparing {
+                // Nothing to decide until the target has staged it.
+                self.after_decision(w, fleet, holds, report);
+                self.observe_one(w, &mut rollout, &mut came_to);
+                continue;
             }
             let sym = fleet.symphonies.get(&w.comp.id.symphony);
             let admit = |rollout: &Rollout, w: &Work| {
@@ -1421,6 +1445,89 @@ impl Reconciler {
         }
         self.run_batch(fleet, work, &mut batch, &mut rollout, &mut came_to)
             .await;
+    }
+
+    /// The rendering and staging to start ahead for `w` (see [`ahead`]):
+    /// none if it needs neither, or if it has a rollback on record (which
+    /// may hold its desired state from the target: the roll out decides).
+    fn ahead_job(&self, w: &Work, pass: &Pass, fetched: &Arc<Fetched>) -> Option<ahead::Job> {
+        if w.error.is_some() || w.rendered.is_some() {
+            return None;
+        }
+        if let Some(d) = w.digest {
+            if w.observed.applied == Some(d) || w.observed.staged == Some(d) {
+                return None;
+            }
+        }
+        let command = || {
+            pass.fleet
+                .synthesizers
+                .get(&w.comp.synthesizer)
+                .is_some_and(|s| matches!(s.kind, SynthKind::Command { .. }))
+        };
+        if !self.allow_commands && command() {
+            return None;
+        }
+        if self.recorded.rollbacks.contains_key(&w.comp.id.to_string())
+            || self.persisted.rolled_back.contains_key(&w.record_key)
+        {
+            return None;
+        }
+        let stage = match (&w.target, self.may_write()) {
+            (Some(target), Ok(())) => Some(ahead::StageTo {
+                target: target.clone(),
+                applied: w.observed.applied,
+                staged: w.observed.staged,
+                source: pass.source.clone(),
+                store: self.ctx.store.clone(),
+                fetched: fetched.clone(),
+            }),
+            _ => None,
+        };
+        Some(ahead::Job {
+            render: self.render_job(w, &pass.snap, &pass.fleet),
+            stage,
+        })
+    }
+
+    /// Records what a job ahead came to on `w`. Whether it is still being
+    /// staged (then nothing may be decided for it this pass).
+    fn took_ahead(
+        &mut self,
+        w: &mut Work,
+        fleet: &Fleet,
+        source: &SourceRef,
+        done: ahead::Done,
+    ) -> bool {
+        if !self.finish_render(w, fleet, source, done.render) {
+            return false;
+        }
+        let Some(staged) = done.staged else {
+            return false;
+        };
+        let mut io = IoDone::default();
+        match staged.outcome {
+            Err(e) => io.failed = Some((ErrorCode::StagingFailed, e)),
+            Ok(Some(what)) => {
+                io.waiting = Some(Reason::Staging);
+                io.waiting_message = Some(what);
+            }
+            Ok(None) => {}
+        }
+        match staged.observed {
+            Some(Ok(o)) => io.observed = Some(o),
+            Some(Err(e)) => io.failed = Some((ErrorCode::TargetUnavailable, e)),
+            None => {}
+        }
+        let preparing = io.failed.is_none() && io.waiting.is_some();
+        if preparing {
+            w.action = Some(match w.observed.applied {
+                None => ActionKind::Create,
+                Some(_) => ActionKind::Update,
+            });
+        }
+        io.apply_to(w);
+        preparing
     }
 
     /// What follows a decision once its writes are done.
@@ -2225,71 +2332,52 @@ impl Reconciler {
                 return false;
             }
         }
-        let (snap2, fleet2, comp) = (snap.clone(), fleet.clone(), w.comp.clone());
-        let limits = self.ctx.settings.synth_limits;
-        let result = tokio::task::spawn_blocking(move || {
-            synth::render(&snap2, &fleet2, &comp, &limits).map_err(|e| e.diagnostic(&fleet2, &comp))
-        })
-        .await;
-        let rendered = match result {
-            Ok(Ok(r)) => r,
-            Ok(Err(d)) => {
-                w.fail(
-                    ErrorCode::RenderFailed,
-                    format!("{}:{}", d.file, d.line.unwrap_or(0)),
-                    d.message,
-                );
-                return false;
-            }
+        let out = self.render_job(w, snap, fleet).run().await;
+        self.finish_render(w, fleet, source, out)
+    }
+
+    /// What rendering `w` needs, owned: run in the pass or ahead of it.
+    fn render_job(&self, w: &Work, snap: &Arc<Snapshot>, fleet: &Arc<Fleet>) -> ahead::RenderJob {
+        ahead::RenderJob {
+            snap: snap.clone(),
+            fleet: fleet.clone(),
+            comp: w.comp.clone(),
+            limits: self.ctx.settings.synth_limits,
+            target: w.target.clone(),
+            annotations: w.observed.annotations.clone(),
+            labels: w.observed.labels.clone(),
+        }
+    }
+
+    /// Records a rendering on the work, and under the keys of its inputs.
+    /// Whether it rendered: a failure is in the work's error.
+    fn finish_render(
+        &mut self,
+        w: &mut Work,
+        fleet: &Fleet,
+        source: &SourceRef,
+        out: ahead::RenderOut,
+    ) -> bool {
+        let r = match out {
+            Ok(r) => r,
             Err(e) => {
-                w.fail(
-                    ErrorCode::RenderFailed,
-                    w.comp.synthesizer.clone(),
-                    e.to_string(),
-                );
+                w.error = Some(e);
                 return false;
             }
         };
-        let ann = annotations::effective(&w.observed.annotations, &w.comp.annotations);
-        let labels = annotations::effective(&w.observed.labels, &w.comp.labels);
-        let needs_applied = rendered.resources.iter().any(|r| {
-            r.object
-                .pointer("/metadata/annotations")
-                .and_then(|a| a.get(wellknown::RECONCILE_WHEN))
-                .and_then(|v| v.as_str())
-                .is_some_and(|c| !wellknown::reconcile_when_matches(c, &ann))
-        });
-        let applied = match (&w.target, needs_applied) {
-            (Some(t), true) => match t.applied(&w.comp.id).await {
-                Ok(a) => a,
-                Err(e) => {
-                    w.fail(
-                        ErrorCode::TargetUnavailable,
-                        w.comp.target.clone(),
-                        e.to_string(),
-                    );
-                    return false;
-                }
-            },
-            _ => None,
-        };
-        let (state, skipped) = annotations::finalize(&rendered, ann, labels, applied.as_ref());
-        w.digest = Some(state.digest);
-        w.components = rendered
-            .resources
-            .iter()
-            .map(|r| r.key.to_string())
-            .collect();
-        w.skipped = skipped;
-        if let Some((digest, commit)) = w.unchanged_since.take() {
-            if digest == state.digest {
+        let digest = r.state.digest;
+        w.digest = Some(digest);
+        w.components = r.components;
+        w.skipped = r.skipped;
+        if let Some((d, commit)) = w.unchanged_since.take() {
+            if d == digest {
                 w.since = commit;
             }
         }
         if let Some((base, key)) = w.key.take() {
-            self.remember(w, fleet, source, state.digest, base, key);
+            self.remember(w, fleet, source, digest, base, key);
         }
-        w.rendered = Some(Arc::new(state));
+        w.rendered = Some(r.state);
         true
     }
 
@@ -2417,7 +2505,7 @@ impl Reconciler {
         decision: plan::Decision,
         snap: &Arc<Snapshot>,
         fleet: &Arc<Fleet>,
-        fetched: &BTreeMap<Digest, Result<PathBuf, crate::stage::StageError>>,
+        fetched: &Fetched,
         source: &SourceRef,
     ) -> Option<Exec> {
         let target = w.target.clone()?;
@@ -2475,7 +2563,7 @@ impl Reconciler {
             return None;
         }
         let rendered = w.rendered.clone()?;
-        let artifacts = match self.artifact_files(&rendered, fetched) {
+        let artifacts = match ahead::artifact_files(&self.ctx.store, &rendered, fetched) {
             Ok(a) => a,
             Err((url, e)) => {
                 w.fail(ErrorCode::ArtifactFailed, url, e);
@@ -2518,26 +2606,6 @@ impl Reconciler {
             fleet: fleet.clone(),
             clock: self.ctx.clock.clone(),
         }))
-    }
-
-    /// Where the store keeps each artifact of `rendered`, by name: fetched
-    /// this pass, or (staged before, now applying) already there. The URL
-    /// and why of the first that failed.
-    fn artifact_files(
-        &self,
-        rendered: &Rendered,
-        fetched: &Fetched,
-    ) -> Result<BTreeMap<String, PathBuf>, (String, String)> {
-        let mut files = BTreeMap::new();
-        for a in &rendered.artifacts {
-            let path = match fetched.get(&a.sha256) {
-                Some(Ok(p)) => p.clone(),
-                Some(Err(e)) => return Err((a.url.clone(), e.to_string())),
-                None => self.ctx.store.path_of(&a.sha256),
-            };
-            files.insert(a.name.clone(), path);
-        }
-        Ok(files)
     }
 
     /// An `apply-now` grant shows in status for as long as the state it was
@@ -3318,6 +3386,45 @@ impl Held<'_> {
 /// The symphonies of this branch that keep their applied state although
 /// they are not in the loaded fleet: those that failed to load, and, while a
 /// file cannot be read, every one known from earlier passes that is absent.
+/// The jobs of a roll out started ahead (see [`ahead`]).
+#[derive(Default)]
+struct Ahead {
+    /// The next composition to start one for.
+    next: usize,
+    /// Dropped with the pass, they are aborted.
+    jobs: tokio::task::JoinSet<ahead::Done>,
+    /// Which composition each running task is for.
+    index: HashMap<tokio::task::Id, usize>,
+    /// Finished, not yet taken.
+    done: HashMap<usize, ahead::Done>,
+}
+
+impl Ahead {
+    /// The result of composition `i`'s job, once it is done; `None` if it has
+    /// none (or it panicked: the roll out renders it again itself).
+    async fn take(&mut self, i: usize) -> Option<ahead::Done> {
+        loop {
+            if let Some(done) = self.done.remove(&i) {
+                return Some(done);
+            }
+            if !self.index.values().any(|&j| j == i) {
+                return None;
+            }
+            match self.jobs.join_next_with_id().await? {
+                Ok((id, done)) => {
+                    if let Some(j) = self.index.remove(&id) {
+                        self.done.insert(j, done);
+                    }
+                }
+                Err(e) => {
+                    let j = self.index.remove(&e.id());
+                    tracing::warn!(error = %e, composition = ?j, "a rendering ahead failed");
+                }
+            }
+        }
+    }
+}
+
 /// A decision's target I/O: stage, then apply if the decision and the
 /// window still allow, then read what the target holds. Owns what it needs,
 /// so writes for different compositions can run side by side.
@@ -3362,23 +3469,19 @@ impl TargetIo {
         let mut done = IoDone::default();
         let digest = self.desired.rendered.digest.short();
         if self.decision.stage {
-            match self.target.apply(&self.desired, StateGoal::Stage).await {
+            match ahead::stage(self.target.as_ref(), &self.desired).await {
                 Err(e) => {
-                    done.failed = Some((ErrorCode::StagingFailed, e.to_string()));
+                    done.failed = Some((ErrorCode::StagingFailed, e));
                     return done;
                 }
                 // Not staged yet: nothing may be applied (not even in an
                 // open window) before the target has prepared all of it.
-                Ok(crate::target::Outcome {
-                    staging: Some(what),
-                    ..
-                }) => {
-                    tracing::info!(composition = %self.id, %digest, waiting = %what, "staging");
+                Ok(Some(what)) => {
                     done.waiting = Some(Reason::Staging);
                     done.waiting_message = Some(what);
                     return self.observe(done).await;
                 }
-                Ok(_) => tracing::info!(composition = %self.id, %digest, "staged"),
+                Ok(None) => {}
             }
         }
         match self.decision.apply {
