@@ -82,6 +82,12 @@ impl Leadership {
         }
     }
 
+    /// Stops leading at once, for every clone (a replica that must not write
+    /// any more; tests).
+    pub fn step_down(&self) {
+        self.leading.store(false, Ordering::SeqCst);
+    }
+
     /// True while we hold the lease and renewed it within the renew deadline:
     /// checked again right before each write, so a leader whose renewals
     /// stall stops writing even before its elector notices.

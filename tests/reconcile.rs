@@ -55,6 +55,9 @@ struct FakeTarget {
     /// 10 s passed), so that stagings run side by side are seen so.
     stage_barrier: Mutex<Option<usize>>,
     stages_started: Mutex<usize>,
+    /// Set: reading what this composition has applied makes the replica
+    /// stop leading (its lease lost in the middle of a pass).
+    step_down_on: Mutex<Option<(String, fermata::leader::Leadership)>>,
     /// Reads (`get`) in progress, and the most seen at once.
     reads_in_flight: Mutex<usize>,
     most_reads_in_flight: Mutex<usize>,
@@ -229,6 +232,11 @@ impl Target for FakeTarget {
     }
 
     async fn applied(&self, id: &CompositionId) -> Result<Option<Rendered>, TargetError> {
+        if let Some((on, leadership)) = &*self.step_down_on.lock().unwrap() {
+            if *on == id.to_string() {
+                leadership.step_down();
+            }
+        }
         let held = self.held.lock().unwrap();
         Ok(held.get(&id.to_string()).and_then(|h| h.applied.clone()))
     }
@@ -440,6 +448,32 @@ fn stagings_run_ahead_of_the_ordered_applies_up_to_the_apply_concurrency() {
             6
         );
     }
+}
+
+#[test]
+fn a_staging_started_ahead_writes_nothing_once_the_lease_is_lost() {
+    // Every rendering reads what its composition has applied (the manifest
+    // is left alone by `reconcile-when` unless applied); reading line/b's
+    // loses the lease, after line/b's job started and before it stages.
+    let repo = three_symphonies("  window: sat\n");
+    repo.write(
+        "synth/manifests/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: default\n  annotations: {fermata.dev/reconcile-when: \"owner=true\"}\ndata: {tag: \"${TAG}\"}\n",
+    );
+    repo.commit("left alone unless applied");
+    let h = Harness::new(CLOSED);
+    let mut r = h.reconciler(&repo);
+    r.ctx.settings.apply_concurrency = 16;
+    *h.target.step_down_on.lock().unwrap() = Some(("line/b".into(), r.leadership.clone()));
+    let b = h.pass(&mut r);
+    assert!(
+        !h.target.writes().contains(&Call::Stage("line/b".into())),
+        "{:?}",
+        h.target.writes()
+    );
+    let row = row(&b, "line/b");
+    assert_eq!(row.state.as_str(), "failed", "{row:?}");
+    assert!(row.note.starts_with("NotLeader"), "{row:?}");
 }
 
 /// Three symphonies of two variations each, committed; `spec`: more of

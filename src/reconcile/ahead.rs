@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::annotations;
 use super::outcome::CompositionError;
+use crate::leader::Leadership;
 use crate::model::{wellknown, Composition, Digest, Fleet};
 use crate::report::ErrorCode;
 use crate::source::{Snapshot, SourceRef};
@@ -175,13 +176,17 @@ pub(super) struct StageTo {
     pub source: SourceRef,
     pub store: ArtifactStore,
     pub fetched: Arc<Fetched>,
+    /// Asked again right before the write, as before every write: the
+    /// lease may have been lost since the job started.
+    pub leadership: Leadership,
 }
 
 /// What a job came to.
 pub(super) struct Done {
     pub render: RenderOut,
-    /// `None` if it was not staged here: not needed, or its artifacts
-    /// failed (the roll out's own path reports that).
+    /// `None` if it was not staged here: not needed, its artifacts failed,
+    /// or this replica stopped leading (the roll out's own path reports
+    /// those).
     pub staged: Option<Staged>,
 }
 
@@ -209,6 +214,9 @@ impl Job {
 
 async fn stage_to(state: Arc<Rendered>, to: StageTo) -> Option<Staged> {
     let artifacts = artifact_files(&to.store, &state, &to.fetched).ok()?;
+    if !to.leadership.is_leader() {
+        return None;
+    }
     let desired = Desired {
         rendered: state,
         source: to.source,

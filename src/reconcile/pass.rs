@@ -1481,6 +1481,7 @@ impl Reconciler {
                 source: pass.source.clone(),
                 store: self.ctx.store.clone(),
                 fetched: fetched.clone(),
+                leadership: self.leadership.clone(),
             }),
             _ => None,
         };
