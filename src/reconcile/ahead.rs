@@ -6,8 +6,8 @@
 //! runs, so they need not wait: while the roll out waits on one
 //! composition, the next `apply_concurrency` are rendered and staged as
 //! tasks of their own, and the roll out takes each result when it comes to
-//! that composition. Before, a symphony's ten variations were staged one
-//! after another, and a staging pass used one core of two.
+//! that composition. Otherwise a symphony's variations stage one after
+//! another, and a staging pass of 10,000 used one core of two.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -168,6 +168,7 @@ pub(super) struct Job {
     pub stage: Option<StageTo>,
 }
 
+/// Where a job stages, and against what.
 pub(super) struct StageTo {
     pub target: Arc<dyn Target>,
     /// What the target held when the pass read it.

@@ -218,7 +218,6 @@ async fn targets_unchanged(targets: &dyn Targets, applied: AppliedItems) -> bool
     true
 }
 
-/// Verified artifacts in the store, by digest (or why not).
 /// An apply waiting to run in a batch ([`Target::apply_staged`]).
 struct Deferred {
     /// Its place in the pass's work.
@@ -3384,9 +3383,6 @@ impl Held<'_> {
     }
 }
 
-/// The symphonies of this branch that keep their applied state although
-/// they are not in the loaded fleet: those that failed to load, and, while a
-/// file cannot be read, every one known from earlier passes that is absent.
 /// The jobs of a roll out started ahead (see [`ahead`]).
 #[derive(Default)]
 struct Ahead {
@@ -3515,6 +3511,9 @@ impl TargetIo {
     }
 }
 
+/// The symphonies of this branch that keep their applied state although
+/// they are not in the loaded fleet: those that failed to load, and, while a
+/// file cannot be read, every one known from earlier passes that is absent.
 fn held_symphonies<'a>(
     fleet: &'a Fleet,
     unreadable: &'a BTreeMap<String, model::Diagnostic>,
