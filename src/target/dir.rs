@@ -1069,8 +1069,8 @@ impl Site {
         match self.check_state(&digest)? {
             StateCheck::Complete(_) => {}
             StateCheck::Missing => {
-                let built = self.build_state(desired)?;
-                self.install(&built, &digest)?;
+                let (built, record) = self.build_state(desired)?;
+                self.install(&built, &digest, &record)?;
                 changed = true;
             }
             StateCheck::Broken(reason) => {
@@ -1085,9 +1085,9 @@ impl Site {
                 tracing::warn!(composition = %self.id, digest = %digest.short(), %reason,
                     "replacing a damaged state");
                 // Build first: the damaged dir is gone only for one rename.
-                let built = self.build_state(desired)?;
+                let (built, record) = self.build_state(desired)?;
                 self.discard(&self.state(&digest))?;
-                self.install(&built, &digest)?;
+                self.install(&built, &digest, &record)?;
                 changed = true;
             }
         }
@@ -1276,9 +1276,9 @@ impl Site {
         Ok(Some(previous))
     }
 
-    /// Writes a complete state dir under `tmp/` and returns its path. Input
-    /// is checked before anything is written.
-    fn build_state(&self, desired: &Desired) -> Result<PathBuf, TargetError> {
+    /// Writes a complete state dir under `tmp/` and returns its path and its
+    /// record. Input is checked before anything is written.
+    fn build_state(&self, desired: &Desired) -> Result<(PathBuf, Record), TargetError> {
         let r = &desired.rendered;
         let mut sources = Vec::new();
         for a in &r.artifacts {
@@ -1319,7 +1319,7 @@ impl Site {
             manifest_sha256: Digest::of(manifest.as_bytes()),
             components: component_records(r),
         };
-        let record = serde_yaml::to_string(&record).map_err(|e| {
+        let text = serde_yaml::to_string(&record).map_err(|e| {
             TargetError::Invalid(format!("{}: cannot write {RECORD}: {e}", self.id))
         })?;
 
@@ -1336,20 +1336,20 @@ impl Site {
                 self.link_or_copy(src, &artifacts.join(&a.name))?;
             }
         }
-        self.write_file(&dir.join(RECORD), record.as_bytes())?;
-        Ok(dir)
+        self.write_file(&dir.join(RECORD), text.as_bytes())?;
+        Ok((dir, record))
     }
 
     /// Renames a built state dir into place: the moment it exists. Not
     /// synced: a switch to it syncs first. Remembered as checked, since
     /// this process wrote it.
-    fn install(&self, built: &Path, digest: &Digest) -> Result<(), TargetError> {
+    /// Renames a state `build_state` wrote into place, and remembers its
+    /// record as written (not read back: these are the bytes just written).
+    fn install(&self, built: &Path, digest: &Digest, record: &Record) -> Result<(), TargetError> {
         let dest = self.state(digest);
         self.step()?;
         fs::rename(built, &dest).map_err(io_err(&dest))?;
-        if let Ok(record) = self.read_record(&dest) {
-            self.remember(&dest, &record, None);
-        }
+        self.remember(&dest, record, None);
         Ok(())
     }
 
