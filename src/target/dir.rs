@@ -1341,10 +1341,8 @@ impl Site {
     }
 
     /// Renames a built state dir into place: the moment it exists. Not
-    /// synced: a switch to it syncs first. Remembered as checked, since
-    /// this process wrote it.
-    /// Renames a state `build_state` wrote into place, and remembers its
-    /// record as written (not read back: these are the bytes just written).
+    /// synced: a switch to it syncs first. Remembered as checked, with the
+    /// record `build_state` wrote (not read back: these are its bytes).
     fn install(&self, built: &Path, digest: &Digest, record: &Record) -> Result<(), TargetError> {
         let dest = self.state(digest);
         self.step()?;
