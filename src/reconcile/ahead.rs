@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use super::annotations;
 use super::outcome::CompositionError;
+use super::plan::Reason;
 use crate::leader::Leadership;
-use crate::model::{wellknown, Composition, Digest, Fleet};
+use crate::model::{wellknown, Composition, CompositionId, Digest, Fleet};
 use crate::report::ErrorCode;
 use crate::source::{Snapshot, SourceRef};
 use crate::stage::{ArtifactStore, StageError};
@@ -135,29 +136,53 @@ pub(super) fn artifact_files(
     Ok(files)
 }
 
-/// Stages `desired`. `Ok(Some(what))` while the target is still preparing
-/// it (nothing may be applied yet, not even in an open window), `Ok(None)`
-/// once staged, `Err` with the target's words.
-pub(super) async fn stage(
-    target: &dyn Target,
-    desired: &Desired,
-) -> Result<Option<String>, String> {
+/// What a target write found, to be recorded on the composition's work.
+#[derive(Default)]
+pub(super) struct IoDone {
+    pub waiting: Option<Reason>,
+    pub waiting_message: Option<String>,
+    pub observed: Option<Observed>,
+    pub failed: Option<(ErrorCode, String)>,
+}
+
+/// Stages `desired`. `Err` with what to record when nothing more may be
+/// done with it: the staging failed, or the target is still preparing it
+/// (nothing may be applied yet, not even in an open window; what the
+/// target holds is read).
+pub(super) async fn stage(target: &dyn Target, desired: &Desired) -> Result<(), IoDone> {
     let id = &desired.rendered.id;
     let digest = desired.rendered.digest.short();
     match target.apply(desired, StateGoal::Stage).await {
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(IoDone {
+            failed: Some((ErrorCode::StagingFailed, e.to_string())),
+            ..IoDone::default()
+        }),
         Ok(crate::target::Outcome {
             staging: Some(what),
             ..
         }) => {
             tracing::info!(composition = %id, %digest, waiting = %what, "staging");
-            Ok(Some(what))
+            let done = IoDone {
+                waiting: Some(Reason::Staging),
+                waiting_message: Some(what),
+                ..IoDone::default()
+            };
+            Err(observe(target, id, done).await)
         }
         Ok(_) => {
             tracing::info!(composition = %id, %digest, "staged");
-            Ok(None)
+            Ok(())
         }
     }
+}
+
+/// Adds what the target holds for `id` to `done`.
+pub(super) async fn observe(target: &dyn Target, id: &CompositionId, mut done: IoDone) -> IoDone {
+    match target.get(id).await {
+        Ok(o) => done.observed = Some(o),
+        Err(e) => done.failed = Some((ErrorCode::TargetUnavailable, e.to_string())),
+    }
+    done
 }
 
 /// A composition's rendering, then its staging if the target holds its
@@ -185,17 +210,11 @@ pub(super) struct StageTo {
 /// What a job came to.
 pub(super) struct Done {
     pub render: RenderOut,
-    /// `None` if it was not staged here: not needed, its artifacts failed,
-    /// or this replica stopped leading (the roll out's own path reports
-    /// those).
-    pub staged: Option<Staged>,
-}
-
-/// A staging: what [`stage`] said, then, unless it failed, what the target
-/// holds.
-pub(super) struct Staged {
-    pub outcome: Result<Option<String>, String>,
-    pub observed: Option<Result<Observed, String>>,
+    /// What its staging found (see [`stage`]; once staged, what the target
+    /// holds). `None` if it was not staged here: not needed, its artifacts
+    /// failed, or this replica stopped leading (the roll out's own path
+    /// reports those).
+    pub staged: Option<IoDone>,
 }
 
 impl Job {
@@ -213,7 +232,7 @@ impl Job {
     }
 }
 
-async fn stage_to(state: Arc<Rendered>, to: StageTo) -> Option<Staged> {
+async fn stage_to(state: Arc<Rendered>, to: StageTo) -> Option<IoDone> {
     let artifacts = artifact_files(&to.store, &state, &to.fetched).ok()?;
     if !to.leadership.is_leader() {
         return None;
@@ -223,15 +242,9 @@ async fn stage_to(state: Arc<Rendered>, to: StageTo) -> Option<Staged> {
         source: to.source,
         artifacts,
     };
-    let outcome = stage(to.target.as_ref(), &desired).await;
-    let observed = match outcome {
-        Err(_) => None,
-        Ok(_) => Some(
-            to.target
-                .get(&desired.rendered.id)
-                .await
-                .map_err(|e| e.to_string()),
-        ),
-    };
-    Some(Staged { outcome, observed })
+    let target = to.target.as_ref();
+    Some(match stage(target, &desired).await {
+        Err(done) => done,
+        Ok(()) => observe(target, &desired.rendered.id, IoDone::default()).await,
+    })
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
-use super::ahead::{self, Fetched};
+use super::ahead::{self, Fetched, IoDone};
 use super::annotations;
 use super::central::{self, Central};
 use super::context::{Context, SetupError};
@@ -1458,13 +1458,7 @@ impl Reconciler {
                 return None;
             }
         }
-        let command = || {
-            pass.fleet
-                .synthesizers
-                .get(&w.comp.synthesizer)
-                .is_some_and(|s| matches!(s.kind, SynthKind::Command { .. }))
-        };
-        if !self.allow_commands && command() {
+        if self.command_not_run(&pass.fleet, &w.comp).is_some() {
             return None;
         }
         if self.recorded.rollbacks.contains_key(&w.comp.id.to_string())
@@ -1502,23 +1496,9 @@ impl Reconciler {
         if !self.finish_render(w, fleet, source, done.render) {
             return false;
         }
-        let Some(staged) = done.staged else {
+        let Some(io) = done.staged else {
             return false;
         };
-        let mut io = IoDone::default();
-        match staged.outcome {
-            Err(e) => io.failed = Some((ErrorCode::StagingFailed, e)),
-            Ok(Some(what)) => {
-                io.waiting = Some(Reason::Staging);
-                io.waiting_message = Some(what);
-            }
-            Ok(None) => {}
-        }
-        match staged.observed {
-            Some(Ok(o)) => io.observed = Some(o),
-            Some(Err(e)) => io.failed = Some((ErrorCode::TargetUnavailable, e)),
-            None => {}
-        }
         let preparing = io.failed.is_none() && io.waiting.is_some();
         if preparing {
             w.action = Some(match w.observed.applied {
@@ -2315,25 +2295,32 @@ impl Reconciler {
         fleet: &Arc<Fleet>,
         source: &SourceRef,
     ) -> bool {
-        if !self.allow_commands {
-            if let Some(s) = fleet
-                .synthesizers
-                .get(&w.comp.synthesizer)
-                .filter(|s| matches!(s.kind, SynthKind::Command { .. }))
-            {
-                w.fail(
-                    ErrorCode::CommandNotRun,
-                    format!("{}:{}", s.origin.file, s.origin.line),
-                    format!(
-                        "synthesizer {}: command not run: this commit is not on a watched branch (a pull request head); --trust-pr-commands runs it",
-                        s.name
-                    ),
-                );
-                return false;
-            }
+        if let Some(s) = self.command_not_run(fleet, &w.comp) {
+            w.fail(
+                ErrorCode::CommandNotRun,
+                format!("{}:{}", s.origin.file, s.origin.line),
+                format!(
+                    "synthesizer {}: command not run: this commit is not on a watched branch (a pull request head); --trust-pr-commands runs it",
+                    s.name
+                ),
+            );
+            return false;
         }
         let out = self.render_job(w, snap, fleet).run().await;
         self.finish_render(w, fleet, source, out)
+    }
+
+    /// The `command:` synthesizer of `comp`, if this pass may not run it
+    /// (a commit not on a watched branch, without `--trust-pr-commands`).
+    fn command_not_run<'f>(
+        &self,
+        fleet: &'f Fleet,
+        comp: &Composition,
+    ) -> Option<&'f model::Synthesizer> {
+        fleet
+            .synthesizers
+            .get(&comp.synthesizer)
+            .filter(|s| !self.allow_commands && matches!(s.kind, SynthKind::Command { .. }))
     }
 
     /// What rendering `w` needs, owned: run in the pass or ahead of it.
@@ -3435,15 +3422,6 @@ struct TargetIo {
     clock: Arc<dyn Clock>,
 }
 
-/// What the I/O found, to be recorded on the composition's work.
-#[derive(Default)]
-struct IoDone {
-    waiting: Option<Reason>,
-    waiting_message: Option<String>,
-    observed: Option<Observed>,
-    failed: Option<(ErrorCode, String)>,
-}
-
 impl IoDone {
     fn apply_to(self, w: &mut Work) {
         if let Some(r) = self.waiting {
@@ -3466,19 +3444,10 @@ impl TargetIo {
         let mut done = IoDone::default();
         let digest = self.desired.rendered.digest.short();
         if self.decision.stage {
-            match ahead::stage(self.target.as_ref(), &self.desired).await {
-                Err(e) => {
-                    done.failed = Some((ErrorCode::StagingFailed, e));
-                    return done;
-                }
-                // Not staged yet: nothing may be applied (not even in an
-                // open window) before the target has prepared all of it.
-                Ok(Some(what)) => {
-                    done.waiting = Some(Reason::Staging);
-                    done.waiting_message = Some(what);
-                    return self.observe(done).await;
-                }
-                Ok(None) => {}
+            // Failed, or not staged yet: nothing may be applied (not even in
+            // an open window) before the target has prepared all of it.
+            if let Err(done) = ahead::stage(self.target.as_ref(), &self.desired).await {
+                return done;
             }
         }
         match self.decision.apply {
@@ -3502,12 +3471,8 @@ impl TargetIo {
         self.observe(done).await
     }
 
-    async fn observe(&self, mut done: IoDone) -> IoDone {
-        match self.target.get(&self.id).await {
-            Ok(o) => done.observed = Some(o),
-            Err(e) => done.failed = Some((ErrorCode::TargetUnavailable, e.to_string())),
-        }
-        done
+    async fn observe(&self, done: IoDone) -> IoDone {
+        ahead::observe(self.target.as_ref(), &self.id, done).await
     }
 }
 
