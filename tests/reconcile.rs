@@ -376,12 +376,7 @@ fn staging_never_applies_and_a_closed_window_holds_until_it_opens() {
 #[test]
 fn applies_of_different_symphonies_overlap_and_one_symphony_keeps_its_order() {
     for (concurrency, overlapping) in [(1, false), (16, true)] {
-        let repo = three_symphonies("");
-        let h = Harness::new(OPEN);
-        let mut r = h.reconciler(&repo);
-        r.ctx.settings.apply_concurrency = concurrency;
-        let b = h.pass(&mut r);
-        assert!(b.errors.is_empty(), "{b:?}");
+        let (h, _) = pass_with(&three_symphonies(""), OPEN, concurrency, |_| {});
         let applies = h.target.applies.lock().unwrap();
         assert_eq!(
             applies.most > 1,
@@ -421,14 +416,11 @@ fn stagings_run_ahead_of_the_ordered_applies_up_to_the_apply_concurrency() {
     // side by side, while its applies keep their order (the test above).
     for (concurrency, overlapping) in [(1, false), (16, true)] {
         let repo = three_symphonies("  window: sat\n");
-        let h = Harness::new(CLOSED);
-        if overlapping {
-            *h.target.stage_barrier.lock().unwrap() = Some(6);
-        }
-        let mut r = h.reconciler(&repo);
-        r.ctx.settings.apply_concurrency = concurrency;
-        let b = h.pass(&mut r);
-        assert!(b.errors.is_empty(), "{b:?}");
+        let (h, b) = pass_with(&repo, CLOSED, concurrency, |target| {
+            if overlapping {
+                *target.stage_barrier.lock().unwrap() = Some(6);
+            }
+        });
         for row in &b.rows {
             assert_eq!(row.state.as_str(), "staged", "{row:?}");
         }
@@ -476,6 +468,23 @@ fn a_staging_started_ahead_writes_nothing_once_the_lease_is_lost() {
     assert!(row.note.starts_with("NotLeader"), "{row:?}");
 }
 
+/// One pass over `repo` at `now` with `--apply-concurrency concurrency`,
+/// once `arrange` has set up the fake target; it had no errors.
+fn pass_with(
+    repo: &TestRepo,
+    now: &str,
+    concurrency: usize,
+    arrange: impl FnOnce(&FakeTarget),
+) -> (Harness, BranchReport) {
+    let h = Harness::new(now);
+    arrange(&h.target);
+    let mut r = h.reconciler(repo);
+    r.ctx.settings.apply_concurrency = concurrency;
+    let b = h.pass(&mut r);
+    assert!(b.errors.is_empty(), "{b:?}");
+    (h, b)
+}
+
 /// Three symphonies of two variations each, committed; `spec`: more of
 /// each one's spec (indented lines).
 fn three_symphonies(spec: &str) -> TestRepo {
@@ -499,12 +508,7 @@ fn three_symphonies(spec: &str) -> TestRepo {
 #[test]
 fn a_pass_reads_its_targets_side_by_side_up_to_the_apply_concurrency() {
     for (concurrency, overlapping) in [(1, false), (16, true)] {
-        let repo = three_symphonies("");
-        let h = Harness::new(CLOSED);
-        let mut r = h.reconciler(&repo);
-        r.ctx.settings.apply_concurrency = concurrency;
-        let b = h.pass(&mut r);
-        assert!(b.errors.is_empty(), "{b:?}");
+        let (h, b) = pass_with(&three_symphonies(""), CLOSED, concurrency, |_| {});
         assert_eq!(b.rows.len(), 6);
         let most = *h.target.most_reads_in_flight.lock().unwrap();
         assert!(most >= 1, "every target was read");
