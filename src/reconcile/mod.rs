@@ -51,9 +51,10 @@ pub struct Settings {
     pub synth_limits: crate::synth::Limits,
     /// The only folders `file://` artifacts may come from (`--artifact-root`).
     pub artifact_roots: Vec<PathBuf>,
-    /// Target writes (stage, apply) of different symphonies in flight at
-    /// once (`--apply-concurrency`), and target reads at a pass's start; 1
-    /// reads and writes one composition at a time.
+    /// Target writes in flight at once (`--apply-concurrency`): the next N
+    /// compositions rendered and staged ahead of the roll out, and up to N
+    /// applies of different symphonies; also target reads at a pass's
+    /// start. 1 reads and writes one composition at a time.
     pub apply_concurrency: usize,
     /// How long a removed variation's status stays on the status branch,
     /// `removed`, after its delete (`--removed-retention`).
