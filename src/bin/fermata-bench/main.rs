@@ -277,11 +277,9 @@ fn window_bench(a: &Args, root: &Path, rt: &tokio::runtime::Runtime) -> anyhow::
     // within about 30 s (dirty_expire_centisecs), long before a window
     // hours away opens. Here it opens at once, and the switch's first
     // syncfs would pay that writeback: it is done first, untimed, and shown.
-    let t = Instant::now();
-    nix::unistd::sync();
+    let writeback = settle();
     println!(
-        "  (the kernel's writeback of the staged files, before the window: {:.2?}, untimed)",
-        t.elapsed()
+        "  (the kernel's writeback of the staged files, before the window: {writeback:.2?}, untimed)"
     );
     clock.set(at(2, 0)?);
     let (opening, _) = timed_pass(rt, &mut r, State::Installed, want)?;
@@ -465,10 +463,12 @@ fn plain_write(from: &Path, to: &Path) -> anyhow::Result<Duration> {
     Ok(t.elapsed())
 }
 
-/// Writes back what earlier steps left dirty, untimed, so that a timed step
-/// does not pay for the step before it.
-fn settle() {
+/// Writes back what earlier steps left dirty, outside the timed steps, so
+/// that one does not pay for the step before it. How long it took.
+fn settle() -> Duration {
+    let t = Instant::now();
     nix::unistd::sync();
+    t.elapsed()
 }
 
 fn check(reports: &[fermata::reconcile::BranchReport], want: usize) -> anyhow::Result<()> {
