@@ -61,6 +61,10 @@ struct FakeTarget {
     /// Reads (`get`) in progress, and the most seen at once.
     reads_in_flight: Mutex<usize>,
     most_reads_in_flight: Mutex<usize>,
+    /// Set: the repository whose status branch `durable` looks at.
+    status_repo: Mutex<Option<std::path::PathBuf>>,
+    /// The status branch's tip each time `durable` was awaited.
+    durable_saw: Mutex<Vec<Option<String>>>,
 }
 
 /// Writes of one kind in progress, the most seen at once, and whether two
@@ -173,6 +177,18 @@ impl Target for FakeTarget {
                 })
             }
         }
+    }
+
+    async fn durable(&self) -> Result<(), TargetError> {
+        if let Some(repo) = self.status_repo.lock().unwrap().as_ref() {
+            let tip = git2::Repository::open(repo)
+                .unwrap()
+                .refname_to_id("refs/heads/fermata/status")
+                .ok()
+                .map(|id| id.to_string());
+            self.durable_saw.lock().unwrap().push(tip);
+        }
+        Ok(())
     }
 
     async fn get(&self, id: &CompositionId) -> Result<Observed, TargetError> {
@@ -503,6 +519,30 @@ fn three_symphonies(spec: &str) -> TestRepo {
     repo.remove("symphony.yaml");
     repo.commit("three symphonies of two");
     repo
+}
+
+#[test]
+fn status_says_applied_only_once_the_target_says_its_writes_are_durable() {
+    // A target may return from its switches before they are durable (the
+    // directory target syncs in the background while status is prepared).
+    let repo = three_symphonies("");
+    let (h, b) = pass_with(&repo, CLOSED, 16, |target| {
+        *target.status_repo.lock().unwrap() = Some(repo.path().to_path_buf());
+    });
+    for row in &b.rows {
+        assert_eq!(row.state.as_str(), "installed", "{row:?}");
+    }
+    let saw = h.target.durable_saw.lock().unwrap().clone();
+    assert_eq!(
+        saw.first(),
+        Some(&None),
+        "the first status commit waited for durable: {saw:?}"
+    );
+    let tip = git2::Repository::open(repo.path())
+        .unwrap()
+        .refname_to_id("refs/heads/fermata/status")
+        .expect("status written");
+    assert_eq!(b.status_commit, Some(tip));
 }
 
 #[test]

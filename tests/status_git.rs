@@ -888,6 +888,8 @@ fn a_large_update_lands_as_one_pack_and_a_small_change_stays_loose() {
     assert_eq!(packs(dir), 0);
     sr.publish(&update(&src, many.clone())).unwrap().unwrap();
     assert_eq!(packs(dir), 1, "200 new files: one pack");
+    // The user's own repository: its config is left alone.
+    assert_eq!(window_memory(dir), None);
     // Every file is readable from it, by git itself.
     assert_eq!(files(dir, BRANCH).len(), 200 + 2);
     git(dir, &["fsck", "--no-dangling"]);
@@ -907,6 +909,13 @@ fn a_large_update_lands_as_one_pack_and_a_small_change_stays_loose() {
     assert_eq!(packs(dir), 2);
     assert_eq!(git(dir, &["rev-list", "--count", BRANCH]), "3");
     git(dir, &["fsck", "--no-dangling"]);
+}
+
+/// `pack.windowMemory` as the repository's own config sets it.
+fn window_memory(git_dir: &Path) -> Option<i64> {
+    let config = git2::Repository::open(git_dir).unwrap().config().unwrap();
+    let local = config.open_level(git2::ConfigLevel::Local).unwrap();
+    local.get_i64("pack.windowMemory").ok()
 }
 
 /// The pack files in a bare repository's object database, by name (a
@@ -969,17 +978,22 @@ fn a_large_update_sends_the_pack_it_wrote_and_a_moved_remote_still_gets_every_ob
         // The history is kept: each commit on the one before.
         let count = git(remote, &["rev-list", "--count", BRANCH]);
         assert_eq!(count, (n + 1).to_string());
+        // fermata's mirror packs with a small delta window.
+        assert_eq!(window_memory(&p.mirror_a), Some(8 * 1024));
     }
 
     // Another writer moves the remote: site-a's pack is built on a parent
     // the remote no longer has at its tip. The push is rejected, rebuilt
     // on the remote's tip, and the remote still ends up complete.
     let mirror_b = mirror_of(remote, p.tmp.path(), "b.git");
-    let site_b = StatusRepo::new(mirror_b, Some(p.url.clone()), BRANCH, None);
+    // A window someone chose for this mirror is kept.
+    git(&mirror_b, &["config", "pack.windowMemory", "1m"]);
+    let site_b = StatusRepo::new(mirror_b.clone(), Some(p.url.clone()), BRANCH, None);
     site_b
         .publish(&update(src, fleet(State::Removing, 120)))
         .unwrap()
         .expect("a commit");
+    assert_eq!(window_memory(&mirror_b), Some(1024 * 1024));
     let last = p
         .site_a
         .publish(&update(src, fleet(State::Failed, 180)))

@@ -35,7 +35,7 @@ use crate::source::{
     Entry, Revision, SignaturePolicy, Signer, Snapshot, SourceError, UntrustedCommit,
 };
 use crate::status::{
-    summarize, Condition, DeploymentStatus, Override, State, StatusBody, StatusMetadata,
+    summarize, Condition, DeploymentStatus, Durable, Override, State, StatusBody, StatusMetadata,
     StatusSink, StatusUpdate, WindowStatus,
 };
 use crate::synth::Rendered;
@@ -873,8 +873,11 @@ impl Reconciler {
         self.symphony_readiness(&pass.fleet, &mut statuses, &mut report);
         self.stamp_all(branch, &mut statuses, now);
         lap("statuses");
-        self.report_status(&pass, statuses, &mut report).await;
+        self.report_status(&pass, statuses, &used, &mut report)
+            .await;
         lap("status written");
+        // Also when nothing was published.
+        durable(&used).await;
         if self.may_write().is_ok() {
             for t in used {
                 if let Err(e) = t.checkpoint().await {
@@ -1958,6 +1961,7 @@ impl Reconciler {
         &mut self,
         pass: &Pass,
         statuses: Vec<DeploymentStatus>,
+        used: &[Arc<dyn Target>],
         report: &mut BranchReport,
     ) {
         let branch = &pass.source.branch;
@@ -1973,19 +1977,22 @@ impl Reconciler {
             statuses,
             summary,
         };
-        self.publish(update, report).await;
+        let (used, rt) = (used.to_vec(), tokio::runtime::Handle::current());
+        let written = Box::new(move || rt.block_on(durable(&used)));
+        self.publish(update, written, report).await;
         self.persisted
             .revisions
             .insert(branch.clone(), pass.rev.to_string());
     }
 
-    /// Commits the statuses (not in a plan); a failure is a report error.
-    async fn publish(&self, update: StatusUpdate, report: &mut BranchReport) {
+    /// Commits the statuses (not in a plan) once `durable` returned; a
+    /// failure is a report error.
+    async fn publish(&self, update: StatusUpdate, durable: Durable, report: &mut BranchReport) {
         // A plan, or not leading (any more): the new leader reports.
         if self.may_write().is_err() {
             return;
         }
-        match self.ctx.status.publish(update).await {
+        match self.ctx.status.publish_when(update, durable).await {
             Ok(commit) => report.status_commit = commit,
             Err(e) => {
                 tracing::error!(error = %crate::errors::chain(&e), "cannot write status");
@@ -2104,7 +2111,8 @@ impl Reconciler {
             statuses,
             summary,
         };
-        self.publish(update, &mut report).await;
+        // Nothing was applied.
+        self.publish(update, Box::new(|| ()), &mut report).await;
         self.caches.settled.remove(branch);
         report
     }
@@ -3473,6 +3481,16 @@ impl TargetIo {
 
     async fn observe(&self, done: IoDone) -> IoDone {
         ahead::observe(self.target.as_ref(), &self.id, done).await
+    }
+}
+
+/// Waits until what `targets` wrote is durable. A failed sync is said,
+/// not undone: the states were switched, only perhaps not durably.
+async fn durable(targets: &[Arc<dyn Target>]) {
+    for t in targets {
+        if let Err(e) = t.durable().await {
+            tracing::warn!(error = %e, "a target's writes may not be durable");
+        }
     }
 }
 

@@ -25,6 +25,10 @@ pub use git::{
 };
 pub use summary::{relative, same_summary};
 
+/// Blocks until what a status update claims is durable (see
+/// [`StatusSink::publish_when`]).
+pub type Durable = Box<dyn FnOnce() + Send>;
+
 /// Where a reconciler reports: held as `Arc<dyn StatusSink>`, so the
 /// reconciler does not know it is Git (tests may record instead). Async:
 /// [`StatusRepo`] runs its git2 work on the blocking pool.
@@ -33,6 +37,19 @@ pub trait StatusSink: Send + Sync {
     /// Commits `update` if any status differs (time stamps aside); the new
     /// commit, or `None` when nothing was written (invariant 5).
     async fn publish(&self, update: StatusUpdate) -> Result<Option<git2::Oid>, StatusError>;
+    /// [`StatusSink::publish`], but nothing becomes visible before
+    /// `durable` has returned, while the update is prepared meanwhile: the
+    /// statuses may claim writes a target still syncs.
+    async fn publish_when(
+        &self,
+        update: StatusUpdate,
+        durable: Durable,
+    ) -> Result<Option<git2::Oid>, StatusError> {
+        tokio::task::spawn_blocking(durable)
+            .await
+            .map_err(|e| StatusError::Task(e.to_string()))?;
+        self.publish(update).await
+    }
     /// Sets this site's section of the plan note on `commit`; whether
     /// anything was written.
     async fn publish_plan_note(
@@ -48,8 +65,16 @@ pub trait StatusSink: Send + Sync {
 #[async_trait::async_trait]
 impl StatusSink for StatusRepo {
     async fn publish(&self, update: StatusUpdate) -> Result<Option<git2::Oid>, StatusError> {
+        StatusSink::publish_when(self, update, Box::new(|| ())).await
+    }
+
+    async fn publish_when(
+        &self,
+        update: StatusUpdate,
+        durable: Durable,
+    ) -> Result<Option<git2::Oid>, StatusError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.publish(&update))
+        tokio::task::spawn_blocking(move || me.publish_when(&update, durable))
             .await
             .map_err(|e| StatusError::Task(e.to_string()))?
     }

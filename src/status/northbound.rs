@@ -272,13 +272,21 @@ pub struct NorthboundSink {
 #[async_trait::async_trait]
 impl StatusSink for NorthboundSink {
     async fn publish(&self, update: StatusUpdate) -> Result<Option<git2::Oid>, StatusError> {
+        self.publish_when(update, Box::new(|| ())).await
+    }
+
+    async fn publish_when(
+        &self,
+        update: StatusUpdate,
+        durable: super::Durable,
+    ) -> Result<Option<git2::Oid>, StatusError> {
         let mut statuses = update.statuses.clone();
         if let Some(site) = &self.site {
             for s in &mut statuses {
                 s.for_site(site);
             }
         }
-        let written = self.inner.publish(update).await;
+        let written = self.inner.publish_when(update, durable).await;
         self.northbound.offer(&statuses);
         written
     }

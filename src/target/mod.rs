@@ -255,6 +255,14 @@ pub trait Target: Send + Sync + fmt::Debug {
     async fn checkpoint(&self) -> Result<(), TargetError> {
         Ok(())
     }
+    /// Waits until every write this target reported done is durable. A
+    /// target may return from [`Target::apply_staged`] once its switches
+    /// are made and sync them in the background, so that the caller
+    /// prepares its status meanwhile: status that says they are applied
+    /// is published only after this. Default: durable on return.
+    async fn durable(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
     /// Makes the state applied before `failed` the applied one again (a
     /// failed apply or health check, DESIGN.md section 2 `rollback`); the
     /// digest applied now, or `None` when there is nothing to go back to.

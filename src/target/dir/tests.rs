@@ -930,6 +930,37 @@ async fn a_batched_switch_of_unsynced_stages_survives_a_crash_at_any_step() {
     );
 }
 
+#[tokio::test]
+async fn a_large_batch_is_synced_in_the_background_until_durable_is_awaited() {
+    let (_tmp, t) = fixture();
+    let batch = |n: usize, value: &str| -> Vec<Desired> {
+        (0..n)
+            .map(|i| CompositionId::new("line-control", format!("v{i}")))
+            .map(|id| desired(rendered_for(&id, vec![configmap("cfg", value)])))
+            .collect()
+    };
+    // More than SYNC_FILES_UP_TO: switched on return, one syncfs pending.
+    let large = batch(SYNC_FILES_UP_TO + 1, "large");
+    for d in &large {
+        run(&t, d, StateGoal::Stage).await;
+    }
+    let switches: Vec<Switch> = large.iter().map(switch_of).collect();
+    for (r, d) in t.apply_staged(&switches).await.iter().zip(&large) {
+        assert_eq!(r.as_ref().unwrap().applied, Some(d.rendered.digest));
+    }
+    assert_eq!(t.syncing().len(), 1);
+    t.durable().await.unwrap();
+    assert!(t.syncing().is_empty());
+    // A few are synced file by file before the batch returns.
+    let small = batch(2, "small");
+    for d in &small {
+        run(&t, d, StateGoal::Stage).await;
+    }
+    let switches: Vec<Switch> = small.iter().map(switch_of).collect();
+    assert!(t.apply_staged(&switches).await.iter().all(Result::is_ok));
+    assert!(t.syncing().is_empty());
+}
+
 /// After a restart, `unchanged` trusts the index only while the applied
 /// files stat as they did: a same-size rewrite moves mtime and ctime.
 #[tokio::test]
