@@ -1,7 +1,7 @@
-//! Work spread over the cores, for the two places a window's opening does
-//! the same thing ten thousand times: the directory target's switches
-//! (short syscalls on distinct directories, which the kernel runs side by
-//! side) and the status files' serialization. Plain scoped threads: the
+//! Work spread over the cores, for the places a window's opening does the
+//! same thing ten thousand times: the directory target's reads and
+//! switches (short syscalls on distinct directories, which the kernel runs
+//! side by side) and the status files' serialization. Plain scoped threads: the
 //! work is one batch at a time, on a blocking thread already.
 
 /// Below this many items the work stays on the calling thread.

@@ -104,7 +104,7 @@ pub struct ReconcilerArgs {
     /// How long connecting to a Git server may take before a fetch or push fails.
     #[arg(long, env = "FERMATA_GIT_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
     pub git_connect_timeout: Duration,
-    /// Target writes in flight at once: the next N compositions render and stage ahead of the roll out, and up to N applies of different symphonies overlap; also target reads at a pass's start. 1 for one at a time.
+    /// Target writes in flight at once: the next N compositions render and stage ahead of the roll out, and up to N applies of different symphonies overlap; also a Kubernetes target's reads at a pass's start (a directory target reads on every core). 1 for one at a time.
     #[arg(
         long,
         env = "FERMATA_APPLY_CONCURRENCY",

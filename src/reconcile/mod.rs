@@ -53,8 +53,10 @@ pub struct Settings {
     pub artifact_roots: Vec<PathBuf>,
     /// Target writes in flight at once (`--apply-concurrency`): the next N
     /// compositions rendered and staged ahead of the roll out, and up to N
-    /// applies of different symphonies; also target reads at a pass's
-    /// start. 1 reads and writes one composition at a time.
+    /// applies of different symphonies; also a Kubernetes target's reads
+    /// at a pass's start (a directory target reads on every core, see
+    /// [`crate::target::Target::read_all`]). 1 reads and writes one
+    /// composition at a time.
     pub apply_concurrency: usize,
     /// How long a removed variation's status stays on the status branch,
     /// `removed`, after its delete (`--removed-retention`).

@@ -40,7 +40,8 @@ use crate::status::{
 };
 use crate::synth::Rendered;
 use crate::target::{
-    Desired, Health, MetadataChange, Observed, SourceRef, StateGoal, Switch, Target, Targets,
+    Desired, Health, MetadataChange, Observed, SourceRef, StateGoal, Switch, Target, TargetError,
+    Targets,
 };
 use crate::window::Clock;
 
@@ -1236,8 +1237,9 @@ impl Reconciler {
     /// What is desired and what each target holds, dependencies first.
     ///
     /// In three steps: what each composition needs (pure but for the
-    /// caches), then every target read it needs, `apply_concurrency` in
-    /// flight (ten thousand reads one after another were most of a window
+    /// caches), then every target read it needs, each target's at once
+    /// (`apply_concurrency` in flight, or the directory target's in one
+    /// go: ten thousand reads one after another were most of a window
     /// opening's `desire`), then each composition's input key.
     async fn desire(&mut self, pass: &Pass) -> Vec<Work> {
         let mut synth_keys: HashMap<String, String> = HashMap::new();
@@ -1253,32 +1255,44 @@ impl Reconciler {
             );
             prepared.push(p);
         }
-        let reads = prepared.iter().enumerate().filter_map(|(i, p)| {
-            let target = p.read.then_some(p.work.target.clone()).flatten()?;
-            let id = p.work.comp.id.clone();
-            let resync = pass.resync;
-            Some(async move {
-                let read = if resync {
-                    target.verify(&id).await
-                } else {
-                    target.get(&id).await
-                };
-                (i, read)
-            })
-        });
-        let limit = self.ctx.settings.apply_concurrency.max(1);
-        let mut reads: Vec<_> = futures_util::StreamExt::collect::<Vec<_>>(
-            futures_util::StreamExt::buffer_unordered(futures_util::stream::iter(reads), limit),
-        )
-        .await;
-        reads.sort_by_key(|(i, _)| *i);
-        let mut reads = reads.into_iter().peekable();
-        let mut work = Vec::with_capacity(prepared.len());
-        for (i, p) in prepared.into_iter().enumerate() {
-            let read = reads.next_if(|(j, _)| *j == i).map(|(_, r)| r);
-            work.push(Self::desired(&pass.source, p, read));
+        // Per target: which compositions (by index) it reads.
+        let mut groups: Vec<(Arc<dyn Target>, Vec<usize>)> = Vec::new();
+        for (i, p) in prepared.iter().enumerate() {
+            let Some(target) = p.read.then_some(p.work.target.as_ref()).flatten() else {
+                continue;
+            };
+            match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, target)) {
+                Some((_, at)) => at.push(i),
+                None => groups.push((target.clone(), vec![i])),
+            }
         }
-        work
+        let ids: Vec<Vec<CompositionId>> = groups
+            .iter()
+            .map(|(_, at)| {
+                at.iter()
+                    .map(|&i| prepared[i].work.comp.id.clone())
+                    .collect()
+            })
+            .collect();
+        let limit = self.ctx.settings.apply_concurrency.max(1);
+        let read = groups
+            .iter()
+            .zip(&ids)
+            .map(|((target, _), ids)| target.read_all(ids, pass.resync, limit));
+        let read = futures_util::future::join_all(read).await;
+        let mut reads: Vec<Option<Result<Observed, TargetError>>> = std::iter::repeat_with(|| None)
+            .take(prepared.len())
+            .collect();
+        for ((_, at), results) in groups.iter().zip(read) {
+            for (&i, r) in at.iter().zip(results) {
+                reads[i] = Some(r);
+            }
+        }
+        prepared
+            .into_iter()
+            .zip(reads)
+            .map(|(p, read)| Self::desired(&pass.source, p, read))
+            .collect()
     }
 
     /// Per composition, in order: render if needed, decide (gates, prune

@@ -326,6 +326,33 @@ impl Target for DirectoryTarget {
         blocking(move || site.observe()).await
     }
 
+    /// On every core, in one blocking task: a `spawn_blocking` per read
+    /// was a third of a window opening's reads.
+    async fn read_all(
+        &self,
+        ids: &[CompositionId],
+        full: bool,
+        _limit: usize,
+    ) -> Vec<Result<Observed, TargetError>> {
+        let sites: Vec<_> = ids
+            .iter()
+            .map(|id| self.site(id).map(|site| Site { full, ..site }))
+            .collect();
+        let n = ids.len();
+        let read = move || crate::par::map(sites, |site| site?.observe());
+        match tokio::task::spawn_blocking(read).await {
+            Ok(results) => results,
+            Err(e) => (0..n)
+                .map(|_| {
+                    Err(TargetError::io(
+                        "directory target task",
+                        io::Error::other(e.to_string()),
+                    ))
+                })
+                .collect(),
+        }
+    }
+
     fn switches_staged(&self) -> bool {
         true
     }

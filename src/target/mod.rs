@@ -219,6 +219,27 @@ pub trait Target: Send + Sync + fmt::Debug {
     async fn verify(&self, id: &CompositionId) -> Result<Observed, TargetError> {
         self.get(id).await
     }
+    /// [`Target::get`] of each of `ids` (with `full`, [`Target::verify`]),
+    /// results in order, at most `limit` in flight. A target that reads
+    /// its own disk reads them all in one go instead (a window's opening
+    /// reads ten thousand).
+    async fn read_all(
+        &self,
+        ids: &[CompositionId],
+        full: bool,
+        limit: usize,
+    ) -> Vec<Result<Observed, TargetError>> {
+        type Read<'a> = futures_util::future::BoxFuture<'a, Result<Observed, TargetError>>;
+        // Collected first: a stream holding the closure is not `Send`
+        // enough for `async_trait` (a higher-ranked lifetime).
+        let reads: Vec<Read<'_>> = ids
+            .iter()
+            .map(|id| if full { self.verify(id) } else { self.get(id) })
+            .collect();
+        let reads =
+            futures_util::StreamExt::buffered(futures_util::stream::iter(reads), limit.max(1));
+        futures_util::StreamExt::collect(reads).await
+    }
     /// Whether [`Target::apply_staged`] switches staged states as a batch;
     /// if not, each composition is applied by its own `apply` call.
     fn switches_staged(&self) -> bool {

@@ -16,6 +16,7 @@
 //! opening on Kubernetes, one write at a time against concurrent ([`kube`]).
 
 mod fleet;
+mod floor;
 mod kube;
 
 use std::path::Path;
@@ -35,7 +36,7 @@ use fermata::window::{FixedClock, SystemClock};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// As fermata's own binary: freed pages go back at once.
+/// The same settings as fermata's own binary (`fermata::JEMALLOC_CONF`).
 #[export_name = "_rjem_malloc_conf"]
 static MALLOC_CONF: Option<&'static std::ffi::c_char> = Some(&fermata::JEMALLOC_CONF[0]);
 
@@ -281,14 +282,37 @@ fn window_bench(a: &Args, root: &Path, rt: &tokio::runtime::Runtime) -> anyhow::
     println!(
         "  (the kernel's writeback of the staged files, before the window: {writeback:.2?}, untimed)"
     );
+    let remote = root.join("window-remote.git");
+    floor::copy_remote(&remote, &root.join("floor-status.git"))?;
+    settle();
     clock.set(at(2, 0)?);
     let (opening, _) = timed_pass(rt, &mut r, State::Installed, want)?;
     println!("window opens: apply of {want} staged:      {opening:>10.2?}");
+    let percent = |d: Duration| 100.0 * d.as_secs_f64() / staging.as_secs_f64();
     println!(
         "  ratio opening / staging:                  {:>9.2}%   (target <= 10%)",
-        100.0 * opening.as_secs_f64() / staging.as_secs_f64()
+        percent(opening)
     );
     drop(r);
+    // What the opening cannot do without, by plain calls and plain git.
+    let ids: Vec<String> = (0..a.symphonies)
+        .flat_map(|n| (0..a.variations).map(move |v| format!("sym-{n:04}/v{v}")))
+        .collect();
+    let switches = floor::switches(&root.join("floor-switches"), &ids)?;
+    settle();
+    let status = floor::status_commit(
+        &remote,
+        &root.join("floor-status.git"),
+        "refs/heads/fermata/status",
+    )?;
+    let floor = switches + status;
+    println!("  floor: the switches by a plain loop:      {switches:>10.2?}   (rename, history line; one syncfs)");
+    println!("  floor: its status commit by git fast-import: {status:>7.2?}");
+    println!(
+        "  floor / staging:                          {:>9.2}%   ratio opening / floor: {:.2}",
+        percent(floor),
+        opening.as_secs_f64() / floor.as_secs_f64()
+    );
     // The restart in a fresh process: libgit2's start (its TLS setup) is
     // part of a restart, and this process paid it already. A user's
     // SSL_CERT_FILE makes that start read the whole bundle

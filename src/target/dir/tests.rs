@@ -1021,6 +1021,57 @@ async fn verify_catches_what_stat_cannot_see() {
     );
 }
 
+#[tokio::test]
+async fn read_all_reads_as_get_and_verify_do_one_by_one() {
+    let (_tmp, t) = fixture();
+    // Enough to be read on several threads, one with a broken manifest
+    // that only a full read sees, one never written, one bad id.
+    let mut ids: Vec<CompositionId> = (0..100)
+        .map(|i| CompositionId::new("line-control", format!("v{i}")))
+        .collect();
+    for id in &ids {
+        run(
+            &t,
+            &desired(rendered_for(id, vec![configmap("cfg", "a")])),
+            StateGoal::Apply,
+        )
+        .await;
+    }
+    let broken = t.root().join("line-control/v7/current/manifest.yaml");
+    let text = fs::read_to_string(&broken).unwrap();
+    fs::write(&broken, text.replace("value: a", "value: A")).unwrap();
+    let site = t.site(&ids[7]).unwrap();
+    let state = fs::canonicalize(t.root().join("line-control/v7/current")).unwrap();
+    let record = site.read_record(&state).unwrap();
+    site.remember(&state, &record, None);
+    ids.push(CompositionId::new("line-control", "never"));
+    ids.push(CompositionId::new("line-control", ".bad"));
+
+    let v7 = t.read_all(&ids[7..8], false, 1).await.remove(0).unwrap();
+    assert_eq!(v7.health, Some(Health::Healthy), "trusted by stat");
+    for full in [false, true] {
+        let all = t.read_all(&ids, full, 1).await;
+        assert_eq!(all.len(), ids.len());
+        for (id, read) in ids.iter().zip(all) {
+            let one = if full {
+                t.verify(id).await
+            } else {
+                t.get(id).await
+            };
+            match (read, one) {
+                (Ok(a), Ok(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}"), "{id}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{id}"),
+                (a, b) => panic!("{id}: {a:?} against {b:?}"),
+            }
+        }
+    }
+    let v7 = t.read_all(&ids[7..8], true, 1).await.remove(0).unwrap();
+    assert!(
+        matches!(v7.health, Some(Health::Unhealthy(_))),
+        "read in full"
+    );
+}
+
 #[test]
 fn a_few_switches_sync_their_files_many_the_file_system() {
     for (n, want) in [
