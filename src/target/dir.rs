@@ -342,14 +342,7 @@ impl Target for DirectoryTarget {
         let read = move || crate::par::map(sites, |site| site?.observe());
         match tokio::task::spawn_blocking(read).await {
             Ok(results) => results,
-            Err(e) => (0..n)
-                .map(|_| {
-                    Err(TargetError::io(
-                        "directory target task",
-                        io::Error::other(e.to_string()),
-                    ))
-                })
-                .collect(),
+            Err(e) => (0..n).map(|_| Err(task_failed(&e))).collect(),
         }
     }
 
@@ -372,14 +365,7 @@ impl Target for DirectoryTarget {
                 }
                 results
             }
-            Err(e) => (0..n)
-                .map(|_| {
-                    Err(TargetError::io(
-                        "directory target task",
-                        io::Error::other(e.to_string()),
-                    ))
-                })
-                .collect(),
+            Err(e) => (0..n).map(|_| Err(task_failed(&e))).collect(),
         }
     }
 
@@ -388,12 +374,7 @@ impl Target for DirectoryTarget {
         let pending = std::mem::take(&mut *self.syncing());
         let mut result = Ok(());
         for syncing in pending {
-            let done = syncing.await.unwrap_or_else(|e| {
-                Err(TargetError::io(
-                    "directory target sync",
-                    io::Error::other(e.to_string()),
-                ))
-            });
+            let done = syncing.await.unwrap_or_else(|e| Err(task_failed(&e)));
             if done.is_err() && result.is_ok() {
                 result = done;
             }
@@ -489,7 +470,12 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, TargetError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| TargetError::io("directory target task", io::Error::other(e)))?
+        .map_err(|e| task_failed(&e))?
+}
+
+/// A blocking task that panicked or was cancelled.
+fn task_failed(e: &tokio::task::JoinError) -> TargetError {
+    TargetError::io("directory target task", io::Error::other(e.to_string()))
 }
 
 /// Test-only crash simulation: once the armed number of mutating steps has
