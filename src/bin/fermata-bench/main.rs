@@ -8,7 +8,8 @@
 //! maintenance window on a clock it moves: staging with the window closed,
 //! the pass at its opening (switching only), a fresh reconciler on the
 //! unchanged commit; and, as the cold pass's floor, the same files written
-//! plainly. Run with `cargo run --release --bin
+//! plainly, as the opening's, its switches and status commit done plainly
+//! ([`floor`]). Run with `cargo run --release --bin
 //! fermata-bench -- --symphonies 1000 --variations 10`.
 //!
 //! `fermata-bench fleet --sites 1000` is the fleet bench ([`fleet`]);
