@@ -1992,8 +1992,8 @@ impl Reconciler {
             summary,
         };
         let (used, rt) = (used.to_vec(), tokio::runtime::Handle::current());
-        let written = Box::new(move || rt.block_on(durable(&used)));
-        self.publish(update, written, report).await;
+        let synced = Box::new(move || rt.block_on(durable(&used)));
+        self.publish(update, synced, report).await;
         self.persisted
             .revisions
             .insert(branch.clone(), pass.rev.to_string());

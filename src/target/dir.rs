@@ -101,8 +101,10 @@ pub struct DirectoryTarget {
 /// A batch of switches returns once its renames are made and syncs them in
 /// the background: the caller prepares its status meanwhile (at a window's
 /// opening over 10,000 compositions the sync took a quarter of a second).
-type Syncing =
-    std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<Result<(), TargetError>>>>>;
+type Syncing = std::sync::Arc<std::sync::Mutex<Vec<PendingSync>>>;
+
+/// One batch's `syncfs`, running.
+type PendingSync = tokio::task::JoinHandle<Result<(), TargetError>>;
 
 /// Artifact files already hashed, by what `stat` says of them (device,
 /// inode, size, modification time; not the change time, which every new
@@ -254,9 +256,7 @@ impl DirectoryTarget {
         &self.root
     }
 
-    fn syncing(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Vec<tokio::task::JoinHandle<Result<(), TargetError>>>> {
+    fn syncing(&self) -> std::sync::MutexGuard<'_, Vec<PendingSync>> {
         self.syncing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -327,7 +327,7 @@ impl Target for DirectoryTarget {
     }
 
     /// On every core, in one blocking task: a `spawn_blocking` per read
-    /// was a third of a window opening's reads.
+    /// made a window opening's 10,000 reads take 0.19 s, not 0.14 s.
     async fn read_all(
         &self,
         ids: &[CompositionId],
