@@ -3540,11 +3540,14 @@ fn window_openings(
     statuses: &[DeploymentStatus],
     now: DateTime<Utc>,
 ) -> crate::status::timeline::Openings {
-    let named = statuses
+    // Each window once, not once per status naming it (ten thousand
+    // statuses under one window computed its openings ten thousand times).
+    let named: BTreeMap<&String, &crate::window::Window> = statuses
         .iter()
         .filter_map(|s| s.status.window.as_ref())
         .filter_map(|w| fleet.windows.get_key_value(&w.name))
-        .map(|(name, mw)| (name, &mw.window));
+        .map(|(name, mw)| (name, &mw.window))
+        .collect();
     crate::status::timeline::openings(named, now)
 }
 
