@@ -229,16 +229,31 @@ pub trait Target: Send + Sync + fmt::Debug {
         full: bool,
         limit: usize,
     ) -> Vec<Result<Observed, TargetError>> {
-        type Read<'a> = futures_util::future::BoxFuture<'a, Result<Observed, TargetError>>;
+        type Read<'a> = futures_util::future::BoxFuture<'a, (usize, Result<Observed, TargetError>)>;
         // Collected first: a stream holding the closure is not `Send`
         // enough for `async_trait` (a higher-ranked lifetime).
         let reads: Vec<Read<'_>> = ids
             .iter()
-            .map(|id| if full { self.verify(id) } else { self.get(id) })
+            .enumerate()
+            .map(|(i, id)| -> Read<'_> {
+                Box::pin(async move {
+                    let read = if full {
+                        self.verify(id).await
+                    } else {
+                        self.get(id).await
+                    };
+                    (i, read)
+                })
+            })
             .collect();
-        let reads =
-            futures_util::StreamExt::buffered(futures_util::stream::iter(reads), limit.max(1));
-        futures_util::StreamExt::collect(reads).await
+        // Unordered: one slow read does not hold back the next `limit`.
+        let reads = futures_util::StreamExt::buffer_unordered(
+            futures_util::stream::iter(reads),
+            limit.max(1),
+        );
+        let mut reads: Vec<_> = futures_util::StreamExt::collect(reads).await;
+        reads.sort_by_key(|(i, _)| *i);
+        reads.into_iter().map(|(_, read)| read).collect()
     }
     /// Whether [`Target::apply_staged`] switches staged states as a batch;
     /// if not, each composition is applied by its own `apply` call.
