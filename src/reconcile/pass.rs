@@ -3540,14 +3540,11 @@ fn window_openings(
     statuses: &[DeploymentStatus],
     now: DateTime<Utc>,
 ) -> crate::status::timeline::Openings {
-    // Each window once, not once per status naming it (ten thousand
-    // statuses under one window computed its openings ten thousand times).
-    let named: BTreeMap<&String, &crate::window::Window> = statuses
+    let named = statuses
         .iter()
         .filter_map(|s| s.status.window.as_ref())
         .filter_map(|w| fleet.windows.get_key_value(&w.name))
-        .map(|(name, mw)| (name, &mw.window))
-        .collect();
+        .map(|(name, mw)| (name, &mw.window));
     crate::status::timeline::openings(named, now)
 }
 

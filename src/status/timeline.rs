@@ -55,7 +55,10 @@ pub fn colour(state: &str) -> &'static str {
 /// By window name: its openings (start, end).
 pub type Openings = BTreeMap<String, Vec<(DateTime<Utc>, DateTime<Utc>)>>;
 
-/// The openings of `windows` over the span a picture at `now` shows.
+/// The openings of `windows` over the span a picture at `now` shows, each
+/// window's computed once however often it is named (a status update names
+/// it once per status: ten thousand under one window computed its openings
+/// ten thousand times).
 pub fn openings<'a>(
     windows: impl IntoIterator<Item = (&'a String, &'a crate::window::Window)>,
     now: DateTime<Utc>,
@@ -64,10 +67,13 @@ pub fn openings<'a>(
         now,
         ..Timeline::default()
     };
-    windows
-        .into_iter()
-        .map(|(name, w)| (name.clone(), w.openings_between(span.from(), span.to())))
-        .collect()
+    let mut out = Openings::new();
+    for (name, w) in windows {
+        if !out.contains_key(name) {
+            out.insert(name.clone(), w.openings_between(span.from(), span.to()));
+        }
+    }
+    out
 }
 
 /// One composition's history: from each instant on, its state (`None`:
