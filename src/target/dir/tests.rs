@@ -19,6 +19,20 @@ fn id() -> CompositionId {
     CompositionId::new("line-control", "vision")
 }
 
+/// `n` compositions of one symphony: `line-control/v0`, `v1`, ...
+fn ids(n: usize) -> Vec<CompositionId> {
+    (0..n)
+        .map(|i| CompositionId::new("line-control", format!("v{i}")))
+        .collect()
+}
+
+/// For each of `ids`, a state of one ConfigMap holding `value`.
+fn configmaps(ids: &[CompositionId], value: &str) -> Vec<Desired> {
+    ids.iter()
+        .map(|id| desired(rendered_for(id, vec![configmap("cfg", value)])))
+        .collect()
+}
+
 fn configmap(name: &str, value: &str) -> Value {
     json!({
         "apiVersion": "v1",
@@ -847,15 +861,8 @@ fn switch_of(d: &Desired) -> Switch {
 /// on its old state or its new one, complete; the same batch after a
 /// restart finishes it. Returns how many runs crashed.
 async fn batch_crashes(n: usize, steps: impl Iterator<Item = usize>) -> usize {
-    let ids: Vec<CompositionId> = (0..n)
-        .map(|i| CompositionId::new("line-control", format!("v{i}")))
-        .collect();
-    let of = |value: &str| -> Vec<Desired> {
-        ids.iter()
-            .map(|id| desired(rendered_for(id, vec![configmap("cfg", value)])))
-            .collect()
-    };
-    let (old, new) = (of("old"), of("new"));
+    let ids = ids(n);
+    let (old, new) = (configmaps(&ids, "old"), configmaps(&ids, "new"));
     let switches: Vec<Switch> = new.iter().map(switch_of).collect();
     let current_of = |t: &DirectoryTarget, i: usize| {
         let dir = t.root().join("line-control").join(&ids[i].variation);
@@ -933,14 +940,8 @@ async fn a_batched_switch_of_unsynced_stages_survives_a_crash_at_any_step() {
 #[tokio::test]
 async fn a_large_batch_is_synced_in_the_background_until_durable_is_awaited() {
     let (_tmp, t) = fixture();
-    let batch = |n: usize, value: &str| -> Vec<Desired> {
-        (0..n)
-            .map(|i| CompositionId::new("line-control", format!("v{i}")))
-            .map(|id| desired(rendered_for(&id, vec![configmap("cfg", value)])))
-            .collect()
-    };
     // More than SYNC_FILES_UP_TO: switched on return, one syncfs pending.
-    let large = batch(SYNC_FILES_UP_TO + 1, "large");
+    let large = configmaps(&ids(SYNC_FILES_UP_TO + 1), "large");
     for d in &large {
         run(&t, d, StateGoal::Stage).await;
     }
@@ -952,7 +953,7 @@ async fn a_large_batch_is_synced_in_the_background_until_durable_is_awaited() {
     t.durable().await.unwrap();
     assert!(t.syncing().is_empty());
     // A few are synced file by file before the batch returns.
-    let small = batch(2, "small");
+    let small = configmaps(&ids(2), "small");
     for d in &small {
         run(&t, d, StateGoal::Stage).await;
     }
@@ -1026,16 +1027,9 @@ async fn read_all_reads_as_get_and_verify_do_one_by_one() {
     let (_tmp, t) = fixture();
     // Enough to be read on several threads, one with a broken manifest
     // that only a full read sees, one never written, one bad id.
-    let mut ids: Vec<CompositionId> = (0..100)
-        .map(|i| CompositionId::new("line-control", format!("v{i}")))
-        .collect();
-    for id in &ids {
-        run(
-            &t,
-            &desired(rendered_for(id, vec![configmap("cfg", "a")])),
-            StateGoal::Apply,
-        )
-        .await;
+    let mut ids = ids(100);
+    for d in configmaps(&ids, "a") {
+        run(&t, &d, StateGoal::Apply).await;
     }
     let broken = t.root().join("line-control/v7/current/manifest.yaml");
     let text = fs::read_to_string(&broken).unwrap();
